@@ -1,0 +1,132 @@
+//! Slot routing: Redis Cluster's CRC16 key slot (with `{hashtag}`) and the map from slot to
+//! shard. The proxy owns every slot towards its clients and routes each key to the shard that
+//! owns the slot.
+
+use crate::config::ShardConfig;
+
+pub const SLOTS: usize = 16384;
+
+/// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= (byte as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+        }
+    }
+    crc
+}
+
+/// The cluster slot of `key`: only the part inside the first non-empty `{…}` is hashed, so
+/// `{user1}.a` and `{user1}.b` share a slot.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16(hashed) % SLOTS as u16
+}
+
+/// Which shard owns each slot.
+#[derive(Debug, Clone)]
+pub struct SlotMap {
+    owner: Vec<u16>,
+    /// Each shard's slot ranges, inclusive, in ascending order (for `CLUSTER SLOTS`).
+    ranges: Vec<Vec<(u16, u16)>>,
+}
+
+impl SlotMap {
+    /// Builds the map, refusing gaps, overlaps and malformed ranges.
+    pub fn from_config(shards: &[ShardConfig]) -> anyhow::Result<SlotMap> {
+        anyhow::ensure!(!shards.is_empty(), "no shards configured: add at least one [[shards]] table");
+        const UNOWNED: u16 = u16::MAX;
+        let mut owner = vec![UNOWNED; SLOTS];
+        let mut ranges = Vec::with_capacity(shards.len());
+        for (shard, cfg) in shards.iter().enumerate() {
+            let mut own = Vec::new();
+            for part in cfg.slots.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (lo, hi) = match part.split_once('-') {
+                    Some((lo, hi)) => (lo.trim(), hi.trim()),
+                    None => (part, part),
+                };
+                let parse = |s: &str| -> anyhow::Result<u16> {
+                    let slot: u16 = s.parse().map_err(|_| anyhow::anyhow!("shard {shard}: bad slot {s:?} in {:?}", cfg.slots))?;
+                    anyhow::ensure!((slot as usize) < SLOTS, "shard {shard}: slot {slot} is out of range 0-16383");
+                    Ok(slot)
+                };
+                let (lo, hi) = (parse(lo)?, parse(hi)?);
+                anyhow::ensure!(lo <= hi, "shard {shard}: slot range {part:?} runs backwards");
+                for slot in lo..=hi {
+                    anyhow::ensure!(owner[slot as usize] == UNOWNED, "slot {slot} is owned by shards {} and {shard}", owner[slot as usize]);
+                    owner[slot as usize] = shard as u16;
+                }
+                own.push((lo, hi));
+            }
+            own.sort_unstable();
+            ranges.push(own);
+        }
+        if let Some(slot) = owner.iter().position(|&o| o == UNOWNED) {
+            anyhow::bail!("slot {slot} is not owned by any shard: the shards' slot ranges must cover 0-16383");
+        }
+        Ok(SlotMap { owner, ranges })
+    }
+
+    pub fn shard_of_slot(&self, slot: u16) -> usize {
+        self.owner[slot as usize] as usize
+    }
+
+    pub fn shard_of_key(&self, key: &[u8]) -> usize {
+        self.shard_of_slot(key_slot(key))
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn ranges(&self, shard: usize) -> &[(u16, u16)] {
+        &self.ranges[shard]
+    }
+
+    /// Splits 0-16383 evenly over `shards` shards, as `redis-cli --cluster create` does.
+    pub fn even_ranges(shards: usize) -> Vec<String> {
+        (0..shards)
+            .map(|i| {
+                let lo = i * SLOTS / shards;
+                let hi = (i + 1) * SLOTS / shards - 1;
+                format!("{lo}-{hi}")
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis_cluster() {
+        // Values from `CLUSTER KEYSLOT` on a real Redis.
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_eq!(key_slot(b"{}foo"), crc16(b"{}foo") % 16384);
+        assert_eq!(key_slot(b"123456789"), 0x31C3 % 16384);
+    }
+
+    #[test]
+    fn config_must_cover_every_slot_once() {
+        let shard = |slots: &str| ShardConfig { slots: slots.into(), primary: "127.0.0.1:1".into(), replicas: vec![] };
+        let ranges = SlotMap::even_ranges(3);
+        assert_eq!(ranges, vec!["0-5460", "5461-10921", "10922-16383"]);
+        let map = SlotMap::from_config(&ranges.iter().map(|r| shard(r)).collect::<Vec<_>>()).unwrap();
+        assert_eq!(map.shard_of_slot(5461), 1);
+        assert!(SlotMap::from_config(&[shard("0-100")]).is_err());
+        assert!(SlotMap::from_config(&[shard("0-16383"), shard("5-5")]).is_err());
+        assert!(SlotMap::from_config(&[shard("10-0,0-16383")]).is_err());
+    }
+}
