@@ -101,10 +101,7 @@ impl ProxyConfig {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         builder = builder.add_source(
-            config::Environment::with_prefix("MEMLOG")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true),
+            config::Environment::with_prefix("MEMLOG").prefix_separator("_").separator("__").try_parsing(true),
         );
         let cfg: ProxyConfig = builder.build()?.try_deserialize()?;
         cfg.validate()?;

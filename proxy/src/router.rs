@@ -54,14 +54,19 @@ impl SlotMap {
                     None => (part, part),
                 };
                 let parse = |s: &str| -> anyhow::Result<u16> {
-                    let slot: u16 = s.parse().map_err(|_| anyhow::anyhow!("shard {shard}: bad slot {s:?} in {:?}", cfg.slots))?;
+                    let slot: u16 =
+                        s.parse().map_err(|_| anyhow::anyhow!("shard {shard}: bad slot {s:?} in {:?}", cfg.slots))?;
                     anyhow::ensure!((slot as usize) < SLOTS, "shard {shard}: slot {slot} is out of range 0-16383");
                     Ok(slot)
                 };
                 let (lo, hi) = (parse(lo)?, parse(hi)?);
                 anyhow::ensure!(lo <= hi, "shard {shard}: slot range {part:?} runs backwards");
                 for slot in lo..=hi {
-                    anyhow::ensure!(owner[slot as usize] == UNOWNED, "slot {slot} is owned by shards {} and {shard}", owner[slot as usize]);
+                    anyhow::ensure!(
+                        owner[slot as usize] == UNOWNED,
+                        "slot {slot} is owned by shards {} and {shard}",
+                        owner[slot as usize]
+                    );
                     owner[slot as usize] = shard as u16;
                 }
                 own.push((lo, hi));
