@@ -1,0 +1,187 @@
+//! `CLIENT …` for the proxy's own clients: the proxy is the server they are connected to, so
+//! IDs, names and `CLIENT LIST`/`KILL` are about proxy connections, not backend ones.
+
+use std::sync::Arc;
+
+use crate::commands::connection::valid_client_name;
+use crate::dispatch::Dispatcher;
+use crate::resp::{reply, Request};
+use crate::session::Pending;
+use crate::state::ClientHandle;
+
+pub fn run(d: &mut Dispatcher, sub: &str, request: &Request) -> Pending {
+    let args = &request.args;
+    let proto = d.proto;
+    match sub {
+        "id" => Pending::Ready(reply(proto, |w| {
+            w.int(d.client.id as i64);
+        })),
+        "setname" => {
+            if !valid_client_name(&args[2]) {
+                return Pending::error("ERR Client names cannot contain spaces, newlines or special characters.");
+            }
+            let name = (!args[2].is_empty()).then(|| String::from_utf8_lossy(&args[2]).into_owned());
+            *d.client.name.lock().unwrap() = name;
+            ok(d)
+        }
+        "getname" => {
+            let name = d.client.name.lock().unwrap().clone();
+            Pending::Ready(reply(proto, |w| {
+                match &name {
+                    Some(name) => w.bulk(name.as_bytes()),
+                    None => w.null(),
+                };
+            }))
+        }
+        "setinfo" => {
+            let value = String::from_utf8_lossy(&args[3]).into_owned();
+            if args[2].eq_ignore_ascii_case(b"lib-name") {
+                *d.client.lib_name.lock().unwrap() = Some(value);
+            } else if args[2].eq_ignore_ascii_case(b"lib-ver") {
+                *d.client.lib_version.lock().unwrap() = Some(value);
+            } else {
+                return Pending::error(&format!("ERR Unrecognized option '{}'", String::from_utf8_lossy(&args[2])));
+            }
+            ok(d)
+        }
+        "info" => {
+            let line = format!("{}\n", d.client.info_line());
+            Pending::Ready(reply(proto, |w| {
+                w.verbatim(&line);
+            }))
+        }
+        "list" => list(d, request),
+        "kill" => kill(d, request),
+        "help" => Pending::Ready(reply(proto, |w| {
+            let lines = [
+                "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "ID", "    Return the ID of the current connection.",
+                "GETNAME", "    Return the name of the current connection.",
+                "SETNAME <name>", "    Assign the name <name> to the current connection.",
+                "SETINFO <LIB-NAME|LIB-VER> <value>", "    Record the client library's name or version.",
+                "INFO", "    Return information about the current client connection.",
+                "LIST [TYPE normal] [ID <id> ...]", "    Return information about client connections.",
+                "KILL <ip:port> | KILL <option> <value> [<option> <value> ...]",
+                "    Kill connections. Options: ID <id>, ADDR <ip:port>, LADDR <ip:port>, USER <user>, SKIPME <yes|no>.",
+            ];
+            w.array(lines.len());
+            for line in lines {
+                w.simple(line);
+            }
+        })),
+        _ => Pending::error(&format!("ERR unknown subcommand '{sub}'. Try CLIENT HELP.")),
+    }
+}
+
+fn ok(d: &Dispatcher) -> Pending {
+    Pending::Ready(reply(d.proto, |w| {
+        w.simple("OK");
+    }))
+}
+
+fn sorted_clients(d: &Dispatcher) -> Vec<Arc<ClientHandle>> {
+    let mut clients: Vec<_> = d.proxy.clients.iter().map(|c| c.value().clone()).collect();
+    clients.sort_by_key(|c| c.id);
+    clients
+}
+
+/// `CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id …]`
+fn list(d: &Dispatcher, request: &Request) -> Pending {
+    let args = &request.args;
+    let mut ids: Option<Vec<u64>> = None;
+    let mut only_normal = true;
+    let mut i = 2;
+    while i < args.len() {
+        if args[i].eq_ignore_ascii_case(b"type") && i + 1 < args.len() {
+            match String::from_utf8_lossy(&args[i + 1]).to_ascii_lowercase().as_str() {
+                "normal" => only_normal = true,
+                "master" | "replica" | "slave" | "pubsub" => only_normal = false,
+                other => return Pending::error(&format!("ERR Unknown client type '{other}'")),
+            }
+            i += 2;
+        } else if args[i].eq_ignore_ascii_case(b"id") && i + 1 < args.len() {
+            let mut list = Vec::new();
+            for id in &args[i + 1..] {
+                match crate::resp::parse_int(id).filter(|n| *n > 0) {
+                    Some(id) => list.push(id as u64),
+                    None => return Pending::error("ERR Invalid client ID"),
+                }
+            }
+            ids = Some(list);
+            i = args.len();
+        } else {
+            return Pending::error("ERR syntax error");
+        }
+    }
+    let mut text = String::new();
+    for client in sorted_clients(d) {
+        if !only_normal || ids.as_ref().is_some_and(|ids| !ids.contains(&client.id)) {
+            continue;
+        }
+        text.push_str(&client.info_line());
+        text.push('\n');
+    }
+    Pending::Ready(reply(d.proto, |w| {
+        w.verbatim(&text);
+    }))
+}
+
+/// One condition of `CLIENT KILL`'s filter form.
+type ClientFilter = Box<dyn Fn(&ClientHandle) -> bool>;
+
+/// `CLIENT KILL ip:port` or `CLIENT KILL <filter> <value> …`
+fn kill(d: &Dispatcher, request: &Request) -> Pending {
+    let args = &request.args;
+    if args.len() == 3 {
+        let addr = String::from_utf8_lossy(&args[2]);
+        let target = sorted_clients(d).into_iter().find(|c| c.addr.to_string() == addr);
+        return match target {
+            Some(client) => {
+                client.kill.cancel();
+                ok(d)
+            }
+            None => Pending::error("ERR No such client"),
+        };
+    }
+    if args.len() % 2 != 0 {
+        return Pending::error("ERR syntax error");
+    }
+    let mut filters: Vec<ClientFilter> = Vec::new();
+    let mut skip_me = true;
+    for pair in args[2..].chunks(2) {
+        let value = String::from_utf8_lossy(&pair[1]).into_owned();
+        match String::from_utf8_lossy(&pair[0]).to_ascii_lowercase().as_str() {
+            "id" => match value.parse::<u64>() {
+                Ok(id) if id > 0 => filters.push(Box::new(move |c| c.id == id)),
+                _ => return Pending::error("ERR client-id should be greater than 0"),
+            },
+            "addr" => filters.push(Box::new(move |c| c.addr.to_string() == value)),
+            "laddr" => filters.push(Box::new(move |c| c.local_addr.to_string() == value)),
+            "user" => filters.push(Box::new(move |c| *c.user.lock().unwrap() == value)),
+            "type" => match value.to_ascii_lowercase().as_str() {
+                "normal" => {}
+                "master" | "replica" | "slave" | "pubsub" => filters.push(Box::new(|_| false)),
+                _ => return Pending::error(&format!("ERR Unknown client type '{value}'")),
+            },
+            "skipme" => match value.to_ascii_lowercase().as_str() {
+                "yes" => skip_me = true,
+                "no" => skip_me = false,
+                _ => return Pending::error("ERR syntax error"),
+            },
+            _ => return Pending::error("ERR syntax error"),
+        }
+    }
+    let mut killed = 0;
+    for client in sorted_clients(d) {
+        if skip_me && client.id == d.client.id {
+            continue;
+        }
+        if filters.iter().all(|f| f(&client)) {
+            client.kill.cancel();
+            killed += 1;
+        }
+    }
+    Pending::Ready(reply(d.proto, |w| {
+        w.int(killed);
+    }))
+}

@@ -1,0 +1,157 @@
+//! Connection commands the proxy answers itself: PING, ECHO, QUIT, RESET, SELECT, HELLO, AUTH,
+//! READONLY/READWRITE/ASKING, TIME, ROLE.
+
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::dispatch::Dispatcher;
+use crate::resp::{reply, Proto, Request};
+use crate::session::Pending;
+
+pub fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+    let args = &request.args;
+    let proto = d.proto;
+    let ready = |build: &dyn Fn(&mut crate::resp::ReplyWriter)| Pending::Ready(reply(proto, |w| build(w)));
+    match name {
+        "ping" => match args.get(1) {
+            None => ready(&|w| {
+                w.simple("PONG");
+            }),
+            Some(msg) => ready(&|w| {
+                w.bulk(msg);
+            }),
+        },
+        "echo" => ready(&|w| {
+            w.bulk(&args[1]);
+        }),
+        "quit" | "readonly" | "readwrite" | "asking" => ready(&|w| {
+            w.simple("OK");
+        }),
+        "reset" => {
+            set_proto(d, Proto::Resp2);
+            *d.client.name.lock().unwrap() = None;
+            *d.client.user.lock().unwrap() = "default".into();
+            d.authenticated = !d.proxy.auth_required();
+            Pending::Ready(reply(Proto::Resp2, |w| {
+                w.simple("RESET");
+            }))
+        }
+        "select" => match crate::resp::parse_int(&args[1]) {
+            Some(0) => ready(&|w| {
+                w.simple("OK");
+            }),
+            Some(_) => Pending::error("ERR SELECT is not allowed in cluster mode"),
+            None => Pending::error("ERR value is not an integer or out of range"),
+        },
+        "time" => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            ready(&|w| {
+                w.array(2).bulk(now.as_secs().to_string().as_bytes()).bulk(now.subsec_micros().to_string().as_bytes());
+            })
+        }
+        "role" => ready(&|w| {
+            w.array(3).bulk(b"master").int(0).array(0);
+        }),
+        "auth" => {
+            let (user, password) = match args.len() {
+                2 => ("default".to_string(), &args[1]),
+                _ => (String::from_utf8_lossy(&args[1]).into_owned(), &args[2]),
+            };
+            if !d.proxy.auth_required() && args.len() == 2 {
+                return Pending::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
+            }
+            match authenticate(d, &user, password) {
+                Ok(()) => ready(&|w| {
+                    w.simple("OK");
+                }),
+                Err(msg) => Pending::error(msg),
+            }
+        }
+        "hello" => hello(d, request),
+        _ => Pending::error(&format!("ERR memlog: no local handler for '{name}'")),
+    }
+}
+
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+
+fn authenticate(d: &mut Dispatcher, user: &str, password: &[u8]) -> Result<(), &'static str> {
+    // With no users configured, the default user needs no password, as in a stock Redis.
+    let ok = if d.proxy.auth_required() { d.proxy.check_user(user, password) } else { user == "default" };
+    if !ok {
+        return Err(WRONGPASS);
+    }
+    d.authenticated = true;
+    *d.client.user.lock().unwrap() = user.to_string();
+    Ok(())
+}
+
+fn set_proto(d: &mut Dispatcher, proto: Proto) {
+    d.proto = proto;
+    d.client.proto.store(if proto == Proto::Resp3 { 3 } else { 2 }, Ordering::Relaxed);
+}
+
+/// A client name may not hold spaces or control characters, as in Redis.
+pub fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| (b'!'..=b'~').contains(&b))
+}
+
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`
+fn hello(d: &mut Dispatcher, request: &Request) -> Pending {
+    let args = &request.args;
+    let mut proto = d.proto;
+    if let Some(version) = args.get(1) {
+        proto = match crate::resp::parse_int(version) {
+            Some(2) => Proto::Resp2,
+            Some(3) => Proto::Resp3,
+            Some(_) => return Pending::error("NOPROTO sorry, this protocol version is not supported."),
+            None => return Pending::error("ERR Protocol version is not an integer or out of range"),
+        };
+    }
+    let mut i = 2;
+    let mut auth: Option<(String, Bytes)> = None;
+    let mut name: Option<Bytes> = None;
+    while i < args.len() {
+        let more = args.len() - i - 1;
+        if args[i].eq_ignore_ascii_case(b"auth") && more >= 2 {
+            auth = Some((String::from_utf8_lossy(&args[i + 1]).into_owned(), args[i + 2].clone()));
+            i += 3;
+        } else if args[i].eq_ignore_ascii_case(b"setname") && more >= 1 {
+            name = Some(args[i + 1].clone());
+            i += 2;
+        } else {
+            return Pending::error(&format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(&args[i])
+            ));
+        }
+    }
+    if let Some((user, password)) = auth {
+        if let Err(msg) = authenticate(d, &user, &password) {
+            return Pending::error(msg);
+        }
+    }
+    if !d.authenticated {
+        return Pending::error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+    }
+    if let Some(name) = name {
+        if !valid_client_name(&name) {
+            return Pending::error("ERR Client names cannot contain spaces, newlines or special characters.");
+        }
+        *d.client.name.lock().unwrap() = Some(String::from_utf8_lossy(&name).into_owned());
+    }
+    set_proto(d, proto);
+    let version = d.proxy.redis_version.clone();
+    let id = d.client.id as i64;
+    Pending::Ready(reply(proto, |w| {
+        w.map(7);
+        w.bulk(b"server").bulk(b"redis");
+        w.bulk(b"version").bulk(version.as_bytes());
+        w.bulk(b"proto").int(if proto == Proto::Resp3 { 3 } else { 2 });
+        w.bulk(b"id").int(id);
+        w.bulk(b"mode").bulk(b"standalone");
+        w.bulk(b"role").bulk(b"master");
+        w.bulk(b"modules").array(0);
+    }))
+}

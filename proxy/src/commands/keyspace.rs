@@ -1,0 +1,267 @@
+//! Whole-keyspace commands answered as one Redis would, over every shard: DBSIZE, KEYS, SCAN
+//! (a cursor that encodes the shard), RANDOMKEY, FLUSHALL/FLUSHDB (through the sequencers) and
+//! INFO. The internal key `__memlog:lsn` never shows. The read-only ones run when their reply
+//! is due (`Pending::Deferred`), so they see every earlier write of the same client.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redis_protocol::resp2::types::BytesFrame;
+
+use crate::backend::BackendConn;
+use crate::dispatch::Dispatcher;
+use crate::resp::{reply, Proto, Request};
+use crate::session::Pending;
+use crate::state::{decode_resp2, Proxy, LSN_KEY};
+
+pub async fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+    let proto = d.proto;
+    let proxy = d.proxy.clone();
+    let conns: Vec<BackendConn> = proxy.shards.iter().map(|s| s.read_conn(Proto::Resp2, d.client.id).clone()).collect();
+    let args: Vec<Bytes> = request.args.clone();
+    match name {
+        "flushall" | "flushdb" => {
+            let mut parts = Vec::with_capacity(proxy.shards.len());
+            for shard in 0..proxy.shards.len() {
+                parts.push(d.to_shard(shard, request.raw.clone(), true).await);
+            }
+            Pending::Merge { parts, merge: Box::new(|mut replies| replies.swap_remove(0)), proto }
+        }
+        "dbsize" => deferred(async move {
+            let total = user_key_counts(&conns).await?.iter().sum::<i64>();
+            Ok(reply(proto, |w| {
+                w.int(total);
+            }))
+        }),
+        "keys" => deferred(async move {
+            let mut keys = Vec::new();
+            for conn in &conns {
+                for key in bulk_array(&call(conn, &[&b"KEYS"[..], &args[1]]).await?)? {
+                    if key[..] != *LSN_KEY {
+                        keys.push(key);
+                    }
+                }
+            }
+            Ok(reply(proto, |w| {
+                w.array(keys.len());
+                for key in &keys {
+                    w.bulk(key);
+                }
+            }))
+        }),
+        "scan" => {
+            let Some(cursor) = std::str::from_utf8(&args[1]).ok().and_then(|c| c.parse::<u128>().ok()) else {
+                return Pending::error("ERR invalid cursor");
+            };
+            deferred(async move { scan(&conns, cursor, &args[2..], proto).await })
+        }
+        "randomkey" => deferred(async move { random_key(&conns, proto).await }),
+        "info" => deferred(async move { info(&proxy, &conns, &args[1..], proto).await }),
+        _ => Pending::error(&format!("ERR memlog: no keyspace handler for '{name}'")),
+    }
+}
+
+fn deferred(work: impl std::future::Future<Output = Result<Bytes, String>> + Send + 'static) -> Pending {
+    Pending::Deferred(Box::pin(async move {
+        match work.await {
+            Ok(reply) => reply,
+            Err(e) => crate::resp::error_reply(&e),
+        }
+    }))
+}
+
+/// Sends one command; a Redis error reply comes back as `Err` with Redis's own text.
+async fn call(conn: &BackendConn, args: &[&[u8]]) -> Result<BytesFrame, String> {
+    let raw = conn.call(args).await.map_err(|e| format!("ERR memlog: {e}"))?;
+    match decode_resp2(&raw).map_err(|e| format!("ERR memlog: {e}"))? {
+        BytesFrame::Error(msg) => Err(msg.to_string()),
+        frame => Ok(frame),
+    }
+}
+
+fn bulk_array(frame: &BytesFrame) -> Result<Vec<Bytes>, String> {
+    match frame {
+        BytesFrame::Array(items) => Ok(items
+            .iter()
+            .filter_map(|i| match i {
+                BytesFrame::BulkString(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect()),
+        _ => Err("ERR memlog: unexpected reply from a shard".into()),
+    }
+}
+
+fn integer(frame: &BytesFrame) -> Result<i64, String> {
+    match frame {
+        BytesFrame::Integer(n) => Ok(*n),
+        _ => Err("ERR memlog: unexpected reply from a shard".into()),
+    }
+}
+
+/// Each shard's number of keys, not counting `__memlog:lsn`.
+async fn user_key_counts(conns: &[BackendConn]) -> Result<Vec<i64>, String> {
+    let mut counts = Vec::with_capacity(conns.len());
+    for conn in conns {
+        let (size, internal) = tokio::join!(call(conn, &[b"DBSIZE"]), call(conn, &[b"EXISTS", LSN_KEY]));
+        counts.push(integer(&size?)? - integer(&internal?)?);
+    }
+    Ok(counts)
+}
+
+/// Visits every key of one shard (except `__memlog:lsn`) with SCAN.
+pub async fn scan_keys(conn: &BackendConn, mut visit: impl FnMut(&Bytes)) -> Result<(), String> {
+    let mut cursor = Bytes::from_static(b"0");
+    loop {
+        let page = call(conn, &[b"SCAN", &cursor, b"COUNT", b"1000"]).await?;
+        let BytesFrame::Array(page) = page else { return Err("ERR memlog: bad SCAN reply".into()) };
+        let [BytesFrame::BulkString(next), keys] = &page[..] else { return Err("ERR memlog: bad SCAN reply".into()) };
+        for key in bulk_array(keys)? {
+            if key[..] != *LSN_KEY {
+                visit(&key);
+            }
+        }
+        if &next[..] == b"0" {
+            return Ok(());
+        }
+        cursor = next.clone();
+    }
+}
+
+/// SCAN over all shards. The client's cursor is `backend_cursor * shards + shard`: 0 starts at
+/// shard 0, and a shard's end moves on to the next shard with a backend cursor of 0.
+async fn scan(conns: &[BackendConn], cursor: u128, options: &[Bytes], proto: Proto) -> Result<Bytes, String> {
+    let shards = conns.len() as u128;
+    let shard = (cursor % shards) as usize;
+    let backend_cursor = (cursor / shards).to_string();
+    let mut args: Vec<&[u8]> = vec![b"SCAN", backend_cursor.as_bytes()];
+    args.extend(options.iter().map(|o| &o[..]));
+    let page = call(&conns[shard], &args).await?;
+    let BytesFrame::Array(page) = page else { return Err("ERR memlog: bad SCAN reply".into()) };
+    let [BytesFrame::BulkString(next), keys] = &page[..] else { return Err("ERR memlog: bad SCAN reply".into()) };
+    let next: u128 =
+        std::str::from_utf8(next).ok().and_then(|n| n.parse().ok()).ok_or("ERR memlog: bad SCAN cursor")?;
+    let next = if next != 0 {
+        next * shards + shard as u128
+    } else if shard + 1 < conns.len() {
+        shard as u128 + 1
+    } else {
+        0
+    };
+    let keys: Vec<Bytes> = bulk_array(keys)?.into_iter().filter(|k| k[..] != *LSN_KEY).collect();
+    Ok(reply(proto, |w| {
+        w.array(2).bulk(next.to_string().as_bytes()).array(keys.len());
+        for key in &keys {
+            w.bulk(key);
+        }
+    }))
+}
+
+/// A random key: shards are tried from a random one on, so every non-empty shard can answer.
+async fn random_key(conns: &[BackendConn], proto: Proto) -> Result<Bytes, String> {
+    let start = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos()
+        as usize)
+        % conns.len();
+    for i in 0..conns.len() {
+        let conn = &conns[(start + i) % conns.len()];
+        // Redis may pick the internal key; a few more draws find a user key if there is one.
+        for _ in 0..16 {
+            match call(conn, &[b"RANDOMKEY"]).await? {
+                BytesFrame::BulkString(key) if key[..] != *LSN_KEY => {
+                    return Ok(reply(proto, |w| {
+                        w.bulk(&key);
+                    }))
+                }
+                BytesFrame::BulkString(_) => continue,
+                _ => break,
+            }
+        }
+    }
+    Ok(reply(proto, |w| {
+        w.null();
+    }))
+}
+
+/// INFO: the proxy's own sections plus the keyspace summed over the shards.
+async fn info(proxy: &Arc<Proxy>, conns: &[BackendConn], sections: &[Bytes], proto: Proto) -> Result<Bytes, String> {
+    let wanted: Vec<String> = sections.iter().map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()).collect();
+    let all = wanted.is_empty() || wanted.iter().any(|s| matches!(s.as_str(), "all" | "default" | "everything"));
+    let want = |section: &str| all || wanted.iter().any(|s| s == section);
+    let mut text = String::new();
+    if want("server") {
+        let uptime = proxy.started.elapsed().as_secs();
+        text.push_str(&format!(
+            "# Server\r\nredis_version:{}\r\nmemlog_version:{}\r\nredis_mode:cluster\r\nos:{} {}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n\r\n",
+            proxy.redis_version,
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+            std::process::id(),
+            proxy.announce_port,
+            uptime / 86400
+        ));
+    }
+    if want("clients") {
+        text.push_str(&format!(
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            proxy.clients.len(),
+            proxy.cfg.maxclients
+        ));
+    }
+    if want("stats") {
+        text.push_str(&format!(
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
+            proxy.stats.connections.load(Ordering::Relaxed),
+            proxy.stats.commands.load(Ordering::Relaxed),
+            proxy.stats.rejected_connections.load(Ordering::Relaxed)
+        ));
+    }
+    if want("replication") {
+        text.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
+    }
+    if want("cluster") {
+        text.push_str("# Cluster\r\ncluster_enabled:1\r\n\r\n");
+    }
+    if want("memlog") {
+        text.push_str(&format!("# Memlog\r\nshards:{}\r\n", proxy.shards.len()));
+        for (i, shard) in proxy.shards.iter().enumerate() {
+            let slots: Vec<String> = proxy.slots.ranges(i).iter().map(|(lo, hi)| format!("{lo}-{hi}")).collect();
+            text.push_str(&format!(
+                "shard{i}:slots={},primary={},replicas={}\r\n",
+                slots.join(" "),
+                shard.primary,
+                shard.replicas.join(" ")
+            ));
+        }
+        text.push_str("\r\n");
+    }
+    if want("keyspace") {
+        let (mut keys, mut expires, mut ttl_weighted) = (0i64, 0i64, 0i64);
+        for conn in conns {
+            let raw = conn.call(&[&b"INFO"[..], b"keyspace"]).await.map_err(|e| format!("ERR memlog: {e}"))?;
+            let internal = integer(&call(conn, &[b"EXISTS", LSN_KEY]).await?)?;
+            let raw = String::from_utf8_lossy(&raw).into_owned();
+            if let Some(db0) = raw.lines().find_map(|l| l.strip_prefix("db0:")) {
+                let field = |name: &str| -> i64 {
+                    db0.split(',')
+                        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                let shard_expires = field("expires");
+                keys += field("keys") - internal;
+                expires += shard_expires;
+                ttl_weighted += field("avg_ttl") * shard_expires;
+            }
+        }
+        text.push_str("# Keyspace\r\n");
+        if keys > 0 {
+            let avg_ttl = if expires > 0 { ttl_weighted / expires } else { 0 };
+            text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n"));
+        }
+    }
+    Ok(reply(proto, |w| {
+        w.verbatim(&text);
+    }))
+}

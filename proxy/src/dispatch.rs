@@ -1,0 +1,251 @@
+//! Turns each parsed request into a pending reply: looks the command up, checks arity and
+//! authentication, then either answers it in the proxy, refuses it, or routes it by its keys'
+//! slots: writes through the shard's sequencer, reads to the shard's read connection (or behind
+//! the same client's pending writes on the apply connection), multi-key commands that span
+//! shards split and merged in order.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
+
+use crate::commands::table::CommandInfo;
+use crate::commands::{self, Overlay};
+use crate::resp::{encode_command, Proto, Request};
+use crate::router::key_slot;
+use crate::sequencer::Write;
+use crate::session::{Lane, Lanes, Outgoing, Pending};
+use crate::state::{ClientHandle, Proxy, LSN_KEY};
+
+/// Multi-key commands that may span shards: run per shard and merged, as a Redis Cluster client
+/// library would do it, but atomically per shard.
+#[derive(Clone, Copy)]
+enum SplitMerge {
+    /// MGET: values back in key order.
+    Values,
+    /// DEL, UNLINK, EXISTS, TOUCH: the sum of the per-shard counts.
+    Count,
+}
+
+pub struct Dispatcher {
+    pub proxy: Arc<Proxy>,
+    pub client: Arc<ClientHandle>,
+    pub lanes: Arc<Lanes>,
+    pub proto: Proto,
+    pub authenticated: bool,
+}
+
+impl Dispatcher {
+    pub fn new(proxy: Arc<Proxy>, client: Arc<ClientHandle>) -> Dispatcher {
+        let lanes = Arc::new(Lanes::new(proxy.shards.len()));
+        let authenticated = !proxy.auth_required();
+        Dispatcher { proxy, client, lanes, proto: Proto::Resp2, authenticated }
+    }
+
+    pub async fn dispatch(&mut self, request: Request) -> Outgoing {
+        let started = Instant::now();
+        self.proxy.stats.commands.fetch_add(1, Ordering::Relaxed);
+        self.client.last_command_ms.store(self.client.connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let info = match self.lookup(&request) {
+            Ok(info) => info,
+            Err(msg) => return Outgoing::new(Pending::error(&msg), None, started),
+        };
+        self.client.last_command.store(Some(info.clone()));
+        let pending = if !info.arity_ok(request.args.len()) {
+            Pending::error(&format!("ERR wrong number of arguments for '{}' command", info.name))
+        } else if !self.authenticated && !commands::allowed_before_auth(&info.name) {
+            Pending::error("NOAUTH Authentication required.")
+        } else {
+            match commands::overlay(&info, &request) {
+                Overlay::Forward => self.forward(&request, &info).await,
+                Overlay::Local => commands::run_local(self, &request, &info).await,
+                Overlay::Refused(why) => {
+                    Pending::error(&format!("ERR memlog: '{}' is not allowed: {why}", display_name(&info.name)))
+                }
+                Overlay::NotYet => Pending::error(&format!(
+                    "ERR memlog: '{}' is not supported by this version of memlog yet",
+                    display_name(&info.name)
+                )),
+            }
+        };
+        let barrier = matches!(pending, Pending::Deferred(_));
+        Outgoing { close: info.name == "quit", barrier, ..Outgoing::new(pending, Some(info), started) }
+    }
+
+    /// Finds the command (or container subcommand) in the table, or Redis's error text.
+    fn lookup(&self, request: &Request) -> Result<Arc<CommandInfo>, String> {
+        let name = request.name_lower();
+        let Some(info) = self.proxy.table.get(&name) else {
+            let mut msg = format!("ERR unknown command '{}', with args beginning with: ", truncate(&request.args[0]));
+            for arg in &request.args[1..] {
+                msg.push_str(&format!("'{}' ", truncate(arg)));
+            }
+            return Err(msg);
+        };
+        if info.subcommands.is_empty() {
+            return Ok(info.clone());
+        }
+        let Some(sub) = request.args.get(1) else {
+            return Err(format!("ERR wrong number of arguments for '{name}' command"));
+        };
+        let sub = String::from_utf8_lossy(sub).to_ascii_lowercase();
+        info.subcommands.get(&sub).cloned().ok_or_else(|| {
+            format!("ERR unknown subcommand '{}'. Try {} HELP.", truncate(&request.args[1]), name.to_uppercase())
+        })
+    }
+
+    /// Routes a command Redis itself executes, by the slots of its keys.
+    async fn forward(&mut self, request: &Request, info: &Arc<CommandInfo>) -> Pending {
+        // Malformed arguments the keys depend on (no keys found): Redis answers with its own error.
+        let keys = self.key_positions(request, info).await.unwrap_or_default();
+        if keys.iter().any(|&k| request.args[k][..] == *LSN_KEY) {
+            return Pending::error("ERR memlog: the key '__memlog:lsn' is reserved for memlog");
+        }
+        let Some(&first) = keys.first() else {
+            return self.to_shard(0, request.raw.clone(), info.flags.write).await;
+        };
+        let first_slot = key_slot(&request.args[first]);
+        let shard = self.proxy.slots.shard_of_slot(first_slot);
+        let mut spans_slots = false;
+        let mut spans_shards = false;
+        for &k in &keys[1..] {
+            let slot = key_slot(&request.args[k]);
+            spans_slots |= slot != first_slot;
+            spans_shards |= self.proxy.slots.shard_of_slot(slot) != shard;
+        }
+        let cluster_compat = self.proxy.cfg.cluster_compat;
+        if !(spans_shards || cluster_compat && spans_slots) {
+            return self.to_shard(shard, request.raw.clone(), info.flags.write).await;
+        }
+        let merge = match info.name.as_str() {
+            "mget" => Some(SplitMerge::Values),
+            "del" | "unlink" | "exists" | "touch" => Some(SplitMerge::Count),
+            _ => None,
+        };
+        match merge {
+            Some(merge) if !cluster_compat => self.split(request, &keys, merge, info.flags.write).await,
+            _ => Pending::error("CROSSSLOT Keys in request don't hash to the same slot"),
+        }
+    }
+
+    async fn key_positions(&self, request: &Request, info: &CommandInfo) -> Option<Vec<usize>> {
+        if !info.needs_getkeys {
+            return info.key_positions(&request.args);
+        }
+        // Key specs cannot find every key of this command (e.g. SORT … STORE): ask Redis.
+        let mut args: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
+        args.extend(request.args.iter().map(|a| &a[..]));
+        let reply = self.proxy.shards[0].read_conn(Proto::Resp2, self.client.id).call(&args).await.ok()?;
+        let keys = crate::state::decode_resp2(&reply).ok()?;
+        let redis_protocol::resp2::types::BytesFrame::Array(keys) = keys else { return None };
+        // GETKEYS names the keys; map each back to its first unused position.
+        let mut used = vec![false; request.args.len()];
+        let mut positions = Vec::with_capacity(keys.len());
+        for key in keys {
+            let redis_protocol::resp2::types::BytesFrame::BulkString(key) = key else { continue };
+            if let Some(pos) = (1..request.args.len()).find(|&i| !used[i] && request.args[i] == key) {
+                used[pos] = true;
+                positions.push(pos);
+            }
+        }
+        Some(positions)
+    }
+
+    /// Sends one request to `shard`, keeping this client's commands to the shard in order: a
+    /// write waits for the client's reads in flight there; a read issued while the client's
+    /// writes are in flight rides the apply connection behind them.
+    pub async fn to_shard(&mut self, shard: usize, request: Bytes, write: bool) -> Pending {
+        let lane = if write || self.lanes.in_flight(shard, Lane::Apply) > 0 { Lane::Apply } else { Lane::Read };
+        if lane == Lane::Apply && self.lanes.in_flight(shard, Lane::Read) > 0 {
+            self.lanes.wait_reads_done(shard).await;
+        }
+        let guard = self.lanes.enter(shard, lane);
+        let (tx, rx) = oneshot::channel();
+        let target = &self.proxy.shards[shard];
+        match lane {
+            Lane::Apply => target.sequencer.submit(Write { proto: self.proto, request, reply: tx }),
+            Lane::Read => target.read_conn(self.proto, self.client.id).send_to(request, tx),
+        }
+        Pending::Backend { rx, _lane: Some(guard) }
+    }
+
+    /// Runs a splittable multi-key command on each shard its keys live in, then merges.
+    async fn split(&mut self, request: &Request, keys: &[usize], merge: SplitMerge, write: bool) -> Pending {
+        let mut shard_keys: Vec<(usize, Vec<Bytes>)> = Vec::new();
+        // For each key, in request order: (part, index within the part).
+        let mut placement = Vec::with_capacity(keys.len());
+        for &k in keys {
+            let key = &request.args[k];
+            let shard = self.proxy.slots.shard_of_key(key);
+            let part = match shard_keys.iter().position(|(s, _)| *s == shard) {
+                Some(part) => part,
+                None => {
+                    shard_keys.push((shard, Vec::new()));
+                    shard_keys.len() - 1
+                }
+            };
+            placement.push((part, shard_keys[part].1.len()));
+            shard_keys[part].1.push(key.clone());
+        }
+        let mut parts = Vec::with_capacity(shard_keys.len());
+        for (shard, part_keys) in shard_keys {
+            let mut args = Vec::with_capacity(part_keys.len() + 1);
+            args.push(request.args[0].clone());
+            args.extend(part_keys);
+            parts.push(self.to_shard(shard, encode_command(&args), write).await);
+        }
+        let proto = self.proto;
+        let merge: Box<dyn FnOnce(Vec<Bytes>) -> Bytes + Send> = match merge {
+            SplitMerge::Count => Box::new(move |replies| merge_counts(proto, &replies)),
+            SplitMerge::Values => Box::new(move |replies| merge_values(proto, &replies, &placement)),
+        };
+        Pending::Merge { parts, merge, proto }
+    }
+}
+
+/// Sums integer replies (`:n`).
+pub fn merge_counts(proto: Proto, replies: &[Bytes]) -> Bytes {
+    let mut total = 0i64;
+    for reply in replies {
+        match reply.strip_prefix(b":").and_then(|r| crate::resp::parse_int(r.strip_suffix(b"\r\n").unwrap_or(r))) {
+            Some(n) => total += n,
+            None => return crate::resp::error_reply("ERR memlog: unexpected reply from a shard while merging counts"),
+        }
+    }
+    crate::resp::reply(proto, |w| {
+        w.int(total);
+    })
+}
+
+/// Reassembles per-shard arrays into one array in the original key order.
+fn merge_values(proto: Proto, replies: &[Bytes], placement: &[(usize, usize)]) -> Bytes {
+    let mut parts = Vec::with_capacity(replies.len());
+    for reply in replies {
+        match crate::resp::array_items(proto, reply) {
+            Some(items) => parts.push(items),
+            None => return crate::resp::error_reply("ERR memlog: unexpected reply from a shard while merging values"),
+        }
+    }
+    let mut out = BytesMut::new();
+    let mut w = crate::resp::ReplyWriter::new(proto);
+    w.array(placement.len());
+    out.extend_from_slice(&w.finish());
+    for &(part, index) in placement {
+        match parts[part].get(index) {
+            Some(item) => out.extend_from_slice(item),
+            None => return crate::resp::error_reply("ERR memlog: a shard returned too few values"),
+        }
+    }
+    out.freeze()
+}
+
+fn truncate(arg: &[u8]) -> String {
+    String::from_utf8_lossy(&arg[..arg.len().min(128)]).into_owned()
+}
+
+/// `client|kill` → `CLIENT KILL`, as users type it.
+pub fn display_name(name: &str) -> String {
+    name.replace('|', " ").to_uppercase()
+}

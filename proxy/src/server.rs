@@ -1,0 +1,120 @@
+//! The listener: accepts client connections (plain TCP or TLS), enforces `maxclients`, runs a
+//! session per connection, and on shutdown stops accepting, lets sessions finish what they
+//! already read, and cuts what is left after the grace period.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TlsConfig;
+use crate::state::{ClientHandle, Proxy};
+
+pub async fn accept_loop(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let tls = proxy.cfg.tls.as_ref().map(tls_acceptor).transpose()?;
+    let drain = CancellationToken::new();
+    let mut sessions = JoinSet::new();
+    let connected = metrics::gauge!("memlog_connected_clients");
+    let accepted = metrics::counter!("memlog_connections_total");
+    let rejected = metrics::counter!("memlog_rejected_connections_total");
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        proxy.stats.connections.fetch_add(1, Ordering::Relaxed);
+        accepted.increment(1);
+        if proxy.clients.len() >= proxy.cfg.maxclients {
+            proxy.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            rejected.increment(1);
+            tokio::spawn(refuse(stream));
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(addr);
+        let id = proxy.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let user = if proxy.auth_required() { "(unauthenticated)" } else { "default" };
+        let client = Arc::new(ClientHandle::new(id, addr, local, user));
+        proxy.clients.insert(id, client.clone());
+        connected.set(proxy.clients.len() as f64);
+        let (proxy, drain, tls, connected) = (proxy.clone(), drain.clone(), tls.clone(), connected.clone());
+        sessions.spawn(async move {
+            serve_connection(proxy.clone(), client, stream, addr, tls, drain).await;
+            proxy.clients.remove(&id);
+            connected.set(proxy.clients.len() as f64);
+        });
+    }
+    drop(listener);
+    tracing::info!(clients = sessions.len(), "draining: finishing requests already received");
+    drain.cancel();
+    let grace = Duration::from_millis(proxy.cfg.shutdown_grace_ms);
+    if tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(clients = sessions.len(), "grace period over; closing remaining connections");
+        sessions.abort_all();
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    proxy: Arc<Proxy>,
+    client: Arc<ClientHandle>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    drain: CancellationToken,
+) {
+    match tls {
+        None => {
+            let (reader, writer) = stream.into_split();
+            crate::session::run(proxy, client, reader, writer, drain).await;
+        }
+        Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+            Ok(Ok(tls_stream)) => {
+                let (reader, writer) = tokio::io::split(tls_stream);
+                crate::session::run(proxy, client, reader, writer, drain).await;
+            }
+            Ok(Err(e)) => tracing::debug!(%addr, "TLS handshake failed: {e}"),
+            Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+        },
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+    let _ = stream.shutdown().await;
+}
+
+fn tls_acceptor(cfg: &TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&cfg.cert)
+        .map_err(|e| anyhow::anyhow!("cannot read TLS certificate {}: {e}", cfg.cert))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("bad TLS certificate {}: {e}", cfg.cert))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| anyhow::anyhow!("cannot read TLS key {}: {e}", cfg.key))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,245 @@
+//! The proxy's shared state: configuration, slot map, command table, shards (their sequencer
+//! and read pools) and the registry of connected clients.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{BackendConn, BackendOptions};
+use crate::commands::table::{CommandInfo, CommandTable};
+use crate::config::ProxyConfig;
+use crate::resp::Proto;
+use crate::router::SlotMap;
+use crate::sequencer::Sequencer;
+
+/// The key in which each Redis node records the journal prefix it holds; clients never see it.
+pub const LSN_KEY: &[u8] = b"__memlog:lsn";
+
+pub struct Shard {
+    pub id: usize,
+    pub primary: String,
+    pub replicas: Vec<String>,
+    pub sequencer: Sequencer,
+    reads2: Vec<BackendConn>,
+    reads3: OnceLock<Vec<BackendConn>>,
+    opts: BackendOptions,
+}
+
+impl Shard {
+    fn new(id: usize, primary: &str, replicas: &[String], connections: usize, opts: BackendOptions) -> Shard {
+        Shard {
+            id,
+            primary: primary.to_string(),
+            replicas: replicas.to_vec(),
+            sequencer: Sequencer::spawn(id, primary, opts),
+            reads2: (0..connections).map(|_| BackendConn::spawn(primary, Proto::Resp2, opts)).collect(),
+            reads3: OnceLock::new(),
+            opts,
+        }
+    }
+
+    /// The read connection a client uses: always the same one for a client, so its reads of
+    /// this shard stay in order among themselves.
+    pub fn read_conn(&self, proto: Proto, client_id: u64) -> &BackendConn {
+        let pool = match proto {
+            Proto::Resp2 => &self.reads2,
+            Proto::Resp3 => self.reads3.get_or_init(|| {
+                (0..self.reads2.len()).map(|_| BackendConn::spawn(&self.primary, Proto::Resp3, self.opts)).collect()
+            }),
+        };
+        &pool[(client_id % pool.len() as u64) as usize]
+    }
+}
+
+/// What the proxy knows about one client connection (`CLIENT LIST`, `CLIENT KILL`).
+pub struct ClientHandle {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    pub connected_at: Instant,
+    /// Milliseconds since `connected_at` of the last command, for `idle=`.
+    pub last_command_ms: AtomicU64,
+    pub last_command: ArcSwapOption<CommandInfo>,
+    pub name: Mutex<Option<String>>,
+    pub user: Mutex<String>,
+    pub lib_name: Mutex<Option<String>>,
+    pub lib_version: Mutex<Option<String>>,
+    pub proto: AtomicU8,
+    /// Cancelled by `CLIENT KILL`: the session stops at once.
+    pub kill: CancellationToken,
+}
+
+impl ClientHandle {
+    pub fn new(id: u64, addr: SocketAddr, local_addr: SocketAddr, user: &str) -> ClientHandle {
+        ClientHandle {
+            id,
+            addr,
+            local_addr,
+            connected_at: Instant::now(),
+            last_command_ms: AtomicU64::new(0),
+            last_command: ArcSwapOption::empty(),
+            name: Mutex::new(None),
+            user: Mutex::new(user.to_string()),
+            lib_name: Mutex::new(None),
+            lib_version: Mutex::new(None),
+            proto: AtomicU8::new(2),
+            kill: CancellationToken::new(),
+        }
+    }
+}
+
+impl ClientHandle {
+    pub fn proto(&self) -> Proto {
+        if self.proto.load(Ordering::Relaxed) == 3 {
+            Proto::Resp3
+        } else {
+            Proto::Resp2
+        }
+    }
+
+    /// One `CLIENT LIST` / `CLIENT INFO` line, in Redis's format.
+    pub fn info_line(&self) -> String {
+        let now = Instant::now();
+        format!(
+            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
+            self.id,
+            self.addr,
+            self.local_addr,
+            self.name.lock().unwrap().as_deref().unwrap_or(""),
+            now.duration_since(self.connected_at).as_secs(),
+            now.duration_since(self.connected_at).as_secs().saturating_sub(self.last_command_ms.load(Ordering::Relaxed) / 1000),
+            self.last_command.load().as_ref().map(|c| c.name.as_str()).unwrap_or("NULL"),
+            self.user.lock().unwrap(),
+            if self.proto() == Proto::Resp3 { 3 } else { 2 },
+            self.lib_name.lock().unwrap().as_deref().unwrap_or(""),
+            self.lib_version.lock().unwrap().as_deref().unwrap_or(""),
+        )
+    }
+}
+
+/// Counters INFO reports.
+#[derive(Default)]
+pub struct Stats {
+    pub commands: AtomicU64,
+    pub connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+}
+
+pub struct Proxy {
+    pub cfg: ProxyConfig,
+    pub slots: SlotMap,
+    pub table: CommandTable,
+    pub shards: Vec<Shard>,
+    pub clients: DashMap<u64, Arc<ClientHandle>>,
+    pub next_client_id: AtomicU64,
+    pub stats: Stats,
+    pub started: Instant,
+    pub started_wall: SystemTime,
+    /// The Redis version of the backends, reported by HELLO and INFO.
+    pub redis_version: String,
+    /// This proxy's cluster node ID (40 hex digits), stable for its announce address.
+    pub node_id: String,
+    pub announce_host: String,
+    pub announce_port: u16,
+}
+
+impl Proxy {
+    /// Connects to the shards and loads the command table from the first shard's primary.
+    pub async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
+        let slots = SlotMap::from_config(&cfg.shards)?;
+        let opts = BackendOptions {
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            request_timeout: Duration::from_millis(cfg.backend_timeout_ms),
+        };
+        let admin = BackendConn::spawn(&cfg.shards[0].primary, Proto::Resp2, opts);
+        let (table, redis_version) = load_command_table(&admin).await?;
+        let connections = cfg.backend_connections.max(1);
+        let shards = cfg
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Shard::new(i, &s.primary, &s.replicas, connections, opts))
+            .collect();
+        let announce = cfg.announce.clone().unwrap_or_else(|| cfg.listen.clone());
+        let (announce_host, announce_port) = match announce.rsplit_once(':') {
+            Some((host, port)) => (host.trim_matches(['[', ']']).to_string(), port.parse()?),
+            None => anyhow::bail!("announce/listen address {announce:?} has no port"),
+        };
+        let host =
+            if announce_host == "0.0.0.0" || announce_host == "::" { "127.0.0.1".to_string() } else { announce_host };
+        let node_id = node_id_for(&format!("{host}:{announce_port}"));
+        Ok(Proxy {
+            cfg,
+            slots,
+            table,
+            shards,
+            clients: DashMap::new(),
+            next_client_id: AtomicU64::new(1),
+            stats: Stats::default(),
+            started: Instant::now(),
+            started_wall: SystemTime::now(),
+            redis_version,
+            node_id,
+            announce_host: host,
+            announce_port,
+        })
+    }
+
+    /// True when `name`/`password` are a configured user (or no users are configured).
+    pub fn check_user(&self, name: &str, password: &[u8]) -> bool {
+        self.cfg.users.iter().any(|u| u.name == name && u.password.as_bytes() == password)
+    }
+
+    pub fn auth_required(&self) -> bool {
+        !self.cfg.users.is_empty()
+    }
+}
+
+/// Asks the backend for its command table, retrying while it is not up yet (a sidecar may start
+/// before its Redis).
+async fn load_command_table(admin: &BackendConn) -> anyhow::Result<(CommandTable, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match admin.call(&["COMMAND"]).await {
+            Ok(raw) => {
+                let frame = decode_resp2(&raw)?;
+                let mut table = CommandTable::from_command_reply(&frame)?;
+                crate::commands::add_local_commands(&mut table);
+                let info = admin.call(&["INFO", "server"]).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let info = String::from_utf8_lossy(&info).into_owned();
+                let version =
+                    info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("unknown").trim().to_string();
+                return Ok((table, version));
+            }
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!("waiting for Redis node {} to load the command table: {e}", admin.addr());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => anyhow::bail!("cannot load the command table from {}: {e}", admin.addr()),
+        }
+    }
+}
+
+pub fn decode_resp2(raw: &bytes::Bytes) -> anyhow::Result<redis_protocol::resp2::types::BytesFrame> {
+    match redis_protocol::resp2::decode::decode_bytes(raw) {
+        Ok(Some((frame, _))) => Ok(frame),
+        _ => anyhow::bail!("unparsable reply from Redis"),
+    }
+}
+
+/// A 40-hex-digit ID derived from the address, so a restarted proxy keeps its cluster ID.
+fn node_id_for(addr: &str) -> String {
+    let mut id = String::with_capacity(40);
+    let mut seed = crc32c::crc32c(addr.as_bytes());
+    while id.len() < 40 {
+        seed = crc32c::crc32c_append(seed, addr.as_bytes());
+        id.push_str(&format!("{seed:08x}"));
+    }
+    id.truncate(40);
+    id
+}
