@@ -1,10 +1,19 @@
 //! `memlog`: the one binary. `memlog proxy` serves clients, `memlog journal` runs a journal
-//! node, `memlog up` starts a whole local cluster on loopback.
+//! node, `memlog up` starts a whole local cluster on loopback, `memlog status` checks it.
+
+mod children;
+mod cluster_file;
+mod probe;
+mod signals;
+mod status;
+mod up;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use signals::shutdown_signal;
 
 #[derive(Parser)]
 #[command(name = "memlog", version, about = "A Redis-protocol durability layer in front of stock Redis")]
@@ -29,7 +38,15 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: SocketAddr,
+        /// Serve Prometheus metrics (text format) on this address.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
+    /// Start a local cluster on loopback (Redis shards with replicas, and the proxy) and print
+    /// its endpoint; Ctrl-C or SIGTERM stops every process it started.
+    Up(up::UpArgs),
+    /// Check the cluster that `memlog up` started: every recorded process alive and answering.
+    Status(status::StatusArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,29 +56,24 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
+    // Everything runs inside block_on on this (main) thread, which `memlog up` relies on:
+    // the children it forks here die with it (PR_SET_PDEATHSIG follows the forking thread).
     runtime.block_on(async move {
         match cli.command {
             Command::Proxy { config } => {
                 let cfg = memlog_proxy::config::ProxyConfig::load(config.as_deref())?;
                 memlog_proxy::serve(cfg, shutdown_signal()).await
             }
-            Command::Journal { dir, listen } => {
-                let opts = journal_service::node::NodeOptions { dir, listen };
+            Command::Journal { dir, listen, metrics_listen } => {
+                let opts = journal_service::node::NodeOptions { dir, listen, metrics_listen };
                 journal_service::node::run(opts, shutdown_signal()).await
             }
+            Command::Up(args) => up::run(args, shutdown_signal()).await,
+            Command::Status(args) => status::run(args).await,
         }
     })
-}
-
-/// Resolves on SIGTERM or Ctrl-C, so every server drains gracefully on either.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

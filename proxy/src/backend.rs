@@ -104,7 +104,7 @@ async fn drive(addr: Arc<str>, proto: Proto, opts: BackendOptions, mut ops: mpsc
             Ok(stream) => {
                 backoff = Duration::from_millis(10);
                 tracing::debug!(node = %addr, "connected to Redis node");
-                if serve(&addr, proto, stream, opts, &mut ops).await.is_none() {
+                if serve(&addr, stream, opts, &mut ops).await.is_none() {
                     return;
                 }
                 metrics::counter!("memlog_backend_errors_total", "node" => addr.to_string()).increment(1);
@@ -147,7 +147,7 @@ async fn connect(addr: &str, proto: Proto, opts: BackendOptions) -> Result<TcpSt
         stream.write_all(&encode_command(&["HELLO", "3"])).await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::with_capacity(1024);
         let hello = loop {
-            if let Some(len) = frame_len(Proto::Resp3, &buf).map_err(|_| "bad HELLO 3 reply".to_string())? {
+            if let Some(len) = frame_len(&buf).map_err(|_| "bad HELLO 3 reply".to_string())? {
                 break buf.split_to(len);
             }
             let read = tokio::time::timeout(opts.connect_timeout, stream.read_buf(&mut buf))
@@ -168,7 +168,6 @@ async fn connect(addr: &str, proto: Proto, opts: BackendOptions) -> Result<TcpSt
 /// Pipelines requests onto `stream` until it breaks; `None` once every handle is gone.
 async fn serve(
     addr: &str,
-    proto: Proto,
     stream: TcpStream,
     opts: BackendOptions,
     ops: &mut mpsc::UnboundedReceiver<Op>,
@@ -212,6 +211,7 @@ async fn serve(
 
     let reader = async {
         let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut scanner = FrameScanner::default();
         loop {
             if buf.capacity() - buf.len() < 16 * 1024 {
                 buf.reserve(64 * 1024);
@@ -231,7 +231,7 @@ async fn serve(
             }
             let mut queue = inflight.lock().unwrap();
             loop {
-                let len = match frame_len(proto, &buf) {
+                let len = match scanner.scan(&buf) {
                     Ok(Some(len)) => len,
                     Ok(None) => break,
                     Err(BadFrame) => return ReaderEnd::BadReply,
@@ -290,17 +290,75 @@ enum ReaderEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadFrame;
 
-/// Length of the first complete reply frame in `buf`, if it holds one, by the grammar of the
-/// protocol the connection speaks (RESP2's `$-1` is not RESP3, RESP3's `%` is not RESP2).
-pub fn frame_len(proto: Proto, buf: &[u8]) -> Result<Option<usize>, BadFrame> {
-    if buf.is_empty() {
-        return Ok(None);
+/// Finds where a reply frame ends, for RESP2 and RESP3 alike (RESP3's grammar contains RESP2's
+/// replies, `$-1` and `*-1` included), without allocating. It resumes where the last call
+/// stopped, so a large reply arriving over many reads is scanned once.
+#[derive(Debug, Default)]
+pub struct FrameScanner {
+    /// Offset of the first item not yet consumed.
+    pos: usize,
+    /// Items (frames inside aggregates) still to read; 0 = not started.
+    pending: u64,
+}
+
+impl FrameScanner {
+    /// Length of the first complete frame in `buf`, which must start with the same bytes as on
+    /// the previous call; after `Some`, the scanner is reset for the next frame.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, BadFrame> {
+        if self.pending == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            *self = FrameScanner { pos: 0, pending: 1 };
+        }
+        while self.pending > 0 {
+            let pos = self.pos;
+            let Some(&kind) = buf.get(pos) else { return Ok(None) };
+            let Some(line_end) = crate::resp::find_crlf(buf, pos + 1) else { return Ok(None) };
+            let line = &buf[pos + 1..line_end];
+            let mut next = line_end + 2;
+            let count = |line: &[u8]| crate::resp::parse_int(line).ok_or(BadFrame);
+            let more = match kind {
+                b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => 0,
+                b'$' | b'!' | b'=' => match count(line)? {
+                    -1 if kind == b'$' => 0,
+                    len if len >= 0 => {
+                        let end = next + len as usize;
+                        if buf.len() < end + 2 {
+                            return Ok(None);
+                        }
+                        if &buf[end..end + 2] != b"\r\n" {
+                            return Err(BadFrame);
+                        }
+                        next = end + 2;
+                        0
+                    }
+                    _ => return Err(BadFrame),
+                },
+                b'*' | b'~' | b'>' | b'%' | b'|' => match count(line)? {
+                    -1 if kind == b'*' => 0,
+                    n if n >= 0 => match kind {
+                        b'%' => 2 * n as u64,
+                        // An attribute map comes before the reply it annotates.
+                        b'|' => 2 * n as u64 + 1,
+                        _ => n as u64,
+                    },
+                    _ => return Err(BadFrame),
+                },
+                _ => return Err(BadFrame),
+            };
+            self.pos = next;
+            self.pending = self.pending - 1 + more;
+        }
+        let len = self.pos;
+        *self = FrameScanner::default();
+        Ok(Some(len))
     }
-    let decoded = match proto {
-        Proto::Resp2 => redis_protocol::resp2::decode::decode_range(buf).map(|f| f.map(|(_, len)| len)),
-        Proto::Resp3 => redis_protocol::resp3::decode::complete::decode_range(buf).map(|f| f.map(|(_, len)| len)),
-    };
-    decoded.map_err(|_| BadFrame)
+}
+
+/// Length of the first complete reply frame in `buf`, if it holds one.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, BadFrame> {
+    FrameScanner::default().scan(buf)
 }
 
 #[cfg(test)]
@@ -309,13 +367,26 @@ mod tests {
 
     #[test]
     fn frames_each_protocol() {
-        assert_eq!(frame_len(Proto::Resp2, b"$-1\r\n"), Ok(Some(5)));
-        assert_eq!(frame_len(Proto::Resp2, b"*-1\r\n"), Ok(Some(5)));
-        assert_eq!(frame_len(Proto::Resp2, b"*2\r\n$1\r\na\r\n:1\r\n+OK"), Ok(Some(15)));
-        assert_eq!(frame_len(Proto::Resp2, b"*2\r\n$1\r\na\r\n"), Ok(None));
-        assert_eq!(frame_len(Proto::Resp3, b"%1\r\n+a\r\n,1.5\r\n"), Ok(Some(14)));
-        assert_eq!(frame_len(Proto::Resp3, b"_\r\n"), Ok(Some(3)));
-        assert_eq!(frame_len(Proto::Resp2, b"-ERR x\r\n"), Ok(Some(8)));
-        assert_eq!(frame_len(Proto::Resp2, b"?\r\n"), Err(BadFrame));
+        assert_eq!(frame_len(b"$-1\r\n"), Ok(Some(5)));
+        assert_eq!(frame_len(b"*-1\r\n"), Ok(Some(5)));
+        assert_eq!(frame_len(b"*2\r\n$1\r\na\r\n:1\r\n+OK"), Ok(Some(15)));
+        assert_eq!(frame_len(b"*2\r\n$1\r\na\r\n"), Ok(None));
+        assert_eq!(frame_len(b"%1\r\n+a\r\n,1.5\r\n"), Ok(Some(14)));
+        assert_eq!(frame_len(b"_\r\n"), Ok(Some(3)));
+        assert_eq!(frame_len(b"-ERR x\r\n"), Ok(Some(8)));
+        assert_eq!(frame_len(b"?\r\n"), Err(BadFrame));
+        // A set holding a map, as COMMAND INFO answers in RESP3.
+        assert_eq!(frame_len(b"~1\r\n%1\r\n$1\r\na\r\n~0\r\n:1"), Ok(Some(19)));
+        assert_eq!(frame_len(b"|1\r\n+k\r\n+v\r\n:5\r\n"), Ok(Some(16)));
+    }
+
+    #[test]
+    fn scanning_resumes_across_reads() {
+        let frame = b"*3\r\n$5\r\nhello\r\n:1\r\n%1\r\n+a\r\n+b\r\n";
+        for cut in 1..frame.len() {
+            let mut scanner = FrameScanner::default();
+            assert_eq!(scanner.scan(&frame[..cut]), Ok(None), "cut at {cut}");
+            assert_eq!(scanner.scan(frame), Ok(Some(frame.len())));
+        }
     }
 }

@@ -7,6 +7,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// `MEMLOG_…` variables that are not proxy configuration keys.
+const NOT_CONFIG_VARS: &[&str] = &["MEMLOG_LOG", "MEMLOG_FAILPOINT", "MEMLOG_BIN"];
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
@@ -100,8 +103,15 @@ impl ProxyConfig {
         if let Some(path) = path {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
+        // Variables read elsewhere (the log filter, test failpoints) are not configuration keys.
+        let env: std::collections::HashMap<String, String> =
+            std::env::vars().filter(|(name, _)| !NOT_CONFIG_VARS.contains(&name.as_str())).collect();
         builder = builder.add_source(
-            config::Environment::with_prefix("MEMLOG").prefix_separator("_").separator("__").try_parsing(true),
+            config::Environment::with_prefix("MEMLOG")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
         );
         let cfg: ProxyConfig = builder.build()?.try_deserialize()?;
         cfg.validate()?;

@@ -76,20 +76,19 @@ impl Dispatcher {
 
     /// Finds the command (or container subcommand) in the table, or Redis's error text.
     fn lookup(&self, request: &Request) -> Result<Arc<CommandInfo>, String> {
-        let name = request.name_lower();
-        let Some(info) = self.proxy.table.get(&name) else {
+        let mut name_buf = [0u8; 32];
+        let Some(info) = request.name_in(&mut name_buf).and_then(|name| self.proxy.table.get(name)) else {
             let mut msg = format!("ERR unknown command '{}', with args beginning with: ", truncate(&request.args[0]));
             for arg in &request.args[1..] {
                 msg.push_str(&format!("'{}' ", truncate(arg)));
             }
             return Err(msg);
         };
-        if info.subcommands.is_empty() {
+        // A container called alone (`COMMAND`) is the container itself; its arity decides.
+        let Some(sub) = request.args.get(1).filter(|_| !info.subcommands.is_empty()) else {
             return Ok(info.clone());
-        }
-        let Some(sub) = request.args.get(1) else {
-            return Err(format!("ERR wrong number of arguments for '{name}' command"));
         };
+        let name = &info.name;
         let sub = String::from_utf8_lossy(sub).to_ascii_lowercase();
         info.subcommands.get(&sub).cloned().ok_or_else(|| {
             format!("ERR unknown subcommand '{}'. Try {} HELP.", truncate(&request.args[1]), name.to_uppercase())
@@ -223,7 +222,7 @@ pub fn merge_counts(proto: Proto, replies: &[Bytes]) -> Bytes {
 fn merge_values(proto: Proto, replies: &[Bytes], placement: &[(usize, usize)]) -> Bytes {
     let mut parts = Vec::with_capacity(replies.len());
     for reply in replies {
-        match crate::resp::array_items(proto, reply) {
+        match crate::resp::array_items(reply) {
             Some(items) => parts.push(items),
             None => return crate::resp::error_reply("ERR memlog: unexpected reply from a shard while merging values"),
         }

@@ -22,9 +22,15 @@ impl Request {
         Request { raw: encode_command(&args), args }
     }
 
-    /// The command name, lower-cased, as the command table keys it.
-    pub fn name_lower(&self) -> String {
-        String::from_utf8_lossy(&self.args[0]).to_ascii_lowercase()
+    /// Lower-cases the command name into `buf` without allocating; `None` if it is too long or
+    /// not UTF-8 (no such command exists).
+    pub fn name_in<'b>(&self, buf: &'b mut [u8; 32]) -> Option<&'b str> {
+        let name = &self.args[0];
+        let out = buf.get_mut(..name.len())?;
+        for (o, &b) in out.iter_mut().zip(name.iter()) {
+            *o = b.to_ascii_lowercase();
+        }
+        std::str::from_utf8(out).ok()
     }
 }
 
@@ -334,7 +340,7 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
     Ok(args)
 }
 
-fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+pub fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     buf.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|p| p + from)
 }
 
@@ -461,9 +467,9 @@ pub fn error_reply(msg: &str) -> Bytes {
     })
 }
 
-/// The raw bytes of each element of an array reply (`*n` or RESP3 `~n`/`%n` flattened) in
-/// protocol `proto`, or `None` if `reply` is not an array.
-pub fn array_items(proto: Proto, reply: &Bytes) -> Option<Vec<Bytes>> {
+/// The raw bytes of each element of an array reply (`*n` or RESP3 `~n`/`%n` flattened), or
+/// `None` if `reply` is not an array.
+pub fn array_items(reply: &Bytes) -> Option<Vec<Bytes>> {
     let header_end = find_crlf(reply, 1)?;
     let count = match reply.first()? {
         b'*' | b'~' | b'>' => parse_int(&reply[1..header_end])?,
@@ -473,7 +479,7 @@ pub fn array_items(proto: Proto, reply: &Bytes) -> Option<Vec<Bytes>> {
     let mut items = Vec::with_capacity(count.max(0) as usize);
     let mut pos = header_end + 2;
     for _ in 0..count.max(0) {
-        let len = crate::backend::frame_len(proto, &reply[pos..]).ok()??;
+        let len = crate::backend::frame_len(&reply[pos..]).ok()??;
         items.push(reply.slice(pos..pos + len));
         pos += len;
     }

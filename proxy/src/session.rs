@@ -49,19 +49,23 @@ impl Pending {
         Pending::Ready(error_reply(msg))
     }
 
-    fn resolve(self) -> Pin<Box<dyn Future<Output = Bytes> + Send>> {
+    /// Waits for the reply. Plain replies resolve without boxing; only merged and deferred
+    /// ones (rare, and recursive) go through a boxed future.
+    async fn resolve(self) -> Bytes {
+        match self {
+            Pending::Ready(bytes) => bytes,
+            Pending::Backend { rx, _lane } => backend_reply(rx.await),
+            other => other.resolve_boxed().await,
+        }
+    }
+
+    fn resolve_boxed(self) -> Pin<Box<dyn Future<Output = Bytes> + Send>> {
         Box::pin(async move {
             match self {
-                Pending::Ready(bytes) => bytes,
-                Pending::Backend { rx, _lane } => match rx.await {
-                    Ok(Ok(bytes)) => bytes,
-                    Ok(Err(e)) => error_reply(&format!("ERR memlog: {e}")),
-                    Err(_) => error_reply("ERR memlog: the request was dropped; its outcome is unknown"),
-                },
                 Pending::Merge { parts, merge, .. } => {
                     let mut replies = Vec::with_capacity(parts.len());
                     for part in parts {
-                        let reply = part.resolve().await;
+                        let reply = part.resolve_boxed().await;
                         if matches!(reply.first(), Some(b'-') | Some(b'!')) {
                             return reply;
                         }
@@ -70,8 +74,18 @@ impl Pending {
                     merge(replies)
                 }
                 Pending::Deferred(work) => work.await,
+                Pending::Ready(bytes) => bytes,
+                Pending::Backend { rx, _lane } => backend_reply(rx.await),
             }
         })
+    }
+}
+
+fn backend_reply(received: Result<ReplyResult, oneshot::error::RecvError>) -> Bytes {
+    match received {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => error_reply(&format!("ERR memlog: {e}")),
+        Err(_) => error_reply("ERR memlog: the request was dropped; its outcome is unknown"),
     }
 }
 

@@ -98,7 +98,10 @@ pub fn spawn_listening(name: &str, mut cmd: Command, addr: SocketAddr, log: &Pat
             return proc;
         }
         if let Ok(Some(status)) = proc.child.try_wait() {
-            panic!("{name} exited with {status} before listening; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            panic!(
+                "{name} exited with {status} before listening; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
         assert!(Instant::now() < deadline, "{name} did not listen on {addr}");
         std::thread::sleep(Duration::from_millis(20));

@@ -1,0 +1,304 @@
+//! `postgres://…`: the metadata store in PostgreSQL, for deployments that already run an HA
+//! Postgres. memlog creates and migrates its own schema: `memlog_schema_version` records the
+//! migrations applied, and [`MIGRATIONS`] are applied in order under a transaction-scoped
+//! advisory lock, so several processes starting at once migrate exactly once.
+//!
+//! Compare-and-set is one statement — `INSERT … ON CONFLICT DO NOTHING RETURNING` when nothing is
+//! expected to exist yet, `UPDATE … WHERE <expected> RETURNING` otherwise — atomic per row. JSON values travel as text cast to `jsonb`.
+
+use tokio::sync::Mutex;
+use tokio_postgres::{Client, NoTls};
+
+use super::{EventRecord, MetaError, ShardEpoch, SnapshotRecord, Topology};
+
+/// The schema, one migration per step, in order. Never edit a shipped step: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "CREATE TABLE memlog_shard_epochs (
+         shard BIGINT PRIMARY KEY,
+         epoch BIGINT NOT NULL,
+         writer TEXT NOT NULL
+     );
+     CREATE TABLE memlog_topology (
+         id INT PRIMARY KEY CHECK (id = 1),
+         version BIGINT NOT NULL,
+         doc JSONB NOT NULL
+     );
+     CREATE TABLE memlog_users (
+         name TEXT PRIMARY KEY,
+         doc JSONB NOT NULL
+     );
+     CREATE TABLE memlog_snapshots (
+         shard BIGINT NOT NULL,
+         lsn BIGINT NOT NULL,
+         location TEXT NOT NULL,
+         timestamp_ms BIGINT NOT NULL,
+         PRIMARY KEY (shard, lsn)
+     );
+     CREATE TABLE memlog_events (
+         id BIGSERIAL PRIMARY KEY,
+         kind TEXT NOT NULL,
+         body JSONB NOT NULL,
+         recorded_at TIMESTAMPTZ NOT NULL DEFAULT now()
+     );",
+];
+
+/// Key of the advisory lock that serializes migrations ("memlog" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6d65_6d6c_6f67;
+
+/// A connection to the Postgres metadata store; reconnects on the next call after it drops.
+pub struct PostgresStore {
+    url: String,
+    client: Mutex<Client>,
+}
+
+impl PostgresStore {
+    /// Connects and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<PostgresStore, MetaError> {
+        let mut client = open_client(url).await?;
+        migrate(&mut client).await?;
+        Ok(PostgresStore { url: url.to_string(), client: Mutex::new(client) })
+    }
+
+    /// Runs `op` with a live client, replacing a closed connection first.
+    async fn with_client<T>(&self, op: impl AsyncFnOnce(&Client) -> Result<T, MetaError>) -> Result<T, MetaError> {
+        let mut client = self.client.lock().await;
+        if client.is_closed() {
+            *client = open_client(&self.url).await?;
+        }
+        op(&client).await
+    }
+
+    pub async fn claim_epoch(&self, shard: u32, expected: u64, writer: &str) -> Result<u64, MetaError> {
+        let next = to_i64(expected.checked_add(1).ok_or_else(|| MetaError::OutOfRange("epoch".into()))?)?;
+        let expected = to_i64(expected)?;
+        let shard = i64::from(shard);
+        self.with_client(async |c| {
+            // Epoch 0 means "never claimed": only then may the row be created.
+            let row = if expected == 0 {
+                c.query_opt(
+                    "INSERT INTO memlog_shard_epochs (shard, epoch, writer) VALUES ($1, $2, $3)
+                     ON CONFLICT (shard) DO NOTHING RETURNING epoch",
+                    &[&shard, &next, &writer],
+                )
+                .await?
+            } else {
+                c.query_opt(
+                    "UPDATE memlog_shard_epochs SET epoch = $2, writer = $3 WHERE shard = $1 AND epoch = $4
+                     RETURNING epoch",
+                    &[&shard, &next, &writer, &expected],
+                )
+                .await?
+            };
+            match row {
+                Some(row) => to_u64(row.get::<_, i64>(0)),
+                None => {
+                    let current =
+                        c.query_opt("SELECT epoch FROM memlog_shard_epochs WHERE shard = $1", &[&shard]).await?;
+                    Err(MetaError::Conflict { current: current.map_or(Ok(0), |r| to_u64(r.get(0)))? })
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn epoch(&self, shard: u32) -> Result<ShardEpoch, MetaError> {
+        let shard = i64::from(shard);
+        self.with_client(async |c| {
+            let row = c.query_opt("SELECT epoch, writer FROM memlog_shard_epochs WHERE shard = $1", &[&shard]).await?;
+            Ok(match row {
+                Some(row) => ShardEpoch { epoch: to_u64(row.get(0))?, writer: Some(row.get(1)) },
+                None => ShardEpoch { epoch: 0, writer: None },
+            })
+        })
+        .await
+    }
+
+    pub async fn get_topology(&self) -> Result<Option<(u64, Topology)>, MetaError> {
+        self.with_client(async |c| {
+            let row = c.query_opt("SELECT version, doc::text FROM memlog_topology WHERE id = 1", &[]).await?;
+            row.map(|row| Ok((to_u64(row.get(0))?, parse_json(row.get(1))?))).transpose()
+        })
+        .await
+    }
+
+    pub async fn put_topology(&self, expected_version: u64, topology: &Topology) -> Result<u64, MetaError> {
+        let doc = serde_json::to_string(topology).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        let expected = to_i64(expected_version)?;
+        self.with_client(async |c| {
+            // Version 0 means "none stored": only then may the row be created.
+            let row = if expected == 0 {
+                c.query_opt(
+                    "INSERT INTO memlog_topology (id, version, doc) VALUES (1, 1, $1::text::jsonb)
+                     ON CONFLICT (id) DO NOTHING RETURNING version",
+                    &[&doc],
+                )
+                .await?
+            } else {
+                c.query_opt(
+                    "UPDATE memlog_topology SET version = version + 1, doc = $1::text::jsonb
+                     WHERE id = 1 AND version = $2 RETURNING version",
+                    &[&doc, &expected],
+                )
+                .await?
+            };
+            match row {
+                Some(row) => to_u64(row.get(0)),
+                _ => {
+                    let current = c.query_opt("SELECT version FROM memlog_topology WHERE id = 1", &[]).await?;
+                    Err(MetaError::Conflict { current: current.map_or(Ok(0), |r| to_u64(r.get(0)))? })
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn put_user(&self, name: &str, user: &serde_json::Value) -> Result<(), MetaError> {
+        let doc = user.to_string();
+        self.with_client(async |c| {
+            c.execute(
+                "INSERT INTO memlog_users (name, doc) VALUES ($1, $2::text::jsonb)
+                 ON CONFLICT (name) DO UPDATE SET doc = EXCLUDED.doc",
+                &[&name, &doc],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn get_user(&self, name: &str) -> Result<Option<serde_json::Value>, MetaError> {
+        self.with_client(async |c| {
+            let row = c.query_opt("SELECT doc::text FROM memlog_users WHERE name = $1", &[&name]).await?;
+            row.map(|row| parse_json(row.get(0))).transpose()
+        })
+        .await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<(String, serde_json::Value)>, MetaError> {
+        self.with_client(async |c| {
+            let rows = c.query("SELECT name, doc::text FROM memlog_users ORDER BY name COLLATE \"C\"", &[]).await?;
+            rows.iter().map(|row| Ok((row.get(0), parse_json(row.get(1))?))).collect()
+        })
+        .await
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Result<bool, MetaError> {
+        self.with_client(async |c| Ok(c.execute("DELETE FROM memlog_users WHERE name = $1", &[&name]).await? > 0)).await
+    }
+
+    pub async fn add_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), MetaError> {
+        let (shard, lsn, ts) = (i64::from(snapshot.shard), to_i64(snapshot.lsn)?, to_i64(snapshot.timestamp_ms)?);
+        self.with_client(async |c| {
+            c.execute(
+                "INSERT INTO memlog_snapshots (shard, lsn, location, timestamp_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (shard, lsn) DO UPDATE SET location = EXCLUDED.location, timestamp_ms = EXCLUDED.timestamp_ms",
+                &[&shard, &lsn, &snapshot.location, &ts],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn list_snapshots(&self, shard: u32) -> Result<Vec<SnapshotRecord>, MetaError> {
+        let shard_key = i64::from(shard);
+        self.with_client(async |c| {
+            let rows = c
+                .query(
+                    "SELECT lsn, location, timestamp_ms FROM memlog_snapshots WHERE shard = $1 ORDER BY lsn",
+                    &[&shard_key],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(SnapshotRecord {
+                        shard,
+                        lsn: to_u64(row.get(0))?,
+                        location: row.get(1),
+                        timestamp_ms: to_u64(row.get(2))?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    pub async fn append_event(&self, kind: &str, body: &serde_json::Value) -> Result<u64, MetaError> {
+        let body = body.to_string();
+        self.with_client(async |c| {
+            let row = c
+                .query_one(
+                    "INSERT INTO memlog_events (kind, body) VALUES ($1, $2::text::jsonb) RETURNING id",
+                    &[&kind, &body],
+                )
+                .await?;
+            to_u64(row.get(0))
+        })
+        .await
+    }
+
+    pub async fn list_events(&self, since_id: u64, limit: usize) -> Result<Vec<EventRecord>, MetaError> {
+        let since = to_i64(since_id)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_client(async |c| {
+            let rows = c
+                .query(
+                    "SELECT id, kind, body::text FROM memlog_events WHERE id > $1 ORDER BY id LIMIT $2",
+                    &[&since, &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| Ok(EventRecord { id: to_u64(row.get(0))?, kind: row.get(1), body: parse_json(row.get(2))? }))
+                .collect()
+        })
+        .await
+    }
+}
+
+/// Connects and drives the connection on its own task (tokio-postgres' split design).
+async fn open_client(url: &str) -> Result<Client, MetaError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "metadata store connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies every migration newer than the recorded schema version, each with its version row,
+/// in one transaction holding the migration lock.
+async fn migrate(client: &mut Client) -> Result<(), MetaError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS memlog_schema_version (
+             version INT PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let current: i32 = tx.query_one("SELECT COALESCE(MAX(version), 0) FROM memlog_schema_version", &[]).await?.get(0);
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i32::try_from(index + 1).map_err(|_| MetaError::OutOfRange("migration".into()))?;
+        if version > current {
+            tx.batch_execute(sql).await?;
+            tx.execute("INSERT INTO memlog_schema_version (version) VALUES ($1)", &[&version]).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn to_i64(value: u64) -> Result<i64, MetaError> {
+    i64::try_from(value).map_err(|_| MetaError::OutOfRange(format!("{value} exceeds a Postgres BIGINT")))
+}
+
+fn to_u64(value: i64) -> Result<u64, MetaError> {
+    u64::try_from(value).map_err(|_| MetaError::Corrupt(format!("negative value {value} in the metadata store")))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, MetaError> {
+    serde_json::from_str(text).map_err(|e| MetaError::Corrupt(e.to_string()))
+}

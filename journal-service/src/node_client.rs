@@ -1,0 +1,384 @@
+//! A client for one journal node: one pipelined TCP connection, shared by every clone.
+//!
+//! Calls are queued on the connection when they are made (not when their future is first
+//! polled), so calls made in order from one task reach the node in that order — a writer can
+//! pipeline `append(n)`, `append(n+1)` and join them. A dead connection fails every in-flight
+//! call with `Unreachable`; the next call opens a new one, so a restarted node is usable again.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::entry::{Entry, NodeStatus, StreamTail};
+use crate::error::NodeError;
+use crate::protocol::{self, Request, Response};
+
+/// How long a call waits for its reply unless the client was built with another timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many pushed entries a subscription buffers before the connection waits for its reader.
+const SUBSCRIPTION_BUFFER: usize = 1024;
+
+/// A cheap-to-clone handle on one pipelined connection to a journal node.
+#[derive(Clone)]
+pub struct NodeClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: SocketAddr,
+    timeout: Duration,
+    next_id: AtomicU64,
+    connection: Mutex<Option<Arc<Connection>>>,
+}
+
+/// One TCP connection: the frames to send and the calls awaiting replies.
+struct Connection {
+    outgoing: mpsc::UnboundedSender<Bytes>,
+    calls: Mutex<CallTable>,
+    /// Notified when the last client clone drops, so the driver task and socket go away.
+    closed: Notify,
+}
+
+struct CallTable {
+    /// Set once the connection has failed; no call may register after that.
+    dead: bool,
+    waiters: HashMap<u64, Waiter>,
+}
+
+/// Who gets the replies tagged with one request id.
+enum Waiter {
+    Call(oneshot::Sender<Result<Response, NodeError>>),
+    Subscription { established: Option<oneshot::Sender<Result<Response, NodeError>>>, entries: EntrySender },
+}
+
+type EntrySender = mpsc::Sender<Result<Entry, NodeError>>;
+
+impl NodeClient {
+    /// A client for the node at `addr`; connects on first use.
+    pub fn new(addr: SocketAddr) -> NodeClient {
+        NodeClient::with_timeout(addr, DEFAULT_TIMEOUT)
+    }
+
+    /// Like `new`, with the time a call (or a connect) may take before it fails with `Timeout`.
+    pub fn with_timeout(addr: SocketAddr, timeout: Duration) -> NodeClient {
+        NodeClient {
+            inner: Arc::new(Inner { addr, timeout, next_id: AtomicU64::new(1), connection: Mutex::new(None) }),
+        }
+    }
+
+    /// The node's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Appends `entry` to `stream`; resolves `Ok` only once the node has fsync'd it.
+    pub fn append(&self, stream: &str, entry: Entry) -> impl Future<Output = Result<(), NodeError>> + Send + 'static {
+        let call = self.call(Request::Append { stream: stream.to_string(), entry });
+        async move { expect_done(call.await?) }
+    }
+
+    /// Raises the stream's fenced epoch to `epoch` (never lowers it), durably, and returns the node's tail.
+    /// Fails with `Fenced` if the node is already fenced above `epoch`.
+    pub fn fence(
+        &self,
+        stream: &str,
+        epoch: u64,
+    ) -> impl Future<Output = Result<StreamTail, NodeError>> + Send + 'static {
+        let call = self.call(Request::Fence { stream: stream.to_string(), epoch });
+        async move {
+            match call.await? {
+                Response::Tail(tail) => Ok(tail),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Durable entries with `from_lsn <= lsn <= to_lsn`, stopping once `max_bytes` of payload is
+    /// gathered (at least one entry if any). Fails if `from_lsn` was truncated away.
+    pub fn read(
+        &self,
+        stream: &str,
+        from_lsn: u64,
+        to_lsn: u64,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<Vec<Entry>, NodeError>> + Send + 'static {
+        let call =
+            self.call(Request::Read { stream: stream.to_string(), from_lsn, to_lsn, max_bytes: max_bytes as u64 });
+        async move {
+            match call.await? {
+                Response::Entries(entries) => Ok(entries),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Drops the entries after `lsn` (recovery of an unacknowledged tail); durable before `Ok`.
+    /// Refused with `Fenced` if `epoch` is below the node's fenced epoch; raises it otherwise.
+    pub fn truncate_after(
+        &self,
+        stream: &str,
+        epoch: u64,
+        lsn: u64,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send + 'static {
+        let call = self.call(Request::TruncateAfter { stream: stream.to_string(), epoch, lsn });
+        async move { expect_done(call.await?) }
+    }
+
+    /// Lets the node drop whole segments holding only entries below `lsn` (after a snapshot).
+    /// On a stream holding nothing at or above `lsn`, the stream restarts empty at `lsn`.
+    pub fn truncate_below(
+        &self,
+        stream: &str,
+        lsn: u64,
+    ) -> impl Future<Output = Result<(), NodeError>> + Send + 'static {
+        let call = self.call(Request::TruncateBelow { stream: stream.to_string(), lsn });
+        async move { expect_done(call.await?) }
+    }
+
+    /// Streams the durable entries from `from_lsn` on, then each new one as it becomes durable.
+    /// The channel ends (after an `Err` item when possible) if the connection or subscription fails.
+    /// A slow reader holds back every reply on this connection: give long-lived subscriptions
+    /// their own `NodeClient::new`. The subscription ends when the last clone of the client drops.
+    pub async fn subscribe(
+        &self,
+        stream: &str,
+        from_lsn: u64,
+    ) -> Result<mpsc::Receiver<Result<Entry, NodeError>>, NodeError> {
+        let (entries, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let (established, reply) = oneshot::channel();
+        let request = Request::Subscribe { stream: stream.to_string(), from_lsn };
+        let id = self.start(&request, Waiter::Subscription { established: Some(established), entries })?;
+        expect_done(self.wait(id, reply).await?)?;
+        Ok(receiver)
+    }
+
+    /// Every stream the node holds, with its tail.
+    pub fn status(&self) -> impl Future<Output = Result<NodeStatus, NodeError>> + Send + 'static {
+        let call = self.call(Request::Status);
+        async move {
+            match call.await? {
+                Response::Status(status) => Ok(status),
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Queues `request` now and returns the future of its reply (`Error` replies become `Err`).
+    fn call(&self, request: Request) -> impl Future<Output = Result<Response, NodeError>> + Send + 'static {
+        let (sender, reply) = oneshot::channel();
+        let started = self.start(&request, Waiter::Call(sender));
+        let client = self.clone();
+        async move { client.wait(started?, reply).await }
+    }
+
+    /// Registers the waiter and queues the frame on a live connection (opening one if needed).
+    fn start(&self, request: &Request, waiter: Waiter) -> Result<u64, NodeError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = BytesMut::new();
+        protocol::encode_request(id, request, &mut frame);
+        let mut slot = self.inner.connection.lock().expect("connection lock");
+        loop {
+            let connection = slot.get_or_insert_with(|| Connection::open(self.inner.addr, self.inner.timeout)).clone();
+            let mut calls = connection.calls.lock().expect("call table lock");
+            if calls.dead {
+                drop(calls);
+                *slot = None;
+                continue;
+            }
+            calls.waiters.insert(id, waiter);
+            // A send error means the writer just died; the connection's failure path fails this call.
+            let _ = connection.outgoing.send(frame.freeze());
+            return Ok(id);
+        }
+    }
+
+    /// Waits for the first reply to `id`, up to the timeout.
+    async fn wait(
+        &self,
+        id: u64,
+        reply: oneshot::Receiver<Result<Response, NodeError>>,
+    ) -> Result<Response, NodeError> {
+        match tokio::time::timeout(self.inner.timeout, reply).await {
+            Ok(Ok(Ok(Response::Error(error)))) => Err(error),
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NodeError::Unreachable(format!("{}: connection closed", self.inner.addr))),
+            Err(_) => {
+                self.forget(id);
+                Err(NodeError::Timeout)
+            }
+        }
+    }
+
+    /// Drops the waiter of a call that timed out, so a late reply is ignored.
+    fn forget(&self, id: u64) {
+        if let Some(connection) = self.inner.connection.lock().expect("connection lock").as_ref() {
+            connection.calls.lock().expect("call table lock").waiters.remove(&id);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.get_mut().ok().and_then(|slot| slot.take()) {
+            connection.closed.notify_one();
+        }
+    }
+}
+
+fn expect_done(response: Response) -> Result<(), NodeError> {
+    match response {
+        Response::Done => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(response: Response) -> NodeError {
+    NodeError::Protocol(format!("unexpected reply {response:?}"))
+}
+
+impl Connection {
+    /// A connection whose driver task connects in the background; frames queue until it is up.
+    fn open(addr: SocketAddr, timeout: Duration) -> Arc<Connection> {
+        let (outgoing, frames) = mpsc::unbounded_channel();
+        let connection = Arc::new(Connection {
+            outgoing,
+            calls: Mutex::new(CallTable { dead: false, waiters: HashMap::new() }),
+            closed: Notify::new(),
+        });
+        tokio::spawn(Arc::clone(&connection).drive(addr, timeout, frames));
+        connection
+    }
+
+    async fn drive(self: Arc<Self>, addr: SocketAddr, timeout: Duration, frames: mpsc::UnboundedReceiver<Bytes>) {
+        let reason = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => format!("{addr}: connect timed out"),
+            Ok(Err(e)) => format!("{addr}: connect: {e}"),
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let (reader, writer) = stream.into_split();
+                tokio::select! {
+                    reason = write_frames(writer, frames) => format!("{addr}: {reason}"),
+                    reason = self.read_replies(reader) => format!("{addr}: {reason}"),
+                    _ = self.closed.notified() => format!("{addr}: client dropped"),
+                }
+            }
+        };
+        self.fail_all(reason);
+    }
+
+    /// Routes each reply to its waiter until the connection fails; returns why it did.
+    async fn read_replies(&self, mut reader: tokio::net::tcp::OwnedReadHalf) -> String {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            loop {
+                let frame = match protocol::split_frame(&mut buf) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => return format!("bad reply frame: {e}"),
+                };
+                let id = frame.request_id;
+                match protocol::decode_response(frame) {
+                    Ok(response) => self.deliver(id, response).await,
+                    Err(e) => return format!("bad reply: {e}"),
+                }
+            }
+            match reader.read_buf(&mut buf).await {
+                Ok(0) => return "connection closed by node".to_string(),
+                Ok(_) => {}
+                Err(e) => return format!("read: {e}"),
+            }
+        }
+    }
+
+    async fn deliver(&self, id: u64, response: Response) {
+        let entries = {
+            let mut calls = self.calls.lock().expect("call table lock");
+            let Some(waiter) = calls.waiters.get_mut(&id) else { return };
+            match waiter {
+                Waiter::Call(_) => {
+                    if let Some(Waiter::Call(sender)) = calls.waiters.remove(&id) {
+                        let _ = sender.send(Ok(response));
+                    }
+                    return;
+                }
+                Waiter::Subscription { established, entries } => {
+                    if let Some(sender) = established.take() {
+                        let failed = matches!(response, Response::Error(_));
+                        let _ = sender.send(Ok(response));
+                        if failed {
+                            calls.waiters.remove(&id);
+                        }
+                        return;
+                    }
+                    entries.clone()
+                }
+            }
+        };
+        let item = match response {
+            Response::Pushed(entry) => Ok(entry),
+            Response::Error(error) => Err(error),
+            other => Err(unexpected(other)),
+        };
+        let ended = item.is_err();
+        if entries.send(item).await.is_err() || ended {
+            self.calls.lock().expect("call table lock").waiters.remove(&id);
+            if !ended {
+                let mut frame = BytesMut::new();
+                protocol::encode_request(id, &Request::Unsubscribe { subscription_id: id }, &mut frame);
+                let _ = self.outgoing.send(frame.freeze());
+            }
+        }
+    }
+
+    /// Marks the connection dead and fails every waiter with `Unreachable`.
+    fn fail_all(&self, reason: String) {
+        let waiters = {
+            let mut calls = self.calls.lock().expect("call table lock");
+            calls.dead = true;
+            std::mem::take(&mut calls.waiters)
+        };
+        tracing::debug!(%reason, "journal node connection failed");
+        for waiter in waiters.into_values() {
+            let error = NodeError::Unreachable(reason.clone());
+            match waiter {
+                Waiter::Call(sender) | Waiter::Subscription { established: Some(sender), .. } => {
+                    let _ = sender.send(Err(error));
+                }
+                Waiter::Subscription { established: None, entries } => {
+                    let _ = entries.try_send(Err(error));
+                }
+            }
+        }
+    }
+}
+
+/// Writes queued frames, coalescing whatever is queued into one write; returns why it stopped.
+async fn write_frames(
+    mut writer: tokio::net::tcp::OwnedWriteHalf,
+    mut frames: mpsc::UnboundedReceiver<Bytes>,
+) -> String {
+    let mut batch = BytesMut::with_capacity(64 * 1024);
+    while let Some(frame) = frames.recv().await {
+        batch.extend_from_slice(&frame);
+        while batch.len() < 1024 * 1024 {
+            match frames.try_recv() {
+                Ok(frame) => batch.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = writer.write_all(&batch).await {
+            return format!("write: {e}");
+        }
+        batch.clear();
+    }
+    "client dropped".to_string()
+}

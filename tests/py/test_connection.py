@@ -1,0 +1,130 @@
+"""Connection-level commands (CLIENT …, PING, ECHO, TIME, QUIT, RESET) and authentication
+(AUTH, HELLO … AUTH) with ACL users."""
+
+import time
+
+import pytest
+import redis
+
+from conftest import TARGETS
+from harness import wait_until
+from resp import ErrorReply, RespMap
+
+
+def client_fields(line):
+    """One CLIENT LIST / CLIENT INFO line as a dict."""
+    return dict(field.split("=", 1) for field in line.split() if "=" in field)
+
+
+def test_client_id_setname_getname_info_and_list(target):
+    with target.raw() as a, target.raw() as b:
+        id_a, id_b = a.call("CLIENT", "ID"), b.call("CLIENT", "ID")
+        assert isinstance(id_a, int) and isinstance(id_b, int) and id_a != id_b
+        assert a.call("CLIENT", "GETNAME") is None
+        assert a.call("CLIENT", "SETNAME", "conn-a") == "OK"
+        assert a.call("CLIENT", "GETNAME") == b"conn-a"
+        reply = a.call("CLIENT", "SETNAME", "bad name")
+        assert isinstance(reply, ErrorReply) and reply.startswith("ERR Client names cannot contain spaces")
+
+        info = client_fields(a.call("CLIENT", "INFO").decode())
+        assert info["id"] == str(id_a) and info["name"] == "conn-a" and info["resp"] == "2"
+
+        listed = {fields["id"]: fields for fields in map(client_fields, b.call("CLIENT", "LIST").decode().splitlines())}
+        assert {str(id_a), str(id_b)} <= set(listed)
+        assert listed[str(id_a)]["name"] == "conn-a"
+        only_a = a.call("CLIENT", "LIST", "ID", id_a).decode().splitlines()
+        assert [client_fields(line)["id"] for line in only_a] == [str(id_a)]
+
+
+def test_client_kill_by_id_closes_that_connection(target):
+    with target.raw() as killer, target.raw() as victim, target.raw() as bystander:
+        victim_id = victim.call("CLIENT", "ID")
+        assert killer.call("CLIENT", "KILL", "ID", victim_id) == 1
+        assert victim.is_closed_by_peer(timeout=5)
+        assert killer.call("CLIENT", "KILL", "ID", 987654321) == 0
+        assert killer.call("PING") == "PONG"
+        assert bystander.call("PING") == "PONG"
+
+        def victim_unlisted():
+            listed = killer.call("CLIENT", "LIST").decode().splitlines()
+            return str(victim_id) not in [client_fields(line)["id"] for line in listed]
+
+        wait_until(victim_unlisted, 5.0, "the killed client is still in CLIENT LIST")
+
+
+def test_ping_echo_time(target):
+    with target.raw() as conn:
+        assert conn.call("PING") == "PONG" and conn.last_raw == b"+PONG\r\n"
+        assert conn.call("PING", "hello") == b"hello" and conn.last_raw == b"$5\r\nhello\r\n"
+        assert conn.call("ECHO", "x y\r\nz") == b"x y\r\nz"
+        seconds, micros = conn.call("TIME")
+        assert abs(int(seconds) - time.time()) < 5 and 0 <= int(micros) < 1_000_000
+
+
+def test_quit_replies_ok_and_closes(target):
+    with target.raw() as conn:
+        assert conn.call("QUIT") == "OK"
+        assert conn.is_closed_by_peer(timeout=5)
+
+
+def test_reset_restores_a_fresh_connection(target):
+    with target.raw() as conn:
+        conn.call("HELLO", "3", "SETNAME", "before-reset")
+        assert conn.call("RESET") == "RESET" and conn.last_raw == b"+RESET\r\n"
+        assert conn.call("CLIENT", "GETNAME") is None
+        conn.call("HELLO")  # HELLO without a version reports the current one: RESP2 after RESET
+        assert conn.last_raw.startswith(b"*14\r\n")
+
+
+def test_hello_auth_as_default_user_without_passwords(target):
+    """With no users configured, the default user has no password, so any password works."""
+    with target.raw() as conn:
+        reply = conn.call("HELLO", "3", "AUTH", "default", "anything")
+        assert isinstance(reply, RespMap) and reply[b"proto"] == 3
+
+
+USER, PASSWORD = "app", "s3cret"
+
+
+@pytest.fixture(params=TARGETS)
+def auth_target(request, spawn):
+    """A proxy with one ACL user, or a stock Redis with the same user and the default user off."""
+    if request.param == "proxy":
+        return spawn.proxy(shards=1, users=[(USER, PASSWORD)])
+    return spawn.redis(["--user", USER, "on", f">{PASSWORD}", "~*", "&*", "+@all", "--user", "default", "off"])
+
+
+def test_commands_need_authentication(auth_target):
+    with auth_target.raw() as conn:
+        reply = conn.call("GET", "k")
+        assert isinstance(reply, ErrorReply) and reply.startswith("NOAUTH"), reply
+        reply = conn.call("HELLO", "3")
+        assert isinstance(reply, ErrorReply) and reply.startswith("NOAUTH"), reply
+        reply = conn.call("AUTH", USER, "wrong")
+        assert isinstance(reply, ErrorReply) and reply.startswith("WRONGPASS"), reply
+        reply = conn.call("HELLO", "3", "AUTH", USER, "wrong")
+        assert isinstance(reply, ErrorReply) and reply.startswith("WRONGPASS"), reply
+        reply = conn.call("GET", "k")
+        assert isinstance(reply, ErrorReply) and reply.startswith("NOAUTH"), reply
+
+
+def test_hello_3_auth_and_setname(auth_target):
+    with auth_target.raw() as conn:
+        reply = conn.call("HELLO", "3", "AUTH", USER, PASSWORD, "SETNAME", "authed")
+        assert isinstance(reply, RespMap) and reply[b"proto"] == 3, reply
+        assert conn.call("CLIENT", "GETNAME") == b"authed"
+        assert conn.call("SET", "auth:k", "v") == "OK"
+        assert conn.call("GET", "auth:k") == b"v"
+    with auth_target.raw() as conn:
+        assert conn.call("AUTH", USER, PASSWORD) == "OK"
+        assert conn.call("GET", "auth:k") == b"v"
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_redis_py_with_username_and_password(auth_target, protocol):
+    client = auth_target.client(username=USER, password=PASSWORD, protocol=protocol, decode_responses=True)
+    assert client.set("auth:py", "v") is True
+    assert client.get("auth:py") == "v"
+    client.close()
+    with pytest.raises(redis.AuthenticationError):
+        auth_target.client(username=USER, password="wrong", protocol=protocol).ping()
