@@ -1,5 +1,6 @@
-//! A minimal RESP client for health checks (`PING`, `INFO replication`): just enough to tell
-//! whether a Redis node or the proxy serves, without pulling a full client into the binary.
+//! Health checks: a minimal RESP client (`PING`, `INFO replication`), just enough to tell
+//! whether a Redis node or the proxy serves without pulling a full client into the binary, and
+//! a plain TCP connect for journal nodes.
 //! Replies are parsed defensively: a malformed or oversized reply is an error, never a panic.
 
 use std::net::SocketAddr;
@@ -52,6 +53,11 @@ pub async fn command(addr: SocketAddr, args: &[&str], timeout: Duration) -> Resu
     })
     .await
     .map_err(|_| ProbeError::Timeout(timeout))?
+}
+
+/// True if something accepts a TCP connection on `addr` (a journal node, which does not speak RESP).
+pub async fn accepts(addr: SocketAddr, timeout: Duration) -> bool {
+    matches!(tokio::time::timeout(timeout, TcpStream::connect(addr)).await, Ok(Ok(_)))
 }
 
 /// True if `addr` answers `PING` with `PONG`.

@@ -1,6 +1,6 @@
 //! `memlog status`: reads the `cluster.json` that `memlog up` wrote and checks each process it
-//! records (is the pid alive, does the port answer PING), so one command tells whether a local
-//! cluster is healthy.
+//! records (is the pid alive, does the port answer PING — or, for a journal node, accept a
+//! connection), so one command tells whether a local cluster is healthy.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -10,6 +10,9 @@ use clap::Args;
 
 use crate::cluster_file::{pid_alive, ClusterFile, ClusterState, Role};
 use crate::probe;
+
+/// How long a process may take to answer its health check.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Flags of `memlog status`.
 #[derive(Debug, Clone, Args)]
@@ -34,11 +37,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     for process in &cluster.processes {
         let alive = pid_alive(process.pid);
         let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, process.port));
-        let answers = alive && probe::pings(addr, Duration::from_secs(1)).await;
+        let answers = alive
+            && match process.role {
+                Role::Journal => probe::accepts(addr, PROBE_TIMEOUT).await,
+                _ => probe::pings(addr, PROBE_TIMEOUT).await,
+            };
         healthy &= answers;
         let role = match &process.role {
             Role::Primary { shard, slots } => format!("primary of shard {shard} (slots {slots})"),
             Role::Replica { shard, replica_of } => format!("replica of shard {shard} (of :{replica_of})"),
+            Role::Journal => "journal node".to_string(),
             Role::Proxy => "proxy".to_string(),
         };
         let health = match (alive, answers) {

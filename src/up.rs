@@ -1,11 +1,15 @@
-//! `memlog up`: a whole local cluster on loopback in one command. It starts N Redis shards
-//! (a primary plus R replicas each, stock `redis-server` without persistence of its own, stock
-//! replication) and the proxy in front of them, all as its own children, prints the endpoint
-//! once the proxy serves, and stops everything on Ctrl-C or SIGTERM.
+//! `memlog up`: a whole local cluster on loopback in one command. It starts J journal nodes,
+//! N Redis shards (a primary plus R replicas each, stock `redis-server` without persistence of
+//! its own, stock replication) and the proxy in front of them, all as its own children, prints
+//! the endpoint once the proxy serves, and stops everything on Ctrl-C or SIGTERM.
 //!
-//! Start-up runs in stages (today: Redis nodes, then the proxy); each stage's children are
-//! started together and must all be ready before the next stage starts. Journal nodes will be
-//! one more stage before the Redis nodes.
+//! Start-up runs in stages: journal nodes, Redis nodes, then the proxy; each stage's children
+//! are started together and must all be ready before the next stage starts.
+//!
+//! The journal is the only durable state: Redis nodes always start empty, and the proxy replays
+//! the journal onto each primary before it serves. So `memlog up` run again on the same `--dir`
+//! (after a clean stop or after everything was killed) brings back every acknowledged write, as
+//! long as the journal nodes come back on the same ports, which this module makes sure of.
 
 use std::future::Future;
 use std::io::Write;
@@ -14,18 +18,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use memlog_proxy::config::{ProxyConfig, ShardConfig};
+use memlog_proxy::config::{JournalConfig, ProxyConfig, ShardConfig};
 use memlog_proxy::router::SlotMap;
 
 use crate::children::{ChildSpec, Children};
-use crate::cluster_file::{pid_alive, ClusterFile, ClusterState, ProcessRecord, Role};
+use crate::cluster_file::{up_alive, ClusterFile, ClusterState, ProcessRecord, Role};
 use crate::probe;
 
 /// Flags of `memlog up`.
 #[derive(Debug, Clone, Args)]
 pub struct UpArgs {
-    /// Directory for the cluster's files: `redis-<port>/` (each node's dir and log), `proxy.toml`
-    /// (the generated proxy config), `proxy.log` and `cluster.json` (what was started, with pids).
+    /// Directory for the cluster's files: `journal-<port>/` (each journal node's data and log),
+    /// `metadata.json` (the journal's metadata store), `redis-<port>/` (each Redis node's dir and
+    /// log), `proxy.toml` (the generated proxy config), `proxy.log` and `cluster.json` (what was
+    /// started, with pids). Run `memlog up` again on the same dir to get the data back.
     #[arg(long, default_value = "./memlog-data")]
     pub dir: PathBuf,
     /// Port of the proxy, the endpoint clients connect to.
@@ -49,6 +55,14 @@ pub struct UpArgs {
     /// The `redis-server` executable: a path, or a name looked up in PATH.
     #[arg(long, default_value = "redis-server")]
     pub redis_server: PathBuf,
+    /// Journal nodes every write is made durable on (a majority must acknowledge it). 0 runs
+    /// without a journal: the proxy then only routes, and writes are NOT durable.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=15))]
+    pub journal_nodes: u16,
+    /// First journal port; nodes get consecutive ports. A `--dir` that already holds a journal
+    /// keeps the ports recorded in its cluster.json, whatever this says.
+    #[arg(long, default_value_t = 7400)]
+    pub journal_base_port: u16,
 }
 
 /// Why `memlog up` could not start the cluster.
@@ -58,12 +72,17 @@ pub enum UpError {
         "redis-server not found: install it (apt-get install redis-server) or pass --redis-server (looked for {0:?})"
     )]
     RedisServerNotFound(PathBuf),
-    #[error("port {port} ({what}) is already in use: stop what uses it or pick other ports (--port, --metrics-port, --redis-base-port)")]
+    #[error("port {port} ({what}) is already in use: stop what uses it or pick other ports (--port, --metrics-port, --redis-base-port, --journal-base-port)")]
     PortInUse { port: u16, what: String },
     #[error("port {port} is wanted twice, for {first} and for {second}: pick distinct ports")]
     PortConflict { port: u16, first: String, second: String },
-    #[error("--redis-base-port {base} leaves no room for {count} consecutive Redis ports")]
-    PortRangeOverflow { base: u16, count: usize },
+    #[error("{flag} {base} leaves no room for {count} consecutive ports")]
+    PortRangeOverflow { flag: &'static str, base: u16, count: usize },
+    #[error(
+        "{dir} holds the journal of a cluster with {had}, but this run asks for {wants}: \
+         run with the same shape or use a fresh --dir"
+    )]
+    ShapeChanged { dir: PathBuf, had: String, wants: String },
     #[error("another `memlog up` (pid {pid}) is running with --dir {dir}")]
     AlreadyRunning { pid: u32, dir: PathBuf },
     #[error("{name} failed to start: {reason}\n--- last lines of {log} ---\n{tail}")]
@@ -77,7 +96,13 @@ pub enum UpError {
 /// How long each kind of child may take to become ready.
 const REDIS_READY_TIMEOUT: Duration = Duration::from_secs(15);
 const REPLICA_LINK_TIMEOUT: Duration = Duration::from_secs(30);
-const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(30);
+const JOURNAL_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// The proxy replays the journal onto every primary before it serves, which takes a while
+/// for a long journal.
+const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// The proxy's journal timeouts (the same as the proxy's own defaults).
+const JOURNAL_APPEND_TIMEOUT_MS: u64 = 2_000;
+const JOURNAL_WRITE_WAIT_MS: u64 = 5_000;
 /// How long a child may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -86,6 +111,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// What makes a child ready.
 #[derive(Debug, Clone, Copy)]
 enum Readiness {
+    /// Accepts TCP connections (a journal node: it does not speak RESP).
+    AcceptsTcp,
     /// Answers `PING` with `PONG`.
     Pings,
     /// Answers `PING` and reports `master_link_status:up`.
@@ -113,12 +140,17 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     tokio::pin!(shutdown);
     let redis_server =
         find_executable(&args.redis_server).ok_or(UpError::RedisServerNotFound(args.redis_server.clone()))?;
-    let dir = prepare_dir(&args.dir)?;
+    let (dir, previous) = prepare_dir(&args.dir)?;
     let metrics_port = (!args.no_metrics).then_some(args.metrics_port);
+    let journal_ports = journal_ports(&args, &dir, previous.as_ref())?;
+    let journal_stage = plan_journal(&journal_ports, &dir)?;
     let redis_stage = plan_redis(&args, &redis_server, &dir)?;
-    check_ports_free(&args, metrics_port, &redis_stage)?;
-    let proxy_config = proxy_config(&args, metrics_port, &redis_stage);
+    check_ports_free(&args, metrics_port, journal_stage.iter().chain(&redis_stage))?;
+    let proxy_config = proxy_config(&args, metrics_port, &journal_stage, &redis_stage, &dir);
     let proxy_stage = vec![plan_proxy(&args, &dir, &proxy_config)?];
+    if journal_stage.is_empty() {
+        tracing::warn!("--journal-nodes 0: no journal, writes are NOT durable and lost when Redis restarts");
+    }
 
     let url = format!("redis://{}", loopback(args.port));
     let metrics_url = metrics_port.map(|port| format!("http://{}/metrics", loopback(port)));
@@ -130,7 +162,7 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
         processes: Vec::new(),
     };
     let mut children = Children::new();
-    for stage in [redis_stage, proxy_stage] {
+    for stage in [journal_stage, redis_stage, proxy_stage] {
         let started = tokio::select! {
             started = start_stage(&mut children, &stage, &mut record, &dir) => started,
             _ = &mut shutdown => Err(UpError::Interrupted),
@@ -146,7 +178,8 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     record.state = ClusterState::Running;
     save(&record, &dir)?;
     // Nobody may be reading stdout any more (a closed pipe); the cluster serves regardless.
-    let _ = writeln!(std::io::stdout(), "{}", ready_line(&url, args.shards, args.replicas, metrics_url.as_deref()));
+    let shape = Shape { shards: args.shards, replicas: args.replicas, journal_nodes: journal_ports.len() };
+    let _ = writeln!(std::io::stdout(), "{}", ready_line(&url, &shape, metrics_url.as_deref()));
     tracing::info!(dir = %dir.display(), "cluster running; Ctrl-C or SIGTERM stops it");
 
     loop {
@@ -167,30 +200,104 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     Ok(())
 }
 
-/// The one line scripts and people wait for, e.g.
-/// `memlog ready: redis://127.0.0.1:6380 (3 shards × 1 replica, metrics http://127.0.0.1:9121/metrics)`.
-fn ready_line(url: &str, shards: u16, replicas: u16, metrics_url: Option<&str>) -> String {
-    let plural = |n: u16, word: &str| if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") };
+/// What the ready line describes.
+struct Shape {
+    shards: u16,
+    replicas: u16,
+    journal_nodes: usize,
+}
+
+/// The one line scripts and people wait for, e.g. `memlog ready: redis://127.0.0.1:6380
+/// (3 shards × 1 replica, journal 3 nodes, metrics http://127.0.0.1:9121/metrics)`.
+fn ready_line(url: &str, shape: &Shape, metrics_url: Option<&str>) -> String {
+    let plural = |n: usize, word: &str| if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") };
+    let journal = match shape.journal_nodes {
+        0 => "no journal, writes not durable".to_string(),
+        n => format!("journal {}", plural(n, "node")),
+    };
     let metrics = match metrics_url {
         Some(m) => format!("metrics {m}"),
         None => "metrics off".to_string(),
     };
-    format!("memlog ready: {url} ({} × {}, {metrics})", plural(shards, "shard"), plural(replicas, "replica"))
+    format!(
+        "memlog ready: {url} ({} × {}, {journal}, {metrics})",
+        plural(shape.shards.into(), "shard"),
+        plural(shape.replicas.into(), "replica")
+    )
 }
 
-/// Creates `dir` and refuses it if another live `memlog up` owns it.
-fn prepare_dir(dir: &Path) -> Result<PathBuf, UpError> {
+/// Creates `dir` and refuses it if another live `memlog up` owns it. Returns the cluster.json
+/// of an earlier run in it, if any (a stale one, from a run that was killed, does not block).
+fn prepare_dir(dir: &Path) -> Result<(PathBuf, Option<ClusterFile>), UpError> {
     std::fs::create_dir_all(dir).map_err(|e| io_error(format!("cannot create {}", dir.display()), e))?;
     let dir = dir.canonicalize().map_err(|e| io_error(format!("cannot resolve {}", dir.display()), e))?;
-    if let Ok(previous) = ClusterFile::read(&dir) {
-        if previous.state != ClusterState::Stopped
-            && previous.up_pid != std::process::id()
-            && pid_alive(previous.up_pid)
+    let previous = ClusterFile::read(&dir).ok();
+    if let Some(previous) = &previous {
+        if previous.state != ClusterState::Stopped && previous.up_pid != std::process::id() && up_alive(previous.up_pid)
         {
             return Err(UpError::AlreadyRunning { pid: previous.up_pid, dir });
         }
     }
-    Ok(dir)
+    Ok((dir, previous))
+}
+
+/// The journal nodes' ports: those of the journal already in `dir` if there is one (its data
+/// is in `journal-<port>/`, and its streams are per shard, so the shape must not change),
+/// else consecutive ports from `--journal-base-port`.
+fn journal_ports(args: &UpArgs, dir: &Path, previous: Option<&ClusterFile>) -> Result<Vec<u16>, UpError> {
+    let count = args.journal_nodes as usize;
+    let recorded = previous.map(ClusterFile::journal_ports).unwrap_or_default();
+    if recorded.is_empty() {
+        return (0..count)
+            .map(|i| {
+                u16::try_from(args.journal_base_port as usize + i).map_err(|_| UpError::PortRangeOverflow {
+                    flag: "--journal-base-port",
+                    base: args.journal_base_port,
+                    count,
+                })
+            })
+            .collect();
+    }
+    let previous = previous.expect("ports were recorded");
+    let changed = |had: String, wants: String| UpError::ShapeChanged { dir: dir.to_path_buf(), had, wants };
+    if recorded.len() != count {
+        return Err(changed(format!("{} journal nodes", recorded.len()), format!("--journal-nodes {count}")));
+    }
+    // No primary recorded: that run failed before its Redis stage, so nothing was ever journaled.
+    if previous.shard_count() != 0 && previous.shard_count() != args.shards as usize {
+        return Err(changed(format!("{} shards", previous.shard_count()), format!("--shards {}", args.shards)));
+    }
+    tracing::info!(ports = ?recorded, "reusing the journal recorded in cluster.json");
+    Ok(recorded)
+}
+
+/// One `memlog journal` node per port, each with its data and log in `DIR/journal-<port>/`.
+fn plan_journal(ports: &[u16], dir: &Path) -> Result<Vec<NodePlan>, UpError> {
+    let exe = memlog_executable()?;
+    ports
+        .iter()
+        .map(|&port| {
+            let name = format!("journal-{port}");
+            let node_dir = dir.join(&name);
+            std::fs::create_dir_all(&node_dir)
+                .map_err(|e| io_error(format!("cannot create {}", node_dir.display()), e))?;
+            let args = vec![
+                "journal".into(),
+                "--dir".into(),
+                node_dir.clone().into(),
+                "--listen".into(),
+                loopback(port).to_string().into(),
+            ];
+            let spec = ChildSpec { name, program: exe.clone(), args, log: node_dir.join("journal.log") };
+            Ok(NodePlan {
+                spec,
+                role: Role::Journal,
+                port,
+                ready: Readiness::AcceptsTcp,
+                ready_within: JOURNAL_READY_TIMEOUT,
+            })
+        })
+        .collect()
 }
 
 /// The Redis nodes: shard by shard, the primary then its replicas, on consecutive ports.
@@ -198,8 +305,11 @@ fn plan_redis(args: &UpArgs, redis_server: &Path, dir: &Path) -> Result<Vec<Node
     let per_shard = 1 + args.replicas as usize;
     let count = args.shards as usize * per_shard;
     let port_at = |i: usize| -> Result<u16, UpError> {
-        u16::try_from(args.redis_base_port as usize + i)
-            .map_err(|_| UpError::PortRangeOverflow { base: args.redis_base_port, count })
+        u16::try_from(args.redis_base_port as usize + i).map_err(|_| UpError::PortRangeOverflow {
+            flag: "--redis-base-port",
+            base: args.redis_base_port,
+            count,
+        })
     };
     let slots = SlotMap::even_ranges(args.shards as usize);
     let mut nodes = Vec::with_capacity(count);
@@ -220,7 +330,9 @@ fn plan_redis(args: &UpArgs, redis_server: &Path, dir: &Path) -> Result<Vec<Node
     Ok(nodes)
 }
 
-/// One stock `redis-server`: loopback only, no persistence of its own, in the foreground.
+/// One stock `redis-server`: loopback only, no persistence of its own, in the foreground, and
+/// empty: whatever its dir holds from an earlier run (a replica keeps the RDB of its last full
+/// sync) is removed, so every byte it serves comes from the journal replay or its primary.
 fn redis_node(
     redis_server: &Path,
     dir: &Path,
@@ -231,6 +343,7 @@ fn redis_node(
     let name = format!("redis-{port}");
     let node_dir = dir.join(&name);
     std::fs::create_dir_all(&node_dir).map_err(|e| io_error(format!("cannot create {}", node_dir.display()), e))?;
+    remove_rdb_files(&node_dir)?;
     let mut args: Vec<std::ffi::OsString> = vec![
         "--port".into(),
         port.to_string().into(),
@@ -259,8 +372,27 @@ fn redis_node(
     Ok(NodePlan { spec, role, port, ready, ready_within })
 }
 
-/// The proxy's configuration: every shard with its nodes, slots split evenly.
-fn proxy_config(args: &UpArgs, metrics_port: Option<u16>, redis: &[NodePlan]) -> ProxyConfig {
+/// Removes `*.rdb` files from a Redis node's dir.
+fn remove_rdb_files(node_dir: &Path) -> Result<(), UpError> {
+    let entries =
+        std::fs::read_dir(node_dir).map_err(|e| io_error(format!("cannot list {}", node_dir.display()), e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "rdb") {
+            std::fs::remove_file(&path).map_err(|e| io_error(format!("cannot remove {}", path.display()), e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The proxy's configuration: the journal (if any), every shard with its nodes, slots split evenly.
+fn proxy_config(
+    args: &UpArgs,
+    metrics_port: Option<u16>,
+    journal: &[NodePlan],
+    redis: &[NodePlan],
+    dir: &Path,
+) -> ProxyConfig {
     let mut shards: Vec<ShardConfig> = Vec::new();
     for node in redis {
         match &node.role {
@@ -270,12 +402,20 @@ fn proxy_config(args: &UpArgs, metrics_port: Option<u16>, redis: &[NodePlan]) ->
                 replicas: Vec::new(),
             }),
             Role::Replica { shard, .. } => shards[*shard].replicas.push(node.addr().to_string()),
-            Role::Proxy => {}
+            Role::Journal | Role::Proxy => {}
         }
     }
+    let journal = (!journal.is_empty()).then(|| JournalConfig {
+        nodes: journal.iter().map(|node| node.addr().to_string()).collect(),
+        metadata: format!("file:{}", dir.join("metadata.json").display()),
+        ack_quorum: None,
+        append_timeout_ms: JOURNAL_APPEND_TIMEOUT_MS,
+        write_wait_ms: JOURNAL_WRITE_WAIT_MS,
+    });
     ProxyConfig {
         listen: loopback(args.port).to_string(),
         metrics_listen: metrics_port.map(|p| loopback(p).to_string()),
+        journal,
         shards,
         ..ProxyConfig::default()
     }
@@ -288,10 +428,9 @@ fn plan_proxy(args: &UpArgs, dir: &Path, config: &ProxyConfig) -> Result<NodePla
         .map_err(|e| io_error("cannot encode the proxy config".into(), std::io::Error::other(e)))?;
     let text = format!("# Generated by `memlog up`; rewritten on every start.\n{toml}");
     std::fs::write(&path, text).map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
-    let exe = std::env::current_exe().map_err(|e| io_error("cannot find the memlog executable".into(), e))?;
     let spec = ChildSpec {
         name: "proxy".into(),
-        program: exe,
+        program: memlog_executable()?,
         args: vec!["proxy".into(), "--config".into(), path.into()],
         log: dir.join("proxy.log"),
     };
@@ -304,11 +443,20 @@ fn plan_proxy(args: &UpArgs, dir: &Path, config: &ProxyConfig) -> Result<NodePla
     })
 }
 
+/// This very binary, which runs the proxy and the journal nodes as `memlog proxy` / `memlog journal`.
+fn memlog_executable() -> Result<PathBuf, UpError> {
+    std::env::current_exe().map_err(|e| io_error("cannot find the memlog executable".into(), e))
+}
+
 /// Refuses to start anything if the cluster wants a port twice or a port it needs is taken.
-fn check_ports_free(args: &UpArgs, metrics_port: Option<u16>, redis: &[NodePlan]) -> Result<(), UpError> {
+fn check_ports_free<'a>(
+    args: &UpArgs,
+    metrics_port: Option<u16>,
+    nodes: impl Iterator<Item = &'a NodePlan>,
+) -> Result<(), UpError> {
     let mut wanted: Vec<(u16, String)> = vec![(args.port, "proxy".into())];
     wanted.extend(metrics_port.map(|p| (p, "metrics".into())));
-    wanted.extend(redis.iter().map(|n| (n.port, n.spec.name.clone())));
+    wanted.extend(nodes.map(|n| (n.port, n.spec.name.clone())));
     let mut owners = std::collections::HashMap::new();
     for (port, what) in &wanted {
         if let Some(first) = owners.insert(*port, what) {
@@ -363,6 +511,7 @@ async fn wait_ready(children: &Children, node: &NodePlan) -> Result<(), UpError>
         tail: child.log_tail(20),
     };
     let what = match node.ready {
+        Readiness::AcceptsTcp => "accept connections",
         Readiness::Pings => "answer PING",
         Readiness::ReplicaLinked => "report master_link_status:up",
     };
@@ -373,6 +522,7 @@ async fn wait_ready(children: &Children, node: &NodePlan) -> Result<(), UpError>
             return Err(fail(format!("exited with {status}")));
         }
         let ready = match node.ready {
+            Readiness::AcceptsTcp => probe::accepts(node.addr(), PROBE_TIMEOUT).await,
             Readiness::Pings => probe::pings(node.addr(), PROBE_TIMEOUT).await,
             Readiness::ReplicaLinked => probe::replica_linked(node.addr(), PROBE_TIMEOUT).await,
         };
@@ -426,7 +576,23 @@ mod tests {
             no_metrics: false,
             redis_base_port: 7000,
             redis_server: PathBuf::from("redis-server"),
+            journal_nodes: 3,
+            journal_base_port: 7400,
         }
+    }
+
+    fn recorded(name: &str, role: Role, port: u16) -> ProcessRecord {
+        ProcessRecord { name: name.into(), role, port, pid: 1, log: PathBuf::from("x.log") }
+    }
+
+    /// A cluster.json of an earlier run with journal nodes on `journal` and `shards` primaries.
+    fn previous_run(journal: &[u16], shards: u16) -> ClusterFile {
+        let mut processes: Vec<ProcessRecord> =
+            journal.iter().map(|&p| recorded(&format!("journal-{p}"), Role::Journal, p)).collect();
+        processes.extend(
+            (0..shards).map(|i| recorded("redis", Role::Primary { shard: i.into(), slots: String::new() }, 7000 + i)),
+        );
+        ClusterFile { state: ClusterState::Running, up_pid: 1, url: String::new(), metrics_url: None, processes }
     }
 
     #[test]
@@ -437,19 +603,72 @@ mod tests {
         assert_eq!(ports, (7000..7009).collect::<Vec<_>>());
         assert!(matches!(nodes[3].role, Role::Primary { shard: 1, .. }));
         assert_eq!(nodes[5].role, Role::Replica { shard: 1, replica_of: 7003 });
-        let cfg = proxy_config(&args(3, 2), Some(9121), &nodes);
+        let journal = plan_journal(&[7400, 7401, 7402], dir.path()).unwrap();
+        let cfg = proxy_config(&args(3, 2), Some(9121), &journal, &nodes, dir.path());
         assert_eq!(cfg.shards.len(), 3);
         assert_eq!(cfg.shards[2].primary, "127.0.0.1:7006");
         assert_eq!(cfg.shards[2].replicas, vec!["127.0.0.1:7007", "127.0.0.1:7008"]);
         assert_eq!(cfg.metrics_listen.as_deref(), Some("127.0.0.1:9121"));
+        let journal_cfg = cfg.journal.as_ref().expect("a [journal] table");
+        assert_eq!(journal_cfg.nodes, vec!["127.0.0.1:7400", "127.0.0.1:7401", "127.0.0.1:7402"]);
+        assert_eq!(journal_cfg.metadata, format!("file:{}", dir.path().join("metadata.json").display()));
+        assert_eq!(journal_cfg.ack_quorum(), 2);
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn journal_nodes_get_their_own_dirs_and_no_journal_means_no_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = plan_journal(&[7400, 7401], dir.path()).unwrap();
+        assert!(dir.path().join("journal-7401").is_dir());
+        assert_eq!(journal[1].spec.log, dir.path().join("journal-7401/journal.log"));
+        assert_eq!(journal[1].role, Role::Journal);
+        let nodes = plan_redis(&args(1, 0), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
+        assert!(proxy_config(&args(1, 0), None, &[], &nodes, dir.path()).journal.is_none());
+    }
+
+    #[test]
+    fn a_rerun_keeps_the_recorded_journal_ports_and_refuses_a_new_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = journal_ports(&args(3, 1), dir.path(), None).unwrap();
+        assert_eq!(fresh, vec![7400, 7401, 7402]);
+        let previous = previous_run(&[9000, 9001, 9005], 3);
+        let mut moved = args(3, 1);
+        moved.journal_base_port = 8000;
+        assert_eq!(journal_ports(&moved, dir.path(), Some(&previous)).unwrap(), vec![9000, 9001, 9005]);
+        let mut fewer = args(3, 1);
+        fewer.journal_nodes = 1;
+        let err = journal_ports(&fewer, dir.path(), Some(&previous)).unwrap_err();
+        assert!(err.to_string().contains("3 journal nodes, but this run asks for --journal-nodes 1"), "{err}");
+        let err = journal_ports(&args(2, 1), dir.path(), Some(&previous)).unwrap_err();
+        assert!(err.to_string().contains("3 shards, but this run asks for --shards 2"), "{err}");
+        // A run that failed before its Redis stage journaled nothing: any shard count will do.
+        assert_eq!(
+            journal_ports(&args(2, 1), dir.path(), Some(&previous_run(&[9000, 9001, 9005], 0))).unwrap().len(),
+            3
+        );
+        // A run without a journal recorded none: the flags decide.
+        assert_eq!(journal_ports(&moved, dir.path(), Some(&previous_run(&[], 3))).unwrap(), vec![8000, 8001, 8002]);
+    }
+
+    #[test]
+    fn redis_nodes_start_without_an_old_rdb() {
+        let dir = tempfile::tempdir().unwrap();
+        let node_dir = dir.path().join("redis-7000");
+        std::fs::create_dir_all(&node_dir).unwrap();
+        std::fs::write(node_dir.join("dump.rdb"), b"stale").unwrap();
+        std::fs::write(node_dir.join("redis.log"), b"old log").unwrap();
+        plan_redis(&args(1, 0), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
+        assert!(!node_dir.join("dump.rdb").exists());
+        assert!(node_dir.join("redis.log").exists());
     }
 
     #[test]
     fn generated_config_reads_back_identically() {
         let dir = tempfile::tempdir().unwrap();
         let nodes = plan_redis(&args(2, 1), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
-        let cfg = proxy_config(&args(2, 1), None, &nodes);
+        let journal = plan_journal(&[7400, 7401, 7402], dir.path()).unwrap();
+        let cfg = proxy_config(&args(2, 1), None, &journal, &nodes, dir.path());
         plan_proxy(&args(2, 1), dir.path(), &cfg).unwrap();
         let loaded = ProxyConfig::load(Some(&dir.path().join("proxy.toml"))).unwrap();
         assert_eq!(loaded, cfg);
@@ -461,7 +680,12 @@ mod tests {
         let mut a = args(3, 1);
         a.redis_base_port = 65533;
         let err = plan_redis(&a, Path::new("/usr/bin/redis-server"), dir.path()).err().unwrap();
-        assert!(matches!(err, UpError::PortRangeOverflow { base: 65533, count: 6 }), "{err}");
+        assert!(matches!(err, UpError::PortRangeOverflow { base: 65533, count: 6, .. }), "{err}");
+        assert!(err.to_string().starts_with("--redis-base-port 65533"), "{err}");
+        let mut a = args(3, 1);
+        a.journal_base_port = 65534;
+        let err = journal_ports(&a, dir.path(), None).err().unwrap();
+        assert_eq!(err.to_string(), "--journal-base-port 65534 leaves no room for 3 consecutive ports");
     }
 
     #[test]
@@ -470,7 +694,7 @@ mod tests {
         let mut a = args(2, 1);
         a.port = 7002;
         let nodes = plan_redis(&a, Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
-        let err = check_ports_free(&a, None, &nodes).err().unwrap();
+        let err = check_ports_free(&a, None, nodes.iter()).err().unwrap();
         assert!(
             matches!(&err, UpError::PortConflict { port: 7002, first, second } if first == "proxy" && second == "redis-7002"),
             "{err}"
@@ -479,11 +703,16 @@ mod tests {
 
     #[test]
     fn ready_line_names_endpoint_shape_and_metrics() {
+        let shape = Shape { shards: 3, replicas: 1, journal_nodes: 3 };
         assert_eq!(
-            ready_line("redis://127.0.0.1:6380", 3, 1, Some("http://127.0.0.1:9121/metrics")),
-            "memlog ready: redis://127.0.0.1:6380 (3 shards × 1 replica, metrics http://127.0.0.1:9121/metrics)"
+            ready_line("redis://127.0.0.1:6380", &shape, Some("http://127.0.0.1:9121/metrics")),
+            "memlog ready: redis://127.0.0.1:6380 (3 shards × 1 replica, journal 3 nodes, metrics http://127.0.0.1:9121/metrics)"
         );
-        assert_eq!(ready_line("redis://x", 1, 0, None), "memlog ready: redis://x (1 shard × 0 replicas, metrics off)");
+        let shape = Shape { shards: 1, replicas: 0, journal_nodes: 0 };
+        assert_eq!(
+            ready_line("redis://x", &shape, None),
+            "memlog ready: redis://x (1 shard × 0 replicas, no journal, writes not durable, metrics off)"
+        );
     }
 
     #[test]

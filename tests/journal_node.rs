@@ -313,3 +313,25 @@ async fn corruption_in_the_middle_of_a_log_stops_the_node_naming_file_and_offset
     assert!(stderr.contains(&format!("offset {second_record}")), "{stderr}");
     assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing was cut");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_fsync_failure_is_never_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let mut node = spawn_node(&dir, tmp.path(), &[], &[("MEMLOG_FAILPOINT", "fsync-after=5")]);
+    let client = NodeClient::new(node.addr);
+    for lsn in 1..=5 {
+        client.append("shard-0", entry(1, lsn, "shard-0")).await.unwrap();
+    }
+    let failed = client.append("shard-0", entry(1, 6, "shard-0")).await.unwrap_err();
+    assert!(matches!(&failed, NodeError::Storage(m) if m.contains("fsync")), "{failed}");
+    assert!(matches!(client.append("shard-0", entry(1, 6, "shard-0")).await, Err(NodeError::Storage(_))));
+    assert_eq!(read_all(&client, "shard-0").await.len(), 5, "only what was fsync'd is served");
+    node.kill9();
+
+    let node = spawn_node(&dir, tmp.path(), &[], &[]);
+    let client = NodeClient::new(node.addr);
+    let stored = read_all(&client, "shard-0").await;
+    assert!(stored.len() >= 5);
+    assert!(stored.iter().zip(1..).all(|(e, lsn)| *e == entry(1, lsn, "shard-0")));
+}

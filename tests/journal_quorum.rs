@@ -59,7 +59,11 @@ impl Cluster {
     }
 
     async fn writer(&self, id: &str) -> QuorumWriter {
-        recover(&self.meta, SHARD, STREAM, &self.addrs, config(), id).await.unwrap_or_else(|e| panic!("recover: {e}"))
+        self.writer_with(id, config()).await
+    }
+
+    async fn writer_with(&self, id: &str, cfg: QuorumConfig) -> QuorumWriter {
+        recover(&self.meta, SHARD, STREAM, &self.addrs, cfg, id).await.unwrap_or_else(|e| panic!("recover: {e}"))
     }
 }
 
@@ -288,4 +292,27 @@ async fn a_writer_dropped_mid_stream_is_recovered_by_the_next() {
     wait_caught_up(&next, cluster.addrs[1], 1).await;
     let all: Vec<(u64, Bytes)> = acked.into_iter().chain(more).collect();
     assert_read_back(&cluster.addrs[1..2], next.commit_lsn(), &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_with_ack_quorum_three_survive_two_failures_but_not_three() {
+    let mut cluster = Cluster::start(5).await;
+    let cfg = QuorumConfig { write_quorum: 5, ack_quorum: 3, ..config() };
+    let writer = cluster.writer_with("writer-a", cfg.clone()).await;
+    let mut acked = all_acked(append_many(&writer, "a", 0..10).await);
+    cluster.kill9(0);
+    cluster.kill9(3);
+    acked.extend(all_acked(append_many(&writer, "a", 10..30).await));
+    drop(writer);
+
+    // Recovery with two of five down fences 3 (= 5 - 3 + 1) nodes and commits its barrier on 3.
+    let next = cluster.writer_with("writer-b", cfg.clone()).await;
+    acked.extend(all_acked(append_many(&next, "b", 0..10).await));
+    assert_read_back(&cluster.addrs, next.commit_lsn(), &acked).await;
+
+    cluster.kill9(4);
+    match next.append(payload("b", 10)).await {
+        Err(WriteError::NoQuorum { acked, needed: 3, .. }) => assert!(acked <= 2),
+        other => panic!("with 2 of 5 nodes left an append must fail with NoQuorum, got {other:?}"),
+    }
 }

@@ -11,11 +11,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::resp::{self, Conn};
 use common::{free_port, memlog_bin};
 use serde_json::Value;
 
 const SHARDS: usize = 3;
 const REPLICAS: usize = 1;
+const JOURNAL_NODES: usize = 3;
 
 /// `memlog up` as a child: killed by pid on drop, its stdout lines forwarded to a channel.
 struct Up {
@@ -39,11 +41,12 @@ impl Drop for Up {
     }
 }
 
-/// Ports of one `memlog up`: proxy, metrics, and the first of `count` consecutive free Redis ports.
+/// Ports of one `memlog up`: proxy, metrics, and the first of consecutive free Redis and journal ports.
 struct Ports {
     proxy: u16,
     metrics: u16,
     redis_base: u16,
+    journal_base: u16,
 }
 
 /// A run of `count` consecutive ports that are free right now: random bases, probed.
@@ -63,7 +66,10 @@ fn free_port_range(count: u16) -> u16 {
 }
 
 fn ports() -> Ports {
-    Ports { proxy: free_port(), metrics: free_port(), redis_base: free_port_range((SHARDS * (1 + REPLICAS)) as u16) }
+    let redis_count = (SHARDS * (1 + REPLICAS)) as u16;
+    // One range for both, so the journal ports cannot overlap the Redis ones.
+    let redis_base = free_port_range(redis_count + JOURNAL_NODES as u16);
+    Ports { proxy: free_port(), metrics: free_port(), redis_base, journal_base: redis_base + redis_count }
 }
 
 fn up_command(dir: &Path, ports: &Ports) -> Command {
@@ -72,6 +78,7 @@ fn up_command(dir: &Path, ports: &Ports) -> Command {
     cmd.args(["--port", &ports.proxy.to_string(), "--metrics-port", &ports.metrics.to_string()]);
     cmd.args(["--shards", &SHARDS.to_string(), "--replicas", &REPLICAS.to_string()]);
     cmd.args(["--redis-base-port", &ports.redis_base.to_string()]);
+    cmd.args(["--journal-nodes", &JOURNAL_NODES.to_string(), "--journal-base-port", &ports.journal_base.to_string()]);
     cmd
 }
 
@@ -159,12 +166,21 @@ fn check_running_cluster(dir: &Path, ports: &Ports, ready: &str) -> Vec<(String,
     assert_eq!(cluster["state"], "running");
     let pids = recorded_pids(&cluster);
     let count = |role: &str| pids.iter().filter(|(r, _)| r == role).count();
-    assert_eq!((count("primary"), count("replica"), count("proxy")), (SHARDS, SHARDS * REPLICAS, 1), "{pids:?}");
+    assert_eq!(
+        (count("journal"), count("primary"), count("replica"), count("proxy")),
+        (JOURNAL_NODES, SHARDS, SHARDS * REPLICAS, 1),
+        "{pids:?}"
+    );
+    assert!(ready.contains(&format!("journal {JOURNAL_NODES} nodes")), "ready line: {ready}");
     for (role, pid) in &pids {
         assert!(alive(*pid), "{role} pid {pid} from cluster.json is not running");
     }
     let config = std::fs::read_to_string(dir.join("proxy.toml")).unwrap();
     assert!(config.contains(&format!("127.0.0.1:{}", ports.redis_base)), "proxy.toml:\n{config}");
+    assert!(config.contains("[journal]"), "proxy.toml:\n{config}");
+    assert!(config.contains(&format!("\"127.0.0.1:{}\"", ports.journal_base)), "proxy.toml:\n{config}");
+    let metadata = format!("file:{}", dir.canonicalize().unwrap().join("metadata.json").display());
+    assert!(config.contains(&metadata), "proxy.toml must name {metadata}:\n{config}");
 
     // Each replica really replicates its primary (stock replication set up by `up`).
     for process in cluster["processes"].as_array().unwrap().iter().filter(|p| p["role"] == "replica") {
@@ -202,7 +218,13 @@ fn up_serves_then_sigterm_stops_every_child() {
 
     // `memlog status` agrees.
     let status = Command::new(memlog_bin()).arg("status").arg("--dir").arg(tmp.path()).output().unwrap();
-    assert!(status.status.success(), "memlog status: {}", String::from_utf8_lossy(&status.stdout));
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "memlog status: {report}");
+    assert_eq!(
+        report.lines().filter(|l| l.contains("journal node") && l.ends_with("ok")).count(),
+        JOURNAL_NODES,
+        "{report}"
+    );
 
     // A second `up` on the same --dir is refused while this one runs.
     let second = up_command(tmp.path(), &ports).output().unwrap();
@@ -248,15 +270,65 @@ fn kill_9_of_up_takes_every_child_down() {
     let ports = ports();
     let (mut up, _ready) = start_up(tmp.path(), &ports);
     let pids = recorded_pids(&cluster_json(tmp.path()));
-    assert_eq!(pids.len(), SHARDS * (1 + REPLICAS) + 1);
+    assert_eq!(pids.len(), JOURNAL_NODES + SHARDS * (1 + REPLICAS) + 1);
     assert!(pids.iter().all(|(_, pid)| alive(*pid)));
 
-    up.child.kill().unwrap(); // SIGKILL: up gets no chance to stop anything itself.
-    up.child.wait().unwrap();
-    wait_all_gone(&pids, Duration::from_secs(10));
-    for port in ports.redis_base..ports.redis_base + pids.len() as u16 - 1 {
+    kill_9_and_wait(&mut up, &pids);
+    for port in ports.redis_base..ports.journal_base + JOURNAL_NODES as u16 {
         assert!(TcpListener::bind(("127.0.0.1", port)).is_ok(), "port {port} still taken after kill -9");
     }
+}
+
+/// SIGKILL of `memlog up`: it gets no chance to stop anything itself; its children die with it.
+fn kill_9_and_wait(up: &mut Up, pids: &[(String, u32)]) {
+    up.child.kill().unwrap();
+    up.child.wait().unwrap();
+    wait_all_gone(pids, Duration::from_secs(10));
+}
+
+#[test]
+fn up_again_after_kill_9_of_everything_brings_back_every_acknowledged_write() {
+    const KEYS: usize = 1_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = ports();
+    let (mut up, _ready) = start_up(tmp.path(), &ports);
+    let proxy = format!("127.0.0.1:{}", ports.proxy).parse().unwrap();
+    let mut client = Conn::connect(proxy, Duration::from_secs(20)).unwrap();
+    for i in 0..KEYS {
+        client.queue(&["SET".to_string(), format!("durable:{i}"), format!("value-{i}")]);
+    }
+    client.flush().unwrap();
+    for (i, reply) in client.read_n(KEYS).unwrap().into_iter().enumerate() {
+        assert_eq!(reply, resp::Value::Simple("OK".into()), "SET durable:{i}\n{}", up_log(tmp.path()));
+    }
+    drop(client);
+    let pids = recorded_pids(&cluster_json(tmp.path()));
+    kill_9_and_wait(&mut up, &pids);
+    // The stale cluster.json (state running, every pid dead) must not block the re-run.
+    assert_eq!(cluster_json(tmp.path())["state"], "running");
+
+    let (_up, ready) = start_up(tmp.path(), &ports);
+    assert!(ready.contains("journal 3 nodes"), "{ready}");
+    let mut client = Conn::connect(proxy, Duration::from_secs(20)).unwrap();
+    for i in 0..KEYS {
+        client.queue(&["GET".to_string(), format!("durable:{i}")]);
+    }
+    client.flush().unwrap();
+    let lost: Vec<String> = client
+        .read_n(KEYS)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, got)| got.text() != format!("value-{i}"))
+        .map(|(i, got)| format!("durable:{i} = {got:?}"))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {KEYS} acknowledged writes lost, e.g. {:?}\n{}",
+        lost.len(),
+        &lost[..lost.len().min(10)],
+        up_log(tmp.path())
+    );
 }
 
 #[test]

@@ -62,7 +62,7 @@ enum Phase {
 struct WriterState {
     epoch: u8,
     phase: Phase,
-    /// What fence (or a later resync read) returned from each node.
+    /// What fence returned from each node (during recovery).
     views: Vec<Option<Vec<(u8, Item)>>>,
     log: Vec<Item>,
     tracker: Option<CommitTracker>,
@@ -101,10 +101,11 @@ enum Action {
     /// With a fence quorum answered: adopt the source's log and send the barrier to the source.
     Adopt(usize),
     ClientAppend(usize),
-    /// Catch-up, step 1: fence and read a node that is not live.
-    SyncRead(usize, usize),
-    /// Catch-up, step 2: truncate where it disagrees, send what it lacks, mark it live.
-    SyncApply(usize, usize),
+    /// Catch-up of a node that is not live: fence it and read its log, truncate where it
+    /// disagrees, send what it lacks, mark it live. One step: between the read and the truncate
+    /// only a newer writer can change the node, and it fences it first, which makes the
+    /// truncate fail; our own appends to it were dropped with the failed connection.
+    Sync(usize, usize),
     /// The connection to a node fails: what was in flight is lost and the writer resyncs it.
     Lose(usize, usize),
     /// The node takes the oldest append in flight from the writer.
@@ -144,11 +145,25 @@ impl Model for QuorumModel {
     type State = State;
     type Action = Action;
 
+    /// The first writer has fenced the empty nodes and sent its barrier to all of them (its
+    /// recovery of an empty stream has nothing to choose; starting here keeps the space small).
     fn init_states(&self) -> Vec<State> {
+        let mut tracker = CommitTracker::new(ACK_QUORUM, 0, 1);
+        tracker.track(1);
+        let first = WriterState {
+            epoch: 1,
+            phase: Phase::Active,
+            views: vec![None; NODES],
+            log: vec![(1, 0)],
+            tracker: Some(tracker),
+            live: vec![true; NODES],
+            queues: vec![vec![Msg { lsn: 1, item: (1, 0) }]; NODES],
+            appended: 0,
+        };
         vec![State {
-            meta_epoch: 0,
-            nodes: vec![NodeState { fenced: 0, log: Vec::new() }; NODES],
-            writers: Vec::new(),
+            meta_epoch: 1,
+            nodes: vec![NodeState { fenced: 1, log: Vec::new() }; NODES],
+            writers: vec![first],
             acked: BTreeSet::new(),
         }]
     }
@@ -170,6 +185,8 @@ impl Model for QuorumModel {
                         actions.push(Action::Adopt(w));
                     }
                 }
+                // The last writer's adoption is what the checks look at; it need not go on.
+                Phase::Active if w + 1 == self.appends.len() => {}
                 Phase::Active => {
                     if writer.appended < self.appends[w] {
                         actions.push(Action::ClientAppend(w));
@@ -179,10 +196,8 @@ impl Model for QuorumModel {
                             if !writer.queues[n].is_empty() {
                                 actions.push(Action::Lose(w, n));
                             }
-                        } else if writer.views[n].is_none() {
-                            actions.push(Action::SyncRead(w, n));
                         } else {
-                            actions.push(Action::SyncApply(w, n));
+                            actions.push(Action::Sync(w, n));
                         }
                     }
                 }
@@ -213,7 +228,7 @@ impl Model for QuorumModel {
                     appended: 0,
                 });
             }
-            Action::Fence(w, n) | Action::SyncRead(w, n) => {
+            Action::Fence(w, n) => {
                 let epoch = state.writers[w].epoch;
                 let node = &mut state.nodes[n];
                 if node.fenced > epoch {
@@ -261,16 +276,15 @@ impl Model for QuorumModel {
                     Self::send_append(&mut state, w, n, lsn, item);
                 }
             }
-            Action::SyncApply(w, n) => {
+            Action::Sync(w, n) => {
                 let writer = &mut state.writers[w];
-                let view = writer.views[n].take()?;
-                let agreed = agreement_point(0, &origins(&items(&view)), &origins(&writer.log)) as usize;
-                let epoch = writer.epoch;
                 let node = &mut state.nodes[n];
-                if node.fenced > epoch {
+                if node.fenced > writer.epoch {
                     writer.phase = Phase::Stopped;
                     return Some(state);
                 }
+                node.fenced = writer.epoch;
+                let agreed = agreement_point(0, &origins(&items(&node.log)), &origins(&writer.log)) as usize;
                 node.log.truncate(agreed);
                 writer.live[n] = true;
                 let log = writer.log.clone();
@@ -327,25 +341,41 @@ impl Model for QuorumModel {
     }
 }
 
-#[test]
-fn quorum_write_fencing_and_recovery_lose_no_acknowledged_entry() {
-    let started = std::time::Instant::now();
-    let checker = QuorumModel { appends: vec![1, 0, 0], rule: SourceRule::LastOrigin }
-        .checker()
-        .threads(2)
-        .spawn_dfs()
-        .join();
-    eprintln!("explored {} unique states in {:?}", checker.unique_state_count(), started.elapsed());
-    checker.assert_properties();
+/// Three writers: the first appends one entry, the second and third recover (the third's
+/// adoption is what "lost" is judged by). Every schedule up to `depth` steps, or all of them.
+fn check(rule: SourceRule, depth: Option<usize>) -> impl Checker<QuorumModel> {
+    let builder = QuorumModel { appends: vec![1, 0, 0], rule }.checker().threads(2);
+    let builder = match depth {
+        Some(depth) => builder.target_max_depth(depth),
+        None => builder,
+    };
+    let started = Instant::now();
+    let checker = builder.spawn_bfs().join();
+    eprintln!("{rule:?}: {} unique states in {:?}", checker.unique_state_count(), started.elapsed());
+    checker
 }
 
+/// Every schedule of up to 16 steps (~1M states, ~20 s in a debug build): enough for a write,
+/// a partial recovery and a second recovery to interleave.
 #[test]
+fn bounded_schedules_lose_no_acknowledged_entry() {
+    check(SourceRule::LastOrigin, Some(16)).assert_properties();
+}
+
+/// The whole state space (~4.6M states; about 25 s in a release build:
+/// `cargo test --release -p journal-service --test quorum_model -- --ignored`).
+#[test]
+#[ignore = "exhaustive; run in release mode"]
+fn all_schedules_lose_no_acknowledged_entry() {
+    check(SourceRule::LastOrigin, None).assert_properties();
+}
+
+/// The same space with the source chosen by stamp epoch: the checker must find a schedule that
+/// loses an acknowledged entry (its shortest one is 24 steps, hence release mode).
+#[test]
+#[ignore = "exhaustive; run in release mode"]
 fn choosing_the_source_by_stamp_epoch_loses_entries() {
-    let checker = QuorumModel { appends: vec![1, 0, 0], rule: SourceRule::LastStamp }
-        .checker()
-        .threads(2)
-        .spawn_dfs()
-        .join();
+    let checker = check(SourceRule::LastStamp, None);
     let path = checker.assert_any_discovery("no acknowledged entry is lost");
-    eprintln!("counterexample found, as expected:\n{path:?}");
+    eprintln!("counterexample, as expected:\n{:#?}", path.into_actions());
 }

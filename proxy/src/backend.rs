@@ -40,12 +40,18 @@ pub struct BackendOptions {
 
 enum Op {
     Send(Bytes, ReplySender),
+    /// Several commands in one buffer; all `count` replies come back together.
+    Batch(Bytes, usize, BatchSender),
     /// Fires once every reply to requests sent before it has arrived.
     Barrier(oneshot::Sender<()>),
 }
 
+pub type BatchResult = Result<Vec<Bytes>, BackendError>;
+pub type BatchSender = oneshot::Sender<BatchResult>;
+
 enum Waiter {
     Reply(ReplySender, Instant),
+    Batch { replies: Vec<Bytes>, count: usize, reply: BatchSender, sent: Instant },
     Barrier(oneshot::Sender<()>),
 }
 
@@ -80,6 +86,15 @@ impl BackendConn {
         let (tx, rx) = oneshot::channel();
         self.send_to(request, tx);
         rx
+    }
+
+    /// Sends `count` commands encoded back to back in `requests` and waits for all their replies.
+    pub async fn call_batch(&self, requests: Bytes, count: usize) -> BatchResult {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Op::Batch(_, _, reply))) = self.ops.send(Op::Batch(requests, count, tx)) {
+            let _ = reply.send(Err(BackendError::Lost { addr: self.addr.to_string() }));
+        }
+        rx.await.unwrap_or_else(|_| Err(BackendError::Lost { addr: self.addr.to_string() }))
     }
 
     /// Sends `args` as one command and waits for its reply.
@@ -123,6 +138,9 @@ async fn drive(addr: Arc<str>, proto: Proto, opts: BackendOptions, mut ops: mpsc
                         op = ops.recv() => match op {
                             None => return,
                             Some(Op::Send(_, reply)) => {
+                                let _ = reply.send(Err(BackendError::Unreachable { addr: addr.to_string(), reason: reason.clone() }));
+                            }
+                            Some(Op::Batch(_, _, reply)) => {
                                 let _ = reply.send(Err(BackendError::Unreachable { addr: addr.to_string(), reason: reason.clone() }));
                             }
                             Some(Op::Barrier(done)) => {
@@ -188,6 +206,11 @@ async fn serve(
                         out.extend_from_slice(&bytes);
                         waiters.push(Waiter::Reply(reply, Instant::now()));
                     }
+                    Op::Batch(bytes, count, reply) => {
+                        out.extend_from_slice(&bytes);
+                        let replies = Vec::with_capacity(count);
+                        waiters.push(Waiter::Batch { replies, count, reply, sent: Instant::now() });
+                    }
                     Op::Barrier(done) => waiters.push(Waiter::Barrier(done)),
                 }
                 next = if out.len() < 256 * 1024 { ops.try_recv().ok() } else { None };
@@ -221,7 +244,7 @@ async fn serve(
                 Ok(Ok(_)) => {}
                 Err(_) => {
                     let queue = inflight.lock().unwrap();
-                    if let Some(Waiter::Reply(_, sent)) = queue.front() {
+                    if let Some(Waiter::Reply(_, sent) | Waiter::Batch { sent, .. }) = queue.front() {
                         if sent.elapsed() >= opts.request_timeout {
                             return ReaderEnd::TimedOut;
                         }
@@ -237,9 +260,19 @@ async fn serve(
                     Err(BadFrame) => return ReaderEnd::BadReply,
                 };
                 let frame = buf.split_to(len).freeze();
-                match queue.pop_front() {
-                    Some(Waiter::Reply(reply, _)) => {
-                        let _ = reply.send(Ok(frame));
+                match queue.front_mut() {
+                    Some(Waiter::Batch { replies, count, .. }) => {
+                        replies.push(frame);
+                        if replies.len() == *count {
+                            if let Some(Waiter::Batch { replies, reply, .. }) = queue.pop_front() {
+                                let _ = reply.send(Ok(replies));
+                            }
+                        }
+                    }
+                    Some(Waiter::Reply(..)) => {
+                        if let Some(Waiter::Reply(reply, _)) = queue.pop_front() {
+                            let _ = reply.send(Ok(frame));
+                        }
                     }
                     // A reply nobody asked for: the stream is out of step, so drop it.
                     _ => return ReaderEnd::BadReply,
@@ -270,6 +303,9 @@ async fn serve(
     for waiter in inflight.into_inner().unwrap() {
         match waiter {
             Waiter::Reply(reply, _) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Waiter::Batch { reply, .. } => {
                 let _ = reply.send(Err(error.clone()));
             }
             Waiter::Barrier(done) => {

@@ -7,8 +7,32 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// `MEMLOG_…` variables that are not proxy configuration keys.
-const NOT_CONFIG_VARS: &[&str] = &["MEMLOG_LOG", "MEMLOG_FAILPOINT", "MEMLOG_BIN"];
+/// The top-level keys: only `MEMLOG_<KEY>` variables naming one of them are configuration, so
+/// other `MEMLOG_…` variables (the log filter, test settings) are left alone.
+const KEYS: &[&str] = &[
+    "listen",
+    "announce",
+    "metrics_listen",
+    "cluster_compat",
+    "maxclients",
+    "proto_max_bulk_len",
+    "max_multibulk_len",
+    "client_output_buffer_limit",
+    "backend_connections",
+    "backend_timeout_ms",
+    "connect_timeout_ms",
+    "shutdown_grace_ms",
+    "tls",
+    "users",
+    "journal",
+    "shards",
+];
+
+fn is_config_var(name: &str) -> bool {
+    let Some(key) = name.strip_prefix("MEMLOG_") else { return false };
+    let top = key.split("__").next().unwrap_or_default().to_ascii_lowercase();
+    KEYS.contains(&top.as_str())
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -42,8 +66,44 @@ pub struct ProxyConfig {
     pub tls: Option<TlsConfig>,
     /// ACL users; when empty, the `default` user needs no password.
     pub users: Vec<UserConfig>,
+    /// The journal every write goes through before Redis sees it. Without it the proxy only
+    /// routes: writes are not durable (it says so at start-up).
+    pub journal: Option<JournalConfig>,
     /// The shards: which slots each owns and its Redis nodes.
     pub shards: Vec<ShardConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// `host:port` of every journal node; each shard's stream is written to all of them.
+    pub nodes: Vec<String>,
+    /// The metadata store holding shard epochs: `file:PATH` or `postgres://…`.
+    pub metadata: String,
+    /// Nodes that must have fsync'd an entry before a write is acknowledged (default: a majority).
+    #[serde(default)]
+    pub ack_quorum: Option<usize>,
+    /// How long an append may take to reach the ack quorum (milliseconds).
+    #[serde(default = "default_append_timeout_ms")]
+    pub append_timeout_ms: u64,
+    /// How long a write waits for the journal to regain its quorum before it fails with
+    /// `-TRYAGAIN` (milliseconds).
+    #[serde(default = "default_write_wait_ms")]
+    pub write_wait_ms: u64,
+}
+
+fn default_append_timeout_ms() -> u64 {
+    2_000
+}
+
+fn default_write_wait_ms() -> u64 {
+    5_000
+}
+
+impl JournalConfig {
+    pub fn ack_quorum(&self) -> usize {
+        self.ack_quorum.unwrap_or(self.nodes.len() / 2 + 1)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -91,6 +151,7 @@ impl Default for ProxyConfig {
             shutdown_grace_ms: 5_000,
             tls: None,
             users: Vec::new(),
+            journal: None,
             shards: Vec::new(),
         }
     }
@@ -103,9 +164,8 @@ impl ProxyConfig {
         if let Some(path) = path {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
-        // Variables read elsewhere (the log filter, test failpoints) are not configuration keys.
         let env: std::collections::HashMap<String, String> =
-            std::env::vars().filter(|(name, _)| !NOT_CONFIG_VARS.contains(&name.as_str())).collect();
+            std::env::vars().filter(|(name, _)| is_config_var(name)).collect();
         builder = builder.add_source(
             config::Environment::with_prefix("MEMLOG")
                 .prefix_separator("_")
@@ -121,5 +181,37 @@ impl ProxyConfig {
     /// Checks what serde cannot: the shards cover every slot exactly once.
     pub fn validate(&self) -> anyhow::Result<()> {
         crate::router::SlotMap::from_config(&self.shards).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_overridable_and_no_other() {
+        let full = toml::to_string(&ProxyConfig {
+            announce: Some("a:1".into()),
+            metrics_listen: Some("m:1".into()),
+            tls: Some(TlsConfig { cert: "c".into(), key: "k".into() }),
+            journal: Some(JournalConfig {
+                nodes: vec![],
+                metadata: "file:x".into(),
+                ack_quorum: Some(1),
+                append_timeout_ms: 1,
+                write_wait_ms: 1,
+            }),
+            ..ProxyConfig::default()
+        })
+        .unwrap();
+        let table: toml::Table = full.parse().unwrap();
+        let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut listed = KEYS.to_vec();
+        listed.retain(|k| table.contains_key(*k) || matches!(*k, "users" | "shards"));
+        assert_eq!(listed.len(), KEYS.len(), "KEYS names a key ProxyConfig lacks");
+        assert!(keys.iter().all(|k| KEYS.contains(k)), "ProxyConfig key missing from KEYS: {keys:?}");
+        assert!(is_config_var("MEMLOG_TLS__CERT") && is_config_var("MEMLOG_LISTEN"));
+        assert!(!is_config_var("MEMLOG_LOG") && !is_config_var("MEMLOG_TEST_TARGET"));
     }
 }

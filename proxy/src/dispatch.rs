@@ -103,7 +103,7 @@ impl Dispatcher {
             return Pending::error("ERR memlog: the key '__memlog:lsn' is reserved for memlog");
         }
         let Some(&first) = keys.first() else {
-            return self.to_shard(0, request.raw.clone(), info.flags.write).await;
+            return self.to_shard(0, request.clone(), info.flags.write).await;
         };
         let first_slot = key_slot(&request.args[first]);
         let shard = self.proxy.slots.shard_of_slot(first_slot);
@@ -116,7 +116,7 @@ impl Dispatcher {
         }
         let cluster_compat = self.proxy.cfg.cluster_compat;
         if !(spans_shards || cluster_compat && spans_slots) {
-            return self.to_shard(shard, request.raw.clone(), info.flags.write).await;
+            return self.to_shard(shard, request.clone(), info.flags.write).await;
         }
         let merge = match info.name.as_str() {
             "mget" => Some(SplitMerge::Values),
@@ -155,7 +155,7 @@ impl Dispatcher {
     /// Sends one request to `shard`, keeping this client's commands to the shard in order: a
     /// write waits for the client's reads in flight there; a read issued while the client's
     /// writes are in flight rides the apply connection behind them.
-    pub async fn to_shard(&mut self, shard: usize, request: Bytes, write: bool) -> Pending {
+    pub async fn to_shard(&mut self, shard: usize, request: Request, write: bool) -> Pending {
         let lane = if write || self.lanes.in_flight(shard, Lane::Apply) > 0 { Lane::Apply } else { Lane::Read };
         if lane == Lane::Apply && self.lanes.in_flight(shard, Lane::Read) > 0 {
             self.lanes.wait_reads_done(shard).await;
@@ -164,8 +164,8 @@ impl Dispatcher {
         let (tx, rx) = oneshot::channel();
         let target = &self.proxy.shards[shard];
         match lane {
-            Lane::Apply => target.sequencer.submit(Write { proto: self.proto, request, reply: tx }),
-            Lane::Read => target.read_conn(self.proto, self.client.id).send_to(request, tx),
+            Lane::Apply => target.sequencer.submit(Write { proto: self.proto, request, journal: write, reply: tx }),
+            Lane::Read => target.read_conn(self.proto, self.client.id).send_to(request.raw, tx),
         }
         Pending::Backend { rx, _lane: Some(guard) }
     }
@@ -193,7 +193,7 @@ impl Dispatcher {
             let mut args = Vec::with_capacity(part_keys.len() + 1);
             args.push(request.args[0].clone());
             args.extend(part_keys);
-            parts.push(self.to_shard(shard, encode_command(&args), write).await);
+            parts.push(self.to_shard(shard, Request { raw: encode_command(&args), args }, write).await);
         }
         let proto = self.proto;
         let merge: Box<dyn FnOnce(Vec<Bytes>) -> Bytes + Send> = match merge {

@@ -23,6 +23,8 @@ use crate::state::{ClientHandle, Proxy};
 /// Replies awaited by the writer beyond which the reader stops reading, so one client cannot
 /// make the proxy hold unbounded work.
 const MAX_PENDING: usize = 64 * 1024;
+/// While draining, a connection that sends nothing for this long is closed.
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Output buffered before the writer writes it out even if more replies are ready.
 const FLUSH_AT: usize = 64 * 1024;
 
@@ -211,8 +213,12 @@ async fn read_requests<R: AsyncRead + Unpin>(
         }
         let read = tokio::select! {
             _ = client.kill.cancelled() => return,
-            _ = drain.cancelled() => return,
             read = reader.read_buf(&mut buf) => read,
+            // Draining: serve what the client already sent, and stop once it pauses.
+            _ = drain.cancelled() => match tokio::time::timeout(DRAIN_IDLE, reader.read_buf(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => return,
+            },
         };
         match read {
             Ok(0) | Err(_) => return,

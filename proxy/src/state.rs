@@ -15,7 +15,7 @@ use crate::commands::table::{CommandInfo, CommandTable};
 use crate::config::ProxyConfig;
 use crate::resp::Proto;
 use crate::router::SlotMap;
-use crate::sequencer::Sequencer;
+use crate::sequencer::{JournalSetup, Sequencer};
 
 /// The key in which each Redis node records the journal prefix it holds; clients never see it.
 pub const LSN_KEY: &[u8] = b"__memlog:lsn";
@@ -31,16 +31,23 @@ pub struct Shard {
 }
 
 impl Shard {
-    fn new(id: usize, primary: &str, replicas: &[String], connections: usize, opts: BackendOptions) -> Shard {
-        Shard {
+    async fn start(
+        id: usize,
+        primary: &str,
+        replicas: &[String],
+        connections: usize,
+        opts: BackendOptions,
+        journal: Option<JournalSetup>,
+    ) -> anyhow::Result<Shard> {
+        Ok(Shard {
             id,
             primary: primary.to_string(),
             replicas: replicas.to_vec(),
-            sequencer: Sequencer::spawn(id, primary, opts),
+            sequencer: Sequencer::start(id, primary, opts, journal).await?,
             reads2: (0..connections).map(|_| BackendConn::spawn(primary, Proto::Resp2, opts)).collect(),
             reads3: OnceLock::new(),
             opts,
-        }
+        })
     }
 
     /// The read connection a client uses: always the same one for a client, so its reads of
@@ -159,12 +166,22 @@ impl Proxy {
         let admin = BackendConn::spawn(&cfg.shards[0].primary, Proto::Resp2, opts);
         let (table, redis_version) = load_command_table(&admin).await?;
         let connections = cfg.backend_connections.max(1);
-        let shards = cfg
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Shard::new(i, &s.primary, &s.replicas, connections, opts))
-            .collect();
+        let journal = match &cfg.journal {
+            Some(journal) => Some(journal_setup(journal, &cfg.listen).await?),
+            None => {
+                tracing::warn!("no [journal] configured: writes are routed to Redis but NOT durable");
+                None
+            }
+        };
+        // Shards recover and catch up in parallel; the proxy serves once all are ready.
+        let starts = cfg.shards.iter().enumerate().map(|(i, s)| {
+            let (primary, replicas, journal) = (s.primary.clone(), s.replicas.clone(), journal.clone());
+            tokio::spawn(async move { Shard::start(i, &primary, &replicas, connections, opts, journal).await })
+        });
+        let mut shards = Vec::with_capacity(cfg.shards.len());
+        for start in starts.collect::<Vec<_>>() {
+            shards.push(start.await??);
+        }
         let announce = cfg.announce.clone().unwrap_or_else(|| cfg.listen.clone());
         let (announce_host, announce_port) = match announce.rsplit_once(':') {
             Some((host, port)) => (host.trim_matches(['[', ']']).to_string(), port.parse()?),
@@ -198,6 +215,38 @@ impl Proxy {
     pub fn auth_required(&self) -> bool {
         !self.cfg.users.is_empty()
     }
+}
+
+/// Resolves the journal nodes, opens the metadata store and sets the quorum.
+async fn journal_setup(cfg: &crate::config::JournalConfig, listen: &str) -> anyhow::Result<JournalSetup> {
+    let mut nodes = Vec::with_capacity(cfg.nodes.len());
+    for node in &cfg.nodes {
+        let addr = tokio::net::lookup_host(node)
+            .await
+            .map_err(|e| anyhow::anyhow!("journal node {node:?}: {e}"))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("journal node {node:?} has no address"))?;
+        nodes.push(addr);
+    }
+    let quorum = journal_service::quorum::QuorumConfig {
+        write_quorum: nodes.len(),
+        ack_quorum: cfg.ack_quorum(),
+        append_timeout: Duration::from_millis(cfg.append_timeout_ms),
+        ..Default::default()
+    };
+    quorum.validate(nodes.len()).map_err(|e| anyhow::anyhow!("[journal]: {e}"))?;
+    let meta = journal_service::meta::MetaStore::open(&cfg.metadata)
+        .await
+        .map_err(|e| anyhow::anyhow!("metadata store {:?}: {e}", cfg.metadata))?;
+    let meta = Arc::new(meta);
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    Ok(JournalSetup {
+        nodes,
+        meta,
+        quorum,
+        writer_id: format!("{host}:{}:{listen}", std::process::id()),
+        write_wait: Duration::from_millis(cfg.write_wait_ms),
+    })
 }
 
 /// Asks the backend for its command table, retrying while it is not up yet (a sidecar may start

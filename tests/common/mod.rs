@@ -3,6 +3,10 @@
 //! a developer's own Redis are left alone).
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod load;
+pub mod resp;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

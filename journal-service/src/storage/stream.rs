@@ -18,6 +18,9 @@ use crate::record;
 use super::segment::{self, Segment};
 use super::{epoch, fsync_dir, metrics_names as m, Failpoint, OpenError};
 
+/// The highest LSN a stream may be moved to, far from overflow in any LSN arithmetic.
+const MAX_LSN: u64 = 1 << 62;
+
 /// Stop gathering a group-commit batch at this many bytes; the rest goes in the next one.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
@@ -478,6 +481,9 @@ impl Writer {
 
     fn truncate_below(&mut self, lsn: u64) -> Result<(), NodeError> {
         self.check_not_poisoned()?;
+        if lsn > MAX_LSN {
+            return Err(NodeError::Protocol(format!("lsn {lsn} is beyond the largest allowed, {MAX_LSN}")));
+        }
         let mut state = self.lock();
         if lsn <= state.first_lsn() {
             return Ok(());

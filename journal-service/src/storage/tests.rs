@@ -245,6 +245,7 @@ async fn truncate_below_drops_old_segments() {
     assert_eq!((tail.first_lsn, tail.last_lsn), (100, 99));
     assert!(matches!(storage.append(S, entry(1, 61)).await, Err(NodeError::OutOfOrder { expected_lsn: 100, .. })));
     append_range(&storage, 1, 100, 101).await;
+    assert!(matches!(storage.truncate_below(S, u64::MAX).await, Err(NodeError::Protocol(_))));
     drop(storage);
     let storage = open(dir.path());
     assert_holds(&storage, 1, 100, 101);

@@ -24,7 +24,7 @@ pub async fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
         "flushall" | "flushdb" => {
             let mut parts = Vec::with_capacity(proxy.shards.len());
             for shard in 0..proxy.shards.len() {
-                parts.push(d.to_shard(shard, request.raw.clone(), true).await);
+                parts.push(d.to_shard(shard, request.clone(), true).await);
             }
             Pending::Merge { parts, merge: Box::new(|mut replies| replies.swap_remove(0)), proto }
         }

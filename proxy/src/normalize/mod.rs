@@ -32,8 +32,9 @@
 //! | `XAUTOCLAIM k g c min-idle start [COUNT n] [JUSTID]` | probe: XAUTOCLAIM on a scratch copy → `XCLAIM k g c 0 <claimed and deleted IDs> TIME now [JUSTID]` (nothing if none) | **override**: the dry run's reply (RESP2) |
 //! | `BLPOP`/`BRPOP k… t` | probe `TYPE`+`LINDEX` per key → `LPOP`/`RPOP` of the first existing key | **override**: `[key, element]`, WRONGTYPE, or nil array if no key has data |
 //! | `BZPOPMIN`/`BZPOPMAX k… t` | probe `TYPE`+`ZRANGE … WITHSCORES` per key → `ZPOPMIN`/`ZPOPMAX k` | **override**: `[key, member, score]` (RESP3: the score is a double), WRONGTYPE, or nil array |
-//! | `BRPOPLPUSH s d t`, `BLMOVE s d from to t`, `BLMPOP t …`, `BZMPOP t …` | `RPOPLPUSH s d`, `LMOVE s d from to`, `LMPOP …`, `ZMPOP …` | same shape |
-//! | `XREADGROUP GROUP g c … STREAMS …` | as sent: **known gap**, below | |
+//! | `BRPOPLPUSH s d t`, `BLMOVE s d from to t`, `BLMPOP t …`, `BZMPOP t …` | `RPOPLPUSH s d`, `LMOVE s d from to`, `LMPOP …`, `ZMPOP …` | same (were the source empty, RPOPLPUSH/LMOVE would say `$-1` where a timeout says `*-1`) |
+//! | `XREADGROUP GROUP g c [COUNT n] [BLOCK ms] STREAMS k… >…` | probe: read-only script per stream (entries after the group's last-delivered-id) → the call without BLOCK, then `XCLAIM k g c 0 <ids> TIME now JUSTID` per stream served; nothing if no stream has new entries | **override**: `[[key, entries]…]` (RESP3: a map) or nil array |
+//! | `XREADGROUP` with an explicit ID (history), NOACK, a stream named twice | as sent: **known gap**, below | |
 //! | `EVAL`, `EVALSHA`, `EVAL_RO`, `EVALSHA_RO`, `FCALL`, `FCALL_RO` | as sent: scripts must be deterministic (below) | |
 //! | everything else | as sent | |
 //!
@@ -45,10 +46,14 @@
 //! `XGROUP CREATE … $`, `XSETID`, `XACK`, `XDEL`, `PFADD`/`PFCOUNT`/`PFMERGE`, `TOUCH` (LRU
 //! only). `MIGRATE` is refused by the proxy.
 //!
-//! **Overrides** (`Resolved::reply`) are RESP2; the lead converts them for RESP3 clients: SPOP
-//! with a count (array → set), BZPOPMIN/BZPOPMAX (score bulk → double), the nil array of a pop
-//! whose keys are empty (RESP3 null), XAUTOCLAIM (entries' field lists stay arrays in RESP3;
-//! nothing to convert but the frame must be re-read), and errors (identical).
+//! A resolution with no command or with several (XREADGROUP) always carries an override, so the
+//! sequencer never has to choose which reply is the client's.
+//!
+//! **Overrides** (`Resolved::reply`) are RESP2; the lead converts them for RESP3 clients: every
+//! nil (`$-1`/`*-1` → `_`: SPOP on a missing key, a pop or XREADGROUP finding no data), SPOP
+//! with a count (array → set `~`), BZPOPMIN/BZPOPMAX (score bulk → double `,`), XREADGROUP
+//! (array of `[key, entries]` → map of key → entries). Bulk strings, plain arrays (BLPOP/BRPOP,
+//! XAUTOCLAIM) and errors are the same in both.
 //!
 //! **Scratch key**: INCRBYFLOAT, HINCRBYFLOAT and XAUTOCLAIM probe with
 //! `MULTI; DEL __memlog:scratch; COPY k __memlog:scratch; <command on the scratch>;
@@ -64,25 +69,26 @@
 //! version's listpack encoding; RDB snapshots keep the layout. Replay therefore needs the same
 //! Redis version and those two settings (the sequencer should check them).
 //!
-//! **XREADGROUP gap**: Redis propagates it as one `XCLAIM … TIME <now> RETRYCOUNT n FORCE
-//! JUSTID LASTID id` per delivered entry (plus `XGROUP SETID` with NOACK). Which entries it
-//! delivers, the group's last-delivered-id, the delivery counts and the consumers are
-//! functions of the state, so replaying the call reproduces them; only the PEL's delivery
-//! times (and the consumer's seen-time) come from the replaying Redis's clock, so idle times
-//! after a rebuild are shorter than they were. Knowing the delivered entries before applying
-//! needs a dry run (a COPY per read) or a read-only script mirroring XREADGROUP; not done.
-//! `DEBUG DIGEST` covers stream entries only, not groups or PELs, and no expiry times (only
-//! whether a key has one): snapshot verification will not see these differences.
+//! **XREADGROUP gap**: new-entry reads are pinned as above (the delivery time of each new PEL
+//! entry is the one thing the call does not determine). History reads (an explicit ID) re-deliver
+//! from the consumer's PEL and set each entry's delivery time from the applying Redis's clock, and
+//! a stream named twice in one call would need the probe to account for the first read: these
+//! stay as sent, so after a rebuild those delivery times are later than they were. NOACK reads
+//! create no PEL entries and are exact as sent. Consumers' seen-time always comes from the
+//! applying clock (as on Redis's own replicas). `DEBUG DIGEST` covers stream entries only, not
+//! groups or PELs, and no expiry times (only whether a key has one): snapshot verification will
+//! not see such differences.
 //!
 //! **Scripts** (EVAL/FCALL) are journaled as calls: Redis 7 replicates their effects, memlog
 //! replays the call, so a script that reads the clock or a random choice (TIME, SPOP,
 //! SRANDMEMBER, relative EXPIRE inside the script) rebuilds different state. Scripts must be
 //! deterministic.
 //!
-//! **Clock**: a rewritten time is `now_ms`-based, Redis clamps XCLAIM's TIME to its own clock,
-//! and Redis deletes keys whose absolute expiry has passed when a command touches them. Replay
-//! must happen where expiries do not fire early (as Redis loads its AOF with expiry paused),
-//! and `now_ms` must not run ahead of the primary's clock.
+//! **Clock**: rewritten times are `now_ms`-based; `now_ms` must not run ahead of the primary's
+//! clock, since Redis clamps an XCLAIM TIME in its future to its own now (live) but not later
+//! (replay). An absolute expiry that has passed by replay time makes its key absent to the
+//! replayed commands (SET NX, INCR …) unless replay runs where Redis does not expire keys itself
+//! (AOF loading, a replica fed through its master link); the rewrite cannot remove that.
 
 mod args;
 mod blocking;
@@ -91,6 +97,7 @@ mod replies;
 mod spop;
 mod stream;
 mod ttl;
+mod xreadgroup;
 
 use bytes::Bytes;
 
@@ -102,15 +109,18 @@ pub enum Plan {
     /// Deterministic as sent: journal and apply the client's raw bytes unchanged.
     AsIs,
     /// Journal and apply this command instead; Redis's reply to it is the client's reply
-    /// (e.g. EXPIRE k 10 -> PEXPIREAT k <abs ms>; SETEX -> SET .. PXAT; reply shapes are identical).
+    /// (e.g. `EXPIRE k 10` -> `PEXPIREAT k <abs ms>`; SETEX -> `SET .. PXAT`; reply shapes are identical).
     Rewrite(Vec<Bytes>),
     /// The outcome depends on state Redis holds (SPOP's choice, INCRBYFLOAT's result, XADD *'s ID):
     /// the sequencer waits until every earlier write of the shard is applied, runs `probe` on the
     /// primary (commands that do not change the dataset's net state — read-only commands, or a
     /// MULTI/EXEC block on a scratch key that it deletes again), then calls `resolve` with the
     /// replies (raw RESP2 bytes, one per probe command, in order).
-    Probe { probe: Vec<Vec<Bytes>>, resolve: Box<dyn FnOnce(&[Bytes]) -> Resolved + Send> },
+    Probe { probe: Vec<Vec<Bytes>>, resolve: Resolver },
 }
+
+/// Turns a probe's replies into what to journal (`Box<dyn FnOnce(&[Bytes]) -> Resolved + Send>`).
+pub type Resolver = Box<dyn FnOnce(&[Bytes]) -> Resolved + Send>;
 
 /// What a probed write turns into.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +171,7 @@ pub fn plan(args: &[Bytes], now_ms: u64) -> Plan {
     let at_least = |n: usize| args.len() >= n;
     let exactly = |n: usize| args.len() == n;
     match name.as_slice() {
-        b"EXPIRE" if at_least(3) => Plan::AsIs,
+        b"EXPIRE" if at_least(3) => ttl::expire(args, now, true, true),
         b"PEXPIRE" if at_least(3) => ttl::expire(args, now, false, true),
         b"EXPIREAT" if at_least(3) => ttl::expire(args, now, true, false),
         b"SET" if at_least(3) => ttl::set(args, now),
@@ -175,6 +185,7 @@ pub fn plan(args: &[Bytes], now_ms: u64) -> Plan {
         b"XADD" if at_least(5) => stream::xadd(args, now_ms),
         b"XCLAIM" if at_least(6) => stream::xclaim(args, now),
         b"XAUTOCLAIM" if at_least(6) => stream::xautoclaim(args, now),
+        b"XREADGROUP" if at_least(7) => xreadgroup::xreadgroup(args, now),
         b"BLPOP" if at_least(3) => blocking::pop(args, Pop::ListLeft),
         b"BRPOP" if at_least(3) => blocking::pop(args, Pop::ListRight),
         b"BZPOPMIN" if at_least(3) => blocking::pop(args, Pop::ZsetMin),

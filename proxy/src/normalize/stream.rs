@@ -143,11 +143,11 @@ pub fn xclaim(args: &[Bytes], now: i64) -> Plan {
     let Some(claim) = parse_claim(args, now) else { return Plan::AsIs };
     // xclaimCommand: "if the delivery time is bogus (< 0 or in the future), use now".
     let time = claim.delivery_time.filter(|t| (0..=now).contains(t)).unwrap_or(now);
-    if claim.min_idle == 0 {
-        return Plan::Rewrite(claim_command(args, claim.ids.iter().map(|(_, raw)| raw.clone()), time, &claim));
-    }
     let mut seen = HashSet::new();
     let distinct: Vec<(StreamId, Bytes)> = claim.ids.iter().filter(|(id, _)| seen.insert(*id)).cloned().collect();
+    if claim.min_idle == 0 || distinct.is_empty() {
+        return Plan::Rewrite(claim_command(args, claim.ids.iter().map(|(_, raw)| raw.clone()), time, &claim));
+    }
     let probe = distinct
         .iter()
         .map(|(_, raw)| vec![word("XPENDING"), args[1].clone(), args[2].clone(), raw.clone(), raw.clone(), word("1")])

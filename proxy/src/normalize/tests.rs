@@ -266,6 +266,7 @@ fn xclaim_gets_min_idle_zero_and_an_absolute_time() {
         rewritten("XCLAIM s g c 0 1-0 1-0 justid RETRYCOUNT 3 FORCE LASTID 9-0"),
         format!("XCLAIM s g c 0 1-0 1-0 TIME {NOW} RETRYCOUNT 3 FORCE JUSTID LASTID 9-0")
     );
+    assert_eq!(rewritten("XCLAIM s g c 100 FORCE"), format!("XCLAIM s g c 0 TIME {NOW} FORCE"));
     for same in [
         "XCLAIM s g c x 1-0",
         "XCLAIM s g c 0 1-0 BOGUS",
@@ -324,6 +325,51 @@ fn xautoclaim_journals_the_xclaim_of_a_dry_run() {
 }
 
 #[test]
+fn xreadgroup_new_entries_get_their_delivery_time_pinned() {
+    let entries =
+        b"*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n*2\r\n$3\r\n2-0\r\n*2\r\n$1\r\nf\r\n$1\r\nw\r\n";
+    let (probe, commands, reply) =
+        probed("XREADGROUP GROUP g c COUNT 2 BLOCK 100 STREAMS a b > >", &[b"*0\r\n", entries]);
+    assert_eq!(probe.len(), 2);
+    assert!(probe[0].starts_with("EVAL_RO ") && probe[0].ends_with(" 1 a g 2"), "{}", probe[0]);
+    assert!(probe[1].ends_with(" 1 b g 2"));
+    assert_eq!(
+        commands,
+        [
+            "XREADGROUP GROUP g c COUNT 2 STREAMS a b > >".to_string(),
+            format!("XCLAIM b g c 0 1-0 2-0 TIME {NOW} JUSTID")
+        ]
+    );
+    let expected = [&b"*1\r\n*2\r\n$1\r\nb\r\n"[..], entries].concat();
+    assert_eq!(reply.as_deref().map(str::as_bytes), Some(&expected[..]));
+
+    // Nothing new anywhere: the timeout's nil array, nothing journaled.
+    let (_, commands, reply) = probed("xreadgroup group g c streams a >", &[b"*0\r\n"]);
+    assert!(commands.is_empty());
+    assert_eq!(reply.as_deref(), Some("*-1\r\n"));
+
+    // No such group (the script answers nil) or key (an error): Redis's own error, as sent.
+    for failed in [&b"$-1\r\n"[..], b"-ERR no such key\r\n"] {
+        let (_, commands, reply) = probed("XREADGROUP GROUP g c STREAMS a >", &[failed]);
+        assert_eq!(commands, ["XREADGROUP GROUP g c STREAMS a >"]);
+        assert_eq!(reply, None);
+    }
+
+    for same in [
+        "XREADGROUP GROUP g c STREAMS a 0",
+        "XREADGROUP GROUP g c NOACK STREAMS a >",
+        "XREADGROUP GROUP g c STREAMS a a > >",
+        "XREADGROUP GROUP g c STREAMS a b >",
+        "XREADGROUP GROUP g c BLOCK -1 STREAMS a >",
+        "XREADGROUP GROUP g c COUNT x STREAMS a >",
+        "XREADGROUP COUNT 1 STREAMS a >",
+        "XREADGROUP GROUP g c BOGUS STREAMS a >",
+    ] {
+        assert_as_is(same);
+    }
+}
+
+#[test]
 fn blocking_pops_become_pops_of_the_first_key_with_data() {
     let (probe, commands, reply) = probed("BLPOP a b 0", &[b"+none\r\n", b"$-1\r\n", b"+list\r\n", b"$1\r\nx\r\n"]);
     assert_eq!(probe, ["TYPE a", "LINDEX a 0", "TYPE b", "LINDEX b 0"]);
@@ -372,7 +418,7 @@ fn everything_else_is_as_is() {
         "RANDOMKEY",
         "EVAL return 1 0",
         "FCALL f 0",
-        "XREADGROUP GROUP g c STREAMS s >",
+        "XREADGROUP GROUP g c STREAMS s 0",
         "INCRBY k 1",
         "ZINCRBY z 1.5 m",
         "SORT s BY nosort STORE d",
@@ -392,4 +438,126 @@ fn a_short_reply_list_is_an_error_not_a_panic() {
     let (_, commands, reply) = probed("BLPOP a b 0", &[b"+none\r\n"]);
     assert!(commands.is_empty());
     assert!(reply.unwrap().starts_with("-ERR memlog"));
+}
+
+mod never_panics {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::super::{plan, Plan};
+
+    const NAMES: &[&str] = &[
+        "EXPIRE",
+        "PEXPIRE",
+        "EXPIREAT",
+        "SET",
+        "SETEX",
+        "PSETEX",
+        "GETEX",
+        "RESTORE",
+        "SPOP",
+        "INCRBYFLOAT",
+        "HINCRBYFLOAT",
+        "XADD",
+        "XCLAIM",
+        "XAUTOCLAIM",
+        "BLPOP",
+        "BRPOP",
+        "BZPOPMIN",
+        "BZPOPMAX",
+        "BRPOPLPUSH",
+        "BLMOVE",
+        "BLMPOP",
+        "BZMPOP",
+        "GET",
+    ];
+    const TOKENS: &[&str] = &[
+        "EX",
+        "PX",
+        "EXAT",
+        "PXAT",
+        "NX",
+        "XX",
+        "GET",
+        "KEEPTTL",
+        "PERSIST",
+        "ABSTTL",
+        "IDLETIME",
+        "FREQ",
+        "*",
+        "~",
+        "=",
+        "MAXLEN",
+        "MINID",
+        "LIMIT",
+        "NOMKSTREAM",
+        "IDLE",
+        "TIME",
+        "RETRYCOUNT",
+        "FORCE",
+        "JUSTID",
+        "LASTID",
+        "COUNT",
+        "0",
+        "1",
+        "-1",
+        "10",
+        "1-0",
+        "5-*",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "1.5",
+        "k",
+    ];
+    const FRAMES: &[&[u8]] = &[
+        b"+OK\r\n",
+        b"+none\r\n",
+        b"+list\r\n",
+        b"+zset\r\n",
+        b"$-1\r\n",
+        b"*-1\r\n",
+        b"*0\r\n",
+        b":5\r\n",
+        b"$3\r\nabc\r\n",
+        b"-ERR x\r\n",
+        b"*2\r\n$1\r\na\r\n$1\r\nb\r\n",
+        b"*4\r\n:0\r\n:1\r\n$1\r\n1\r\n:1\r\n",
+        b"*1\r\n*4\r\n$3\r\n1-0\r\n$1\r\nc\r\n:9\r\n:1\r\n",
+        b"*3\r\n$3\r\n0-0\r\n*0\r\n*0\r\n",
+        b"*5\r\n",
+        b"$10\r\nab",
+    ];
+
+    fn arg() -> impl Strategy<Value = Bytes> {
+        prop_oneof![
+            prop::sample::select(TOKENS).prop_map(|t| Bytes::from_static(t.as_bytes())),
+            prop::collection::vec(any::<u8>(), 0..24).prop_map(Bytes::from),
+        ]
+    }
+
+    fn frame() -> impl Strategy<Value = Bytes> {
+        prop_oneof![
+            prop::sample::select(FRAMES).prop_map(Bytes::from_static),
+            prop::collection::vec(any::<u8>(), 0..32).prop_map(Bytes::from),
+        ]
+    }
+
+    proptest! {
+        /// Any arguments, then any probe replies (short, malformed, unexpected): no panic, and a
+        /// resolution without an override is exactly one command.
+        #[test]
+        fn on_any_command_or_probe_reply(
+            name in prop::sample::select(NAMES),
+            args in prop::collection::vec(arg(), 0..10),
+            replies in prop::collection::vec(frame(), 0..14),
+            now in any::<u64>(),
+        ) {
+            let command: Vec<Bytes> = std::iter::once(Bytes::from_static(name.as_bytes())).chain(args).collect();
+            if let Plan::Probe { resolve, .. } = plan(&command, now) {
+                let resolved = resolve(&replies);
+                // The sequencer never has to choose which command's reply is the client's.
+                prop_assert!(resolved.reply.is_some() || resolved.commands.len() == 1);
+            }
+        }
+    }
 }

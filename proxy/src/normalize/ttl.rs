@@ -129,7 +129,7 @@ pub fn getex(args: &[Bytes], now: i64) -> Plan {
 pub fn expire(args: &[Bytes], now: i64, seconds: bool, relative: bool) -> Plan {
     let Some(mut when) = int(&args[2]) else { return Plan::AsIs };
     if seconds {
-        if when > i64::MAX / 1000 || when < i64::MIN / 1000 {
+        if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
             return Plan::AsIs;
         }
         when *= 1000;

@@ -1,0 +1,253 @@
+//! A durable memlog cluster out of real processes for the end-to-end durability tests: journal
+//! nodes, one Redis primary per shard (no persistence of its own), a `file:` metadata store
+//! and `memlog proxy` with a `[journal]` table. Every process can be killed with `kill -9` and
+//! restarted on its same port (and, for a journal node, its same dir); a restarted Redis node
+//! is always empty, so whatever it holds afterwards came from the journal.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::resp::{Conn, Value};
+use super::{free_port, memlog_bin, spawn_journal, spawn_listening, Proc};
+
+/// The shape of a test cluster.
+pub struct ClusterOptions {
+    pub journal_nodes: usize,
+    pub shards: usize,
+    /// `[journal] write_wait_ms`: how long a write waits for a lost quorum before `-TRYAGAIN`.
+    pub write_wait_ms: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { journal_nodes: 3, shards: 2, write_wait_ms: 5_000 }
+    }
+}
+
+/// How long the proxy may take from start to serving (it replays the journal first).
+const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Timeout of every client read in the tests.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct DurableCluster {
+    pub dir: tempfile::TempDir,
+    journal: Vec<Option<Proc>>,
+    journal_addrs: Vec<SocketAddr>,
+    redis: Vec<Option<Proc>>,
+    redis_addrs: Vec<SocketAddr>,
+    proxy: Option<Proc>,
+    proxy_addr: SocketAddr,
+}
+
+impl DurableCluster {
+    /// Starts everything and waits until the proxy serves.
+    pub fn start(opts: ClusterOptions) -> DurableCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let journal: Vec<Option<Proc>> =
+            (0..opts.journal_nodes).map(|i| Some(spawn_journal(&journal_dir(dir.path(), i), 0))).collect();
+        let journal_addrs = journal.iter().map(|p| p.as_ref().unwrap().addr).collect();
+        let redis: Vec<Option<Proc>> =
+            (0..opts.shards).map(|_| Some(spawn_redis_at(dir.path(), free_port()))).collect();
+        let redis_addrs = redis.iter().map(|p| p.as_ref().unwrap().addr).collect();
+        let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cluster = DurableCluster { dir, journal, journal_addrs, redis, redis_addrs, proxy: None, proxy_addr };
+        cluster.write_proxy_config(&opts);
+        cluster.start_proxy();
+        cluster
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    pub fn redis_addr(&self, shard: usize) -> SocketAddr {
+        self.redis_addrs[shard]
+    }
+
+    pub fn shards(&self) -> usize {
+        self.redis_addrs.len()
+    }
+
+    /// A fresh connection to the proxy.
+    pub fn client(&self) -> Conn {
+        Conn::connect(self.proxy_addr, CLIENT_TIMEOUT).expect("connect to the proxy")
+    }
+
+    /// `[[shards]]` with slots split evenly, `[journal]` with every node.
+    fn write_proxy_config(&self, opts: &ClusterOptions) {
+        let quote = |addrs: &[SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+        let mut toml = format!("listen = \"{}\"\n", self.proxy_addr);
+        toml += &format!(
+            "[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\nwrite_wait_ms = {}\n",
+            quote(&self.journal_addrs),
+            self.dir.path().join("metadata.json").display(),
+            opts.write_wait_ms
+        );
+        let shards = self.redis_addrs.len();
+        for (i, addr) in self.redis_addrs.iter().enumerate() {
+            let (first, last) = (16384 * i / shards, 16384 * (i + 1) / shards - 1);
+            toml += &format!("[[shards]]\nslots = \"{first}-{last}\"\nprimary = \"{addr}\"\n");
+        }
+        std::fs::write(self.config_path(), toml).unwrap();
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.toml")
+    }
+
+    /// The full log of each proxy run, oldest first.
+    pub fn proxy_logs(&self) -> Vec<String> {
+        (0..).map_while(|run| std::fs::read_to_string(self.dir.path().join(format!("proxy-{run}.log"))).ok()).collect()
+    }
+
+    /// The last lines of each proxy run's log, for failure messages.
+    pub fn proxy_log(&self) -> String {
+        const LINES: usize = 40;
+        let mut all = String::new();
+        for (run, text) in self.proxy_logs().iter().enumerate() {
+            let lines: Vec<&str> = text.lines().collect();
+            all += &format!("--- proxy run {run}, last {LINES} lines ---\n");
+            all += &lines[lines.len().saturating_sub(LINES)..].join("\n");
+            all += "\n";
+        }
+        all
+    }
+
+    /// Starts the proxy (a new log file per run) and waits until it answers PING, which it
+    /// does only once every primary has caught up with the journal. Returns the time it took.
+    pub fn start_proxy(&mut self) -> Duration {
+        assert!(self.proxy.is_none(), "the proxy is running");
+        let started = Instant::now();
+        let run = (0..).find(|run| !self.dir.path().join(format!("proxy-{run}.log")).exists()).unwrap();
+        let mut cmd = Command::new(memlog_bin());
+        cmd.arg("proxy").arg("--config").arg(self.config_path());
+        let log = self.dir.path().join(format!("proxy-{run}.log"));
+        self.proxy = Some(spawn_listening("memlog-proxy", cmd, self.proxy_addr, &log));
+        let deadline = started + PROXY_READY_TIMEOUT;
+        loop {
+            let pong = Conn::connect(self.proxy_addr, Duration::from_secs(2)).and_then(|mut c| c.cmd(&["PING"]));
+            if matches!(&pong, Ok(Value::Simple(s)) if s == "PONG") {
+                return started.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy not serving after {PROXY_READY_TIMEOUT:?}: {pong:?}\n{}",
+                self.proxy_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill_proxy(&mut self) {
+        self.proxy.take().expect("the proxy is running").kill9();
+    }
+
+    pub fn kill_redis(&mut self, shard: usize) {
+        self.redis[shard].take().expect("the shard's primary is running").kill9();
+    }
+
+    /// Starts an EMPTY Redis on the shard primary's port.
+    pub fn restart_redis(&mut self, shard: usize) {
+        assert!(self.redis[shard].is_none(), "shard {shard}'s primary is running");
+        self.redis[shard] = Some(spawn_redis_at(self.dir.path(), self.redis_addrs[shard].port()));
+    }
+
+    pub fn kill_journal(&mut self, node: usize) {
+        self.journal[node].take().expect("the journal node is running").kill9();
+    }
+
+    /// Restarts a journal node on its dir and port.
+    pub fn restart_journal(&mut self, node: usize) {
+        assert!(self.journal[node].is_none(), "journal node {node} is running");
+        self.journal[node] = Some(spawn_journal(&journal_dir(self.dir.path(), node), self.journal_addrs[node].port()));
+    }
+}
+
+fn journal_dir(dir: &Path, node: usize) -> PathBuf {
+    dir.join(format!("journal-{node}"))
+}
+
+/// A stock `redis-server` with no persistence on `port`, in `dir/redis-<port>`, that allows
+/// `DEBUG` from loopback; an RDB left there is removed, so it always starts empty.
+pub fn spawn_redis_at(dir: &Path, port: u16) -> Proc {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let node_dir = dir.join(format!("redis-{port}"));
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let _ = std::fs::remove_file(node_dir.join("dump.rdb"));
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    // For DEBUG DIGEST / DIGEST-VALUE, which Redis 7 refuses by default.
+    cmd.args(["--enable-debug-command", "local"]);
+    cmd.arg("--dir").arg(&node_dir);
+    let log = node_dir.join(format!("redis-{}.log", std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_nanos()));
+    spawn_listening(&format!("redis-{port}"), cmd, addr, &log)
+}
+
+/// What one Redis node holds: `DEBUG DIGEST` of the whole dataset, and per key its value digest
+/// (`DEBUG DIGEST-VALUE`) and absolute expiry (`PEXPIRETIME`), for a readable diff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub digest: String,
+    pub keys: BTreeMap<Vec<u8>, (String, i64)>,
+}
+
+impl Snapshot {
+    /// Takes the snapshot directly on the Redis node (DEBUG is refused through the proxy).
+    pub fn take(addr: SocketAddr) -> Snapshot {
+        let mut conn = Conn::connect(addr, CLIENT_TIMEOUT).expect("connect to redis");
+        let digest = match conn.cmd(&["DEBUG", "DIGEST"]).unwrap() {
+            Value::Simple(digest) => digest,
+            other => panic!("DEBUG DIGEST on {addr}: {other:?}"),
+        };
+        let mut names = Vec::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let reply = conn.cmd(&["SCAN", &cursor, "COUNT", "1000"]).unwrap();
+            let Value::Array(Some(parts)) = reply else { panic!("SCAN: {reply:?}") };
+            cursor = parts[0].text();
+            let Value::Array(Some(batch)) = &parts[1] else { panic!("SCAN keys: {parts:?}") };
+            names.extend(batch.iter().map(|k| match k {
+                Value::Bulk(Some(name)) => name.clone(),
+                other => panic!("SCAN key: {other:?}"),
+            }));
+            if cursor == "0" {
+                break;
+            }
+        }
+        let mut keys = BTreeMap::new();
+        for chunk in names.chunks(1000) {
+            for name in chunk {
+                conn.queue(&[b"DEBUG".as_slice(), b"DIGEST-VALUE", name]);
+                conn.queue(&[b"PEXPIRETIME".as_slice(), name]);
+            }
+            conn.flush().unwrap();
+            for name in chunk {
+                let value = conn.read().unwrap();
+                assert!(!value.is_error(), "DEBUG DIGEST-VALUE on {addr}: {value:?}");
+                let value = value.text();
+                let Value::Int(expiry) = conn.read().unwrap() else { panic!("PEXPIRETIME") };
+                keys.insert(name.clone(), (value, expiry));
+            }
+        }
+        Snapshot { digest, keys }
+    }
+
+    /// The keys that differ from `expected`: missing, extra, or with another value or expiry.
+    pub fn diff(&self, expected: &Snapshot) -> Vec<String> {
+        let show = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+        let mut out = Vec::new();
+        for (key, want) in &expected.keys {
+            match self.keys.get(key) {
+                None => out.push(format!("lost {}", show(key))),
+                Some(got) if got != want => out.push(format!("{}: expected {want:?}, got {got:?}", show(key))),
+                Some(_) => {}
+            }
+        }
+        out.extend(self.keys.keys().filter(|k| !expected.keys.contains_key(*k)).map(|k| format!("extra {}", show(k))));
+        out
+    }
+}
