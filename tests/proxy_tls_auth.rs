@@ -25,7 +25,7 @@ fn proxy_with(dir: &Path, redis: &Proc, extra: &str) -> Proc {
 
 fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr).trim().to_string()
+    String::from_utf8_lossy(&out.stdout).trim().to_string() + String::from_utf8_lossy(&out.stderr).trim()
 }
 
 #[test]
@@ -57,8 +57,11 @@ fn tls_clients_are_served() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
     let redis = spawn_redis(dir.path(), &[]);
-    let proxy =
-        proxy_with(dir.path(), &redis, &format!("[tls]\ncert = {:?}\nkey = {:?}", cert_path.display(), key_path.display()));
+    let proxy = proxy_with(
+        dir.path(),
+        &redis,
+        &format!("[tls]\ncert = {:?}\nkey = {:?}", cert_path.display(), key_path.display()),
+    );
     let port = proxy.addr.port();
     let cacert = cert_path.to_str().unwrap();
     let tls = |args: &[&str]| {
