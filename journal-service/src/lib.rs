@@ -14,3 +14,8 @@ pub use error::NodeError;
 pub use node_client::NodeClient;
 pub mod meta;
 pub mod quorum;
+
+/// Latency histogram buckets (seconds), 50 µs to 2.5 s, shared by every memlog process so
+/// dashboards can aggregate across them.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];

@@ -44,7 +44,12 @@ const REPLY_QUEUE: usize = 4096;
 /// Opens the storage (refusing to start on corruption) and serves until `shutdown` resolves.
 pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     if let Some(addr) = opts.metrics_listen {
+        // Buckets, not summaries, so dashboards can aggregate percentiles across nodes.
         metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                crate::LATENCY_BUCKETS,
+            )?
             .with_http_listener(addr)
             .install()
             .with_context(|| format!("serving metrics on {addr}"))?;

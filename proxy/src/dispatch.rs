@@ -17,7 +17,7 @@ use crate::resp::{encode_command, Proto, Request};
 use crate::router::key_slot;
 use crate::sequencer::Write;
 use crate::session::{Lane, Lanes, Outgoing, Pending};
-use crate::state::{ClientHandle, Proxy, LSN_KEY};
+use crate::state::{ClientHandle, Proxy, RESERVED_PREFIX};
 
 /// Multi-key commands that may span shards: run per shard and merged, as a Redis Cluster client
 /// library would do it, but atomically per shard.
@@ -99,8 +99,8 @@ impl Dispatcher {
     async fn forward(&mut self, request: &Request, info: &Arc<CommandInfo>) -> Pending {
         // Malformed arguments the keys depend on (no keys found): Redis answers with its own error.
         let keys = self.key_positions(request, info).await.unwrap_or_default();
-        if keys.iter().any(|&k| request.args[k][..] == *LSN_KEY) {
-            return Pending::error("ERR memlog: the key '__memlog:lsn' is reserved for memlog");
+        if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
+            return Pending::error("ERR memlog: keys starting with '__memlog:' are reserved for memlog");
         }
         let Some(&first) = keys.first() else {
             return self.to_shard(0, request.clone(), info.flags.write).await;

@@ -16,9 +16,6 @@ pub mod state;
 use std::future::Future;
 use std::sync::Arc;
 
-/// Latency histogram buckets (seconds): 50 µs to 2.5 s.
-pub const LATENCY_BUCKETS: &[f64] =
-    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
 
 /// Runs the proxy until `shutdown` resolves, then drains.
@@ -28,7 +25,7 @@ pub async fn serve(cfg: config::ProxyConfig, shutdown: impl Future<Output = ()>)
         use metrics_exporter_prometheus::Matcher;
         metrics_exporter_prometheus::PrometheusBuilder::new()
             // Buckets, not summaries, so Grafana can aggregate percentiles across proxies.
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), journal_service::LATENCY_BUCKETS)?
             .set_buckets_for_metric(Matcher::Full("memlog_sequencer_batch_size".into()), BATCH_BUCKETS)?
             .with_http_listener(addr)
             .install()

@@ -19,6 +19,9 @@ use crate::sequencer::{JournalSetup, Sequencer};
 
 /// The key in which each Redis node records the journal prefix it holds; clients never see it.
 pub const LSN_KEY: &[u8] = b"__memlog:lsn";
+/// Keys memlog uses inside Redis (the LSN, the scratch key of dry-run probes); clients cannot
+/// name them.
+pub const RESERVED_PREFIX: &[u8] = b"__memlog:";
 
 pub struct Shard {
     pub id: usize,
