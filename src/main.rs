@@ -42,8 +42,8 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
     },
-    /// Start a local cluster on loopback (Redis shards with replicas, and the proxy) and print
-    /// its endpoint; Ctrl-C or SIGTERM stops every process it started.
+    /// Start a local cluster on loopback (journal nodes, Redis shards with replicas, and the proxy)
+    /// and print its endpoint; Ctrl-C or SIGTERM stops every process it started.
     Up(up::UpArgs),
     /// Check the cluster that `memlog up` started: every recorded process alive and answering.
     Status(status::StatusArgs),

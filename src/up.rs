@@ -100,9 +100,6 @@ const JOURNAL_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// The proxy replays the journal onto every primary before it serves, which takes a while
 /// for a long journal.
 const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(300);
-/// The proxy's journal timeouts (the same as the proxy's own defaults).
-const JOURNAL_APPEND_TIMEOUT_MS: u64 = 2_000;
-const JOURNAL_WRITE_WAIT_MS: u64 = 5_000;
 /// How long a child may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -405,12 +402,11 @@ fn proxy_config(
             Role::Journal | Role::Proxy => {}
         }
     }
-    let journal = (!journal.is_empty()).then(|| JournalConfig {
-        nodes: journal.iter().map(|node| node.addr().to_string()).collect(),
-        metadata: format!("file:{}", dir.join("metadata.json").display()),
-        ack_quorum: None,
-        append_timeout_ms: JOURNAL_APPEND_TIMEOUT_MS,
-        write_wait_ms: JOURNAL_WRITE_WAIT_MS,
+    let journal = (!journal.is_empty()).then(|| {
+        JournalConfig::new(
+            journal.iter().map(|node| node.addr().to_string()).collect(),
+            format!("file:{}", dir.join("metadata.json").display()),
+        )
     });
     ProxyConfig {
         listen: loopback(args.port).to_string(),

@@ -101,6 +101,17 @@ fn default_write_wait_ms() -> u64 {
 }
 
 impl JournalConfig {
+    /// The journal on `nodes` with its epochs in `metadata`, every other setting at its default.
+    pub fn new(nodes: Vec<String>, metadata: String) -> JournalConfig {
+        JournalConfig {
+            nodes,
+            metadata,
+            ack_quorum: None,
+            append_timeout_ms: default_append_timeout_ms(),
+            write_wait_ms: default_write_wait_ms(),
+        }
+    }
+
     pub fn ack_quorum(&self) -> usize {
         self.ack_quorum.unwrap_or(self.nodes.len() / 2 + 1)
     }

@@ -251,13 +251,14 @@ impl Journaler {
                             Err(_) => return,
                         };
                         let resolved = resolve(&replies);
+                        let command = &write.request.args[0];
                         if resolved.commands.is_empty() {
                             let reply = resolved.reply.unwrap_or_else(|| error_reply("ERR memlog: empty resolution"));
-                            let _ = write.reply.send(Ok(convert_reply(write.proto, reply)));
+                            let _ = write.reply.send(Ok(convert_reply(write.proto, command, reply)));
                             continue;
                         }
                         let last = resolved.commands.len() - 1;
-                        let reply_override = resolved.reply.map(|r| convert_reply(write.proto, r));
+                        let reply_override = resolved.reply.map(|r| convert_reply(write.proto, command, r));
                         let mut reply = Some(write.reply);
                         for (i, command) in resolved.commands.iter().enumerate() {
                             let (tx, _) = oneshot::channel();
@@ -361,10 +362,30 @@ impl Segment {
     }
 }
 
-/// Probe replies are RESP2; a RESP3 client gets RESP3's null for RESP2's nil.
-fn convert_reply(proto: Proto, reply: Bytes) -> Bytes {
+/// Reply overrides are RESP2; a RESP3 client gets RESP3's null for RESP2's nil, SPOP's
+/// members as the set and XREADGROUP's streams as the map Redis answers with. (The other
+/// overrides come from blocking pops, which the proxy does not accept yet.)
+fn convert_reply(proto: Proto, command: &[u8], reply: Bytes) -> Bytes {
     match (proto, &reply[..]) {
+        (Proto::Resp2, _) => reply,
         (Proto::Resp3, b"$-1\r\n" | b"*-1\r\n") => Bytes::from_static(b"_\r\n"),
+        (Proto::Resp3, [b'*', ..]) if command.eq_ignore_ascii_case(b"spop") => {
+            let mut set = BytesMut::from(&reply[..]);
+            set[0] = b'~';
+            set.freeze()
+        }
+        (Proto::Resp3, [b'*', ..]) if command.eq_ignore_ascii_case(b"xreadgroup") => {
+            // [[stream, entries], …] → {stream: entries, …}
+            let Some(streams) = crate::resp::array_items(&reply) else { return reply };
+            let mut map = BytesMut::from(format!("%{}\r\n", streams.len()).as_bytes());
+            for stream in &streams {
+                match crate::resp::array_items(stream) {
+                    Some(pair) if pair.len() == 2 => pair.iter().for_each(|part| map.extend_from_slice(part)),
+                    _ => return reply,
+                }
+            }
+            map.freeze()
+        }
         _ => reply,
     }
 }

@@ -1,0 +1,264 @@
+//! What durability costs, measured side by side in one run: SET through memlog (the proxy
+//! journals every write to 3 journal nodes, ack quorum 2, fsync on, before Redis sees it)
+//! against stock Redis with `appendfsync always` and stock Redis with no persistence at all.
+//! Then the replay rate: the memlog Redis is killed and replaced by an empty one, and the
+//! restarted proxy rebuilds it from the journal.
+//!
+//! ```text
+//! cargo bench --bench durable                        # ~3 s per measurement
+//! MEMLOG_BENCH_QUICK=1 cargo bench --bench durable   # a short smoke run
+//! MEMLOG_BENCH_ROUNDS=3 cargo bench --bench durable  # more interleaved rounds (default 2)
+//! ```
+//!
+//! Targets (informational; a shared machine is too noisy to fail on): memlog at least 1.0×
+//! `appendfsync always` and 0.6× no persistence, p50 durable write latency at most 1 ms.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use support::{Guard, Measurement, Settings, Target, Workload};
+
+/// Journal nodes, all on the same disk as the Redis AOF they are compared with.
+const JOURNAL_NODES: usize = 3;
+/// Nodes that must have fsync'd an entry before memlog acknowledges the write.
+const ACK_QUORUM: usize = 2;
+/// Pipeline depths measured.
+const PIPELINES: [u32; 2] = [1, 16];
+/// Seconds of load per measurement (a quick run: a tenth of it).
+const CELL_SECONDS: f64 = 3.0;
+/// Requests per pipelined request of the probe that sizes each measurement.
+const PROBE_REQUESTS: u64 = 5_000;
+/// memlog ops/s over `appendfsync always` ops/s the issue asks for.
+const TARGET_VS_FSYNC_ALWAYS: f64 = 1.0;
+/// memlog ops/s over no-persistence ops/s the issue asks for.
+const TARGET_VS_NO_PERSISTENCE: f64 = 0.6;
+/// memlog p50 SET latency at pipeline 1 the issue asks for (milliseconds).
+const TARGET_P50_MS: f64 = 1.0;
+/// redis-server arguments of the durable stock baseline.
+const FSYNC_ALWAYS: &[&str] = &["--save", "", "--appendonly", "yes", "--appendfsync", "always"];
+/// The proxy's start-up log line that reports the journal replay.
+const REPLAY_LOG_LINE: &str = "shard recovered and primary caught up";
+
+const MEMLOG: &str = "memlog";
+const FSYNC_ALWAYS_NAME: &str = "redis-fsync-always";
+const NO_PERSISTENCE_NAME: &str = "redis-no-persistence";
+
+fn main() -> Result<()> {
+    let Settings { quick, rounds } = Settings::from_env()?;
+    let dir = tempfile::tempdir()?;
+    let mut memlog = MemlogCluster::start(dir.path())?;
+    let fsync_always_addr = support::free_addr()?;
+    let _fsync_always = support::start_redis(fsync_always_addr, &dir.path().join("fsync-always"), FSYNC_ALWAYS)?;
+    let no_persistence_addr = support::free_addr()?;
+    let _no_persistence =
+        support::start_redis(no_persistence_addr, &dir.path().join("no-persistence"), support::NO_PERSISTENCE)?;
+    println!(
+        "memlog proxy {} ({JOURNAL_NODES} journal nodes, ack quorum {ACK_QUORUM}), {FSYNC_ALWAYS_NAME} \
+         {fsync_always_addr}, {NO_PERSISTENCE_NAME} {no_persistence_addr}; {rounds} interleaved rounds, quick={quick}",
+        memlog.proxy_addr
+    );
+
+    let seconds = if quick { CELL_SECONDS / 10.0 } else { CELL_SECONDS };
+    let mut rows = Vec::new();
+    // Every SET memlog acknowledged, all of which the replay must rebuild.
+    let mut memlog_sets = 0;
+    for pipeline in PIPELINES {
+        let workload = Workload { test: "set", pipeline };
+        let mut targets = Vec::new();
+        for (name, addr) in [
+            (MEMLOG, memlog.proxy_addr),
+            (FSYNC_ALWAYS_NAME, fsync_always_addr),
+            (NO_PERSISTENCE_NAME, no_persistence_addr),
+        ] {
+            targets.push(Target { name, addr, requests: requests_for(addr, &workload, seconds)? });
+        }
+        memlog_sets += probe_requests(&workload) + rounds as u64 * targets[0].requests;
+        let medians = support::interleaved(&workload, &targets, rounds)?;
+        rows.push(Row { pipeline, memlog: medians[0], fsync_always: medians[1], no_persistence: medians[2] });
+    }
+    let replay = memlog.restart_on_empty_redis()?;
+    anyhow::ensure!(replay.entries > 0, "the restarted proxy replayed nothing onto the empty Redis");
+    print_table(&rows);
+    print_targets(&rows);
+    println!(
+        "\nreplay: {} journal entries ({memlog_sets} SETs) onto an empty Redis in {} ms = {:.0} entries/s \
+         ({:.0} SETs/s); the restarted proxy answered PING after {} ms",
+        replay.entries,
+        replay.elapsed_ms,
+        replay.entries as f64 * 1000.0 / replay.elapsed_ms.max(1) as f64,
+        memlog_sets as f64 * 1000.0 / replay.elapsed_ms.max(1) as f64,
+        replay.ready.as_millis()
+    );
+    Ok(())
+}
+
+/// The medians of the three targets at one pipeline depth.
+struct Row {
+    pipeline: u32,
+    memlog: Measurement,
+    fsync_always: Measurement,
+    no_persistence: Measurement,
+}
+
+/// How many requests give `seconds` of load on `addr`, from a short probe run (which also warms
+/// the target up: connections, journal segments, Redis's hash table).
+fn requests_for(addr: SocketAddr, workload: &Workload, seconds: f64) -> Result<u64> {
+    let probe = probe_requests(workload);
+    let run = support::redis_benchmark(addr, workload, probe)?;
+    let requests = (run.ops_per_sec * seconds / 1000.0).round() as u64 * 1000;
+    Ok(requests.max(probe))
+}
+
+/// The size of the probe run that sizes a measurement of `workload`.
+fn probe_requests(workload: &Workload) -> u64 {
+    PROBE_REQUESTS * u64::from(workload.pipeline)
+}
+
+/// The memlog side: journal nodes, a Redis without persistence, and the proxy journaling
+/// every write, each process killed by pid when dropped.
+struct MemlogCluster {
+    dir: PathBuf,
+    config: PathBuf,
+    proxy_addr: SocketAddr,
+    redis_addr: SocketAddr,
+    _journal: Vec<Guard>,
+    redis: Option<Guard>,
+    proxy: Option<Guard>,
+    /// Proxy runs so far; each logs to its own file.
+    proxy_runs: usize,
+}
+
+/// What a proxy restart onto an empty Redis reported.
+struct Replay {
+    entries: u64,
+    elapsed_ms: u64,
+    /// From starting the proxy to its first PONG.
+    ready: Duration,
+}
+
+impl MemlogCluster {
+    fn start(dir: &Path) -> Result<MemlogCluster> {
+        let mut journal = Vec::new();
+        let mut journal_addrs = Vec::new();
+        for node in 0..JOURNAL_NODES {
+            let addr = support::free_addr()?;
+            let node_dir = dir.join(format!("journal-{node}"));
+            std::fs::create_dir_all(&node_dir)?;
+            let mut command = support::memlog(&["journal", "--listen", &addr.to_string(), "--dir"]);
+            command.arg(&node_dir);
+            let mut guard = support::spawn_logged(command, &node_dir.join("journal.log"))?;
+            support::wait_until(&format!("journal node {addr} listening"), &mut guard, || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })?;
+            journal.push(guard);
+            journal_addrs.push(format!("\"{addr}\""));
+        }
+        let redis_addr = support::free_addr()?;
+        let redis = support::start_redis(redis_addr, &dir.join("memlog-redis-0"), support::NO_PERSISTENCE)?;
+        let proxy_addr = support::free_addr()?;
+        let config = dir.join("proxy.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{proxy_addr}\"\n\n[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\nack_quorum = {ACK_QUORUM}\n\n\
+                 [[shards]]\nslots = \"0-16383\"\nprimary = \"{redis_addr}\"\n",
+                journal_addrs.join(", "),
+                dir.join("metadata.json").display()
+            ),
+        )?;
+        let mut cluster = MemlogCluster {
+            dir: dir.to_path_buf(),
+            config,
+            proxy_addr,
+            redis_addr,
+            _journal: journal,
+            redis: Some(redis),
+            proxy: None,
+            proxy_runs: 0,
+        };
+        cluster.start_proxy()?;
+        Ok(cluster)
+    }
+
+    /// Starts the proxy with a fresh log file; returns the log's path.
+    fn start_proxy(&mut self) -> Result<PathBuf> {
+        let log = self.dir.join(format!("proxy-{}.log", self.proxy_runs));
+        self.proxy_runs += 1;
+        self.proxy = Some(support::start_proxy(&self.config, self.proxy_addr, &log)?);
+        Ok(log)
+    }
+
+    /// `kill -9` the proxy and its Redis, start an empty Redis on the same port and the proxy
+    /// again, which replays the whole journal before it serves.
+    fn restart_on_empty_redis(&mut self) -> Result<Replay> {
+        drop(self.proxy.take());
+        drop(self.redis.take());
+        let redis_dir = self.dir.join(format!("memlog-redis-{}", self.proxy_runs));
+        self.redis = Some(support::start_redis(self.redis_addr, &redis_dir, support::NO_PERSISTENCE)?);
+        let started = Instant::now();
+        let log = self.start_proxy()?;
+        let ready = started.elapsed();
+        let text = std::fs::read_to_string(&log)?;
+        let line = text
+            .lines()
+            .find(|line| line.contains(REPLAY_LOG_LINE))
+            .with_context(|| format!("no {REPLAY_LOG_LINE:?} in the proxy log:\n{text}"))?;
+        let field = |name: &str| -> Result<u64> {
+            let value = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+                .with_context(|| format!("no {name}= in {line:?}"))?;
+            value.parse().with_context(|| format!("{name}={value:?} is not a number"))
+        };
+        Ok(Replay { entries: field("replayed")?, elapsed_ms: field("elapsed_ms")?, ready })
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("{:<22} {:>8} {:>12} {:>10} {:>10} {:>16}", "target", "pipeline", "ops/s", "p50", "p99", "memlog/target");
+    for row in rows {
+        let baselines = [(FSYNC_ALWAYS_NAME, row.fsync_always), (NO_PERSISTENCE_NAME, row.no_persistence)];
+        for (name, m, ratio) in std::iter::once((MEMLOG, row.memlog, String::new()))
+            .chain(baselines.map(|(name, m)| (name, m, format!("{:.2}", row.memlog.ops_per_sec / m.ops_per_sec))))
+        {
+            println!(
+                "{name:<22} {:>8} {:>12.0} {:>8.3}ms {:>8.3}ms {ratio:>16}",
+                row.pipeline, m.ops_per_sec, m.p50_ms, m.p99_ms
+            );
+        }
+    }
+}
+
+/// Whether each of the issue's targets is met (informational).
+fn print_targets(rows: &[Row]) {
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    println!("\ntargets (informational, never a failure):");
+    for row in rows {
+        let vs_fsync = row.memlog.ops_per_sec / row.fsync_always.ops_per_sec;
+        let vs_none = row.memlog.ops_per_sec / row.no_persistence.ops_per_sec;
+        println!(
+            "  -P {:<2} memlog/{FSYNC_ALWAYS_NAME} {vs_fsync:.2} (>= {TARGET_VS_FSYNC_ALWAYS}): {}",
+            row.pipeline,
+            verdict(vs_fsync >= TARGET_VS_FSYNC_ALWAYS)
+        );
+        println!(
+            "  -P {:<2} memlog/{NO_PERSISTENCE_NAME} {vs_none:.2} (>= {TARGET_VS_NO_PERSISTENCE}): {}",
+            row.pipeline,
+            verdict(vs_none >= TARGET_VS_NO_PERSISTENCE)
+        );
+        if row.pipeline == 1 {
+            println!(
+                "  -P 1  memlog p50 {:.3} ms (<= {TARGET_P50_MS} ms on loopback): {}",
+                row.memlog.p50_ms,
+                verdict(row.memlog.p50_ms <= TARGET_P50_MS)
+            );
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! What the side-by-side benches share: run settings from the environment, processes on free
+//! loopback ports killed by pid on drop, `redis-benchmark --csv` runs and their parsing, and
+//! interleaved rounds reduced to medians (a timing on a shared machine is noise; the ratio of
+//! interleaved runs is not).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Clients redis-benchmark keeps open (`-c`).
+pub const CLIENTS: u32 = 50;
+/// Value size in bytes (`-d`).
+pub const VALUE_SIZE: u32 = 100;
+/// Distinct keys (`-r`), so GETs hit the keys the SET runs wrote.
+pub const KEYSPACE: u32 = 100_000;
+/// redis-server arguments for a node without persistence of its own.
+pub const NO_PERSISTENCE: &[&str] = &["--save", "", "--appendonly", "no"];
+/// How long a started process may take to answer PING (the proxy replays the journal first).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a bench run was asked to behave: `MEMLOG_BENCH_QUICK=1` for a short smoke run,
+/// `MEMLOG_BENCH_ROUNDS=N` interleaved rounds (default 2).
+pub struct Settings {
+    pub quick: bool,
+    pub rounds: usize,
+}
+
+impl Settings {
+    /// Reads the settings from the environment; a malformed round count is refused, not ignored.
+    pub fn from_env() -> Result<Settings> {
+        let quick = std::env::var_os("MEMLOG_BENCH_QUICK").is_some_and(|v| v != "0");
+        let rounds = match std::env::var("MEMLOG_BENCH_ROUNDS") {
+            Ok(v) => {
+                v.parse().ok().filter(|&n: &usize| n > 0).context("MEMLOG_BENCH_ROUNDS must be a positive number")?
+            }
+            Err(_) => 2,
+        };
+        Ok(Settings { quick, rounds })
+    }
+}
+
+/// One redis-benchmark test at a pipeline depth.
+pub struct Workload {
+    pub test: &'static str,
+    pub pipeline: u32,
+}
+
+/// A server a workload runs against, with the request count that gives it a few seconds of load.
+pub struct Target<'a> {
+    pub name: &'a str,
+    pub addr: SocketAddr,
+    pub requests: u64,
+}
+
+/// What redis-benchmark's `--csv` line reports for one run.
+#[derive(Clone, Copy, Debug)]
+pub struct Measurement {
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// A child process killed (SIGKILL, by pid) and reaped when dropped, so a failed bench leaves
+/// nothing behind.
+pub struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback address, chosen by the OS.
+pub fn free_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A stock redis-server on `addr` with its files in `dir`, started with `args` (its persistence).
+pub fn start_redis(addr: SocketAddr, dir: &Path, args: &[&str]) -> Result<Guard> {
+    std::fs::create_dir_all(dir)?;
+    let child = Command::new("redis-server")
+        .args(["--port", &addr.port().to_string(), "--bind", "127.0.0.1"])
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start redis-server")?;
+    let mut guard = Guard(child);
+    wait_for_pong(addr, &mut guard)?;
+    Ok(guard)
+}
+
+/// `memlog <args>` (the binary cargo built for this bench). The proxy reads `MEMLOG_…`
+/// variables as config keys; ours (`MEMLOG_BENCH_…`) are not meant for it, so none is passed on.
+pub fn memlog(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_memlog"));
+    command.args(args);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MEMLOG_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// Starts `command` with its stdout and stderr appended to the file `log`.
+pub fn spawn_logged(mut command: Command, log: &Path) -> Result<Guard> {
+    let log = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    Ok(Guard(child))
+}
+
+/// `memlog proxy --config <config>` listening on `addr`, logging to `log`; returns once it
+/// answers PING (with the log in the error if it never does).
+pub fn start_proxy(config: &Path, addr: SocketAddr, log: &Path) -> Result<Guard> {
+    let mut command = memlog(&["proxy", "--config"]);
+    command.arg(config);
+    let mut guard = spawn_logged(command, log)?;
+    wait_for_pong(addr, &mut guard)
+        .with_context(|| format!("proxy log:\n{}", std::fs::read_to_string(log).unwrap_or_default()))?;
+    Ok(guard)
+}
+
+/// Polls `ready` until it holds; fails if `process` exits first or after [`READY_TIMEOUT`].
+pub fn wait_until(what: &str, process: &mut Guard, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(status) = process.0.try_wait()? {
+            bail!("{what}: the process exited with {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what}: not within {READY_TIMEOUT:?}")
+}
+
+/// Polls PING until the server at `addr` (run by `process`) answers `+PONG`.
+pub fn wait_for_pong(addr: SocketAddr, process: &mut Guard) -> Result<()> {
+    wait_until(&format!("{addr} answering PING"), process, || ping(addr).unwrap_or(false))
+}
+
+fn ping(addr: SocketAddr) -> std::io::Result<bool> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(b"PING\r\n")?;
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply)?;
+    Ok(&reply == b"+PONG\r\n")
+}
+
+/// Runs `workload` against every target `rounds` times, rotating which target goes first so a
+/// drift in machine load hits all alike, prints each run, and returns each target's medians
+/// (in the order of `targets`).
+pub fn interleaved(workload: &Workload, targets: &[Target], rounds: usize) -> Result<Vec<Measurement>> {
+    let width = targets.iter().map(|t| t.name.len()).max().unwrap_or(0);
+    let mut runs: Vec<Vec<Measurement>> = targets.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for offset in 0..targets.len() {
+            let index = (round + offset) % targets.len();
+            let target = &targets[index];
+            let run = redis_benchmark(target.addr, workload, target.requests)?;
+            println!(
+                "  {} -P {:<2} round {round} {:<width$} {:>9.0} ops/s  p50 {:.3}ms  p99 {:.3}ms",
+                workload.test, workload.pipeline, target.name, run.ops_per_sec, run.p50_ms, run.p99_ms
+            );
+            runs[index].push(run);
+        }
+    }
+    Ok(runs.iter().map(|r| median_of(r)).collect())
+}
+
+/// One redis-benchmark run of `requests` requests against `addr`.
+pub fn redis_benchmark(addr: SocketAddr, workload: &Workload, requests: u64) -> Result<Measurement> {
+    let output = Command::new("redis-benchmark")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-t", workload.test, "-c", &CLIENTS.to_string(), "-P", &workload.pipeline.to_string()])
+        .args(["-d", &VALUE_SIZE.to_string(), "-r", &KEYSPACE.to_string(), "-n", &requests.to_string()])
+        .args(["--csv", "--precision", "3"])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run redis-benchmark")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("redis-benchmark failed: {}{}", stdout, String::from_utf8_lossy(&output.stderr));
+    }
+    parse_csv(&stdout).with_context(|| format!("unexpected redis-benchmark output:\n{stdout}"))
+}
+
+/// Reads the data line of redis-benchmark 7's `--csv` output, by column name:
+/// `"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms",…`
+fn parse_csv(text: &str) -> Result<Measurement> {
+    let mut lines = text.lines().filter(|line| line.starts_with('"'));
+    let header: Vec<&str> = fields(lines.next().context("no CSV header")?);
+    let values: Vec<&str> = fields(lines.next().context("no CSV data line")?);
+    let column = |name: &str| -> Result<f64> {
+        let index = header.iter().position(|h| *h == name).with_context(|| format!("no column {name}"))?;
+        let value = values.get(index).with_context(|| format!("no value for {name}"))?;
+        value.parse::<f64>().with_context(|| format!("{name} = {value:?} is not a number"))
+    };
+    Ok(Measurement {
+        ops_per_sec: column("rps")?,
+        p50_ms: column("p50_latency_ms")?,
+        p99_ms: column("p99_latency_ms")?,
+    })
+}
+
+fn fields(line: &str) -> Vec<&str> {
+    line.split(',').map(|field| field.trim().trim_matches('"')).collect()
+}
+
+/// The median of each metric on its own (with 2 rounds: their mean).
+fn median_of(runs: &[Measurement]) -> Measurement {
+    let median = |pick: fn(&Measurement) -> f64| {
+        let mut values: Vec<f64> = runs.iter().map(pick).collect();
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        if values.len() % 2 == 0 {
+            (values[mid - 1] + values[mid]) / 2.0
+        } else {
+            values[mid]
+        }
+    };
+    Measurement { ops_per_sec: median(|m| m.ops_per_sec), p50_ms: median(|m| m.p50_ms), p99_ms: median(|m| m.p99_ms) }
+}
