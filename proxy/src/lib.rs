@@ -34,7 +34,15 @@ pub async fn serve(cfg: config::ProxyConfig, shutdown: impl Future<Output = ()>)
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let proxy = Arc::new(state::Proxy::start(cfg).await?);
+    // Start-up waits for the journal and replays it; a SIGTERM meanwhile stops it cleanly.
+    tokio::pin!(shutdown);
+    let proxy = tokio::select! {
+        proxy = state::Proxy::start(cfg) => Arc::new(proxy?),
+        _ = &mut shutdown => {
+            tracing::info!("stopped before serving");
+            return Ok(());
+        }
+    };
     tracing::info!(
         listen = %proxy.cfg.listen,
         shards = proxy.shards.len(),
