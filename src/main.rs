@@ -59,13 +59,24 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    // The proxy's configuration says how many threads it may use, so read it first.
+    let proxy_config = match &cli.command {
+        Command::Proxy { config } => {
+            let cfg = memlog_proxy::config::ProxyConfig::load(config.as_deref())?;
+            runtime.worker_threads(cfg.threads());
+            Some(cfg)
+        }
+        _ => None,
+    };
+    let runtime = runtime.build()?;
     // Everything runs inside block_on on this (main) thread, which `memlog up` relies on:
     // the children it forks here die with it (PR_SET_PDEATHSIG follows the forking thread).
     runtime.block_on(async move {
         match cli.command {
-            Command::Proxy { config } => {
-                let cfg = memlog_proxy::config::ProxyConfig::load(config.as_deref())?;
+            Command::Proxy { .. } => {
+                let cfg = proxy_config.expect("loaded above");
                 memlog_proxy::serve(cfg, shutdown_signal()).await
             }
             Command::Journal { dir, listen, metrics_listen } => {

@@ -18,6 +18,7 @@ const KEYS: &[&str] = &[
     "proto_max_bulk_len",
     "max_multibulk_len",
     "client_output_buffer_limit",
+    "worker_threads",
     "backend_connections",
     "backend_timeout_ms",
     "connect_timeout_ms",
@@ -54,6 +55,10 @@ pub struct ProxyConfig {
     pub max_multibulk_len: usize,
     /// Most reply bytes buffered for one client before it is disconnected (0 = no limit).
     pub client_output_buffer_limit: usize,
+    /// Worker threads of the proxy. Default: half the cores (at least one), leaving the rest to
+    /// the Redis nodes and journal nodes that usually share the machine; on 2 cores one thread
+    /// is faster than two, which would mostly hand work between each other.
+    pub worker_threads: Option<usize>,
     /// Pipelined connections the proxy keeps to each Redis node for reads.
     pub backend_connections: usize,
     /// A backend request that takes longer than this fails with an error (milliseconds).
@@ -156,6 +161,7 @@ impl Default for ProxyConfig {
             proto_max_bulk_len: 512 * 1024 * 1024,
             max_multibulk_len: 1024 * 1024,
             client_output_buffer_limit: 0,
+            worker_threads: None,
             backend_connections: 2,
             backend_timeout_ms: 5_000,
             connect_timeout_ms: 1_000,
@@ -189,6 +195,11 @@ impl ProxyConfig {
         Ok(cfg)
     }
 
+    /// The worker threads to run with (see `worker_threads`).
+    pub fn threads(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() / 2)).max(1)
+    }
+
     /// Checks what serde cannot: the shards cover every slot exactly once.
     pub fn validate(&self) -> anyhow::Result<()> {
         crate::router::SlotMap::from_config(&self.shards).map(|_| ())
@@ -203,6 +214,7 @@ mod tests {
     fn every_key_is_overridable_and_no_other() {
         let full = toml::to_string(&ProxyConfig {
             announce: Some("a:1".into()),
+            worker_threads: Some(1),
             metrics_listen: Some("m:1".into()),
             tls: Some(TlsConfig { cert: "c".into(), key: "k".into() }),
             journal: Some(JournalConfig {
