@@ -292,10 +292,7 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                             i += 2;
                         }
                         Some(b'"') => {
-                            i += 1;
-                            if i < line.len() && !line[i].is_ascii_whitespace() {
-                                return Err(ProtocolError::UnbalancedQuotes);
-                            }
+                            i = after_closing_quote(line, i)?;
                             break;
                         }
                         Some(&b) => {
@@ -315,10 +312,7 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                             i += 2;
                         }
                         Some(b'\'') => {
-                            i += 1;
-                            if i < line.len() && !line[i].is_ascii_whitespace() {
-                                return Err(ProtocolError::UnbalancedQuotes);
-                            }
+                            i = after_closing_quote(line, i)?;
                             break;
                         }
                         Some(&b) => {
@@ -338,6 +332,16 @@ fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
         args.push(arg);
     }
     Ok(args)
+}
+
+/// Where parsing resumes after the closing quote at `quote`: a quoted argument must end at a
+/// space or the end of the line, as in Redis's `sdssplitargs`.
+fn after_closing_quote(line: &[u8], quote: usize) -> Result<usize, ProtocolError> {
+    let next = quote + 1;
+    match line.get(next) {
+        Some(b) if !b.is_ascii_whitespace() => Err(ProtocolError::UnbalancedQuotes),
+        _ => Ok(next),
+    }
 }
 
 pub fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
@@ -534,6 +538,8 @@ mod tests {
         assert_eq!(parse_all(b"*1\r\n+PING\r\n"), Err(ProtocolError::ExpectedBulk('+')));
         assert_eq!(parse_all(b"*1\r\n$4\r\nPINGxx"), Err(ProtocolError::BulkTerminator));
         assert_eq!(parse_all(b"SET \"a\r\n"), Err(ProtocolError::UnbalancedQuotes));
+        assert_eq!(parse_all(b"SET \"a\"b\r\n"), Err(ProtocolError::UnbalancedQuotes));
+        assert_eq!(parse_all(b"SET 'a'b\r\n"), Err(ProtocolError::UnbalancedQuotes));
     }
 
     proptest! {
