@@ -269,13 +269,7 @@ fn encode(id: u64, response: &Response) -> Bytes {
 async fn write_replies(mut writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Bytes>) {
     let mut batch = BytesMut::with_capacity(64 * 1024);
     while let Some(frame) = queue.recv().await {
-        batch.extend_from_slice(&frame);
-        while batch.len() < 1024 * 1024 {
-            match queue.try_recv() {
-                Ok(frame) => batch.extend_from_slice(&frame),
-                Err(_) => break,
-            }
-        }
+        protocol::coalesce(&mut batch, &frame, || queue.try_recv().ok());
         if writer.write_all(&batch).await.is_err() {
             return;
         }

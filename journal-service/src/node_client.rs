@@ -368,13 +368,7 @@ async fn write_frames(
 ) -> String {
     let mut batch = BytesMut::with_capacity(64 * 1024);
     while let Some(frame) = frames.recv().await {
-        batch.extend_from_slice(&frame);
-        while batch.len() < 1024 * 1024 {
-            match frames.try_recv() {
-                Ok(frame) => batch.extend_from_slice(&frame),
-                Err(_) => break,
-            }
-        }
+        crate::protocol::coalesce(&mut batch, &frame, || frames.try_recv().ok());
         if let Err(e) = writer.write_all(&batch).await {
             return format!("write: {e}");
         }
