@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -27,6 +27,9 @@ pub struct ChildSpec {
 #[derive(Debug, Clone)]
 pub struct ChildExit {
     pub name: String,
+    /// The pid that exited: a restarted child has a new one, so a late report of an earlier
+    /// instance can be told apart.
+    pub pid: u32,
     pub status: ExitStatus,
 }
 
@@ -104,13 +107,30 @@ impl Children {
         self.started.iter().find(|c| c.name == name)
     }
 
-    /// Starts `spec` as a child of this process.
+    /// Starts `spec` as a child of this process, its log truncated.
     ///
     /// Must be called on the thread that stays alive for as long as `memlog up` runs (the
     /// thread driving `block_on`): Linux delivers the parent-death signal when the thread that
     /// forked the child exits, not only when the whole process does.
     pub fn spawn(&mut self, spec: &ChildSpec) -> io::Result<&RunningChild> {
-        let log = File::create(&spec.log)?;
+        self.start(spec, File::create(&spec.log)?)
+    }
+
+    /// Starts `spec` again in place of its exited instance (same name, same place in the stop
+    /// order), appending to its log after `banner` so the earlier instance's last words stay.
+    /// Same thread rule as [`Children::spawn`].
+    pub fn respawn(&mut self, spec: &ChildSpec, banner: &str) -> io::Result<&RunningChild> {
+        if let Some(running) = self.get(&spec.name).filter(|c| c.exit_status().is_none()) {
+            return Err(io::Error::other(format!("{} still runs as pid {}", spec.name, running.pid)));
+        }
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log)?;
+        writeln!(log, "--- {banner} ---")?;
+        self.start(spec, log)
+    }
+
+    /// Forks and execs `spec` with `log` as its stdout and stderr, and starts its reaper;
+    /// replaces an exited child of the same name, else appends.
+    fn start(&mut self, spec: &ChildSpec, log: File) -> io::Result<&RunningChild> {
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
             .stdin(Stdio::null())
@@ -127,11 +147,21 @@ impl Children {
             // wait() only fails if the child was already reaped, which only this task does.
             if let Ok(status) = child.wait().await {
                 let _ = exit_tx.send(Some(status));
-                let _ = exits.send(ChildExit { name, status });
+                let _ = exits.send(ChildExit { name, pid, status });
             }
         });
-        self.started.push(RunningChild { name: spec.name.clone(), pid, log: spec.log.clone(), exit });
-        Ok(self.started.last().expect("just pushed"))
+        let running = RunningChild { name: spec.name.clone(), pid, log: spec.log.clone(), exit };
+        let slot = match self.started.iter().position(|c| c.name == spec.name) {
+            Some(index) => {
+                self.started[index] = running;
+                index
+            }
+            None => {
+                self.started.push(running);
+                self.started.len() - 1
+            }
+        };
+        Ok(&self.started[slot])
     }
 
     /// The next child to exit (in any order). Pending forever if none does.

@@ -42,11 +42,17 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessRecord {
     pub name: String,
+    /// What it was started as. A failover changes which Redis node is primary; the proxy knows
+    /// that (`memlog status` asks it), this file does not.
     #[serde(flatten)]
     pub role: Role,
     pub port: u16,
+    /// Of the current instance: `memlog up` updates it when it restarts the process.
     pub pid: u32,
     pub log: PathBuf,
+    /// How often `memlog up` restarted it after it died.
+    #[serde(default)]
+    pub restarts: u32,
 }
 
 /// The whole file.
@@ -128,7 +134,7 @@ mod tests {
     use super::*;
 
     fn record(name: &str, role: Role, port: u16) -> ProcessRecord {
-        ProcessRecord { name: name.into(), role, port, pid: 1, log: PathBuf::from("x.log") }
+        ProcessRecord { name: name.into(), role, port, pid: 1, log: PathBuf::from("x.log"), restarts: 0 }
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! `memlog`: the one binary. `memlog proxy` serves clients, `memlog journal` runs a journal
-//! node, `memlog up` starts a whole local cluster on loopback, `memlog status` checks it.
+//! node, `memlog up` starts (and supervises) a whole local cluster on loopback, `memlog status`
+//! shows a cluster's roles, LSNs, epochs and journal health, `memlog failover` switches a shard
+//! over to a replica.
 
+mod admin_client;
 mod children;
 mod cluster_file;
+mod deployment;
+mod failover_cmd;
 mod probe;
 mod signals;
 mod status;
+mod supervisor;
 mod up;
 
 use std::net::SocketAddr;
@@ -43,10 +49,15 @@ enum Command {
         metrics_listen: Option<SocketAddr>,
     },
     /// Start a local cluster on loopback (journal nodes, Redis shards with replicas, and the proxy)
-    /// and print its endpoint; Ctrl-C or SIGTERM stops every process it started.
+    /// and print its endpoint; a process that dies is restarted (a Redis node empty, for the
+    /// proxy to attach as a replica); Ctrl-C or SIGTERM stops every process it started.
     Up(up::UpArgs),
-    /// Check the cluster that `memlog up` started: every recorded process alive and answering.
+    /// Show a cluster: each shard's primary and replicas with their journal LSNs and lag, the
+    /// shard epochs, and every journal node's health; exits non-zero unless all is healthy.
     Status(status::StatusArgs),
+    /// Switch a shard's primary over to a replica, gracefully and without losing a write (the
+    /// proxy pauses the shard, catches the replica up from the journal, then switches).
+    Failover(failover_cmd::FailoverArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Up(args) => up::run(args, shutdown_signal()).await,
             Command::Status(args) => status::run(args).await,
+            Command::Failover(args) => failover_cmd::run(args).await,
         }
     })
 }

@@ -1,6 +1,7 @@
-//! Health checks: a minimal RESP client (`PING`, `INFO replication`), just enough to tell
-//! whether a Redis node or the proxy serves without pulling a full client into the binary, and
-//! a plain TCP connect for journal nodes.
+//! Health checks and admin calls: a minimal RESP client (`PING`, `INFO replication`,
+//! `GET __memlog:lsn`, `AUTH` then `MEMLOG …` on one connection), just enough to tell whether a
+//! Redis node or the proxy serves without pulling a full client into the binary, and a plain TCP
+//! connect for journal nodes.
 //! Replies are parsed defensively: a malformed or oversized reply is an error, never a panic.
 
 use std::net::SocketAddr;
@@ -31,28 +32,114 @@ pub enum ProbeError {
     Closed,
     #[error("malformed reply: {0}")]
     Malformed(&'static str),
+    #[error("error reply: {0}")]
+    Refused(String),
+}
+
+/// The key in which every Redis node of a memlog cluster holds the journal LSN it is at.
+const LSN_KEY: &str = "__memlog:lsn";
+
+/// A Redis node's replication role, as it reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRole {
+    Master,
+    /// A replica of `primary` (`host:port`); `linked` once its link to it is up.
+    Replica {
+        primary: String,
+        linked: bool,
+    },
+}
+
+/// What a Redis node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReport {
+    pub role: NodeRole,
+    /// The journal prefix it holds (`__memlog:lsn`; 0 when it holds none).
+    pub lsn: u64,
+}
+
+/// Asks the Redis node at `addr` for its role (`INFO replication`, which carries `ROLE`'s answer
+/// as text) and its `__memlog:lsn`, on one connection.
+pub async fn redis_node(addr: &str, timeout: Duration) -> Result<NodeReport, ProbeError> {
+    let mut session = Session::connect(addr, timeout).await?;
+    let role = match session.call(&["INFO", "replication"]).await? {
+        Reply::Bulk(Some(info)) => parse_role(&String::from_utf8_lossy(&info))?,
+        Reply::Error(message) => return Err(ProbeError::Refused(message)),
+        _ => return Err(ProbeError::Malformed("INFO is not a bulk string")),
+    };
+    let lsn = match session.call(&["GET", LSN_KEY]).await? {
+        Reply::Bulk(None) => 0,
+        Reply::Bulk(Some(n)) => std::str::from_utf8(&n)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .ok_or(ProbeError::Malformed("__memlog:lsn is not a number"))?,
+        Reply::Error(message) => return Err(ProbeError::Refused(message)),
+        _ => return Err(ProbeError::Malformed("GET is not a bulk string")),
+    };
+    Ok(NodeReport { role, lsn })
+}
+
+/// The role in the text of `INFO replication`.
+fn parse_role(info: &str) -> Result<NodeRole, ProbeError> {
+    let field = |name: &str| {
+        info.lines().find_map(|line| line.trim().strip_prefix(name).and_then(|rest| rest.strip_prefix(':')))
+    };
+    match field("role") {
+        Some("master") => Ok(NodeRole::Master),
+        Some("slave") => {
+            let host = field("master_host").ok_or(ProbeError::Malformed("replica without master_host"))?;
+            let port = field("master_port").ok_or(ProbeError::Malformed("replica without master_port"))?;
+            let primary = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+            Ok(NodeRole::Replica { primary, linked: field("master_link_status") == Some("up") })
+        }
+        _ => Err(ProbeError::Malformed("INFO replication without a known role")),
+    }
+}
+
+/// One connection for several commands in a row (e.g. `AUTH` before an admin command).
+pub struct Session {
+    stream: TcpStream,
+    /// Bytes read but not yet parsed.
+    buf: Vec<u8>,
+    /// How long each call (and the connect) may take.
+    timeout: Duration,
+}
+
+impl Session {
+    /// Connects to `addr` (an address, or `host:port` to resolve) within `timeout`.
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs, timeout: Duration) -> Result<Session, ProbeError> {
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| ProbeError::Timeout(timeout))??;
+        Ok(Session { stream, buf: Vec::new(), timeout })
+    }
+
+    /// Sends one command and reads its reply, within the session's timeout.
+    pub async fn call(&mut self, args: &[&str]) -> Result<Reply, ProbeError> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, async {
+            self.stream.write_all(&encode(args)).await?;
+            loop {
+                if let Some((reply, used)) = parse(&self.buf)? {
+                    self.buf.drain(..used);
+                    return Ok(reply);
+                }
+                if self.buf.len() > MAX_REPLY {
+                    return Err(ProbeError::Malformed("reply too large"));
+                }
+                if self.stream.read_buf(&mut self.buf).await? == 0 {
+                    return Err(ProbeError::Closed);
+                }
+            }
+        })
+        .await
+        .map_err(|_| ProbeError::Timeout(timeout))?
+    }
 }
 
 /// Sends one command to `addr` on a fresh connection and returns its reply.
 pub async fn command(addr: SocketAddr, args: &[&str], timeout: Duration) -> Result<Reply, ProbeError> {
-    tokio::time::timeout(timeout, async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(&encode(args)).await?;
-        let mut buf = Vec::new();
-        loop {
-            if let Some(reply) = parse(&buf)? {
-                return Ok(reply);
-            }
-            if buf.len() > MAX_REPLY {
-                return Err(ProbeError::Malformed("reply too large"));
-            }
-            if stream.read_buf(&mut buf).await? == 0 {
-                return Err(ProbeError::Closed);
-            }
-        }
-    })
-    .await
-    .map_err(|_| ProbeError::Timeout(timeout))?
+    Session::connect(addr, timeout).await?.call(args).await
 }
 
 /// True if something accepts a TCP connection on `addr` (a journal node, which does not speak RESP).
@@ -86,8 +173,8 @@ fn encode(args: &[&str]) -> Vec<u8> {
     out
 }
 
-/// Parses one reply from the start of `buf`; `None` while it is incomplete.
-fn parse(buf: &[u8]) -> Result<Option<Reply>, ProbeError> {
+/// Parses one reply from the start of `buf`, with the bytes it took; `None` while it is incomplete.
+fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProbeError> {
     let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
         return Ok(None);
     };
@@ -95,23 +182,24 @@ fn parse(buf: &[u8]) -> Result<Option<Reply>, ProbeError> {
         return Err(ProbeError::Malformed("empty line"));
     };
     let text = || String::from_utf8_lossy(line).into_owned();
+    let after_line = line_end + 2;
     let number = || -> Result<i64, ProbeError> {
         std::str::from_utf8(line).ok().and_then(|s| s.parse().ok()).ok_or(ProbeError::Malformed("bad number"))
     };
     match kind {
-        b'+' => Ok(Some(Reply::Simple(text()))),
-        b'-' => Ok(Some(Reply::Error(text()))),
-        b':' => Ok(Some(Reply::Integer(number()?))),
+        b'+' => Ok(Some((Reply::Simple(text()), after_line))),
+        b'-' => Ok(Some((Reply::Error(text()), after_line))),
+        b':' => Ok(Some((Reply::Integer(number()?), after_line))),
         b'$' => {
             let len = number()?;
             if len < 0 {
-                return Ok(Some(Reply::Bulk(None)));
+                return Ok(Some((Reply::Bulk(None), after_line)));
             }
             let len = usize::try_from(len).map_err(|_| ProbeError::Malformed("bad length"))?;
             if len > MAX_REPLY {
                 return Err(ProbeError::Malformed("bulk string too large"));
             }
-            let start = line_end + 2;
+            let start = after_line;
             let end = start + len;
             if buf.len() < end + 2 {
                 return Ok(None);
@@ -119,7 +207,7 @@ fn parse(buf: &[u8]) -> Result<Option<Reply>, ProbeError> {
             if &buf[end..end + 2] != b"\r\n" {
                 return Err(ProbeError::Malformed("bulk string not terminated"));
             }
-            Ok(Some(Reply::Bulk(Some(buf[start..end].to_vec()))))
+            Ok(Some((Reply::Bulk(Some(buf[start..end].to_vec())), end + 2)))
         }
         _ => Err(ProbeError::Malformed("unsupported reply type")),
     }
@@ -131,12 +219,12 @@ mod tests {
 
     #[test]
     fn parses_each_reply_kind_and_waits_for_complete_bulk() {
-        assert_eq!(parse(b"+PONG\r\n").unwrap(), Some(Reply::Simple("PONG".into())));
-        assert_eq!(parse(b"-ERR no\r\n").unwrap(), Some(Reply::Error("ERR no".into())));
-        assert_eq!(parse(b":42\r\n").unwrap(), Some(Reply::Integer(42)));
-        assert_eq!(parse(b"$-1\r\n").unwrap(), Some(Reply::Bulk(None)));
+        assert_eq!(parse(b"+PONG\r\n").unwrap(), Some((Reply::Simple("PONG".into()), 7)));
+        assert_eq!(parse(b"-ERR no\r\n").unwrap(), Some((Reply::Error("ERR no".into()), 9)));
+        assert_eq!(parse(b":42\r\n").unwrap(), Some((Reply::Integer(42), 5)));
+        assert_eq!(parse(b"$-1\r\n").unwrap(), Some((Reply::Bulk(None), 5)));
         assert_eq!(parse(b"$5\r\nhel").unwrap(), None);
-        assert_eq!(parse(b"$5\r\nhello\r\n").unwrap(), Some(Reply::Bulk(Some(b"hello".to_vec()))));
+        assert_eq!(parse(b"$5\r\nhello\r\n+OK\r\n").unwrap(), Some((Reply::Bulk(Some(b"hello".to_vec())), 11)));
         assert_eq!(parse(b"+PON").unwrap(), None);
     }
 
@@ -147,6 +235,15 @@ mod tests {
         assert!(parse(b"$99999999999999999999\r\n").is_err());
         assert!(parse(b"$2\r\nabXY").is_err());
         assert!(parse(b"*1\r\n").is_err());
+    }
+
+    #[test]
+    fn reads_the_role_from_info_replication() {
+        assert_eq!(parse_role("# Replication\r\nrole:master\r\nconnected_slaves:1\r\n").unwrap(), NodeRole::Master);
+        let info = "role:slave\r\nmaster_host:127.0.0.1\r\nmaster_port:7000\r\nmaster_link_status:down\r\n";
+        assert_eq!(parse_role(info).unwrap(), NodeRole::Replica { primary: "127.0.0.1:7000".into(), linked: false });
+        assert!(parse_role("role:slave\r\n").is_err());
+        assert!(parse_role("nothing").is_err());
     }
 
     #[test]

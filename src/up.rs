@@ -6,6 +6,10 @@
 //! Start-up runs in stages: journal nodes, Redis nodes, then the proxy; each stage's children
 //! are started together and must all be ready before the next stage starts.
 //!
+//! Once running, it supervises its children (see [`crate::supervisor`]): one that dies is
+//! started again on its port, a Redis node empty and without `--replicaof` (the proxy's failover
+//! controller attaches it), and `cluster.json` is updated with its new pid.
+//!
 //! The journal is the only durable state: Redis nodes always start empty, and the proxy replays
 //! the journal onto each primary before it serves. So `memlog up` run again on the same `--dir`
 //! (after a clean stop or after everything was killed) brings back every acknowledged write, as
@@ -24,6 +28,7 @@ use memlog_proxy::router::SlotMap;
 use crate::children::{ChildSpec, Children};
 use crate::cluster_file::{up_alive, ClusterFile, ClusterState, ProcessRecord, Role};
 use crate::probe;
+use crate::supervisor::{empty_redis_dir, Prepare, RestartPlan, Restarted, Supervisor};
 
 /// Flags of `memlog up`.
 #[derive(Debug, Clone, Args)]
@@ -119,6 +124,8 @@ enum Readiness {
 /// One child to start: how, what it is, where it listens and when it counts as ready.
 struct NodePlan {
     spec: ChildSpec,
+    /// How to bring it back if it dies while the cluster runs.
+    restart: RestartPlan,
     role: Role,
     port: u16,
     ready: Readiness,
@@ -159,6 +166,8 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
         processes: Vec::new(),
     };
     let mut children = Children::new();
+    let restart_plans: Vec<RestartPlan> =
+        journal_stage.iter().chain(&redis_stage).chain(&proxy_stage).map(|node| node.restart.clone()).collect();
     for stage in [journal_stage, redis_stage, proxy_stage] {
         let started = tokio::select! {
             started = start_stage(&mut children, &stage, &mut record, &dir) => started,
@@ -179,13 +188,23 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     let _ = writeln!(std::io::stdout(), "{}", ready_line(&url, &shape, metrics_url.as_deref()));
     tracing::info!(dir = %dir.display(), "cluster running; Ctrl-C or SIGTERM stops it");
 
+    let mut supervisor = Supervisor::new(restart_plans, Instant::now());
     loop {
+        let next_restart = supervisor.next_due();
         tokio::select! {
-            exit = children.next_exit() => tracing::error!(
-                child = %exit.name,
-                status = %exit.status,
-                "child exited; memlog up does not restart children yet (supervision is a later issue), the cluster runs degraded"
-            ),
+            exit = children.next_exit() => {
+                if let Some(delay) = supervisor.child_exited(&exit, &children, Instant::now()) {
+                    tracing::error!(child = %exit.name, pid = exit.pid, status = %exit.status, "child exited; restarting it in {delay:?}");
+                }
+            }
+            _ = sleep_until(next_restart), if next_restart.is_some() => {
+                for outcome in supervisor.restart_due(&mut children, Instant::now()) {
+                    match outcome {
+                        Ok(restarted) => record_restart(&mut record, &restarted, &dir),
+                        Err(err) => tracing::error!("{err}"),
+                    }
+                }
+            }
             _ = &mut shutdown => break,
         }
     }
@@ -195,6 +214,27 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     save(&record, &dir)?;
     tracing::info!("memlog up stopped");
     Ok(())
+}
+
+/// Sleeps until `at` (pends forever for `None`, which `select!` never polls: its branch is off).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Logs a restart and records the new pid in cluster.json; a failure to write the file is
+/// logged, not fatal: the cluster itself is fine.
+fn record_restart(record: &mut ClusterFile, restarted: &Restarted, dir: &Path) {
+    tracing::warn!(child = %restarted.name, pid = restarted.pid, after = %restarted.after, "restarted");
+    if let Some(process) = record.processes.iter_mut().find(|p| p.name == restarted.name) {
+        process.pid = restarted.pid;
+        process.restarts += 1;
+    }
+    if let Err(err) = save(record, dir) {
+        tracing::error!("{err}");
+    }
 }
 
 /// What the ready line describes.
@@ -287,6 +327,7 @@ fn plan_journal(ports: &[u16], dir: &Path) -> Result<Vec<NodePlan>, UpError> {
             ];
             let spec = ChildSpec { name, program: exe.clone(), args, log: node_dir.join("journal.log") };
             Ok(NodePlan {
+                restart: RestartPlan { spec: spec.clone(), prepare: Prepare::Nothing },
                 spec,
                 role: Role::Journal,
                 port,
@@ -330,6 +371,8 @@ fn plan_redis(args: &UpArgs, redis_server: &Path, dir: &Path) -> Result<Vec<Node
 /// One stock `redis-server`: loopback only, no persistence of its own, in the foreground, and
 /// empty: whatever its dir holds from an earlier run (a replica keeps the RDB of its last full
 /// sync) is removed, so every byte it serves comes from the journal replay or its primary.
+/// A replica replicates its primary from the first start; a restart (of any node) is empty and
+/// unattached, for the proxy's controller to attach to whichever node is primary by then.
 fn redis_node(
     redis_server: &Path,
     dir: &Path,
@@ -339,9 +382,9 @@ fn redis_node(
 ) -> Result<NodePlan, UpError> {
     let name = format!("redis-{port}");
     let node_dir = dir.join(&name);
-    std::fs::create_dir_all(&node_dir).map_err(|e| io_error(format!("cannot create {}", node_dir.display()), e))?;
-    remove_rdb_files(&node_dir)?;
-    let mut args: Vec<std::ffi::OsString> = vec![
+    let log = node_dir.join("redis.log");
+    empty_redis_dir(&node_dir, &log).map_err(|e| io_error(format!("cannot empty {}", node_dir.display()), e))?;
+    let args: Vec<std::ffi::OsString> = vec![
         "--port".into(),
         port.to_string().into(),
         "--bind".into(),
@@ -352,34 +395,24 @@ fn redis_node(
         "no".into(),
         "--daemonize".into(),
         "no".into(),
-        // Serve a replica's full sync at once instead of waiting 5 s for more replicas to join.
-        "--repl-diskless-sync-delay".into(),
-        "0".into(),
+        // Full syncs through an RDB file: after a diskless sync Redis 7 streams nothing to the
+        // replica until its first REPLCONF ACK (up to 1 s), which would stall a switchover.
+        "--repl-diskless-sync".into(),
+        "no".into(),
         "--dir".into(),
         node_dir.clone().into(),
     ];
-    if let Some(primary) = replica_of {
-        args.extend(["--replicaof".into(), "127.0.0.1".into(), primary.to_string().into()]);
-    }
-    let (ready, ready_within) = match replica_of {
-        Some(_) => (Readiness::ReplicaLinked, REDIS_READY_TIMEOUT + REPLICA_LINK_TIMEOUT),
-        None => (Readiness::Pings, REDIS_READY_TIMEOUT),
-    };
-    let spec = ChildSpec { name, program: redis_server.to_path_buf(), args, log: node_dir.join("redis.log") };
-    Ok(NodePlan { spec, role, port, ready, ready_within })
-}
-
-/// Removes `*.rdb` files from a Redis node's dir.
-fn remove_rdb_files(node_dir: &Path) -> Result<(), UpError> {
-    let entries =
-        std::fs::read_dir(node_dir).map_err(|e| io_error(format!("cannot list {}", node_dir.display()), e))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|ext| ext == "rdb") {
-            std::fs::remove_file(&path).map_err(|e| io_error(format!("cannot remove {}", path.display()), e))?;
+    let unattached = ChildSpec { name, program: redis_server.to_path_buf(), args, log };
+    let restart = RestartPlan { spec: unattached.clone(), prepare: Prepare::EmptyRedisDir(node_dir) };
+    let (spec, ready, ready_within) = match replica_of {
+        Some(primary) => {
+            let mut spec = unattached;
+            spec.args.extend(["--replicaof".into(), "127.0.0.1".into(), primary.to_string().into()]);
+            (spec, Readiness::ReplicaLinked, REDIS_READY_TIMEOUT + REPLICA_LINK_TIMEOUT)
         }
-    }
-    Ok(())
+        None => (unattached, Readiness::Pings, REDIS_READY_TIMEOUT),
+    };
+    Ok(NodePlan { spec, restart, role, port, ready, ready_within })
 }
 
 /// The proxy's configuration: the journal (if any), every shard with its nodes, slots split evenly.
@@ -431,6 +464,7 @@ fn plan_proxy(args: &UpArgs, dir: &Path, config: &ProxyConfig) -> Result<NodePla
         log: dir.join("proxy.log"),
     };
     Ok(NodePlan {
+        restart: RestartPlan { spec: spec.clone(), prepare: Prepare::Nothing },
         spec,
         role: Role::Proxy,
         port: args.port,
@@ -488,6 +522,7 @@ async fn start_stage(
             port: node.port,
             pid: child.pid,
             log: node.spec.log.clone(),
+            restarts: 0,
         });
     }
     save(record, dir)?;
@@ -578,7 +613,7 @@ mod tests {
     }
 
     fn recorded(name: &str, role: Role, port: u16) -> ProcessRecord {
-        ProcessRecord { name: name.into(), role, port, pid: 1, log: PathBuf::from("x.log") }
+        ProcessRecord { name: name.into(), role, port, pid: 1, log: PathBuf::from("x.log"), restarts: 0 }
     }
 
     /// A cluster.json of an earlier run with journal nodes on `journal` and `shards` primaries.
@@ -645,6 +680,23 @@ mod tests {
         );
         // A run without a journal recorded none: the flags decide.
         assert_eq!(journal_ports(&moved, dir.path(), Some(&previous_run(&[], 3))).unwrap(), vec![8000, 8001, 8002]);
+    }
+
+    #[test]
+    fn a_replica_replicates_from_its_first_start_but_every_restart_is_empty_and_unattached() {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = plan_redis(&args(1, 1), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
+        let has_replicaof = |spec: &ChildSpec| spec.args.iter().any(|a| a == "--replicaof");
+        assert!(!has_replicaof(&nodes[0].spec));
+        assert!(has_replicaof(&nodes[1].spec));
+        for node in &nodes {
+            assert!(!has_replicaof(&node.restart.spec), "{:?}", node.restart.spec.args);
+            assert_eq!(node.restart.spec.name, node.spec.name);
+            assert_eq!(node.restart.prepare, Prepare::EmptyRedisDir(dir.path().join(&node.spec.name)));
+        }
+        let journal = plan_journal(&[7400], dir.path()).unwrap();
+        assert_eq!(journal[0].restart.prepare, Prepare::Nothing, "a journal node keeps its data");
+        assert_eq!(journal[0].restart.spec.args, journal[0].spec.args);
     }
 
     #[test]

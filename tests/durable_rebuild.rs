@@ -36,12 +36,36 @@ impl Rng {
 }
 
 /// One random write of a random type; stream ids read by XREADGROUP earlier get acknowledged.
-fn random_command(rng: &mut Rng, to_ack: &mut Vec<(String, String)>) -> Vec<String> {
+/// A transaction on one slot, sometimes guarded by WATCH (which other connections' writes may
+/// abort: an aborted EXEC must leave no trace in the journal either). Includes commands the
+/// sequencer resolves by probing (SPOP, INCRBYFLOAT) and a blocking pop, which in MULTI never blocks.
+fn random_transaction(rng: &mut Rng) -> Vec<Vec<String>> {
+    let k = rng.below(KEYS_PER_TYPE / 4);
+    let v = rng.below(1_000_000).to_string();
+    let s = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let mut commands = Vec::new();
+    if rng.below(2) == 0 {
+        commands.push(s(&["WATCH", &format!("{{tx:{k}}}n")]));
+    }
+    commands.push(s(&["MULTI"]));
+    commands.push(s(&["INCR", &format!("{{tx:{k}}}n")]));
+    commands.push(s(&["BLPOP", &format!("{{tx:{k}}}l"), "1"]));
+    commands.push(s(&["RPUSH", &format!("{{tx:{k}}}l"), &v]));
+    commands.push(s(&["SPOP", &format!("{{tx:{k}}}set")]));
+    commands.push(s(&["SADD", &format!("{{tx:{k}}}set"), &v]));
+    commands.push(s(&["INCRBYFLOAT", &format!("{{tx:{k}}}f"), "0.5"]));
+    commands.push(s(&["EXPIRE", &format!("{{tx:{k}}}n"), &TTL_S.to_string()]));
+    commands.push(s(&["EXEC"]));
+    commands
+}
+
+fn random_command(rng: &mut Rng, to_ack: &mut Vec<(String, String)>) -> Vec<Vec<String>> {
     let k = rng.below(KEYS_PER_TYPE);
     let v = rng.below(1_000_000).to_string();
     let m = format!("m{}", rng.below(50));
-    let s = |parts: &[&str]| parts.iter().map(|p| p.to_string()).collect::<Vec<_>>();
-    match rng.below(34) {
+    let s = |parts: &[&str]| vec![parts.iter().map(|p| p.to_string()).collect::<Vec<_>>()];
+    match rng.below(35) {
+        34 => random_transaction(rng),
         0 => s(&["SET", &format!("s:{k}"), &v]),
         1 => s(&["SET", &format!("s:{k}"), &v, "EX", &TTL_S.to_string()]),
         2 => s(&["SET", &format!("s:{k}"), &v, "PX", &(TTL_S * 1000).to_string()]),
@@ -98,13 +122,16 @@ fn delivered_ids(reply: &Value) -> Vec<(String, String)> {
 }
 
 /// Sends `COMMANDS` commands from `rng`, pipelined on one connection; fails on any error reply
-/// (every command is valid).
-fn run_workload(client: &mut Conn, mut rng: Rng) {
+/// (every command is valid). Returns how many transactions executed (the others were aborted by
+/// their WATCH).
+fn run_workload(client: &mut Conn, mut rng: Rng) -> usize {
     let mut to_ack = Vec::new();
     let mut sent = 0;
+    let mut executed = 0;
     while sent < COMMANDS / CONNECTIONS {
-        let batch: Vec<Vec<String>> =
-            (0..PIPELINE.min(COMMANDS / CONNECTIONS - sent)).map(|_| random_command(&mut rng, &mut to_ack)).collect();
+        let batch: Vec<Vec<String>> = (0..PIPELINE.min(COMMANDS / CONNECTIONS - sent))
+            .flat_map(|_| random_command(&mut rng, &mut to_ack))
+            .collect();
         for command in &batch {
             client.queue(command);
         }
@@ -115,9 +142,15 @@ fn run_workload(client: &mut Conn, mut rng: Rng) {
             if command[0] == "XREADGROUP" {
                 to_ack.extend(delivered_ids(&reply));
             }
+            if command[0] == "EXEC"
+                && matches!(&reply, Value::Array(Some(replies)) if replies.iter().all(|r| !r.is_error()))
+            {
+                executed += 1;
+            }
         }
         sent += batch.len();
     }
+    executed
 }
 
 /// The consumer group every stream is read through.
@@ -167,14 +200,21 @@ fn every_primary_is_rebuilt_identically_from_the_journal_alone() {
     let mut cluster = DurableCluster::start(ClusterOptions { journal_nodes: 3, shards: 3, ..Default::default() });
     create_groups(&mut cluster.client());
     let started = std::time::Instant::now();
-    std::thread::scope(|scope| {
-        for c in 0..CONNECTIONS {
-            let mut client = cluster.client();
-            scope.spawn(move || run_workload(&mut client, Rng(0x6d65_6d6c_6f67 + c as u64)));
-        }
+    let transactions: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..CONNECTIONS)
+            .map(|c| {
+                let mut client = cluster.client();
+                scope.spawn(move || run_workload(&mut client, Rng(0x6d65_6d6c_6f67 + c as u64)))
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
     });
     let took = started.elapsed();
-    println!("{COMMANDS} commands in {took:?} ({:.0}/s)", COMMANDS as f64 / took.as_secs_f64());
+    println!(
+        "{COMMANDS} commands in {took:?} ({:.0}/s), {transactions} transactions executed",
+        COMMANDS as f64 / took.as_secs_f64()
+    );
+    assert!(transactions > 100, "only {transactions} transactions executed");
     let before = snapshots(&cluster);
     let keys: usize = before.iter().map(|s| s.keys.len()).sum();
     assert!(keys > 1_000, "the workload left only {keys} keys");

@@ -1,19 +1,26 @@
 //! Connections to Redis nodes. One `BackendConn` is one TCP connection shared by many client
 //! sessions: requests are pipelined onto it and replies matched back in order, so a few
-//! connections per node carry any number of clients. A connection reconnects with backoff; a
-//! lost connection fails what was in flight (its outcome unknown), and while a node is
-//! unreachable requests fail at once rather than hang.
+//! connections per node carry any number of clients.
+//!
+//! A connection follows a [`NodeTarget`]: the shard's *current* primary. It reads the target's
+//! address at each (re)connect, and a retarget (failover) drops it and reconnects to the new
+//! node at once. While the node is unreachable, or while the shard is *held* (failing over),
+//! requests wait — up to the target's hold time, then they fail (`-TRYAGAIN` when held) — so a
+//! quick failover is a pause for clients, not errors. A read whose connection dropped is sent
+//! again (it is a read); nothing else is ever retried: a lost write's outcome is unknown.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::resp::{encode_command, Proto};
+use crate::resp::{encode_command, error_reply, Proto};
 
 /// Why a backend request produced no reply.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,6 +33,10 @@ pub enum BackendError {
     Timeout { addr: String, ms: u64 },
     #[error("Redis node {addr} sent a reply that is not valid RESP")]
     BadReply { addr: String },
+    #[error("shard {shard} is failing over; nothing was sent")]
+    FailingOver { shard: usize },
+    #[error("Redis node {addr} was not checked since the connection opened; the batch was not sent")]
+    Unverified { addr: String },
 }
 
 pub type ReplyResult = Result<Bytes, BackendError>;
@@ -38,6 +49,136 @@ pub struct BackendOptions {
     pub request_timeout: Duration,
 }
 
+/// What a connection carries, which decides the hold that stops it and what it may retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Client reads: held until a new primary has caught up; a read lost with its connection
+    /// is sent again.
+    Read,
+    /// The sequencer's apply connections: released first during a failover, so the applier
+    /// catches the new primary up; a batch is refused until the node's `__memlog:lsn` was read
+    /// on a connection opened since the last (re)connect, so nothing is applied onto a node whose
+    /// journal prefix is unknown (I3).
+    Apply,
+    /// A connection of its own to one fixed node (health checks, administration): never held,
+    /// nothing retried.
+    Direct,
+}
+
+/// Which holds are on and how many times the target moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct TargetState {
+    generation: u64,
+    reads_held: bool,
+    applies_held: bool,
+}
+
+impl TargetState {
+    fn held(&self, role: Role) -> bool {
+        match role {
+            Role::Read => self.reads_held,
+            Role::Apply => self.applies_held,
+            Role::Direct => false,
+        }
+    }
+}
+
+/// The node every connection of a shard points at (its current primary), shared by them all,
+/// with the shard's hold: the failover controller moves it and holds/releases it.
+pub struct NodeTarget {
+    shard: usize,
+    addr: ArcSwap<String>,
+    state: watch::Sender<TargetState>,
+    /// How long a request waits for a held or unreachable node before it fails.
+    hold_for: Duration,
+    /// False from each apply connection's (re)connect until one reads `__memlog:lsn` (see [`Role::Apply`]).
+    apply_checked: AtomicBool,
+    /// Batches sent on apply connections whose replies have not come back.
+    applies_in_flight: AtomicU64,
+    /// The highest `__memlog:lsn` the primary was seen with; reads wait for a node below it.
+    lsn_floor: AtomicU64,
+}
+
+impl NodeTarget {
+    pub fn new(shard: usize, addr: &str, hold_for: Duration) -> Arc<NodeTarget> {
+        Arc::new(NodeTarget {
+            shard,
+            addr: ArcSwap::from_pointee(addr.to_string()),
+            state: watch::Sender::new(TargetState::default()),
+            hold_for,
+            apply_checked: AtomicBool::new(false),
+            applies_in_flight: AtomicU64::new(0),
+            lsn_floor: AtomicU64::new(0),
+        })
+    }
+
+    /// A target that never moves and never holds: requests to an unreachable node fail at once.
+    fn fixed(addr: &str) -> Arc<NodeTarget> {
+        NodeTarget::new(usize::MAX, addr, Duration::ZERO)
+    }
+
+    pub fn addr(&self) -> Arc<String> {
+        self.addr.load_full()
+    }
+
+    /// True while reads or writes are held.
+    pub fn is_held(&self) -> bool {
+        let state = *self.state.borrow();
+        state.reads_held || state.applies_held
+    }
+
+    /// Batches sent to the node on apply connections and not answered yet: a switchover waits
+    /// for none, so no batch's reply is lost with the old primary's connections.
+    pub fn applies_in_flight(&self) -> u64 {
+        self.applies_in_flight.load(Ordering::Acquire)
+    }
+
+    /// Stops every connection of the shard from sending: requests wait (up to the hold time).
+    pub fn hold(&self) {
+        self.state.send_modify(|s| {
+            s.reads_held = true;
+            s.applies_held = true;
+        });
+    }
+
+    /// Points every connection at `addr`: each drops its connection and reconnects there.
+    pub fn retarget(&self, addr: &str) {
+        self.addr.store(Arc::new(addr.to_string()));
+        self.apply_checked.store(false, Ordering::Release);
+        self.state.send_modify(|s| s.generation += 1);
+    }
+
+    /// Lets the apply connections send again (the applier catches the primary up first).
+    pub fn release_applies(&self) {
+        self.state.send_modify(|s| s.applies_held = false);
+    }
+
+    /// Lets everything send again.
+    pub fn release(&self) {
+        self.state.send_modify(|s| {
+            s.reads_held = false;
+            s.applies_held = false;
+        });
+    }
+
+    /// The primary holds the journal prefix up to `lsn`: a read connection that (re)connects
+    /// waits until its node holds at least that much. (Every later primary is caught up to the
+    /// journal's commit point, which is at least this, so the floor only rises.)
+    pub fn primary_holds(&self, lsn: u64) {
+        self.lsn_floor.fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    fn batch_answered(&self, role: Role) {
+        if role == Role::Apply {
+            self.applies_in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn current(&self) -> TargetState {
+        *self.state.borrow()
+    }
+}
+
 enum Op {
     Send(Bytes, ReplySender),
     /// Several commands in one buffer; all `count` replies come back together.
@@ -46,12 +187,24 @@ enum Op {
     Barrier(oneshot::Sender<()>),
 }
 
+/// An op waiting for a usable connection, and when it gives up.
+struct Queued {
+    op: Op,
+    deadline: Instant,
+}
+
 pub type BatchResult = Result<Vec<Bytes>, BackendError>;
 pub type BatchSender = oneshot::Sender<BatchResult>;
 
 enum Waiter {
-    Reply(ReplySender, Instant),
-    Batch { replies: Vec<Bytes>, count: usize, reply: BatchSender, sent: Instant },
+    /// A reply awaited; the request and its deadline are kept when it may be sent again.
+    Reply(ReplySender, Instant, Option<(Bytes, Instant)>),
+    Batch {
+        replies: Vec<Bytes>,
+        count: usize,
+        reply: BatchSender,
+        sent: Instant,
+    },
     Barrier(oneshot::Sender<()>),
 }
 
@@ -59,26 +212,36 @@ enum Waiter {
 #[derive(Clone)]
 pub struct BackendConn {
     ops: mpsc::UnboundedSender<Op>,
-    addr: Arc<str>,
+    target: Arc<NodeTarget>,
 }
 
 impl BackendConn {
-    /// Starts the connection's task; it connects in the background and lives as long as a handle.
+    /// A connection to the fixed node `addr`.
     pub fn spawn(addr: &str, proto: Proto, opts: BackendOptions) -> BackendConn {
-        let (ops, rx) = mpsc::unbounded_channel();
-        let addr: Arc<str> = addr.into();
-        tokio::spawn(drive(addr.clone(), proto, opts, rx));
-        BackendConn { ops, addr }
+        BackendConn::follow(NodeTarget::fixed(addr), Role::Direct, proto, opts)
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// A connection that follows `target` wherever the failover controller points it.
+    pub fn follow(target: Arc<NodeTarget>, role: Role, proto: Proto, opts: BackendOptions) -> BackendConn {
+        let (ops, rx) = mpsc::unbounded_channel();
+        let conn = Conn { target: target.clone(), role, proto, opts, waiting: VecDeque::new() };
+        tokio::spawn(conn.drive(rx));
+        BackendConn { ops, target }
+    }
+
+    /// The node this connection points at now.
+    pub fn addr(&self) -> Arc<String> {
+        self.target.addr()
+    }
+
+    fn lost(&self) -> BackendError {
+        BackendError::Lost { addr: self.target.addr().to_string() }
     }
 
     /// Queues `request` (raw RESP bytes); its reply (or error) is sent to `reply`.
     pub fn send_to(&self, request: Bytes, reply: ReplySender) {
         if let Err(mpsc::error::SendError(Op::Send(_, reply))) = self.ops.send(Op::Send(request, reply)) {
-            let _ = reply.send(Err(BackendError::Lost { addr: self.addr.to_string() }));
+            let _ = reply.send(Err(self.lost()));
         }
     }
 
@@ -92,15 +255,15 @@ impl BackendConn {
     pub async fn call_batch(&self, requests: Bytes, count: usize) -> BatchResult {
         let (tx, rx) = oneshot::channel();
         if let Err(mpsc::error::SendError(Op::Batch(_, _, reply))) = self.ops.send(Op::Batch(requests, count, tx)) {
-            let _ = reply.send(Err(BackendError::Lost { addr: self.addr.to_string() }));
+            let _ = reply.send(Err(self.lost()));
         }
-        rx.await.unwrap_or_else(|_| Err(BackendError::Lost { addr: self.addr.to_string() }))
+        rx.await.unwrap_or_else(|_| Err(self.lost()))
     }
 
     /// Sends `args` as one command and waits for its reply.
     pub async fn call<A: AsRef<[u8]>>(&self, args: &[A]) -> ReplyResult {
         let rx = self.send(encode_command(args));
-        rx.await.unwrap_or_else(|_| Err(BackendError::Lost { addr: self.addr.to_string() }))
+        rx.await.unwrap_or_else(|_| Err(self.lost()))
     }
 
     /// Resolves once every reply to requests queued before it has arrived (or failed).
@@ -111,47 +274,424 @@ impl BackendConn {
     }
 }
 
-/// The connection's life: connect, serve until the connection breaks, back off, repeat.
-async fn drive(addr: Arc<str>, proto: Proto, opts: BackendOptions, mut ops: mpsc::UnboundedReceiver<Op>) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        match connect(&addr, proto, opts).await {
-            Ok(stream) => {
-                backoff = Duration::from_millis(10);
-                tracing::debug!(node = %addr, "connected to Redis node");
-                if serve(&addr, stream, opts, &mut ops).await.is_none() {
+/// What woke a connection that is waiting to send.
+enum Wake {
+    /// Every handle is gone: the connection ends.
+    Closed,
+    /// The target moved or a hold changed.
+    Target,
+    /// The caller's timer fired.
+    Timer,
+    /// An op arrived or one expired: nothing changed for the caller.
+    Ops,
+}
+
+/// The connection task's state.
+struct Conn {
+    target: Arc<NodeTarget>,
+    role: Role,
+    proto: Proto,
+    opts: BackendOptions,
+    /// Ops waiting for a connection the role may send on, oldest first.
+    waiting: VecDeque<Queued>,
+}
+
+impl Conn {
+    /// The connection's life: wait while held, connect, serve until the connection breaks or
+    /// the target moves, back off while the node is unreachable, repeat.
+    async fn drive(mut self, mut ops: mpsc::UnboundedReceiver<Op>) {
+        let mut state = self.target.state.subscribe();
+        let mut backoff = Duration::from_millis(10);
+        let mut last_error = String::new();
+        loop {
+            if self.target.current().held(self.role) {
+                if let Wake::Closed = self.park(&mut ops, &mut state, None, &last_error).await {
                     return;
                 }
-                metrics::counter!("memlog_backend_errors_total", "node" => addr.to_string()).increment(1);
-                tracing::warn!(node = %addr, "connection to Redis node lost; reconnecting");
+                continue;
             }
-            Err(reason) => {
-                metrics::counter!("memlog_backend_errors_total", "node" => addr.to_string()).increment(1);
-                tracing::debug!(node = %addr, %reason, "cannot connect to Redis node");
-                // Until the next attempt, requests fail at once: a client is better served by a
-                // clear error than by a hang.
-                let retry_at = tokio::time::sleep(backoff);
-                tokio::pin!(retry_at);
-                loop {
-                    tokio::select! {
-                        _ = &mut retry_at => break,
-                        op = ops.recv() => match op {
-                            None => return,
-                            Some(Op::Send(_, reply)) => {
-                                let _ = reply.send(Err(BackendError::Unreachable { addr: addr.to_string(), reason: reason.clone() }));
+            let generation = self.target.current().generation;
+            let addr = self.target.addr();
+            match self.open(&addr).await {
+                Ok(stream) if self.target.current().generation == generation => {
+                    backoff = Duration::from_millis(10);
+                    if self.role == Role::Apply {
+                        self.target.apply_checked.store(false, Ordering::Release);
+                    }
+                    tracing::debug!(node = %addr, "connected to Redis node");
+                    if self.serve(&addr, generation, stream, &mut ops, &mut state).await.is_none() {
+                        return;
+                    }
+                    if self.target.current().generation == generation {
+                        metrics::counter!("memlog_backend_errors_total", "node" => addr.to_string()).increment(1);
+                        tracing::warn!(node = %addr, "connection to Redis node lost; reconnecting");
+                    }
+                }
+                // Retargeted while connecting: connect to the new node instead.
+                Ok(_) => {}
+                Err(Unusable::CatchingUp(reason)) => {
+                    // The applier is filling the node from the journal: look again soon.
+                    tracing::debug!(node = %addr, %reason, "Redis node not caught up yet");
+                    last_error = reason;
+                    if self.pause(&mut ops, &mut state, Duration::from_millis(10), &last_error).await.is_none() {
+                        return;
+                    }
+                }
+                Err(Unusable::Unreachable(reason)) => {
+                    metrics::counter!("memlog_backend_errors_total", "node" => addr.to_string()).increment(1);
+                    tracing::debug!(node = %addr, %reason, "cannot connect to Redis node");
+                    last_error = reason;
+                    match self.pause(&mut ops, &mut state, backoff, &last_error).await {
+                        None => return,
+                        // A failover moved or released the target: try it at once.
+                        Some(Wake::Target) => backoff = Duration::from_millis(5),
+                        Some(_) => backoff = (backoff * 2).min(Duration::from_secs(1)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Connects to `addr`. A read connection then checks that the node holds at least the
+    /// journal prefix the primary was last seen with: a primary that restarted empty, or a new
+    /// one, serves no read before the applier has caught it up.
+    async fn open(&self, addr: &str) -> Result<TcpStream, Unusable> {
+        let mut stream = connect(addr, self.proto, self.opts).await.map_err(Unusable::Unreachable)?;
+        let floor = self.target.lsn_floor.load(Ordering::Acquire);
+        if self.role == Role::Read && floor > 0 {
+            let held = node_lsn(&mut stream, self.opts).await.map_err(Unusable::Unreachable)?;
+            if held < floor {
+                return Err(Unusable::CatchingUp(format!("it holds lsn {held}, the shard is at {floor}")));
+            }
+        }
+        Ok(stream)
+    }
+
+    /// Waits `delay` before the next connection attempt, or less if the target changes
+    /// (`Some(Wake::Target)`); meanwhile ops wait and expire. `None` once every handle is gone.
+    async fn pause(
+        &mut self,
+        ops: &mut mpsc::UnboundedReceiver<Op>,
+        state: &mut watch::Receiver<TargetState>,
+        delay: Duration,
+        reason: &str,
+    ) -> Option<Wake> {
+        self.expire(Instant::now(), reason);
+        let retry_at = tokio::time::sleep(delay);
+        tokio::pin!(retry_at);
+        loop {
+            match self.park(ops, state, Some(retry_at.as_mut()), reason).await {
+                Wake::Closed => return None,
+                Wake::Ops => {}
+                woke => return Some(woke),
+            }
+        }
+    }
+
+    /// Waits for one thing to happen while nothing can be sent: an op arrives (it waits, up to
+    /// the hold time), a waiting op expires, the target changes, or `timer` fires.
+    async fn park(
+        &mut self,
+        ops: &mut mpsc::UnboundedReceiver<Op>,
+        state: &mut watch::Receiver<TargetState>,
+        timer: Option<std::pin::Pin<&mut tokio::time::Sleep>>,
+        reason: &str,
+    ) -> Wake {
+        let next_expiry = self.waiting.front().map(|q| q.deadline);
+        let expiry = async {
+            match next_expiry {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let timer = async {
+            match timer {
+                Some(timer) => timer.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = state.changed() => match changed {
+                Ok(()) => Wake::Target,
+                Err(_) => Wake::Closed,
+            },
+            op = ops.recv() => match op {
+                None => Wake::Closed,
+                Some(op) => {
+                    self.wait(op);
+                    self.expire(Instant::now(), reason);
+                    Wake::Ops
+                }
+            },
+            _ = expiry => {
+                self.expire(Instant::now(), reason);
+                Wake::Ops
+            }
+            _ = timer => Wake::Timer,
+        }
+    }
+
+    /// Queues `op` until it can be sent, for at most the hold time.
+    fn wait(&mut self, op: Op) {
+        self.waiting.push_back(Queued { op, deadline: Instant::now() + self.target.hold_for });
+    }
+
+    fn take_waiting(&mut self) -> Option<Op> {
+        self.waiting.pop_front().map(|queued| queued.op)
+    }
+
+    /// Fails the waiting ops whose hold time is over: `-TRYAGAIN` while the shard is failing
+    /// over, "unreachable" otherwise. (Deadlines grow along the queue, except for reads put
+    /// back after their connection dropped, which go first.)
+    fn expire(&mut self, now: Instant, reason: &str) {
+        while self.waiting.front().is_some_and(|q| q.deadline <= now) {
+            let Some(op) = self.take_waiting() else { break };
+            let held = self.target.is_held();
+            let error = || {
+                if held {
+                    BackendError::FailingOver { shard: self.target.shard }
+                } else {
+                    BackendError::Unreachable { addr: self.target.addr().to_string(), reason: reason.to_string() }
+                }
+            };
+            match op {
+                // A client's request gets the Redis-style error a client library understands.
+                Op::Send(_, reply) if held => {
+                    let msg = format!("TRYAGAIN memlog: shard {} is failing over", self.target.shard);
+                    let _ = reply.send(Ok(error_reply(&msg)));
+                }
+                Op::Send(_, reply) => {
+                    let _ = reply.send(Err(error()));
+                }
+                Op::Batch(_, _, reply) => {
+                    let _ = reply.send(Err(error()));
+                }
+                Op::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Pipelines requests onto `stream` until it breaks or the target moves; `None` once every
+    /// handle is gone.
+    async fn serve(
+        &mut self,
+        addr: &str,
+        generation: u64,
+        stream: TcpStream,
+        ops: &mut mpsc::UnboundedReceiver<Op>,
+        state: &mut watch::Receiver<TargetState>,
+    ) -> Option<()> {
+        let (mut rd, mut wr) = stream.into_split();
+        let inflight: Mutex<VecDeque<Waiter>> = Mutex::new(VecDeque::new());
+        let opts = self.opts;
+        let (role, target) = (self.role, self.target.clone());
+        let hold_for = target.hold_for;
+        let lsn_check = encode_command(&[&b"GET"[..], crate::state::LSN_KEY]);
+
+        let writer = async {
+            let mut out = BytesMut::with_capacity(16 * 1024);
+            loop {
+                let now = target.current();
+                if now.generation != generation {
+                    return Some(());
+                }
+                if now.held(role) {
+                    if let Wake::Closed = self.park(ops, state, None, "held").await {
+                        return None;
+                    }
+                    continue;
+                }
+                let first = match self.take_waiting() {
+                    Some(op) => op,
+                    None => tokio::select! {
+                        op = ops.recv() => op?,
+                        changed = state.changed() => {
+                            if changed.is_err() {
+                                return None;
                             }
-                            Some(Op::Batch(_, _, reply)) => {
-                                let _ = reply.send(Err(BackendError::Unreachable { addr: addr.to_string(), reason: reason.clone() }));
+                            continue;
+                        }
+                    },
+                };
+                out.clear();
+                let mut waiters = Vec::new();
+                let mut next = Some(first);
+                while let Some(op) = next {
+                    match op {
+                        Op::Send(bytes, reply) => {
+                            if role == Role::Apply && bytes == lsn_check {
+                                target.apply_checked.store(true, Ordering::Release);
                             }
-                            Some(Op::Barrier(done)) => {
+                            out.extend_from_slice(&bytes);
+                            let retry = (role == Role::Read).then(|| (bytes, Instant::now() + hold_for));
+                            waiters.push(Waiter::Reply(reply, Instant::now(), retry));
+                        }
+                        Op::Batch(_, _, reply)
+                            if role == Role::Apply && !target.apply_checked.load(Ordering::Acquire) =>
+                        {
+                            let _ = reply.send(Err(BackendError::Unverified { addr: addr.to_string() }));
+                        }
+                        Op::Batch(bytes, count, reply) => {
+                            if role == Role::Apply {
+                                target.applies_in_flight.fetch_add(1, Ordering::AcqRel);
+                            }
+                            out.extend_from_slice(&bytes);
+                            let replies = Vec::with_capacity(count);
+                            waiters.push(Waiter::Batch { replies, count, reply, sent: Instant::now() });
+                        }
+                        Op::Barrier(done) => waiters.push(Waiter::Barrier(done)),
+                    }
+                    next =
+                        if out.len() < 256 * 1024 { self.take_waiting().or_else(|| ops.try_recv().ok()) } else { None };
+                }
+                {
+                    let mut queue = inflight.lock().unwrap();
+                    for waiter in waiters {
+                        match waiter {
+                            Waiter::Barrier(done) if queue.is_empty() => {
                                 let _ = done.send(());
                             }
+                            waiter => queue.push_back(waiter),
                         }
                     }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                if !out.is_empty() && wr.write_all(&out).await.is_err() {
+                    return Some(());
+                }
+            }
+        };
+
+        let reader = async {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            let mut scanner = FrameScanner::default();
+            loop {
+                if buf.capacity() - buf.len() < 16 * 1024 {
+                    buf.reserve(64 * 1024);
+                }
+                match tokio::time::timeout(opts.request_timeout, rd.read_buf(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return ReaderEnd::Lost,
+                    Ok(Ok(_)) => {}
+                    Err(_) => {
+                        let queue = inflight.lock().unwrap();
+                        if let Some(Waiter::Reply(_, sent, _) | Waiter::Batch { sent, .. }) = queue.front() {
+                            if sent.elapsed() >= opts.request_timeout {
+                                return ReaderEnd::TimedOut;
+                            }
+                        }
+                        continue;
+                    }
+                }
+                let mut queue = inflight.lock().unwrap();
+                loop {
+                    let len = match scanner.scan(&buf) {
+                        Ok(Some(len)) => len,
+                        Ok(None) => break,
+                        Err(BadFrame) => return ReaderEnd::BadReply,
+                    };
+                    let frame = buf.split_to(len).freeze();
+                    match queue.front_mut() {
+                        Some(Waiter::Batch { replies, count, .. }) => {
+                            replies.push(frame);
+                            if replies.len() == *count {
+                                if let Some(Waiter::Batch { replies, reply, .. }) = queue.pop_front() {
+                                    target.batch_answered(role);
+                                    let _ = reply.send(Ok(replies));
+                                }
+                            }
+                        }
+                        Some(Waiter::Reply(..)) => {
+                            if let Some(Waiter::Reply(reply, _, _)) = queue.pop_front() {
+                                let _ = reply.send(Ok(frame));
+                            }
+                        }
+                        // A reply nobody asked for: the stream is out of step, so drop it.
+                        _ => return ReaderEnd::BadReply,
+                    }
+                    while let Some(Waiter::Barrier(_)) = queue.front() {
+                        if let Some(Waiter::Barrier(done)) = queue.pop_front() {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            }
+        };
+
+        let end = tokio::select! {
+            done = writer => match done {
+                None => return None,
+                Some(()) => ReaderEnd::Lost,
+            },
+            end = reader => end,
+        };
+        let error = match end {
+            ReaderEnd::Lost => BackendError::Lost { addr: addr.to_string() },
+            ReaderEnd::TimedOut => {
+                BackendError::Timeout { addr: addr.to_string(), ms: opts.request_timeout.as_millis() as u64 }
+            }
+            ReaderEnd::BadReply => BackendError::BadReply { addr: addr.to_string() },
+        };
+        let retry_reads = matches!(end, ReaderEnd::Lost);
+        let mut resend = Vec::new();
+        for waiter in inflight.into_inner().unwrap() {
+            match waiter {
+                // A read lost with its connection goes again on the next one (first in line).
+                Waiter::Reply(reply, _, Some((request, deadline))) if retry_reads && Instant::now() < deadline => {
+                    resend.push(Queued { op: Op::Send(request, reply), deadline });
+                }
+                Waiter::Reply(reply, ..) => {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Waiter::Batch { reply, .. } => {
+                    self.target.batch_answered(self.role);
+                    let _ = reply.send(Err(error.clone()));
+                }
+                Waiter::Barrier(done) => {
+                    let _ = done.send(());
+                }
             }
         }
+        for queued in resend.into_iter().rev() {
+            self.waiting.push_front(queued);
+        }
+        Some(())
+    }
+}
+
+/// Why a connection cannot be used yet.
+enum Unusable {
+    Unreachable(String),
+    /// Connected, but the node holds less than the shard: wait for the applier.
+    CatchingUp(String),
+}
+
+/// `GET __memlog:lsn` on a fresh connection (RESP2 or RESP3): 0 when the key is missing.
+async fn node_lsn(stream: &mut TcpStream, opts: BackendOptions) -> Result<u64, String> {
+    stream.write_all(&encode_command(&[&b"GET"[..], crate::state::LSN_KEY])).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(64);
+    let reply = loop {
+        if let Some(len) = frame_len(&buf).map_err(|_| "bad GET reply".to_string())? {
+            break buf.split_to(len);
+        }
+        let read = tokio::time::timeout(opts.request_timeout, stream.read_buf(&mut buf))
+            .await
+            .map_err(|_| "GET __memlog:lsn timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if read == 0 {
+            return Err("closed during GET __memlog:lsn".into());
+        }
+    };
+    match &reply[..] {
+        b"$-1\r\n" | b"_\r\n" => Ok(0),
+        [b'$', ..] => {
+            let digits = reply[..].split(|&b| b == b'\n').nth(1).unwrap_or_default();
+            std::str::from_utf8(digits.strip_suffix(b"\r").unwrap_or(digits))
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| format!("bad __memlog:lsn {:?}", String::from_utf8_lossy(&reply)))
+        }
+        _ => Err(format!("GET __memlog:lsn answered {}", String::from_utf8_lossy(&reply).trim())),
     }
 }
 
@@ -181,139 +721,6 @@ async fn connect(addr: &str, proto: Proto, opts: BackendOptions) -> Result<TcpSt
         }
     }
     Ok(stream)
-}
-
-/// Pipelines requests onto `stream` until it breaks; `None` once every handle is gone.
-async fn serve(
-    addr: &str,
-    stream: TcpStream,
-    opts: BackendOptions,
-    ops: &mut mpsc::UnboundedReceiver<Op>,
-) -> Option<()> {
-    let (mut rd, mut wr) = stream.into_split();
-    let inflight: Mutex<VecDeque<Waiter>> = Mutex::new(VecDeque::new());
-
-    let writer = async {
-        let mut out = BytesMut::with_capacity(16 * 1024);
-        loop {
-            let first = ops.recv().await?;
-            out.clear();
-            let mut waiters = Vec::new();
-            let mut next = Some(first);
-            while let Some(op) = next {
-                match op {
-                    Op::Send(bytes, reply) => {
-                        out.extend_from_slice(&bytes);
-                        waiters.push(Waiter::Reply(reply, Instant::now()));
-                    }
-                    Op::Batch(bytes, count, reply) => {
-                        out.extend_from_slice(&bytes);
-                        let replies = Vec::with_capacity(count);
-                        waiters.push(Waiter::Batch { replies, count, reply, sent: Instant::now() });
-                    }
-                    Op::Barrier(done) => waiters.push(Waiter::Barrier(done)),
-                }
-                next = if out.len() < 256 * 1024 { ops.try_recv().ok() } else { None };
-            }
-            {
-                let mut queue = inflight.lock().unwrap();
-                for waiter in waiters {
-                    match waiter {
-                        Waiter::Barrier(done) if queue.is_empty() => {
-                            let _ = done.send(());
-                        }
-                        waiter => queue.push_back(waiter),
-                    }
-                }
-            }
-            if !out.is_empty() && wr.write_all(&out).await.is_err() {
-                return Some(());
-            }
-        }
-    };
-
-    let reader = async {
-        let mut buf = BytesMut::with_capacity(64 * 1024);
-        let mut scanner = FrameScanner::default();
-        loop {
-            if buf.capacity() - buf.len() < 16 * 1024 {
-                buf.reserve(64 * 1024);
-            }
-            match tokio::time::timeout(opts.request_timeout, rd.read_buf(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return ReaderEnd::Lost,
-                Ok(Ok(_)) => {}
-                Err(_) => {
-                    let queue = inflight.lock().unwrap();
-                    if let Some(Waiter::Reply(_, sent) | Waiter::Batch { sent, .. }) = queue.front() {
-                        if sent.elapsed() >= opts.request_timeout {
-                            return ReaderEnd::TimedOut;
-                        }
-                    }
-                    continue;
-                }
-            }
-            let mut queue = inflight.lock().unwrap();
-            loop {
-                let len = match scanner.scan(&buf) {
-                    Ok(Some(len)) => len,
-                    Ok(None) => break,
-                    Err(BadFrame) => return ReaderEnd::BadReply,
-                };
-                let frame = buf.split_to(len).freeze();
-                match queue.front_mut() {
-                    Some(Waiter::Batch { replies, count, .. }) => {
-                        replies.push(frame);
-                        if replies.len() == *count {
-                            if let Some(Waiter::Batch { replies, reply, .. }) = queue.pop_front() {
-                                let _ = reply.send(Ok(replies));
-                            }
-                        }
-                    }
-                    Some(Waiter::Reply(..)) => {
-                        if let Some(Waiter::Reply(reply, _)) = queue.pop_front() {
-                            let _ = reply.send(Ok(frame));
-                        }
-                    }
-                    // A reply nobody asked for: the stream is out of step, so drop it.
-                    _ => return ReaderEnd::BadReply,
-                }
-                while let Some(Waiter::Barrier(_)) = queue.front() {
-                    if let Some(Waiter::Barrier(done)) = queue.pop_front() {
-                        let _ = done.send(());
-                    }
-                }
-            }
-        }
-    };
-
-    let end = tokio::select! {
-        done = writer => match done {
-            None => return None,
-            Some(()) => ReaderEnd::Lost,
-        },
-        end = reader => end,
-    };
-    let error = match end {
-        ReaderEnd::Lost => BackendError::Lost { addr: addr.to_string() },
-        ReaderEnd::TimedOut => {
-            BackendError::Timeout { addr: addr.to_string(), ms: opts.request_timeout.as_millis() as u64 }
-        }
-        ReaderEnd::BadReply => BackendError::BadReply { addr: addr.to_string() },
-    };
-    for waiter in inflight.into_inner().unwrap() {
-        match waiter {
-            Waiter::Reply(reply, _) => {
-                let _ = reply.send(Err(error.clone()));
-            }
-            Waiter::Batch { reply, .. } => {
-                let _ = reply.send(Err(error.clone()));
-            }
-            Waiter::Barrier(done) => {
-                let _ = done.send(());
-            }
-        }
-    }
-    Some(())
 }
 
 enum ReaderEnd {
@@ -400,6 +807,99 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, BadFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resp::{Limits, RequestParser};
+    use tokio::net::TcpListener;
+
+    const OPTS: BackendOptions =
+        BackendOptions { connect_timeout: Duration::from_secs(1), request_timeout: Duration::from_secs(2) };
+
+    /// A stand-in Redis node: answers `GET` with nil and anything else with `+<its address>`,
+    /// so a test sees which node served a request.
+    async fn fake_node() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let name = addr.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let (mut buf, mut parser) = (BytesMut::new(), RequestParser::default());
+                    let limits = Limits { max_bulk_len: 1 << 20, max_args: 1 << 10 };
+                    while socket.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
+                        while let Ok(Some(request)) = parser.next(&mut buf, limits) {
+                            let reply = if &request.args[0][..] == b"GET" {
+                                "$-1\r\n".to_string()
+                            } else {
+                                format!("+{name}\r\n")
+                            };
+                            if socket.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn served_by(reply: &ReplyResult) -> String {
+        String::from_utf8_lossy(reply.as_ref().unwrap()).trim().trim_start_matches('+').to_string()
+    }
+
+    #[tokio::test]
+    async fn held_requests_wait_and_go_to_the_new_target() {
+        let (a, b) = (fake_node().await, fake_node().await);
+        let target = NodeTarget::new(0, &a, Duration::from_secs(5));
+        let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, OPTS);
+        assert_eq!(served_by(&conn.call(&["PING"]).await), a);
+        target.hold();
+        let mut waiting = conn.send(encode_command(&["PING"]));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(waiting.try_recv().is_err(), "a held request waits");
+        target.retarget(&b);
+        target.release();
+        assert_eq!(served_by(&waiting.await.unwrap()), b);
+    }
+
+    #[tokio::test]
+    async fn a_request_held_longer_than_the_hold_time_gets_tryagain() {
+        let a = fake_node().await;
+        let target = NodeTarget::new(3, &a, Duration::from_millis(100));
+        let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, OPTS);
+        target.hold();
+        let reply = conn.call(&["PING"]).await.unwrap();
+        assert_eq!(&reply[..], b"-TRYAGAIN memlog: shard 3 is failing over\r\n");
+    }
+
+    #[tokio::test]
+    async fn requests_to_an_unreachable_node_wait_for_a_retarget() {
+        let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
+        let a = fake_node().await;
+        let target = NodeTarget::new(0, &dead, Duration::from_secs(5));
+        let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, OPTS);
+        let waiting = conn.send(encode_command(&["PING"]));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        target.retarget(&a);
+        assert_eq!(served_by(&waiting.await.unwrap()), a);
+        // A fixed connection keeps failing at once.
+        let direct = BackendConn::spawn(&dead, Proto::Resp2, OPTS);
+        assert!(matches!(direct.call(&["PING"]).await, Err(BackendError::Unreachable { .. })));
+    }
+
+    #[tokio::test]
+    async fn apply_batches_are_refused_until_the_node_lsn_is_read_after_each_connect() {
+        let (a, b) = (fake_node().await, fake_node().await);
+        let target = NodeTarget::new(0, &a, Duration::from_secs(5));
+        let conn = BackendConn::follow(target.clone(), Role::Apply, Proto::Resp2, OPTS);
+        let batch = || conn.call_batch(encode_command(&["SET", "k", "v"]), 1);
+        assert!(matches!(batch().await, Err(BackendError::Unverified { .. })));
+        assert_eq!(&conn.call(&[&b"GET"[..], crate::state::LSN_KEY]).await.unwrap()[..], b"$-1\r\n");
+        assert!(batch().await.is_ok());
+        target.retarget(&b);
+        assert!(matches!(batch().await, Err(BackendError::Unverified { .. })), "a new node is checked again");
+        assert_eq!(target.applies_in_flight(), 0);
+    }
 
     #[test]
     fn frames_each_protocol() {

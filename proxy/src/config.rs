@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "tls",
     "users",
     "journal",
+    "failover",
     "shards",
 ];
 
@@ -74,6 +75,9 @@ pub struct ProxyConfig {
     /// The journal every write goes through before Redis sees it. Without it the proxy only
     /// routes: writes are not durable (it says so at start-up).
     pub journal: Option<JournalConfig>,
+    /// The failover controller: health checks of every Redis node and how long a shard may be
+    /// held while its primary is replaced.
+    pub failover: FailoverConfig,
     /// The shards: which slots each owns and its Redis nodes.
     pub shards: Vec<ShardConfig>,
 }
@@ -119,6 +123,27 @@ impl JournalConfig {
 
     pub fn ack_quorum(&self) -> usize {
         self.ack_quorum.unwrap_or(self.nodes.len() / 2 + 1)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// A primary that has not answered a health check for this long is replaced by its best
+    /// replica (milliseconds).
+    pub detect_ms: u64,
+    /// How often the controller checks every Redis node (`PING`, `ROLE`, `GET __memlog:lsn`).
+    pub check_interval_ms: u64,
+    /// How long one health check may take before it counts as unanswered (milliseconds).
+    pub check_timeout_ms: u64,
+    /// While a shard fails over (or its primary is unreachable), requests wait this long, then
+    /// fail with `-TRYAGAIN` (milliseconds).
+    pub hold_ms: u64,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig { detect_ms: 1_000, check_interval_ms: 100, check_timeout_ms: 250, hold_ms: 5_000 }
     }
 }
 
@@ -169,6 +194,7 @@ impl Default for ProxyConfig {
             tls: None,
             users: Vec::new(),
             journal: None,
+            failover: FailoverConfig::default(),
             shards: Vec::new(),
         }
     }
@@ -236,5 +262,18 @@ mod tests {
         assert!(keys.iter().all(|k| KEYS.contains(k)), "ProxyConfig key missing from KEYS: {keys:?}");
         assert!(is_config_var("MEMLOG_TLS__CERT") && is_config_var("MEMLOG_LISTEN"));
         assert!(!is_config_var("MEMLOG_LOG") && !is_config_var("MEMLOG_TEST_TARGET"));
+    }
+
+    #[test]
+    fn failover_keys_have_defaults_and_unknown_ones_are_refused() {
+        let shards = "[[shards]]\nslots = \"0-16383\"\nprimary = \"127.0.0.1:6379\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memlog.toml");
+        std::fs::write(&path, format!("[failover]\ndetect_ms = 300\n{shards}")).unwrap();
+        let cfg = ProxyConfig::load(Some(&path)).unwrap();
+        assert_eq!(cfg.failover, FailoverConfig { detect_ms: 300, ..FailoverConfig::default() });
+        std::fs::write(&path, format!("[failover]\ndetect = 300\n{shards}")).unwrap();
+        let refused = ProxyConfig::load(Some(&path)).unwrap_err().to_string();
+        assert!(refused.contains("detect"), "{refused}");
     }
 }

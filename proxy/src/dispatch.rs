@@ -12,10 +12,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use crate::commands::table::CommandInfo;
+use crate::commands::transaction::{Multi, Watching};
 use crate::commands::{self, Overlay};
 use crate::resp::{encode_command, Proto, Request};
 use crate::router::key_slot;
-use crate::sequencer::Write;
+use crate::sequencer::{Blocked, Op, Write};
 use crate::session::{Lane, Lanes, Outgoing, Pending};
 use crate::state::{ClientHandle, Proxy, RESERVED_PREFIX};
 
@@ -35,13 +36,44 @@ pub struct Dispatcher {
     pub lanes: Arc<Lanes>,
     pub proto: Proto,
     pub authenticated: bool,
+    /// The client's pub/sub subscriptions (owned by `commands::pubsub`).
+    pub pubsub: commands::pubsub::ClientPubSub,
+    /// The command being dispatched: the sequencer locates the keys a write touches with it.
+    pub command: Option<Arc<CommandInfo>>,
+    /// Commands queued since MULTI.
+    pub multi: Option<Multi>,
+    /// Keys watched since WATCH.
+    pub watching: Option<Watching>,
+    /// Set when the command dispatched blocks: the client's next command waits for its reply.
+    blocks: bool,
+}
+
+/// Where a command's keys live.
+pub enum Placement {
+    /// No keys.
+    Keyless,
+    /// One shard (one slot, in cluster-compatible mode).
+    Shard(usize),
+    /// Several shards (or slots, in cluster-compatible mode).
+    Spans,
 }
 
 impl Dispatcher {
     pub fn new(proxy: Arc<Proxy>, client: Arc<ClientHandle>) -> Dispatcher {
         let lanes = Arc::new(Lanes::new(proxy.shards.len()));
         let authenticated = !proxy.auth_required();
-        Dispatcher { proxy, client, lanes, proto: Proto::Resp2, authenticated }
+        Dispatcher {
+            proxy,
+            client,
+            lanes,
+            proto: Proto::Resp2,
+            authenticated,
+            pubsub: Default::default(),
+            command: None,
+            multi: None,
+            watching: None,
+            blocks: false,
+        }
     }
 
     pub async fn dispatch(&mut self, request: Request) -> Outgoing {
@@ -50,15 +82,25 @@ impl Dispatcher {
         self.client.last_command_ms.store(self.client.connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);
         let info = match self.lookup(&request) {
             Ok(info) => info,
-            Err(msg) => return Outgoing::new(Pending::error(&msg), None, started),
+            Err(msg) => {
+                commands::transaction::fail_queueing(self);
+                return Outgoing::new(Pending::error(&msg), None, started);
+            }
         };
         self.client.last_command.store(Some(info.clone()));
+        self.command = Some(info.clone());
         let pending = if !info.arity_ok(request.args.len()) {
+            commands::transaction::fail_queueing(self);
             Pending::error(&format!("ERR wrong number of arguments for '{}' command", info.name))
         } else if !self.authenticated && !commands::allowed_before_auth(&info.name) {
+            commands::transaction::fail_queueing(self);
             Pending::error("NOAUTH Authentication required.")
+        } else if let Some(refusal) = commands::pubsub::subscriber_mode_refusal(self, &info) {
+            Pending::error(&refusal)
+        } else if self.multi.is_some() && commands::transaction::is_queued(&info.name) {
+            commands::transaction::queue(self, &request, &info).await
         } else {
-            match commands::overlay(&info, &request) {
+            match commands::overlay(&info) {
                 Overlay::Forward => self.forward(&request, &info).await,
                 Overlay::Local => commands::run_local(self, &request, &info).await,
                 Overlay::Refused(why) => {
@@ -70,7 +112,7 @@ impl Dispatcher {
                 )),
             }
         };
-        let barrier = matches!(pending, Pending::Deferred(_));
+        let barrier = matches!(pending, Pending::Deferred(_)) || std::mem::take(&mut self.blocks);
         Outgoing { close: info.name == "quit", barrier, ..Outgoing::new(pending, Some(info), started) }
     }
 
@@ -102,22 +144,15 @@ impl Dispatcher {
         if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
             return Pending::error("ERR memlog: keys starting with '__memlog:' are reserved for memlog");
         }
-        let Some(&first) = keys.first() else {
-            return self.to_shard(0, request.clone(), info.flags.write).await;
+        match self.placement(request, &keys) {
+            Placement::Keyless => return self.to_shard(0, request.clone(), info.flags.write).await,
+            Placement::Shard(shard) if blocking_timeout(info, request).is_some() => {
+                return self.block(shard, request, info, &keys).await;
+            }
+            Placement::Shard(shard) => return self.to_shard(shard, request.clone(), info.flags.write).await,
+            Placement::Spans => (),
         };
-        let first_slot = key_slot(&request.args[first]);
-        let shard = self.proxy.slots.shard_of_slot(first_slot);
-        let mut spans_slots = false;
-        let mut spans_shards = false;
-        for &k in &keys[1..] {
-            let slot = key_slot(&request.args[k]);
-            spans_slots |= slot != first_slot;
-            spans_shards |= self.proxy.slots.shard_of_slot(slot) != shard;
-        }
         let cluster_compat = self.proxy.cfg.cluster_compat;
-        if !(spans_shards || cluster_compat && spans_slots) {
-            return self.to_shard(shard, request.clone(), info.flags.write).await;
-        }
         let merge = match info.name.as_str() {
             "mget" => Some(SplitMerge::Values),
             "del" | "unlink" | "exists" | "touch" => Some(SplitMerge::Count),
@@ -129,7 +164,50 @@ impl Dispatcher {
         }
     }
 
-    async fn key_positions(&self, request: &Request, info: &CommandInfo) -> Option<Vec<usize>> {
+    /// Where the keys at `keys` live.
+    pub fn placement(&self, request: &Request, keys: &[usize]) -> Placement {
+        let Some(&first) = keys.first() else { return Placement::Keyless };
+        let first_slot = key_slot(&request.args[first]);
+        let shard = self.proxy.slots.shard_of_slot(first_slot);
+        let mut spans_slots = false;
+        let mut spans_shards = false;
+        for &k in &keys[1..] {
+            let slot = key_slot(&request.args[k]);
+            spans_slots |= slot != first_slot;
+            spans_shards |= self.proxy.slots.shard_of_slot(slot) != shard;
+        }
+        if spans_shards || self.proxy.cfg.cluster_compat && spans_slots {
+            Placement::Spans
+        } else {
+            Placement::Shard(shard)
+        }
+    }
+
+    /// Parks a blocking command in the shard's sequencer: served when a write gives it data.
+    async fn block(&mut self, shard: usize, request: &Request, info: &Arc<CommandInfo>, keys: &[usize]) -> Pending {
+        if self.lanes.in_flight(shard, Lane::Read) > 0 {
+            self.lanes.wait_reads_done(shard).await;
+        }
+        let timeout = blocking_timeout(info, request).flatten();
+        let keys = keys.iter().map(|&k| request.args[k].clone()).collect();
+        let (tx, rx) = oneshot::channel();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let blocked = Blocked::new(self.client.clone(), self.proto, request.clone(), keys, deadline, tx);
+        self.blocks = true;
+        // Known to CLIENT UNBLOCK from now on, before the sequencer first tries it.
+        self.proxy.shards[shard].sequencer.blocked.insert(self.client.id, blocked.clone());
+        let write = Write { proto: self.proto, op: Op::Block(blocked), reply: dropped() };
+        self.proxy.shards[shard].sequencer.submit(write);
+        let (client, lane) = (self.client.clone(), self.lanes.enter(shard, Lane::Apply));
+        Pending::Deferred(Box::pin(async move {
+            let reply = crate::session::backend_reply(rx.await);
+            client.blocked.store(false, Ordering::Relaxed);
+            drop(lane);
+            reply
+        }))
+    }
+
+    pub async fn key_positions(&self, request: &Request, info: &CommandInfo) -> Option<Vec<usize>> {
         if !info.needs_getkeys {
             return info.key_positions(&request.args);
         }
@@ -160,13 +238,24 @@ impl Dispatcher {
         if lane == Lane::Apply && self.lanes.in_flight(shard, Lane::Read) > 0 {
             self.lanes.wait_reads_done(shard).await;
         }
+        if lane == Lane::Apply {
+            let op = if write { Op::Write { request, command: self.command.clone() } } else { Op::Read(request) };
+            return self.to_sequencer(shard, op).await;
+        }
         let guard = self.lanes.enter(shard, lane);
         let (tx, rx) = oneshot::channel();
-        let target = &self.proxy.shards[shard];
-        match lane {
-            Lane::Apply => target.sequencer.submit(Write { proto: self.proto, request, journal: write, reply: tx }),
-            Lane::Read => target.read_conn(self.proto, self.client.id).send_to(request.raw, tx),
+        self.proxy.shards[shard].read_conn(self.proto, self.client.id).send_to(request.raw, tx);
+        Pending::Backend { rx, _lane: Some(guard) }
+    }
+
+    /// Hands `op` to the shard's sequencer, after this client's reads in flight there.
+    pub async fn to_sequencer(&mut self, shard: usize, op: Op) -> Pending {
+        if self.lanes.in_flight(shard, Lane::Read) > 0 {
+            self.lanes.wait_reads_done(shard).await;
         }
+        let guard = self.lanes.enter(shard, Lane::Apply);
+        let (tx, rx) = oneshot::channel();
+        self.proxy.shards[shard].sequencer.submit(Write { proto: self.proto, op, reply: tx });
         Pending::Backend { rx, _lane: Some(guard) }
     }
 
@@ -204,6 +293,16 @@ impl Dispatcher {
     }
 }
 
+impl Drop for Dispatcher {
+    /// A client that disconnects stops watching, and stops waiting if it was blocked.
+    fn drop(&mut self) {
+        commands::transaction::unwatch(self);
+        if self.client.blocked.load(Ordering::Relaxed) {
+            self.proxy.shards.iter().for_each(|s| crate::sequencer::forget(&s.sequencer.blocked, self.client.id));
+        }
+    }
+}
+
 /// Sums integer replies (`:n`).
 pub fn merge_counts(proto: Proto, replies: &[Bytes]) -> Bytes {
     let mut total = 0i64;
@@ -238,6 +337,38 @@ fn merge_values(proto: Proto, replies: &[Bytes], placement: &[(usize, usize)]) -
         }
     }
     out.freeze()
+}
+
+/// A reply sender whose reply nobody awaits.
+fn dropped() -> crate::backend::ReplySender {
+    oneshot::channel().0
+}
+
+/// For a command that blocks as sent: `Some(None)` blocks forever, `Some(Some(t))` for `t`;
+/// None for commands that do not block (or whose timeout Redis refuses: it answers the error).
+fn blocking_timeout(info: &CommandInfo, request: &Request) -> Option<Option<std::time::Duration>> {
+    let args = &request.args;
+    let seconds = |arg: &Bytes| -> Option<Option<std::time::Duration>> {
+        let t: f64 = std::str::from_utf8(arg).ok()?.parse().ok()?;
+        if !t.is_finite() || t < 0.0 {
+            return None;
+        }
+        Some((t > 0.0).then(|| std::time::Duration::from_secs_f64(t)))
+    };
+    match info.name.as_str() {
+        "blpop" | "brpop" | "bzpopmin" | "bzpopmax" | "brpoplpush" | "blmove" => seconds(args.last()?),
+        "blmpop" | "bzmpop" => seconds(args.get(1)?),
+        "xread" | "xreadgroup" => {
+            let at = args.iter().position(|a| a.eq_ignore_ascii_case(b"block"))?;
+            let ms: i64 = std::str::from_utf8(args.get(at + 1)?).ok()?.parse().ok()?;
+            match ms {
+                0 => Some(None),
+                ms if ms > 0 => Some(Some(std::time::Duration::from_millis(ms as u64))),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 fn truncate(arg: &[u8]) -> String {

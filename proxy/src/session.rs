@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,8 +15,10 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::ReplyResult;
+use crate::commands::pubsub::ClientPubSub;
 use crate::commands::table::CommandInfo;
 use crate::dispatch::Dispatcher;
+use crate::pubsub::Subscriber;
 use crate::resp::{error_reply, Limits, Proto, RequestParser};
 use crate::state::{ClientHandle, Proxy};
 
@@ -44,6 +46,10 @@ pub enum Pending {
     /// Work the writer runs when the reply is due, i.e. after every earlier command of this
     /// client has completed.
     Deferred(Pin<Box<dyn Future<Output = Bytes> + Send>>),
+    /// Like `Deferred`, but instant and changing nothing the reader consults, so the reader
+    /// goes on dispatching meanwhile (PUBLISH: ordered after the client's earlier writes
+    /// without stalling its pipeline).
+    Due(Box<dyn FnOnce() -> Bytes + Send>),
 }
 
 impl Pending {
@@ -57,6 +63,7 @@ impl Pending {
         match self {
             Pending::Ready(bytes) => bytes,
             Pending::Backend { rx, _lane } => backend_reply(rx.await),
+            Pending::Due(work) => work(),
             other => other.resolve_boxed().await,
         }
     }
@@ -76,6 +83,7 @@ impl Pending {
                     merge(replies)
                 }
                 Pending::Deferred(work) => work.await,
+                Pending::Due(work) => work(),
                 Pending::Ready(bytes) => bytes,
                 Pending::Backend { rx, _lane } => backend_reply(rx.await),
             }
@@ -83,7 +91,7 @@ impl Pending {
     }
 }
 
-fn backend_reply(received: Result<ReplyResult, oneshot::error::RecvError>) -> Bytes {
+pub fn backend_reply(received: Result<ReplyResult, oneshot::error::RecvError>) -> Bytes {
     match received {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => error_reply(&format!("ERR memlog: {e}")),
@@ -182,6 +190,82 @@ impl Drop for LaneGuard {
 /// the signal that releases the reader.
 type Queued = (Outgoing, tokio::sync::OwnedSemaphorePermit, Option<oneshot::Sender<()>>);
 
+/// Pub/sub frames a client may have queued when it sets no `client_output_buffer_limit`:
+/// Redis's default hard limit for pub/sub clients (`client-output-buffer-limit pubsub 32mb`).
+const DEFAULT_PUSH_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Where pub/sub frames (messages and subscription confirmations) for one client go: the
+/// session's writer writes them between replies. Bounded in bytes like Redis's pub/sub output
+/// buffer limit: a subscriber too slow to keep up is disconnected rather than buffered without
+/// end.
+#[derive(Clone)]
+pub struct PushSender {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    client: Arc<ClientHandle>,
+}
+
+impl PushSender {
+    /// Queues `frame` for the client, unless the client is gone or this frame takes it over its
+    /// limit: it is then disconnected, as Redis closes a pub/sub client over its hard limit.
+    pub fn push(&self, frame: Bytes) {
+        if self.client.kill.is_cancelled() {
+            return;
+        }
+        let queued = self.queued.fetch_add(frame.len(), Ordering::AcqRel) + frame.len();
+        if queued > self.limit {
+            tracing::warn!(
+                client = self.client.id,
+                addr = %self.client.addr,
+                "pub/sub output buffer limit ({} bytes) reached; closing the connection",
+                self.limit
+            );
+            self.client.kill.cancel();
+            return;
+        }
+        // The writer is gone only when the session ends; the frame has nobody to go to.
+        let _ = self.tx.send(frame);
+    }
+
+    /// The client the frames go to (its id, and its protocol, which frames are encoded in).
+    pub fn client(&self) -> &Arc<ClientHandle> {
+        &self.client
+    }
+}
+
+/// The writer's side of a client's `PushSender`.
+struct PushReceiver {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl PushReceiver {
+    fn taken(&self, frame: Bytes) -> Bytes {
+        self.queued.fetch_sub(frame.len(), Ordering::AcqRel);
+        frame
+    }
+
+    fn try_recv(&mut self) -> Option<Bytes> {
+        self.rx.try_recv().ok().map(|frame| self.taken(frame))
+    }
+
+    async fn recv(&mut self) -> Option<Bytes> {
+        let frame = self.rx.recv().await?;
+        Some(self.taken(frame))
+    }
+}
+
+fn push_channel(proxy: &Proxy, client: &Arc<ClientHandle>) -> (PushSender, PushReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let limit = match proxy.cfg.client_output_buffer_limit {
+        0 => DEFAULT_PUSH_LIMIT,
+        limit => limit,
+    };
+    (PushSender { tx, queued: queued.clone(), limit, client: client.clone() }, PushReceiver { rx, queued })
+}
+
 /// Serves one client connection until it closes, is killed, or the proxy drains.
 pub async fn run<R, W>(proxy: Arc<Proxy>, client: Arc<ClientHandle>, reader: R, writer: W, drain: CancellationToken)
 where
@@ -190,21 +274,31 @@ where
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
-    let writer_task = tokio::spawn(write_replies(proxy.clone(), client.clone(), writer, rx, pending.clone()));
-    read_requests(proxy, client.clone(), reader, tx, pending, drain).await;
+    let (push_tx, push_rx) = push_channel(&proxy, &client);
+    let subscriber = Arc::new(Subscriber::new(push_tx));
+    // Cancelled when the client closed its connection.
+    let gone = CancellationToken::new();
+    let writer_task =
+        tokio::spawn(write_replies(proxy.clone(), client.clone(), writer, rx, push_rx, gone.clone(), pending.clone()));
+    let mut dispatcher = Dispatcher::new(proxy.clone(), client.clone());
+    dispatcher.pubsub = ClientPubSub::new(subscriber.clone());
+    read_requests(dispatcher, reader, tx, pending, drain, gone).await;
     let _ = writer_task.await;
+    // Nothing of this client runs any more: its subscriptions can go.
+    proxy.pubsub.remove_client(&subscriber);
 }
 
 async fn read_requests<R: AsyncRead + Unpin>(
-    proxy: Arc<Proxy>,
-    client: Arc<ClientHandle>,
+    mut dispatcher: Dispatcher,
     mut reader: R,
     tx: mpsc::UnboundedSender<Queued>,
     pending: Arc<tokio::sync::Semaphore>,
     drain: CancellationToken,
+    gone: CancellationToken,
 ) {
-    let limits = Limits { max_bulk_len: proxy.cfg.proto_max_bulk_len, max_args: proxy.cfg.max_multibulk_len };
-    let mut dispatcher = Dispatcher::new(proxy.clone(), client.clone());
+    let client = dispatcher.client.clone();
+    let cfg = &dispatcher.proxy.cfg;
+    let limits = Limits { max_bulk_len: cfg.proto_max_bulk_len, max_args: cfg.max_multibulk_len };
     let mut parser = RequestParser::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -221,7 +315,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
             },
         };
         match read {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => {
+                gone.cancel();
+                return;
+            }
             Ok(_) => {}
         }
         loop {
@@ -241,73 +338,149 @@ async fn read_requests<R: AsyncRead + Unpin>(
             if close {
                 return;
             }
-            if let Some(done) = done_rx {
-                let _ = done.await;
+            if let Some(mut done) = done_rx {
+                // Keep reading meanwhile (without dispatching), so a client that disconnects
+                // while blocked is noticed and stops waiting.
+                loop {
+                    buf.reserve(4096);
+                    tokio::select! {
+                        _ = &mut done => break,
+                        read = reader.read_buf(&mut buf) => match read {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        },
+                    }
+                }
             }
         }
     }
 }
 
+/// The bytes waiting to go to the client, written out in batches. Every write gives way to
+/// `CLIENT KILL` (and the pub/sub output limit), so a client that stopped reading cannot pin
+/// its session.
+struct Output<W> {
+    writer: W,
+    out: BytesMut,
+    client: Arc<ClientHandle>,
+}
+
+impl<W: AsyncWrite + Unpin> Output<W> {
+    /// Writes what is buffered; false if the connection failed or the client was killed.
+    async fn write_out(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let written = tokio::select! {
+            written = self.writer.write_all(&self.out) => written.is_ok(),
+            _ = self.client.kill.cancelled() => false,
+        };
+        self.out.clear();
+        written
+    }
+
+    /// Buffers `frame`, writing the buffer out once it is large.
+    async fn append(&mut self, frame: &[u8]) -> bool {
+        self.out.extend_from_slice(frame);
+        self.out.len() < FLUSH_AT || self.write_out().await
+    }
+
+    async fn flush(&mut self) -> bool {
+        if !self.write_out().await {
+            return false;
+        }
+        tokio::select! {
+            flushed = self.writer.flush() => flushed.is_ok(),
+            _ = self.client.kill.cancelled() => false,
+        }
+    }
+}
+
+/// What the writer handles next.
+enum Next {
+    Reply(Queued),
+    Push(Bytes),
+}
+
 async fn write_replies<W: AsyncWrite + Unpin>(
     proxy: Arc<Proxy>,
     client: Arc<ClientHandle>,
-    mut writer: W,
+    writer: W,
     mut rx: mpsc::UnboundedReceiver<Queued>,
+    mut pushes: PushReceiver,
+    gone: CancellationToken,
     _pending: Arc<tokio::sync::Semaphore>,
 ) {
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut output = Output { writer, out: BytesMut::with_capacity(16 * 1024), client: client.clone() };
     let limit = proxy.cfg.client_output_buffer_limit;
     loop {
-        let (item, permit, done) = match rx.try_recv() {
-            Ok(item) => item,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                if !out.is_empty() && writer.write_all(&out).await.is_err() {
-                    return;
+        let next = match rx.try_recv() {
+            Ok(item) => Next::Reply(item),
+            Err(mpsc::error::TryRecvError::Empty) => match pushes.try_recv() {
+                Some(frame) => Next::Push(frame),
+                None => {
+                    if !output.flush().await {
+                        return;
+                    }
+                    tokio::select! {
+                        item = rx.recv() => match item {
+                            Some(item) => Next::Reply(item),
+                            None => break,
+                        },
+                        Some(frame) = pushes.recv() => Next::Push(frame),
+                        _ = client.kill.cancelled() => return,
+                    }
                 }
-                out.clear();
-                if writer.flush().await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    item = rx.recv() => match item {
-                        Some(item) => item,
-                        None => break,
-                    },
-                    _ = client.kill.cancelled() => return,
-                }
-            }
+            },
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
+        let (item, permit, done) = match next {
+            Next::Push(frame) => {
+                if !output.append(&frame).await {
+                    return;
+                }
+                continue;
+            }
+            Next::Reply(item) => item,
+        };
         let Outgoing { pending, command, started, close, .. } = item;
-        let reply = pending.resolve().await;
+        let blocking = command.as_ref().is_some_and(|c| c.flags.blocking);
+        let reply = tokio::select! {
+            reply = pending.resolve() => reply,
+            _ = client.kill.cancelled() => return,
+            // A blocked client that went away waits for nothing: dropping its pending reply
+            // ends the wait, as Redis unblocks a client it frees. Replies of other commands are
+            // still written, for a client that only shut down its sending side.
+            _ = gone.cancelled(), if blocking => return,
+        };
         drop(permit);
         if let Some(cmd) = &command {
             let is_error = matches!(reply.first(), Some(b'-') | Some(b'!'));
             if is_error { &cmd.metrics.err } else { &cmd.metrics.ok }.increment(1);
             cmd.metrics.latency.record(started.elapsed().as_secs_f64());
         }
-        if limit > 0 && out.len() + reply.len() > limit {
+        // Pub/sub frames queued before this reply was ready go first: a message published
+        // before an UNSUBSCRIBE took effect precedes its confirmation, as in Redis.
+        while let Some(frame) = pushes.try_recv() {
+            if !output.append(&frame).await {
+                return;
+            }
+        }
+        if limit > 0 && output.out.len() + reply.len() > limit {
             tracing::warn!(client = client.id, addr = %client.addr, "client output buffer limit ({limit} bytes) reached; closing the connection");
             client.kill.cancel();
             return;
         }
-        out.extend_from_slice(&reply);
+        if !output.append(&reply).await {
+            return;
+        }
         if let Some(done) = done {
             let _ = done.send(());
         }
         if close {
             break;
         }
-        if out.len() >= FLUSH_AT {
-            if writer.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
     }
-    if !out.is_empty() {
-        let _ = writer.write_all(&out).await;
-    }
-    let _ = writer.flush().await;
-    let _ = writer.shutdown().await;
+    let _ = output.flush().await;
+    let _ = output.writer.shutdown().await;
 }

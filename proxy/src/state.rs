@@ -2,7 +2,7 @@
 //! and read pools) and the registry of connected clients.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -10,9 +10,14 @@ use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{BackendConn, BackendOptions};
+use journal_service::meta::ShardTopology;
+use tokio::sync::{mpsc, watch};
+
+use crate::backend::{BackendConn, BackendOptions, NodeTarget, Role};
 use crate::commands::table::{CommandInfo, CommandTable};
 use crate::config::ProxyConfig;
+use crate::failover::shell::{Controller, ControllerSetup};
+use crate::failover::{self, FailoverSettings, NodeStatus, ShardStatus, ShardView, SwitchoverRequest};
 use crate::resp::Proto;
 use crate::router::SlotMap;
 use crate::sequencer::{JournalSetup, Sequencer};
@@ -23,31 +28,86 @@ pub const LSN_KEY: &[u8] = b"__memlog:lsn";
 /// name them.
 pub const RESERVED_PREFIX: &[u8] = b"__memlog:";
 
+/// One shard: its sequencer, its read pools and its failover controller. Every connection of
+/// the shard follows `primary`, which the controller moves when it fails over.
 pub struct Shard {
     pub id: usize,
+    /// The primary the shard started with; it may have moved since: see [`Shard::current_primary`].
     pub primary: String,
+    /// The replicas the shard started with; see [`Shard::current_replicas`].
     pub replicas: Vec<String>,
+    /// The node every connection of the shard follows: the current primary.
+    pub target: Arc<NodeTarget>,
+    /// The nodes as the failover controller last saw them (`MEMLOG TOPOLOGY`).
+    pub status: Arc<ShardStatus>,
     pub sequencer: Sequencer,
+    /// `MEMLOG FAILOVER` requests to the shard's controller.
+    pub switchover: mpsc::UnboundedSender<SwitchoverRequest>,
     reads2: Vec<BackendConn>,
     reads3: OnceLock<Vec<BackendConn>>,
     opts: BackendOptions,
 }
 
+/// What a shard starts from.
+struct ShardStart {
+    id: usize,
+    slots: Vec<(u16, u16)>,
+    /// The primary to start with (the recorded one after a failover).
+    primary: String,
+    /// Every configured node, primary first.
+    nodes: Vec<String>,
+    /// The shard's epoch at start (the topology version recorded at start-up).
+    epoch: u64,
+}
+
 impl Shard {
     async fn start(
-        id: usize,
-        primary: &str,
-        replicas: &[String],
+        start: ShardStart,
         connections: usize,
         opts: BackendOptions,
         journal: Option<JournalSetup>,
+        settings: FailoverSettings,
     ) -> anyhow::Result<Shard> {
+        let ShardStart { id, slots, primary, nodes, epoch } = start;
+        let target = NodeTarget::new(id, &primary, settings.hold);
+        let meta = journal.as_ref().map(|j| j.meta.clone());
+        // Unknown until the controller's first health check.
+        let node = |addr: &str| NodeStatus { addr: addr.to_string(), lsn: None, up: false };
+        let status = Arc::new(ShardStatus::new(ShardView {
+            id,
+            slots: failover::slots_text(&slots),
+            epoch,
+            held: false,
+            primary: node(&primary),
+            replicas: nodes.iter().filter(|n| **n != primary).map(|n| node(n)).collect(),
+        }));
+        metrics::gauge!("memlog_shard_epoch", "shard" => id.to_string()).set(epoch as f64);
+        // The controller watches the nodes while the sequencer recovers and catches the primary
+        // up, so a primary found dead at start-up is failed over instead of waited for.
+        let (started, sequencer) = watch::channel(None);
+        let switchover = Controller::spawn(ControllerSetup {
+            shard: id,
+            slots,
+            nodes,
+            target: target.clone(),
+            sequencer,
+            meta,
+            status: status.clone(),
+            settings,
+        });
+        let sequencer = Sequencer::start(id, target.clone(), opts, journal).await?;
+        started.send_replace(Some(sequencer.clone()));
         Ok(Shard {
             id,
-            primary: primary.to_string(),
-            replicas: replicas.to_vec(),
-            sequencer: Sequencer::start(id, primary, opts, journal).await?,
-            reads2: (0..connections).map(|_| BackendConn::spawn(primary, Proto::Resp2, opts)).collect(),
+            reads2: (0..connections)
+                .map(|_| BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, opts))
+                .collect(),
+            replicas: status.view().replicas.into_iter().map(|r| r.addr).collect(),
+            primary,
+            target,
+            status,
+            sequencer,
+            switchover,
             reads3: OnceLock::new(),
             opts,
         })
@@ -59,10 +119,24 @@ impl Shard {
         let pool = match proto {
             Proto::Resp2 => &self.reads2,
             Proto::Resp3 => self.reads3.get_or_init(|| {
-                (0..self.reads2.len()).map(|_| BackendConn::spawn(&self.primary, Proto::Resp3, self.opts)).collect()
+                (0..self.reads2.len())
+                    .map(|_| BackendConn::follow(self.target.clone(), Role::Read, Proto::Resp3, self.opts))
+                    .collect()
             }),
         };
         &pool[(client_id % pool.len() as u64) as usize]
+    }
+
+    /// The shard's primary now (it moves when the controller fails over).
+    pub fn current_primary(&self) -> String {
+        self.target.addr().to_string()
+    }
+
+    /// The shard's other nodes now.
+    pub fn current_replicas(&self) -> Vec<String> {
+        let primary = self.target.addr();
+        let view = self.status.view();
+        std::iter::once(view.primary).chain(view.replicas).map(|n| n.addr).filter(|a| *a != *primary).collect()
     }
 }
 
@@ -82,6 +156,8 @@ pub struct ClientHandle {
     pub proto: AtomicU8,
     /// Cancelled by `CLIENT KILL`: the session stops at once.
     pub kill: CancellationToken,
+    /// True while the client waits in a blocking command (`flags=b`).
+    pub blocked: AtomicBool,
 }
 
 impl ClientHandle {
@@ -99,6 +175,7 @@ impl ClientHandle {
             lib_version: Mutex::new(None),
             proto: AtomicU8::new(2),
             kill: CancellationToken::new(),
+            blocked: AtomicBool::new(false),
         }
     }
 }
@@ -116,13 +193,14 @@ impl ClientHandle {
     pub fn info_line(&self) -> String {
         let now = Instant::now();
         format!(
-            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
+            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.local_addr,
             self.name.lock().unwrap().as_deref().unwrap_or(""),
             now.duration_since(self.connected_at).as_secs(),
             now.duration_since(self.connected_at).as_secs().saturating_sub(self.last_command_ms.load(Ordering::Relaxed) / 1000),
+            if self.blocked.load(Ordering::Relaxed) { "b" } else { "N" },
             self.last_command.load().as_ref().map(|c| c.name.as_str()).unwrap_or("NULL"),
             self.user.lock().unwrap(),
             if self.proto() == Proto::Resp3 { 3 } else { 2 },
@@ -156,6 +234,8 @@ pub struct Proxy {
     pub node_id: String,
     pub announce_host: String,
     pub announce_port: u16,
+    /// Pub/sub: subscriptions, delivery, the shards' keyspace notifications.
+    pub pubsub: crate::pubsub::Hub,
 }
 
 impl Proxy {
@@ -166,8 +246,6 @@ impl Proxy {
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             request_timeout: Duration::from_millis(cfg.backend_timeout_ms),
         };
-        let admin = BackendConn::spawn(&cfg.shards[0].primary, Proto::Resp2, opts);
-        let (table, redis_version) = load_command_table(&admin).await?;
         let connections = cfg.backend_connections.max(1);
         let journal = match &cfg.journal {
             Some(journal) => Some(journal_setup(journal, &cfg.listen).await?),
@@ -176,10 +254,13 @@ impl Proxy {
                 None
             }
         };
+        let plan = shard_starts(&cfg, &slots, journal.as_ref()).await?;
+        let (table, redis_version) = load_command_table(&plan[0], opts).await?;
+        let settings = FailoverSettings::from(&cfg.failover);
         // Shards recover and catch up in parallel; the proxy serves once all are ready.
-        let starts = cfg.shards.iter().enumerate().map(|(i, s)| {
-            let (primary, replicas, journal) = (s.primary.clone(), s.replicas.clone(), journal.clone());
-            tokio::spawn(async move { Shard::start(i, &primary, &replicas, connections, opts, journal).await })
+        let starts = plan.into_iter().map(|start| {
+            let journal = journal.clone();
+            tokio::spawn(async move { Shard::start(start, connections, opts, journal, settings).await })
         });
         let mut shards = Vec::with_capacity(cfg.shards.len());
         for start in starts.collect::<Vec<_>>() {
@@ -207,6 +288,7 @@ impl Proxy {
             node_id,
             announce_host: host,
             announce_port,
+            pubsub: crate::pubsub::Hub::default(),
         })
     }
 
@@ -218,6 +300,58 @@ impl Proxy {
     pub fn auth_required(&self) -> bool {
         !self.cfg.users.is_empty()
     }
+}
+
+/// Each shard's starting primary and epoch. With a metadata store, the recorded topology's
+/// primary wins (it moved if a failover happened), and the topology is recorded again: a new
+/// version, the shards' new epoch.
+async fn shard_starts(
+    cfg: &ProxyConfig,
+    slots: &SlotMap,
+    journal: Option<&JournalSetup>,
+) -> anyhow::Result<Vec<ShardStart>> {
+    let recorded = match journal {
+        Some(journal) => journal.meta.get_topology().await.map_err(|e| anyhow::anyhow!("metadata store: {e}"))?,
+        None => None,
+    };
+    let mut starts: Vec<ShardStart> = cfg
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(id, shard)| {
+            let primary = failover::record::starting_primary(
+                shard,
+                failover::record::recorded_shard(recorded.as_ref().map(|(_, t)| t), id),
+            );
+            let nodes = std::iter::once(&shard.primary).chain(&shard.replicas).cloned().collect();
+            ShardStart { id, slots: slots.ranges(id).to_vec(), primary, nodes, epoch: 0 }
+        })
+        .collect();
+    if let Some(journal) = journal {
+        let entries: Vec<ShardTopology> = starts
+            .iter()
+            .map(|s| ShardTopology {
+                id: s.id as u32,
+                slots: s.slots.clone(),
+                primary: s.primary.clone(),
+                replicas: s.nodes.iter().filter(|n| **n != s.primary).cloned().collect(),
+            })
+            .collect();
+        let epoch = failover::record::record(&journal.meta, &entries)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot record the topology in the metadata store: {e}"))?;
+        for start in &mut starts {
+            start.epoch = epoch;
+            if start.primary != cfg.shards[start.id].primary {
+                tracing::info!(shard = start.id, primary = %start.primary, "using the primary recorded by a failover");
+            }
+        }
+        let body = serde_json::json!({"epoch": epoch, "reason": "proxy start"});
+        if let Err(e) = journal.meta.append_event("epoch_bumped", &body).await {
+            tracing::warn!("cannot record the start-up event: {e}");
+        }
+    }
+    Ok(starts)
 }
 
 /// Resolves the journal nodes, opens the metadata store and sets the quorum.
@@ -252,11 +386,18 @@ async fn journal_setup(cfg: &crate::config::JournalConfig, listen: &str) -> anyh
     })
 }
 
-/// Asks the backend for its command table, retrying while it is not up yet (a sidecar may start
+/// Asks shard 0 for its command table — its primary first, then any other node, since every
+/// node of a shard has the same commands — retrying while none is up yet (a sidecar may start
 /// before its Redis).
-async fn load_command_table(admin: &BackendConn) -> anyhow::Result<(CommandTable, String)> {
+async fn load_command_table(shard0: &ShardStart, opts: BackendOptions) -> anyhow::Result<(CommandTable, String)> {
+    let others = shard0.nodes.iter().filter(|n| **n != shard0.primary);
+    let nodes: Vec<BackendConn> = std::iter::once(&shard0.primary)
+        .chain(others)
+        .map(|addr| BackendConn::spawn(addr, Proto::Resp2, opts))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    for turn in 0.. {
+        let admin = &nodes[turn % nodes.len()];
         match admin.call(&["COMMAND"]).await {
             Ok(raw) => {
                 let frame = decode_resp2(&raw)?;
@@ -270,11 +411,12 @@ async fn load_command_table(admin: &BackendConn) -> anyhow::Result<(CommandTable
             }
             Err(e) if Instant::now() < deadline => {
                 tracing::info!("waiting for Redis node {} to load the command table: {e}", admin.addr());
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(Duration::from_millis(200 / nodes.len() as u64)).await;
             }
             Err(e) => anyhow::bail!("cannot load the command table from {}: {e}", admin.addr()),
         }
     }
+    anyhow::bail!("no Redis node of shard 0 answered")
 }
 
 pub fn decode_resp2(raw: &bytes::Bytes) -> anyhow::Result<redis_protocol::resp2::types::BytesFrame> {

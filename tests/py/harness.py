@@ -204,7 +204,8 @@ class Endpoint:
     """What a test talks to: the memlog proxy, a stock redis-server, or a real Redis Cluster.
 
     kind is "proxy", "redis" or "redis-cluster"; host/port is where clients connect (for a
-    cluster, its first node); backends are the primaries that hold the data.
+    cluster, its first node); backends are the primaries that hold the data; journal_nodes are
+    a proxy's journal nodes (JournalNode), empty for a routing-only proxy and for Redis.
     """
 
     kind: str
@@ -215,6 +216,7 @@ class Endpoint:
     proc: Proc = None
     metrics_addr: str = None
     config_path: Path = None
+    journal_nodes: list = field(default_factory=list)
 
     @property
     def addr(self):
@@ -335,8 +337,13 @@ def _toml_value(value):
 
 
 def proxy_toml(settings, shards, users=()):
-    """The proxy's TOML config: top-level settings, then [[users]] and [[shards]] tables."""
-    lines = [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
+    """The proxy's TOML config: top-level settings, then tables (dict-valued settings such as
+    `journal`), [[users]] and [[shards]]."""
+    scalars = {key: value for key, value in settings.items() if not isinstance(value, dict)}
+    lines = [f"{key} = {_toml_value(value)}" for key, value in scalars.items()]
+    for table, values in settings.items():
+        if isinstance(values, dict):
+            lines += ["", f"[{table}]"] + [f"{key} = {_toml_value(value)}" for key, value in values.items()]
     for user in users:
         lines += ["", "[[users]]", f"name = {_toml_value(user[0])}", f"password = {_toml_value(user[1])}"]
     for shard in shards:
@@ -353,13 +360,56 @@ def even_ranges(count):
     return [(bounds[i], bounds[i + 1] - 1) for i in range(count)]
 
 
-def start_proxy_setup(group, workdir, shards=3, replicas=1, users=(), **settings):
-    """`shards` Redis shards (a primary and `replicas` replicas each) and `memlog proxy` in front.
+@dataclass
+class JournalNode:
+    """One `memlog journal` process and the directory of its log."""
 
+    host: str
+    port: int
+    proc: Proc
+    dir: Path
+
+    @property
+    def addr(self):
+        return f"{self.host}:{self.port}"
+
+
+def start_journal_node(group, workdir):
+    """`memlog journal` on a free port with its log in its own directory; ready once it
+    accepts TCP connections (it speaks its own protocol, not RESP)."""
+    port = free_port()
+    node_dir = Path(workdir) / f"journal-{port}"
+    node_dir.mkdir(parents=True, exist_ok=True)
+    argv = [memlog_binary(), "journal", "--dir", node_dir, "--listen", f"127.0.0.1:{port}"]
+    proc = group.add(Proc(f"memlog-journal-{port}", argv, node_dir / "journal.log", env=proxy_environment()))
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; log:\n{proc.log_tail()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return JournalNode("127.0.0.1", port, proc, node_dir)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{proc.name} does not listen on 127.0.0.1:{port}; log:\n{proc.log_tail()}")
+            time.sleep(0.02)
+
+
+def start_proxy_setup(group, workdir, shards=3, replicas=1, users=(), journal_nodes=3, **settings):
+    """`shards` Redis shards (a primary and `replicas` replicas each), `journal_nodes` journal
+    nodes with a `file:` metadata store, and `memlog proxy` in front.
+
+    The journal is on by default because that is how users run memlog (every write durable on a
+    quorum before Redis sees it); journal_nodes=0 gives a routing-only proxy without `[journal]`.
     settings are proxy config keys (e.g. maxclients=5); listen and metrics_listen get free ports.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    journal = [start_journal_node(group, workdir) for _ in range(journal_nodes)]
+    if journal:
+        metadata = workdir / f"metadata-{journal[0].port}.json"
+        nodes = {"nodes": [node.addr for node in journal], "metadata": f"file:{metadata}"}
+        settings = {**settings, "journal": {**settings.get("journal", {}), **nodes}}
     ranges = even_ranges(shards)
     primaries, all_replicas, shard_tables = [], [], []
     for low, high in ranges:
@@ -368,11 +418,17 @@ def start_proxy_setup(group, workdir, shards=3, replicas=1, users=(), **settings
         primaries.append(primary)
         all_replicas.extend(reps)
         shard_tables.append({"slots": f"{low}-{high}", "primary": primary.addr, "replicas": [r.addr for r in reps]})
-    return start_proxy(group, workdir, shard_tables, primaries, all_replicas, users=users, **settings)
+    endpoint = start_proxy(group, workdir, shard_tables, primaries, all_replicas, users=users, **settings)
+    endpoint.journal_nodes = journal
+    return endpoint
 
 
 def start_proxy(group, workdir, shard_tables, primaries, replicas=(), users=(), **settings):
-    """`memlog proxy` with the given [[shards]] tables, waiting until it answers PING."""
+    """`memlog proxy` with the given [[shards]] tables, waiting until it answers PING (which a
+    journaled proxy does once every primary has caught up with the journal).
+
+    A dict-valued setting (e.g. journal={"nodes": […], "metadata": "file:…"}) becomes a table.
+    """
     port = free_port()
     metrics_port = free_port()
     config = {"listen": f"127.0.0.1:{port}", "metrics_listen": f"127.0.0.1:{metrics_port}", **settings}

@@ -86,26 +86,14 @@ def test_wrong_arity_error_matches_redis(target, command, name):
 
 # Commands a later issue implements (transactions, blocking, pub/sub, scripts). Until then
 # the proxy may refuse them; either way it must answer, not hang, and keep the connection.
-LATER = [
-    (("MULTI",), ("DISCARD",)),
-    (("WATCH", "later:k"), ("UNWATCH",)),
-    (("BLPOP", "later:list", "0.2"), None),
-    (("BRPOPLPUSH", "later:a", "later:a", "0.2"), None),
-    (("XREAD", "BLOCK", "200", "STREAMS", "later:stream", "$"), None),
-    (("SUBSCRIBE", "later:channel"), ("UNSUBSCRIBE",)),
-    (("PSUBSCRIBE", "later:*"), ("PUNSUBSCRIBE",)),
-    (("EVAL", "return 1", "0"), None),
-]
+LATER = [("MONITOR",), ("ACL", "WHOAMI")]
 
 
-@pytest.mark.parametrize("command, undo", LATER, ids=lambda v: v[0].lower() if v else "none")
-def test_commands_of_a_later_issue_neither_hang_nor_drop_the_connection(proxy, command, undo):
+@pytest.mark.parametrize("command", LATER, ids=lambda v: v[0].lower())
+def test_commands_of_a_later_issue_neither_hang_nor_drop_the_connection(proxy, command):
     with proxy.raw(timeout=10) as conn:
         reply = conn.call(*command)
-        if isinstance(reply, ErrorReply):
-            assert command[0].lower() in reply.lower(), reply
-        elif undo:
-            conn.call(*undo)
+        assert isinstance(reply, ErrorReply) and command[0].lower() in reply.lower(), reply
         assert conn.call("PING") == "PONG"
 
 

@@ -135,10 +135,17 @@ def test_maxclients_refuses_the_next_connection(limited_target):
 
 @pytest.mark.proxy_only
 def test_killed_shard_fails_fast_other_shards_serve_and_it_recovers(spawn):
-    """Proxy-only: kill -9 one shard's Redis; its commands get an error within the backend
-    timeout (no hang), the other shard is unaffected, and once Redis is back on its port the
-    proxy reconnects by itself."""
-    proxy = spawn.proxy(shards=2, replicas=0, backend_timeout_ms=1000, connect_timeout_ms=200)
+    """Proxy-only: kill -9 one shard's Redis (no replica to fail over to); its commands wait
+    for the hold time and then get an error (no hang), the other shard is unaffected, and once
+    Redis is back on its port the proxy reconnects by itself (and rebuilds it from the journal)."""
+    proxy = spawn.proxy(
+        shards=2,
+        replicas=0,
+        backend_timeout_ms=1000,
+        connect_timeout_ms=200,
+        failover={"hold_ms": 1000},
+        journal={"write_wait_ms": 1000},
+    )
     (low0, high0), (low1, high1) = even_ranges(2)
     doomed_key = keys_in_range("fault:a", low0, high0)[0]
     healthy_key = keys_in_range("fault:b", low1, high1)[0]
@@ -215,7 +222,7 @@ def test_sigterm_drains_a_pipeline_in_flight_then_exits_0(spawn):
                 unsent, _ = _tcp_queues(client_port, proxy.port)
                 _, unread = _tcp_queues(proxy.port, client_port)
                 _, forwarded = _tcp_queues(backend.port)
-                return unsent == 0 and unread == 0 and forwarded >= 10_000
+                return unsent == 0 and unread == 0 and forwarded > 0
 
             wait_until(in_flight_inside_the_proxy, 10.0, "the proxy did not read and forward the pipeline")
             proxy.proc.signal(signal.SIGTERM)

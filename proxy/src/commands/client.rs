@@ -52,6 +52,7 @@ pub fn run(d: &mut Dispatcher, sub: &str, request: &Request) -> Pending {
         }
         "list" => list(d, request),
         "kill" => kill(d, request),
+        "unblock" => unblock(d, request),
         "help" => Pending::Ready(reply(proto, |w| {
             let lines = [
                 "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
@@ -183,5 +184,24 @@ fn kill(d: &Dispatcher, request: &Request) -> Pending {
     }
     Pending::Ready(reply(d.proto, |w| {
         w.int(killed);
+    }))
+}
+
+/// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: answers a client blocked in the proxy now.
+fn unblock(d: &Dispatcher, request: &Request) -> Pending {
+    let args = &request.args;
+    let Some(id) = crate::resp::parse_int(&args[2]) else {
+        return Pending::error("ERR value is not an integer or out of range");
+    };
+    let error = match args.get(3) {
+        None => false,
+        Some(reason) if reason.eq_ignore_ascii_case(b"timeout") => false,
+        Some(reason) if reason.eq_ignore_ascii_case(b"error") => true,
+        Some(_) => return Pending::error("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR"),
+    };
+    let unblocked = u64::try_from(id)
+        .is_ok_and(|id| d.proxy.shards.iter().any(|s| crate::sequencer::unblock(&s.sequencer.blocked, id, error)));
+    Pending::Ready(reply(d.proto, |w| {
+        w.int(unblocked as i64);
     }))
 }

@@ -15,6 +15,7 @@ pub fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
     let proto = d.proto;
     let ready = |build: &dyn Fn(&mut crate::resp::ReplyWriter)| Pending::Ready(reply(proto, |w| build(w)));
     match name {
+        "ping" if d.pubsub.in_subscriber_mode(proto) => super::pubsub::subscriber_ping(request),
         "ping" => match args.get(1) {
             None => ready(&|w| {
                 w.simple("PONG");
@@ -30,6 +31,8 @@ pub fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
             w.simple("OK");
         }),
         "reset" => {
+            crate::commands::transaction::reset(d);
+            super::pubsub::reset(d);
             set_proto(d, Proto::Resp2);
             *d.client.name.lock().unwrap() = None;
             *d.client.user.lock().unwrap() = "default".into();

@@ -230,8 +230,8 @@ async fn info(proxy: &Arc<Proxy>, conns: &[BackendConn], sections: &[Bytes], pro
             text.push_str(&format!(
                 "shard{i}:slots={},primary={},replicas={}\r\n",
                 slots.join(" "),
-                shard.primary,
-                shard.replicas.join(" ")
+                shard.current_primary(),
+                shard.current_replicas().join(" ")
             ));
         }
         text.push_str("\r\n");

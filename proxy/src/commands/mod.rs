@@ -1,11 +1,16 @@
 //! Commands: the table loaded from Redis, and the proxy's own handling of the commands it must
 //! answer differently from a single Redis, one file per command family.
 
+pub mod admin;
 pub mod client;
 pub mod cluster;
 pub mod connection;
 pub mod keyspace;
+pub mod pubsub;
+pub mod replication;
+pub mod scripting;
 pub mod table;
+pub mod transaction;
 
 use std::sync::Arc;
 
@@ -29,8 +34,13 @@ pub enum Overlay {
 
 const MANAGED_NODES: &str = "memlog manages the Redis nodes";
 const MANAGED_TOPOLOGY: &str = "memlog manages the cluster topology";
+/// Client-side caching needs every shard's invalidations relayed to each tracking client as
+/// RESP3 pushes (or to its redirect client); memlog does not relay them, so it refuses to
+/// start tracking rather than let a client cache values that are never invalidated.
+const CLIENT_SIDE_CACHING: &str =
+    "client-side caching is not supported: memlog does not relay the shards' invalidation messages";
 
-pub fn overlay(info: &CommandInfo, request: &Request) -> Overlay {
+pub fn overlay(info: &CommandInfo) -> Overlay {
     let name = info.name.as_str();
     match name {
         "ping" | "echo" | "quit" | "reset" | "select" | "hello" | "auth" | "readonly" | "readwrite" | "asking"
@@ -38,8 +48,11 @@ pub fn overlay(info: &CommandInfo, request: &Request) -> Overlay {
             Overlay::Local
         }
         "client|id" | "client|setname" | "client|getname" | "client|info" | "client|list" | "client|kill"
-        | "client|setinfo" | "client|help" => Overlay::Local,
+        | "client|setinfo" | "client|help" | "client|unblock" => Overlay::Local,
         "client|pause" | "client|unpause" | "client|no-evict" => Overlay::Refused(MANAGED_NODES),
+        "client|tracking" | "client|trackinginfo" | "client|getredir" | "client|caching" => {
+            Overlay::Refused(CLIENT_SIDE_CACHING)
+        }
         n if n.starts_with("client|") => Overlay::NotYet,
         "cluster|slots"
         | "cluster|shards"
@@ -51,30 +64,25 @@ pub fn overlay(info: &CommandInfo, request: &Request) -> Overlay {
         | "cluster|getkeysinslot"
         | "cluster|help" => Overlay::Local,
         n if n.starts_with("cluster|") => Overlay::Refused(MANAGED_TOPOLOGY),
-        "config|set" | "config|rewrite" | "config|resetstat" => Overlay::Refused(MANAGED_NODES),
+        // Only `notify-keyspace-events`, set on every node by `pubsub` (which refuses the rest).
+        "config|set" => Overlay::Local,
+        "config|rewrite" | "config|resetstat" => Overlay::Refused(MANAGED_NODES),
         "debug" | "shutdown" | "replicaof" | "slaveof" | "sync" | "psync" | "save" | "bgsave" | "bgrewriteaof"
         | "failover" | "pfdebug" | "pfselftest" => Overlay::Refused(MANAGED_NODES),
         n if n.starts_with("module") => Overlay::Refused(MANAGED_NODES),
         "migrate" | "swapdb" | "move" => Overlay::Refused(MANAGED_TOPOLOGY),
-        "multi" | "exec" | "discard" | "watch" | "unwatch" | "wait" | "monitor" | "eval" | "evalsha" | "eval_ro"
-        | "evalsha_ro" | "fcall" | "fcall_ro" => Overlay::NotYet,
-        n if n.starts_with("script|") || n.starts_with("function|") || n.starts_with("acl|") => Overlay::NotYet,
-        // XREAD/XREADGROUP block only with BLOCK; without it they are plain reads.
-        "xread" | "xreadgroup" => {
-            if request.args.iter().any(|a| a.eq_ignore_ascii_case(b"block")) {
-                Overlay::NotYet
-            } else {
-                Overlay::Forward
-            }
-        }
-        "publish"
-        | "pubsub|channels"
-        | "pubsub|numsub"
-        | "pubsub|numpat"
-        | "pubsub|shardchannels"
-        | "pubsub|shardnumsub"
-        | "spublish" => Overlay::Forward,
-        _ if info.flags.blocking || info.flags.pubsub => Overlay::NotYet,
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => Overlay::Local,
+        "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" | "publish"
+        | "spublish" => Overlay::Local,
+        n if n.starts_with("pubsub|") => Overlay::Local,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Overlay::Local,
+        n if n.starts_with("script|") || n.starts_with("function|") => Overlay::Local,
+        "memlog" => Overlay::Local,
+        "wait" => Overlay::Local,
+        "monitor" => Overlay::NotYet,
+        n if n.starts_with("acl|") => Overlay::NotYet,
+        // Blocking commands are parked in the shard's sequencer (see `dispatch`).
+        _ if info.flags.pubsub => Overlay::NotYet,
         _ => Overlay::Forward,
     }
 }
@@ -87,6 +95,7 @@ pub fn allowed_before_auth(name: &str) -> bool {
 /// Commands the proxy serves that the backend's table may lack (newer than its Redis).
 pub fn add_local_commands(table: &mut CommandTable) {
     table.insert_local(CommandInfo::local("client|setinfo", 4));
+    table.insert_local(CommandInfo::local("memlog", -2));
 }
 
 /// Runs a command the proxy answers itself.
@@ -98,7 +107,21 @@ pub async fn run_local(d: &mut Dispatcher, request: &Request, info: &Arc<Command
     if let Some(sub) = name.strip_prefix("cluster|") {
         return cluster::run(d, sub, request);
     }
+    if name.starts_with("pubsub|") {
+        return pubsub::run(d, name, request).await;
+    }
+    if name.starts_with("script|") || name.starts_with("function|") {
+        return scripting::run(d, name, request, info).await;
+    }
     match name {
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => transaction::run(d, name, request).await,
+        "wait" => replication::wait(d, request).await,
+        "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" | "publish"
+        | "spublish" | "config|set" => pubsub::run(d, name, request).await,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => {
+            scripting::run(d, name, request, info).await
+        }
+        "memlog" => admin::run(d, request).await,
         "dbsize" | "keys" | "scan" | "randomkey" | "flushall" | "flushdb" | "info" => {
             keyspace::run(d, name, request).await
         }

@@ -35,7 +35,10 @@
 //! | `BRPOPLPUSH s d t`, `BLMOVE s d from to t`, `BLMPOP t …`, `BZMPOP t …` | `RPOPLPUSH s d`, `LMOVE s d from to`, `LMPOP …`, `ZMPOP …` | same (were the source empty, RPOPLPUSH/LMOVE would say `$-1` where a timeout says `*-1`) |
 //! | `XREADGROUP GROUP g c [COUNT n] [BLOCK ms] STREAMS k… >…` | probe: read-only script per stream (entries after the group's last-delivered-id) → the call without BLOCK, then `XCLAIM k g c 0 <ids> TIME now JUSTID` per stream served; nothing if no stream has new entries | **override**: `[[key, entries]…]` (RESP3: a map) or nil array |
 //! | `XREADGROUP` with an explicit ID (history), NOACK, a stream named twice | as sent: **known gap**, below | |
-//! | `EVAL`, `EVALSHA`, `EVAL_RO`, `EVALSHA_RO`, `FCALL`, `FCALL_RO` | as sent: scripts must be deterministic (below) | |
+//! | `EVAL`, `FCALL` | as sent: scripts must be deterministic (below); EVAL of a script naming TIME or a relative TTL: wrapped with its time pinned (below) | same |
+//! | `EVALSHA sha …` | `EVAL <body> …`, rewritten by the proxy (`commands::scripting`) from its script cache before the sequencer, so replay never depends on a node's script cache | same |
+//! | `EVAL_RO`, `EVALSHA_RO`, `FCALL_RO`, `EVAL` of a `#!lua flags=no-writes` script | reads: never journaled | |
+//! | `FUNCTION LOAD\|DELETE\|FLUSH\|RESTORE` | as sent, on every shard's stream | |
 //! | everything else | as sent | |
 //!
 //! Checked and deterministic as sent: `SRANDMEMBER`, `ZRANDMEMBER`, `HRANDFIELD`, `RANDOMKEY`,
@@ -82,7 +85,16 @@
 //! **Scripts** (EVAL/FCALL) are journaled as calls: Redis 7 replicates their effects, memlog
 //! replays the call, so a script that reads the clock or a random choice (TIME, SPOP,
 //! SRANDMEMBER, relative EXPIRE inside the script) rebuilds different state. Scripts must be
-//! deterministic.
+//! deterministic. The proxy refuses writing scripts (and libraries) whose source visibly calls
+//! RANDOMKEY, SPOP, SRANDMEMBER, HRANDFIELD or ZRANDMEMBER, or uses `redis.set_repl`
+//! (`commands::scripting::body`). A script whose source names TIME or a relative TTL (`EXPIRE`,
+//! `PEXPIRE`, `SETEX`, `PSETEX`, `GETEX`, `EX`, `PX`) is journaled wrapped in a prelude that
+//! answers TIME from the dispatch time passed as an extra ARGV and turns its relative TTLs into
+//! absolute ones (`commands::scripting::pin`); libraries cannot be wrapped, so a library naming
+//! TIME is refused. Not seen: relative TTLs whose command or option comes from ARGV, relative
+//! TTLs set by functions (replay anchors them to its own clock, so such keys expire later after
+//! a rebuild), the iteration order of KEYS/SCAN/SMEMBERS/HGETALL feeding writes, command names
+//! built at run time.
 //!
 //! **Clock**: rewritten times are `now_ms`-based; `now_ms` must not run ahead of the primary's
 //! clock, since Redis clamps an XCLAIM TIME in its future to its own now (live) but not later
@@ -103,6 +115,7 @@ use bytes::Bytes;
 
 use args::word;
 use blocking::Pop;
+pub use replies::{bulk as bulk_reply, integer as integer_reply, NIL_ARRAY};
 
 /// What the sequencer must do with a write before journaling it.
 pub enum Plan {

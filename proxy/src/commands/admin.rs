@@ -1,0 +1,58 @@
+//! `MEMLOG …`: memlog's own administration commands, served by the proxy (and, like every
+//! command, only to an authenticated client when users are configured):
+//! - `MEMLOG TOPOLOGY`: the shards, their primary and replicas with LSNs, liveness and epochs,
+//!   as a JSON bulk string (read by `memlog status` and `memlog failover`);
+//! - `MEMLOG FAILOVER <shard> [TO <host:port>]`: a graceful, zero-loss switchover; `+OK` once done.
+
+use tokio::sync::oneshot;
+
+use crate::dispatch::Dispatcher;
+use crate::failover::{topology_json, SwitchoverRequest};
+use crate::resp::{error_reply, reply, Request};
+use crate::session::Pending;
+
+const USAGE: &str = "ERR memlog: usage: MEMLOG TOPOLOGY | MEMLOG FAILOVER <shard> [TO <host:port>]";
+
+pub async fn run(d: &mut Dispatcher, request: &Request) -> Pending {
+    let args = &request.args;
+    let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
+    match (sub.as_str(), args.len()) {
+        ("topology", 2) => {
+            let views: Vec<_> = d.proxy.shards.iter().map(|s| s.status.view()).collect();
+            let json = topology_json(&views);
+            Pending::Ready(reply(d.proto, |w| {
+                w.bulk(json.as_bytes());
+            }))
+        }
+        ("failover", 3 | 5) => failover(d, request),
+        _ => Pending::error(USAGE),
+    }
+}
+
+/// `MEMLOG FAILOVER <shard> [TO <host:port>]`
+fn failover(d: &Dispatcher, request: &Request) -> Pending {
+    let args = &request.args;
+    let shard = std::str::from_utf8(&args[2]).ok().and_then(|s| s.parse::<usize>().ok());
+    let Some(shard) = shard.and_then(|s| d.proxy.shards.get(s)) else {
+        return Pending::error(&format!("ERR memlog: no shard {}", String::from_utf8_lossy(&args[2])));
+    };
+    let to = match args.get(3) {
+        None => None,
+        Some(kw) if kw.eq_ignore_ascii_case(b"to") => Some(String::from_utf8_lossy(&args[4]).into_owned()),
+        Some(_) => return Pending::error(USAGE),
+    };
+    let (done, outcome) = oneshot::channel();
+    if shard.switchover.send(SwitchoverRequest { to, done }).is_err() {
+        return Pending::error("ERR memlog: the shard's failover controller is not running");
+    }
+    let proto = d.proto;
+    Pending::Deferred(Box::pin(async move {
+        match outcome.await {
+            Ok(Ok(_)) => reply(proto, |w| {
+                w.simple("OK");
+            }),
+            Ok(Err(message)) => error_reply(&message),
+            Err(_) => error_reply("ERR memlog: the failover controller stopped"),
+        }
+    }))
+}

@@ -1,0 +1,374 @@
+//! Scripts and functions: EVAL*, FCALL*, SCRIPT, FUNCTION, with Redis 7.0's semantics.
+//!
+//! - EVAL/EVALSHA/FCALL are writes: they go through the shard's sequencer and are journaled as
+//!   calls (EVALSHA as EVAL with the body from the proxy's [`cache`], so neither the journal nor
+//!   the client depends on a node's script cache). EVAL_RO/EVALSHA_RO/FCALL_RO and scripts whose
+//!   shebang says `#!lua flags=no-writes` are reads (Redis refuses their writes).
+//! - They are routed by their keys (`numkeys`), which must share one slot (`-CROSSSLOT` else);
+//!   a call without keys runs on shard 0.
+//! - A script that writes must be deterministic, since replay runs the call again: see
+//!   [`body`] for what is refused, and [`pin`] for how scripts that read TIME or set relative
+//!   TTLs are journaled with their time pinned.
+//! - FUNCTION LOAD/DELETE/FLUSH/RESTORE are journaled on every shard (so a shard rebuilt from
+//!   its journal, and its replicas, have the libraries); the reply comes once all shards
+//!   answered, the first error if any. FUNCTION LIST/DUMP/STATS come from shard 0.
+//! - SCRIPT LOAD compiles on shard 0 and caches the body; SCRIPT EXISTS answers from the cache;
+//!   SCRIPT FLUSH empties it and every node's. SCRIPT/FUNCTION KILL kill only scripts that are
+//!   not journaled: a journaled script killed before it wrote would still run whole on replay.
+
+mod body;
+mod cache;
+mod pin;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::backend::{BackendConn, BackendOptions};
+use crate::commands::table::CommandInfo;
+use crate::dispatch::Dispatcher;
+use crate::resp::{error_reply, Proto, Request};
+use crate::router::key_slot;
+use crate::session::Pending;
+use crate::state::{Proxy, RESERVED_PREFIX};
+
+use body::declared_read_only;
+use cache::{cache, Journaled};
+
+const NOSCRIPT: &str = "NOSCRIPT No matching script. Please use EVAL.";
+
+/// Runs a script or function call, or a SCRIPT or FUNCTION subcommand (`name` as the command
+/// table spells it: `evalsha`, `script|load`, …).
+pub async fn run(d: &mut Dispatcher, name: &str, request: &Request, _info: &Arc<CommandInfo>) -> Pending {
+    match name {
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => call(d, name, request).await,
+        "script|load" => script_load(d, request).await,
+        "script|exists" => script_exists(d, request),
+        "script|flush" => script_flush(d, request).await,
+        "script|kill" | "function|kill" => kill(d, request),
+        "script|debug" => Pending::error(
+            "ERR memlog: 'SCRIPT DEBUG' is not allowed: the Lua debugger needs a connection of its own to one Redis node",
+        ),
+        "function|load" | "function|delete" | "function|flush" | "function|restore" => {
+            function_write(d, name, request).await
+        }
+        "script|help" | "function|list" | "function|dump" | "function|stats" | "function|help" => {
+            d.to_shard(0, request.clone(), false).await
+        }
+        _ => Pending::error(&format!(
+            "ERR memlog: '{}' is not supported by this version of memlog yet",
+            crate::dispatch::display_name(name)
+        )),
+    }
+}
+
+/// A script or function call, ready to route.
+pub struct Call {
+    /// What is sent (and, for a write, journaled): EVALSHA turned into EVAL.
+    pub request: Request,
+    /// Journaled through the sequencer, or a read.
+    pub write: bool,
+    /// The one slot of its keys; `None` when it names no key (it runs on shard 0).
+    pub slot: Option<u16>,
+}
+
+/// The form of a script or function call (`name` = `eval`, `evalsha`, `eval_ro`,
+/// `evalsha_ro`, `fcall`, `fcall_ro`) that is journaled and applied, after Redis's argument
+/// checks and memlog's (one slot, determinism), or the client's error reply. Public so that
+/// transactions can queue calls inside MULTI in the same form.
+pub fn prepare_call(name: &str, request: &Request) -> Result<Call, Bytes> {
+    let args = &request.args;
+    let by_sha = name.starts_with("evalsha");
+    let is_eval = name.starts_with("eval");
+    let read_only_command = name.ends_with("_ro");
+    if by_sha && args.get(1).is_none_or(|sha| sha.len() != 40) {
+        return Err(error_reply(NOSCRIPT));
+    }
+    let numkeys = match numkeys(args) {
+        Ok(n) => n,
+        // FCALL looks the function up before it reads numkeys: shard 0 answers the right error,
+        // and runs nothing, so it is not a write.
+        Err(_) if !is_eval => return Ok(Call { request: request.clone(), write: false, slot: None }),
+        Err(msg) => return Err(error_reply(&msg)),
+    };
+    let keys = &args[3..3 + numkeys];
+    if keys.iter().any(|k| k.starts_with(RESERVED_PREFIX)) {
+        return Err(error_reply("ERR memlog: keys starting with '__memlog:' are reserved for memlog"));
+    }
+    let slot = keys.first().map(|k| key_slot(k));
+    if keys.iter().any(|k| Some(key_slot(k)) != slot) {
+        return Err(error_reply("CROSSSLOT Keys in request don't hash to the same slot"));
+    }
+    if !is_eval {
+        return Ok(Call { request: request.clone(), write: !read_only_command, slot });
+    }
+    let script = if by_sha {
+        cache().get(&args[1]).ok_or_else(|| error_reply(NOSCRIPT))?
+    } else {
+        cache().load(args[1].clone())
+    };
+    let write = !read_only_command && !declared_read_only(&script.body);
+    let journaled =
+        if write { script.journaled.map_err(|why| error_reply(&why.reply_text()))? } else { Journaled::AsIs };
+    let request = match journaled {
+        Journaled::AsIs if !by_sha => request.clone(),
+        Journaled::AsIs => eval_with(&args[0], script.body, &args[2..], None),
+        Journaled::PinnedTime(pinned) => eval_with(&args[0], pinned, &args[2..], Some(now_ms())),
+    };
+    Ok(Call { request, write, slot })
+}
+
+/// `EVAL body numkeys key… arg… [now]` (`EVAL_RO` for a read-only `command`).
+fn eval_with(command: &[u8], body: Bytes, rest: &[Bytes], now_ms: Option<u64>) -> Request {
+    let read_only = command.len() > 3 && command[command.len() - 3..].eq_ignore_ascii_case(b"_ro");
+    let mut args = Vec::with_capacity(rest.len() + 3);
+    args.push(Bytes::from_static(if read_only { b"EVAL_RO" } else { b"EVAL" }));
+    args.push(body);
+    args.extend(rest.iter().cloned());
+    args.extend(now_ms.map(|now| Bytes::from(now.to_string())));
+    Request::from_args(&args)
+}
+
+/// The time a pinned script sees, as the sequencer anchors relative times (Unix ms).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// `numkeys` of `EVAL script numkeys key… arg…` / `FCALL f numkeys …`, checked as EVAL does.
+fn numkeys(args: &[Bytes]) -> Result<usize, String> {
+    let Some(n) = args.get(2).and_then(|n| redis_int(n)) else {
+        return Err("ERR value is not an integer or out of range".into());
+    };
+    if n < 0 {
+        return Err("ERR Number of keys can't be negative".into());
+    }
+    if n > args.len() as i64 - 3 {
+        return Err("ERR Number of keys can't be greater than number of args".into());
+    }
+    Ok(n as usize)
+}
+
+/// An integer as Redis's `string2ll` reads it: optional `-`, no `+`, no leading zeros.
+fn redis_int(text: &[u8]) -> Option<i64> {
+    let digits = text.strip_prefix(b"-").unwrap_or(text);
+    if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    crate::resp::parse_int(text)
+}
+
+async fn call(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+    let call = match prepare_call(name, request) {
+        Ok(call) => call,
+        Err(reply) => return Pending::Ready(reply),
+    };
+    let shard = call.slot.map_or(0, |slot| d.proxy.slots.shard_of_slot(slot));
+    if !call.write {
+        return d.to_shard(shard, call.request, false).await;
+    }
+    let in_flight = cache().journaled_started(shard);
+    let pending = d.to_shard(shard, call.request, true).await;
+    // The guard lives until the reply is handed back (the merge runs, or is dropped on an error).
+    Pending::Merge {
+        parts: vec![pending],
+        merge: Box::new(move |mut replies| {
+            drop(in_flight);
+            replies.pop().unwrap_or_else(|| error_reply("ERR memlog: no reply from the shard"))
+        }),
+        proto: d.proto,
+    }
+}
+
+/// `SCRIPT LOAD body`: compiled by shard 0's primary (its errors are Redis's), then cached.
+async fn script_load(d: &mut Dispatcher, request: &Request) -> Pending {
+    let body = request.args[2].clone();
+    let loaded = d.to_shard(0, request.clone(), false).await;
+    Pending::Merge {
+        parts: vec![loaded],
+        merge: Box::new(move |mut replies| {
+            cache().load(body);
+            replies.pop().unwrap_or_else(|| error_reply("ERR memlog: no reply from the shard"))
+        }),
+        proto: d.proto,
+    }
+}
+
+fn script_exists(d: &Dispatcher, request: &Request) -> Pending {
+    let shas = &request.args[2..];
+    Pending::Ready(crate::resp::reply(d.proto, |w| {
+        w.array(shas.len());
+        for sha in shas {
+            w.int(i64::from(cache().get(sha).is_some()));
+        }
+    }))
+}
+
+/// `SCRIPT FLUSH [ASYNC|SYNC]`: the proxy's cache and every node's.
+async fn script_flush(d: &mut Dispatcher, request: &Request) -> Pending {
+    let mode_ok = match request.args.len() {
+        2 => true,
+        3 => request.args[2].eq_ignore_ascii_case(b"async") || request.args[2].eq_ignore_ascii_case(b"sync"),
+        _ => false,
+    };
+    if !mode_ok {
+        return Pending::error("ERR SCRIPT FLUSH only support SYNC|ASYNC option");
+    }
+    cache().clear();
+    every_shard(d, request, false).await
+}
+
+/// FUNCTION LOAD/DELETE/FLUSH/RESTORE, journaled on every shard.
+async fn function_write(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+    if name == "function|load" {
+        if let Some(code) = request.args.last() {
+            if let Err(why) = body::check_library(code) {
+                return Pending::Ready(error_reply(&why.reply_text().replace("this script", "this library")));
+            }
+        }
+    }
+    every_shard(d, request, true).await
+}
+
+/// Sends `request` to every shard; the reply is the first error, else shard 0's reply.
+async fn every_shard(d: &mut Dispatcher, request: &Request, write: bool) -> Pending {
+    let mut parts = Vec::with_capacity(d.proxy.shards.len());
+    for shard in 0..d.proxy.shards.len() {
+        parts.push(d.to_shard(shard, request.clone(), write).await);
+    }
+    Pending::Merge {
+        parts,
+        merge: Box::new(|replies| replies.into_iter().next().unwrap_or_else(|| error_reply("ERR memlog: no shards"))),
+        proto: d.proto,
+    }
+}
+
+/// SCRIPT KILL / FUNCTION KILL, run when the reply is due, on a connection of its own to each
+/// primary (the script's own connection is busy with it).
+fn kill(d: &Dispatcher, request: &Request) -> Pending {
+    let proxy = d.proxy.clone();
+    let command = request.raw.clone();
+    Pending::Deferred(Box::pin(async move { kill_unjournaled(&proxy, command).await }))
+}
+
+/// Kills the running script of each shard that has no journaled script in flight. `+OK` if one
+/// was killed; `-UNKILLABLE` if a shard was skipped; else the nodes' `-NOTBUSY`. Known window: a
+/// journaled script submitted after the check, or replayed by a catch-up, could start before the
+/// KILL reaches the node and be killed.
+async fn kill_unjournaled(proxy: &Proxy, command: Bytes) -> Bytes {
+    let opts = BackendOptions {
+        connect_timeout: Duration::from_millis(proxy.cfg.connect_timeout_ms),
+        request_timeout: Duration::from_millis(proxy.cfg.backend_timeout_ms),
+    };
+    let mut skipped = false;
+    let mut sent = Vec::new();
+    for shard in &proxy.shards {
+        if cache().journaled_in_flight(shard.id) {
+            skipped = true;
+            continue;
+        }
+        let conn = BackendConn::spawn(&shard.current_primary(), Proto::Resp2, opts);
+        sent.push((conn.send(command.clone()), conn));
+    }
+    let mut first = None;
+    for (reply, _conn) in sent {
+        let reply = match reply.await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => error_reply(&format!("ERR memlog: {e}")),
+            Err(_) => error_reply("ERR memlog: the request was dropped"),
+        };
+        if &reply[..] == b"+OK\r\n" {
+            return reply;
+        }
+        first.get_or_insert(reply);
+    }
+    if skipped {
+        return error_reply(
+            "UNKILLABLE memlog: the running script may be a journaled write; it must run to completion, \
+             since replay from the journal runs it whole",
+        );
+    }
+    first.unwrap_or_else(|| error_reply("NOTBUSY No scripts in execution right now."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::body::sha1_hex;
+    use super::*;
+
+    fn request(args: &[&str]) -> Request {
+        Request::from_args(args)
+    }
+
+    fn err(result: Result<Call, Bytes>) -> String {
+        match result {
+            Err(reply) => String::from_utf8_lossy(&reply).trim_end().to_string(),
+            Ok(call) => panic!("accepted: {:?}", call.request.args),
+        }
+    }
+
+    #[test]
+    fn argument_errors_are_redis_texts() {
+        let eval = |args: &[&str]| err(prepare_call(&args[0].to_ascii_lowercase(), &request(args)));
+        assert_eq!(eval(&["EVAL", "return 1", "x"]), "-ERR value is not an integer or out of range");
+        assert_eq!(eval(&["EVAL", "return 1", "+1", "k"]), "-ERR value is not an integer or out of range");
+        assert_eq!(eval(&["EVAL", "return 1", "-1"]), "-ERR Number of keys can't be negative");
+        assert_eq!(eval(&["EVAL", "return 1", "2", "a"]), "-ERR Number of keys can't be greater than number of args");
+        assert_eq!(eval(&["EVALSHA", "abc", "x"]), format!("-{NOSCRIPT}"));
+        assert_eq!(eval(&["EVALSHA", &"0".repeat(40), "x"]), "-ERR value is not an integer or out of range");
+        assert_eq!(eval(&["EVALSHA", &"0".repeat(40), "0"]), format!("-{NOSCRIPT}"));
+        assert_eq!(
+            eval(&["EVAL", "return 1", "2", "{a}1", "{b}1"]),
+            "-CROSSSLOT Keys in request don't hash to the same slot"
+        );
+        assert!(eval(&["EVAL", "return redis.call('SPOP', KEYS[1])", "1", "k"]).contains("calls SPOP"));
+        assert!(eval(&["EVAL", "return 1", "1", "__memlog:lsn"]).contains("reserved"));
+    }
+
+    #[test]
+    fn evalsha_becomes_eval_with_the_body() {
+        let body = "return {KEYS[1], ARGV[1]} -- evalsha_becomes_eval_with_the_body";
+        let loaded = prepare_call("eval", &request(&["EVAL", body, "1", "{t}k", "v"])).unwrap();
+        assert!(loaded.write);
+        let sha = sha1_hex(body.as_bytes()).to_uppercase();
+        let call = prepare_call("evalsha", &request(&["EVALSHA", &sha, "1", "{t}k", "v"])).unwrap();
+        assert!(call.write);
+        assert_eq!(call.request.args, request(&["EVAL", body, "1", "{t}k", "v"]).args);
+        assert_eq!(call.slot, Some(key_slot(b"{t}k")));
+        let ro = prepare_call("evalsha_ro", &request(&["EVALSHA_RO", &sha, "0"])).unwrap();
+        assert!(!ro.write);
+        assert_eq!(ro.request.args[0], "EVAL_RO");
+    }
+
+    #[test]
+    fn time_is_pinned_for_writes_only() {
+        let body = "redis.call('SET', KEYS[1], 'v', 'EX', 10) return redis.call('TIME')";
+        let before = now_ms();
+        let call = prepare_call("eval", &request(&["EVAL", body, "1", "k", "a"])).unwrap();
+        let args = &call.request.args;
+        assert_eq!(
+            (args.len(), &args[0][..], &args[2][..], &args[3][..], &args[4][..]),
+            (6, &b"EVAL"[..], &b"1"[..], &b"k"[..], &b"a"[..])
+        );
+        assert_eq!(args[1], pin::pinned_body(body.as_bytes()));
+        let pinned: u64 = std::str::from_utf8(&args[5]).unwrap().parse().unwrap();
+        assert!(pinned >= before && pinned <= now_ms());
+        let sha = sha1_hex(body.as_bytes());
+        let by_sha = prepare_call("evalsha", &request(&["EVALSHA", &sha, "1", "k", "a"])).unwrap();
+        assert_eq!((&by_sha.request.args[..5], by_sha.request.args.len()), (&args[..5], 6));
+        let read = prepare_call("evalsha_ro", &request(&["EVALSHA_RO", &sha, "1", "k", "a"])).unwrap();
+        assert_eq!(read.request.args, request(&["EVAL_RO", body, "1", "k", "a"]).args);
+    }
+
+    #[test]
+    fn reads_are_not_journaled_and_may_be_nondeterministic() {
+        let time = "#!lua flags=no-writes\nreturn redis.call('TIME')";
+        assert!(!prepare_call("eval", &request(&["EVAL", time, "0"])).unwrap().write);
+        assert!(!prepare_call("eval_ro", &request(&["EVAL_RO", "return redis.call('TIME')", "0"])).unwrap().write);
+        assert!(prepare_call("fcall", &request(&["FCALL", "f", "0"])).unwrap().write);
+        assert!(!prepare_call("fcall_ro", &request(&["FCALL_RO", "f", "0"])).unwrap().write);
+        // A bad numkeys runs nothing; shard 0 answers the error Redis gives in its order.
+        assert!(!prepare_call("fcall", &request(&["FCALL", "f", "x"])).unwrap().write);
+        assert!(!prepare_call("fcall", &request(&["FCALL", "f", "2", "k"])).unwrap().write);
+    }
+}

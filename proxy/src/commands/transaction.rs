@@ -1,0 +1,207 @@
+//! Transactions: MULTI, EXEC, DISCARD, WATCH, UNWATCH.
+//!
+//! The proxy queues a transaction's commands itself (answering `+QUEUED`), checking each as
+//! Redis does at queue time; a refused command makes EXEC answer `-EXECABORT`. All keys of a
+//! transaction must live on one shard (one slot in cluster-compatible mode), else the command
+//! is refused with `-CROSSSLOT`, as a Redis Cluster refuses it. EXEC hands the whole transaction
+//! to the shard's sequencer, which journals and applies it as one unit. WATCH registers the keys
+//! in the sequencer of their shard, which sees every write (see `sequencer::watch`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::commands::table::CommandInfo;
+use crate::commands::{overlay, Overlay};
+use crate::dispatch::{Dispatcher, Placement};
+use crate::resp::Request;
+use crate::sequencer::{Op, Queued, Transaction, Watch, Write};
+use crate::session::Pending;
+use crate::state::RESERVED_PREFIX;
+
+/// A transaction being queued.
+#[derive(Default)]
+pub struct Multi {
+    queued: Vec<Queued>,
+    /// A command was refused while queuing: EXEC answers EXECABORT.
+    failed: bool,
+    /// The shard every key so far lives on, and a key's slot (cluster-compatible mode: one slot).
+    shard: Option<usize>,
+    slot_key: Option<Bytes>,
+}
+
+/// The client's watch, on the shard its watched keys live on.
+pub struct Watching {
+    shard: usize,
+    watch: Arc<Watch>,
+}
+
+const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+pub async fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+    match name {
+        "multi" if d.multi.is_some() => Pending::error("ERR MULTI calls can not be nested"),
+        "multi" => {
+            d.multi = Some(Multi::default());
+            ok()
+        }
+        "discard" => match d.multi.take() {
+            None => Pending::error("ERR DISCARD without MULTI"),
+            Some(_) => {
+                unwatch(d);
+                ok()
+            }
+        },
+        "exec" => exec(d).await,
+        "watch" if d.multi.is_some() => Pending::error("ERR WATCH inside MULTI is not allowed"),
+        "watch" => watch(d, request).await,
+        "unwatch" => {
+            unwatch(d);
+            ok()
+        }
+        _ => Pending::error(&format!("ERR memlog: no transaction handler for '{name}'")),
+    }
+}
+
+/// Commands queued while in MULTI (the others run at once, as in Redis).
+pub fn is_queued(name: &str) -> bool {
+    !matches!(name, "exec" | "discard" | "multi" | "watch" | "quit" | "reset")
+}
+
+/// A command was refused while queuing: the transaction will abort at EXEC.
+pub fn fail_queueing(d: &mut Dispatcher) {
+    if let Some(multi) = &mut d.multi {
+        multi.failed = true;
+    }
+}
+
+/// RESET and disconnects: leave MULTI, forget the watch.
+pub fn reset(d: &mut Dispatcher) {
+    d.multi = None;
+    unwatch(d);
+}
+
+/// Checks a command as Redis does when queuing it, then queues it.
+pub async fn queue(d: &mut Dispatcher, request: &Request, info: &Arc<CommandInfo>) -> Pending {
+    match queue_check(d, request, info).await {
+        Ok((shard, queued)) => {
+            let multi = d.multi.as_mut().expect("queue is only called in MULTI");
+            multi.shard = multi.shard.or(shard);
+            multi.queued.push(queued);
+            Pending::Ready(Bytes::from_static(b"+QUEUED\r\n"))
+        }
+        Err(msg) => {
+            fail_queueing(d);
+            Pending::error(&msg)
+        }
+    }
+}
+
+/// The shard the command's keys live on (None: no keys) and the command as it will run, or why
+/// it cannot be queued.
+async fn queue_check(
+    d: &mut Dispatcher,
+    request: &Request,
+    info: &Arc<CommandInfo>,
+) -> Result<(Option<usize>, Queued), String> {
+    if is_script_call(&info.name) {
+        // Scripts are checked and put in their journaled form (EVALSHA → EVAL) now.
+        let call = crate::commands::scripting::prepare_call(&info.name, request).map_err(|reply| {
+            String::from_utf8_lossy(reply.strip_prefix(b"-").unwrap_or(&reply)).trim_end().to_string()
+        })?;
+        let queued = Queued { request: call.request, command: info.clone(), write: call.write };
+        let shard = call.slot.map(|slot| d.proxy.slots.shard_of_slot(slot));
+        return same_shard(d, shard, None).map(|shard| (shard, queued));
+    }
+    if overlay(info) != Overlay::Forward {
+        return Err(format!("ERR memlog: '{}' cannot be used inside MULTI", crate::dispatch::display_name(&info.name)));
+    }
+    let keys = d.key_positions(request, info).await.unwrap_or_default();
+    if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
+        return Err("ERR memlog: keys starting with '__memlog:' are reserved for memlog".into());
+    }
+    let queued = Queued { request: request.clone(), command: info.clone(), write: info.flags.write };
+    let shard = match d.placement(request, &keys) {
+        Placement::Keyless => return Ok((None, queued)),
+        Placement::Spans => return Err(CROSSSLOT.into()),
+        Placement::Shard(shard) => shard,
+    };
+    same_shard(d, Some(shard), Some(&request.args[keys[0]])).map(|shard| (shard, queued))
+}
+
+/// Checks that a command on `shard` (whose first key is `key`) joins the transaction's shard
+/// (and slot, in cluster-compatible mode).
+fn same_shard(d: &mut Dispatcher, shard: Option<usize>, key: Option<&Bytes>) -> Result<Option<usize>, String> {
+    let cluster_compat = d.proxy.cfg.cluster_compat;
+    let multi = d.multi.as_mut().expect("queue is only called in MULTI");
+    let Some(shard) = shard else { return Ok(None) };
+    if multi.shard.is_some_and(|s| s != shard) {
+        return Err(CROSSSLOT.into());
+    }
+    if let (true, Some(key)) = (cluster_compat, key) {
+        match &multi.slot_key {
+            Some(first) if crate::router::key_slot(first) != crate::router::key_slot(key) => {
+                return Err(CROSSSLOT.into())
+            }
+            Some(_) => {}
+            None => multi.slot_key = Some(key.clone()),
+        }
+    }
+    Ok(Some(shard))
+}
+
+fn is_script_call(name: &str) -> bool {
+    matches!(name, "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro")
+}
+
+async fn exec(d: &mut Dispatcher) -> Pending {
+    let Some(multi) = d.multi.take() else { return Pending::error("ERR EXEC without MULTI") };
+    if multi.failed {
+        unwatch(d);
+        return Pending::error("EXECABORT Transaction discarded because of previous errors.");
+    }
+    let watching = d.watching.take();
+    let shard = match (&watching, multi.shard) {
+        (Some(w), Some(shard)) if w.shard != shard => {
+            d.watching = watching;
+            unwatch(d);
+            return Pending::error(CROSSSLOT);
+        }
+        (Some(w), _) => w.shard,
+        (None, shard) => shard.unwrap_or(0),
+    };
+    let transaction = Transaction { commands: multi.queued, watch: watching.map(|w| w.watch) };
+    d.to_sequencer(shard, Op::Transaction(transaction)).await
+}
+
+async fn watch(d: &mut Dispatcher, request: &Request) -> Pending {
+    let keys: Vec<usize> = (1..request.args.len()).collect();
+    if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
+        return Pending::error("ERR memlog: keys starting with '__memlog:' are reserved for memlog");
+    }
+    let Placement::Shard(shard) = d.placement(request, &keys) else { return Pending::error(CROSSSLOT) };
+    let watch = match &d.watching {
+        Some(w) if w.shard != shard => return Pending::error(CROSSSLOT),
+        Some(w) => w.watch.clone(),
+        None => {
+            let watch = Arc::new(Watch::default());
+            d.watching = Some(Watching { shard, watch: watch.clone() });
+            watch
+        }
+    };
+    let keys = keys.into_iter().map(|k| request.args[k].clone()).collect();
+    d.to_sequencer(shard, Op::Watch { watch, keys }).await
+}
+
+/// Forgets the client's watch (its shard's sequencer drops the registrations).
+pub fn unwatch(d: &mut Dispatcher) {
+    if let Some(watching) = d.watching.take() {
+        let reply = tokio::sync::oneshot::channel().0;
+        let write = Write { proto: d.proto, op: Op::Unwatch(watching.watch), reply };
+        d.proxy.shards[watching.shard].sequencer.submit(write);
+    }
+}
+
+fn ok() -> Pending {
+    Pending::Ready(Bytes::from_static(b"+OK\r\n"))
+}

@@ -1,0 +1,302 @@
+//! Keyspace notifications from the shards. While some subscription can receive them, one
+//! dedicated connection per shard follows the shard's current primary with `PSUBSCRIBE
+//! __key*__:*` and feeds every notification into the hub, which delivers it to whoever matches
+//! locally, exactly once per subscription. A dropped connection is re-established (to the new
+//! primary after a failover, noticed on reconnect or within `PRIMARY_CHECK`), with the
+//! `notify-keyspace-events` flags set through the proxy re-applied first. Notifications
+//! published while a shard is not followed are lost, as they would be for a client of it.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{current_primary, shard_nodes, RelayReady};
+use crate::backend::frame_len;
+use crate::resp::{array_items, encode_command, find_crlf, parse_int};
+use crate::state::Proxy;
+
+/// The one pattern the relay subscribes to on each shard: both notification families.
+const RELAY_PATTERN: &[u8] = b"__key*__:*";
+/// How often the relay checks whether its shard's primary changed.
+const PRIMARY_CHECK: Duration = Duration::from_secs(1);
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why talking to a Redis node for pub/sub failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RelayError {
+    #[error("Redis node {addr} is unreachable ({reason})")]
+    Unreachable { addr: String, reason: String },
+    #[error("connection to Redis node {addr} was lost")]
+    Lost { addr: String },
+    #[error("Redis node {addr} did not answer in time")]
+    Timeout { addr: String },
+    #[error("Redis node {addr} sent an unexpected reply")]
+    BadReply { addr: String },
+    /// Redis answered with an error, e.g. invalid `notify-keyspace-events` flags.
+    #[error("Redis node {addr} refused: {message}")]
+    Refused { addr: String, message: String },
+}
+
+impl RelayError {
+    /// The error a client sees: Redis's own when it refused, memlog's otherwise.
+    pub fn client_message(&self) -> String {
+        match self {
+            RelayError::Refused { message, .. } => message.clone(),
+            other => format!("ERR memlog: {other}"),
+        }
+    }
+}
+
+/// One plain connection to a Redis node, outside the pooled backends: it ends up subscribed.
+struct NodeConn {
+    addr: String,
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl NodeConn {
+    async fn connect(addr: &str, timeout: Duration) -> Result<NodeConn, RelayError> {
+        let unreachable = |reason: String| RelayError::Unreachable { addr: addr.to_string(), reason };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| unreachable(format!("connect timed out after {timeout:?}")))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+        Ok(NodeConn { addr: addr.to_string(), stream, buf: BytesMut::with_capacity(16 * 1024) })
+    }
+
+    async fn send(&mut self, args: &[&[u8]]) -> Result<(), RelayError> {
+        let lost = |_| RelayError::Lost { addr: self.addr.clone() };
+        self.stream.write_all(&encode_command(args)).await.map_err(lost)
+    }
+
+    /// The next whole frame. Cancel-safe: bytes read stay buffered for the next call.
+    async fn read_frame(&mut self) -> Result<Bytes, RelayError> {
+        loop {
+            match frame_len(&self.buf) {
+                Ok(Some(len)) => return Ok(self.buf.split_to(len).freeze()),
+                Ok(None) => {}
+                Err(_) => return Err(RelayError::BadReply { addr: self.addr.clone() }),
+            }
+            if self.buf.capacity() - self.buf.len() < 4096 {
+                self.buf.reserve(16 * 1024);
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Err(RelayError::Lost { addr: self.addr.clone() }),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sends one command and returns its reply, refusing an error reply.
+    async fn call(&mut self, args: &[&[u8]], timeout: Duration) -> Result<Bytes, RelayError> {
+        self.send(args).await?;
+        let reply = tokio::time::timeout(timeout, self.read_frame())
+            .await
+            .map_err(|_| RelayError::Timeout { addr: self.addr.clone() })??;
+        if let Some(message) = reply.strip_prefix(b"-") {
+            let message = String::from_utf8_lossy(message).trim_end().to_string();
+            return Err(RelayError::Refused { addr: self.addr.clone(), message });
+        }
+        Ok(reply)
+    }
+}
+
+/// The payload of a bulk string frame.
+fn bulk(frame: &Bytes) -> Option<Bytes> {
+    let header_end = find_crlf(frame, 1)?;
+    let len = usize::try_from(parse_int(frame.strip_prefix(b"$")?.get(..header_end - 1)?)?).ok()?;
+    frame.get(header_end + 2..header_end + 2 + len).map(|_| frame.slice(header_end + 2..header_end + 2 + len))
+}
+
+/// `(channel, message)` of a `pmessage` frame.
+fn pmessage(frame: &Bytes) -> Option<(Bytes, Bytes)> {
+    let items = array_items(frame)?;
+    let [kind, _pattern, channel, message] = items.as_slice() else { return None };
+    if bulk(kind)?.as_ref() != b"pmessage" {
+        return None;
+    }
+    Some((bulk(channel)?, bulk(message)?))
+}
+
+/// Sets `notify-keyspace-events` on one node.
+async fn set_keyspace_events(addr: &str, flags: &[u8], timeout: Duration) -> Result<(), RelayError> {
+    let mut conn = NodeConn::connect(addr, timeout).await?;
+    conn.call(&[b"CONFIG", b"SET", b"notify-keyspace-events", flags], timeout).await.map(drop)
+}
+
+/// Sets `notify-keyspace-events` on every node of every shard. Every primary must take it
+/// (they emit the notifications); a replica that does not is logged (it gets the flags when it
+/// becomes a primary the relay follows).
+pub async fn configure_nodes(proxy: &Proxy, flags: &Bytes) -> Result<(), RelayError> {
+    let timeout = Duration::from_millis(proxy.cfg.backend_timeout_ms);
+    let mut calls = JoinSet::new();
+    for shard in 0..proxy.shards.len() {
+        let (primary, replicas) = shard_nodes(proxy, shard);
+        let nodes = std::iter::once((primary, true)).chain(replicas.into_iter().map(|replica| (replica, false)));
+        for (addr, required) in nodes {
+            let flags = flags.clone();
+            calls.spawn(async move {
+                let result = set_keyspace_events(&addr, &flags, timeout).await;
+                (addr, required, result)
+            });
+        }
+    }
+    let mut failure = None;
+    while let Some(joined) = calls.join_next().await {
+        let Ok((addr, required, result)) = joined else { continue };
+        match result {
+            Ok(()) => {}
+            Err(e) if required => {
+                failure.get_or_insert(e);
+            }
+            Err(e) => tracing::warn!(node = %addr, "cannot set notify-keyspace-events on a replica: {e}"),
+        }
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// The running relay; dropping it stops following the shards.
+pub(super) struct Relay {
+    stop: CancellationToken,
+    /// How many shards are followed right now.
+    following: watch::Receiver<usize>,
+    shards: usize,
+}
+
+impl Relay {
+    pub(super) fn start(proxy: Weak<Proxy>, shards: usize) -> Relay {
+        let stop = CancellationToken::new();
+        let (tx, following) = watch::channel(0);
+        let tx = Arc::new(tx);
+        for shard in 0..shards {
+            tokio::spawn(follow_shard(proxy.clone(), shard, tx.clone(), stop.clone()));
+        }
+        Relay { stop, following, shards }
+    }
+
+    /// Resolves once every shard is followed, or after `timeout` (a shard that is down must
+    /// not block SUBSCRIBE for good; its notifications resume when it is back).
+    pub(super) fn ready(&self, timeout: Duration) -> RelayReady {
+        let mut following = self.following.clone();
+        let shards = self.shards;
+        Box::pin(async move {
+            let _ = tokio::time::timeout(timeout, following.wait_for(|&n| n >= shards)).await;
+        })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Counts a followed shard for as long as it lives.
+struct Following(Arc<watch::Sender<usize>>);
+
+impl Following {
+    fn new(count: &Arc<watch::Sender<usize>>) -> Following {
+        count.send_modify(|n| *n += 1);
+        Following(count.clone())
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Why one connection to a shard ended without an error.
+enum Ended {
+    ProxyGone,
+    PrimaryChanged,
+}
+
+async fn follow_shard(proxy: Weak<Proxy>, shard: usize, count: Arc<watch::Sender<usize>>, stop: CancellationToken) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let ended = tokio::select! {
+            _ = stop.cancelled() => return,
+            ended = follow_primary(&proxy, shard, &count) => ended,
+        };
+        match ended {
+            Ok(Ended::ProxyGone) => return,
+            Ok(Ended::PrimaryChanged) => {
+                backoff = MIN_BACKOFF;
+                continue;
+            }
+            Err(e) => tracing::warn!(shard, "keyspace notification relay: {e}; reconnecting"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Follows `shard`'s current primary until the connection fails or the primary changes.
+async fn follow_primary(
+    proxy: &Weak<Proxy>,
+    shard: usize,
+    count: &Arc<watch::Sender<usize>>,
+) -> Result<Ended, RelayError> {
+    let Some((addr, timeout, flags)) = proxy.upgrade().map(|p| {
+        (current_primary(&p, shard), Duration::from_millis(p.cfg.backend_timeout_ms), p.pubsub.keyspace_events())
+    }) else {
+        return Ok(Ended::ProxyGone);
+    };
+    let mut conn = NodeConn::connect(&addr, timeout).await?;
+    if let Some(flags) = flags {
+        conn.call(&[b"CONFIG", b"SET", b"notify-keyspace-events", &flags], timeout).await?;
+    }
+    let confirmation = conn.call(&[b"PSUBSCRIBE", RELAY_PATTERN], timeout).await?;
+    if array_items(&confirmation).is_none_or(|items| items.len() != 3) {
+        return Err(RelayError::BadReply { addr });
+    }
+    let _following = Following::new(count);
+    let mut check = tokio::time::interval(PRIMARY_CHECK);
+    loop {
+        tokio::select! {
+            frame = conn.read_frame() => {
+                let frame = frame?;
+                let Some(proxy) = proxy.upgrade() else { return Ok(Ended::ProxyGone) };
+                if let Some((channel, message)) = pmessage(&frame) {
+                    proxy.pubsub.deliver_notification(&channel, &message);
+                }
+            }
+            _ = check.tick() => {
+                let Some(proxy) = proxy.upgrade() else { return Ok(Ended::ProxyGone) };
+                if current_primary(&proxy, shard) != addr {
+                    tracing::info!(shard, old = %addr, "shard primary changed; following the new one");
+                    return Ok(Ended::PrimaryChanged);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pmessages() {
+        let frame = Bytes::from_static(
+            b"*4\r\n$8\r\npmessage\r\n$10\r\n__key*__:*\r\n$16\r\n__keyspace@0__:k\r\n$3\r\nset\r\n",
+        );
+        let (channel, message) = pmessage(&frame).unwrap();
+        assert_eq!((&channel[..], &message[..]), (&b"__keyspace@0__:k"[..], &b"set"[..]));
+        assert!(pmessage(&Bytes::from_static(b"*3\r\n$10\r\npsubscribe\r\n$1\r\np\r\n:1\r\n")).is_none());
+        assert!(pmessage(&Bytes::from_static(b"+OK\r\n")).is_none());
+    }
+}

@@ -1,0 +1,199 @@
+//! Which cluster an operator command (`memlog status`, `memlog failover`) talks to, and how:
+//! a local one that `memlog up --dir DIR` runs (its `cluster.json` and generated `proxy.toml`),
+//! a deployed one described by the proxy's TOML (`--config`), or just a proxy's address.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use memlog_proxy::config::ProxyConfig;
+
+use crate::cluster_file::ClusterFile;
+use crate::probe::{ProbeError, Reply, Session};
+
+/// The `--user`/`--password` flags of the operator commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// User to AUTH as with the proxy; default: the first user of the proxy's config (none if it
+    /// has no users).
+    #[arg(long, requires = "password")]
+    pub user: Option<String>,
+    /// Password of --user.
+    #[arg(long, requires = "user")]
+    pub password: Option<String>,
+}
+
+impl AuthArgs {
+    /// The credentials the flags give, if any.
+    pub fn credentials(&self) -> Option<Credentials> {
+        Some(Credentials { user: self.user.clone()?, password: self.password.clone()? })
+    }
+}
+
+/// A user and password to `AUTH` with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+/// Why an admin session with the proxy could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("proxy {addr} serves TLS only, which memlog's admin client does not speak")]
+    Tls { addr: String },
+    #[error("cannot reach the proxy at {addr}: {source}")]
+    Unreachable { addr: String, source: ProbeError },
+    #[error("the proxy at {addr} refused AUTH as {user}: {message}")]
+    AuthRefused { addr: String, user: String, message: String },
+}
+
+/// What is known about the cluster an operator command is pointed at.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// The proxy's client endpoint, `host:port`.
+    pub proxy: String,
+    /// Set for a cluster that `memlog up` runs: what it started, with pids.
+    pub cluster: Option<ClusterFile>,
+    /// The proxy's configuration (shards, journal, metadata store), when known.
+    pub config: Option<ProxyConfig>,
+    /// What to `AUTH` with before admin commands.
+    pub credentials: Option<Credentials>,
+}
+
+impl Deployment {
+    /// The cluster `memlog up --dir DIR` runs: `DIR/cluster.json` and `DIR/proxy.toml`.
+    pub fn from_dir(dir: &Path) -> anyhow::Result<Deployment> {
+        let cluster = ClusterFile::read(dir)?;
+        let mut deployment = Deployment::from_config(&dir.join("proxy.toml"))?;
+        deployment.cluster = Some(cluster);
+        Ok(deployment)
+    }
+
+    /// A deployed cluster, from its proxy's TOML (with `MEMLOG_…` overrides, as the proxy reads it).
+    /// Admin commands authenticate as the first configured user, if there is one.
+    pub fn from_config(path: &Path) -> anyhow::Result<Deployment> {
+        let config = ProxyConfig::load(Some(path))
+            .map_err(|e| anyhow::anyhow!("cannot read the proxy config {}: {e:#}", path.display()))?;
+        let credentials =
+            config.users.first().map(|u| Credentials { user: u.name.clone(), password: u.password.clone() });
+        Ok(Deployment { proxy: client_endpoint(&config), cluster: None, config: Some(config), credentials })
+    }
+
+    /// Only a proxy's address: what it reports is all there is to know.
+    pub fn from_proxy(addr: &str) -> Deployment {
+        Deployment { proxy: addr.to_string(), cluster: None, config: None, credentials: None }
+    }
+
+    /// Replaces the credentials (`--user`/`--password` on the command line win over the config).
+    pub fn with_credentials(mut self, credentials: Option<Credentials>) -> Deployment {
+        if credentials.is_some() {
+            self.credentials = credentials;
+        }
+        self
+    }
+
+    /// The pid `memlog up` recorded for the process listening on `addr`, if it started one there.
+    pub fn pid_of(&self, addr: &str) -> Option<u32> {
+        let cluster = self.cluster.as_ref()?;
+        let addr: SocketAddr = addr.parse().ok()?;
+        if !addr.ip().is_loopback() {
+            return None;
+        }
+        cluster.processes.iter().find(|p| p.port == addr.port()).map(|p| p.pid)
+    }
+
+    /// A connection to the proxy, authenticated if there are credentials; each call on it may
+    /// take up to `timeout`.
+    pub async fn admin_session(&self, timeout: Duration) -> Result<Session, SessionError> {
+        if self.config.as_ref().is_some_and(|c| c.tls.is_some()) {
+            return Err(SessionError::Tls { addr: self.proxy.clone() });
+        }
+        let unreachable = |source| SessionError::Unreachable { addr: self.proxy.clone(), source };
+        let mut session = Session::connect(self.proxy.as_str(), timeout).await.map_err(unreachable)?;
+        if let Some(credentials) = &self.credentials {
+            match session.call(&["AUTH", &credentials.user, &credentials.password]).await.map_err(unreachable)? {
+                Reply::Simple(_) => {}
+                other => {
+                    return Err(SessionError::AuthRefused {
+                        addr: self.proxy.clone(),
+                        user: credentials.user.clone(),
+                        message: reply_text(&other),
+                    })
+                }
+            }
+        }
+        Ok(session)
+    }
+}
+
+/// A reply as text for messages.
+pub fn reply_text(reply: &Reply) -> String {
+    match reply {
+        Reply::Simple(s) | Reply::Error(s) => s.clone(),
+        Reply::Integer(i) => i.to_string(),
+        Reply::Bulk(Some(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        Reply::Bulk(None) => "(nil)".into(),
+    }
+}
+
+/// Where a client on this machine reaches the proxy: its announced address, else its listen
+/// address with a wildcard IP (`0.0.0.0`, `::`) replaced by loopback.
+fn client_endpoint(config: &ProxyConfig) -> String {
+    if let Some(announce) = &config.announce {
+        return announce.clone();
+    }
+    match config.listen.parse::<SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => {
+            let ip = match addr.ip() {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            };
+            SocketAddr::new(ip, addr.port()).to_string()
+        }
+        _ => config.listen.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memlog_proxy::config::UserConfig;
+
+    #[test]
+    fn the_endpoint_is_the_announced_or_a_reachable_listen_address() {
+        let mut config = ProxyConfig { listen: "0.0.0.0:6390".into(), ..ProxyConfig::default() };
+        assert_eq!(client_endpoint(&config), "127.0.0.1:6390");
+        config.listen = "[::]:6390".into();
+        assert_eq!(client_endpoint(&config), "[::1]:6390");
+        config.listen = "10.0.0.5:6390".into();
+        assert_eq!(client_endpoint(&config), "10.0.0.5:6390");
+        config.announce = Some("proxy.example:6390".into());
+        assert_eq!(client_endpoint(&config), "proxy.example:6390");
+    }
+
+    #[test]
+    fn a_config_with_users_authenticates_as_the_first_unless_told_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let config = ProxyConfig {
+            users: vec![
+                UserConfig { name: "ops".into(), password: "s3cret".into() },
+                UserConfig { name: "app".into(), password: "x".into() },
+            ],
+            shards: vec![memlog_proxy::config::ShardConfig {
+                slots: "0-16383".into(),
+                primary: "127.0.0.1:7000".into(),
+                replicas: vec![],
+            }],
+            ..ProxyConfig::default()
+        };
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+        let deployment = Deployment::from_config(&path).unwrap();
+        assert_eq!(deployment.proxy, "127.0.0.1:6380");
+        assert_eq!(deployment.credentials, Some(Credentials { user: "ops".into(), password: "s3cret".into() }));
+        let other = Some(Credentials { user: "app".into(), password: "x".into() });
+        assert_eq!(deployment.clone().with_credentials(other.clone()).credentials, other);
+        assert_eq!(deployment.with_credentials(None).credentials.unwrap().user, "ops");
+    }
+}

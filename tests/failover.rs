@@ -1,0 +1,475 @@
+//! Fault injection against the failover controller: a durable cluster (3 journal nodes, 2
+//! shards of a primary and one replica, `memlog proxy` with default failover settings) under
+//! continuous write load from a checker that records every acknowledged write. Each case breaks
+//! something for real (`kill -9`, `SIGSTOP`), lets the proxy recover, then checks that every
+//! acknowledged write is there (lost = 0) and prints the longest gap between two acknowledged
+//! writes. Times are only bounded generously, so a slow machine cannot fail a case.
+//!
+//! The cases run one at a time (they share 2 cores, and the gaps they print are measurements).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::cluster::{spawn_redis_at, CLIENT_TIMEOUT};
+use common::load::{lost_writes, Load, Progress};
+use common::resp::{Conn, Value};
+use common::{free_port, memlog_bin, spawn_journal, spawn_listening, Proc};
+use serde_json::Value as Json;
+
+/// The longest a gap may be for a case to pass: far above the ~1-2 s expected, so only a
+/// failover that does not happen fails it.
+const GAP_BOUND: Duration = Duration::from_secs(15);
+/// How long a recovery step may take before the case fails.
+const RECOVERY: Duration = Duration::from_secs(30);
+const SHARDS: usize = 2;
+const LOAD_CONNECTIONS: usize = 4;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The cluster: node `2s` is shard `s`'s configured primary, node `2s + 1` its replica.
+struct FailoverCluster {
+    dir: tempfile::TempDir,
+    journal: Vec<Option<Proc>>,
+    nodes: Vec<Option<Proc>>,
+    node_addrs: Vec<SocketAddr>,
+    proxy: Option<Proc>,
+    proxy_addr: SocketAddr,
+}
+
+impl FailoverCluster {
+    fn start() -> FailoverCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let journal: Vec<Option<Proc>> =
+            (0..3).map(|i| Some(spawn_journal(&dir.path().join(format!("journal-{i}")), 0))).collect();
+        let mut nodes = Vec::new();
+        for _ in 0..SHARDS {
+            let primary = spawn_node(dir.path(), free_port());
+            let replica = spawn_node(dir.path(), free_port());
+            redis_cmd(replica.addr, &["REPLICAOF", "127.0.0.1", &primary.addr.port().to_string()]);
+            nodes.extend([Some(primary), Some(replica)]);
+        }
+        let node_addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.as_ref().unwrap().addr).collect();
+        // Measure failovers, not the replicas' first sync.
+        for replica in node_addrs.iter().skip(1).step_by(2) {
+            let deadline = Instant::now() + RECOVERY;
+            while !redis_cmd(*replica, &["INFO", "replication"]).text().contains("master_link_status:up") {
+                assert!(Instant::now() < deadline, "replica {replica} does not sync");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cluster = FailoverCluster { dir, journal, nodes, node_addrs, proxy: None, proxy_addr };
+        cluster.write_config();
+        cluster.start_proxy();
+        cluster
+    }
+
+    fn write_config(&self) {
+        let quote = |addrs: Vec<String>| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
+        let journal = self.journal.iter().map(|j| j.as_ref().unwrap().addr.to_string()).collect();
+        let mut toml = format!(
+            "listen = \"{}\"\n[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\n",
+            self.proxy_addr,
+            quote(journal),
+            self.metadata_path().display()
+        );
+        for shard in 0..SHARDS {
+            let (first, last) = (16384 * shard / SHARDS, 16384 * (shard + 1) / SHARDS - 1);
+            toml += &format!(
+                "[[shards]]\nslots = \"{first}-{last}\"\nprimary = \"{}\"\nreplicas = [\"{}\"]\n",
+                self.node_addrs[2 * shard],
+                self.node_addrs[2 * shard + 1]
+            );
+        }
+        std::fs::write(self.dir.path().join("proxy.toml"), toml).unwrap();
+    }
+
+    fn metadata_path(&self) -> PathBuf {
+        self.dir.path().join("metadata.json")
+    }
+
+    /// Starts the proxy (a log per run) and waits until it serves.
+    fn start_proxy(&mut self) {
+        let run = (0..).find(|run| !self.dir.path().join(format!("proxy-{run}.log")).exists()).unwrap();
+        let mut cmd = Command::new(memlog_bin());
+        cmd.arg("proxy").arg("--config").arg(self.dir.path().join("proxy.toml"));
+        let log = self.dir.path().join(format!("proxy-{run}.log"));
+        self.proxy = Some(spawn_listening("memlog-proxy", cmd, self.proxy_addr, &log));
+        self.wait_until("the proxy serves", || {
+            let pong = Conn::connect(self.proxy_addr, Duration::from_secs(2)).and_then(|mut c| c.cmd(&["PING"]));
+            matches!(pong, Ok(Value::Simple(s)) if s == "PONG")
+        });
+    }
+
+    fn proxy_log(&self) -> String {
+        let mut all = String::new();
+        for run in 0.. {
+            let Ok(text) = std::fs::read_to_string(self.dir.path().join(format!("proxy-{run}.log"))) else { break };
+            let lines: Vec<&str> = text.lines().collect();
+            all += &format!("--- proxy run {run} ---\n{}\n", lines[lines.len().saturating_sub(60)..].join("\n"));
+        }
+        all
+    }
+
+    fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + RECOVERY;
+        while !done() {
+            assert!(Instant::now() < deadline, "not within {RECOVERY:?}: {what}\n{}", self.proxy_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `MEMLOG TOPOLOGY`, parsed.
+    fn topology(&self) -> Json {
+        let mut conn = Conn::connect(self.proxy_addr, CLIENT_TIMEOUT).expect("connect to the proxy");
+        match conn.cmd(&["MEMLOG", "TOPOLOGY"]).unwrap() {
+            Value::Bulk(Some(json)) => serde_json::from_slice(&json).unwrap(),
+            other => panic!("MEMLOG TOPOLOGY answered {other:?}"),
+        }
+    }
+
+    fn primary(&self, shard: usize) -> SocketAddr {
+        self.topology()["shards"][shard]["primary"]["addr"].as_str().unwrap().parse().unwrap()
+    }
+
+    fn epoch(&self, shard: usize) -> u64 {
+        self.topology()["shards"][shard]["epoch"].as_u64().unwrap()
+    }
+
+    /// The other node of `shard` than `node`.
+    fn partner(&self, shard: usize, node: SocketAddr) -> SocketAddr {
+        let pair = [self.node_addrs[2 * shard], self.node_addrs[2 * shard + 1]];
+        *pair.iter().find(|a| **a != node).unwrap()
+    }
+
+    fn node_index(&self, addr: SocketAddr) -> usize {
+        self.node_addrs.iter().position(|a| *a == addr).unwrap()
+    }
+
+    fn kill_node(&mut self, addr: SocketAddr) {
+        let i = self.node_index(addr);
+        self.nodes[i].take().expect("the node is running").kill9();
+    }
+
+    /// Starts an EMPTY Redis on the node's port, as `memlog up`'s supervision does.
+    fn restart_node(&mut self, addr: SocketAddr) {
+        let i = self.node_index(addr);
+        assert!(self.nodes[i].is_none(), "{addr} is running");
+        self.nodes[i] = Some(spawn_node(self.dir.path(), addr.port()));
+    }
+
+    fn node(&self, addr: SocketAddr) -> &Proc {
+        self.nodes[self.node_index(addr)].as_ref().expect("the node is running")
+    }
+
+    /// Waits until the controller has swapped shard `shard`'s primary away from `old`.
+    fn wait_for_new_primary(&self, shard: usize, old: SocketAddr) -> SocketAddr {
+        self.wait_until(&format!("shard {shard} fails over from {old}"), || self.primary(shard) != old);
+        self.primary(shard)
+    }
+
+    /// The event kinds recorded in the `file:` metadata store.
+    fn event_kinds(&self) -> Vec<String> {
+        let doc: Json = serde_json::from_slice(&std::fs::read(self.metadata_path()).unwrap()).unwrap();
+        doc["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+    }
+}
+
+/// An empty Redis node on `port` that syncs a replica through a disk RDB: a diskless sync (the
+/// default) waits 5 s for more replicas to share it, and then streams nothing to the replica
+/// until its first `REPLCONF ACK`, up to 1 s later, which a switchover would wait for.
+fn spawn_node(dir: &std::path::Path, port: u16) -> Proc {
+    let node = spawn_redis_at(dir, port);
+    redis_cmd(node.addr, &["CONFIG", "SET", "repl-diskless-sync", "no"]);
+    node
+}
+
+/// One command straight to a Redis node.
+fn redis_cmd(addr: SocketAddr, args: &[&str]) -> Value {
+    Conn::connect(addr, CLIENT_TIMEOUT).and_then(|mut c| c.cmd(args)).unwrap()
+}
+
+/// `ROLE` of a node: `("master", None)` or `("slave", Some("host:port"))`.
+fn role(addr: SocketAddr) -> (String, Option<String>) {
+    match redis_cmd(addr, &["ROLE"]) {
+        Value::Array(Some(items)) if items[0].text() == "slave" => {
+            ("slave".into(), Some(format!("{}:{}", items[1].text(), items[2].text())))
+        }
+        Value::Array(Some(items)) => (items[0].text(), None),
+        other => panic!("ROLE on {addr}: {other:?}"),
+    }
+}
+
+/// Measures the longest time without a new acknowledged write, polling the load's counter.
+struct GapMeter {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Duration>,
+}
+
+impl GapMeter {
+    fn start(progress: Arc<Progress>) -> GapMeter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut last_count, mut last_change, mut longest) = (0, Instant::now(), Duration::ZERO);
+            while !flag.load(Ordering::Relaxed) {
+                let count = progress.acked.load(Ordering::Relaxed);
+                if count != last_count {
+                    longest = longest.max(last_change.elapsed());
+                    (last_count, last_change) = (count, Instant::now());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            longest
+        });
+        GapMeter { stop, thread }
+    }
+
+    fn stop(self) -> Duration {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// A client reading every load connection's `counter:c` (connection `c` increments it; they
+/// live on both shards) in a loop through the failover: every read must succeed (held, not
+/// failed) and no counter may go back (a new primary serves no read before it holds
+/// everything the old one served).
+struct Reader {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Reader {
+    fn start(addr: SocketAddr) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conn = Conn::connect(addr, CLIENT_TIMEOUT).expect("connect to the proxy");
+            let (mut rounds, mut problems, mut last) = (0u64, Vec::new(), [0i64; LOAD_CONNECTIONS]);
+            while !flag.load(Ordering::Relaxed) && problems.len() < 10 {
+                for c in 0..LOAD_CONNECTIONS {
+                    conn.queue(&["GET".to_string(), format!("counter:{c}")]);
+                }
+                let replies = conn.flush().and_then(|_| conn.read_n(LOAD_CONNECTIONS));
+                let Ok(replies) = replies else {
+                    problems.push(format!("connection failed: {replies:?}"));
+                    break;
+                };
+                for (c, reply) in replies.into_iter().enumerate() {
+                    let value = match reply {
+                        Value::Bulk(None) => 0,
+                        Value::Bulk(Some(value)) => String::from_utf8_lossy(&value).parse().unwrap_or(-1),
+                        other => {
+                            problems.push(format!("GET counter:{c} answered {other:?}"));
+                            continue;
+                        }
+                    };
+                    if value < last[c] {
+                        problems.push(format!("counter:{c} went back from {} to {value}", last[c]));
+                    }
+                    last[c] = last[c].max(value);
+                }
+                rounds += 1;
+            }
+            (rounds, problems)
+        });
+        Reader { stop, thread }
+    }
+
+    /// Stops reading; panics with what went wrong, if anything.
+    fn check(self, case: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (reads, problems) = self.thread.join().unwrap();
+        assert!(problems.is_empty(), "{case}: reads through the failover: {problems:?}");
+        assert!(reads > 0, "{case}: no read completed");
+    }
+}
+
+/// Load running against the cluster, with the gap meter on.
+struct Checked {
+    load: Load,
+    gaps: GapMeter,
+}
+
+impl Checked {
+    fn start(cluster: &FailoverCluster) -> Checked {
+        let load = Load::start(cluster.proxy_addr, LOAD_CONNECTIONS);
+        assert!(load.wait_for_more_acks(300, RECOVERY), "no load before the fault\n{}", cluster.proxy_log());
+        let gaps = GapMeter::start(load.progress.clone());
+        Checked { load, gaps }
+    }
+
+    /// Waits for writes to flow again after the fault.
+    fn resumes(&self, cluster: &FailoverCluster) {
+        assert!(self.load.wait_for_more_acks(300, RECOVERY), "writes did not resume\n{}", cluster.proxy_log());
+    }
+
+    /// Stops the load, checks every acknowledged write and prints the longest gap.
+    fn finish(self, cluster: &FailoverCluster, case: &str) {
+        self.resumes(cluster);
+        let gap = self.gaps.stop();
+        let progress = &self.load.progress;
+        let (tryagain, unknown) = (progress.tryagain.load(Ordering::Relaxed), progress.unknown.load(Ordering::Relaxed));
+        let logs = self.load.stop();
+        let acked: usize = logs.iter().map(|l| l.acked_sets.len()).sum();
+        println!(
+            "failover gap {case}: {} ms ({acked} acknowledged SETs, {tryagain} TRYAGAIN, {unknown} unknown outcome)",
+            gap.as_millis()
+        );
+        let lost = lost_writes(cluster.proxy_addr, &logs);
+        assert!(
+            lost.is_empty(),
+            "{case}: {} acknowledged writes lost: {:?}\n{}",
+            lost.len(),
+            &lost[..lost.len().min(20)],
+            cluster.proxy_log()
+        );
+        assert!(gap < GAP_BOUND, "{case}: writes stopped for {gap:?}\n{}", cluster.proxy_log());
+    }
+}
+
+#[test]
+fn kill9_primary() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start();
+    let checked = Checked::start(&cluster);
+    let reader = Reader::start(cluster.proxy_addr);
+    let old = cluster.primary(0);
+    let epoch = cluster.epoch(0);
+    cluster.kill_node(old);
+    let new = cluster.wait_for_new_primary(0, old);
+    assert_eq!(new, cluster.partner(0, old));
+    assert!(cluster.epoch(0) > epoch, "a failover bumps the shard's epoch");
+    checked.resumes(&cluster);
+    reader.check("kill9-primary");
+    checked.finish(&cluster, "kill9-primary");
+    let events = cluster.event_kinds();
+    for kind in ["failover_started", "failover_completed", "epoch_bumped"] {
+        assert!(events.iter().any(|e| e == kind), "no {kind} event in {events:?}");
+    }
+    // The old primary comes back empty: it must become a replica of the new one.
+    cluster.restart_node(old);
+    cluster.wait_until("the restarted old primary replicates the new one", || {
+        role(old) == ("slave".into(), Some(new.to_string()))
+    });
+}
+
+#[test]
+fn sigstop_primary_then_resume() {
+    let _one = one_at_a_time();
+    let cluster = FailoverCluster::start();
+    let checked = Checked::start(&cluster);
+    let reader = Reader::start(cluster.proxy_addr);
+    let old = cluster.primary(0);
+    cluster.node(old).stop();
+    let new = cluster.wait_for_new_primary(0, old);
+    checked.resumes(&cluster);
+    reader.check("sigstop-primary");
+    cluster.node(old).cont();
+    // A gray failure: the frozen primary resumes believing it is the primary; it is demoted.
+    cluster.wait_until("the resumed old primary is demoted", || role(old) == ("slave".into(), Some(new.to_string())));
+    checked.finish(&cluster, "sigstop-primary");
+    assert!(cluster.event_kinds().iter().any(|e| e == "failover_completed"));
+}
+
+#[test]
+fn kill9_primary_and_replica_then_restart_empty() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start();
+    let checked = Checked::start(&cluster);
+    let primary = cluster.primary(0);
+    let replica = cluster.partner(0, primary);
+    cluster.kill_node(primary);
+    cluster.kill_node(replica);
+    // The shard waits: nothing can serve it until a node returns.
+    cluster.wait_until("the controller holds shard 0", || cluster.topology()["shards"][0]["held"] == Json::Bool(true));
+    assert_eq!(cluster.primary(0), primary, "nothing to fail over to");
+    // Restarted empty by supervision: rebuilt from the journal.
+    cluster.restart_node(primary);
+    cluster.restart_node(replica);
+    checked.resumes(&cluster);
+    cluster.wait_until("the restarted replica replicates the primary again", || {
+        role(replica) == ("slave".into(), Some(primary.to_string()))
+    });
+    checked.finish(&cluster, "kill9-primary-and-replica");
+    assert!(cluster.event_kinds().iter().any(|e| e == "node_rebuilt"));
+}
+
+#[test]
+fn kill9_proxy_after_a_switchover() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start();
+    let checked = Checked::start(&cluster);
+    let configured = cluster.primary(0);
+    let mut admin = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    assert_eq!(admin.cmd(&["MEMLOG", "FAILOVER", "0"]).unwrap(), Value::Simple("OK".into()));
+    let recorded = cluster.primary(0);
+    assert_ne!(recorded, configured);
+    let epoch = cluster.epoch(0);
+    cluster.proxy.take().unwrap().kill9();
+    cluster.start_proxy();
+    // The restarted proxy serves from the recorded primary, under a new epoch.
+    assert_eq!(cluster.primary(0), recorded);
+    assert!(cluster.epoch(0) > epoch);
+    checked.finish(&cluster, "kill9-proxy");
+}
+
+#[test]
+fn kill9_proxy_and_primary_together() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start();
+    let checked = Checked::start(&cluster);
+    let old = cluster.primary(0);
+    cluster.proxy.take().unwrap().kill9();
+    cluster.kill_node(old);
+    // The restarted proxy finds the recorded primary dead and fails over while it starts.
+    cluster.start_proxy();
+    assert_eq!(cluster.primary(0), cluster.partner(0, old), "{}", cluster.proxy_log());
+    checked.finish(&cluster, "kill9-proxy-and-primary");
+}
+
+#[test]
+fn kill9_one_journal_node() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start();
+    let checked = Checked::start(&cluster);
+    let primary = cluster.primary(0);
+    cluster.journal[1].take().unwrap().kill9();
+    checked.resumes(&cluster);
+    assert_eq!(cluster.primary(0), primary, "a journal fault is no reason to fail over");
+    checked.finish(&cluster, "kill9-journal-node");
+}
+
+#[test]
+fn repeated_switchovers_back_and_forth() {
+    let _one = one_at_a_time();
+    let cluster = FailoverCluster::start();
+    let checked = Checked::start(&cluster);
+    let mut admin = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    for round in 0..4 {
+        let shard = round % SHARDS;
+        let old = cluster.primary(shard);
+        let to = cluster.partner(shard, old).to_string();
+        let reply = admin.cmd(&["MEMLOG", "FAILOVER", &shard.to_string(), "TO", &to]).unwrap();
+        assert_eq!(reply, Value::Simple("OK".into()), "round {round}\n{}", cluster.proxy_log());
+        assert_eq!(cluster.primary(shard).to_string(), to);
+        cluster
+            .wait_until("the old primary replicates the new one", || role(old) == ("slave".into(), Some(to.clone())));
+        checked.resumes(&cluster);
+    }
+    let refused = admin.cmd(&["MEMLOG", "FAILOVER", "0", "TO", "127.0.0.1:1"]).unwrap();
+    assert!(refused.is_error(), "{refused:?}");
+    checked.finish(&cluster, "repeated-switchovers");
+}
