@@ -1075,7 +1075,10 @@ impl Applier {
     /// `MULTI <items> [SET __memlog:lsn <lsn>] EXEC`, then each item's reply from the EXEC array.
     async fn apply_batch(&mut self, lsn: Option<u64>, proto: Proto, items: Vec<Item>) {
         let Some(lsn) = lsn else {
-            // Only reads riding behind writes: in order on the apply connection, nothing to journal.
+            if self.reader.is_some() {
+                return self.apply_reads(proto, items).await;
+            }
+            // Only routing: each command in order on the apply connection.
             let conn = self.apply.conn(proto).await;
             for item in items {
                 conn.send_to(item.command, item.reply);
@@ -1154,6 +1157,36 @@ impl Applier {
         }
     }
 
+    /// Reads riding behind writes (nothing to journal), in order on the apply connection — as a
+    /// batch, which the connection refuses until the primary behind it was checked, so a read
+    /// never reaches a new primary before it is caught up.
+    async fn apply_reads(&mut self, proto: Proto, items: Vec<Item>) {
+        let mut request = BytesMut::with_capacity(items.iter().map(|i| i.command.len()).sum::<usize>());
+        items.iter().for_each(|item| request.extend_from_slice(&item.command));
+        let request = request.freeze();
+        loop {
+            match self.apply.conn(proto).await.call_batch(request.clone(), items.len()).await {
+                Err(BackendError::Unverified { .. }) => {
+                    let applied = self.applied;
+                    self.catch_up(applied).await;
+                }
+                Ok(replies) => {
+                    for (item, reply) in items.into_iter().zip(replies) {
+                        let _ = item.reply.send(Ok(item.reply_override.unwrap_or(reply)));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let reply = error_reply(&format!("ERR memlog: {e}"));
+                    for item in items {
+                        let _ = item.reply.send(Ok(reply.clone()));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
     /// The journal prefix the primary holds (`GET __memlog:lsn`; 0 when it holds nothing).
     async fn held_lsn(&mut self) -> anyhow::Result<u64> {
         let conn = self.apply.conn(Proto::Resp2).await.clone();
@@ -1184,9 +1217,10 @@ impl Applier {
     }
 
     async fn try_catch_up(&mut self, lsn: u64) -> anyhow::Result<u64> {
+        // Asking the LSN also marks the connection checked, with or without a journal.
+        let mut from = self.held_lsn().await?;
         let Some(reader) = self.reader.clone() else { return Ok(0) };
         let conn = self.apply.conn(Proto::Resp2).await.clone();
-        let mut from = self.held_lsn().await?;
         if from > lsn {
             anyhow::bail!(
                 "the primary holds lsn {from}, beyond the journal's commit point {lsn}: it was written by someone else"
