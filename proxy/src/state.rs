@@ -2,7 +2,7 @@
 //! and read pools) and the registry of connected clients.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -158,6 +158,8 @@ pub struct ClientHandle {
     pub kill: CancellationToken,
     /// True while the client waits in a blocking command (`flags=b`).
     pub blocked: AtomicBool,
+    /// Commands queued since MULTI (`multi=`), -1 outside a transaction.
+    pub multi: AtomicI64,
 }
 
 impl ClientHandle {
@@ -176,6 +178,7 @@ impl ClientHandle {
             proto: AtomicU8::new(2),
             kill: CancellationToken::new(),
             blocked: AtomicBool::new(false),
+            multi: AtomicI64::new(-1),
         }
     }
 }
@@ -189,18 +192,31 @@ impl ClientHandle {
         }
     }
 
-    /// One `CLIENT LIST` / `CLIENT INFO` line, in Redis's format.
-    pub fn info_line(&self) -> String {
+    /// One `CLIENT LIST` / `CLIENT INFO` line, in Redis's format; `subscriptions` are the
+    /// client's pub/sub counts (the hub keeps them).
+    pub fn info_line(&self, subscriptions: &crate::pubsub::SubscriptionCounts) -> String {
         let now = Instant::now();
+        let subscribed = subscriptions.channels + subscriptions.patterns + subscriptions.shard_channels > 0;
+        let queued = self.multi.load(Ordering::Relaxed);
+        let flags = match (self.blocked.load(Ordering::Relaxed), subscribed, queued >= 0) {
+            (true, _, _) => "b",
+            (_, true, _) => "P",
+            (_, _, true) => "x",
+            _ => "N",
+        };
         format!(
-            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
+            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.local_addr,
             self.name.lock().unwrap().as_deref().unwrap_or(""),
             now.duration_since(self.connected_at).as_secs(),
             now.duration_since(self.connected_at).as_secs().saturating_sub(self.last_command_ms.load(Ordering::Relaxed) / 1000),
-            if self.blocked.load(Ordering::Relaxed) { "b" } else { "N" },
+            flags,
+            subscriptions.channels,
+            subscriptions.patterns,
+            subscriptions.shard_channels,
+            queued,
             self.last_command.load().as_ref().map(|c| c.name.as_str()).unwrap_or("NULL"),
             self.user.lock().unwrap(),
             if self.proto() == Proto::Resp3 { 3 } else { 2 },

@@ -45,7 +45,7 @@ pub fn run(d: &mut Dispatcher, sub: &str, request: &Request) -> Pending {
             ok(d)
         }
         "info" => {
-            let line = format!("{}\n", d.client.info_line());
+            let line = format!("{}\n", d.client.info_line(&d.proxy.pubsub.client_counts(d.client.id)));
             Pending::Ready(reply(proto, |w| {
                 w.verbatim(&line);
             }))
@@ -119,7 +119,7 @@ fn list(d: &Dispatcher, request: &Request) -> Pending {
         if !only_normal || ids.as_ref().is_some_and(|ids| !ids.contains(&client.id)) {
             continue;
         }
-        text.push_str(&client.info_line());
+        text.push_str(&client.info_line(&d.proxy.pubsub.client_counts(client.id)));
         text.push('\n');
     }
     Pending::Ready(reply(d.proto, |w| {

@@ -39,6 +39,12 @@ pub struct Watching {
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 pub async fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+    let reply = run_command(d, name, request).await;
+    show_in_client_list(d);
+    reply
+}
+
+async fn run_command(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
     match name {
         "multi" if d.multi.is_some() => Pending::error("ERR MULTI calls can not be nested"),
         "multi" => {
@@ -79,6 +85,13 @@ pub fn fail_queueing(d: &mut Dispatcher) {
 pub fn reset(d: &mut Dispatcher) {
     d.multi = None;
     unwatch(d);
+    show_in_client_list(d);
+}
+
+/// `multi=` in CLIENT LIST: the commands queued, -1 outside MULTI.
+fn show_in_client_list(d: &Dispatcher) {
+    let queued = d.multi.as_ref().map_or(-1, |m| m.queued.len() as i64);
+    d.client.multi.store(queued, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Checks a command as Redis does when queuing it, then queues it.
@@ -88,6 +101,7 @@ pub async fn queue(d: &mut Dispatcher, request: &Request, info: &Arc<CommandInfo
             let multi = d.multi.as_mut().expect("queue is only called in MULTI");
             multi.shard = multi.shard.or(shard);
             multi.queued.push(queued);
+            show_in_client_list(d);
             Pending::Ready(Bytes::from_static(b"+QUEUED\r\n"))
         }
         Err(msg) => {
