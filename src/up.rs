@@ -399,6 +399,10 @@ fn redis_node(
         // replica until its first REPLCONF ACK (up to 1 s), which would stall a switchover.
         "--repl-diskless-sync".into(),
         "no".into(),
+        // Answer -BUSY after 300 ms of a running script, well within the proxy's detect_ms:
+        // the failover controller then tells a busy primary from a dead one.
+        "--busy-reply-threshold".into(),
+        "300".into(),
         "--dir".into(),
         node_dir.clone().into(),
     ];

@@ -188,10 +188,13 @@ impl FailoverCluster {
 
 /// An empty Redis node on `port` that syncs a replica through a disk RDB: a diskless sync (the
 /// default) waits 5 s for more replicas to share it, and then streams nothing to the replica
-/// until its first `REPLCONF ACK`, up to 1 s later, which a switchover would wait for.
+/// until its first `REPLCONF ACK`, up to 1 s later, which a switchover would wait for. It answers
+/// `-BUSY` after 300 ms of a running script (as `memlog up` configures its nodes), which tells
+/// the controller a busy primary from a dead one.
 fn spawn_node(dir: &std::path::Path, port: u16) -> Proc {
     let node = spawn_redis_at(dir, port);
     redis_cmd(node.addr, &["CONFIG", "SET", "repl-diskless-sync", "no"]);
+    redis_cmd(node.addr, &["CONFIG", "SET", "busy-reply-threshold", "300"]);
     node
 }
 
@@ -364,6 +367,30 @@ fn kill9_primary() {
     cluster.wait_until("the restarted old primary replicates the new one", || {
         role(old) == ("slave".into(), Some(new.to_string()))
     });
+}
+
+#[test]
+fn a_primary_busy_in_a_long_script_is_not_failed_over() {
+    let _one = one_at_a_time();
+    let cluster = FailoverCluster::start();
+    let primary = cluster.primary(0);
+    let epoch = cluster.epoch(0);
+    // 1.5 s of script on shard 0's primary: longer than detect_ms (1 s), so a controller that
+    // took the busy node for a dead one would fail over during it.
+    let script = "#!lua flags=no-writes
+local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end
+local start = now()
+while now() - start < 1500000 do end
+return 1";
+    let mut client = Conn::connect(cluster.proxy_addr, Duration::from_secs(10)).unwrap();
+    let started = Instant::now();
+    assert_eq!(client.cmd(&["EVAL", script, "0"]).unwrap(), Value::Int(1));
+    assert!(started.elapsed() >= Duration::from_millis(1400), "the script did not run for 1.5 s");
+    assert_eq!(client.cmd(&["SET", "after-the-script", "1"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(cluster.primary(0), primary, "a busy primary was replaced");
+    assert_eq!(cluster.epoch(0), epoch);
+    let events = cluster.event_kinds();
+    assert!(!events.iter().any(|e| e == "failover_started"), "a busy primary was failed over: {events:?}");
 }
 
 #[test]
