@@ -505,14 +505,16 @@ impl Conn {
                 }
                 let first = match self.take_waiting() {
                     Some(op) => op,
+                    // A hold or retarget that came with a request is seen first: the request then waits.
                     None => tokio::select! {
-                        op = ops.recv() => op?,
+                        biased;
                         changed = state.changed() => {
                             if changed.is_err() {
                                 return None;
                             }
                             continue;
                         }
+                        op = ops.recv() => op?,
                     },
                 };
                 out.clear();

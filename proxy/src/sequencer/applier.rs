@@ -1,0 +1,292 @@
+//! The applier: awaits each committed entry in order and applies it to the shard's primary as
+//! `MULTI … SET __memlog:lsn N EXEC`, answering each client from the EXEC array; catches the
+//! primary up from the journal when it misses entries (start-up, restart, failover).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use journal_service::quorum::{Reader, WriteError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+/// Applies committed entries to the primary, in LSN order.
+pub(super) struct Applier {
+    pub(super) shard: usize,
+    pub(super) apply: ApplyConns,
+    /// Reads committed entries to catch the primary up; None when only routing.
+    pub(super) reader: Option<Arc<Reader>>,
+    /// The journal prefix the primary holds, as far as this applier knows.
+    pub(super) applied: u64,
+    pub(super) health: Arc<ApplyHealth>,
+    /// How long clients wait for a committed batch Redis cannot apply before they are told it
+    /// is committed and will be applied later.
+    pub(super) reply_wait: Duration,
+}
+
+impl Applier {
+    pub(super) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<ToApplier>, failed: Arc<AtomicBool>) {
+        while let Some(message) = inbox.recv().await {
+            match message {
+                ToApplier::Batch { append, proto, items } => {
+                    let lsn = match append {
+                        None => None,
+                        Some((append, _permit)) => match append.await {
+                            Ok(lsn) => Some(lsn),
+                            Err(e) => {
+                                failed.store(true, Ordering::Release);
+                                let reply = append_error_reply(&e);
+                                for item in items {
+                                    let _ = item.reply.send(Ok(reply.clone()));
+                                }
+                                continue;
+                            }
+                        },
+                    };
+                    self.apply_batch(lsn, proto, items).await;
+                }
+                ToApplier::Probe { commands, done } => {
+                    let mut requests = BytesMut::new();
+                    for command in &commands {
+                        requests.extend_from_slice(&encode_command(command));
+                    }
+                    let requests = requests.freeze();
+                    let mut replies =
+                        self.apply.conn(Proto::Resp2).await.call_batch(requests.clone(), commands.len()).await;
+                    if matches!(replies, Err(BackendError::Unverified { .. })) {
+                        // A new primary: catch it up to what was applied, then read it.
+                        let applied = self.applied;
+                        self.catch_up(applied).await;
+                        replies = self.apply.conn(Proto::Resp2).await.call_batch(requests, commands.len()).await;
+                    }
+                    let _ = done.send(replies);
+                }
+                ToApplier::CatchUp { lsn, done } => {
+                    self.catch_up(lsn).await;
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// `MULTI <items> [SET __memlog:lsn <lsn>] EXEC`, then each item's reply from the EXEC array.
+    async fn apply_batch(&mut self, lsn: Option<u64>, proto: Proto, items: Vec<Item>) {
+        let Some(lsn) = lsn else {
+            if self.reader.is_some() {
+                return self.apply_reads(proto, items).await;
+            }
+            // Only routing: each command in order on the apply connection.
+            let conn = self.apply.conn(proto).await;
+            for item in items {
+                conn.send_to(item.command, item.reply);
+            }
+            return;
+        };
+        let mut request = BytesMut::with_capacity(64 + items.iter().map(|i| i.command.len()).sum::<usize>());
+        request.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+        for item in &items {
+            request.extend_from_slice(&item.command);
+        }
+        request.extend_from_slice(&set_lsn(lsn));
+        request.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+        let (request, count) = (request.freeze(), items.len() + 3);
+        let mut pause = Duration::from_millis(20);
+        let started = Instant::now();
+        let mut items = items;
+        loop {
+            let result = self.apply.conn(proto).await.call_batch(request.clone(), count).await;
+            let exec = result.as_ref().ok().and_then(|replies| replies.last()).and_then(crate::resp::array_items);
+            if let Some(replies) = exec.filter(|replies| replies.len() == items.len() + 1) {
+                self.applied = lsn;
+                self.health.set_failing(false);
+                for (item, reply) in items.into_iter().zip(replies) {
+                    if !item.silent {
+                        let _ = item.reply.send(Ok(item.reply_override.unwrap_or(reply)));
+                    }
+                }
+                return;
+            }
+            // Redis did not confirm the batch (connection lost, primary restarted or replaced,
+            // EXEC aborted). It is committed in the journal: hold new writes, bring the primary
+            // to the entry before it, and apply it again, so its clients get their real replies
+            // after a pause rather than errors.
+            self.health.set_failing(true);
+            let reason = match &result {
+                Err(e) => e.to_string(),
+                Ok(replies) => {
+                    format!("EXEC answered {}", String::from_utf8_lossy(replies.last().map_or(&b""[..], |r| r)).trim())
+                }
+            };
+            // A new connection (e.g. to a new primary) is not a failure: check and catch up at once.
+            if !matches!(result, Err(BackendError::Unverified { .. })) {
+                tracing::warn!(shard = self.shard, lsn, "applying a committed batch failed ({reason}); retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            if started.elapsed() >= self.reply_wait {
+                // Waited long enough: say what is known, and keep trying to apply it.
+                let reply = error_reply(&format!(
+                    "ERR memlog: the write is committed in the journal but Redis cannot apply it yet ({reason}); it will be applied from the journal"
+                ));
+                for item in items.iter_mut().filter(|item| !item.silent) {
+                    let _ = std::mem::replace(&mut item.reply, oneshot::channel().0).send(Ok(reply.clone()));
+                    item.silent = true;
+                }
+            }
+            match self.held_lsn().await {
+                Ok(held) if held >= lsn => {
+                    // Applied, but its replies were lost with the connection.
+                    self.catch_up(lsn).await;
+                    self.health.set_failing(false);
+                    let reply = error_reply(&format!(
+                        "ERR memlog: the write is committed in the journal and was applied, but Redis's reply was lost ({reason}); its result is unknown"
+                    ));
+                    for item in items {
+                        let _ = item.reply.send(Ok(reply.clone()));
+                    }
+                    return;
+                }
+                Ok(_) => {
+                    self.catch_up(lsn - 1).await;
+                }
+                Err(e) => tracing::debug!(shard = self.shard, "the primary is not answering yet: {e}"),
+            }
+        }
+    }
+
+    /// Reads riding behind writes (nothing to journal), in order on the apply connection — as a
+    /// batch, which the connection refuses until the primary behind it was checked, so a read
+    /// never reaches a new primary before it is caught up.
+    async fn apply_reads(&mut self, proto: Proto, items: Vec<Item>) {
+        let mut request = BytesMut::with_capacity(items.iter().map(|i| i.command.len()).sum::<usize>());
+        items.iter().for_each(|item| request.extend_from_slice(&item.command));
+        let request = request.freeze();
+        loop {
+            match self.apply.conn(proto).await.call_batch(request.clone(), items.len()).await {
+                Err(BackendError::Unverified { .. }) => {
+                    let applied = self.applied;
+                    self.catch_up(applied).await;
+                }
+                Ok(replies) => {
+                    for (item, reply) in items.into_iter().zip(replies) {
+                        let _ = item.reply.send(Ok(item.reply_override.unwrap_or(reply)));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let reply = error_reply(&format!("ERR memlog: {e}"));
+                    for item in items {
+                        let _ = item.reply.send(Ok(reply.clone()));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The journal prefix the primary holds (`GET __memlog:lsn`; 0 when it holds nothing).
+    async fn held_lsn(&mut self) -> anyhow::Result<u64> {
+        let conn = self.apply.conn(Proto::Resp2).await.clone();
+        let held = conn.call(&[&b"GET"[..], LSN_KEY]).await?;
+        Ok(match crate::state::decode_resp2(&held)? {
+            redis_protocol::resp2::types::BytesFrame::BulkString(n) => std::str::from_utf8(&n)?.parse::<u64>()?,
+            _ => 0,
+        })
+    }
+
+    /// Replays the committed entries the primary misses, `(its __memlog:lsn, lsn]`, retrying
+    /// until it succeeds; returns how many entries were replayed.
+    pub(super) async fn catch_up(&mut self, lsn: u64) -> u64 {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.try_catch_up(lsn).await {
+                Ok(replayed) => {
+                    self.applied = lsn;
+                    return replayed;
+                }
+                Err(e) => {
+                    tracing::warn!(shard = self.shard, "catching the primary up failed, retrying: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    async fn try_catch_up(&mut self, lsn: u64) -> anyhow::Result<u64> {
+        // Asking the LSN also marks the connection checked, with or without a journal.
+        let mut from = self.held_lsn().await?;
+        let Some(reader) = self.reader.clone() else { return Ok(0) };
+        let conn = self.apply.conn(Proto::Resp2).await.clone();
+        if from > lsn {
+            anyhow::bail!(
+                "the primary holds lsn {from}, beyond the journal's commit point {lsn}: it was written by someone else"
+            );
+        }
+        let mut replayed = 0;
+        while from < lsn {
+            let to = lsn.min(from + REPLAY_CHUNK);
+            let entries = reader.read(from + 1, to).await?;
+            let mut pipeline = BytesMut::new();
+            let mut count = 0;
+            let mut last = from;
+            for entry in &entries {
+                let commands = split_commands(&entry.payload)?;
+                pipeline.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+                for command in &commands {
+                    pipeline.extend_from_slice(command);
+                }
+                pipeline.extend_from_slice(&set_lsn(entry.lsn));
+                pipeline.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+                count += commands.len() + 3;
+                last = entry.lsn;
+            }
+            if count > 0 {
+                let replies = conn.call_batch(pipeline.freeze(), count).await?;
+                if let Some(bad) = replies.iter().find(|r| r.starts_with(b"-EXECABORT")) {
+                    anyhow::bail!("replay aborted: {}", String::from_utf8_lossy(bad).trim());
+                }
+            }
+            replayed += entries.len() as u64;
+            // Barrier entries carry no payload and are skipped by the reader: advance past them.
+            from = to.max(last);
+        }
+        if replayed > 0 {
+            metrics::counter!("memlog_replayed_entries_total", "shard" => self.shard.to_string()).increment(replayed);
+        }
+        Ok(replayed)
+    }
+}
+
+/// `SET __memlog:lsn <lsn>`
+fn set_lsn(lsn: u64) -> Bytes {
+    encode_command(&[&b"SET"[..], LSN_KEY, lsn.to_string().as_bytes()])
+}
+
+/// The RESP commands of a journal entry's payload.
+fn split_commands(payload: &Bytes) -> anyhow::Result<Vec<Bytes>> {
+    let mut buf = BytesMut::from(&payload[..]);
+    let mut parser = RequestParser::default();
+    // The proxy checked each command's limits before journaling it.
+    let limits = crate::resp::Limits { max_bulk_len: 1 << 40, max_args: 1 << 40 };
+    let mut commands = Vec::new();
+    while let Some(request) = parser.next(&mut buf, limits)? {
+        commands.push(request.raw);
+    }
+    anyhow::ensure!(buf.is_empty(), "a journal entry ends in an incomplete command");
+    Ok(commands)
+}
+
+/// What a client hears when its write's append failed.
+fn append_error_reply(e: &WriteError) -> Bytes {
+    match e {
+        WriteError::Stopped { .. } | WriteError::NoQuorum { acked: 0, .. } | WriteError::Unreachable(_) => {
+            error_reply(&format!("TRYAGAIN memlog: the journal has no quorum ({e}); the write was not applied"))
+        }
+        _ => error_reply(&format!(
+            "ERR memlog: the journal append's outcome is unknown ({e}); the write may or may not be applied"
+        )),
+    }
+}

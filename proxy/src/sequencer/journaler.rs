@@ -1,0 +1,740 @@
+//! The journaler: takes a shard's writes in order, normalizes them, appends them to the journal
+//! (grouped into entries, a few appends in flight) and hands each entry to the applier. Every
+//! write passes here, so WATCHes and parked blocking commands are checked here too.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use journal_service::quorum::{self, QuorumWriter};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::blocked::{arm_timeout, BlockedRegistry};
+use super::watch::WatchRegistry;
+use super::*;
+
+/// The shard's journal, when one is configured.
+pub(super) struct Journal {
+    pub(super) stream: String,
+    pub(super) setup: JournalSetup,
+    pub(super) writer: QuorumWriter,
+}
+
+/// The keys a write touches, as far as WATCH and blocked clients need to know.
+enum Touched {
+    /// Nobody watches or blocks on this shard: not worth locating keys.
+    Unobserved,
+    Keys(Vec<Bytes>),
+    /// Unknown keys, or the whole database (FLUSHALL).
+    Everything,
+}
+
+/// A transaction's command, normalized before any of the transaction is put in the segment.
+enum Prepared {
+    Resolved(Resolved),
+    Rewritten(Vec<Bytes>),
+    AsSent,
+}
+
+/// What became of a command handed to [`Journaler::journal_command`].
+enum Journaled {
+    /// In the segment, to be journaled and applied.
+    Pushed,
+    /// Answered without journaling anything.
+    Answered,
+    /// A blocking command with nothing to serve: its reply sender, to park it.
+    NothingToServe(ReplySender),
+}
+
+/// Orders a shard's writes: normalizes and appends them to the journal (when configured), and
+/// keeps WATCHes and blocked clients, which every write must be checked against.
+pub(super) struct Journaler {
+    pub(super) shard: usize,
+    /// None: the proxy only routes, nothing is journaled.
+    pub(super) journal: Option<Journal>,
+    pub(super) to_applier: mpsc::UnboundedSender<ToApplier>,
+    /// Set by the applier when an append failed: the writer has stopped and must be replaced.
+    pub(super) failed: Arc<AtomicBool>,
+    /// One permit per append in flight; the applier returns it once the append is decided.
+    pub(super) appends: Arc<Semaphore>,
+    pub(super) health: Arc<ApplyHealth>,
+    pub(super) watches: WatchRegistry,
+    pub(super) parked: BlockedRegistry,
+    pub(super) blocked: BlockedClients,
+    /// This sequencer's own queue, to retry parked clients later.
+    pub(super) queue: mpsc::WeakUnboundedSender<Write>,
+    pub(super) retry_scheduled: bool,
+}
+
+impl Journaler {
+    pub(super) async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Write>) {
+        let batch_size = metrics::histogram!("memlog_sequencer_batch_size", "shard" => self.shard.to_string());
+        let mut batch = Vec::with_capacity(64);
+        let mut swept = Instant::now();
+        loop {
+            // Take the next batch only once an append may start, so what arrives meanwhile joins it.
+            drop(self.appends.acquire().await);
+            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return;
+            }
+            batch_size.record(batch.len() as f64);
+            if self.failed.load(Ordering::Acquire) {
+                self.replace_writer(&mut queue, &mut batch).await;
+            }
+            if self.health.is_failing() {
+                self.wait_for_applier(&mut queue, &mut batch).await;
+            }
+            let now = now_ms();
+            let mut segment = Segment::default();
+            for write in batch.drain(..) {
+                self.sequence(&mut segment, write, now).await;
+            }
+            self.flush(&mut segment).await;
+            if swept.elapsed() >= Duration::from_secs(1) {
+                self.parked.sweep();
+                swept = Instant::now();
+            }
+        }
+    }
+
+    async fn sequence(&mut self, segment: &mut Segment, write: Write, now: u64) {
+        let Write { proto, op, reply } = write;
+        if segment.proto != Some(proto) && !segment.items.is_empty() {
+            self.flush(segment).await;
+        }
+        segment.proto = Some(proto);
+        match op {
+            Op::Read(request) => segment.push(request.raw, false, reply, None, false),
+            Op::Write { request, command } => {
+                let touched = self.touched(&request, command.as_deref());
+                let plan = if self.journal.is_some() { normalize::plan(&request.args, now) } else { Plan::AsIs };
+                self.journal_command(segment, proto, request, plan, reply, false).await;
+                self.after_write(segment, touched, now).await;
+            }
+            Op::Transaction(transaction) => self.transaction(segment, proto, transaction, reply, now).await,
+            Op::Watch { watch, keys } => self.watch(segment, watch, keys, reply),
+            Op::Unwatch(watch) => self.watches.remove(&watch),
+            Op::Block(blocked) => {
+                let touched = self.try_blocked(segment, &blocked, now).await;
+                self.after_write(segment, touched, now).await;
+            }
+            Op::RetryParked => {
+                self.retry_scheduled = false;
+                let parked = self.parked.wake(None);
+                self.serve(segment, parked, now).await;
+            }
+            Op::Wait => {
+                let live = self.journal.as_ref().map_or(0, |j| j.writer.live_nodes().iter().filter(|l| **l).count());
+                let _ = reply.send(Ok(Bytes::from(format!(":{live}\r\n"))));
+            }
+        }
+    }
+
+    /// Locates the keys a write touches, if anyone watches or blocks on this shard.
+    fn touched(&self, request: &Request, command: Option<&CommandInfo>) -> Touched {
+        if self.watches.is_empty() && self.parked.is_empty() {
+            return Touched::Unobserved;
+        }
+        let Some(command) = command else { return Touched::Everything };
+        if command.needs_getkeys || matches!(command.name.as_str(), "flushall" | "flushdb") {
+            return Touched::Everything;
+        }
+        match command.key_positions(&request.args) {
+            Some(positions) => Touched::Keys(positions.into_iter().map(|p| request.args[p].clone()).collect()),
+            None => Touched::Everything,
+        }
+    }
+
+    /// Marks the watches of what a write touched and serves the clients blocked on it, in the
+    /// order they blocked, each tried right behind the write (and behind each other).
+    async fn after_write(&mut self, segment: &mut Segment, touched: Touched, now: u64) {
+        let woken = self.observe(&touched);
+        self.serve(segment, woken, now).await;
+    }
+
+    /// Marks the watches of what a write touched; returns the clients parked on it.
+    fn observe(&mut self, touched: &Touched) -> Vec<Arc<Blocked>> {
+        match touched {
+            Touched::Unobserved => Vec::new(),
+            Touched::Keys(keys) => {
+                keys.iter().for_each(|k| self.watches.touch(k));
+                self.parked.wake(Some(keys))
+            }
+            Touched::Everything => {
+                self.watches.touch_all();
+                self.parked.wake(None)
+            }
+        }
+    }
+
+    /// Tries `woken` clients in order; what serving one writes may wake more.
+    async fn serve(&mut self, segment: &mut Segment, woken: Vec<Arc<Blocked>>, now: u64) {
+        let mut woken = std::collections::VecDeque::from(woken);
+        while let Some(blocked) = woken.pop_front() {
+            let touched = self.try_blocked(segment, &blocked, now).await;
+            woken.extend(self.observe(&touched));
+        }
+    }
+
+    /// Puts one command into the segment, normalized by `plan`. A blocking command that finds
+    /// nothing to serve (`park_on_nil`) gets its reply sender back instead of the nil reply.
+    async fn journal_command(
+        &mut self,
+        segment: &mut Segment,
+        proto: Proto,
+        request: Request,
+        plan: Plan,
+        reply: ReplySender,
+        park_on_nil: bool,
+    ) -> Journaled {
+        let resolved = match plan {
+            Plan::AsIs => {
+                segment.push(request.raw, true, reply, None, false);
+                return Journaled::Pushed;
+            }
+            Plan::Rewrite(command) => {
+                segment.push(encode_command(&command), true, reply, None, false);
+                return Journaled::Pushed;
+            }
+            Plan::Probe { probe, resolve } => match self.probe(segment, probe).await {
+                Ok(replies) => resolve(&replies),
+                Err(e) => return self.probe_failed(reply, e, park_on_nil),
+            },
+        };
+        let command = &request.args[0];
+        if resolved.commands.is_empty() {
+            let answer = resolved.reply.unwrap_or_else(|| error_reply("ERR memlog: empty resolution"));
+            if park_on_nil && answer == normalize::NIL_ARRAY {
+                return Journaled::NothingToServe(reply);
+            }
+            let _ = reply.send(Ok(convert_reply(proto, command, answer)));
+            return Journaled::Answered;
+        }
+        self.push_resolved(segment, proto, command, resolved, reply);
+        Journaled::Pushed
+    }
+
+    /// A probe could not read the primary (it is down or being replaced). Nothing was journaled:
+    /// a write fails with `-TRYAGAIN`; a blocked client stays parked and every parked client
+    /// is tried again shortly.
+    fn probe_failed(&mut self, reply: ReplySender, e: BackendError, park: bool) -> Journaled {
+        if park {
+            self.retry_parked_later();
+            return Journaled::NothingToServe(reply);
+        }
+        let msg =
+            format!("TRYAGAIN memlog: could not read the data this write depends on ({e}); the write was not applied");
+        let _ = reply.send(Ok(error_reply(&msg)));
+        Journaled::Answered
+    }
+
+    /// Queues an [`Op::RetryParked`] after a pause (one at a time).
+    fn retry_parked_later(&mut self) {
+        if self.retry_scheduled {
+            return;
+        }
+        self.retry_scheduled = true;
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(PARKED_RETRY).await;
+            if let Some(queue) = queue.upgrade() {
+                let reply = oneshot::channel().0;
+                let _ = queue.send(Write { proto: Proto::Resp2, op: Op::RetryParked, reply });
+            }
+        });
+    }
+
+    /// Runs read-only `commands` on the primary once everything before them is applied.
+    async fn probe(&mut self, segment: &mut Segment, commands: Vec<Vec<Bytes>>) -> Result<Vec<Bytes>, BackendError> {
+        self.flush(segment).await;
+        let (done, replies) = oneshot::channel();
+        let _ = self.to_applier.send(ToApplier::Probe { commands, done });
+        replies.await.unwrap_or_else(|_| Err(BackendError::Lost { addr: "the shard's applier".into() }))
+    }
+
+    /// Pushes a probed write's commands; the client's reply rides on the last one.
+    fn push_resolved(
+        &mut self,
+        segment: &mut Segment,
+        proto: Proto,
+        command: &[u8],
+        resolved: Resolved,
+        reply: ReplySender,
+    ) {
+        let last = resolved.commands.len() - 1;
+        let reply_override = resolved.reply.map(|r| convert_reply(proto, command, r));
+        let mut reply = Some(reply);
+        for (i, command) in resolved.commands.iter().enumerate() {
+            let (tx, _) = oneshot::channel();
+            let target = if i == last { reply.take().unwrap_or(tx) } else { tx };
+            segment.push(encode_command(command), true, target, reply_override.clone(), i != last);
+        }
+    }
+
+    /// Registers a WATCH and reads its keys' expiries behind every earlier write.
+    fn watch(&mut self, segment: &mut Segment, watch: Arc<Watch>, keys: Vec<Bytes>, reply: ReplySender) {
+        let mut expiry_replies = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let (tx, rx) = oneshot::channel();
+            segment.push(encode_command(&[&b"PEXPIRETIME"[..], key]), false, tx, None, false);
+            expiry_replies.push(rx);
+        }
+        self.watches.add(&watch, keys);
+        let (expiries, arrive) = oneshot::channel();
+        watch.expect_expiries(arrive);
+        tokio::spawn(async move {
+            let mut at = Vec::new();
+            for reply in expiry_replies {
+                match reply.await {
+                    Ok(Ok(frame)) => match normalize::integer_reply(&frame) {
+                        Some(ms) if ms >= 0 => at.push(ms),
+                        Some(_) => {}
+                        // Not an expiry time: count the key as expired, so EXEC aborts rather than guesses.
+                        None => at.push(0),
+                    },
+                    _ => at.push(0),
+                }
+            }
+            let _ = expiries.send(at);
+            let _ = reply.send(Ok(Bytes::from_static(b"+OK\r\n")));
+        });
+    }
+
+    /// EXEC: unless the watch saw a change, journals and applies the queued commands as one
+    /// unit (one entry, one MULTI on Redis), and answers the array of their replies.
+    async fn transaction(
+        &mut self,
+        segment: &mut Segment,
+        proto: Proto,
+        transaction: Transaction,
+        reply: ReplySender,
+        now: u64,
+    ) {
+        let Transaction { commands, watch } = transaction;
+        if let Some(watch) = watch {
+            self.watches.remove(&watch);
+            if watch.has_pending_expiries() {
+                self.flush(segment).await;
+            }
+            if watch.is_dirty() || watch.expired(now as i64).await {
+                let nil = if proto == Proto::Resp3 { &b"_\r\n"[..] } else { &b"*-1\r\n"[..] };
+                let _ = reply.send(Ok(Bytes::from_static(nil)));
+                return;
+            }
+        }
+        let mut touched = Vec::new();
+        let mut everything = false;
+        for Queued { request, command, .. } in &commands {
+            match self.touched(request, Some(command)) {
+                Touched::Keys(keys) => touched.extend(keys),
+                Touched::Everything => everything = true,
+                Touched::Unobserved => {}
+            }
+        }
+        if self.journal.is_none() {
+            // Only routing: Redis runs the transaction itself, on the apply connection.
+            let (silent, _) = oneshot::channel();
+            segment.push(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"), false, silent, None, true);
+            for queued in commands {
+                let (silent, _) = oneshot::channel();
+                segment.push(queued.request.raw, false, silent, None, true);
+            }
+            segment.push(Bytes::from_static(b"*1\r\n$4\r\nEXEC\r\n"), false, reply, None, false);
+        } else {
+            self.journal_transaction(segment, proto, commands, reply, now).await;
+        }
+        let touched = if everything { Touched::Everything } else { Touched::Keys(touched) };
+        self.after_write(segment, touched, now).await;
+    }
+
+    /// Resolves every command of a transaction first (probes see the state before it), then
+    /// puts them all in the segment, which is not flushed in between: one journal entry.
+    async fn journal_transaction(
+        &mut self,
+        segment: &mut Segment,
+        proto: Proto,
+        commands: Vec<Queued>,
+        reply: ReplySender,
+        now: u64,
+    ) {
+        let mut written: Vec<Bytes> = Vec::new();
+        let mut plans = Vec::with_capacity(commands.len());
+        for Queued { request, command, write } in &commands {
+            let keys: Vec<Bytes> = command
+                .key_positions(&request.args)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| request.args[p].clone())
+                .collect();
+            let plan = if *write || command.flags.blocking { normalize::plan(&request.args, now) } else { Plan::AsIs };
+            let plan = match plan {
+                Plan::Probe { .. } if keys.iter().any(|k| written.contains(k)) => {
+                    let msg = format!(
+                        "EXECABORT Transaction discarded: memlog cannot journal '{}' after a write to the same key in one transaction (its outcome depends on the data); run it outside the MULTI",
+                        crate::dispatch::display_name(&command.name)
+                    );
+                    let _ = reply.send(Ok(error_reply(&msg)));
+                    return;
+                }
+                Plan::Probe { probe, resolve } => match self.probe(segment, probe).await {
+                    Ok(replies) => Prepared::Resolved(resolve(&replies)),
+                    Err(e) => {
+                        self.probe_failed(reply, e, false);
+                        return;
+                    }
+                },
+                Plan::Rewrite(rewritten) => Prepared::Rewritten(rewritten),
+                Plan::AsIs => Prepared::AsSent,
+            };
+            if *write {
+                written.extend(keys);
+            }
+            plans.push(plan);
+        }
+        let mut replies = Vec::with_capacity(commands.len());
+        for (Queued { request, write, .. }, plan) in commands.into_iter().zip(plans) {
+            let (tx, rx) = oneshot::channel();
+            replies.push(rx);
+            match plan {
+                Prepared::Resolved(resolved) if resolved.commands.is_empty() => {
+                    let answer = resolved.reply.unwrap_or_else(|| error_reply("ERR memlog: empty resolution"));
+                    let _ = tx.send(Ok(convert_reply(proto, &request.args[0], answer)));
+                }
+                Prepared::Resolved(resolved) => self.push_resolved(segment, proto, &request.args[0], resolved, tx),
+                Prepared::Rewritten(rewritten) => segment.push(encode_command(&rewritten), true, tx, None, false),
+                Prepared::AsSent => segment.push(request.raw, write, tx, None, false),
+            }
+        }
+        tokio::spawn(async move {
+            let mut array = BytesMut::from(format!("*{}\r\n", replies.len()).as_bytes());
+            for rx in replies {
+                match rx.await {
+                    Ok(Ok(frame)) => array.extend_from_slice(&frame),
+                    Ok(Err(e)) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Ok(error_reply("ERR memlog: the transaction's outcome is unknown")));
+                        return;
+                    }
+                }
+            }
+            let _ = reply.send(Ok(array.freeze()));
+        });
+    }
+
+    /// Tries a blocked client: serves it if there is data for it, else parks it (or answers the
+    /// timeout reply once its deadline passed). Returns what serving it wrote.
+    async fn try_blocked(&mut self, segment: &mut Segment, blocked: &Arc<Blocked>, now: u64) -> Touched {
+        let Some(reply) = blocked.take_reply() else {
+            self.blocked.remove_if(&blocked.client.id, |_, b| Arc::ptr_eq(b, blocked));
+            return Touched::Unobserved;
+        };
+        let proto = blocked.proto;
+        if segment.proto != Some(proto) && !segment.items.is_empty() {
+            self.flush(segment).await;
+        }
+        segment.proto = Some(proto);
+        let request = blocked.request.lock().unwrap().clone();
+        let name = request.args[0].to_ascii_lowercase();
+        let outcome = match name.as_slice() {
+            b"xread" => self.try_xread(segment, blocked, request, reply).await,
+            b"blmove" | b"brpoplpush" | b"blmpop" | b"bzmpop" => {
+                // Served once a source has data; BLMOVE's destination does not count.
+                let sources = if matches!(name.as_slice(), b"blmove" | b"brpoplpush") {
+                    &request.args[1..2]
+                } else {
+                    &blocked.keys[..]
+                };
+                let mut exists = vec![Bytes::from_static(b"EXISTS")];
+                exists.extend(sources.iter().cloned());
+                match self.probe(segment, vec![exists]).await {
+                    Ok(replies) if replies.first().and_then(|r| normalize::integer_reply(r)) == Some(0) => {
+                        Journaled::NothingToServe(reply)
+                    }
+                    Ok(_) => {
+                        let plan = normalize::plan(&request.args, now);
+                        self.journal_command(segment, proto, request, plan, reply, true).await
+                    }
+                    Err(e) => self.probe_failed(reply, e, true),
+                }
+            }
+            _ => {
+                let plan = normalize::plan(&request.args, now);
+                self.journal_command(segment, proto, request, plan, reply, true).await
+            }
+        };
+        match outcome {
+            Journaled::NothingToServe(reply) => {
+                if blocked.deadline.is_some_and(|d| d <= Instant::now()) {
+                    self.blocked.remove_if(&blocked.client.id, |_, b| Arc::ptr_eq(b, blocked));
+                    let _ = reply.send(Ok(blocked.timeout_reply()));
+                    return Touched::Unobserved;
+                }
+                blocked.put_back(reply);
+                self.parked.park(blocked);
+                arm_timeout(&self.blocked, blocked);
+                Touched::Unobserved
+            }
+            Journaled::Answered => {
+                self.blocked.remove_if(&blocked.client.id, |_, b| Arc::ptr_eq(b, blocked));
+                Touched::Unobserved
+            }
+            Journaled::Pushed => {
+                self.blocked.remove_if(&blocked.client.id, |_, b| Arc::ptr_eq(b, blocked));
+                // BLMOVE/BRPOPLPUSH push to their destination: it may serve others.
+                let mut keys = blocked.keys.clone();
+                if matches!(name.as_slice(), b"blmove" | b"brpoplpush") {
+                    keys.extend(blocked.request.lock().unwrap().args.get(2).cloned());
+                }
+                if self.watches.is_empty() && self.parked.is_empty() {
+                    Touched::Unobserved
+                } else {
+                    Touched::Keys(keys)
+                }
+            }
+        }
+    }
+
+    /// XREAD … BLOCK: a read. The first try pins `$` to each stream's last entry, so only
+    /// entries added after the client blocked serve it.
+    async fn try_xread(
+        &mut self,
+        segment: &mut Segment,
+        blocked: &Arc<Blocked>,
+        request: Request,
+        reply: ReplySender,
+    ) -> Journaled {
+        let Some(streams) = request.args.iter().position(|a| a.eq_ignore_ascii_case(b"streams")) else {
+            segment.push(request.raw, false, reply, None, false);
+            return Journaled::Pushed;
+        };
+        let count = (request.args.len() - streams - 1) / 2;
+        let mut args: Vec<Bytes> = Vec::with_capacity(request.args.len());
+        let mut skip_next = false;
+        for (i, arg) in request.args.iter().enumerate() {
+            if skip_next {
+                skip_next = false;
+                continue;
+            }
+            if i < streams && arg.eq_ignore_ascii_case(b"block") {
+                skip_next = true;
+                continue;
+            }
+            args.push(arg.clone());
+        }
+        let ids_at = args.len() - count;
+        let dollars: Vec<usize> = (ids_at..args.len()).filter(|&i| &args[i][..] == b"$").collect();
+        if !dollars.is_empty() {
+            let last_entries = dollars
+                .iter()
+                .map(|&i| {
+                    let key = args[i - count].clone();
+                    vec![Bytes::from_static(b"XREVRANGE"), key, Bytes::from_static(b"+"), Bytes::from_static(b"-")]
+                        .into_iter()
+                        .chain([Bytes::from_static(b"COUNT"), Bytes::from_static(b"1")])
+                        .collect()
+                })
+                .collect();
+            match self.probe(segment, last_entries).await {
+                Ok(replies) => {
+                    for (&i, reply) in dollars.iter().zip(&replies) {
+                        if let Some(id) = last_entry_id(reply) {
+                            args[i] = id;
+                        }
+                    }
+                    // Keep the pinned IDs (with BLOCK) for later tries.
+                    let mut pinned = blocked.request.lock().unwrap();
+                    let mut with_block = pinned.args.clone();
+                    let offset = with_block.len() - count;
+                    with_block[offset..].clone_from_slice(&args[ids_at..]);
+                    *pinned = Request { raw: encode_command(&with_block), args: with_block };
+                }
+                Err(e) => return self.probe_failed(reply, e, true),
+            }
+        }
+        match self.probe(segment, vec![args]).await {
+            Ok(replies) => match replies.into_iter().next() {
+                Some(frame) if &frame[..] == normalize::NIL_ARRAY => Journaled::NothingToServe(reply),
+                Some(frame) => {
+                    let _ = reply.send(Ok(convert_reply(blocked.proto, b"xread", frame)));
+                    Journaled::Answered
+                }
+                None => Journaled::NothingToServe(reply),
+            },
+            Err(e) => self.probe_failed(reply, e, true),
+        }
+    }
+
+    /// Appends the segment's journaled commands as one entry and hands it to the applier.
+    async fn flush(&mut self, segment: &mut Segment) {
+        if segment.items.is_empty() {
+            return;
+        }
+        let items = std::mem::take(&mut segment.items);
+        let payload = std::mem::take(&mut segment.payload).freeze();
+        let append = match &self.journal {
+            Some(journal) if !payload.is_empty() => {
+                let permit = self.appends.clone().acquire_owned().await.expect("the semaphore is never closed");
+                let append: AppendFuture = Box::pin(journal.writer.append(payload));
+                Some((append, permit))
+            }
+            _ => None,
+        };
+        let proto = segment.proto.unwrap_or(Proto::Resp2);
+        let _ = self.to_applier.send(ToApplier::Batch { append, proto, items });
+    }
+
+    /// Redis is not applying (its primary is lost or being replaced): hold new writes until
+    /// the applier recovers — up to `write_wait`, then they fail with `-TRYAGAIN`, nothing applied.
+    async fn wait_for_applier(&mut self, queue: &mut mpsc::UnboundedReceiver<Write>, batch: &mut Vec<Write>) {
+        let write_wait = self.journal.as_ref().map_or(Duration::ZERO, |j| j.setup.write_wait);
+        let waiting_since = Instant::now();
+        while self.health.is_failing() {
+            let recovered = self.health.recovered.notified();
+            tokio::pin!(recovered);
+            recovered.as_mut().enable();
+            if !self.health.is_failing() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), recovered).await;
+            if waiting_since.elapsed() >= write_wait {
+                while let Ok(write) = queue.try_recv() {
+                    batch.push(write);
+                }
+                let refusal = error_reply(&format!(
+                    "TRYAGAIN memlog: shard {} cannot apply writes right now (its Redis primary is unavailable); the write was not applied",
+                    self.shard
+                ));
+                batch.drain(..).for_each(|write| write.refuse(refusal.clone()));
+            }
+        }
+    }
+
+    /// The writer stopped (lost quorum, fenced): recover the stream under a new epoch and catch
+    /// the primary up, while the writes waiting here wait — up to `write_wait`, then they fail
+    /// with `-TRYAGAIN`, nothing applied.
+    async fn replace_writer(&mut self, queue: &mut mpsc::UnboundedReceiver<Write>, batch: &mut Vec<Write>) {
+        let Some(journal) = &self.journal else { return };
+        let (setup, stream) = (journal.setup.clone(), journal.stream.clone());
+        let waiting_since = Instant::now();
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let recovery = quorum::recover(
+                &setup.meta,
+                self.shard as u32,
+                &stream,
+                &setup.nodes,
+                setup.quorum.clone(),
+                &setup.writer_id,
+            );
+            match tokio::time::timeout(Duration::from_secs(5), recovery).await {
+                Ok(Ok(writer)) => {
+                    let (done, caught_up) = oneshot::channel();
+                    let _ = self.to_applier.send(ToApplier::CatchUp { lsn: writer.commit_lsn(), done });
+                    let _ = caught_up.await;
+                    tracing::info!(
+                        shard = self.shard,
+                        epoch = writer.epoch(),
+                        "journal writer replaced; writes resume"
+                    );
+                    if let Some(journal) = &mut self.journal {
+                        journal.writer = writer;
+                    }
+                    self.failed.store(false, Ordering::Release);
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(shard = self.shard, "journal recovery failed, retrying: {e}"),
+                Err(_) => tracing::warn!(shard = self.shard, "journal recovery timed out, retrying"),
+            }
+            if waiting_since.elapsed() >= setup.write_wait {
+                // Fail what waited too long; keep what arrives meanwhile for the next attempt.
+                while let Ok(write) = queue.try_recv() {
+                    batch.push(write);
+                }
+                let refusal = error_reply("TRYAGAIN memlog: the journal has no quorum; the write was not applied");
+                batch.drain(..).for_each(|write| write.refuse(refusal.clone()));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Commands of one protocol gathered into one journal entry.
+#[derive(Default)]
+struct Segment {
+    proto: Option<Proto>,
+    payload: BytesMut,
+    items: Vec<Item>,
+}
+
+impl Segment {
+    fn push(
+        &mut self,
+        command: Bytes,
+        journaled: bool,
+        reply: ReplySender,
+        reply_override: Option<Bytes>,
+        silent: bool,
+    ) {
+        if journaled {
+            self.payload.extend_from_slice(&command);
+        }
+        self.items.push(Item { command, reply, reply_override, silent });
+    }
+}
+
+/// Reply overrides (and probe replies) are RESP2; a RESP3 client gets RESP3's null for RESP2's
+/// nil, SPOP's members as the set, XREAD's and XREADGROUP's streams as the map Redis answers
+/// with, and BZPOPMIN/BZPOPMAX's score as a double.
+fn convert_reply(proto: Proto, command: &[u8], reply: Bytes) -> Bytes {
+    match (proto, &reply[..]) {
+        (Proto::Resp2, _) => reply,
+        (Proto::Resp3, b"$-1\r\n" | b"*-1\r\n") => Bytes::from_static(b"_\r\n"),
+        (Proto::Resp3, [b'*', ..])
+            if command.eq_ignore_ascii_case(b"bzpopmin") || command.eq_ignore_ascii_case(b"bzpopmax") =>
+        {
+            // [key, member, score]: RESP3 sends the score as a double.
+            let Some(items) = crate::resp::array_items(&reply) else { return reply };
+            let Some(score) = items.get(2).and_then(normalize::bulk_reply) else { return reply };
+            let mut out = BytesMut::from(&b"*3\r\n"[..]);
+            items[..2].iter().for_each(|item| out.extend_from_slice(item));
+            out.extend_from_slice(b",");
+            out.extend_from_slice(&score);
+            out.extend_from_slice(b"\r\n");
+            out.freeze()
+        }
+        (Proto::Resp3, [b'*', ..]) if command.eq_ignore_ascii_case(b"spop") => {
+            let mut set = BytesMut::from(&reply[..]);
+            set[0] = b'~';
+            set.freeze()
+        }
+        (Proto::Resp3, [b'*', ..])
+            if command.eq_ignore_ascii_case(b"xreadgroup") || command.eq_ignore_ascii_case(b"xread") =>
+        {
+            // [[stream, entries], …] → {stream: entries, …}
+            let Some(streams) = crate::resp::array_items(&reply) else { return reply };
+            let mut map = BytesMut::from(format!("%{}\r\n", streams.len()).as_bytes());
+            for stream in &streams {
+                match crate::resp::array_items(stream) {
+                    Some(pair) if pair.len() == 2 => pair.iter().for_each(|part| map.extend_from_slice(part)),
+                    _ => return reply,
+                }
+            }
+            map.freeze()
+        }
+        _ => reply,
+    }
+}
+
+/// The ID of the one entry an `XREVRANGE key + - COUNT 1` returned; `0-0` for an empty or
+/// missing stream (every entry is newer); None for an error (the XREAD then answers it).
+fn last_entry_id(reply: &Bytes) -> Option<Bytes> {
+    let entries = crate::resp::array_items(reply)?;
+    let Some(entry) = entries.first() else { return Some(Bytes::from_static(b"0-0")) };
+    let id = crate::resp::array_items(entry)?.into_iter().next()?;
+    normalize::bulk_reply(&id)
+}
