@@ -12,9 +12,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago; the OS picks it, so parallel tests do not collide.
+/// A port that was free a moment ago. The OS picks it, and it is never handed out twice in one
+/// test binary: the OS may offer a port again once it is released, and two parallel tests
+/// starting a server on the same port would talk to each other's process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// The `memlog` binary cargo built for this test run.
@@ -98,14 +108,16 @@ pub fn spawn_listening(name: &str, mut cmd: Command, addr: SocketAddr, log: &Pat
     let mut proc = Proc { name: name.to_string(), child, addr };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return proc;
-        }
+        let listening = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok();
         if let Ok(Some(status)) = proc.child.try_wait() {
             panic!(
                 "{name} exited with {status} before listening; log:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
             );
+        }
+        if listening {
+            // Checked after the exit test: something else on the port must not pass for the child.
+            return proc;
         }
         assert!(Instant::now() < deadline, "{name} did not listen on {addr}");
         std::thread::sleep(Duration::from_millis(20));
