@@ -294,12 +294,10 @@ impl Dispatcher {
 }
 
 impl Drop for Dispatcher {
-    /// A client that disconnects stops watching, and stops waiting if it was blocked.
+    /// A client that disconnects stops watching. (If it was blocked, its session drops the
+    /// pending reply, and the sequencer serves nothing to a reply nobody awaits.)
     fn drop(&mut self) {
         commands::transaction::unwatch(self);
-        if self.client.blocked.load(Ordering::Relaxed) {
-            self.proxy.shards.iter().for_each(|s| crate::sequencer::forget(&s.sequencer.blocked, self.client.id));
-        }
     }
 }
 
@@ -348,12 +346,9 @@ fn dropped() -> crate::backend::ReplySender {
 /// None for commands that do not block (or whose timeout Redis refuses: it answers the error).
 fn blocking_timeout(info: &CommandInfo, request: &Request) -> Option<Option<std::time::Duration>> {
     let args = &request.args;
-    let seconds = |arg: &Bytes| -> Option<Option<std::time::Duration>> {
-        let t: f64 = std::str::from_utf8(arg).ok()?.parse().ok()?;
-        if !t.is_finite() || t < 0.0 {
-            return None;
-        }
-        Some((t > 0.0).then(|| std::time::Duration::from_secs_f64(t)))
+    let seconds = |arg: &Bytes| {
+        let ms = crate::normalize::timeout_ms(arg)?;
+        Some((ms > 0).then(|| std::time::Duration::from_millis(ms)))
     };
     match info.name.as_str() {
         "blpop" | "brpop" | "bzpopmin" | "bzpopmax" | "brpoplpush" | "blmove" => seconds(args.last()?),

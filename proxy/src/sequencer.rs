@@ -41,7 +41,7 @@ use crate::resp::{encode_command, error_reply, Proto, Request, RequestParser};
 use crate::state::LSN_KEY;
 use applier::Applier;
 use blocked::BlockedRegistry;
-pub use blocked::{forget, unblock, Blocked, BlockedClients};
+pub use blocked::{unblock, Blocked, BlockedClients};
 use journaler::{Journal, Journaler};
 pub use watch::Watch;
 use watch::WatchRegistry;
@@ -256,7 +256,8 @@ async fn recover_until_done(shard: usize, stream: &str, setup: &JournalSetup) ->
     }
 }
 
-fn now_ms() -> u64 {
+/// The wall clock in Unix ms: relative times (TTLs, a script's TIME) are anchored to it.
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 

@@ -340,13 +340,16 @@ async fn read_requests<R: AsyncRead + Unpin>(
             }
             if let Some(mut done) = done_rx {
                 // Keep reading meanwhile (without dispatching), so a client that disconnects
-                // while blocked is noticed and stops waiting.
+                // while blocked is noticed (`gone`) and stops waiting.
                 loop {
                     buf.reserve(4096);
                     tokio::select! {
                         _ = &mut done => break,
                         read = reader.read_buf(&mut buf) => match read {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => {
+                                gone.cancel();
+                                return;
+                            }
                             Ok(_) => {}
                         },
                     }

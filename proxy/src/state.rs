@@ -252,6 +252,8 @@ pub struct Proxy {
     pub announce_port: u16,
     /// Pub/sub: subscriptions, delivery, the shards' keyspace notifications.
     pub pubsub: crate::pubsub::Hub,
+    /// Scripts loaded through this proxy (EVALSHA is journaled as EVAL with their body).
+    pub scripts: Arc<crate::commands::scripting::ScriptCache>,
 }
 
 impl Proxy {
@@ -305,6 +307,7 @@ impl Proxy {
             announce_host: host,
             announce_port,
             pubsub: crate::pubsub::Hub::default(),
+            scripts: Default::default(),
         })
     }
 

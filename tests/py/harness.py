@@ -182,8 +182,8 @@ def wait_ready(host, port, proc, timeout=START_TIMEOUT):
 
 
 @dataclass
-class RedisNode:
-    """One redis-server process."""
+class Node:
+    """One server process on loopback and the directory of its data and log."""
 
     host: str
     port: int
@@ -193,6 +193,10 @@ class RedisNode:
     @property
     def addr(self):
         return f"{self.host}:{self.port}"
+
+
+class RedisNode(Node):
+    """One redis-server process."""
 
     def client(self, **kwargs):
         kwargs.setdefault("socket_timeout", CLIENT_TIMEOUT)
@@ -360,18 +364,8 @@ def even_ranges(count):
     return [(bounds[i], bounds[i + 1] - 1) for i in range(count)]
 
 
-@dataclass
-class JournalNode:
-    """One `memlog journal` process and the directory of its log."""
-
-    host: str
-    port: int
-    proc: Proc
-    dir: Path
-
-    @property
-    def addr(self):
-        return f"{self.host}:{self.port}"
+class JournalNode(Node):
+    """One `memlog journal` process."""
 
 
 def start_journal_node(group, workdir):

@@ -22,6 +22,14 @@ EXECABORT = "EXECABORT Transaction discarded because of previous errors."
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 
 
+@pytest.fixture
+def other(target):
+    """A second client (redis-py), the other party of a WATCH."""
+    client = target.client()
+    yield client
+    client.close()
+
+
 def tx_keys(*names):
     """Fresh key names sharing one hashtag `{tx-<uuid>}`, so they live in one slot."""
     tag = uuid.uuid4().hex[:12]
@@ -151,39 +159,31 @@ def test_queue_time_error_aborts_the_whole_transaction(target, bad_command, erro
 
 
 @pytest.mark.parametrize("protocol", [2, 3])
-def test_watch_aborted_by_another_clients_write(target, protocol):
+def test_watch_aborted_by_another_clients_write(target, other, protocol):
     k, out = tx_keys("k", "out")
-    other = target.client()
-    try:
-        with target.raw() as conn:
-            conn.call("HELLO", protocol)
-            assert conn.call("SET", k, "0") == "OK"
-            assert conn.call("WATCH", k) == "OK" and conn.last_raw == b"+OK\r\n"
-            assert other.set(k, "theirs")
-            assert conn.call("MULTI") == "OK"
-            queue(conn, "SET", out, "mine")
-            queue(conn, "SET", k, "mine")
-            assert conn.call("EXEC") is None
-            assert conn.last_raw == nil_exec(protocol)
-            assert conn.call("GET", k) == b"theirs"
-            assert conn.call("EXISTS", out) == 0
-    finally:
-        other.close()
+    with target.raw() as conn:
+        conn.call("HELLO", protocol)
+        assert conn.call("SET", k, "0") == "OK"
+        assert conn.call("WATCH", k) == "OK" and conn.last_raw == b"+OK\r\n"
+        assert other.set(k, "theirs")
+        assert conn.call("MULTI") == "OK"
+        queue(conn, "SET", out, "mine")
+        queue(conn, "SET", k, "mine")
+        assert conn.call("EXEC") is None
+        assert conn.last_raw == nil_exec(protocol)
+        assert conn.call("GET", k) == b"theirs"
+        assert conn.call("EXISTS", out) == 0
 
 
-def test_watch_of_a_missing_key_aborted_when_another_client_creates_it(target):
+def test_watch_of_a_missing_key_aborted_when_another_client_creates_it(target, other):
     k, out = tx_keys("k", "out")
-    other = target.client()
-    try:
-        with target.raw() as conn:
-            assert conn.call("WATCH", k) == "OK"
-            assert other.lpush(k, "x") == 1
-            assert conn.call("MULTI") == "OK"
-            queue(conn, "SET", out, "1")
-            assert conn.call("EXEC") is None
-            assert conn.call("EXISTS", out) == 0
-    finally:
-        other.close()
+    with target.raw() as conn:
+        assert conn.call("WATCH", k) == "OK"
+        assert other.lpush(k, "x") == 1
+        assert conn.call("MULTI") == "OK"
+        queue(conn, "SET", out, "1")
+        assert conn.call("EXEC") is None
+        assert conn.call("EXISTS", out) == 0
 
 
 def test_watch_aborted_by_the_clients_own_write_to_the_watched_key(target):
@@ -218,96 +218,80 @@ def test_watch_aborted_by_expiry(target, protocol):
         assert conn.call("EXISTS", k, out) == 0
 
 
-def test_watch_aborted_by_flushall(target):
+def test_watch_aborted_by_flushall(target, other):
     k, out = tx_keys("k", "out")
-    other = target.client()
-    try:
-        with target.raw() as conn:
-            assert conn.call("SET", k, "v") == "OK"
-            assert conn.call("WATCH", k) == "OK"
-            assert other.flushall()
-            assert conn.call("MULTI") == "OK"
-            queue(conn, "SET", out, "1")
-            assert conn.call("EXEC") is None
-            assert conn.call("EXISTS", out) == 0
-    finally:
-        other.close()
+    with target.raw() as conn:
+        assert conn.call("SET", k, "v") == "OK"
+        assert conn.call("WATCH", k) == "OK"
+        assert other.flushall()
+        assert conn.call("MULTI") == "OK"
+        queue(conn, "SET", out, "1")
+        assert conn.call("EXEC") is None
+        assert conn.call("EXISTS", out) == 0
 
 
-def test_watch_not_aborted_by_own_reads_or_writes_to_other_keys(target):
+def test_watch_not_aborted_by_own_reads_or_writes_to_other_keys(target, other):
     """Reads of the watched key (by anyone) and writes to other keys (by anyone, even in the
     same slot) leave a WATCH intact."""
     k, neighbour, out = tx_keys("k", "neighbour", "out")
-    other = target.client()
-    try:
-        with target.raw() as conn:
-            assert conn.call("SET", k, "v") == "OK"
-            assert conn.call("WATCH", k) == "OK"
-            assert conn.call("GET", k) == b"v"
-            assert conn.call("EXISTS", k) == 1
-            assert other.get(k) == b"v"
-            assert conn.call("SET", neighbour, "own") == "OK"
-            assert other.set(neighbour, "theirs")
-            assert other.incr(out + ":unrelated") == 1
-            assert conn.call("MULTI") == "OK"
-            queue(conn, "SET", out, "1")
-            queue(conn, "GET", k)
-            assert conn.call("EXEC") == ["OK", b"v"]
-            assert conn.call("GET", out) == b"1"
-    finally:
-        other.close()
+    with target.raw() as conn:
+        assert conn.call("SET", k, "v") == "OK"
+        assert conn.call("WATCH", k) == "OK"
+        assert conn.call("GET", k) == b"v"
+        assert conn.call("EXISTS", k) == 1
+        assert other.get(k) == b"v"
+        assert conn.call("SET", neighbour, "own") == "OK"
+        assert other.set(neighbour, "theirs")
+        assert other.incr(out + ":unrelated") == 1
+        assert conn.call("MULTI") == "OK"
+        queue(conn, "SET", out, "1")
+        queue(conn, "GET", k)
+        assert conn.call("EXEC") == ["OK", b"v"]
+        assert conn.call("GET", out) == b"1"
 
 
-def test_unwatch_exec_and_discard_forget_the_watched_keys(target):
+def test_unwatch_exec_and_discard_forget_the_watched_keys(target, other):
     k, out = tx_keys("k", "out")
-    other = target.client()
-    try:
-        with target.raw() as conn:
-            # UNWATCH: a later write no longer aborts.
-            assert conn.call("WATCH", k) == "OK"
-            assert conn.call("UNWATCH") == "OK" and conn.last_raw == b"+OK\r\n"
-            assert other.set(k, "1")
-            assert conn.call("MULTI") == "OK"
-            queue(conn, "SET", out, "a")
-            assert conn.call("EXEC") == ["OK"]
-            # EXEC (even an aborted one) unwatches everything.
-            assert conn.call("WATCH", k) == "OK"
-            assert other.set(k, "2")
-            assert conn.call("MULTI") == "OK"
-            queue(conn, "SET", out, "b")
-            assert conn.call("EXEC") is None
-            assert other.set(k, "3")
-            assert conn.call("MULTI") == "OK"
-            queue(conn, "SET", out, "c")
-            assert conn.call("EXEC") == ["OK"]
-            # DISCARD unwatches too.
-            assert conn.call("WATCH", k) == "OK"
-            assert conn.call("MULTI") == "OK"
-            assert conn.call("DISCARD") == "OK"
-            assert other.set(k, "4")
-            assert conn.call("MULTI") == "OK"
-            queue(conn, "SET", out, "d")
-            assert conn.call("EXEC") == ["OK"]
-            assert conn.call("GET", out) == b"d"
-            # UNWATCH without any WATCH is fine.
-            assert conn.call("UNWATCH") == "OK"
-    finally:
-        other.close()
+    with target.raw() as conn:
+        # UNWATCH: a later write no longer aborts.
+        assert conn.call("WATCH", k) == "OK"
+        assert conn.call("UNWATCH") == "OK" and conn.last_raw == b"+OK\r\n"
+        assert other.set(k, "1")
+        assert conn.call("MULTI") == "OK"
+        queue(conn, "SET", out, "a")
+        assert conn.call("EXEC") == ["OK"]
+        # EXEC (even an aborted one) unwatches everything.
+        assert conn.call("WATCH", k) == "OK"
+        assert other.set(k, "2")
+        assert conn.call("MULTI") == "OK"
+        queue(conn, "SET", out, "b")
+        assert conn.call("EXEC") is None
+        assert other.set(k, "3")
+        assert conn.call("MULTI") == "OK"
+        queue(conn, "SET", out, "c")
+        assert conn.call("EXEC") == ["OK"]
+        # DISCARD unwatches too.
+        assert conn.call("WATCH", k) == "OK"
+        assert conn.call("MULTI") == "OK"
+        assert conn.call("DISCARD") == "OK"
+        assert other.set(k, "4")
+        assert conn.call("MULTI") == "OK"
+        queue(conn, "SET", out, "d")
+        assert conn.call("EXEC") == ["OK"]
+        assert conn.call("GET", out) == b"d"
+        # UNWATCH without any WATCH is fine.
+        assert conn.call("UNWATCH") == "OK"
 
 
-def test_watch_inside_multi_is_an_error_that_does_not_abort_the_transaction(target):
+def test_watch_inside_multi_is_an_error_that_does_not_abort_the_transaction(target, other):
     k, out = tx_keys("k", "out")
-    other = target.client()
-    try:
-        with target.raw() as conn:
-            assert conn.call("MULTI") == "OK"
-            assert conn.call("WATCH", k) == "ERR WATCH inside MULTI is not allowed"
-            queue(conn, "SET", out, "1")
-            # The refused WATCH watches nothing.
-            assert other.set(k, "x")
-            assert conn.call("EXEC") == ["OK"]
-    finally:
-        other.close()
+    with target.raw() as conn:
+        assert conn.call("MULTI") == "OK"
+        assert conn.call("WATCH", k) == "ERR WATCH inside MULTI is not allowed"
+        queue(conn, "SET", out, "1")
+        # The refused WATCH watches nothing.
+        assert other.set(k, "x")
+        assert conn.call("EXEC") == ["OK"]
 
 
 def test_keys_of_several_shards_in_one_transaction_are_refused_with_crossslot(proxy):

@@ -118,12 +118,21 @@ fn cross_slot(channels: &[Bytes]) -> bool {
     channels.split_first().is_some_and(|(first, rest)| rest.iter().any(|c| key_slot(c) != key_slot(first)))
 }
 
-fn subscribe(d: &Dispatcher, kind: Kind, request: &Request) -> Pending {
-    let Some(subscriber) = d.pubsub.subscriber.clone() else { return no_subscriber() };
+/// The subscriber and the names of a (P|S)SUBSCRIBE or (P|S)UNSUBSCRIBE, or its refusal.
+fn subscription_args(d: &Dispatcher, kind: Kind, request: &Request) -> Result<(Arc<Subscriber>, Vec<Bytes>), Pending> {
+    let Some(subscriber) = d.pubsub.subscriber.clone() else { return Err(no_subscriber()) };
     let names = request.args[1..].to_vec();
     if kind == Kind::ShardChannel && cross_slot(&names) {
-        return Pending::error("CROSSSLOT Keys in request don't hash to the same slot");
+        return Err(Pending::error("CROSSSLOT Keys in request don't hash to the same slot"));
     }
+    Ok((subscriber, names))
+}
+
+fn subscribe(d: &Dispatcher, kind: Kind, request: &Request) -> Pending {
+    let (subscriber, names) = match subscription_args(d, kind, request) {
+        Ok(args) => args,
+        Err(refusal) => return refusal,
+    };
     let proxy = d.proxy.clone();
     Pending::Deferred(Box::pin(async move {
         if let Some(relay_ready) = proxy.pubsub.subscribe(&proxy, &subscriber, kind, &names) {
@@ -135,11 +144,10 @@ fn subscribe(d: &Dispatcher, kind: Kind, request: &Request) -> Pending {
 }
 
 fn unsubscribe(d: &Dispatcher, kind: Kind, request: &Request) -> Pending {
-    let Some(subscriber) = d.pubsub.subscriber.clone() else { return no_subscriber() };
-    let names = request.args[1..].to_vec();
-    if kind == Kind::ShardChannel && cross_slot(&names) {
-        return Pending::error("CROSSSLOT Keys in request don't hash to the same slot");
-    }
+    let (subscriber, names) = match subscription_args(d, kind, request) {
+        Ok(args) => args,
+        Err(refusal) => return refusal,
+    };
     let proxy = d.proxy.clone();
     Pending::Deferred(Box::pin(async move {
         proxy.pubsub.unsubscribe(&subscriber, kind, &names);

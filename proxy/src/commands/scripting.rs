@@ -34,7 +34,8 @@ use crate::session::Pending;
 use crate::state::{Proxy, RESERVED_PREFIX};
 
 use body::declared_read_only;
-use cache::{cache, Journaled};
+use cache::Journaled;
+pub use cache::ScriptCache;
 
 const NOSCRIPT: &str = "NOSCRIPT No matching script. Please use EVAL.";
 
@@ -77,7 +78,7 @@ pub struct Call {
 /// `evalsha_ro`, `fcall`, `fcall_ro`) that is journaled and applied, after Redis's argument
 /// checks and memlog's (one slot, determinism), or the client's error reply. Public so that
 /// transactions can queue calls inside MULTI in the same form.
-pub fn prepare_call(name: &str, request: &Request) -> Result<Call, Bytes> {
+pub fn prepare_call(scripts: &ScriptCache, name: &str, request: &Request) -> Result<Call, Bytes> {
     let args = &request.args;
     let by_sha = name.starts_with("evalsha");
     let is_eval = name.starts_with("eval");
@@ -104,9 +105,9 @@ pub fn prepare_call(name: &str, request: &Request) -> Result<Call, Bytes> {
         return Ok(Call { request: request.clone(), write: !read_only_command, slot });
     }
     let script = if by_sha {
-        cache().get(&args[1]).ok_or_else(|| error_reply(NOSCRIPT))?
+        scripts.get(&args[1]).ok_or_else(|| error_reply(NOSCRIPT))?
     } else {
-        cache().load(args[1].clone())
+        scripts.load(args[1].clone())
     };
     let write = !read_only_command && !declared_read_only(&script.body);
     let journaled =
@@ -114,7 +115,7 @@ pub fn prepare_call(name: &str, request: &Request) -> Result<Call, Bytes> {
     let request = match journaled {
         Journaled::AsIs if !by_sha => request.clone(),
         Journaled::AsIs => eval_with(&args[0], script.body, &args[2..], None),
-        Journaled::PinnedTime(pinned) => eval_with(&args[0], pinned, &args[2..], Some(now_ms())),
+        Journaled::PinnedTime(pinned) => eval_with(&args[0], pinned, &args[2..], Some(crate::sequencer::now_ms())),
     };
     Ok(Call { request, write, slot })
 }
@@ -128,11 +129,6 @@ fn eval_with(command: &[u8], body: Bytes, rest: &[Bytes], now_ms: Option<u64>) -
     args.extend(rest.iter().cloned());
     args.extend(now_ms.map(|now| Bytes::from(now.to_string())));
     Request::from_args(&args)
-}
-
-/// The time a pinned script sees, as the sequencer anchors relative times (Unix ms).
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 /// `numkeys` of `EVAL script numkeys key… arg…` / `FCALL f numkeys …`, checked as EVAL does.
@@ -159,7 +155,7 @@ fn redis_int(text: &[u8]) -> Option<i64> {
 }
 
 async fn call(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
-    let call = match prepare_call(name, request) {
+    let call = match prepare_call(&d.proxy.scripts, name, request) {
         Ok(call) => call,
         Err(reply) => return Pending::Ready(reply),
     };
@@ -167,7 +163,7 @@ async fn call(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
     if !call.write {
         return d.to_shard(shard, call.request, false).await;
     }
-    let in_flight = cache().journaled_started(shard);
+    let in_flight = d.proxy.scripts.journaled_started(shard);
     let pending = d.to_shard(shard, call.request, true).await;
     // The guard lives until the reply is handed back (the merge runs, or is dropped on an error).
     Pending::Merge {
@@ -182,12 +178,12 @@ async fn call(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
 
 /// `SCRIPT LOAD body`: compiled by shard 0's primary (its errors are Redis's), then cached.
 async fn script_load(d: &mut Dispatcher, request: &Request) -> Pending {
-    let body = request.args[2].clone();
+    let (body, scripts) = (request.args[2].clone(), d.proxy.scripts.clone());
     let loaded = d.to_shard(0, request.clone(), false).await;
     Pending::Merge {
         parts: vec![loaded],
         merge: Box::new(move |mut replies| {
-            cache().load(body);
+            scripts.load(body);
             replies.pop().unwrap_or_else(|| error_reply("ERR memlog: no reply from the shard"))
         }),
         proto: d.proto,
@@ -199,7 +195,7 @@ fn script_exists(d: &Dispatcher, request: &Request) -> Pending {
     Pending::Ready(crate::resp::reply(d.proto, |w| {
         w.array(shas.len());
         for sha in shas {
-            w.int(i64::from(cache().get(sha).is_some()));
+            w.int(i64::from(d.proxy.scripts.get(sha).is_some()));
         }
     }))
 }
@@ -214,7 +210,7 @@ async fn script_flush(d: &mut Dispatcher, request: &Request) -> Pending {
     if !mode_ok {
         return Pending::error("ERR SCRIPT FLUSH only support SYNC|ASYNC option");
     }
-    cache().clear();
+    d.proxy.scripts.clear();
     every_shard(d, request, false).await
 }
 
@@ -263,7 +259,7 @@ async fn kill_unjournaled(proxy: &Proxy, command: Bytes) -> Bytes {
     let mut skipped = false;
     let mut sent = Vec::new();
     for shard in &proxy.shards {
-        if cache().journaled_in_flight(shard.id) {
+        if proxy.scripts.journaled_in_flight(shard.id) {
             skipped = true;
             continue;
         }
@@ -295,6 +291,7 @@ async fn kill_unjournaled(proxy: &Proxy, command: Bytes) -> Bytes {
 mod tests {
     use super::body::sha1_hex;
     use super::*;
+    use crate::sequencer::now_ms;
 
     fn request(args: &[&str]) -> Request {
         Request::from_args(args)
@@ -309,7 +306,8 @@ mod tests {
 
     #[test]
     fn argument_errors_are_redis_texts() {
-        let eval = |args: &[&str]| err(prepare_call(&args[0].to_ascii_lowercase(), &request(args)));
+        let scripts = ScriptCache::default();
+        let eval = |args: &[&str]| err(prepare_call(&scripts, &args[0].to_ascii_lowercase(), &request(args)));
         assert_eq!(eval(&["EVAL", "return 1", "x"]), "-ERR value is not an integer or out of range");
         assert_eq!(eval(&["EVAL", "return 1", "+1", "k"]), "-ERR value is not an integer or out of range");
         assert_eq!(eval(&["EVAL", "return 1", "-1"]), "-ERR Number of keys can't be negative");
@@ -327,24 +325,26 @@ mod tests {
 
     #[test]
     fn evalsha_becomes_eval_with_the_body() {
+        let scripts = ScriptCache::default();
         let body = "return {KEYS[1], ARGV[1]} -- evalsha_becomes_eval_with_the_body";
-        let loaded = prepare_call("eval", &request(&["EVAL", body, "1", "{t}k", "v"])).unwrap();
+        let loaded = prepare_call(&scripts, "eval", &request(&["EVAL", body, "1", "{t}k", "v"])).unwrap();
         assert!(loaded.write);
         let sha = sha1_hex(body.as_bytes()).to_uppercase();
-        let call = prepare_call("evalsha", &request(&["EVALSHA", &sha, "1", "{t}k", "v"])).unwrap();
+        let call = prepare_call(&scripts, "evalsha", &request(&["EVALSHA", &sha, "1", "{t}k", "v"])).unwrap();
         assert!(call.write);
         assert_eq!(call.request.args, request(&["EVAL", body, "1", "{t}k", "v"]).args);
         assert_eq!(call.slot, Some(key_slot(b"{t}k")));
-        let ro = prepare_call("evalsha_ro", &request(&["EVALSHA_RO", &sha, "0"])).unwrap();
+        let ro = prepare_call(&scripts, "evalsha_ro", &request(&["EVALSHA_RO", &sha, "0"])).unwrap();
         assert!(!ro.write);
         assert_eq!(ro.request.args[0], "EVAL_RO");
     }
 
     #[test]
     fn time_is_pinned_for_writes_only() {
+        let scripts = ScriptCache::default();
         let body = "redis.call('SET', KEYS[1], 'v', 'EX', 10) return redis.call('TIME')";
         let before = now_ms();
-        let call = prepare_call("eval", &request(&["EVAL", body, "1", "k", "a"])).unwrap();
+        let call = prepare_call(&scripts, "eval", &request(&["EVAL", body, "1", "k", "a"])).unwrap();
         let args = &call.request.args;
         assert_eq!(
             (args.len(), &args[0][..], &args[2][..], &args[3][..], &args[4][..]),
@@ -354,21 +354,24 @@ mod tests {
         let pinned: u64 = std::str::from_utf8(&args[5]).unwrap().parse().unwrap();
         assert!(pinned >= before && pinned <= now_ms());
         let sha = sha1_hex(body.as_bytes());
-        let by_sha = prepare_call("evalsha", &request(&["EVALSHA", &sha, "1", "k", "a"])).unwrap();
+        let by_sha = prepare_call(&scripts, "evalsha", &request(&["EVALSHA", &sha, "1", "k", "a"])).unwrap();
         assert_eq!((&by_sha.request.args[..5], by_sha.request.args.len()), (&args[..5], 6));
-        let read = prepare_call("evalsha_ro", &request(&["EVALSHA_RO", &sha, "1", "k", "a"])).unwrap();
+        let read = prepare_call(&scripts, "evalsha_ro", &request(&["EVALSHA_RO", &sha, "1", "k", "a"])).unwrap();
         assert_eq!(read.request.args, request(&["EVAL_RO", body, "1", "k", "a"]).args);
     }
 
     #[test]
     fn reads_are_not_journaled_and_may_be_nondeterministic() {
+        let scripts = ScriptCache::default();
         let time = "#!lua flags=no-writes\nreturn redis.call('TIME')";
-        assert!(!prepare_call("eval", &request(&["EVAL", time, "0"])).unwrap().write);
-        assert!(!prepare_call("eval_ro", &request(&["EVAL_RO", "return redis.call('TIME')", "0"])).unwrap().write);
-        assert!(prepare_call("fcall", &request(&["FCALL", "f", "0"])).unwrap().write);
-        assert!(!prepare_call("fcall_ro", &request(&["FCALL_RO", "f", "0"])).unwrap().write);
+        assert!(!prepare_call(&scripts, "eval", &request(&["EVAL", time, "0"])).unwrap().write);
+        assert!(
+            !prepare_call(&scripts, "eval_ro", &request(&["EVAL_RO", "return redis.call('TIME')", "0"])).unwrap().write
+        );
+        assert!(prepare_call(&scripts, "fcall", &request(&["FCALL", "f", "0"])).unwrap().write);
+        assert!(!prepare_call(&scripts, "fcall_ro", &request(&["FCALL_RO", "f", "0"])).unwrap().write);
         // A bad numkeys runs nothing; shard 0 answers the error Redis gives in its order.
-        assert!(!prepare_call("fcall", &request(&["FCALL", "f", "x"])).unwrap().write);
-        assert!(!prepare_call("fcall", &request(&["FCALL", "f", "2", "k"])).unwrap().write);
+        assert!(!prepare_call(&scripts, "fcall", &request(&["FCALL", "f", "x"])).unwrap().write);
+        assert!(!prepare_call(&scripts, "fcall", &request(&["FCALL", "f", "2", "k"])).unwrap().write);
     }
 }

@@ -120,9 +120,10 @@ async fn queue_check(
 ) -> Result<(Option<usize>, Queued), String> {
     if is_script_call(&info.name) {
         // Scripts are checked and put in their journaled form (EVALSHA → EVAL) now.
-        let call = crate::commands::scripting::prepare_call(&info.name, request).map_err(|reply| {
-            String::from_utf8_lossy(reply.strip_prefix(b"-").unwrap_or(&reply)).trim_end().to_string()
-        })?;
+        let call =
+            crate::commands::scripting::prepare_call(&d.proxy.scripts, &info.name, request).map_err(|reply| {
+                String::from_utf8_lossy(reply.strip_prefix(b"-").unwrap_or(&reply)).trim_end().to_string()
+            })?;
         let queued = Queued { request: call.request, command: info.clone(), write: call.write };
         let shard = call.slot.map(|slot| d.proxy.slots.shard_of_slot(slot));
         return same_shard(d, shard, None).map(|shard| (shard, queued));

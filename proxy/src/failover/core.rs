@@ -230,6 +230,13 @@ mod tests {
         core.observe("r:3", replica("p:1", 8), now);
     }
 
+    /// Every node of the shard stops answering at `now`.
+    fn all_silent(core: &mut ShardCore, now: Instant) {
+        for node in ["p:1", "r:2", "r:3"] {
+            core.observe(node, None, now);
+        }
+    }
+
     #[test]
     fn a_healthy_shard_needs_nothing() {
         let t0 = Instant::now();
@@ -294,9 +301,7 @@ mod tests {
         let mut core = shard(t0);
         healthy(&mut core, t0);
         let t1 = t0 + DETECT;
-        for node in ["p:1", "r:2", "r:3"] {
-            core.observe(node, None, t1);
-        }
+        all_silent(&mut core, t1);
         assert_eq!(core.decide(t1), vec![Command::Hold]);
         assert_eq!(core.decide(t1 + DETECT), vec![], "holds once");
         // Restarted empty.
@@ -313,9 +318,7 @@ mod tests {
         let mut core = shard(t0);
         healthy(&mut core, t0);
         let t1 = t0 + DETECT;
-        for node in ["p:1", "r:2", "r:3"] {
-            core.observe(node, None, t1);
-        }
+        all_silent(&mut core, t1);
         assert_eq!(core.decide(t1), vec![Command::Hold]);
         // Restarted empty, so it reports itself as a primary holding nothing: the journal fills it.
         core.observe("r:3", primary(0), t1 + DETECT);

@@ -89,21 +89,23 @@ impl StreamId {
     }
 }
 
-/// Whether a blocking command's timeout (seconds, a float) is one Redis accepts
-/// (`getTimeoutFromObjectOrReply`: a finite float whose `ceil(t * 1000)` is not negative).
-/// Forms Rust does not parse (hex floats) count as refused: the command then stays as sent.
+/// Whether a blocking command's timeout (seconds, a float) is one Redis accepts.
 pub fn valid_timeout(arg: &[u8]) -> bool {
-    let Ok(text) = std::str::from_utf8(arg) else { return false };
+    timeout_ms(arg).is_some()
+}
+
+/// A blocking command's timeout (seconds, a float) in milliseconds, as Redis reads it
+/// (`getTimeoutFromObjectOrReply`: a finite float whose `ceil(t * 1000)` is not negative; 0
+/// blocks forever); None when Redis refuses it. Forms Rust does not parse (hex floats) count
+/// as refused: the command then stays as sent.
+pub fn timeout_ms(arg: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(arg).ok()?;
     if text.starts_with(|c: char| c.is_ascii_whitespace()) {
-        return false;
+        return None;
     }
-    match text.parse::<f64>() {
-        Ok(t) if t.is_finite() => {
-            let ms = (t * 1000.0).ceil();
-            ms >= 0.0 && ms < i64::MAX as f64
-        }
-        _ => false,
-    }
+    let t = text.parse::<f64>().ok().filter(|t| t.is_finite())?;
+    let ms = (t * 1000.0).ceil();
+    (ms >= 0.0 && ms < i64::MAX as f64).then_some(ms as u64)
 }
 
 /// A constant argument.

@@ -113,6 +113,7 @@ mod xreadgroup;
 
 use bytes::Bytes;
 
+pub use args::timeout_ms;
 use args::word;
 use blocking::Pop;
 pub use replies::{bulk as bulk_reply, integer as integer_reply, NIL_ARRAY};

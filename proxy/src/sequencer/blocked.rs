@@ -67,7 +67,8 @@ impl Blocked {
         *self.reply.lock().unwrap() = Some(reply);
     }
 
-    fn is_waiting(&self) -> bool {
+    /// Not answered yet, and its client still awaits the reply.
+    pub fn is_waiting(&self) -> bool {
         self.reply.lock().unwrap().as_ref().is_some_and(|r| !r.is_closed())
     }
 
@@ -87,13 +88,6 @@ impl Blocked {
 
 /// Blocked clients of every shard by client ID, for `CLIENT UNBLOCK` and timeouts.
 pub type BlockedClients = Arc<DashMap<u64, Arc<Blocked>>>;
-
-/// Forgets a client that disconnected while blocked: nothing is served to it any more.
-pub fn forget(clients: &BlockedClients, client: u64) {
-    if let Some((_, blocked)) = clients.remove(&client) {
-        drop(blocked.take_reply());
-    }
-}
 
 /// Answers a blocked client now, as a timeout (`error: false`) or with `-UNBLOCKED`; false if
 /// it was not blocked (or is being served right now).

@@ -93,6 +93,7 @@ impl Journaler {
             self.flush(&mut segment).await;
             if swept.elapsed() >= Duration::from_secs(1) {
                 self.parked.sweep();
+                self.blocked.retain(|_, blocked| blocked.is_waiting());
                 swept = Instant::now();
             }
         }

@@ -3,7 +3,7 @@
 //! Redis node's own script cache holds (a node restarted empty, a new primary, a replay).
 //! It also counts the journaled scripts in flight per shard, which SCRIPT KILL must not kill.
 
-use std::sync::LazyLock;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -36,21 +36,14 @@ impl Script {
     }
 }
 
-/// Scripts loaded through the proxy, and the journaled scripts in flight per shard.
+/// Scripts loaded through the proxy (one cache per proxy, `Proxy::scripts`), and the journaled
+/// scripts in flight per shard.
 #[derive(Default)]
 pub struct ScriptCache {
     /// By lower-case hex SHA1; unbounded, as Redis 7.0's own cache.
     scripts: DashMap<Vec<u8>, Script>,
     /// Per shard: journaled scripts sent to the sequencer and not answered yet.
     journaled: DashMap<usize, usize>,
-}
-
-/// The cache of this process's proxy. One `memlog proxy` runs per process; were several run in
-/// one process, they would share loaded scripts (harmless: a SHA1 names one body) and SCRIPT
-/// FLUSH would empty the cache of all of them.
-pub fn cache() -> &'static ScriptCache {
-    static CACHE: LazyLock<ScriptCache> = LazyLock::new(ScriptCache::default);
-    &CACHE
 }
 
 impl ScriptCache {
@@ -70,9 +63,9 @@ impl ScriptCache {
     }
 
     /// Marks a journaled script in flight on `shard` until the returned guard drops.
-    pub fn journaled_started(&'static self, shard: usize) -> JournaledInFlight {
+    pub fn journaled_started(self: &Arc<Self>, shard: usize) -> JournaledInFlight {
         *self.journaled.entry(shard).or_insert(0) += 1;
-        JournaledInFlight { cache: self, shard }
+        JournaledInFlight { cache: self.clone(), shard }
     }
 
     pub fn journaled_in_flight(&self, shard: usize) -> bool {
@@ -82,7 +75,7 @@ impl ScriptCache {
 
 /// A journaled script sent to a shard's sequencer whose reply has not been handed back yet.
 pub struct JournaledInFlight {
-    cache: &'static ScriptCache,
+    cache: Arc<ScriptCache>,
     shard: usize,
 }
 
