@@ -32,10 +32,6 @@ pub const RESERVED_PREFIX: &[u8] = b"__memlog:";
 /// the shard follows `primary`, which the controller moves when it fails over.
 pub struct Shard {
     pub id: usize,
-    /// The primary the shard started with; it may have moved since: see [`Shard::current_primary`].
-    pub primary: String,
-    /// The replicas the shard started with; see [`Shard::current_replicas`].
-    pub replicas: Vec<String>,
     /// The node every connection of the shard follows: the current primary.
     pub target: Arc<NodeTarget>,
     /// The nodes as the failover controller last saw them (`MEMLOG TOPOLOGY`).
@@ -102,8 +98,6 @@ impl Shard {
             reads2: (0..connections)
                 .map(|_| BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, opts))
                 .collect(),
-            replicas: status.view().replicas.into_iter().map(|r| r.addr).collect(),
-            primary,
             target,
             status,
             sequencer,
