@@ -131,7 +131,8 @@ pub struct JournalSetup {
 #[derive(Clone)]
 pub struct Sequencer {
     queue: mpsc::UnboundedSender<Write>,
-    primary: String,
+    /// The node the shard's connections follow (named in errors; it moves on failover).
+    primary: Arc<crate::backend::NodeTarget>,
     /// This shard's blocked clients, for `CLIENT UNBLOCK`.
     pub blocked: BlockedClients,
 }
@@ -187,12 +188,12 @@ impl Sequencer {
             retry_scheduled: false,
         };
         tokio::spawn(journaler.run(rx));
-        Ok(Sequencer { queue, primary: primary.addr().to_string(), blocked })
+        Ok(Sequencer { queue, primary, blocked })
     }
 
     pub fn submit(&self, write: Write) {
         if let Err(mpsc::error::SendError(write)) = self.queue.send(write) {
-            let _ = write.reply.send(Err(BackendError::Lost { addr: self.primary.clone() }));
+            let _ = write.reply.send(Err(BackendError::Lost { addr: self.primary.addr().to_string() }));
         }
     }
 }
