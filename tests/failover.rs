@@ -198,6 +198,12 @@ fn spawn_node(dir: &std::path::Path, port: u16) -> Proc {
     node
 }
 
+/// A hashtag whose slot belongs to `shard` (the config splits the slots evenly).
+fn tag_in_shard(shard: usize) -> String {
+    let owns = |slot: u16| usize::from(slot) * SHARDS / 16384 == shard;
+    (0..).map(|i| format!("t{i}")).find(|tag| owns(memlog_proxy::router::key_slot(tag.as_bytes()))).unwrap()
+}
+
 /// One command straight to a Redis node.
 fn redis_cmd(addr: SocketAddr, args: &[&str]) -> Value {
     Conn::connect(addr, CLIENT_TIMEOUT).and_then(|mut c| c.cmd(args)).unwrap()
@@ -485,6 +491,10 @@ fn repeated_switchovers_back_and_forth() {
     let cluster = FailoverCluster::start();
     let checked = Checked::start(&cluster);
     let mut admin = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    // A function library is journaled on every shard: every new primary must serve it.
+    let library = "#!lua name=failoverlib\nredis.register_function('bump', function(keys) return redis.call('INCR', keys[1]) end)";
+    assert_eq!(admin.cmd(&["FUNCTION", "LOAD", library]).unwrap(), Value::Bulk(Some(b"failoverlib".to_vec())));
+    let mut bumps = 0;
     for round in 0..4 {
         let shard = round % SHARDS;
         let old = cluster.primary(shard);
@@ -495,7 +505,14 @@ fn repeated_switchovers_back_and_forth() {
         cluster
             .wait_until("the old primary replicates the new one", || role(old) == ("slave".into(), Some(to.clone())));
         checked.resumes(&cluster);
+        for shard in 0..SHARDS {
+            bumps += 1;
+            let key = format!("{{{}}}bumped", tag_in_shard(shard));
+            let reply = admin.cmd(&["FCALL", "bump", "1", &key]).unwrap();
+            assert!(matches!(reply, Value::Int(n) if n >= 1), "round {round}, shard {shard}: FCALL answered {reply:?}");
+        }
     }
+    assert_eq!(bumps, 4 * SHARDS);
     let refused = admin.cmd(&["MEMLOG", "FAILOVER", "0", "TO", "127.0.0.1:1"]).unwrap();
     assert!(refused.is_error(), "{refused:?}");
     checked.finish(&cluster, "repeated-switchovers");
