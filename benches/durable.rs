@@ -53,9 +53,9 @@ fn main() -> Result<()> {
     let Settings { quick, rounds } = Settings::from_env()?;
     let dir = tempfile::tempdir()?;
     let mut memlog = MemlogCluster::start(dir.path())?;
-    let fsync_always_addr = support::free_addr()?;
+    let fsync_always_addr = support::free_addr();
     let _fsync_always = support::start_redis(fsync_always_addr, &dir.path().join("fsync-always"), FSYNC_ALWAYS)?;
-    let no_persistence_addr = support::free_addr()?;
+    let no_persistence_addr = support::free_addr();
     let _no_persistence =
         support::start_redis(no_persistence_addr, &dir.path().join("no-persistence"), support::NO_PERSISTENCE)?;
     println!(
@@ -147,7 +147,7 @@ impl MemlogCluster {
         let mut journal = Vec::new();
         let mut journal_addrs = Vec::new();
         for node in 0..JOURNAL_NODES {
-            let addr = support::free_addr()?;
+            let addr = support::free_addr();
             let node_dir = dir.join(format!("journal-{node}"));
             std::fs::create_dir_all(&node_dir)?;
             let mut command = support::memlog(&["journal", "--listen", &addr.to_string(), "--dir"]);
@@ -159,9 +159,9 @@ impl MemlogCluster {
             journal.push(guard);
             journal_addrs.push(format!("\"{addr}\""));
         }
-        let redis_addr = support::free_addr()?;
+        let redis_addr = support::free_addr();
         let redis = support::start_redis(redis_addr, &dir.join("memlog-redis-0"), support::NO_PERSISTENCE)?;
-        let proxy_addr = support::free_addr()?;
+        let proxy_addr = support::free_addr();
         let config = dir.join("proxy.toml");
         std::fs::write(
             &config,

@@ -26,7 +26,7 @@ const TARGET_GET_RATIO: f64 = 0.8;
 fn main() -> Result<()> {
     let Settings { quick, rounds } = Settings::from_env()?;
     let dir = tempfile::tempdir()?;
-    let redis_addr = support::free_addr()?;
+    let redis_addr = support::free_addr();
     let _redis = support::start_redis(redis_addr, dir.path(), support::NO_PERSISTENCE)?;
     let (proxy_addr, _proxy) = start_proxy(dir.path(), redis_addr)?;
     println!("redis-server {redis_addr}, memlog proxy {proxy_addr}; {rounds} interleaved rounds, quick={quick}");
@@ -53,7 +53,7 @@ fn main() -> Result<()> {
 
 /// `memlog proxy` (the binary cargo built for this bench) in front of `redis`, routing only.
 fn start_proxy(dir: &Path, redis: SocketAddr) -> Result<(SocketAddr, Guard)> {
-    let addr = support::free_addr()?;
+    let addr = support::free_addr();
     let config = dir.join("proxy.toml");
     std::fs::write(
         &config,

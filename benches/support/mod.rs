@@ -4,12 +4,15 @@
 //! interleaved runs is not).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+#[path = "../../tests/common/ports.rs"]
+mod ports;
 
 /// Clients redis-benchmark keeps open (`-c`).
 pub const CLIENTS: u32 = 50;
@@ -75,9 +78,9 @@ impl Drop for Guard {
     }
 }
 
-/// A free loopback address, chosen by the OS.
-pub fn free_addr() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// A free loopback address, below the ephemeral range (see `tests/common/ports.rs`).
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], ports::free_port()))
 }
 
 /// A stock redis-server on `addr` with its files in `dir`, started with `args` (its persistence).

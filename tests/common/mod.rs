@@ -5,27 +5,15 @@
 
 pub mod cluster;
 pub mod load;
+pub mod ports;
 pub mod resp;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+pub use ports::free_port;
+
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A port that was free a moment ago. The OS picks it, and it is never handed out twice in one
-/// test binary: the OS may offer a port again once it is released, and two parallel tests
-/// starting a server on the same port would talk to each other's process.
-pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if !handed_out.contains(&port) {
-            handed_out.push(port);
-            return port;
-        }
-    }
-}
 
 /// The `memlog` binary cargo built for this test run.
 pub fn memlog_bin() -> PathBuf {

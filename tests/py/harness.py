@@ -7,6 +7,7 @@ Why a module apart from conftest: the fixtures stay short and the process plumbi
 """
 
 import os
+import random
 import socket
 import subprocess
 import time
@@ -83,22 +84,44 @@ def key_per_shard(prefix, ranges=THREE_SHARD_RANGES):
 # --- processes -----------------------------------------------------------------------------
 
 
+def _ephemeral_low():
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_HANDED_OUT = set()
+_PORTS = random.Random(os.getpid() ^ time.time_ns())
+
+
+def _bindable(port):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def free_port(with_cluster_bus=False):
-    """A port the OS reports free; with_cluster_bus also needs port+10000 free (Redis Cluster's bus)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not with_cluster_bus:
+    """A loopback port that is free now and was never handed out before by this process;
+    with_cluster_bus also needs port+10000 free (Redis Cluster's bus).
+
+    Ports come from below the kernel's ephemeral range: a port bind(0) offers lies inside it,
+    and any outgoing connection may take it as its local port before the server binds it."""
+    high = _ephemeral_low()
+    low = max(1024, high - 20000)
+    if with_cluster_bus:
+        high -= 10000
+    for _ in range(1000):
+        port = _PORTS.randrange(low, high)
+        wanted = [port, port + 10000] if with_cluster_bus else [port]
+        if _HANDED_OUT.isdisjoint(wanted) and all(_bindable(p) for p in wanted):
+            _HANDED_OUT.update(wanted)
             return port
-        if port + 10000 >= 65536:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-                return port
-            except OSError:
-                continue
+    raise RuntimeError(f"no free port in {low}..{high}")
 
 
 class Proc:

@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::common::ports::free_port_range;
 use crate::common::{free_port, memlog_bin};
 
 /// The shape of a cluster: shards, replicas per shard, journal nodes.
@@ -57,22 +57,6 @@ pub struct Ports {
     pub metrics: u16,
     pub redis_base: u16,
     pub journal_base: u16,
-}
-
-/// A run of `count` consecutive ports that are free right now: random bases, probed.
-fn free_port_range(count: u16) -> u16 {
-    let clock = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    let seed = clock ^ (std::process::id() as u64) << 32 ^ free_port() as u64;
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    for _ in 0..200 {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        // Below the usual ephemeral range (32768+), so other tests' free_port() rarely lands here.
-        let base = 20_000 + (state >> 33) as u16 % 12_000;
-        if (base..base + count).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no {count} consecutive free ports found");
 }
 
 pub fn ports(shape: Shape) -> Ports {
