@@ -2,7 +2,9 @@
 //! journals every write to 3 journal nodes, ack quorum 2, fsync on, before Redis sees it)
 //! against stock Redis with `appendfsync always` and stock Redis with no persistence at all.
 //! Then the replay rate: the memlog Redis is killed and replaced by an empty one, and the
-//! restarted proxy rebuilds it from the journal.
+//! restarted proxy rebuilds it from the journal. Last, the same rebuild after the same writes
+//! into two fresh clusters, one keeping the whole journal and one snapshotting (the journal
+//! truncated below the snapshots): how long each takes and how much journal each keeps on disk.
 //!
 //! ```text
 //! cargo bench --bench durable                        # ~3 s per measurement
@@ -45,6 +47,13 @@ const FSYNC_ALWAYS: &[&str] = &["--save", "", "--appendonly", "yes", "--appendfs
 /// The proxy's start-up log line that reports the journal replay.
 const REPLAY_LOG_LINE: &str = "shard recovered and primary caught up";
 
+/// SETs (pipelined, `-r` keys) written into each cluster of the rebuild comparison.
+const REBUILD_SETS: u64 = 1_000_000;
+/// `[snapshot] every_entries` of the snapshotting cluster.
+const REBUILD_SNAPSHOT_EVERY: u64 = 500;
+/// Its journal nodes' `--segment-bytes`: small enough that truncation gives files back.
+const REBUILD_SEGMENT_BYTES: u64 = 1024 * 1024;
+
 const MEMLOG: &str = "memlog";
 const FSYNC_ALWAYS_NAME: &str = "redis-fsync-always";
 const NO_PERSISTENCE_NAME: &str = "redis-no-persistence";
@@ -52,7 +61,7 @@ const NO_PERSISTENCE_NAME: &str = "redis-no-persistence";
 fn main() -> Result<()> {
     let Settings { quick, rounds } = Settings::from_env()?;
     let dir = tempfile::tempdir()?;
-    let mut memlog = MemlogCluster::start(dir.path())?;
+    let mut memlog = MemlogCluster::start(&dir.path().join("memlog"), None)?;
     let fsync_always_addr = support::free_addr();
     let _fsync_always = support::start_redis(fsync_always_addr, &dir.path().join("fsync-always"), FSYNC_ALWAYS)?;
     let no_persistence_addr = support::free_addr();
@@ -95,7 +104,50 @@ fn main() -> Result<()> {
         memlog_sets as f64 * 1000.0 / replay.elapsed_ms.max(1) as f64,
         replay.ready.as_millis()
     );
+    drop(memlog);
+    compare_rebuilds(dir.path(), quick)
+}
+
+/// The same SETs into a cluster keeping its whole journal and into one snapshotting, then an
+/// empty Redis under each: the rebuild time and the journal left on disk, side by side.
+fn compare_rebuilds(dir: &Path, quick: bool) -> Result<()> {
+    let sets = if quick { REBUILD_SETS / 10 } else { REBUILD_SETS };
+    let workload = Workload { test: "set", pipeline: 16 };
+    let snapshots = Snapshots { every_entries: REBUILD_SNAPSHOT_EVERY, segment_bytes: REBUILD_SEGMENT_BYTES };
+    println!(
+        "
+rebuild of an empty primary after {sets} SETs (-P 16, {} keys):",
+        support::KEYSPACE
+    );
+    let mut ready = Vec::new();
+    for (name, snapshots) in [("whole journal", None), ("snapshots", Some(snapshots))] {
+        let mut cluster = MemlogCluster::start(&dir.join(name.replace(' ', "-")), snapshots)?;
+        support::redis_benchmark(cluster.proxy_addr, &workload, sets)?;
+        if snapshots.is_some() {
+            cluster.wait_for_truncation()?;
+        }
+        let journal_bytes = cluster.journal_bytes()?;
+        let replay = cluster.restart_on_empty_redis()?;
+        println!(
+            "  {name:<14} journal on disk {:>7.1} MiB; {:>6} entries replayed; serving after {:>6} ms",
+            journal_bytes as f64 / (1 << 20) as f64,
+            replay.entries,
+            replay.ready.as_millis()
+        );
+        ready.push(replay.ready);
+    }
+    println!(
+        "  rebuild time with snapshots / with the whole journal: {:.2}",
+        ready[1].as_secs_f64() / ready[0].as_secs_f64()
+    );
     Ok(())
+}
+
+/// How the snapshotting cluster of the rebuild comparison runs.
+#[derive(Clone, Copy)]
+struct Snapshots {
+    every_entries: u64,
+    segment_bytes: u64,
 }
 
 /// The medians of the three targets at one pipeline depth.
@@ -143,7 +195,7 @@ struct Replay {
 }
 
 impl MemlogCluster {
-    fn start(dir: &Path) -> Result<MemlogCluster> {
+    fn start(dir: &Path, snapshots: Option<Snapshots>) -> Result<MemlogCluster> {
         let mut journal = Vec::new();
         let mut journal_addrs = Vec::new();
         for node in 0..JOURNAL_NODES {
@@ -152,6 +204,9 @@ impl MemlogCluster {
             std::fs::create_dir_all(&node_dir)?;
             let mut command = support::memlog(&["journal", "--listen", &addr.to_string(), "--dir"]);
             command.arg(&node_dir);
+            if let Some(snapshots) = snapshots {
+                command.args(["--segment-bytes", &snapshots.segment_bytes.to_string()]);
+            }
             let mut guard = support::spawn_logged(command, &node_dir.join("journal.log"))?;
             support::wait_until(&format!("journal node {addr} listening"), &mut guard, || {
                 TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
@@ -163,11 +218,18 @@ impl MemlogCluster {
         let redis = support::start_redis(redis_addr, &dir.join("memlog-redis-0"), support::NO_PERSISTENCE)?;
         let proxy_addr = support::free_addr();
         let config = dir.join("proxy.toml");
+        let snapshot_table = snapshots.map_or(String::new(), |s| {
+            format!(
+                "[snapshot]\ndir = \"{}\"\nevery_entries = {}\n\n",
+                dir.join("snapshots").display(),
+                s.every_entries
+            )
+        });
         std::fs::write(
             &config,
             format!(
                 "listen = \"{proxy_addr}\"\n\n[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\nack_quorum = {ACK_QUORUM}\n\n\
-                 [[shards]]\nslots = \"0-16383\"\nprimary = \"{redis_addr}\"\n",
+                 {snapshot_table}[[shards]]\nslots = \"0-16383\"\nprimary = \"{redis_addr}\"\n",
                 journal_addrs.join(", "),
                 dir.join("metadata.json").display()
             ),
@@ -184,6 +246,34 @@ impl MemlogCluster {
         };
         cluster.start_proxy()?;
         Ok(cluster)
+    }
+
+    /// Waits until two snapshots are kept, so the journal was truncated below the older one.
+    fn wait_for_truncation(&self) -> Result<()> {
+        let shard_dir = self.dir.join("snapshots/shard-0");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let kept = std::fs::read_dir(&shard_dir).map_or(0, |d| {
+                d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(".rdb")).count()
+            });
+            if kept >= 2 {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no two snapshots in {} after 120 s", shard_dir.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Bytes of journal segments on disk, over all journal nodes.
+    fn journal_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for node in 0..JOURNAL_NODES {
+            let stream = self.dir.join(format!("journal-{node}/streams/shard-0"));
+            for entry in std::fs::read_dir(&stream).with_context(|| format!("reading {}", stream.display()))? {
+                total += entry?.metadata()?.len();
+            }
+        }
+        Ok(total)
     }
 
     /// Starts the proxy with a fresh log file; returns the log's path.

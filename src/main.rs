@@ -47,6 +47,10 @@ enum Command {
         /// Serve Prometheus metrics (text format) on this address.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Size at which a stream's log file is closed and a new one begun. Truncation below a
+        /// snapshot deletes whole files, so this is also how finely disk space is given back.
+        #[arg(long, default_value_t = journal_service::storage::DEFAULT_SEGMENT_BYTES, value_parser = clap::value_parser!(u64).range(4096..))]
+        segment_bytes: u64,
     },
     /// Start a local cluster on loopback (journal nodes, Redis shards with replicas, and the proxy)
     /// and print its endpoint; a process that dies is restarted (a Redis node empty, for the
@@ -90,8 +94,8 @@ fn main() -> anyhow::Result<()> {
                 let cfg = proxy_config.expect("loaded above");
                 memlog_proxy::serve(cfg, shutdown_signal()).await
             }
-            Command::Journal { dir, listen, metrics_listen } => {
-                let opts = journal_service::node::NodeOptions { dir, listen, metrics_listen };
+            Command::Journal { dir, listen, metrics_listen, segment_bytes } => {
+                let opts = journal_service::node::NodeOptions { dir, listen, metrics_listen, segment_bytes };
                 journal_service::node::run(opts, shutdown_signal()).await
             }
             Command::Up(args) => up::run(args, shutdown_signal()).await,

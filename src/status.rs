@@ -83,6 +83,18 @@ pub struct ShardReport {
     pub epoch: Option<u64>,
     pub primary: NodeStatus,
     pub replicas: Vec<NodeStatus>,
+    /// The newest snapshot in the metadata store's catalog; `None` without one (or without a
+    /// metadata store that answers).
+    pub snapshot: Option<SnapshotReport>,
+}
+
+/// A shard's newest snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotReport {
+    /// It holds at least the journal's first `lsn` entries.
+    pub lsn: u64,
+    pub location: String,
+    pub timestamp_ms: u64,
 }
 
 /// One Redis node of a shard.
@@ -178,11 +190,13 @@ pub async fn gather(deployment: &Deployment) -> Report {
         },
     };
     let mut nodes = probe_redis_nodes(layout.iter().flat_map(|s| s.nodes())).await;
+    let mut snapshots = newest_snapshots(deployment, layout.iter().map(|s| s.id)).await;
     let shards = layout
         .into_iter()
         .map(|shard| {
             let shard = if source == Source::Proxy { shard } else { shard.corrected_by_roles(&nodes) };
-            shard.report(deployment, &mut nodes)
+            let snapshot = snapshots.remove(&shard.id);
+            ShardReport { snapshot, ..shard.report(deployment, &mut nodes) }
         })
         .collect();
     let journal = probe_journal(deployment).await;
@@ -238,6 +252,7 @@ impl Layout {
             epoch: self.epoch,
             primary: node(self.primary),
             replicas: self.replicas.into_iter().map(node).collect(),
+            snapshot: None,
         }
     }
 }
@@ -297,6 +312,29 @@ async fn layout_from_metadata(deployment: &Deployment) -> Result<Vec<Layout>, St
         Ok(Err(err)) => Err(err.to_string()),
         Ok(Ok(None)) => Err("no topology recorded".into()),
         Ok(Ok(Some(layout))) => Ok(layout),
+    }
+}
+
+/// Each shard's newest snapshot in the metadata store's catalog (none when it cannot be read:
+/// the topology source already says why).
+async fn newest_snapshots(deployment: &Deployment, shards: impl Iterator<Item = u32>) -> BTreeMap<u32, SnapshotReport> {
+    let Some(url) = deployment.config.as_ref().and_then(|c| c.journal.as_ref()).map(|j| j.metadata.clone()) else {
+        return BTreeMap::new();
+    };
+    let shards: Vec<u32> = shards.collect();
+    let read = async {
+        let store = MetaStore::open(&url).await?;
+        let mut newest = BTreeMap::new();
+        for shard in shards {
+            if let Some(s) = store.list_snapshots(shard).await?.pop() {
+                newest.insert(shard, SnapshotReport { lsn: s.lsn, location: s.location, timestamp_ms: s.timestamp_ms });
+            }
+        }
+        Ok::<_, MetaError>(newest)
+    };
+    match tokio::time::timeout(META_TIMEOUT, read).await {
+        Ok(Ok(newest)) => newest,
+        _ => BTreeMap::new(),
     }
 }
 
@@ -496,15 +534,32 @@ impl Report {
             out += "\nno journal: writes are not durable\n";
             return out;
         }
-        out +=
-            &format!("\n{:<22} {:<8} {:<8} STREAMS (last lsn / commit lsn / epoch)\n", "JOURNAL NODE", "PID", "HEALTH");
+        for shard in &self.shards {
+            if let Some(snapshot) = &shard.snapshot {
+                let age = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |now| now.as_millis() as u64);
+                let age_s = age.saturating_sub(snapshot.timestamp_ms) / 1000;
+                out += &format!(
+                    "\nshard {} newest snapshot: lsn {}, {age_s} s old, {}",
+                    shard.id, snapshot.lsn, snapshot.location
+                );
+            }
+        }
+        if self.shards.iter().any(|s| s.snapshot.is_some()) {
+            out += "\n";
+        }
+        out += &format!(
+            "\n{:<22} {:<8} {:<8} STREAMS (first lsn / last lsn / commit lsn / epoch)\n",
+            "JOURNAL NODE", "PID", "HEALTH"
+        );
         for node in &self.journal {
             let streams = match &node.error {
                 Some(error) => error.clone(),
                 None => node
                     .streams
                     .iter()
-                    .map(|(name, s)| format!("{name} {}/{}/{}", s.last_lsn, s.commit_lsn, s.fenced_epoch))
+                    .map(|(name, s)| {
+                        format!("{name} {}/{}/{}/{}", s.first_lsn, s.last_lsn, s.commit_lsn, s.fenced_epoch)
+                    })
                     .collect::<Vec<_>>()
                     .join("  "),
             };
@@ -601,7 +656,8 @@ mod tests {
             json,
             serde_json::json!({"shards":[{"id":0,"slots":"0-16383","epoch":2,
                 "primary":{"addr":"127.0.0.1:7000","pid":null,"lsn":42},
-                "replicas":[{"addr":"127.0.0.1:7001","pid":null,"lsn":40},{"addr":"127.0.0.1:7002","pid":null,"lsn":0}]}],
+                "replicas":[{"addr":"127.0.0.1:7001","pid":null,"lsn":40},{"addr":"127.0.0.1:7002","pid":null,"lsn":0}],
+                "snapshot":null}],
                 "journal":[]})
         );
         let table = report.table(&deployment);

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use memlog_proxy::config::{JournalConfig, ProxyConfig, ShardConfig};
+use memlog_proxy::config::{JournalConfig, ProxyConfig, ShardConfig, SnapshotConfig};
 use memlog_proxy::router::SlotMap;
 
 use crate::children::{ChildSpec, Children};
@@ -68,6 +68,11 @@ pub struct UpArgs {
     /// keeps the ports recorded in its cluster.json, whatever this says.
     #[arg(long, default_value_t = 7400)]
     pub journal_base_port: u16,
+    /// Snapshot a shard (an RDB in DIR/snapshots) each time it has this many journal entries
+    /// beyond its newest snapshot; the journal is then truncated below the older of the two
+    /// kept. 0 turns snapshots off: the journal keeps every entry. Ignored without a journal.
+    #[arg(long, default_value_t = 100_000)]
+    pub snapshot_every: u64,
 }
 
 /// Why `memlog up` could not start the cluster.
@@ -445,10 +450,15 @@ fn proxy_config(
             format!("file:{}", dir.join("metadata.json").display()),
         )
     });
+    let snapshot = (journal.is_some() && args.snapshot_every > 0).then(|| SnapshotConfig {
+        every_entries: args.snapshot_every,
+        ..SnapshotConfig::new(dir.join("snapshots").display().to_string())
+    });
     ProxyConfig {
         listen: loopback(args.port).to_string(),
         metrics_listen: metrics_port.map(|p| loopback(p).to_string()),
         journal,
+        snapshot,
         shards,
         ..ProxyConfig::default()
     }
@@ -613,6 +623,7 @@ mod tests {
             redis_server: PathBuf::from("redis-server"),
             journal_nodes: 3,
             journal_base_port: 7400,
+            snapshot_every: 100_000,
         }
     }
 
@@ -648,6 +659,11 @@ mod tests {
         assert_eq!(journal_cfg.nodes, vec!["127.0.0.1:7400", "127.0.0.1:7401", "127.0.0.1:7402"]);
         assert_eq!(journal_cfg.metadata, format!("file:{}", dir.path().join("metadata.json").display()));
         assert_eq!(journal_cfg.ack_quorum(), 2);
+        let snapshot = cfg.snapshot.as_ref().expect("a [snapshot] table");
+        assert_eq!(
+            (snapshot.dir.as_str(), snapshot.every_entries),
+            (&*dir.path().join("snapshots").to_string_lossy(), 100_000)
+        );
         cfg.validate().unwrap();
     }
 
@@ -659,7 +675,9 @@ mod tests {
         assert_eq!(journal[1].spec.log, dir.path().join("journal-7401/journal.log"));
         assert_eq!(journal[1].role, Role::Journal);
         let nodes = plan_redis(&args(1, 0), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
-        assert!(proxy_config(&args(1, 0), None, &[], &nodes, dir.path()).journal.is_none());
+        let unjournaled = proxy_config(&args(1, 0), None, &[], &nodes, dir.path());
+        assert!(unjournaled.journal.is_none());
+        assert!(unjournaled.snapshot.is_none(), "snapshots replace a journal prefix: none without a journal");
     }
 
     #[test]

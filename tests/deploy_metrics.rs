@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{free_port, memlog_bin, spawn_listening, spawn_redis};
+use common::{free_port, memlog_bin, spawn_journal, spawn_listening, spawn_redis};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
@@ -172,6 +172,8 @@ fn dashboards_use_only_metric_names_the_proxy_exports() {
 
     let tmp = tempfile::tempdir().unwrap();
     let mut redis = spawn_redis(tmp.path(), &[]);
+    // A journal and snapshots after every entry, so the snapshot metrics have samples.
+    let journal = spawn_journal(&tmp.path().join("journal"), 0);
     let (port, metrics_port) = (free_port(), free_port());
     let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
@@ -181,7 +183,12 @@ fn dashboards_use_only_metric_names_the_proxy_exports() {
         &config,
         format!(
             "listen = \"{listen}\"\nmetrics_listen = \"{metrics}\"\nmaxclients = {maxclients}\n\
-             backend_timeout_ms = 2000\n\n[[shards]]\nslots = \"0-16383\"\nprimary = \"{}\"\n",
+             backend_timeout_ms = 2000\n\n[journal]\nnodes = [\"{}\"]\nmetadata = \"file:{}\"\n\
+             write_wait_ms = 1000\n\n[failover]\nhold_ms = 1000\n\n[snapshot]\ndir = \"{}\"\nevery_entries = 1\n\n\
+             [[shards]]\nslots = \"0-16383\"\nprimary = \"{}\"\n",
+            journal.addr,
+            tmp.path().join("metadata.json").display(),
+            tmp.path().join("snapshots").display(),
             redis.addr
         ),
     )
@@ -206,6 +213,10 @@ fn dashboards_use_only_metric_names_the_proxy_exports() {
     let mut third = Resp::connect(listen);
     let refused = third.call(&["PING"]);
     assert!(refused == "<closed>" || refused.starts_with("-ERR max number of clients"), "{refused}");
+
+    // The write above is one journal entry beyond no snapshot: one is taken.
+    let snapshot_metrics = BTreeSet::from(["memlog_snapshot_lsn".to_string()]);
+    assert!(wait_for_names(metrics, &snapshot_metrics).is_superset(&snapshot_metrics), "no snapshot was taken");
 
     // A backend that dies: the next command to it fails and counts as a backend error.
     redis.kill9();

@@ -161,40 +161,6 @@ fn create_groups(client: &mut Conn) {
     }
 }
 
-fn snapshots(cluster: &DurableCluster) -> Vec<Snapshot> {
-    (0..cluster.shards()).map(|shard| Snapshot::take(cluster.redis_addr(shard))).collect()
-}
-
-/// Asserts each primary holds what it held in `expected`, with a per-key diff on failure.
-fn assert_same(cluster: &DurableCluster, expected: &[Snapshot], what: &str) {
-    for (shard, want) in expected.iter().enumerate() {
-        let got = Snapshot::take(cluster.redis_addr(shard));
-        if got.digest != want.digest {
-            let diff = got.diff(want);
-            panic!(
-                "{what}: shard {shard} digest {} != {} ({} of {} keys differ), e.g.:\n{}\n{}",
-                got.digest,
-                want.digest,
-                diff.len(),
-                want.keys.len(),
-                diff.iter().take(30).cloned().collect::<Vec<_>>().join("\n"),
-                cluster.proxy_log()
-            );
-        }
-    }
-}
-
-/// Entries the proxy's last run says it replayed (the sum of its `replayed=N` log fields).
-fn entries_replayed(cluster: &DurableCluster) -> u64 {
-    let logs = cluster.proxy_logs();
-    logs.last()
-        .expect("the proxy ran")
-        .split("replayed=")
-        .skip(1)
-        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
-        .sum()
-}
-
 #[test]
 fn every_primary_is_rebuilt_identically_from_the_journal_alone() {
     let mut cluster = DurableCluster::start(ClusterOptions { journal_nodes: 3, shards: 3, ..Default::default() });
@@ -215,7 +181,7 @@ fn every_primary_is_rebuilt_identically_from_the_journal_alone() {
         COMMANDS as f64 / took.as_secs_f64()
     );
     assert!(transactions > 100, "only {transactions} transactions executed");
-    let before = snapshots(&cluster);
+    let before = cluster.snapshots();
     let keys: usize = before.iter().map(|s| s.keys.len()).sum();
     assert!(keys > 1_000, "the workload left only {keys} keys");
     assert!(before.iter().all(|s| s.keys.len() > 100), "a shard got almost nothing");
@@ -227,12 +193,12 @@ fn every_primary_is_rebuilt_identically_from_the_journal_alone() {
     }
     assert_eq!(Snapshot::take(cluster.redis_addr(0)).keys.len(), 0, "a restarted Redis must be empty");
     let replay = cluster.start_proxy();
-    let entries = entries_replayed(&cluster);
+    let entries = cluster.entries_replayed();
     println!(
         "proxy restarted on empty primaries and served after {replay:?}: {entries} journal entries replayed ({:.0} entries/s)",
         entries as f64 / replay.as_secs_f64()
     );
-    assert_same(&cluster, &before, "after a rebuild of every primary");
+    cluster.assert_same(&before, "after a rebuild of every primary");
 
     // Determinism: a second replay of the same journal, into another fresh Redis, agrees.
     cluster.kill_proxy();
@@ -240,7 +206,7 @@ fn every_primary_is_rebuilt_identically_from_the_journal_alone() {
     cluster.restart_redis(1);
     let replay = cluster.start_proxy();
     println!("shard 1 replayed again into a fresh Redis in {replay:?}");
-    assert_same(&cluster, &before, "after a second replay of shard 1");
+    cluster.assert_same(&before, "after a second replay of shard 1");
 
     // And it still serves writes after all that.
     let mut client = cluster.client();

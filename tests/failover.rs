@@ -39,12 +39,14 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 
 /// The cluster: node `2s` is shard `s`'s configured primary, node `2s + 1` its replica.
 struct FailoverCluster {
-    dir: tempfile::TempDir,
     journal: Vec<Option<Proc>>,
     nodes: Vec<Option<Proc>>,
     node_addrs: Vec<SocketAddr>,
     proxy: Option<Proc>,
     proxy_addr: SocketAddr,
+    /// Last, so the processes' logs are still there when they are dropped (and shown if the
+    /// test failed).
+    dir: tempfile::TempDir,
 }
 
 impl FailoverCluster {

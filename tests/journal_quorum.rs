@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{spawn_journal, Proc};
+use common::{spawn_journal_with, Proc};
 use journal_service::meta::MetaStore;
 use journal_service::quorum::{recover, QuorumConfig, QuorumWriter, Reader, WriteError};
 use journal_service::NodeClient;
@@ -20,24 +20,33 @@ const SHARD: u32 = 0;
 
 /// Three journal nodes, each restartable on its own directory and port, plus a `file:` metadata store.
 struct Cluster {
-    dir: tempfile::TempDir,
     nodes: Vec<Option<Proc>>,
     addrs: Vec<SocketAddr>,
+    /// More `memlog journal` arguments, for every start and restart.
+    args: Vec<String>,
     meta: MetaStore,
+    /// Last, so the nodes' logs are still there when they are dropped (and shown if the test
+    /// failed).
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
     async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[]).await
+    }
+
+    async fn start_with(n: usize, args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let mut nodes = Vec::new();
         let mut addrs = Vec::new();
         for i in 0..n {
-            let proc = spawn_journal(&dir.path().join(format!("node-{i}")), 0);
+            let proc = spawn_journal_with(&dir.path().join(format!("node-{i}")), 0, &args);
             addrs.push(proc.addr);
             nodes.push(Some(proc));
         }
         let meta = MetaStore::open(&format!("file:{}", dir.path().join("meta.json").display())).await.unwrap();
-        Cluster { dir, nodes, addrs, meta }
+        Cluster { dir, nodes, addrs, args, meta }
     }
 
     fn node_dir(&self, i: usize) -> PathBuf {
@@ -51,7 +60,7 @@ impl Cluster {
 
     fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].is_none(), "node {i} is still running");
-        self.nodes[i] = Some(spawn_journal(&self.node_dir(i), self.addrs[i].port()));
+        self.nodes[i] = Some(spawn_journal_with(&self.node_dir(i), self.addrs[i].port(), &self.args));
     }
 
     fn node(&self, i: usize) -> &Proc {
@@ -104,8 +113,13 @@ fn all_acked(results: Vec<(Bytes, Result<u64, WriteError>)>) -> Vec<(u64, Bytes)
 /// Every acknowledged entry is read back intact, at its LSN, from `nodes`; LSNs are distinct
 /// and increase with the order of acknowledgement.
 async fn assert_read_back(nodes: &[SocketAddr], commit_lsn: u64, acked: &[(u64, Bytes)]) {
+    assert_read_back_from(nodes, 1, commit_lsn, acked).await;
+}
+
+/// `assert_read_back` of what the nodes keep from `from` on (`acked` from there too).
+async fn assert_read_back_from(nodes: &[SocketAddr], from: u64, commit_lsn: u64, acked: &[(u64, Bytes)]) {
     assert!(acked.windows(2).all(|w| w[0].0 < w[1].0), "acknowledged LSNs increase");
-    let read = Reader::new(STREAM, nodes).read(1, commit_lsn).await.unwrap_or_else(|e| panic!("read: {e}"));
+    let read = Reader::new(STREAM, nodes).read(from, commit_lsn).await.unwrap_or_else(|e| panic!("read: {e}"));
     let by_lsn: std::collections::HashMap<u64, &Bytes> = read.iter().map(|e| (e.lsn, &e.payload)).collect();
     for (lsn, payload) in acked {
         assert_eq!(by_lsn.get(lsn), Some(&payload), "acknowledged lsn {lsn} is read back intact");
@@ -131,6 +145,11 @@ async fn node_last_lsn(addr: SocketAddr) -> u64 {
         Ok(status) => status.streams.get(STREAM).map_or(0, |t| t.last_lsn),
         Err(_) => 0,
     }
+}
+
+/// `addr`'s first stored LSN of the stream.
+async fn node_first_lsn(addr: SocketAddr) -> u64 {
+    NodeClient::new(addr).status().await.expect("node status").streams[STREAM].first_lsn
 }
 
 /// Waits until `node` is live again and holds the writer's whole log.
@@ -315,4 +334,34 @@ async fn five_nodes_with_ack_quorum_three_survive_two_failures_but_not_three() {
         Err(WriteError::NoQuorum { acked, needed: 3, .. }) => assert!(acked <= 2),
         other => panic!("with 2 of 5 nodes left an append must fail with NoQuorum, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_what_the_others_truncated_restarts_where_they_begin_and_counts_again() {
+    // Small segments, so truncation drops files after a few dozen entries.
+    let mut cluster = Cluster::start_with(3, &["--segment-bytes", "4096"]).await;
+    let writer = cluster.writer("writer-a").await;
+    let mut acked = all_acked(append_many(&writer, "a", 0..20).await);
+    cluster.kill9(2);
+    acked.extend(all_acked(append_many(&writer, "a", 20..400).await));
+
+    // A snapshot now holds the committed prefix: the live nodes give it up.
+    let below = writer.commit_lsn() - 10;
+    for addr in &cluster.addrs[..2] {
+        NodeClient::new(*addr).truncate_below(STREAM, below).await.unwrap();
+    }
+    let first = node_first_lsn(cluster.addrs[0]).await.min(node_first_lsn(cluster.addrs[1]).await);
+    assert!(first > 21, "the live nodes dropped what node 2 lacks (they start at {first})");
+
+    cluster.restart(2);
+    acked.extend(all_acked(append_many(&writer, "a", 400..410).await));
+    wait_caught_up(&writer, cluster.addrs[2], 2).await;
+    assert_eq!(node_first_lsn(cluster.addrs[2]).await, first, "node 2 restarts where the others begin");
+
+    // It counts toward the quorum again: with node 0 gone, appends still commit.
+    cluster.kill9(0);
+    acked.extend(all_acked(append_many(&writer, "a", 410..420).await));
+    let kept: Vec<(u64, Bytes)> = acked.into_iter().filter(|(lsn, _)| *lsn >= first).collect();
+    assert_read_back_from(&cluster.addrs[2..3], first, writer.commit_lsn(), &kept).await;
+    assert_read_back_from(&cluster.addrs[1..3], first, writer.commit_lsn(), &kept).await;
 }

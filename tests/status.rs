@@ -15,7 +15,8 @@ use common::memlog_bin;
 use serde_json::Value;
 use up_harness::{alive, cluster_json, processes_with_role, redis_cli, start_up, stdout_of, up_log, wait_until, Shape};
 
-const SHAPE: Shape = Shape { shards: 2, replicas: 1, journal_nodes: 3 };
+/// Snapshots every 50 entries: the 200 writes below make one on each shard.
+const SHAPE: Shape = Shape { shards: 2, replicas: 1, journal_nodes: 3, snapshot_every: 50 };
 
 fn status(args: &[&str], dir: &Path) -> Output {
     Command::new(memlog_bin()).arg("status").args(args).arg(dir).output().expect("run memlog status")
@@ -63,7 +64,7 @@ fn check_report(report: &Value, cluster: &Value, pids: bool) -> Vec<(u64, Vec<u6
     let primaries = processes_with_role(cluster, "primary");
     let mut lsns = Vec::new();
     for (i, shard) in shards.iter().enumerate() {
-        assert_eq!(keys(shard), set_of(&["id", "slots", "epoch", "primary", "replicas"]), "{shard}");
+        assert_eq!(keys(shard), set_of(&["id", "slots", "epoch", "primary", "replicas", "snapshot"]), "{shard}");
         assert_eq!(shard["id"], i as u64);
         assert_eq!(shard["slots"], primaries[i]["slots"], "{shard}");
         assert!(shard["epoch"].as_u64().unwrap() >= 1, "the proxy recorded the shard: {shard}");
@@ -131,6 +132,17 @@ fn status_json_has_the_documented_shape_real_pids_and_lsns_that_follow_writes() 
         check_report(&report, &cluster, true).iter().all(|(primary, replicas)| replicas.iter().all(|r| r == primary))
     });
     println!("lsns before {before:?}, after {after:?}; replicas caught up within {caught_up:?}");
+    let snapshotted = wait_until(dir, Duration::from_secs(10), "a snapshot of every shard", || {
+        let (_, report) = status_json(dir);
+        report["shards"].as_array().unwrap().iter().all(|s| s["snapshot"]["lsn"].as_u64().is_some_and(|lsn| lsn >= 50))
+    });
+    let (_, report) = status_json(dir);
+    for shard in report["shards"].as_array().unwrap() {
+        let location = shard["snapshot"]["location"].as_str().unwrap();
+        assert!(std::path::Path::new(location).is_file(), "the snapshot file is there: {shard}");
+        assert!(location.starts_with(&dir.join("snapshots").display().to_string()), "{location}");
+    }
+    println!("every shard snapshotted within {snapshotted:?}");
 
     // The table says the same for people.
     let table = status(&["--dir"], dir);
@@ -142,6 +154,7 @@ fn status_json_has_the_documented_shape_real_pids_and_lsns_that_follow_writes() 
         .unwrap_or_else(|| panic!("no row for the first primary:\n{text}"));
     assert!(primary_row.contains("primary") && primary_row.contains(&after[0].0.to_string()), "{text}");
     assert!(text.contains("topology: from"), "{text}");
+    assert!(text.contains("shard 1 newest snapshot: lsn "), "{text}");
 
     // A deployed cluster, by its proxy's config: the same layout, no pids (nothing started them).
     let out = status(&["--json", "--config"], &dir.join("proxy.toml"));

@@ -18,7 +18,7 @@ use up_harness::{
     Ports, Shape, Up,
 };
 
-const SHAPE: Shape = Shape { shards: 3, replicas: 1, journal_nodes: 3 };
+const SHAPE: Shape = Shape { shards: 3, replicas: 1, journal_nodes: 3, snapshot_every: 100_000 };
 const SHARDS: usize = SHAPE.shards;
 const REPLICAS: usize = SHAPE.replicas;
 const JOURNAL_NODES: usize = SHAPE.journal_nodes;

@@ -30,6 +30,8 @@ pub struct NodeOptions {
     pub listen: SocketAddr,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Size at which a stream's segment file is closed and the next one begun.
+    pub segment_bytes: u64,
 }
 
 /// Largest payload total a read or a subscription batch gathers, so a reply stays under the frame cap.
@@ -54,7 +56,9 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> anyho
             .install()
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-    let options = StorageOptions::default().with_failpoint_from_env().map_err(anyhow::Error::msg)?;
+    let options = StorageOptions { segment_bytes: opts.segment_bytes, ..StorageOptions::default() }
+        .with_failpoint_from_env()
+        .map_err(anyhow::Error::msg)?;
     if options.fail_fsync_after.is_some() {
         tracing::warn!(?options, "fault injection is on");
     }

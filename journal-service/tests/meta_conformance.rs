@@ -156,6 +156,11 @@ async fn snapshot_catalog(url: String) {
         vec![snap(0, 100, "s3://b/0-100"), snap(0, 200, "s3://b/0-200-again")]
     );
     assert_eq!(store.list_snapshots(1).await.unwrap(), vec![snap(1, 50, "s3://b/1-50")]);
+    assert!(store.remove_snapshot(0, 100).await.unwrap());
+    assert!(!store.remove_snapshot(0, 100).await.unwrap());
+    assert!(!store.remove_snapshot(1, 200).await.unwrap(), "another shard's LSN is not this one's");
+    assert_eq!(open(&url).await.list_snapshots(0).await.unwrap(), vec![snap(0, 200, "s3://b/0-200-again")]);
+    assert_eq!(store.list_snapshots(1).await.unwrap(), vec![snap(1, 50, "s3://b/1-50")]);
 }
 
 async fn event_log(url: String) {

@@ -27,6 +27,7 @@ const KEYS: &[&str] = &[
     "users",
     "journal",
     "failover",
+    "snapshot",
     "shards",
 ];
 
@@ -78,6 +79,10 @@ pub struct ProxyConfig {
     /// The failover controller: health checks of every Redis node and how long a shard may be
     /// held while its primary is replaced.
     pub failover: FailoverConfig,
+    /// Snapshots of each shard, so the journal can be truncated below them and a node that lost
+    /// everything is rebuilt from a snapshot plus the journal's tail. Off when absent: the
+    /// journal then keeps every entry.
+    pub snapshot: Option<SnapshotConfig>,
     /// The shards: which slots each owns and its Redis nodes.
     pub shards: Vec<ShardConfig>,
 }
@@ -149,6 +154,58 @@ impl Default for FailoverConfig {
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Where snapshot files (one RDB each, under `shard-N/`) are kept; it must survive the loss
+    /// of any Redis node, so not a Redis node's own directory.
+    pub dir: String,
+    /// A shard is snapshotted once its Redis nodes hold this many journal entries beyond its
+    /// newest snapshot.
+    #[serde(default = "default_every_entries")]
+    pub every_entries: u64,
+    /// Snapshots kept per shard (at least 1). The journal is truncated below the oldest one
+    /// kept, so a damaged newest snapshot still leaves an older one plus the journal.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// The address Redis nodes reach this proxy at when a snapshot is loaded into one (it is
+    /// served to them over Redis replication, on a free port).
+    #[serde(default = "default_serve_ip")]
+    pub serve_ip: std::net::IpAddr,
+    /// How long fetching or loading a snapshot may go without progress (milliseconds).
+    #[serde(default = "default_snapshot_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_every_entries() -> u64 {
+    100_000
+}
+
+fn default_keep() -> usize {
+    2
+}
+
+fn default_serve_ip() -> std::net::IpAddr {
+    std::net::Ipv4Addr::LOCALHOST.into()
+}
+
+fn default_snapshot_timeout_ms() -> u64 {
+    60_000
+}
+
+impl SnapshotConfig {
+    /// Snapshots in `dir`, every other setting at its default.
+    pub fn new(dir: String) -> SnapshotConfig {
+        SnapshotConfig {
+            dir,
+            every_entries: default_every_entries(),
+            keep: default_keep(),
+            serve_ip: default_serve_ip(),
+            timeout_ms: default_snapshot_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.
     pub cert: String,
@@ -195,6 +252,7 @@ impl Default for ProxyConfig {
             users: Vec::new(),
             journal: None,
             failover: FailoverConfig::default(),
+            snapshot: None,
             shards: Vec::new(),
         }
     }
@@ -226,8 +284,17 @@ impl ProxyConfig {
         self.worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() / 2)).max(1)
     }
 
-    /// Checks what serde cannot: the shards cover every slot exactly once.
+    /// Checks what serde cannot: the shards cover every slot exactly once; snapshots replace
+    /// a prefix of the journal, so they need one.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(snapshot) = &self.snapshot {
+            anyhow::ensure!(
+                self.journal.is_some(),
+                "[snapshot] needs a [journal]: a snapshot replaces a journal prefix"
+            );
+            anyhow::ensure!(snapshot.keep >= 1, "[snapshot] keep must be at least 1");
+            anyhow::ensure!(snapshot.every_entries >= 1, "[snapshot] every_entries must be at least 1");
+        }
         crate::router::SlotMap::from_config(&self.shards).map(|_| ())
     }
 }
@@ -250,6 +317,7 @@ mod tests {
                 append_timeout_ms: 1,
                 write_wait_ms: 1,
             }),
+            snapshot: Some(SnapshotConfig::new("d".into())),
             ..ProxyConfig::default()
         })
         .unwrap();

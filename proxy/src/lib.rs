@@ -13,6 +13,7 @@ pub mod router;
 pub mod sequencer;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod state;
 
 use std::future::Future;

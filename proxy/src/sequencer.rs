@@ -38,6 +38,7 @@ use crate::backend::{BackendConn, BackendError, BackendOptions, ReplySender};
 use crate::commands::table::CommandInfo;
 use crate::normalize::{self, Plan, Resolved};
 use crate::resp::{encode_command, error_reply, Proto, Request, RequestParser};
+use crate::snapshot::ShardSnapshots;
 use crate::state::LSN_KEY;
 use applier::Applier;
 use blocked::BlockedRegistry;
@@ -125,6 +126,8 @@ pub struct JournalSetup {
     pub quorum: QuorumConfig,
     pub writer_id: String,
     pub write_wait: Duration,
+    /// Snapshots of the shards, when configured.
+    pub snapshots: Option<Arc<crate::snapshot::SnapshotSettings>>,
 }
 
 /// Handle to a shard's sequencer.
@@ -145,12 +148,14 @@ impl Sequencer {
         primary: Arc<crate::backend::NodeTarget>,
         opts: BackendOptions,
         journal: Option<JournalSetup>,
+        snapshots: Option<Arc<ShardSnapshots>>,
     ) -> anyhow::Result<Sequencer> {
         let (queue, rx) = mpsc::unbounded_channel();
         let apply = ApplyConns::new(primary.clone(), opts);
         let health = Arc::new(ApplyHealth::default());
         let reply_wait = journal.as_ref().map_or(Duration::ZERO, |setup| setup.write_wait);
-        let mut applier = Applier { shard, apply, reader: None, applied: 0, health: health.clone(), reply_wait };
+        let mut applier =
+            Applier { shard, apply, reader: None, snapshots, applied: 0, health: health.clone(), reply_wait };
         let journal = match journal {
             None => None,
             Some(setup) => {

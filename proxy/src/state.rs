@@ -21,6 +21,7 @@ use crate::failover::{self, FailoverSettings, NodeStatus, ShardStatus, ShardView
 use crate::resp::Proto;
 use crate::router::SlotMap;
 use crate::sequencer::{JournalSetup, Sequencer};
+use crate::snapshot::{ShardSnapshots, SnapshotSettings};
 
 /// The key in which each Redis node records the journal prefix it holds; clients never see it.
 pub const LSN_KEY: &[u8] = b"__memlog:lsn";
@@ -91,8 +92,15 @@ impl Shard {
             status: status.clone(),
             settings,
         });
-        let sequencer = Sequencer::start(id, target.clone(), opts, journal).await?;
+        let snapshots = journal.as_ref().and_then(|setup| {
+            let settings = setup.snapshots.clone()?;
+            Some(Arc::new(ShardSnapshots::new(id, settings, setup.meta.clone(), setup.nodes.clone(), opts)))
+        });
+        let sequencer = Sequencer::start(id, target.clone(), opts, journal, snapshots.clone()).await?;
         started.send_replace(Some(sequencer.clone()));
+        if let Some(snapshots) = snapshots {
+            snapshots.spawn_scheduler(status.clone(), target.clone());
+        }
         Ok(Shard {
             id,
             reads2: (0..connections)
@@ -260,7 +268,7 @@ impl Proxy {
         };
         let connections = cfg.backend_connections.max(1);
         let journal = match &cfg.journal {
-            Some(journal) => Some(journal_setup(journal, &cfg.listen).await?),
+            Some(journal) => Some(journal_setup(journal, cfg.snapshot.as_ref(), &cfg.listen).await?),
             None => {
                 tracing::warn!("no [journal] configured: writes are routed to Redis but NOT durable");
                 None
@@ -368,7 +376,11 @@ async fn shard_starts(
 }
 
 /// Resolves the journal nodes, opens the metadata store and sets the quorum.
-async fn journal_setup(cfg: &crate::config::JournalConfig, listen: &str) -> anyhow::Result<JournalSetup> {
+async fn journal_setup(
+    cfg: &crate::config::JournalConfig,
+    snapshot: Option<&crate::config::SnapshotConfig>,
+    listen: &str,
+) -> anyhow::Result<JournalSetup> {
     let mut nodes = Vec::with_capacity(cfg.nodes.len());
     for node in &cfg.nodes {
         let addr = tokio::net::lookup_host(node)
@@ -396,6 +408,7 @@ async fn journal_setup(cfg: &crate::config::JournalConfig, listen: &str) -> anyh
         quorum,
         writer_id: format!("{host}:{}:{listen}", std::process::id()),
         write_wait: Duration::from_millis(cfg.write_wait_ms),
+        snapshots: snapshot.map(|s| Arc::new(SnapshotSettings::from(s))),
     })
 }
 

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::resp::{Conn, Value};
-use super::{free_port, memlog_bin, spawn_journal, spawn_listening, Proc};
+use super::{free_port, memlog_bin, spawn_journal_with, spawn_listening, Proc};
 
 /// The shape of a test cluster.
 pub struct ClusterOptions {
@@ -19,11 +19,21 @@ pub struct ClusterOptions {
     pub shards: usize,
     /// `[journal] write_wait_ms`: how long a write waits for a lost quorum before `-TRYAGAIN`.
     pub write_wait_ms: u64,
+    /// `memlog journal --segment-bytes` (the default when None).
+    pub journal_segment_bytes: Option<u64>,
+    /// `[snapshot] every_entries`, with the snapshots in `<dir>/snapshots`; no snapshots when None.
+    pub snapshot_every: Option<u64>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { journal_nodes: 3, shards: 2, write_wait_ms: 5_000 }
+        ClusterOptions {
+            journal_nodes: 3,
+            shards: 2,
+            write_wait_ms: 5_000,
+            journal_segment_bytes: None,
+            snapshot_every: None,
+        }
     }
 }
 
@@ -34,27 +44,34 @@ const PROXY_READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct DurableCluster {
-    pub dir: tempfile::TempDir,
     journal: Vec<Option<Proc>>,
     journal_addrs: Vec<SocketAddr>,
+    journal_args: Vec<String>,
     redis: Vec<Option<Proc>>,
     redis_addrs: Vec<SocketAddr>,
     proxy: Option<Proc>,
     proxy_addr: SocketAddr,
+    /// Last, so the processes' logs are still there when they are dropped (and shown if the
+    /// test failed).
+    pub dir: tempfile::TempDir,
 }
 
 impl DurableCluster {
     /// Starts everything and waits until the proxy serves.
     pub fn start(opts: ClusterOptions) -> DurableCluster {
         let dir = tempfile::tempdir().unwrap();
-        let journal: Vec<Option<Proc>> =
-            (0..opts.journal_nodes).map(|i| Some(spawn_journal(&journal_dir(dir.path(), i), 0))).collect();
+        let journal_args: Vec<String> =
+            opts.journal_segment_bytes.iter().flat_map(|b| ["--segment-bytes".to_string(), b.to_string()]).collect();
+        let journal: Vec<Option<Proc>> = (0..opts.journal_nodes)
+            .map(|i| Some(spawn_journal_with(&journal_dir(dir.path(), i), 0, &journal_args)))
+            .collect();
         let journal_addrs = journal.iter().map(|p| p.as_ref().unwrap().addr).collect();
         let redis: Vec<Option<Proc>> =
             (0..opts.shards).map(|_| Some(spawn_redis_at(dir.path(), free_port()))).collect();
         let redis_addrs = redis.iter().map(|p| p.as_ref().unwrap().addr).collect();
         let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cluster = DurableCluster { dir, journal, journal_addrs, redis, redis_addrs, proxy: None, proxy_addr };
+        let mut cluster =
+            DurableCluster { dir, journal, journal_addrs, journal_args, redis, redis_addrs, proxy: None, proxy_addr };
         cluster.write_proxy_config(&opts);
         cluster.start_proxy();
         cluster
@@ -87,12 +104,26 @@ impl DurableCluster {
             self.dir.path().join("metadata.json").display(),
             opts.write_wait_ms
         );
+        if let Some(every) = opts.snapshot_every {
+            let dir = self.snapshot_dir();
+            toml += &format!("[snapshot]\ndir = \"{}\"\nevery_entries = {every}\n", dir.display());
+        }
         let shards = self.redis_addrs.len();
         for (i, addr) in self.redis_addrs.iter().enumerate() {
             let (first, last) = (16384 * i / shards, 16384 * (i + 1) / shards - 1);
             toml += &format!("[[shards]]\nslots = \"{first}-{last}\"\nprimary = \"{addr}\"\n");
         }
         std::fs::write(self.config_path(), toml).unwrap();
+    }
+
+    /// Where the proxy keeps its snapshots (`snapshot_every`).
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.dir.path().join("snapshots")
+    }
+
+    /// The journal nodes' addresses.
+    pub fn journal_addrs(&self) -> &[SocketAddr] {
+        &self.journal_addrs
     }
 
     fn config_path(&self) -> PathBuf {
@@ -142,6 +173,42 @@ impl DurableCluster {
         }
     }
 
+    /// What every shard's primary holds now.
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        (0..self.shards()).map(|shard| Snapshot::take(self.redis_addr(shard))).collect()
+    }
+
+    /// Asserts each primary holds what it held in `expected`, with a per-key diff on failure.
+    pub fn assert_same(&self, expected: &[Snapshot], what: &str) {
+        for (shard, want) in expected.iter().enumerate() {
+            let got = Snapshot::take(self.redis_addr(shard));
+            if got.digest != want.digest {
+                let diff = got.diff(want);
+                panic!(
+                    "{what}: shard {shard} digest {} != {} ({} of {} keys differ), e.g.:\n{}\n{}",
+                    got.digest,
+                    want.digest,
+                    diff.len(),
+                    want.keys.len(),
+                    diff.iter().take(30).cloned().collect::<Vec<_>>().join("\n"),
+                    self.proxy_log()
+                );
+            }
+        }
+    }
+
+    /// Entries the proxy's last run says it replayed at start-up (the sum of its `replayed=N`
+    /// log fields).
+    pub fn entries_replayed(&self) -> u64 {
+        let logs = self.proxy_logs();
+        logs.last()
+            .expect("the proxy ran")
+            .split("replayed=")
+            .skip(1)
+            .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     pub fn kill_proxy(&mut self) {
         self.proxy.take().expect("the proxy is running").kill9();
     }
@@ -163,7 +230,8 @@ impl DurableCluster {
     /// Restarts a journal node on its dir and port.
     pub fn restart_journal(&mut self, node: usize) {
         assert!(self.journal[node].is_none(), "journal node {node} is running");
-        self.journal[node] = Some(spawn_journal(&journal_dir(self.dir.path(), node), self.journal_addrs[node].port()));
+        let (dir, port) = (journal_dir(self.dir.path(), node), self.journal_addrs[node].port());
+        self.journal[node] = Some(spawn_journal_with(&dir, port, &self.journal_args));
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Proc {
     pub name: String,
     pub child: Child,
     pub addr: SocketAddr,
+    /// Its stdout and stderr, shown when a test fails while it runs.
+    pub log: PathBuf,
 }
 
 impl Proc {
@@ -69,11 +71,54 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        let exited = self.child.try_wait();
+        if let Ok(None) = exited {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        if std::thread::panicking() {
+            // The failing test's processes say what they saw (a CI log has nothing else).
+            const LINES: usize = 30;
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let state = match exited {
+                Ok(Some(status)) => format!("had exited: {status}"),
+                _ => "was running".to_string(),
+            };
+            eprintln!(
+                "--- {} ({}, pid {}) {state}; last {LINES} lines of {} ---\n{}",
+                self.name,
+                self.addr,
+                self.child.id(),
+                self.log.display(),
+                lines[lines.len().saturating_sub(LINES)..].join("\n")
+            );
+        }
     }
+}
+
+/// True if process `pid` itself has a listening TCP socket on `port`: its socket descriptors
+/// against the kernel's table of listening sockets. A connect would also succeed when some
+/// other process holds the port, and the test would then talk to that process.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let mut sockets = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // `sl local_address rem_address st … inode`; state 0A is LISTEN.
+            if fields.len() < 10 || fields[3] != "0A" {
+                continue;
+            }
+            let local_port = fields[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                sockets.push(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .any(|target| sockets.iter().any(|socket| target.as_os_str() == socket.as_str()))
 }
 
 /// Waits until something accepts TCP connections on `addr`, or panics after `timeout`.
@@ -93,18 +138,16 @@ pub fn spawn_listening(name: &str, mut cmd: Command, addr: SocketAddr, log: &Pat
     let out = std::fs::File::create(log).unwrap();
     cmd.stdout(Stdio::from(out.try_clone().unwrap())).stderr(Stdio::from(out)).stdin(Stdio::null());
     let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    let mut proc = Proc { name: name.to_string(), child, addr };
+    let mut proc = Proc { name: name.to_string(), child, addr, log: log.to_path_buf() };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let listening = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok();
         if let Ok(Some(status)) = proc.child.try_wait() {
             panic!(
                 "{name} exited with {status} before listening; log:\n{}",
                 std::fs::read_to_string(log).unwrap_or_default()
             );
         }
-        if listening {
-            // Checked after the exit test: something else on the port must not pass for the child.
+        if listens_on(proc.child.id(), addr.port()) {
             return proc;
         }
         assert!(Instant::now() < deadline, "{name} did not listen on {addr}");
@@ -127,10 +170,15 @@ pub fn spawn_redis(dir: &Path, extra: &[&str]) -> Proc {
 
 /// A journal node (`memlog journal`) with its data in `dir`, on `port` (0 = a free one).
 pub fn spawn_journal(dir: &Path, port: u16) -> Proc {
+    spawn_journal_with(dir, port, &[])
+}
+
+/// `spawn_journal` with more `memlog journal` arguments.
+pub fn spawn_journal_with(dir: &Path, port: u16, args: &[String]) -> Proc {
     let port = if port == 0 { free_port() } else { port };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let mut cmd = Command::new(memlog_bin());
-    cmd.arg("journal").arg("--dir").arg(dir).arg("--listen").arg(addr.to_string());
+    cmd.arg("journal").arg("--dir").arg(dir).arg("--listen").arg(addr.to_string()).args(args);
     spawn_listening(&format!("journal-{port}"), cmd, addr, &dir.join("journal.log"))
 }

@@ -69,6 +69,8 @@ def test_exec_replies_byte_exact(target, protocol):
         (("ZSCORE", z, "m"), b",1.5\r\n" if resp3 else bulk("1.5")),
         (("GET", missing), b"_\r\n" if resp3 else b"$-1\r\n"),
         (("SMEMBERS", missing), b"~0\r\n" if resp3 else b"*0\r\n"),
+        (("PING",), b"+PONG\r\n"),
+        (("ECHO", "hi"), bulk("hi")),
     ]
     with target.raw() as conn:
         conn.call("HELLO", protocol)
@@ -78,6 +80,18 @@ def test_exec_replies_byte_exact(target, protocol):
         conn.call("EXEC")
         assert conn.last_raw == b"*%d\r\n" % len(steps) + b"".join(wire for _, wire in steps)
         assert conn.call("GET", k) == b"2"
+
+
+def test_time_inside_multi_is_the_servers_clock(target):
+    """TIME may be queued like any read; EXEC answers seconds and microseconds of now."""
+    (k,) = tx_keys("k")
+    with target.raw() as conn:
+        assert conn.call("MULTI") == "OK"
+        queue(conn, "SET", k, "1")
+        queue(conn, "TIME")
+        ok, (seconds, micros) = conn.call("EXEC")
+        assert ok == "OK"
+        assert abs(int(seconds) - time.time()) < 60 and 0 <= int(micros) < 1_000_000
 
 
 def test_empty_transaction_and_exec_or_discard_without_multi(target):

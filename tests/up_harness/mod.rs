@@ -21,6 +21,8 @@ pub struct Shape {
     pub shards: usize,
     pub replicas: usize,
     pub journal_nodes: usize,
+    /// `--snapshot-every`.
+    pub snapshot_every: u64,
 }
 
 impl Shape {
@@ -74,6 +76,7 @@ pub fn up_command(dir: &Path, ports: &Ports, shape: Shape) -> Command {
     cmd.args(["--redis-base-port", &ports.redis_base.to_string()]);
     cmd.args(["--journal-nodes", &shape.journal_nodes.to_string()]);
     cmd.args(["--journal-base-port", &ports.journal_base.to_string()]);
+    cmd.args(["--snapshot-every", &shape.snapshot_every.to_string()]);
     cmd
 }
 

@@ -176,6 +176,15 @@ impl FileStore {
         .await
     }
 
+    pub async fn remove_snapshot(&self, shard: u32, lsn: u64) -> Result<bool, MetaError> {
+        self.transact(move |doc| {
+            let before = doc.snapshots.len();
+            doc.snapshots.retain(|s| (s.shard, s.lsn) != (shard, lsn));
+            Ok(if doc.snapshots.len() < before { Outcome::Changed(true) } else { Outcome::Unchanged(false) })
+        })
+        .await
+    }
+
     pub async fn append_event(&self, kind: &str, body: &serde_json::Value) -> Result<u64, MetaError> {
         let (kind, body) = (kind.to_string(), body.clone());
         self.transact(move |doc| {

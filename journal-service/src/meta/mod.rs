@@ -164,6 +164,11 @@ impl MetaStore {
         dispatch!(self.list_snapshots(shard))
     }
 
+    /// Forgets the snapshot of `shard` at `lsn` (its file was deleted); returns whether it was recorded.
+    pub async fn remove_snapshot(&self, shard: u32, lsn: u64) -> Result<bool, MetaError> {
+        dispatch!(self.remove_snapshot(shard, lsn))
+    }
+
     /// Appends an event; returns its id.
     pub async fn append_event(&self, kind: &str, body: &serde_json::Value) -> Result<u64, MetaError> {
         dispatch!(self.append_event(kind, body))

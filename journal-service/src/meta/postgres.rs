@@ -201,6 +201,14 @@ impl PostgresStore {
         .await
     }
 
+    pub async fn remove_snapshot(&self, shard: u32, lsn: u64) -> Result<bool, MetaError> {
+        let (shard, lsn) = (i64::from(shard), to_i64(lsn)?);
+        self.with_client(async |c| {
+            Ok(c.execute("DELETE FROM memlog_snapshots WHERE shard = $1 AND lsn = $2", &[&shard, &lsn]).await? > 0)
+        })
+        .await
+    }
+
     pub async fn list_snapshots(&self, shard: u32) -> Result<Vec<SnapshotRecord>, MetaError> {
         let shard_key = i64::from(shard);
         self.with_client(async |c| {

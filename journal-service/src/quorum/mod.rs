@@ -80,7 +80,7 @@ use std::time::Duration;
 use crate::error::NodeError;
 use crate::meta::MetaError;
 
-pub use reader::{CommittedEntry, Reader};
+pub use reader::{CommittedEntry, ReadError, Reader};
 pub use recovery::recover;
 pub use writer::QuorumWriter;
 

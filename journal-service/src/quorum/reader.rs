@@ -24,6 +24,10 @@ pub enum ReadError {
     /// No reachable node holds the requested range.
     #[error("no journal node can serve lsn {from}..={to}: {errors:?}")]
     Unavailable { from: u64, to: u64, errors: Vec<(SocketAddr, NodeError)> },
+    /// Every node that holds the stream dropped `from` (a snapshot replaced it, see
+    /// `truncate_below`): the reader must start from a snapshot at or above `first - 1`.
+    #[error("lsn {from} was truncated away on every journal node (the first stored is {first})")]
+    Truncated { from: u64, first: u64 },
     /// A stored payload is not a quorum frame.
     #[error("lsn {lsn} is not a memlog entry: {reason}")]
     Corrupt { lsn: u64, reason: String },
@@ -60,6 +64,10 @@ impl Reader {
         let (tails, mut errors) = self.tails().await;
         let mut candidates: Vec<(usize, StreamTail)> =
             tails.into_iter().filter(|(_, t)| t.last_lsn >= to_lsn).collect();
+        let first = candidates.iter().map(|(_, t)| t.first_lsn).min();
+        if let Some(first) = first.filter(|&first| first > from_lsn) {
+            return Err(ReadError::Truncated { from: from_lsn, first });
+        }
         candidates.sort_by_key(|(_, t)| std::cmp::Reverse((t.commit_lsn >= to_lsn, t.last_epoch)));
         for (node, _) in candidates {
             match read_range(&self.nodes[node], &self.stream, from_lsn, to_lsn).await {

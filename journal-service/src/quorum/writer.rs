@@ -368,10 +368,25 @@ impl Shared {
     async fn sync_node(self: &Arc<Self>, node: usize) -> Result<(), SyncError> {
         let client = &self.nodes[node];
         let tail = client.fence(&self.stream, self.epoch).await?;
-        let agreed = self.agreement(node, &tail).await?;
-        if tail.last_lsn > agreed {
-            client.truncate_after(&self.stream, self.epoch, agreed).await?;
-        }
+        let agreed = match self.given_up_below(node, &tail).await {
+            Some(first) => {
+                // The entries the node lacks or cannot prove against ours were truncated away on
+                // every other node (a snapshot holds them): its copy restarts where theirs begin.
+                let base = proven_prefix(&tail);
+                if tail.last_lsn > base {
+                    client.truncate_after(&self.stream, self.epoch, base).await?;
+                }
+                client.truncate_below(&self.stream, first).await?;
+                first - 1
+            }
+            None => {
+                let agreed = self.agreement(node, &tail).await?;
+                if tail.last_lsn > agreed {
+                    client.truncate_after(&self.stream, self.epoch, agreed).await?;
+                }
+                agreed
+            }
+        };
         {
             let mut st = self.lock();
             st.matched[node] = agreed;
@@ -447,12 +462,28 @@ impl Shared {
             .collect())
     }
 
+    /// Where the other nodes' copies begin, when every one that answers dropped entries (all
+    /// committed) right after what `node` (described by `tail`) is known to share with us;
+    /// None when one still holds them.
+    async fn given_up_below(&self, node: usize, tail: &StreamTail) -> Option<u64> {
+        let others: Vec<_> = (0..self.nodes.len()).filter(|&n| n != node).collect();
+        let calls: Vec<_> = others.iter().map(|&n| self.nodes[n].status()).collect();
+        let mut firsts = Vec::new();
+        for call in calls {
+            if let Ok(status) = call.await {
+                firsts.push(status.streams.get(&self.stream).map_or(1, |tail| tail.first_lsn));
+            }
+        }
+        let first = firsts.into_iter().min()?;
+        let committed = self.lock().tracker.commit_lsn();
+        (first > proven_prefix(tail) + 1 && first - 1 <= committed).then_some(first)
+    }
+
     /// The last LSN up to which `node`'s log (described by `tail`) agrees with ours.
     async fn agreement(&self, node: usize, tail: &StreamTail) -> Result<u64, SyncError> {
         let our_last = self.lock().next_lsn - 1;
         let top = tail.last_lsn.min(our_last);
-        // Entries up to the node's own commit point are committed, hence in our log.
-        let base = tail.commit_lsn.max(tail.first_lsn.saturating_sub(1)).min(top);
+        let base = proven_prefix(tail).min(top);
         if base == top {
             return Ok(top);
         }
@@ -460,6 +491,12 @@ impl Shared {
         let ours = self.read_ours(base + 1, top, node).await?;
         Ok(agreement_point(base, &origins(&theirs), &origins(&ours)))
     }
+}
+
+/// The entries a node's log (described by `tail`) holds that are known to be in ours without
+/// comparing: those up to its own commit point, which are committed.
+fn proven_prefix(tail: &StreamTail) -> u64 {
+    tail.commit_lsn.max(tail.first_lsn.saturating_sub(1))
 }
 
 enum Batch {

@@ -117,6 +117,15 @@ impl ShardCore {
         }
     }
 
+    /// Records a check of `addr` answered `-BUSY`: the node is running a long script or
+    /// function, so it is alive, and still what it last said it was (nothing is known of it if
+    /// it never said: it is then neither promoted nor demoted, only not taken for dead).
+    pub fn observe_busy(&mut self, addr: &str, now: Instant) {
+        let Some(node) = self.nodes.iter_mut().find(|n| n.addr == addr) else { return };
+        node.answering = true;
+        node.last_ok = Some(now);
+    }
+
     /// True when the primary has not answered for the detection time.
     fn primary_lost(&self, now: Instant) -> bool {
         let node = self.nodes.iter().find(|n| n.addr == self.primary);
@@ -235,6 +244,30 @@ mod tests {
         for node in ["p:1", "r:2", "r:3"] {
             core.observe(node, None, now);
         }
+    }
+
+    #[test]
+    fn a_busy_node_is_alive_even_if_it_was_busy_before_its_first_answer() {
+        let t0 = Instant::now();
+        let mut core = shard(t0);
+        // The primary runs a long script from before the controller's first check.
+        for tick in 1..=30 {
+            let now = t0 + DETECT * tick / 10;
+            core.observe_busy("p:1", now);
+            core.observe("r:2", replica("p:1", 0), now);
+            core.observe("r:3", if tick > 20 { None } else { replica("p:1", 0) }, now);
+            assert_eq!(core.decide(now), vec![], "tick {tick}: a busy primary is not failed over");
+        }
+        // A busy replica that never answered otherwise is neither promoted nor demoted.
+        let t1 = t0 + DETECT * 4;
+        let mut core = shard(t1);
+        core.observe("p:1", None, t1);
+        core.observe_busy("r:2", t1);
+        core.observe("r:3", None, t1);
+        assert_eq!(core.decide(t1 + DETECT), vec![Command::Hold]);
+        // Once it answers, its health counts again.
+        core.observe("r:2", replica("p:1", 4), t1 + DETECT);
+        assert_eq!(core.decide(t1 + DETECT), vec![Command::Promote { node: "r:2".into() }]);
     }
 
     #[test]

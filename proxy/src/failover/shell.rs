@@ -48,9 +48,6 @@ pub struct Controller {
     checks: Vec<(String, BackendConn)>,
     /// The role label each node's `memlog_redis_node_up` series has now.
     roles: HashMap<String, &'static str>,
-    /// What each node last said about itself: a node busy running a script (`-BUSY`) is alive
-    /// and still what it was.
-    last_health: HashMap<String, Health>,
 }
 
 impl Controller {
@@ -65,7 +62,7 @@ impl Controller {
             setup.nodes.iter().map(|addr| (addr.clone(), BackendConn::spawn(addr, Proto::Resp2, opts))).collect();
         let core = ShardCore::new(&primary, &setup.nodes, setup.settings.detect, Instant::now());
         let (requests, inbox) = mpsc::unbounded_channel();
-        let controller = Controller { setup, core, checks, roles: HashMap::new(), last_health: HashMap::new() };
+        let controller = Controller { setup, core, checks, roles: HashMap::new() };
         tokio::spawn(controller.run(inbox));
         requests
     }
@@ -115,12 +112,11 @@ impl Controller {
                     _ => break,
                 }
             }
-            let busy = replies.first().is_some_and(|ping| ping.starts_with(b"-BUSY"));
-            let health = if busy { self.last_health.get(&addr).cloned() } else { parse_health(&replies) };
-            match &health {
-                Some(health) => self.last_health.insert(addr.clone(), health.clone()),
-                None => self.last_health.remove(&addr),
-            };
+            if replies.first().is_some_and(|ping| ping.starts_with(b"-BUSY")) {
+                self.core.observe_busy(&addr, Instant::now());
+                continue;
+            }
+            let health = parse_health(&replies);
             if let Some(health) = health.as_ref().filter(|_| addr == self.core.primary()) {
                 self.setup.target.primary_holds(health.lsn);
             }
@@ -431,7 +427,7 @@ fn parse_role(reply: &Bytes) -> Option<NodeRole> {
 }
 
 /// `GET __memlog:lsn`: a number, or nil (0: the node holds nothing of the journal).
-fn parse_lsn(reply: &Bytes) -> Option<u64> {
+pub(crate) fn parse_lsn(reply: &Bytes) -> Option<u64> {
     if &reply[..] == b"$-1\r\n" {
         return Some(0);
     }

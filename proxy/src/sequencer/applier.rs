@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use journal_service::quorum::{Reader, WriteError};
+use journal_service::quorum::{ReadError, Reader, WriteError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
@@ -18,6 +18,8 @@ pub(super) struct Applier {
     pub(super) apply: ApplyConns,
     /// Reads committed entries to catch the primary up; None when only routing.
     pub(super) reader: Option<Arc<Reader>>,
+    /// Where the prefix the journal gave up is, for a primary that misses part of it.
+    pub(super) snapshots: Option<Arc<ShardSnapshots>>,
     /// The journal prefix the primary holds, as far as this applier knows.
     pub(super) applied: u64,
     pub(super) health: Arc<ApplyHealth>,
@@ -228,7 +230,24 @@ impl Applier {
         let mut replayed = 0;
         while from < lsn {
             let to = lsn.min(from + REPLAY_CHUNK);
-            let entries = reader.read(from + 1, to).await?;
+            let entries = match reader.read(from + 1, to).await {
+                Err(ReadError::Truncated { first, .. }) => {
+                    // A snapshot replaced this part of the journal: load it, then go on from
+                    // what it holds.
+                    let snapshots = self.snapshots.as_ref().ok_or_else(|| {
+                        anyhow::anyhow!("the journal starts at lsn {first}, the primary holds {from}, and no [snapshot] is configured")
+                    })?;
+                    let primary = self.apply.primary.addr();
+                    let restored = snapshots.restore(&primary).await?;
+                    anyhow::ensure!(
+                        restored + 1 >= first,
+                        "the newest snapshot holds lsn {restored}, but the journal starts at {first}"
+                    );
+                    from = self.held_lsn().await?;
+                    continue;
+                }
+                read => read?,
+            };
             let mut pipeline = BytesMut::new();
             let mut count = 0;
             let mut last = from;

@@ -1,0 +1,41 @@
+//! Snapshots of a shard, so the journal does not grow without bound and a node that lost
+//! everything is rebuilt from the newest snapshot plus the journal's tail, not from the whole
+//! journal.
+//!
+//! A snapshot is an RDB of one of the shard's Redis nodes, fetched and loaded over Redis's own
+//! replication protocol (`rdb`), so it needs nothing but stock Redis reachable over the network.
+//! The files are kept in a directory and listed in the metadata store's catalog; the journal is
+//! truncated below the oldest snapshot kept (`shard`).
+
+pub mod rdb;
+mod shard;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use shard::ShardSnapshots;
+
+use crate::config::SnapshotConfig;
+
+/// The `[snapshot]` configuration, resolved.
+#[derive(Debug, Clone)]
+pub struct SnapshotSettings {
+    pub dir: PathBuf,
+    pub every_entries: u64,
+    pub keep: usize,
+    pub serve_ip: IpAddr,
+    pub timeout: Duration,
+}
+
+impl From<&SnapshotConfig> for SnapshotSettings {
+    fn from(cfg: &SnapshotConfig) -> Self {
+        SnapshotSettings {
+            dir: PathBuf::from(&cfg.dir),
+            every_entries: cfg.every_entries,
+            keep: cfg.keep,
+            serve_ip: cfg.serve_ip,
+            timeout: Duration::from_millis(cfg.timeout_ms),
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! One shard's snapshots: taking them from a replica, keeping the newest few, truncating the
+//! journal below them, and loading one into a node that misses what the journal gave up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use journal_service::meta::{MetaStore, SnapshotRecord};
+use journal_service::node_client::NodeClient;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use super::{rdb, SnapshotSettings};
+use crate::backend::{BackendConn, BackendOptions, NodeTarget};
+use crate::failover::ShardStatus;
+use crate::resp::Proto;
+use crate::state::LSN_KEY;
+
+/// How often the scheduler looks at how far the shard's nodes got beyond the newest snapshot.
+const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
+/// After a failed snapshot, how long the scheduler waits before the next try.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How long the metadata store and the source's `GET __memlog:lsn` may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A shard's snapshots. The files live in `<dir>/shard-N/`, named by the LSN they hold at
+/// least; the catalog is the metadata store's. One operation at a time, so a restore never
+/// reads a file that a newer snapshot is pruning.
+pub struct ShardSnapshots {
+    shard: usize,
+    dir: PathBuf,
+    settings: Arc<SnapshotSettings>,
+    meta: Arc<MetaStore>,
+    journal: Vec<SocketAddr>,
+    opts: BackendOptions,
+    busy: Mutex<()>,
+}
+
+impl ShardSnapshots {
+    pub fn new(
+        shard: usize,
+        settings: Arc<SnapshotSettings>,
+        meta: Arc<MetaStore>,
+        journal: Vec<SocketAddr>,
+        opts: BackendOptions,
+    ) -> ShardSnapshots {
+        let dir = settings.dir.join(format!("shard-{shard}"));
+        ShardSnapshots { shard, dir, settings, meta, journal, opts, busy: Mutex::new(()) }
+    }
+
+    /// The catalog's snapshots of this shard, oldest first.
+    async fn catalog(&self) -> anyhow::Result<Vec<SnapshotRecord>> {
+        let listed = tokio::time::timeout(CALL_TIMEOUT, self.meta.list_snapshots(self.shard as u32)).await;
+        Ok(listed.map_err(|_| anyhow::anyhow!("the metadata store did not answer"))??)
+    }
+
+    /// The LSN of the newest snapshot (0 without one).
+    pub async fn newest_lsn(&self) -> anyhow::Result<u64> {
+        Ok(self.catalog().await?.last().map_or(0, |s| s.lsn))
+    }
+
+    /// Takes a snapshot from `source` (a node of the shard), keeps the newest `keep`, and
+    /// truncates the journal below the oldest one kept.
+    ///
+    /// The snapshot's LSN is `source`'s `__memlog:lsn` read just before the RDB is made: the
+    /// RDB holds at least that prefix (a node's LSN only grows, and it is written in the same
+    /// `MULTI` as the entry's commands). A restore reads the exact LSN back from the node.
+    pub async fn take(&self, source: &str) -> anyhow::Result<SnapshotRecord> {
+        let _one_at_a_time = self.busy.lock().await;
+        let started = Instant::now();
+        let lsn = self.lsn_of(source).await?;
+        anyhow::ensure!(lsn > 0, "{source} holds no journal entry yet");
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.dir.join(format!("{lsn:020}.rdb"));
+        let partial = self.dir.join(format!(".{lsn:020}.rdb.partial"));
+        let bytes = self.fetch_durably(source, &partial, &path).await?;
+        let record = SnapshotRecord {
+            shard: self.shard as u32,
+            lsn,
+            location: path.display().to_string(),
+            timestamp_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        };
+        tokio::time::timeout(CALL_TIMEOUT, self.meta.add_snapshot(&record))
+            .await
+            .map_err(|_| anyhow::anyhow!("the metadata store did not answer"))??;
+        let elapsed = started.elapsed();
+        let shard = self.shard.to_string();
+        metrics::counter!("memlog_snapshots_total", "shard" => shard.clone()).increment(1);
+        metrics::histogram!("memlog_snapshot_duration_seconds", "shard" => shard.clone()).record(elapsed.as_secs_f64());
+        metrics::gauge!("memlog_snapshot_lsn", "shard" => shard).set(lsn as f64);
+        tracing::info!(
+            shard = self.shard,
+            lsn,
+            bytes,
+            source,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "snapshot taken"
+        );
+        let body = json!({"shard": self.shard, "lsn": lsn, "bytes": bytes, "source": source,
+                          "duration_ms": elapsed.as_millis() as u64});
+        self.event("snapshot_taken", body).await;
+        self.prune_and_truncate().await?;
+        Ok(record)
+    }
+
+    /// Fetches the RDB into `partial`, makes it durable and only then gives it its name.
+    async fn fetch_durably(&self, source: &str, partial: &Path, path: &Path) -> anyhow::Result<u64> {
+        let mut file = tokio::fs::File::create(partial).await?;
+        let fetched = rdb::fetch(source, &mut file, self.settings.timeout).await;
+        let bytes = match fetched {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                drop(file);
+                let _ = std::fs::remove_file(partial);
+                return Err(anyhow::anyhow!("fetching an RDB from {source}: {e}"));
+            }
+        };
+        file.sync_all().await?;
+        drop(file);
+        // What is on disk, not only what arrived, is what the journal will be truncated for.
+        let written = partial.to_path_buf();
+        tokio::task::spawn_blocking(move || rdb::verify(&written))
+            .await?
+            .map_err(|e| anyhow::anyhow!("the snapshot written to {} does not check: {e}", partial.display()))?;
+        std::fs::rename(partial, path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(bytes)
+    }
+
+    /// Forgets the snapshots beyond the newest `keep` (catalog first, then the file), then gives
+    /// the journal back everything the oldest one kept holds.
+    async fn prune_and_truncate(&self) -> anyhow::Result<()> {
+        let catalog = self.catalog().await?;
+        let excess = catalog.len().saturating_sub(self.settings.keep);
+        for old in &catalog[..excess] {
+            self.meta.remove_snapshot(old.shard, old.lsn).await?;
+            if let Err(e) = std::fs::remove_file(&old.location) {
+                tracing::warn!(shard = self.shard, location = %old.location, "cannot delete an old snapshot: {e}");
+            }
+        }
+        self.delete_strays(&catalog[excess..]);
+        let Some(oldest) = catalog.get(excess) else { return Ok(()) };
+        let stream = format!("shard-{}", self.shard);
+        let below = oldest.lsn + 1;
+        let calls: Vec<_> =
+            self.journal.iter().map(|node| NodeClient::new(*node).truncate_below(&stream, below)).collect();
+        for (node, call) in self.journal.iter().zip(calls) {
+            // A node that misses this gives the space back at the next snapshot.
+            if let Err(e) = call.await {
+                tracing::warn!(shard = self.shard, %node, below, "cannot truncate the journal: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes files in the shard's directory that no kept snapshot names: a partial fetch or a
+    /// pruned snapshot whose deletion a crash interrupted. Only called while holding `busy`,
+    /// so no fetch is writing a partial file.
+    fn delete_strays(&self, kept: &[SnapshotRecord]) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            let named = path.display().to_string();
+            if !kept.iter().any(|s| s.location == named) {
+                tracing::info!(shard = self.shard, file = %named, "deleting a stray snapshot file");
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(shard = self.shard, file = %named, "cannot delete a stray snapshot file: {e}");
+                }
+            }
+        }
+    }
+
+    /// Loads the newest usable snapshot into `node`, replacing what it holds, and returns the
+    /// LSN the node then holds. A snapshot whose file is missing or damaged is skipped for the
+    /// next older one: the journal was only truncated below the oldest kept.
+    pub async fn restore(&self, node: &str) -> anyhow::Result<u64> {
+        let _one_at_a_time = self.busy.lock().await;
+        let mut problems = Vec::new();
+        for snapshot in self.catalog().await?.iter().rev() {
+            let started = Instant::now();
+            let path = PathBuf::from(&snapshot.location);
+            // `load` checks the file before the node sees any of it.
+            if let Err(e) = rdb::load(node, &path, self.settings.serve_ip, self.settings.timeout).await {
+                tracing::error!(shard = self.shard, node, location = %snapshot.location, "cannot restore this snapshot, trying an older one: {e}");
+                problems.push(format!("{}: {e}", snapshot.location));
+                continue;
+            }
+            let lsn = self.lsn_of(node).await?;
+            let elapsed = started.elapsed();
+            metrics::counter!("memlog_snapshot_restores_total", "shard" => self.shard.to_string()).increment(1);
+            tracing::info!(shard = self.shard, node, lsn, elapsed_ms = elapsed.as_millis() as u64, "snapshot restored");
+            let body = json!({"shard": self.shard, "node": node, "lsn": lsn, "location": snapshot.location,
+                              "duration_ms": elapsed.as_millis() as u64});
+            self.event("snapshot_restored", body).await;
+            return Ok(lsn);
+        }
+        anyhow::bail!("no snapshot of shard {} could be restored: {problems:?}", self.shard)
+    }
+
+    /// `node`'s `__memlog:lsn`.
+    async fn lsn_of(&self, node: &str) -> anyhow::Result<u64> {
+        let conn = BackendConn::spawn(node, Proto::Resp2, self.opts);
+        let reply = tokio::time::timeout(CALL_TIMEOUT, conn.call(&[&b"GET"[..], LSN_KEY]))
+            .await
+            .map_err(|_| anyhow::anyhow!("{node} did not answer GET __memlog:lsn"))??;
+        crate::failover::shell::parse_lsn(&reply).ok_or_else(|| {
+            anyhow::anyhow!("{node} answered GET __memlog:lsn with {:?}", String::from_utf8_lossy(&reply))
+        })
+    }
+
+    async fn event(&self, kind: &str, body: serde_json::Value) {
+        match tokio::time::timeout(CALL_TIMEOUT, self.meta.append_event(kind, &body)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(shard = self.shard, kind, "cannot record the event: {e}"),
+            Err(_) => tracing::warn!(shard = self.shard, kind, "recording the event timed out"),
+        }
+    }
+
+    /// Snapshots the shard whenever its best node holds `every_entries` beyond the newest
+    /// snapshot: from the replica holding the most (so the primary does not fork), else the
+    /// primary itself.
+    pub fn spawn_scheduler(self: Arc<Self>, status: Arc<ShardStatus>, target: Arc<NodeTarget>) {
+        // Exported from the start, so a dashboard or an alert sees 0 rather than nothing.
+        let shard = self.shard.to_string();
+        for counter in ["memlog_snapshots_total", "memlog_snapshot_failures_total", "memlog_snapshot_restores_total"] {
+            metrics::counter!(counter, "shard" => shard.clone()).increment(0);
+        }
+        tokio::spawn(async move {
+            let mut newest = None;
+            loop {
+                tokio::time::sleep(SCHEDULE_EVERY).await;
+                let newest_lsn = match newest {
+                    Some(lsn) => lsn,
+                    None => match self.newest_lsn().await {
+                        Ok(lsn) => *newest.insert(lsn),
+                        Err(e) => {
+                            tracing::warn!(shard = self.shard, "cannot read the snapshot catalog: {e}");
+                            continue;
+                        }
+                    },
+                };
+                let Some((source, lsn)) = snapshot_source(&status, &target.addr()) else { continue };
+                if lsn < newest_lsn.saturating_add(self.settings.every_entries) {
+                    continue;
+                }
+                match self.take(&source).await {
+                    Ok(record) => newest = Some(record.lsn),
+                    Err(e) => {
+                        metrics::counter!("memlog_snapshot_failures_total", "shard" => self.shard.to_string())
+                            .increment(1);
+                        tracing::warn!(shard = self.shard, source, "snapshot failed, retrying later: {e}");
+                        tokio::time::sleep(RETRY_AFTER).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The node to snapshot and the LSN it last reported: the answering replica holding the most,
+/// else the primary when it answers.
+fn snapshot_source(status: &ShardStatus, primary: &str) -> Option<(String, u64)> {
+    let view = status.view();
+    let answering = |n: &crate::failover::NodeStatus| n.up.then_some(n.lsn).flatten().map(|lsn| (n.addr.clone(), lsn));
+    let nodes = std::iter::once(&view.primary).chain(&view.replicas);
+    let replica = nodes.clone().filter(|n| n.addr != primary).filter_map(answering).max_by_key(|(_, lsn)| *lsn);
+    replica.or_else(|| nodes.filter(|n| n.addr == primary).find_map(answering))
+}

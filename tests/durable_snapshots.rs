@@ -1,0 +1,176 @@
+//! Snapshots: the proxy snapshots a shard every `every_entries` journal entries and the journal
+//! nodes give back the segments below the older snapshot kept; a primary that then loses
+//! everything is rebuilt from the newest snapshot plus the journal's tail — under load, and
+//! from the older snapshot when the newest is damaged — with every acknowledged write kept.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::cluster::{ClusterOptions, DurableCluster};
+use common::load::{lost_writes, Load};
+use common::resp::Value;
+use journal_service::node_client::NodeClient;
+
+/// Small journal segments, so truncation frees files within a short test.
+const SEGMENT_BYTES: u64 = 64 * 1024;
+const SNAPSHOT_EVERY: u64 = 1_500;
+const CONNECTIONS: usize = 4;
+
+fn snapshotting_cluster() -> DurableCluster {
+    DurableCluster::start(ClusterOptions {
+        shards: 1,
+        journal_segment_bytes: Some(SEGMENT_BYTES),
+        snapshot_every: Some(SNAPSHOT_EVERY),
+        ..Default::default()
+    })
+}
+
+/// Shard 0's snapshot files, oldest first, with the LSN in their name.
+fn snapshot_files(cluster: &DurableCluster) -> Vec<(u64, PathBuf)> {
+    let Ok(dir) = std::fs::read_dir(cluster.snapshot_dir().join("shard-0")) else { return Vec::new() };
+    let mut files: Vec<(u64, PathBuf)> = dir
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let lsn = path.file_name()?.to_str()?.strip_suffix(".rdb")?.parse().ok()?;
+            Some((lsn, path))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The first LSN each journal node still stores of shard 0's stream.
+fn journal_first_lsns(cluster: &DurableCluster) -> Vec<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut firsts = Vec::new();
+        for addr in cluster.journal_addrs() {
+            let status = NodeClient::new(*addr).status().await.expect("journal node status");
+            firsts.push(status.streams["shard-0"].first_lsn);
+        }
+        firsts
+    })
+}
+
+/// Waits (the load running) until shard 0 has two snapshots and every journal node dropped the
+/// segments below the older one; returns the snapshot LSNs.
+fn wait_for_truncation(cluster: &DurableCluster, load: &Load) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let files = snapshot_files(cluster);
+        let firsts = journal_first_lsns(cluster);
+        if files.len() == 2 && firsts.iter().all(|&first| first > 1) {
+            let lsns: Vec<u64> = files.iter().map(|(lsn, _)| *lsn).collect();
+            println!("snapshots at {lsns:?}, journal starts at {firsts:?}, {} writes acknowledged", load.acked());
+            assert!(
+                firsts.iter().all(|&first| first <= lsns[0] + 1),
+                "the journal keeps what the older snapshot lacks"
+            );
+            return lsns;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no two snapshots and a truncated journal: files {files:?}, journal starts {firsts:?}\n{}",
+            cluster.proxy_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn assert_nothing_lost(cluster: &DurableCluster, load: Load) {
+    let logs = load.stop();
+    let lost = lost_writes(cluster.proxy_addr(), &logs);
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost, e.g.:\n{}\n{}",
+        lost.len(),
+        lost.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+        cluster.proxy_log()
+    );
+}
+
+/// Writes keys of every type, some expiring, so the snapshot carries more than strings.
+fn write_varied_keys(cluster: &DurableCluster) {
+    let mut client = cluster.client();
+    for i in 0..300 {
+        let i = i.to_string();
+        for command in [
+            vec!["HSET", "hash:{v}", &i, &i],
+            vec!["ZADD", "zset:{v}", &i, &i],
+            vec!["RPUSH", "list:{v}", &i],
+            vec!["SADD", "set:{v}", &i],
+            vec!["XADD", "stream:{v}", "*", "field", &i],
+            vec!["SET", &format!("expiring:{i}"), &i, "EX", "3600"],
+        ] {
+            let reply = client.cmd(&command).unwrap();
+            assert!(!reply.is_error(), "{command:?}: {reply:?}");
+        }
+    }
+}
+
+#[test]
+fn a_primary_killed_after_truncation_is_rebuilt_from_a_snapshot_under_load() {
+    let mut cluster = snapshotting_cluster();
+    // What a crash mid-fetch leaves behind: pruning deletes it.
+    let shard_dir = cluster.snapshot_dir().join("shard-0");
+    std::fs::create_dir_all(&shard_dir).unwrap();
+    std::fs::write(shard_dir.join(".00000000000000000007.rdb.partial"), b"REDIS0011").unwrap();
+    write_varied_keys(&cluster);
+    let load = Load::start(cluster.proxy_addr(), CONNECTIONS);
+    wait_for_truncation(&cluster, &load);
+    let left: Vec<_> = std::fs::read_dir(&shard_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 2, "only the two kept snapshots are left: {left:?}");
+
+    cluster.kill_redis(0);
+    cluster.restart_redis(0);
+    let killed_at = load.acked();
+    assert!(
+        load.wait_for_more_acks(3_000, Duration::from_secs(60)),
+        "writes did not resume after the primary was rebuilt\n{}",
+        cluster.proxy_log()
+    );
+    println!("primary killed after {killed_at} acknowledged writes; {} now", load.acked());
+    assert!(
+        cluster.proxy_log().contains("snapshot restored"),
+        "the rebuild did not use a snapshot\n{}",
+        cluster.proxy_log()
+    );
+    assert_nothing_lost(&cluster, load);
+    let mut client = cluster.client();
+    assert_eq!(client.cmd(&["HLEN", "hash:{v}"]).unwrap(), Value::Int(300));
+    assert_eq!(client.cmd(&["XLEN", "stream:{v}"]).unwrap(), Value::Int(300));
+    let ttl = client.cmd(&["TTL", "expiring:7"]).unwrap();
+    assert!(matches!(ttl, Value::Int(t) if t > 3_000), "the expiry survived the snapshot: {ttl:?}");
+}
+
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_the_older_one_and_the_rebuild_is_identical() {
+    let mut cluster = snapshotting_cluster();
+    write_varied_keys(&cluster);
+    let load = Load::start(cluster.proxy_addr(), CONNECTIONS);
+    wait_for_truncation(&cluster, &load);
+    let logs = load.stop();
+    let before = cluster.snapshots();
+
+    cluster.kill_proxy();
+    cluster.kill_redis(0);
+    cluster.restart_redis(0);
+    let (newest_lsn, newest) = snapshot_files(&cluster).pop().unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&newest, &bytes).unwrap();
+
+    let took = cluster.start_proxy();
+    let log = cluster.proxy_logs().pop().unwrap();
+    println!(
+        "rebuilt in {took:?} after damaging the snapshot at lsn {newest_lsn}; {} entries replayed",
+        cluster.entries_replayed()
+    );
+    assert!(log.contains("trying an older one"), "the damaged snapshot was not noticed\n{log}");
+    assert!(log.contains("snapshot restored"), "no snapshot was restored\n{log}");
+    cluster.assert_same(&before, "after a rebuild from the older snapshot and the journal");
+    assert!(lost_writes(cluster.proxy_addr(), &logs).is_empty());
+}
