@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::cluster::{spawn_redis_at, CLIENT_TIMEOUT};
 use common::load::{lost_writes, Load, Progress};
 use common::resp::{Conn, Value};
-use common::{free_port, memlog_bin, spawn_journal, spawn_listening, Proc};
+use common::{free_port, memlog_bin, spawn_journal_with, spawn_listening, Proc};
 use serde_json::Value as Json;
 
 /// The longest a gap may be for a case to pass: far above the ~1-2 s expected, so only a
@@ -49,11 +49,25 @@ struct FailoverCluster {
     dir: tempfile::TempDir,
 }
 
+/// Snapshots for `FailoverCluster::start_with`: often, and on small journal segments, so the
+/// journal is truncated within a few seconds of load.
+const SNAPSHOT_EVERY: u64 = 100;
+const SNAPSHOT_SEGMENT_BYTES: &str = "65536";
+
 impl FailoverCluster {
     fn start() -> FailoverCluster {
+        FailoverCluster::start_with(false)
+    }
+
+    /// With `snapshots`, the proxy snapshots each shard every `SNAPSHOT_EVERY` entries and the
+    /// journal is truncated below them.
+    fn start_with(snapshots: bool) -> FailoverCluster {
         let dir = tempfile::tempdir().unwrap();
-        let journal: Vec<Option<Proc>> =
-            (0..3).map(|i| Some(spawn_journal(&dir.path().join(format!("journal-{i}")), 0))).collect();
+        let journal_args: Vec<String> =
+            if snapshots { vec!["--segment-bytes".into(), SNAPSHOT_SEGMENT_BYTES.into()] } else { Vec::new() };
+        let journal: Vec<Option<Proc>> = (0..3)
+            .map(|i| Some(spawn_journal_with(&dir.path().join(format!("journal-{i}")), 0, &journal_args)))
+            .collect();
         let mut nodes = Vec::new();
         for _ in 0..SHARDS {
             let primary = spawn_node(dir.path(), free_port());
@@ -72,12 +86,12 @@ impl FailoverCluster {
         }
         let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cluster = FailoverCluster { dir, journal, nodes, node_addrs, proxy: None, proxy_addr };
-        cluster.write_config();
+        cluster.write_config(snapshots);
         cluster.start_proxy();
         cluster
     }
 
-    fn write_config(&self) {
+    fn write_config(&self, snapshots: bool) {
         let quote = |addrs: Vec<String>| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
         let journal = self.journal.iter().map(|j| j.as_ref().unwrap().addr.to_string()).collect();
         let mut toml = format!(
@@ -86,6 +100,10 @@ impl FailoverCluster {
             quote(journal),
             self.metadata_path().display()
         );
+        if snapshots {
+            let dir = self.dir.path().join("snapshots");
+            toml += &format!("[snapshot]\ndir = \"{}\"\nevery_entries = {SNAPSHOT_EVERY}\n", dir.display());
+        }
         for shard in 0..SHARDS {
             let (first, last) = (16384 * shard / SHARDS, 16384 * (shard + 1) / SHARDS - 1);
             toml += &format!(
@@ -440,6 +458,33 @@ fn kill9_primary_and_replica_then_restart_empty() {
     });
     checked.finish(&cluster, "kill9-primary-and-replica");
     assert!(cluster.event_kinds().iter().any(|e| e == "node_rebuilt"));
+}
+
+#[test]
+fn kill9_primary_and_replica_after_the_journal_was_truncated_then_restart_empty() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start_with(true);
+    let checked = Checked::start(&cluster);
+    // Snapshots of shard 0 (from its replica) until the journal was truncated below one.
+    let shard_dir = cluster.dir.path().join("snapshots/shard-0");
+    cluster.wait_until("two snapshots of shard 0 kept, so its journal was truncated", || {
+        std::fs::read_dir(&shard_dir).is_ok_and(|d| d.count() == 2)
+    });
+    let primary = cluster.primary(0);
+    let replica = cluster.partner(0, primary);
+    cluster.kill_node(primary);
+    cluster.kill_node(replica);
+    cluster.wait_until("the controller holds shard 0", || cluster.topology()["shards"][0]["held"] == Json::Bool(true));
+    cluster.restart_node(primary);
+    cluster.restart_node(replica);
+    checked.resumes(&cluster);
+    cluster.wait_until("the restarted replica replicates the primary again", || {
+        role(replica) == ("slave".into(), Some(primary.to_string()))
+    });
+    checked.finish(&cluster, "kill9-primary-and-replica-after-truncation");
+    let events = cluster.event_kinds();
+    assert!(events.iter().any(|e| e == "snapshot_taken"), "{events:?}");
+    assert!(events.iter().any(|e| e == "snapshot_restored"), "the rebuild did not use a snapshot: {events:?}");
 }
 
 #[test]
