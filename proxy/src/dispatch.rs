@@ -98,11 +98,18 @@ impl Dispatcher {
         } else if let Some(refusal) = commands::pubsub::subscriber_mode_refusal(self, &info) {
             Pending::error(&refusal)
         } else if self.multi.is_some() && commands::transaction::is_queued(&info.name) {
+            self.proxy.monitors.feed(self.client.addr, &request, &info);
             commands::transaction::queue(self, &request, &info).await
         } else {
             match commands::overlay(&info) {
-                Overlay::Forward => self.forward(&request, &info).await,
-                Overlay::Local => commands::run_local(self, &request, &info).await,
+                Overlay::Forward => {
+                    self.proxy.monitors.feed(self.client.addr, &request, &info);
+                    self.forward(&request, &info).await
+                }
+                Overlay::Local => {
+                    self.proxy.monitors.feed(self.client.addr, &request, &info);
+                    commands::run_local(self, &request, &info).await
+                }
                 Overlay::Refused(why) => {
                     Pending::error(&format!("ERR memlog: '{}' is not allowed: {why}", display_name(&info.name)))
                 }

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod config;
 pub mod dispatch;
 pub mod failover;
+pub mod monitor;
 pub mod normalize;
 pub mod pubsub;
 pub mod resp;

@@ -98,6 +98,11 @@ impl Subscriber {
         }
     }
 
+    /// Where the client's pushed frames go (MONITOR lines share the queue).
+    pub fn push(&self) -> &PushSender {
+        &self.push
+    }
+
     /// How many subscriptions of each kind the client holds.
     pub fn counts(&self) -> SubscriptionCounts {
         SubscriptionCounts {

@@ -284,8 +284,9 @@ where
     dispatcher.pubsub = ClientPubSub::new(subscriber.clone());
     read_requests(dispatcher, reader, tx, pending, drain, gone).await;
     let _ = writer_task.await;
-    // Nothing of this client runs any more: its subscriptions can go.
+    // Nothing of this client runs any more: its subscriptions and MONITOR can go.
     proxy.pubsub.remove_client(&subscriber);
+    proxy.monitors.remove(client.id);
 }
 
 async fn read_requests<R: AsyncRead + Unpin>(

@@ -256,6 +256,8 @@ pub struct Proxy {
     pub pubsub: crate::pubsub::Hub,
     /// Scripts loaded through this proxy (EVALSHA is journaled as EVAL with their body).
     pub scripts: Arc<crate::commands::scripting::ScriptCache>,
+    /// Clients in MONITOR mode.
+    pub monitors: crate::monitor::Monitors,
 }
 
 impl Proxy {
@@ -310,6 +312,7 @@ impl Proxy {
             announce_port,
             pubsub: crate::pubsub::Hub::default(),
             scripts: Default::default(),
+            monitors: Default::default(),
         })
     }
 

@@ -1,7 +1,9 @@
 """Connection-level commands (CLIENT …, PING, ECHO, TIME, QUIT, RESET) and authentication
 (AUTH, HELLO … AUTH) with ACL users."""
 
+import re
 import time
+import uuid
 
 import pytest
 import redis
@@ -128,3 +130,50 @@ def test_redis_py_with_username_and_password(auth_target, protocol):
     client.close()
     with pytest.raises(redis.AuthenticationError):
         auth_target.client(username=USER, password="wrong", protocol=protocol).ping()
+
+
+MONITOR_LINE = re.compile(r"^(\d+)\.(\d{6}) \[0 ([0-9.]+):(\d+)\] (.*)$")
+
+
+def monitor_lines_about(mon, marker, count):
+    """The next `count` MONITOR lines that mention `marker`, parsed (other clients of the shared
+    target, and the harness, may show up in between)."""
+    found = []
+    while len(found) < count:
+        line = mon.read_reply()
+        assert mon.last_raw.startswith(b"+") and mon.last_raw.endswith(b"\r\n"), mon.last_raw
+        if marker in line:
+            match = MONITOR_LINE.match(line)
+            assert match, line
+            found.append(match.groups())
+    return found
+
+
+def test_monitor_streams_every_clients_commands_in_redis_format(target):
+    """MONITOR answers +OK, then shows each command another client runs, as Redis prints it:
+    the time, db 0 and the client's address, every argument quoted and escaped; AUTH's
+    arguments redacted; the monitoring client stays usable after RESET."""
+    key = f"monitor-{uuid.uuid4().hex[:12]}"
+    with target.raw() as mon, target.raw() as other:
+        assert mon.call("MONITOR") == "OK"
+        other_port = other.sock.getsockname()[1]
+        before = time.time()
+        assert other.call("SET", key, 'a "quoted"\nline') == "OK"
+        assert other.call("GET", key) == b'a "quoted"\nline'
+        assert isinstance(other.call("AUTH", key, "wrong-password"), ErrorReply)
+        lines = monitor_lines_about(mon, key, 2)
+        for seconds, micros, _, port, _ in lines:
+            assert abs(int(seconds) + int(micros) / 1e6 - before) < 30
+            assert int(port) == other_port
+        assert lines[0][4] == f'"SET" "{key}" "a \\"quoted\\"\\nline"'
+        assert lines[1][4] == f'"GET" "{key}"'
+        # AUTH's arguments never reach a monitor: the line shows neither the user nor the password.
+        auth = mon.read_reply()
+        while not auth.endswith('"AUTH" "(redacted)" "(redacted)"'):
+            auth = mon.read_reply()
+        assert key not in auth
+        mon.send("RESET")
+        while mon.read_reply() != "RESET":
+            pass  # MONITOR lines queued before the RESET reply
+        other.call("SET", key, "after-reset")
+        assert mon.call("PING") == "PONG", "no MONITOR line after RESET"

@@ -31,6 +31,7 @@ pub fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
             w.simple("OK");
         }),
         "reset" => {
+            d.proxy.monitors.remove(d.client.id);
             crate::commands::transaction::reset(d);
             super::pubsub::reset(d);
             set_proto(d, Proto::Resp2);

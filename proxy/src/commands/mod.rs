@@ -79,7 +79,7 @@ pub fn overlay(info: &CommandInfo) -> Overlay {
         n if n.starts_with("script|") || n.starts_with("function|") => Overlay::Local,
         "memlog" => Overlay::Local,
         "wait" => Overlay::Local,
-        "monitor" => Overlay::NotYet,
+        "monitor" => Overlay::Local,
         n if n.starts_with("acl|") => Overlay::NotYet,
         // Blocking commands are parked in the shard's sequencer (see `dispatch`).
         _ if info.flags.pubsub => Overlay::NotYet,
@@ -122,6 +122,13 @@ pub async fn run_local(d: &mut Dispatcher, request: &Request, info: &Arc<Command
             scripting::run(d, name, request, info).await
         }
         "memlog" => admin::run(d, request).await,
+        "monitor" => match d.pubsub.push() {
+            Some(push) => {
+                d.proxy.monitors.add(push);
+                Pending::Ready(bytes::Bytes::from_static(b"+OK\r\n"))
+            }
+            None => Pending::error("ERR memlog: MONITOR needs a client connection"),
+        },
         "dbsize" | "keys" | "scan" | "randomkey" | "flushall" | "flushdb" | "info" => {
             keyspace::run(d, name, request).await
         }

@@ -16,7 +16,7 @@ use crate::dispatch::Dispatcher;
 use crate::pubsub::{Kind, Subscriber};
 use crate::resp::{reply, Proto, Request};
 use crate::router::key_slot;
-use crate::session::Pending;
+use crate::session::{Pending, PushSender};
 
 /// A client's link to the hub (set by the session; absent for a dispatcher without one).
 #[derive(Default)]
@@ -28,6 +28,12 @@ impl ClientPubSub {
     /// Links a session's client to the hub through its push queue.
     pub fn new(subscriber: Arc<Subscriber>) -> ClientPubSub {
         ClientPubSub { subscriber: Some(subscriber) }
+    }
+
+    /// The client's push queue (MONITOR lines go there too); None for a dispatcher without a
+    /// session.
+    pub fn push(&self) -> Option<PushSender> {
+        self.subscriber.as_ref().map(|s| s.push().clone())
     }
 
     /// True while the client holds a subscription of any kind.
