@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{ClusterOptions, DurableCluster};
-use common::load::{lost_writes, Load};
+use common::load::Load;
 
 const CONNECTIONS: usize = 6;
 /// Acknowledged writes before the crash: about 2 s of load on 2 cores (a debug build), measured
@@ -24,20 +24,6 @@ fn run_load_for(load: &Load, acks: u64, cluster: &DurableCluster, what: &str) {
     );
 }
 
-fn assert_nothing_lost(cluster: &DurableCluster, load: Load) {
-    let progress = load.progress.clone();
-    let logs = load.stop();
-    let lost = lost_writes(cluster.proxy_addr(), &logs);
-    assert!(
-        lost.is_empty(),
-        "{} problems among {} acknowledged writes, e.g.:\n{}\n{}",
-        lost.len(),
-        progress.acked.load(std::sync::atomic::Ordering::Relaxed),
-        lost.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
-        cluster.proxy_log()
-    );
-}
-
 #[test]
 fn kill_9_of_the_proxy_mid_load_loses_no_acknowledged_write() {
     let mut cluster = DurableCluster::start(ClusterOptions::default());
@@ -49,7 +35,7 @@ fn kill_9_of_the_proxy_mid_load_loses_no_acknowledged_write() {
     println!("proxy killed after {acked_at_crash} acknowledged writes; back in {took:?}");
     run_load_for(&load, 2_000, &cluster, "after the proxy restarted");
     assert!(load.progress.broken.load(std::sync::atomic::Ordering::Relaxed) > 0, "the crash broke no connection");
-    assert_nothing_lost(&cluster, load);
+    cluster.assert_nothing_lost(load);
 }
 
 #[test]
@@ -62,5 +48,5 @@ fn a_primary_killed_mid_load_is_rebuilt_empty_from_the_journal() {
     println!("shard 0's primary killed after {} acknowledged writes and restarted empty", load.acked());
     // Writes to shard 0 fail or wait until the proxy has rebuilt it; the load then goes on.
     run_load_for(&load, 5_000, &cluster, "after the primary restarted");
-    assert_nothing_lost(&cluster, load);
+    cluster.assert_nothing_lost(load);
 }

@@ -79,18 +79,6 @@ fn wait_for_truncation(cluster: &DurableCluster, load: &Load) -> Vec<u64> {
     }
 }
 
-fn assert_nothing_lost(cluster: &DurableCluster, load: Load) {
-    let logs = load.stop();
-    let lost = lost_writes(cluster.proxy_addr(), &logs);
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes lost, e.g.:\n{}\n{}",
-        lost.len(),
-        lost.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
-        cluster.proxy_log()
-    );
-}
-
 /// Writes keys of every type, some expiring, so the snapshot carries more than strings.
 fn write_varied_keys(cluster: &DurableCluster) {
     let mut client = cluster.client();
@@ -137,7 +125,7 @@ fn a_primary_killed_after_truncation_is_rebuilt_from_a_snapshot_under_load() {
         "the rebuild did not use a snapshot\n{}",
         cluster.proxy_log()
     );
-    assert_nothing_lost(&cluster, load);
+    cluster.assert_nothing_lost(load);
     let mut client = cluster.client();
     assert_eq!(client.cmd(&["HLEN", "hash:{v}"]).unwrap(), Value::Int(300));
     assert_eq!(client.cmd(&["XLEN", "stream:{v}"]).unwrap(), Value::Int(300));

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use super::load::{lost_writes, Load};
 use super::resp::{Conn, Value};
 use super::{free_port, memlog_bin, spawn_journal_with, spawn_listening, Proc};
 
@@ -195,6 +196,22 @@ impl DurableCluster {
                 );
             }
         }
+    }
+
+    /// Stops `load` and asserts that every write it saw acknowledged is there (no `INCR` applied
+    /// twice), with examples and the proxy's log otherwise.
+    pub fn assert_nothing_lost(&self, load: Load) {
+        let progress = load.progress.clone();
+        let logs = load.stop();
+        let lost = lost_writes(self.proxy_addr(), &logs);
+        assert!(
+            lost.is_empty(),
+            "{} problems among {} acknowledged writes, e.g.:\n{}\n{}",
+            lost.len(),
+            progress.acked.load(std::sync::atomic::Ordering::Relaxed),
+            lost.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+            self.proxy_log()
+        );
     }
 
     /// Entries the proxy's last run says it replayed at start-up (the sum of its `replayed=N`
