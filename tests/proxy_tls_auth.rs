@@ -46,6 +46,14 @@ fn users_must_authenticate() {
     let hello = cli(port, &["HELLO", "3", "AUTH", "app", "apppass"]);
     assert!(hello.contains("proto") && hello.contains('3'), "HELLO 3 AUTH: {hello}");
     assert!(cli(port, &["HELLO", "3", "AUTH", "app", "nope"]).contains("WRONGPASS"));
+    // ACL reads the proxy's users: who I am, every user, passwords only as SHA-256 hashes.
+    let app = |args: &[&str]| cli(port, &[&["--user", "app", "--pass", "apppass", "--no-auth-warning"], args].concat());
+    assert_eq!(app(&["ACL", "WHOAMI"]), "app");
+    assert_eq!(app(&["ACL", "USERS"]), "app\ndefault");
+    let list = app(&["ACL", "LIST"]);
+    assert!(list.starts_with("user app on #") && list.contains("~* &* +@all\nuser default on #"), "{list}");
+    assert!(!list.contains("apppass") && !list.contains("s3cret"), "a password in clear: {list}");
+    assert!(app(&["ACL", "SETUSER", "eve", "on"]).contains("[[users]]"), "users change in the configuration");
 }
 
 #[test]

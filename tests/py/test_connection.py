@@ -177,3 +177,22 @@ def test_monitor_streams_every_clients_commands_in_redis_format(target):
             pass  # MONITOR lines queued before the RESET reply
         other.call("SET", key, "after-reset")
         assert mon.call("PING") == "PONG", "no MONITOR line after RESET"
+
+
+def test_acl_reads_the_users_clients_authenticate_as(target):
+    """Without configured users, the proxy's ACL view is a stock Redis's: the default user,
+    with no password and every permission; categories come from Redis."""
+    with target.raw() as conn:
+        assert conn.call("ACL", "WHOAMI") == b"default"
+        assert conn.call("ACL", "USERS") == [b"default"]
+        assert conn.call("ACL", "LIST") == [b"user default on nopass ~* &* +@all"]
+        assert b"keyspace" in conn.call("ACL", "CAT")
+        assert len(conn.call("ACL", "GENPASS")) == 64
+
+
+def test_acl_changes_are_refused_they_belong_in_the_configuration(proxy):
+    with proxy.raw() as conn:
+        for command in (("ACL", "SETUSER", "eve", "on"), ("ACL", "DELUSER", "eve"), ("ACL", "SAVE")):
+            reply = conn.call(*command)
+            assert isinstance(reply, ErrorReply) and "[[users]]" in reply, (command, reply)
+        assert conn.call("ACL", "USERS") == [b"default"]

@@ -1,6 +1,7 @@
 //! Commands: the table loaded from Redis, and the proxy's own handling of the commands it must
 //! answer differently from a single Redis, one file per command family.
 
+pub mod acl;
 pub mod admin;
 pub mod client;
 pub mod cluster;
@@ -34,6 +35,8 @@ pub enum Overlay {
 
 const MANAGED_NODES: &str = "memlog manages the Redis nodes";
 const MANAGED_TOPOLOGY: &str = "memlog manages the cluster topology";
+/// The proxy's users come from its configuration (`[[users]]`), which is where they change.
+const USERS_IN_CONFIG: &str = "the proxy's users are set in its configuration ([[users]])";
 /// Client-side caching needs every shard's invalidations relayed to each tracking client as
 /// RESP3 pushes (or to its redirect client); memlog does not relay them, so it refuses to
 /// start tracking rather than let a client cache values that are never invalidated.
@@ -80,6 +83,9 @@ pub fn overlay(info: &CommandInfo) -> Overlay {
         "memlog" => Overlay::Local,
         "wait" => Overlay::Local,
         "monitor" => Overlay::Local,
+        "acl|whoami" | "acl|users" | "acl|list" => Overlay::Local,
+        "acl|cat" | "acl|genpass" => Overlay::Forward,
+        "acl|setuser" | "acl|deluser" | "acl|save" | "acl|load" => Overlay::Refused(USERS_IN_CONFIG),
         n if n.starts_with("acl|") => Overlay::NotYet,
         // Blocking commands are parked in the shard's sequencer (see `dispatch`).
         _ if info.flags.pubsub => Overlay::NotYet,
@@ -106,6 +112,9 @@ pub async fn run_local(d: &mut Dispatcher, request: &Request, info: &Arc<Command
     }
     if let Some(sub) = name.strip_prefix("cluster|") {
         return cluster::run(d, sub, request);
+    }
+    if let Some(sub) = name.strip_prefix("acl|") {
+        return acl::run(d, sub);
     }
     if name.starts_with("pubsub|") {
         return pubsub::run(d, name, request).await;
