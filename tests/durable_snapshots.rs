@@ -162,3 +162,23 @@ fn a_damaged_newest_snapshot_falls_back_to_the_older_one_and_the_rebuild_is_iden
     cluster.assert_same(&before, "after a rebuild from the older snapshot and the journal");
     assert!(lost_writes(cluster.proxy_addr(), &logs).is_empty());
 }
+
+#[test]
+fn memlog_snapshot_takes_one_now_and_answers_its_lsn() {
+    // The scheduler would wait for a million entries: only the command takes this snapshot.
+    let cluster =
+        DurableCluster::start(ClusterOptions { shards: 1, snapshot_every: Some(1_000_000), ..Default::default() });
+    let mut client = cluster.client();
+    for i in 0..50 {
+        assert_eq!(client.cmd(&["SET", &format!("k{i}"), "v"]).unwrap(), Value::Simple("OK".into()));
+    }
+    let Value::Int(lsn) = client.cmd(&["MEMLOG", "SNAPSHOT", "0"]).unwrap() else { panic!("MEMLOG SNAPSHOT 0") };
+    assert!(lsn >= 50, "the snapshot holds every acknowledged write: lsn {lsn}");
+    assert_eq!(snapshot_files(&cluster).into_iter().map(|(l, _)| l as i64).collect::<Vec<_>>(), vec![lsn]);
+    let unknown = client.cmd(&["MEMLOG", "SNAPSHOT", "7"]).unwrap();
+    assert!(unknown.is_error() && unknown.text().contains("no shard 7"), "{unknown:?}");
+
+    let unconfigured = DurableCluster::start(ClusterOptions { shards: 1, ..Default::default() });
+    let refused = unconfigured.client().cmd(&["MEMLOG", "SNAPSHOT", "0"]).unwrap();
+    assert!(refused.is_error() && refused.text().contains("[snapshot]"), "{refused:?}");
+}

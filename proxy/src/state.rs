@@ -40,6 +40,8 @@ pub struct Shard {
     pub sequencer: Sequencer,
     /// `MEMLOG FAILOVER` requests to the shard's controller.
     pub switchover: mpsc::UnboundedSender<SwitchoverRequest>,
+    /// The shard's snapshots, when `[snapshot]` is configured.
+    pub snapshots: Option<Arc<ShardSnapshots>>,
     reads2: Vec<BackendConn>,
     reads3: OnceLock<Vec<BackendConn>>,
     opts: BackendOptions,
@@ -98,8 +100,8 @@ impl Shard {
         });
         let sequencer = Sequencer::start(id, target.clone(), opts, journal, snapshots.clone()).await?;
         started.send_replace(Some(sequencer.clone()));
-        if let Some(snapshots) = snapshots {
-            snapshots.spawn_scheduler(status.clone(), target.clone());
+        if let Some(snapshots) = &snapshots {
+            snapshots.clone().spawn_scheduler(status.clone(), target.clone());
         }
         Ok(Shard {
             id,
@@ -110,6 +112,7 @@ impl Shard {
             status,
             sequencer,
             switchover,
+            snapshots,
             reads3: OnceLock::new(),
             opts,
         })

@@ -2,7 +2,9 @@
 //! command, only to an authenticated client when users are configured):
 //! - `MEMLOG TOPOLOGY`: the shards, their primary and replicas with LSNs, liveness and epochs,
 //!   as a JSON bulk string (read by `memlog status` and `memlog failover`);
-//! - `MEMLOG FAILOVER <shard> [TO <host:port>]`: a graceful, zero-loss switchover; `+OK` once done.
+//! - `MEMLOG FAILOVER <shard> [TO <host:port>]`: a graceful, zero-loss switchover; `+OK` once done;
+//! - `MEMLOG SNAPSHOT <shard>`: a snapshot now (before maintenance, say), the journal truncated
+//!   below the oldest kept; answers the LSN the snapshot holds at least.
 
 use tokio::sync::oneshot;
 
@@ -10,8 +12,10 @@ use crate::dispatch::Dispatcher;
 use crate::failover::{topology_json, SwitchoverRequest};
 use crate::resp::{error_reply, reply, Request};
 use crate::session::Pending;
+use crate::state::Shard;
 
-const USAGE: &str = "ERR memlog: usage: MEMLOG TOPOLOGY | MEMLOG FAILOVER <shard> [TO <host:port>]";
+const USAGE: &str =
+    "ERR memlog: usage: MEMLOG TOPOLOGY | MEMLOG FAILOVER <shard> [TO <host:port>] | MEMLOG SNAPSHOT <shard>";
 
 pub async fn run(d: &mut Dispatcher, request: &Request) -> Pending {
     let args = &request.args;
@@ -25,16 +29,46 @@ pub async fn run(d: &mut Dispatcher, request: &Request) -> Pending {
             }))
         }
         ("failover", 3 | 5) => failover(d, request),
+        ("snapshot", 3) => snapshot(d, request),
         _ => Pending::error(USAGE),
     }
+}
+
+/// The shard named by the command's third argument.
+fn named_shard<'a>(d: &'a Dispatcher, request: &Request) -> Result<&'a Shard, Pending> {
+    let arg = &request.args[2];
+    let shard = std::str::from_utf8(arg).ok().and_then(|s| s.parse::<usize>().ok());
+    shard
+        .and_then(|s| d.proxy.shards.get(s))
+        .ok_or_else(|| Pending::error(&format!("ERR memlog: no shard {}", String::from_utf8_lossy(arg))))
+}
+
+/// `MEMLOG SNAPSHOT <shard>`
+fn snapshot(d: &Dispatcher, request: &Request) -> Pending {
+    let shard = match named_shard(d, request) {
+        Ok(shard) => shard,
+        Err(error) => return error,
+    };
+    let Some(snapshots) = shard.snapshots.clone() else {
+        return Pending::error("ERR memlog: snapshots are not configured (no [snapshot] table)");
+    };
+    let (status, target, proto) = (shard.status.clone(), shard.target.clone(), d.proto);
+    Pending::Deferred(Box::pin(async move {
+        match snapshots.take_now(&status, &target).await {
+            Ok(record) => reply(proto, |w| {
+                w.int(record.lsn as i64);
+            }),
+            Err(e) => error_reply(&format!("ERR memlog: snapshot failed: {e}")),
+        }
+    }))
 }
 
 /// `MEMLOG FAILOVER <shard> [TO <host:port>]`
 fn failover(d: &Dispatcher, request: &Request) -> Pending {
     let args = &request.args;
-    let shard = std::str::from_utf8(&args[2]).ok().and_then(|s| s.parse::<usize>().ok());
-    let Some(shard) = shard.and_then(|s| d.proxy.shards.get(s)) else {
-        return Pending::error(&format!("ERR memlog: no shard {}", String::from_utf8_lossy(&args[2])));
+    let shard = match named_shard(d, request) {
+        Ok(shard) => shard,
+        Err(error) => return error,
     };
     let to = match args.get(3) {
         None => None,

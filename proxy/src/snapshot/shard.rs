@@ -216,6 +216,13 @@ impl ShardSnapshots {
         }
     }
 
+    /// Takes a snapshot now, from the node the scheduler would pick (`MEMLOG SNAPSHOT`).
+    pub async fn take_now(&self, status: &ShardStatus, target: &NodeTarget) -> anyhow::Result<SnapshotRecord> {
+        let (source, _) =
+            snapshot_source(status, &target.addr()).ok_or_else(|| anyhow::anyhow!("no node of the shard answers"))?;
+        self.take(&source).await
+    }
+
     /// Snapshots the shard whenever its best node holds `every_entries` beyond the newest
     /// snapshot: from the replica holding the most (so the primary does not fork), else the
     /// primary itself.
