@@ -101,15 +101,13 @@ impl Dispatcher {
             self.proxy.monitors.feed(self.client.addr, &request, &info);
             commands::transaction::queue(self, &request, &info).await
         } else {
-            match commands::overlay(&info) {
-                Overlay::Forward => {
-                    self.proxy.monitors.feed(self.client.addr, &request, &info);
-                    self.forward(&request, &info).await
-                }
-                Overlay::Local => {
-                    self.proxy.monitors.feed(self.client.addr, &request, &info);
-                    commands::run_local(self, &request, &info).await
-                }
+            let overlay = commands::overlay(&info);
+            if matches!(overlay, Overlay::Forward | Overlay::Local) {
+                self.proxy.monitors.feed(self.client.addr, &request, &info);
+            }
+            match overlay {
+                Overlay::Forward => self.forward(&request, &info).await,
+                Overlay::Local => commands::run_local(self, &request, &info).await,
                 Overlay::Refused(why) => {
                     Pending::error(&format!("ERR memlog: '{}' is not allowed: {why}", display_name(&info.name)))
                 }
