@@ -56,7 +56,7 @@ impl ShardSnapshots {
     }
 
     /// The LSN of the newest snapshot (0 without one).
-    pub async fn newest_lsn(&self) -> anyhow::Result<u64> {
+    async fn newest_lsn(&self) -> anyhow::Result<u64> {
         Ok(self.catalog().await?.last().map_or(0, |s| s.lsn))
     }
 
@@ -66,7 +66,7 @@ impl ShardSnapshots {
     /// The snapshot's LSN is `source`'s `__memlog:lsn` read just before the RDB is made: the
     /// RDB holds at least that prefix (a node's LSN only grows, and it is written in the same
     /// `MULTI` as the entry's commands). A restore reads the exact LSN back from the node.
-    pub async fn take(&self, source: &str) -> anyhow::Result<SnapshotRecord> {
+    async fn take(&self, source: &str) -> anyhow::Result<SnapshotRecord> {
         let _one_at_a_time = self.busy.lock().await;
         let started = Instant::now();
         let lsn = self.lsn_of(source).await?;
