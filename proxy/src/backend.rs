@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::resp::{encode_command, error_reply, Proto};
+use crate::resp::{encode_command, error_reply, frame_len, BadFrame, FrameScanner, Proto};
 
 /// Why a backend request produced no reply.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -188,7 +188,7 @@ enum Op {
 }
 
 /// An op waiting for a usable connection, and when it gives up.
-struct Queued {
+struct WaitingOp {
     op: Op,
     deadline: Instant,
 }
@@ -293,7 +293,7 @@ struct Conn {
     proto: Proto,
     opts: BackendOptions,
     /// Ops waiting for a connection the role may send on, oldest first.
-    waiting: VecDeque<Queued>,
+    waiting: VecDeque<WaitingOp>,
 }
 
 impl Conn {
@@ -433,7 +433,7 @@ impl Conn {
 
     /// Queues `op` until it can be sent, for at most the hold time.
     fn wait(&mut self, op: Op) {
-        self.waiting.push_back(Queued { op, deadline: Instant::now() + self.target.hold_for });
+        self.waiting.push_back(WaitingOp { op, deadline: Instant::now() + self.target.hold_for });
     }
 
     fn take_waiting(&mut self) -> Option<Op> {
@@ -488,7 +488,7 @@ impl Conn {
         let opts = self.opts;
         let (role, target) = (self.role, self.target.clone());
         let hold_for = target.hold_for;
-        let lsn_check = encode_command(&[&b"GET"[..], crate::state::LSN_KEY]);
+        let lsn_check = encode_command(&[&b"GET"[..], crate::keys::LSN_KEY]);
 
         let writer = async {
             let mut out = BytesMut::with_capacity(16 * 1024);
@@ -640,7 +640,7 @@ impl Conn {
             match waiter {
                 // A read lost with its connection goes again on the next one (first in line).
                 Waiter::Reply(reply, _, Some((request, deadline))) if retry_reads && Instant::now() < deadline => {
-                    resend.push(Queued { op: Op::Send(request, reply), deadline });
+                    resend.push(WaitingOp { op: Op::Send(request, reply), deadline });
                 }
                 Waiter::Reply(reply, ..) => {
                     let _ = reply.send(Err(error.clone()));
@@ -670,7 +670,7 @@ enum Unusable {
 
 /// `GET __memlog:lsn` on a fresh connection (RESP2 or RESP3): 0 when the key is missing.
 async fn node_lsn(stream: &mut TcpStream, opts: BackendOptions) -> Result<u64, String> {
-    stream.write_all(&encode_command(&[&b"GET"[..], crate::state::LSN_KEY])).await.map_err(|e| e.to_string())?;
+    stream.write_all(&encode_command(&[&b"GET"[..], crate::keys::LSN_KEY])).await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(64);
     let reply = loop {
         if let Some(len) = frame_len(&buf).map_err(|_| "bad GET reply".to_string())? {
@@ -684,17 +684,10 @@ async fn node_lsn(stream: &mut TcpStream, opts: BackendOptions) -> Result<u64, S
             return Err("closed during GET __memlog:lsn".into());
         }
     };
-    match &reply[..] {
-        b"$-1\r\n" | b"_\r\n" => Ok(0),
-        [b'$', ..] => {
-            let digits = reply[..].split(|&b| b == b'\n').nth(1).unwrap_or_default();
-            std::str::from_utf8(digits.strip_suffix(b"\r").unwrap_or(digits))
-                .ok()
-                .and_then(|d| d.parse().ok())
-                .ok_or_else(|| format!("bad __memlog:lsn {:?}", String::from_utf8_lossy(&reply)))
-        }
-        _ => Err(format!("GET __memlog:lsn answered {}", String::from_utf8_lossy(&reply).trim())),
-    }
+    crate::keys::parse_lsn(&reply).ok_or_else(|| match reply.first() {
+        Some(b'$') => format!("bad __memlog:lsn {:?}", String::from_utf8_lossy(&reply)),
+        _ => format!("GET __memlog:lsn answered {}", String::from_utf8_lossy(&reply).trim()),
+    })
 }
 
 async fn connect(addr: &str, proto: Proto, opts: BackendOptions) -> Result<TcpStream, String> {
@@ -729,81 +722,6 @@ enum ReaderEnd {
     Lost,
     TimedOut,
     BadReply,
-}
-
-/// A reply that does not parse as RESP: the connection is out of step and must be dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadFrame;
-
-/// Finds where a reply frame ends, for RESP2 and RESP3 alike (RESP3's grammar contains RESP2's
-/// replies, `$-1` and `*-1` included), without allocating. It resumes where the last call
-/// stopped, so a large reply arriving over many reads is scanned once.
-#[derive(Debug, Default)]
-pub struct FrameScanner {
-    /// Offset of the first item not yet consumed.
-    pos: usize,
-    /// Items (frames inside aggregates) still to read; 0 = not started.
-    pending: u64,
-}
-
-impl FrameScanner {
-    /// Length of the first complete frame in `buf`, which must start with the same bytes as on
-    /// the previous call; after `Some`, the scanner is reset for the next frame.
-    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, BadFrame> {
-        if self.pending == 0 {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            *self = FrameScanner { pos: 0, pending: 1 };
-        }
-        while self.pending > 0 {
-            let pos = self.pos;
-            let Some(&kind) = buf.get(pos) else { return Ok(None) };
-            let Some(line_end) = crate::resp::find_crlf(buf, pos + 1) else { return Ok(None) };
-            let line = &buf[pos + 1..line_end];
-            let mut next = line_end + 2;
-            let count = |line: &[u8]| crate::resp::parse_int(line).ok_or(BadFrame);
-            let more = match kind {
-                b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => 0,
-                b'$' | b'!' | b'=' => match count(line)? {
-                    -1 if kind == b'$' => 0,
-                    len if len >= 0 => {
-                        let end = next + len as usize;
-                        if buf.len() < end + 2 {
-                            return Ok(None);
-                        }
-                        if &buf[end..end + 2] != b"\r\n" {
-                            return Err(BadFrame);
-                        }
-                        next = end + 2;
-                        0
-                    }
-                    _ => return Err(BadFrame),
-                },
-                b'*' | b'~' | b'>' | b'%' | b'|' => match count(line)? {
-                    -1 if kind == b'*' => 0,
-                    n if n >= 0 => match kind {
-                        b'%' => 2 * n as u64,
-                        // An attribute map comes before the reply it annotates.
-                        b'|' => 2 * n as u64 + 1,
-                        _ => n as u64,
-                    },
-                    _ => return Err(BadFrame),
-                },
-                _ => return Err(BadFrame),
-            };
-            self.pos = next;
-            self.pending = self.pending - 1 + more;
-        }
-        let len = self.pos;
-        *self = FrameScanner::default();
-        Ok(Some(len))
-    }
-}
-
-/// Length of the first complete reply frame in `buf`, if it holds one.
-pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, BadFrame> {
-    FrameScanner::default().scan(buf)
 }
 
 #[cfg(test)]
@@ -896,26 +814,11 @@ mod tests {
         let conn = BackendConn::follow(target.clone(), Role::Apply, Proto::Resp2, OPTS);
         let batch = || conn.call_batch(encode_command(&["SET", "k", "v"]), 1);
         assert!(matches!(batch().await, Err(BackendError::Unverified { .. })));
-        assert_eq!(&conn.call(&[&b"GET"[..], crate::state::LSN_KEY]).await.unwrap()[..], b"$-1\r\n");
+        assert_eq!(&conn.call(&[&b"GET"[..], crate::keys::LSN_KEY]).await.unwrap()[..], b"$-1\r\n");
         assert!(batch().await.is_ok());
         target.retarget(&b);
         assert!(matches!(batch().await, Err(BackendError::Unverified { .. })), "a new node is checked again");
         assert_eq!(target.applies_in_flight(), 0);
-    }
-
-    #[test]
-    fn frames_each_protocol() {
-        assert_eq!(frame_len(b"$-1\r\n"), Ok(Some(5)));
-        assert_eq!(frame_len(b"*-1\r\n"), Ok(Some(5)));
-        assert_eq!(frame_len(b"*2\r\n$1\r\na\r\n:1\r\n+OK"), Ok(Some(15)));
-        assert_eq!(frame_len(b"*2\r\n$1\r\na\r\n"), Ok(None));
-        assert_eq!(frame_len(b"%1\r\n+a\r\n,1.5\r\n"), Ok(Some(14)));
-        assert_eq!(frame_len(b"_\r\n"), Ok(Some(3)));
-        assert_eq!(frame_len(b"-ERR x\r\n"), Ok(Some(8)));
-        assert_eq!(frame_len(b"?\r\n"), Err(BadFrame));
-        // A set holding a map, as COMMAND INFO answers in RESP3.
-        assert_eq!(frame_len(b"~1\r\n%1\r\n$1\r\na\r\n~0\r\n:1"), Ok(Some(19)));
-        assert_eq!(frame_len(b"|1\r\n+k\r\n+v\r\n:5\r\n"), Ok(Some(16)));
     }
 
     #[test]

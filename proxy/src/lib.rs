@@ -1,21 +1,33 @@
 //! memlog's client endpoint: RESP codec, sessions, slot router, shard sequencers and backend
 //! pools, in front of stock Redis shards.
 
+// Layers, top to bottom; a module uses only modules below it (docs/architecture.md, checked by
+// tests/layers.rs).
 pub mod backend;
-pub mod commands;
+mod clients;
+mod commands;
 pub mod config;
-pub mod dispatch;
-pub mod failover;
-pub mod monitor;
+mod context;
+mod dispatch;
+mod failover;
+mod keys;
+mod monitor;
 pub mod normalize;
-pub mod pubsub;
+mod proxy;
+mod pubsub;
+mod replies;
 pub mod resp;
 pub mod router;
-pub mod sequencer;
-pub mod server;
-pub mod session;
-pub mod snapshot;
-pub mod state;
+mod routing;
+mod scripts;
+mod sequencer;
+mod server;
+mod session;
+mod shard;
+mod snapshot;
+mod startup;
+mod status;
+pub mod table;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,7 +53,7 @@ pub async fn serve(cfg: config::ProxyConfig, shutdown: impl Future<Output = ()>)
     // Start-up waits for the journal and replays it; a SIGTERM meanwhile stops it cleanly.
     tokio::pin!(shutdown);
     let proxy = tokio::select! {
-        proxy = state::Proxy::start(cfg) => Arc::new(proxy?),
+        proxy = startup::start(cfg) => Arc::new(proxy?),
         _ = &mut shutdown => {
             tracing::info!("stopped before serving");
             return Ok(());

@@ -9,9 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 
-use crate::commands::table::CommandInfo;
+use crate::clients::PushSender;
 use crate::resp::Request;
-use crate::session::PushSender;
+use crate::table::CommandInfo;
 
 /// The clients in MONITOR mode.
 #[derive(Default)]

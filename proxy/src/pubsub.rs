@@ -22,11 +22,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::backend::NodeTarget;
+use crate::clients::{PushSender, SubscriptionCounts};
+use crate::keys::RESERVED_PREFIX;
 use crate::resp::{Proto, ReplyWriter};
-use crate::session::PushSender;
-use crate::state::{Proxy, RESERVED_PREFIX};
+use crate::status::ShardStatus;
 
-pub use relay::{configure_nodes, RelayError};
+pub use relay::configure_nodes;
 
 /// Channel prefixes of the notifications Redis publishes about keys and events.
 const KEYSPACE_PREFIXES: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
@@ -77,14 +79,6 @@ pub struct Subscriber {
     channels: AtomicUsize,
     patterns: AtomicUsize,
     shard_channels: AtomicUsize,
-}
-
-/// A client's subscription counts, as `CLIENT LIST` shows them (`sub=`, `psub=`, `ssub=`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SubscriptionCounts {
-    pub channels: usize,
-    pub patterns: usize,
-    pub shard_channels: usize,
 }
 
 impl Subscriber {
@@ -297,10 +291,37 @@ impl HubState {
 /// subscription confirmed after it misses no notification of a later write.
 pub type RelayReady = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What the hub follows of one shard: the node its primary is now (it moves on failover) and
+/// its nodes as the failover controller last saw them.
+pub(crate) struct ShardNodes {
+    target: Arc<NodeTarget>,
+    status: Arc<ShardStatus>,
+}
+
+impl ShardNodes {
+    pub(crate) fn new(target: Arc<NodeTarget>, status: Arc<ShardStatus>) -> ShardNodes {
+        ShardNodes { target, status }
+    }
+
+    /// The primary the relay follows (it moves on failover).
+    fn primary(&self) -> String {
+        self.target.addr().to_string()
+    }
+
+    /// The shard's nodes now: its primary and its replicas.
+    fn nodes(&self) -> (String, Vec<String>) {
+        let primary = self.primary();
+        let replicas = crate::status::replicas_besides(&self.status, &primary);
+        (primary, replicas)
+    }
+}
+
 /// The proxy's pub/sub state (one per proxy).
-#[derive(Default)]
 pub struct Hub {
     state: Mutex<HubState>,
+    shards: Vec<ShardNodes>,
+    /// How long a call to a shard's node may take.
+    timeout: Duration,
     /// The `notify-keyspace-events` flags last set through the proxy, re-applied to a shard's
     /// primary whenever the relay (re)connects to it, e.g. after a failover.
     keyspace_events: Mutex<Option<Bytes>>,
@@ -311,15 +332,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
+    pub(crate) fn new(shards: Vec<ShardNodes>, timeout: Duration) -> Hub {
+        Hub { state: Mutex::default(), shards, timeout, keyspace_events: Mutex::default() }
+    }
+
     /// Subscribes `sub` to `names` and queues one confirmation per name. When a name may
     /// receive keyspace notifications, returns what to await before confirming to the client.
-    pub fn subscribe(
-        &self,
-        proxy: &Arc<Proxy>,
-        sub: &Arc<Subscriber>,
-        kind: Kind,
-        names: &[Bytes],
-    ) -> Option<RelayReady> {
+    pub fn subscribe(self: &Arc<Self>, sub: &Arc<Subscriber>, kind: Kind, names: &[Bytes]) -> Option<RelayReady> {
         let mut state = lock(&self.state);
         let mut hears_keyspace = false;
         for name in names {
@@ -339,9 +358,8 @@ impl Hub {
         if !hears_keyspace {
             return None;
         }
-        let relay = state.relay.get_or_insert_with(|| relay::Relay::start(Arc::downgrade(proxy), proxy.shards.len()));
-        let timeout = Duration::from_millis(proxy.cfg.backend_timeout_ms);
-        Some(relay.ready(timeout))
+        let relay = state.relay.get_or_insert_with(|| relay::Relay::start(Arc::downgrade(self), self.shards.len()));
+        Some(relay.ready(self.timeout))
     }
 
     /// Unsubscribes `sub` from `names` (from all of this kind when empty) and queues one
@@ -470,16 +488,6 @@ impl Hub {
     fn keyspace_events(&self) -> Option<Bytes> {
         lock(&self.keyspace_events).clone()
     }
-}
-
-/// The primary the relay follows for `shard` (it moves on failover).
-fn current_primary(proxy: &Proxy, shard: usize) -> String {
-    proxy.shards[shard].current_primary()
-}
-
-/// A shard's Redis nodes now: its primary and its replicas.
-fn shard_nodes(proxy: &Proxy, shard: usize) -> (String, Vec<String>) {
-    (current_primary(proxy, shard), proxy.shards[shard].current_replicas())
 }
 
 #[cfg(test)]

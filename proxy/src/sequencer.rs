@@ -5,7 +5,7 @@
 //! ([`crate::normalize`]), appended to the shard's journal stream (several appends in flight),
 //! and once committed on the ack quorum applied on the shard's one ordered apply connection as
 //! `MULTI <commands> SET __memlog:lsn <lsn> EXEC`; each client gets its reply from the EXEC array.
-//! That is the contract of DESIGN.md:
+//! That is the contract of docs/architecture.md ("Invariants"):
 //! - I1: Redis never holds what the journal has not committed (apply strictly after commit);
 //! - I2: a write's reply is sent only once it is committed and applied;
 //! - I3: before the first write, and after Redis lost a batch or came back empty, the primary is
@@ -35,11 +35,11 @@ use journal_service::quorum::{self, QuorumConfig, QuorumWriter, Reader, WriteErr
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{BackendConn, BackendError, BackendOptions, ReplySender};
-use crate::commands::table::CommandInfo;
+use crate::keys::LSN_KEY;
 use crate::normalize::{self, Plan, Resolved};
 use crate::resp::{encode_command, error_reply, Proto, Request, RequestParser};
 use crate::snapshot::ShardSnapshots;
-use crate::state::LSN_KEY;
+use crate::table::CommandInfo;
 use applier::Applier;
 use blocked::BlockedRegistry;
 pub use blocked::{unblock, Blocked, BlockedClients};
@@ -106,12 +106,12 @@ pub enum Op {
 
 /// The commands of a MULTI, checked when queued.
 pub struct Transaction {
-    pub commands: Vec<Queued>,
+    pub commands: Vec<QueuedCommand>,
     pub watch: Option<Arc<Watch>>,
 }
 
 /// One command of a transaction.
-pub struct Queued {
+pub struct QueuedCommand {
     pub request: Request,
     pub command: Arc<CommandInfo>,
     /// Journaled (a write), or only applied in order (a read).

@@ -7,11 +7,11 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
+use crate::replies::Pending;
 use crate::resp::reply;
-use crate::session::Pending;
 
-pub fn run(d: &mut Dispatcher, sub: &str) -> Pending {
+pub fn run(d: &mut ClientCtx, sub: &str) -> Pending {
     match sub {
         "whoami" => {
             let user = d.client.user.lock().unwrap().clone();
@@ -43,7 +43,7 @@ pub fn run(d: &mut Dispatcher, sub: &str) -> Pending {
 
 /// Every user and its password, sorted by name as Redis lists them; without `[[users]]`, the
 /// `default` user with no password, as in a stock Redis.
-fn user_rules(d: &Dispatcher) -> Vec<(String, Option<String>)> {
+fn user_rules(d: &ClientCtx) -> Vec<(String, Option<String>)> {
     let mut users: Vec<(String, Option<String>)> =
         d.proxy.cfg.users.iter().map(|u| (u.name.clone(), Some(u.password.clone()))).collect();
     if users.is_empty() {

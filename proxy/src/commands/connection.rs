@@ -6,11 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
+use crate::replies::Pending;
 use crate::resp::{reply, Proto, Request};
-use crate::session::Pending;
 
-pub fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+pub fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     let args = &request.args;
     let proto = d.proto;
     let ready = |build: &dyn Fn(&mut crate::resp::ReplyWriter)| Pending::Ready(reply(proto, |w| build(w)));
@@ -80,7 +80,7 @@ pub fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
 
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
-fn authenticate(d: &mut Dispatcher, user: &str, password: &[u8]) -> Result<(), &'static str> {
+fn authenticate(d: &mut ClientCtx, user: &str, password: &[u8]) -> Result<(), &'static str> {
     // With no users configured, the default user needs no password, as in a stock Redis.
     let ok = if d.proxy.auth_required() { d.proxy.check_user(user, password) } else { user == "default" };
     if !ok {
@@ -91,7 +91,7 @@ fn authenticate(d: &mut Dispatcher, user: &str, password: &[u8]) -> Result<(), &
     Ok(())
 }
 
-fn set_proto(d: &mut Dispatcher, proto: Proto) {
+fn set_proto(d: &mut ClientCtx, proto: Proto) {
     d.proto = proto;
     d.client.proto.store(if proto == Proto::Resp3 { 3 } else { 2 }, Ordering::Relaxed);
 }
@@ -102,7 +102,7 @@ pub fn valid_client_name(name: &[u8]) -> bool {
 }
 
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`
-fn hello(d: &mut Dispatcher, request: &Request) -> Pending {
+fn hello(d: &mut ClientCtx, request: &Request) -> Pending {
     let args = &request.args;
     let mut proto = d.proto;
     if let Some(version) = args.get(1) {

@@ -13,11 +13,12 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::core::{Command, Health, NodeRole, ShardCore};
-use super::{record, FailoverSettings, NodeStatus, ShardStatus, SwitchoverRequest};
+use super::{record, FailoverSettings, SwitchoverRequest};
 use crate::backend::{BackendConn, BackendOptions, NodeTarget};
-use crate::resp::{array_items, encode_command, Proto, Request};
+use crate::keys::{parse_lsn, LSN_KEY};
+use crate::resp::{array_items, bulk_payload, encode_command, Proto, Request};
 use crate::sequencer::{Op, Sequencer, Write};
-use crate::state::LSN_KEY;
+use crate::status::{NodeStatus, ShardStatus};
 
 /// The key the catch-up barrier deletes: a journaled no-op that makes the applier check and
 /// catch up the primary before the shard's reads resume.
@@ -415,31 +416,15 @@ fn parse_health(replies: &[Bytes]) -> Option<Health> {
 /// `ROLE`: `["master", …]` or `["slave", host, port, …]`.
 fn parse_role(reply: &Bytes) -> Option<NodeRole> {
     let items = array_items(reply)?;
-    match bulk(items.first()?)? {
+    match bulk_payload(items.first()?)? {
         b"master" => Some(NodeRole::Primary),
         b"slave" => {
-            let host = String::from_utf8_lossy(bulk(items.get(1)?)?).into_owned();
+            let host = String::from_utf8_lossy(bulk_payload(items.get(1)?)?).into_owned();
             let port = items.get(2)?.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
             Some(NodeRole::Replica { of: format!("{host}:{}", String::from_utf8_lossy(port)) })
         }
         _ => None,
     }
-}
-
-/// `GET __memlog:lsn`: a number, or nil (0: the node holds nothing of the journal).
-pub(crate) fn parse_lsn(reply: &Bytes) -> Option<u64> {
-    if &reply[..] == b"$-1\r\n" {
-        return Some(0);
-    }
-    std::str::from_utf8(bulk(reply)?).ok()?.parse().ok()
-}
-
-/// The payload of a bulk string frame.
-fn bulk(frame: &[u8]) -> Option<&[u8]> {
-    let rest = frame.strip_prefix(b"$")?;
-    let line_end = rest.iter().position(|&b| b == b'\r')?;
-    let len: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
-    rest.get(line_end + 2..line_end + 2 + len)
 }
 
 #[cfg(test)]

@@ -3,16 +3,8 @@
 
 use bytes::Bytes;
 
+pub use crate::resp::bulk_bytes as bulk;
 use crate::resp::{array_items, reply, Proto};
-
-/// The contents of a bulk string reply; `None` for nil or anything else.
-pub fn bulk(frame: &Bytes) -> Option<Bytes> {
-    let rest = frame.strip_prefix(b"$")?;
-    let header = rest.iter().position(|&b| b == b'\r')?;
-    let len = usize::try_from(crate::resp::parse_int(&rest[..header])?).ok()?;
-    let start = 1 + header + 2;
-    (frame.len() >= start + len + 2).then(|| frame.slice(start..start + len))
-}
 
 /// The text of a status reply (`+list`).
 pub fn status(frame: &[u8]) -> Option<&[u8]> {

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::backend::ReplySender;
+use crate::clients::ClientHandle;
 use crate::resp::{error_reply, Proto, Request};
-use crate::state::ClientHandle;
 
 /// A client blocked on one command.
 pub struct Blocked {

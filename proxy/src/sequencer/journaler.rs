@@ -326,7 +326,7 @@ impl Journaler {
         }
         let mut touched = Vec::new();
         let mut everything = false;
-        for Queued { request, command, .. } in &commands {
+        for QueuedCommand { request, command, .. } in &commands {
             match self.touched(request, Some(command)) {
                 Touched::Keys(keys) => touched.extend(keys),
                 Touched::Everything => everything = true,
@@ -355,13 +355,13 @@ impl Journaler {
         &mut self,
         segment: &mut Segment,
         proto: Proto,
-        commands: Vec<Queued>,
+        commands: Vec<QueuedCommand>,
         reply: ReplySender,
         now: u64,
     ) {
         let mut written: Vec<Bytes> = Vec::new();
         let mut plans = Vec::with_capacity(commands.len());
-        for Queued { request, command, write } in &commands {
+        for QueuedCommand { request, command, write } in &commands {
             let keys: Vec<Bytes> = command
                 .key_positions(&request.args)
                 .unwrap_or_default()
@@ -373,7 +373,7 @@ impl Journaler {
                 Plan::Probe { .. } if keys.iter().any(|k| written.contains(k)) => {
                     let msg = format!(
                         "EXECABORT Transaction discarded: memlog cannot journal '{}' after a write to the same key in one transaction (its outcome depends on the data); run it outside the MULTI",
-                        crate::dispatch::display_name(&command.name)
+                        crate::table::display_name(&command.name)
                     );
                     let _ = reply.send(Ok(error_reply(&msg)));
                     return;
@@ -394,7 +394,7 @@ impl Journaler {
             plans.push(plan);
         }
         let mut replies = Vec::with_capacity(commands.len());
-        for (Queued { request, write, .. }, plan) in commands.into_iter().zip(plans) {
+        for (QueuedCommand { request, write, .. }, plan) in commands.into_iter().zip(plans) {
             let (tx, rx) = oneshot::channel();
             replies.push(rx);
             match plan {

@@ -13,9 +13,9 @@ use tokio::sync::Mutex;
 
 use super::{rdb, SnapshotSettings};
 use crate::backend::{BackendConn, BackendOptions, NodeTarget};
-use crate::failover::ShardStatus;
+use crate::keys::LSN_KEY;
 use crate::resp::Proto;
-use crate::state::LSN_KEY;
+use crate::status::ShardStatus;
 
 /// How often the scheduler looks at how far the shard's nodes got beyond the newest snapshot.
 const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
@@ -203,7 +203,7 @@ impl ShardSnapshots {
         let reply = tokio::time::timeout(CALL_TIMEOUT, conn.call(&[&b"GET"[..], LSN_KEY]))
             .await
             .map_err(|_| anyhow::anyhow!("{node} did not answer GET __memlog:lsn"))??;
-        crate::failover::shell::parse_lsn(&reply).ok_or_else(|| {
+        crate::keys::parse_lsn(&reply).ok_or_else(|| {
             anyhow::anyhow!("{node} answered GET __memlog:lsn with {:?}", String::from_utf8_lossy(&reply))
         })
     }
@@ -268,7 +268,7 @@ impl ShardSnapshots {
 /// else the primary when it answers.
 fn snapshot_source(status: &ShardStatus, primary: &str) -> Option<(String, u64)> {
     let view = status.view();
-    let answering = |n: &crate::failover::NodeStatus| n.up.then_some(n.lsn).flatten().map(|lsn| (n.addr.clone(), lsn));
+    let answering = |n: &crate::status::NodeStatus| n.up.then_some(n.lsn).flatten().map(|lsn| (n.addr.clone(), lsn));
     let nodes = std::iter::once(&view.primary).chain(&view.replicas);
     let replica = nodes.clone().filter(|n| n.addr != primary).filter_map(answering).max_by_key(|(_, lsn)| *lsn);
     replica.or_else(|| nodes.filter(|n| n.addr == primary).find_map(answering))

@@ -316,6 +316,17 @@ fn parse_key_spec(spec: &[BytesFrame]) -> KeySpec {
     KeySpec { begin, find, incomplete }
 }
 
+/// Commands the proxy serves that the backend's table may lack (newer than its Redis).
+pub(crate) fn add_local_commands(table: &mut CommandTable) {
+    table.insert_local(CommandInfo::local("client|setinfo", 4));
+    table.insert_local(CommandInfo::local("memlog", -2));
+}
+
+/// `client|kill` → `CLIENT KILL`, as users type it.
+pub fn display_name(name: &str) -> String {
+    name.replace('|', " ").to_uppercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
