@@ -15,13 +15,13 @@ use crate::table::CommandTable;
 
 /// Counters INFO reports.
 #[derive(Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub commands: AtomicU64,
     pub connections: AtomicU64,
     pub rejected_connections: AtomicU64,
 }
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub cfg: ProxyConfig,
     pub slots: SlotMap,
     pub table: CommandTable,
@@ -46,11 +46,11 @@ pub struct Proxy {
 
 impl Proxy {
     /// True when `name`/`password` are a configured user (or no users are configured).
-    pub fn check_user(&self, name: &str, password: &[u8]) -> bool {
+    pub(crate) fn check_user(&self, name: &str, password: &[u8]) -> bool {
         self.cfg.users.iter().any(|u| u.name == name && u.password.as_bytes() == password)
     }
 
-    pub fn auth_required(&self) -> bool {
+    pub(crate) fn auth_required(&self) -> bool {
         !self.cfg.users.is_empty()
     }
 }

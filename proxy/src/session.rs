@@ -31,8 +31,13 @@ const FLUSH_AT: usize = 64 * 1024;
 type QueuedReply = (Outgoing, tokio::sync::OwnedSemaphorePermit, Option<oneshot::Sender<()>>);
 
 /// Serves one client connection until it closes, is killed, or the proxy drains.
-pub async fn run<R, W>(proxy: Arc<Proxy>, client: Arc<ClientHandle>, reader: R, writer: W, drain: CancellationToken)
-where
+pub(crate) async fn run<R, W>(
+    proxy: Arc<Proxy>,
+    client: Arc<ClientHandle>,
+    reader: R,
+    writer: W,
+    drain: CancellationToken,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {

@@ -11,17 +11,17 @@ use crate::context::ClientCtx;
 use crate::replies::Pending;
 use crate::resp::reply;
 
-pub fn run(d: &mut ClientCtx, sub: &str) -> Pending {
+pub(crate) fn run(d: &mut ClientCtx, sub: &str) -> Pending {
     match sub {
         "whoami" => {
             let user = d.client.user.lock().unwrap().clone();
-            Pending::Ready(reply(d.proto, |w| {
+            Pending::Ready(reply(d.proto(), |w| {
                 w.bulk(user.as_bytes());
             }))
         }
         "users" => {
             let names = user_rules(d).into_iter().map(|(name, _)| name).collect::<Vec<_>>();
-            Pending::Ready(reply(d.proto, |w| {
+            Pending::Ready(reply(d.proto(), |w| {
                 w.array(names.len());
                 for name in &names {
                     w.bulk(name.as_bytes());
@@ -30,7 +30,7 @@ pub fn run(d: &mut ClientCtx, sub: &str) -> Pending {
         }
         "list" => {
             let users = user_rules(d);
-            Pending::Ready(reply(d.proto, |w| {
+            Pending::Ready(reply(d.proto(), |w| {
                 w.array(users.len());
                 for (name, password) in &users {
                     w.bulk(describe(name, password.as_deref()).as_bytes());

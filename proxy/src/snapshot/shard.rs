@@ -27,7 +27,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A shard's snapshots. The files live in `<dir>/shard-N/`, named by the LSN they hold at
 /// least; the catalog is the metadata store's. One operation at a time, so a restore never
 /// reads a file that a newer snapshot is pruning.
-pub struct ShardSnapshots {
+pub(crate) struct ShardSnapshots {
     shard: usize,
     dir: PathBuf,
     settings: Arc<SnapshotSettings>,
@@ -38,7 +38,7 @@ pub struct ShardSnapshots {
 }
 
 impl ShardSnapshots {
-    pub fn new(
+    pub(crate) fn new(
         shard: usize,
         settings: Arc<SnapshotSettings>,
         meta: Arc<MetaStore>,
@@ -173,7 +173,7 @@ impl ShardSnapshots {
     /// Loads the newest usable snapshot into `node`, replacing what it holds, and returns the
     /// LSN the node then holds. A snapshot whose file is missing or damaged is skipped for the
     /// next older one: the journal was only truncated below the oldest kept.
-    pub async fn restore(&self, node: &str) -> anyhow::Result<u64> {
+    pub(crate) async fn restore(&self, node: &str) -> anyhow::Result<u64> {
         let _one_at_a_time = self.busy.lock().await;
         let mut problems = Vec::new();
         for snapshot in self.catalog().await?.iter().rev() {
@@ -217,7 +217,7 @@ impl ShardSnapshots {
     }
 
     /// Takes a snapshot now, from the node the scheduler would pick (`MEMLOG SNAPSHOT`).
-    pub async fn take_now(&self, status: &ShardStatus, target: &NodeTarget) -> anyhow::Result<SnapshotRecord> {
+    pub(crate) async fn take_now(&self, status: &ShardStatus, target: &NodeTarget) -> anyhow::Result<SnapshotRecord> {
         let (source, _) =
             snapshot_source(status, &target.addr()).ok_or_else(|| anyhow::anyhow!("no node of the shard answers"))?;
         self.take(&source).await
@@ -226,7 +226,7 @@ impl ShardSnapshots {
     /// Snapshots the shard whenever its best node holds `every_entries` beyond the newest
     /// snapshot: from the replica holding the most (so the primary does not fork), else the
     /// primary itself.
-    pub fn spawn_scheduler(self: Arc<Self>, status: Arc<ShardStatus>, target: Arc<NodeTarget>) {
+    pub(crate) fn spawn_scheduler(self: Arc<Self>, status: Arc<ShardStatus>, target: Arc<NodeTarget>) {
         // Exported from the start, so a dashboard or an alert sees 0 rather than nothing.
         let shard = self.shard.to_string();
         for counter in ["memlog_snapshots_total", "memlog_snapshot_failures_total", "memlog_snapshot_restores_total"] {
