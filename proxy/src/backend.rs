@@ -199,6 +199,9 @@ pub(crate) type BatchSender = oneshot::Sender<BatchResult>;
 enum Waiter {
     /// A reply awaited; the request and its deadline are kept when it may be sent again.
     Reply(ReplySender, Instant, Option<(Bytes, Instant)>),
+    /// The reply to `GET __memlog:lsn` on an apply connection: once it reads as an LSN, the
+    /// node's journal prefix is known and batches may go out on this connection.
+    LsnCheck(ReplySender, Instant),
     Batch {
         replies: Vec<Bytes>,
         count: usize,
@@ -524,10 +527,11 @@ impl Conn {
                 let mut next = Some(first);
                 while let Some(op) = next {
                     match op {
+                        ConnOp::Send(bytes, reply) if role == Role::Apply && bytes == lsn_check => {
+                            out.extend_from_slice(&bytes);
+                            waiters.push(Waiter::LsnCheck(reply, Instant::now()));
+                        }
                         ConnOp::Send(bytes, reply) => {
-                            if role == Role::Apply && bytes == lsn_check {
-                                target.apply_checked.store(true, Ordering::Release);
-                            }
                             out.extend_from_slice(&bytes);
                             let retry = (role == Role::Read).then(|| (bytes, Instant::now() + hold_for));
                             waiters.push(Waiter::Reply(reply, Instant::now(), retry));
@@ -579,7 +583,10 @@ impl Conn {
                     Ok(Ok(_)) => {}
                     Err(_) => {
                         let queue = inflight.lock().unwrap();
-                        if let Some(Waiter::Reply(_, sent, _) | Waiter::Batch { sent, .. }) = queue.front() {
+                        if let Some(
+                            Waiter::Reply(_, sent, _) | Waiter::LsnCheck(_, sent) | Waiter::Batch { sent, .. },
+                        ) = queue.front()
+                        {
                             if sent.elapsed() >= opts.request_timeout {
                                 return ReaderEnd::TimedOut;
                             }
@@ -607,6 +614,16 @@ impl Conn {
                         }
                         Some(Waiter::Reply(..)) => {
                             if let Some(Waiter::Reply(reply, _, _)) = queue.pop_front() {
+                                let _ = reply.send(Ok(frame));
+                            }
+                        }
+                        Some(Waiter::LsnCheck(..)) => {
+                            if let Some(Waiter::LsnCheck(reply, _)) = queue.pop_front() {
+                                // Set before the reply is handed back, so the applier that
+                                // asked may send its batches as soon as it has the answer.
+                                if crate::keys::parse_lsn(&frame).is_some() {
+                                    target.apply_checked.store(true, Ordering::Release);
+                                }
                                 let _ = reply.send(Ok(frame));
                             }
                         }
@@ -644,7 +661,7 @@ impl Conn {
                 Waiter::Reply(reply, _, Some((request, deadline))) if retry_reads && Instant::now() < deadline => {
                     resend.push(WaitingOp { op: ConnOp::Send(request, reply), deadline });
                 }
-                Waiter::Reply(reply, ..) => {
+                Waiter::Reply(reply, ..) | Waiter::LsnCheck(reply, _) => {
                     let _ = reply.send(Err(error.clone()));
                 }
                 Waiter::Batch { reply, .. } => {
@@ -819,6 +836,24 @@ mod tests {
         target.retarget(&b);
         assert!(matches!(batch().await, Err(BackendError::Unverified { .. })), "a new node is checked again");
         assert_eq!(target.applies_in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_lsn_check_unlocks_batches_only_when_its_reply_is_an_lsn() {
+        let loading = fake_node_answering_get("-LOADING Redis is loading the dataset in memory\r\n").await;
+        let target = NodeTarget::new(0, &loading, Duration::from_secs(5));
+        let conn = BackendConn::follow(target.clone(), Role::Apply, Proto::Resp2, OPTS);
+        let batch = || conn.call_batch(encode_command(&["SET", "k", "v"]), 1);
+        let check = conn.call(&[&b"GET"[..], crate::keys::LSN_KEY]).await.unwrap();
+        assert!(check.starts_with(b"-LOADING"));
+        assert!(
+            matches!(batch().await, Err(BackendError::Unverified { .. })),
+            "a check answered with an error proves nothing about the node"
+        );
+        let answering = fake_node().await;
+        target.retarget(&answering);
+        assert_eq!(&conn.call(&[&b"GET"[..], crate::keys::LSN_KEY]).await.unwrap()[..], b"$-1\r\n");
+        assert!(batch().await.is_ok());
     }
 
     #[test]
