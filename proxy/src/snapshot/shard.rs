@@ -71,7 +71,8 @@ impl ShardSnapshots {
         let started = Instant::now();
         let lsn = self.lsn_of(source).await?;
         anyhow::ensure!(lsn > 0, "{source} holds no journal entry yet");
-        std::fs::create_dir_all(&self.dir)?;
+        let dir = self.dir.clone();
+        blocking(move || std::fs::create_dir_all(dir)).await?;
         let path = self.dir.join(format!("{lsn:020}.rdb"));
         let partial = self.dir.join(format!(".{lsn:020}.rdb.partial"));
         let bytes = self.fetch_durably(source, &partial, &path).await?;
@@ -112,7 +113,8 @@ impl ShardSnapshots {
             Ok(bytes) => bytes,
             Err(e) => {
                 drop(file);
-                let _ = std::fs::remove_file(partial);
+                let partial = partial.to_path_buf();
+                let _ = blocking(move || std::fs::remove_file(partial)).await;
                 return Err(anyhow::anyhow!("fetching an RDB from {source}: {e}"));
             }
         };
@@ -123,8 +125,12 @@ impl ShardSnapshots {
         tokio::task::spawn_blocking(move || rdb::verify(&written))
             .await?
             .map_err(|e| anyhow::anyhow!("the snapshot written to {} does not check: {e}", partial.display()))?;
-        std::fs::rename(partial, path)?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        let (partial, path, dir) = (partial.to_path_buf(), path.to_path_buf(), self.dir.clone());
+        blocking(move || {
+            std::fs::rename(partial, path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .await?;
         Ok(bytes)
     }
 
@@ -135,11 +141,12 @@ impl ShardSnapshots {
         let excess = catalog.len().saturating_sub(self.settings.keep);
         for old in &catalog[..excess] {
             self.meta.remove_snapshot(old.shard, old.lsn).await?;
-            if let Err(e) = std::fs::remove_file(&old.location) {
+            let location = PathBuf::from(&old.location);
+            if let Err(e) = blocking(move || std::fs::remove_file(location)).await {
                 tracing::warn!(shard = self.shard, location = %old.location, "cannot delete an old snapshot: {e}");
             }
         }
-        self.delete_strays(&catalog[excess..]);
+        self.delete_strays(&catalog[excess..]).await;
         let Some(oldest) = catalog.get(excess) else { return Ok(()) };
         let stream = format!("shard-{}", self.shard);
         let below = oldest.lsn + 1;
@@ -157,17 +164,22 @@ impl ShardSnapshots {
     /// Deletes files in the shard's directory that no kept snapshot names: a partial fetch or a
     /// pruned snapshot whose deletion a crash interrupted. Only called while holding `busy`,
     /// so no fetch is writing a partial file.
-    fn delete_strays(&self, kept: &[SnapshotRecord]) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
-        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-            let named = path.display().to_string();
-            if !kept.iter().any(|s| s.location == named) {
-                tracing::info!(shard = self.shard, file = %named, "deleting a stray snapshot file");
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(shard = self.shard, file = %named, "cannot delete a stray snapshot file: {e}");
+    async fn delete_strays(&self, kept: &[SnapshotRecord]) {
+        let (dir, shard) = (self.dir.clone(), self.shard);
+        let kept: Vec<String> = kept.iter().map(|s| s.location.clone()).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else { return };
+            for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                let named = path.display().to_string();
+                if !kept.contains(&named) {
+                    tracing::info!(shard, file = %named, "deleting a stray snapshot file");
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(shard, file = %named, "cannot delete a stray snapshot file: {e}");
+                    }
                 }
             }
-        }
+        })
+        .await;
     }
 
     /// Loads the newest usable snapshot into `node`, replacing what it holds, and returns the
@@ -272,4 +284,10 @@ fn snapshot_source(status: &ShardStatus, primary: &str) -> Option<(String, u64)>
     let nodes = std::iter::once(&view.primary).chain(&view.replicas);
     let replica = nodes.clone().filter(|n| n.addr != primary).filter_map(answering).max_by_key(|(_, lsn)| *lsn);
     replica.or_else(|| nodes.filter(|n| n.addr == primary).find_map(answering))
+}
+
+/// Runs a blocking filesystem call on tokio's blocking pool, so a slow disk stalls this snapshot
+/// and not the runtime's workers (which serve every client).
+async fn blocking<T: Send + 'static>(call: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(call).await.map_err(std::io::Error::other)?
 }
