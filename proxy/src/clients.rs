@@ -33,8 +33,10 @@ pub(crate) struct ClientHandle {
     pub kill: CancellationToken,
     /// True while the client waits in a blocking command (`flags=b`).
     pub blocked: AtomicBool,
-    /// Commands queued since MULTI (`multi=`), -1 outside a transaction.
-    pub multi: AtomicI64,
+    /// `multi=` of CLIENT LIST: commands queued since MULTI, -1 outside a transaction. A copy, for
+    /// other clients' CLIENT LIST, of what the session's `ClientCtx` holds; written only through
+    /// [`ClientHandle::show_queued`].
+    multi: AtomicI64,
 }
 
 impl ClientHandle {
@@ -65,6 +67,11 @@ impl ClientHandle {
         } else {
             Proto::Resp2
         }
+    }
+
+    /// Publishes how many commands the client has queued in MULTI (None: not in MULTI).
+    pub(crate) fn show_queued(&self, queued: Option<usize>) {
+        self.multi.store(queued.map_or(-1, |n| n as i64), Ordering::Relaxed);
     }
 
     pub(crate) fn set_proto(&self, proto: Proto) {

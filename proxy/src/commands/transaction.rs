@@ -75,8 +75,7 @@ pub(crate) fn reset(d: &mut ClientCtx) {
 
 /// `multi=` in CLIENT LIST: the commands queued, -1 outside MULTI.
 fn show_in_client_list(d: &ClientCtx) {
-    let queued = d.multi.as_ref().map_or(-1, |m| m.queued.len() as i64);
-    d.client.multi.store(queued, std::sync::atomic::Ordering::Relaxed);
+    d.client.show_queued(d.multi.as_ref().map(|m| m.queued.len()));
 }
 
 /// Checks a command as Redis does when queuing it, then queues it.
