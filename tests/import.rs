@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{ClusterOptions, DurableCluster, Snapshot, CLIENT_TIMEOUT};
@@ -160,8 +162,13 @@ fn import_rdb_of_a_standalone_redis_keeps_every_key_and_ttl_and_verify_agrees() 
 
 /// Three Redis Cluster nodes, all primaries, slots split by `redis-cli --cluster create`.
 fn redis_cluster(dir: &Path) -> Vec<Proc> {
-    let nodes: Vec<Proc> =
-        (0..3).map(|_| spawn_source(dir, &["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])).collect();
+    redis_cluster_with(dir, &[])
+}
+
+fn redis_cluster_with(dir: &Path, extra: &[&str]) -> Vec<Proc> {
+    let mut args = vec!["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"];
+    args.extend_from_slice(extra);
+    let nodes: Vec<Proc> = (0..3).map(|_| spawn_source(dir, &args)).collect();
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
     let status = Command::new("redis-cli")
         .args(["--cluster", "create"])
@@ -184,7 +191,12 @@ fn redis_cluster(dir: &Path) -> Vec<Proc> {
 
 /// A sender that routes each command to the cluster node owning its key's slot.
 fn cluster_sender(nodes: &[Proc]) -> impl FnMut(&[&[u8]]) {
-    let mut conns: Vec<Conn> = nodes.iter().map(|n| Conn::connect(n.addr, CLIENT_TIMEOUT).unwrap()).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    cluster_sender_at(&addrs)
+}
+
+fn cluster_sender_at(nodes: &[SocketAddr]) -> impl FnMut(&[&[u8]]) {
+    let mut conns: Vec<Conn> = nodes.iter().map(|&n| Conn::connect(n, CLIENT_TIMEOUT).unwrap()).collect();
     let mut owner = vec![0usize; 16384];
     for (i, conn) in conns.iter_mut().enumerate() {
         let Value::Array(Some(ranges)) = conn.cmd(&["CLUSTER", "SLOTS"]).unwrap() else { panic!("CLUSTER SLOTS") };
@@ -193,7 +205,7 @@ fn cluster_sender(nodes: &[Proc]) -> impl FnMut(&[&[u8]]) {
             let (Value::Int(start), Value::Int(end), Value::Array(Some(primary))) = (&r[0], &r[1], &r[2]) else {
                 panic!()
             };
-            if primary[1] == Value::Int(nodes[i].addr.port() as i64) {
+            if primary[1] == Value::Int(nodes[i].port() as i64) {
                 owner[*start as usize..=*end as usize].fill(i);
             }
         }
@@ -293,4 +305,215 @@ fn verify_finds_a_changed_value_a_changed_ttl_and_an_extra_key() {
     let Value::Int(ms) = src_ttl else { panic!() };
     ok(&mut client, &[b"PEXPIRE", b"ttl:v5", ms.to_string().as_bytes()]);
     assert!(verify().status.success());
+}
+
+/// What ElastiCache allows and refuses: no SYNC, PSYNC or CONFIG; notifications set in the
+/// server's configuration (here its command line, as a parameter group would).
+const ELASTICACHE_LIKE: &[&str] = &[
+    "--rename-command",
+    "SYNC",
+    "",
+    "--rename-command",
+    "PSYNC",
+    "",
+    "--rename-command",
+    "CONFIG",
+    "",
+    "--notify-keyspace-events",
+    "KEA",
+    "--user",
+    "migrator",
+    "on",
+    ">migrator-secret",
+    "~*",
+    "&*",
+    "+@all",
+];
+
+/// A `memlog import live` run, its `--json` lines collected by a thread; killed by pid on drop.
+struct LiveImport {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl LiveImport {
+    fn start(args: &[&str]) -> LiveImport {
+        let mut child = Command::new(memlog_bin())
+            .args(["import", "live", "--json"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run memlog import live");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("import live: {line}");
+                if tx.send(serde_json::from_str(&line).expect("a JSON progress line")).is_err() {
+                    break;
+                }
+            }
+        });
+        LiveImport { child, lines, seen: Vec::new() }
+    }
+
+    /// Waits for a progress line matching `want`; returns it.
+    fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if want(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("import live: no {what} within {timeout:?} (exit: {:?})", self.child.try_wait()),
+            }
+        }
+    }
+
+    /// SIGINT (the cut-over), then its exit status within `timeout`.
+    fn interrupt(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "import live did not exit within {timeout:?} of SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for LiveImport {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes into the source until stopped: overwrites, deletes, keys expiring within a
+/// second, TTLs set and removed, hash and list updates. Returns how many commands ran.
+fn start_write_load(nodes: Vec<SocketAddr>) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+    let running = Arc::new(AtomicBool::new(true));
+    let flag = running.clone();
+    let thread = std::thread::spawn(move || {
+        let mut send = cluster_sender_at(&nodes);
+        let mut i: u64 = 0;
+        while flag.load(Ordering::Relaxed) {
+            let n = |m: u64| (i * 7919 % m).to_string();
+            let cmds: [Vec<String>; 6] = [
+                vec!["SET".into(), format!("load:s{}", n(2000)), format!("v{i}")],
+                vec!["DEL".into(), format!("load:s{}", n(1999))],
+                vec!["SET".into(), format!("load:e{}", n(300)), "x".into(), "PX".into(), (50 + i % 900).to_string()],
+                vec!["SET".into(), format!("load:t{}", n(300)), "y".into(), "EX".into(), (100 + i % 50).to_string()],
+                vec!["PERSIST".into(), format!("load:t{}", n(299))],
+                vec!["HINCRBY".into(), format!("load:h{}", n(50)), format!("f{}", n(5)), "1".into()],
+            ];
+            for cmd in &cmds {
+                let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_bytes()).collect();
+                send(&args);
+            }
+            let list = format!("list:{}{}", ["a", "b", "c"][(i % 3) as usize], n(40));
+            send(&[b"RPUSH", list.as_bytes(), b"more"]);
+            send(&[b"LTRIM", list.as_bytes(), b"-5", b"-1"]);
+            i += 1;
+        }
+        i * 8
+    });
+    (running, thread)
+}
+
+#[test]
+fn import_live_from_an_elasticache_like_cluster_under_load_then_cut_over_verifies_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = redis_cluster_with(dir.path(), ELASTICACHE_LIKE);
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut probe = Conn::connect(addrs[0], CLIENT_TIMEOUT).unwrap();
+    for refused in ["SYNC", "PSYNC", "CONFIG"] {
+        assert!(probe.cmd(&[refused, "GET", "x"]).unwrap().is_error(), "{refused} must be refused at the source");
+    }
+    let mut send = cluster_sender(&nodes);
+    for prefix in ["a", "b", "c"] {
+        populate(prefix, &mut send);
+    }
+    for i in 0..3000 {
+        send(&[b"SET", format!("bulk:{i}").as_bytes(), format!("value-{i}").as_bytes()]);
+    }
+    let password = dir.path().join("source-password");
+    std::fs::write(&password, "migrator-secret\n").unwrap();
+    let cluster = memlog_cluster();
+    let to = redis_url(cluster.proxy_addr());
+    let source_url = format!("redis://migrator@{}", addrs[1]);
+    let source_args = [source_url.as_str(), "--cluster", "--source-password-file", password.to_str().unwrap()];
+
+    let (running, load) = start_write_load(addrs.clone());
+    let mut args = source_args.to_vec();
+    args.extend(["--to", &to]);
+    let mut live = LiveImport::start(&args);
+    let copied =
+        live.wait_for("end of the first pass", Duration::from_secs(120), |l| l["phase"] == "copy" && l["done"] == true);
+    assert!(copied["keys"].as_u64().unwrap() > 3000, "{copied}");
+    // Stay in sync under the load for a while: changes are re-copied.
+    live.wait_for("changes re-copied", Duration::from_secs(60), |l| {
+        l["phase"] == "sync" && l["recopied"].as_u64() > Some(2000)
+    });
+    running.store(false, Ordering::Relaxed);
+    let commands = load.join().unwrap();
+    // Drained: nothing left to copy since the load stopped.
+    live.wait_for("a drained feed", Duration::from_secs(60), |l| l["phase"] == "sync" && l["lag_keys"] == 0);
+    let status = live.interrupt(Duration::from_secs(60));
+    assert!(status.success(), "import live must end cleanly at the cut-over: {status}");
+    let last = live.wait_for("the final line", Duration::from_secs(5), |l| l["done"] == true);
+    assert_eq!((last["phase"].as_str(), last["lag_keys"].as_u64()), (Some("sync"), Some(0)), "{last}");
+    assert!(last["deleted"].as_u64().unwrap() > 0, "deletes and expiries reached memlog: {last}");
+    eprintln!("load: {commands} commands during the import");
+
+    let mut args = vec!["verify"];
+    args.extend(source_args);
+    args.extend(["--to", &to]);
+    let out = import(&args);
+    assert!(out.status.success(), "verify after the cut-over must find no difference");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(", 0 differences"));
+}
+
+#[test]
+fn import_live_refuses_a_source_without_notifications_naming_the_parameter() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = spawn_source(dir.path(), &[]);
+    let partial = spawn_source(dir.path(), &["--notify-keyspace-events", "E$x"]);
+    let mut conn = Conn::connect(off.addr, CLIENT_TIMEOUT).unwrap();
+    ok(&mut conn, &[b"SET", b"k", b"v"]);
+    let cluster = memlog_cluster();
+    let to = redis_url(cluster.proxy_addr());
+
+    let out = import(&["live", &redis_url(off.addr), "--to", &to]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no keyevent notification at all") && stderr.contains("notify-keyspace-events"),
+        "{stderr}"
+    );
+
+    let out = import(&["live", &redis_url(partial.addr), "--to", &to]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("generic, list, set, hash, sorted set, stream") && stderr.contains("lacks glshzt"),
+        "{stderr}"
+    );
+
+    assert_eq!(cluster.client().cmd(&["DBSIZE"]).unwrap(), Value::Int(0), "nothing was copied");
+    let leftover = Conn::connect(partial.addr, CLIENT_TIMEOUT).unwrap().cmd(&["DBSIZE"]).unwrap();
+    assert_eq!(leftover, Value::Int(0), "the probe's scratch key is gone");
 }

@@ -100,6 +100,13 @@ impl Conn {
             .map_err(|_| ConnError::Timeout { addr: self.addr.clone() })?
     }
 
+    /// The next frame a subscribed connection pushes, however long it takes to come: on such a
+    /// connection silence is normal (no writes at the source), so [`REPLY_TIMEOUT`] does not apply.
+    pub async fn pushed(&mut self) -> Result<BytesFrame, ConnError> {
+        self.flush().await?;
+        self.read_frame().await
+    }
+
     async fn read_frame(&mut self) -> Result<BytesFrame, ConnError> {
         loop {
             match redis_protocol::resp2::decode::decode_bytes_mut(&mut self.inbuf) {

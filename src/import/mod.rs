@@ -1,9 +1,12 @@
 //! `memlog import`: bring existing data into a running memlog cluster, through its proxy (so
 //! every key is journaled like any other write): from RDB files (`rdb`), and a check that a
-//! source and memlog hold the same data (`verify`). README.md, "Importing data", has the cut-over step by step.
+//! source and memlog hold the same data (`verify`), and from a running source kept in sync
+//! until the cut-over (`live`). README.md, "Importing data", has the cut-over step by step.
 
 mod conn;
 mod endpoint;
+mod feed;
+mod live;
 mod progress;
 mod rdb;
 mod source;
@@ -31,10 +34,18 @@ enum ImportCommand {
     /// hashes, streams with their consumer groups) and TTLs (within 1 s). Prints every difference;
     /// exits 0 only when there is none.
     Verify(verify::VerifyArgs),
+    /// Copy a running Redis or ElastiCache (≤ 7.0) into memlog while it keeps taking writes, and
+    /// keep memlog in sync until SIGINT/SIGTERM (the cut-over). Needs no SYNC, PSYNC or CONFIG:
+    /// SCAN/DUMP/PTTL per source primary, plus the changes seen through keyspace notifications
+    /// (the source's notify-keyspace-events must include E and A, e.g. "KEA"; checked at the
+    /// start by a probe write on a scratch key). The exact PSYNC mode is not built.
+    Live(live::LiveArgs),
 }
 
 pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
     match args.command {
+        // Only a live import outlives its work; rdb and verify end on SIGINT as any command does.
+        ImportCommand::Live(args) => live::run(args, crate::signals::shutdown_signal()).await,
         ImportCommand::Rdb(args) => rdb::run(args).await,
         ImportCommand::Verify(args) => verify::run(args).await,
     }

@@ -16,7 +16,7 @@ use memlog_rdb::{Checksum, Item, RdbReader};
 use tokio::sync::mpsc;
 
 use super::conn::Conn;
-use super::progress::Progress;
+use super::progress::{Progress, Total};
 use super::{show, TargetArgs};
 
 #[derive(clap::Args)]
@@ -108,7 +108,7 @@ pub async fn run(args: RdbArgs) -> anyhow::Result<()> {
 
 /// The first pass: every file read whole and checked; the first problem refuses the import.
 fn check_all(files: &[PathBuf], total_bytes: u64, json: bool) -> anyhow::Result<Vec<FileCheck>> {
-    let mut progress = Progress::new("check", Some(total_bytes), json);
+    let mut progress = Progress::new("check", Some(Total::Bytes(total_bytes)), json);
     let mut done_bytes = 0;
     let mut keys = 0;
     let mut checks = Vec::new();
@@ -163,7 +163,7 @@ fn send_all(
     json: bool,
     restored: &AtomicU64,
 ) -> anyhow::Result<u64> {
-    let mut progress = Progress::new("restore", Some(total_bytes), json);
+    let mut progress = Progress::new("restore", Some(Total::Bytes(total_bytes)), json);
     let mut batches: Vec<Vec<Restore>> = senders.iter().map(|_| Vec::with_capacity(pipeline)).collect();
     let mut expired = 0;
     let mut read = 0;

@@ -97,6 +97,8 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
             checked += 1;
             match (src.ttl_ms, tgt.ttl_ms) {
                 (-2, -2) => {} // Gone from the source (expired or deleted) and from memlog.
+                // Expiring within the tolerance: gone on one side a moment before the other.
+                (-2, t) | (t, -2) if (0..=TTL_TOLERANCE_MS).contains(&t) => {}
                 (-2, _) => report(format!("extra on target: {} (gone from the source)", show(key))),
                 (_, -2) => report(format!("missing on target: {}", show(key))),
                 _ if src.kind != tgt.kind => {
