@@ -136,8 +136,15 @@ pub async fn run(args: LiveArgs, shutdown: impl Future<Output = ()>) -> anyhow::
             }
         }
     }
-    // Every worker ended without error: only a stop after the pass does that, fully drained.
-    progress.finish(counters.recopied.load(Ordering::Relaxed), 0, &report_extra(&counters, 0, 0));
+    // Every worker ended without error: only a stop after the pass does that, drained.
+    let (lag_keys, lag_ms) = lag(&lags);
+    let extra = report_extra(&counters, lag_keys, lag_ms);
+    if !syncing {
+        let (keys, bytes) = pass_totals(&counters);
+        progress.finish(keys, bytes, &extra);
+        progress = Progress::new("sync", None, args.json);
+    }
+    progress.finish(counters.recopied.load(Ordering::Relaxed), 0, &extra);
     Ok(())
 }
 
