@@ -94,7 +94,8 @@ fn main() -> Result<()> {
     println!("\nmedian of {rounds} rounds:");
     for ((_, name), runs) in METHODS.iter().zip(&mut seconds) {
         runs.sort_by(f64::total_cmp);
-        let median = runs[runs.len() / 2];
+        let mid = runs.len() / 2;
+        let median = if runs.len() % 2 == 0 { (runs[mid - 1] + runs[mid]) / 2.0 } else { runs[mid] };
         println!(
             "  {name:<20} {:>8.0} keys/s {:>6.2} MiB/s ({median:.2} s)",
             keys as f64 / median,
