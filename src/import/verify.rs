@@ -9,6 +9,7 @@ use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
 use super::conn::Conn;
+use super::rdb::now_ms;
 use super::source::{scan_all, Nodes};
 use super::{show, SourceArgs, TargetArgs};
 
@@ -29,12 +30,33 @@ pub struct VerifyArgs {
     sample: Option<u64>,
 }
 
-/// A key's state on one side: type, TTL in ms (-1 none, -2 missing), value by content.
+/// A key's state on one side: type, expiry, value by content.
 #[derive(Debug, PartialEq)]
 struct KeyState {
     kind: String,
-    ttl_ms: i64,
+    expiry: Expiry,
     value: Vec<BytesFrame>,
+}
+
+/// A key's expiry as one side reported it. A TTL is turned into an absolute time (Unix ms) as
+/// its reply arrives, so that the seconds between reading the source and reading memlog (many,
+/// on a loaded machine or over a slow link) do not show up as a TTL difference.
+#[derive(Debug, PartialEq, Clone, Copy)]
+enum Expiry {
+    Missing,
+    Never,
+    At(i64),
+}
+
+impl Expiry {
+    /// From a `PTTL` reply (-2 missing, -1 no expiry) read at `now_ms`.
+    fn from_pttl(pttl: i64, now_ms: i64) -> Expiry {
+        match pttl {
+            -2 => Expiry::Missing,
+            ttl if ttl < 0 => Expiry::Never,
+            ttl => Expiry::At(now_ms + ttl),
+        }
+    }
 }
 
 pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
@@ -95,19 +117,25 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         let on_target = states(&mut target, batch).await?;
         for ((key, src), tgt) in batch.iter().zip(on_source).zip(on_target) {
             checked += 1;
-            match (src.ttl_ms, tgt.ttl_ms) {
-                (-2, -2) => {} // Gone from the source (expired or deleted) and from memlog.
+            let now = now_ms();
+            match (src.expiry, tgt.expiry) {
+                (Expiry::Missing, Expiry::Missing) => {} // Gone from the source (expired or deleted) and from memlog.
                 // Expiring within the tolerance: gone on one side a moment before the other.
-                (-2, t) | (t, -2) if (0..=TTL_TOLERANCE_MS).contains(&t) => {}
-                (-2, _) => report(format!("extra on target: {} (gone from the source)", show(key))),
-                (_, -2) => report(format!("missing on target: {}", show(key))),
+                (Expiry::Missing, Expiry::At(at)) | (Expiry::At(at), Expiry::Missing)
+                    if at - now <= TTL_TOLERANCE_MS => {}
+                (Expiry::Missing, _) => report(format!("extra on target: {} (gone from the source)", show(key))),
+                (_, Expiry::Missing) => report(format!("missing on target: {}", show(key))),
                 _ if src.kind != tgt.kind => {
                     report(format!("type differs: {}: source {}, target {}", show(key), src.kind, tgt.kind))
                 }
                 _ if src.value != tgt.value => report(format!("value differs: {} ({})", show(key), src.kind)),
-                (a, b) if (a == -1) != (b == -1) || (a - b).abs() > TTL_TOLERANCE_MS => {
-                    report(format!("ttl differs: {}: source {}, target {}", show(key), ttl_text(a), ttl_text(b)))
-                }
+                (Expiry::At(a), Expiry::At(b)) if (a - b).abs() <= TTL_TOLERANCE_MS => {}
+                (a, b) if a != b => report(format!(
+                    "ttl differs: {}: source {}, target {}",
+                    show(key),
+                    expiry_text(a, now),
+                    expiry_text(b, now)
+                )),
                 _ => {}
             }
         }
@@ -119,11 +147,11 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ttl_text(ms: i64) -> String {
-    if ms == -1 {
-        "none".into()
-    } else {
-        format!("{ms} ms")
+fn expiry_text(expiry: Expiry, now_ms: i64) -> String {
+    match expiry {
+        Expiry::Missing => "missing".into(),
+        Expiry::Never => "none".into(),
+        Expiry::At(at) => format!("{} ms", at - now_ms),
     }
 }
 
@@ -147,7 +175,8 @@ async fn states(conn: &mut Conn, keys: &[Bytes]) -> anyhow::Result<Vec<KeyState>
             BytesFrame::SimpleString(kind) => String::from_utf8_lossy(&kind).into_owned(),
             other => anyhow::bail!("{}: TYPE: {other:?}", conn.addr()),
         };
-        heads.push((kind, integer(conn.reply().await?)?));
+        let pttl = integer(conn.reply().await?)?;
+        heads.push((kind, Expiry::from_pttl(pttl, now_ms())));
     }
     // Streams: their consumer groups' names first, to ask each group's pending summary.
     let mut groups = Vec::with_capacity(keys.len());
@@ -163,13 +192,13 @@ async fn states(conn: &mut Conn, keys: &[Bytes]) -> anyhow::Result<Vec<KeyState>
         counts.push(queue_value(conn, kind, key, groups)?);
     }
     let mut out = Vec::with_capacity(keys.len());
-    for ((kind, ttl_ms), count) in heads.into_iter().zip(counts) {
+    for ((kind, expiry), count) in heads.into_iter().zip(counts) {
         let mut value = Vec::with_capacity(count);
         for _ in 0..count {
             let reply = conn.reply().await?;
             value.push(canonical(&kind, conn.refused_if_error(b"read", reply)?));
         }
-        out.push(KeyState { kind, ttl_ms, value });
+        out.push(KeyState { kind, expiry, value });
     }
     Ok(out)
 }
