@@ -8,6 +8,7 @@ mod children;
 mod cluster_file;
 mod deployment;
 mod failover_cmd;
+mod import;
 mod probe;
 mod signals;
 mod status;
@@ -62,6 +63,9 @@ enum Command {
     /// Switch a shard's primary over to a replica, gracefully and without losing a write (the
     /// proxy pauses the shard, catches the replica up from the journal, then switches).
     Failover(failover_cmd::FailoverArgs),
+    /// Bring existing data into a running memlog cluster from RDB files, and verify that a source
+    /// Redis and memlog hold the same data.
+    Import(import::ImportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up(args) => up::run(args, shutdown_signal()).await,
             Command::Status(args) => status::run(args).await,
             Command::Failover(args) => failover_cmd::run(args).await,
+            Command::Import(args) => import::run(args).await,
         }
     })
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 #[path = "../../tests/common/ports.rs"]
-mod ports;
+pub mod ports;
 
 /// Clients redis-benchmark keeps open (`-c`).
 pub const CLIENTS: u32 = 50;
