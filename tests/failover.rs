@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::cluster::{journal_first_lsns, spawn_redis_at, CLIENT_TIMEOUT};
-use common::load::{lost_writes, Load, Progress};
+use common::load::{lost_writes, Load, Outcome, Progress};
 use common::resp::{Conn, Value};
 use common::{free_port, memlog_bin, spawn_journal_with, spawn_listening, Proc};
 use serde_json::Value as Json;
@@ -358,6 +358,75 @@ struct Fault {
     failovers_completed: usize,
 }
 
+/// Single writes that keep arriving through a fault: every 20 ms a new connection sends one
+/// `SET arrival:n n`. The load's connections are all stuck behind the fault within moments
+/// (each waits for its pipeline's replies), so without these no write would reach the proxy
+/// while a shard is held, and a proxy that refused writes during a hold would go unnoticed.
+struct Arrivals {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<(u64, std::io::Result<Value>)>>,
+}
+
+impl Arrivals {
+    fn start(addr: SocketAddr) -> Arrivals {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut writers = Vec::new();
+            for n in 0.. {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                writers.push(std::thread::spawn(move || {
+                    let set = ["SET".to_string(), format!("arrival:{n}"), n.to_string()];
+                    (n, Conn::connect(addr, CLIENT_TIMEOUT).and_then(|mut conn| conn.cmd(&set)))
+                }));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        Arrivals { stop, thread }
+    }
+
+    /// Stops sending; returns how many were refused with `-TRYAGAIN`, and every problem: an
+    /// acknowledged or committed write missing, an error text the proxy is not known to send.
+    /// (A write whose connection failed, e.g. while the proxy restarts, counts for nothing.)
+    fn finish(self, addr: SocketAddr) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut conn = Conn::connect(addr, CLIENT_TIMEOUT).expect("connect to check");
+        let (mut refused, mut problems) = (0, Vec::new());
+        for (n, reply) in self.thread.join().unwrap() {
+            let must_hold = match reply {
+                Ok(Value::Simple(ok)) if ok == "OK" => true,
+                Ok(Value::Error(e)) => match Outcome::of_error(&e) {
+                    Some(Outcome::Refused) => {
+                        refused += 1;
+                        false
+                    }
+                    Some(Outcome::Committed) => true,
+                    Some(_) => false,
+                    None => {
+                        problems.push(format!("SET arrival:{n}: unknown error text {e:?}"));
+                        false
+                    }
+                },
+                Ok(other) => {
+                    problems.push(format!("SET arrival:{n} answered {other:?}"));
+                    false
+                }
+                Err(_) => false,
+            };
+            if must_hold {
+                let got = conn.cmd(&["GET".to_string(), format!("arrival:{n}")]).unwrap();
+                if got.text() != n.to_string() {
+                    problems.push(format!("arrival:{n}: acknowledged or committed SET {n}, now {got:?}"));
+                }
+            }
+        }
+        (refused, problems)
+    }
+}
+
 /// Whether a case may answer writes with `-TRYAGAIN`.
 enum Refusals {
     /// None: every write waits through the fault.
@@ -370,6 +439,7 @@ enum Refusals {
 struct Checked {
     load: Load,
     gaps: GapMeter,
+    arrivals: Arrivals,
 }
 
 impl Checked {
@@ -377,7 +447,7 @@ impl Checked {
         let load = Load::start(cluster.proxy_addr, LOAD_CONNECTIONS);
         assert!(load.wait_for_more_acks(300, RECOVERY), "no load before the fault\n{}", cluster.proxy_log());
         let gaps = GapMeter::start(load.progress.clone());
-        Checked { load, gaps }
+        Checked { load, gaps, arrivals: Arrivals::start(cluster.proxy_addr) }
     }
 
     /// Waits for writes to flow again after the fault.
@@ -395,6 +465,8 @@ impl Checked {
         let (tryagain, committed, unknown) =
             (count(&progress.tryagain), count(&progress.committed), count(&progress.unknown));
         let logs = self.load.stop();
+        let (arrivals_refused, mut lost) = self.arrivals.finish(cluster.proxy_addr);
+        let tryagain = tryagain + arrivals_refused;
         let acked: usize = logs.iter().map(|l| l.acked_sets.len()).sum();
         println!(
             "failover gap {case}: {} ms ({acked} acknowledged SETs, {tryagain} TRYAGAIN, {committed} committed \
@@ -408,10 +480,10 @@ impl Checked {
         if matches!(refusals, Refusals::None) {
             assert_eq!(tryagain, 0, "{case}: writes were refused with -TRYAGAIN\n{}", cluster.proxy_log());
         }
-        let lost = lost_writes(cluster.proxy_addr, &logs);
+        lost.extend(lost_writes(cluster.proxy_addr, &logs));
         assert!(
             lost.is_empty(),
-            "{case}: {} acknowledged writes lost: {:?}\n{}",
+            "{case}: {} writes lost or wrong: {:?}\n{}",
             lost.len(),
             &lost[..lost.len().min(20)],
             cluster.proxy_log()

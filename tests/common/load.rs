@@ -32,7 +32,7 @@ pub struct Progress {
 
 /// What the proxy's reply says about one write.
 #[derive(Debug, PartialEq)]
-enum Outcome {
+pub enum Outcome {
     /// Success: applied.
     Acked,
     /// `-TRYAGAIN`: not applied.
@@ -80,7 +80,7 @@ const KNOWN_ERRORS: &[(&str, &str, Outcome)] = &[
 
 impl Outcome {
     /// What an error reply says, or None for a text the proxy is not known to send.
-    fn of_error(error: &str) -> Option<&'static Outcome> {
+    pub fn of_error(error: &str) -> Option<&'static Outcome> {
         KNOWN_ERRORS
             .iter()
             .find(|(start, end, _)| {
