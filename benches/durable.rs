@@ -12,14 +12,22 @@
 //! MEMLOG_BENCH_ROUNDS=3 cargo bench --bench durable  # more interleaved rounds (default 2)
 //! ```
 //!
+//! Error replies are never counted as throughput: redis-benchmark 7 exits non-zero on the first
+//! one (which fails the bench), and after the runs each memlog Redis must have applied exactly
+//! the SETs sent to the proxy. The raw `fdatasync` latency of the bench's directory is printed
+//! first, so a run on a filesystem where fsync is free shows.
+//!
 //! Targets (informational; a shared machine is too noisy to fail on): memlog at least 1.0×
 //! `appendfsync always` and 0.6× no persistence, p50 durable write latency at most 1 ms.
 
+#[path = "support/fsync.rs"]
+mod fsync;
 #[path = "support/mod.rs"]
 mod support;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -61,6 +69,14 @@ const NO_PERSISTENCE_NAME: &str = "redis-no-persistence";
 fn main() -> Result<()> {
     let Settings { quick, rounds } = Settings::from_env()?;
     let dir = tempfile::tempdir()?;
+    let raw = fsync::raw_fdatasync(&dir.path().join("raw-fdatasync"), 200);
+    println!(
+        "raw fdatasync of a {} B append in {}: p50 {:.3} ms, p99 {:.3} ms",
+        fsync::RAW_APPEND_BYTES,
+        dir.path().display(),
+        raw.p50.as_secs_f64() * 1e3,
+        raw.p99.as_secs_f64() * 1e3
+    );
     let mut memlog = MemlogCluster::start(&dir.path().join("memlog"), None)?;
     let fsync_always_addr = support::free_addr();
     let _fsync_always = support::start_redis(fsync_always_addr, &dir.path().join("fsync-always"), FSYNC_ALWAYS)?;
@@ -91,6 +107,7 @@ fn main() -> Result<()> {
         let medians = support::interleaved(&workload, &targets, rounds)?;
         rows.push(Row { pipeline, memlog: medians[0], fsync_always: medians[1], no_persistence: medians[2] });
     }
+    memlog.check_applied(memlog_sets)?;
     let replay = memlog.restart_on_empty_redis()?;
     anyhow::ensure!(replay.entries > 0, "the restarted proxy replayed nothing onto the empty Redis");
     print_table(&rows);
@@ -128,6 +145,7 @@ fn compare_rebuilds(dir: &Path, quick: bool) -> Result<()> {
         }
         // Writes after the snapshot: the tail a rebuild replays on top of it.
         support::redis_benchmark(cluster.proxy_addr, &workload, sets / 10)?;
+        cluster.check_applied(sets + sets / 10)?;
         let journal_bytes = cluster.journal_bytes()?;
         let replay = cluster.restart_on_empty_redis()?;
         println!(
@@ -275,6 +293,29 @@ impl MemlogCluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Fails unless the Redis behind the proxy applied exactly `sent` client SETs: every SET it
+    /// ran, less the one `SET __memlog:lsn` of each journal entry applied (`MULTI … SET
+    /// __memlog:lsn N EXEC`, proxy/src/sequencer/applier.rs).
+    fn check_applied(&self, sent: u64) -> Result<()> {
+        let output = Command::new("redis-cli")
+            .args(["-h", &self.redis_addr.ip().to_string(), "-p", &self.redis_addr.port().to_string()])
+            .args(["INFO", "commandstats"])
+            .output()
+            .context("cannot run redis-cli")?;
+        let stats = String::from_utf8_lossy(&output.stdout);
+        let calls = |command: &str| -> u64 {
+            let prefix = format!("cmdstat_{command}:calls=");
+            stats.lines().find_map(|line| line.strip_prefix(&prefix)?.split(',').next()?.parse().ok()).unwrap_or(0)
+        };
+        let applied = calls("set").saturating_sub(calls("exec"));
+        anyhow::ensure!(
+            applied == sent,
+            "{sent} SETs were sent to memlog but its Redis applied {applied}: some were answered with errors\n{stats}"
+        );
+        println!("write check: the {sent} SETs sent to memlog are all applied");
+        Ok(())
     }
 
     /// Bytes of journal segments on disk, over all journal nodes.

@@ -8,10 +8,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/fsync.rs"]
+mod fsync;
 
 use std::future::Future;
-use std::io::Write;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use journal_service::{Entry, NodeClient, NodeError};
 
-const PAYLOAD_BYTES: usize = 1024;
+use fsync::{percentiles, raw_fdatasync, Percentiles};
+
+/// The raw fdatasync baseline appends the same size.
+const PAYLOAD_BYTES: usize = fsync::RAW_APPEND_BYTES;
 const LEVELS: [usize; 3] = [1, 16, 128];
 
 fn main() {
@@ -71,35 +74,8 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_secs_f64(ticks as f64 / hz as f64)
 }
 
-struct Percentiles {
-    p50: Duration,
-    p99: Duration,
-}
-
-fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
-    samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
-    Percentiles { p50: at(0.50), p99: at(0.99) }
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// Latency of appending 1 KiB to a file and `fdatasync`ing it, as the journal does.
-fn raw_fdatasync(dir: &Path, rounds: usize) -> Percentiles {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut file = std::fs::File::create(dir.join("raw.log")).unwrap();
-    let block = vec![7u8; PAYLOAD_BYTES];
-    let samples = (0..rounds)
-        .map(|_| {
-            let started = Instant::now();
-            file.write_all(&block).unwrap();
-            file.sync_data().unwrap();
-            started.elapsed()
-        })
-        .collect();
-    percentiles(samples)
 }
 
 struct LevelResult {

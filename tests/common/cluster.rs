@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use journal_service::node_client::NodeClient;
+
 use super::load::{lost_writes, Load};
 use super::resp::{Conn, Value};
 use super::{free_port, memlog_bin, spawn_journal_with, spawn_listening, Proc};
@@ -250,6 +252,20 @@ impl DurableCluster {
         let (dir, port) = (journal_dir(self.dir.path(), node), self.journal_addrs[node].port());
         self.journal[node] = Some(spawn_journal_with(&dir, port, &self.journal_args));
     }
+}
+
+/// The first LSN each journal node at `addrs` still stores of `stream`: above 1 once the node
+/// gave back the segments below a snapshot.
+pub fn journal_first_lsns(addrs: &[SocketAddr], stream: &str) -> Vec<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut firsts = Vec::new();
+        for addr in addrs {
+            let status = NodeClient::new(*addr).status().await.expect("journal node status");
+            firsts.push(status.streams[stream].first_lsn);
+        }
+        firsts
+    })
 }
 
 fn journal_dir(dir: &Path, node: usize) -> PathBuf {
