@@ -3,6 +3,7 @@
 
 // Layers, top to bottom; a module uses only modules below it (docs/architecture.md, checked by
 // tests/layers.rs).
+mod access;
 pub mod backend;
 mod clients;
 mod commands;
