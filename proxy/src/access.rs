@@ -24,7 +24,7 @@ use crate::config::UserConfig;
 
 /// Why the users could not be set up at start or reloaded.
 #[derive(Debug, thiserror::Error)]
-pub enum AccessError {
+pub(crate) enum AccessError {
     #[error("the backend's COMMAND reply: {0}")]
     Catalog(#[from] CatalogError),
     #[error("user {name:?}: {message}")]
@@ -34,9 +34,9 @@ pub enum AccessError {
 }
 
 /// What a change of users did, for the caller to close connections.
-pub struct Removed(pub Vec<Vec<u8>>);
+pub(crate) struct Removed(pub(crate) Vec<Vec<u8>>);
 
-pub struct Access {
+pub(crate) struct Access {
     catalog: Catalog,
     users: ArcSwap<Users>,
     log: Mutex<AclLog>,
@@ -51,7 +51,7 @@ pub struct Access {
 impl Access {
     /// The catalog of `command_reply` (a `COMMAND` reply) and the users: those in `store` if it
     /// holds any, else the configured ones (written to `store`).
-    pub async fn start(
+    pub(crate) async fn start(
         command_reply: &Value,
         configured: &[UserConfig],
         store: Option<Arc<MetaStore>>,
@@ -85,17 +85,17 @@ impl Access {
         })
     }
 
-    pub fn catalog(&self) -> &Catalog {
+    pub(crate) fn catalog(&self) -> &Catalog {
         &self.catalog
     }
 
     /// The users as they are now.
-    pub fn users(&self) -> Arc<Users> {
+    pub(crate) fn users(&self) -> Arc<Users> {
         self.users.load_full()
     }
 
     /// Changes with every change of users.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
@@ -106,13 +106,13 @@ impl Access {
     }
 
     /// A new connection must authenticate unless `default` is on with no password (Redis).
-    pub fn auth_required(&self) -> bool {
+    pub(crate) fn auth_required(&self) -> bool {
         !self.users.load().get(b"default").is_some_and(|u| u.enabled() && u.nopass())
     }
 
     /// `AUTH`/`HELLO … AUTH`: a failure is counted and logged to `ACL LOG` (`object` is the
     /// command as the client spelt it, as Redis logs it).
-    pub fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         name: &[u8],
         password: &[u8],
@@ -140,7 +140,7 @@ impl Access {
     /// May `user` run this request (`args` from the command name on)? A command the catalog
     /// lacks (one the proxy serves itself that this Redis does not have) is held to its
     /// container's permissions. A user removed meanwhile may run nothing.
-    pub fn check(&self, user: &[u8], args: &[Bytes]) -> Result<(), Denial> {
+    pub(crate) fn check(&self, user: &[u8], args: &[Bytes]) -> Result<(), Denial> {
         let users = self.users.load();
         let command = match self.catalog.lookup(args) {
             Ok(command) => command,
@@ -160,7 +160,7 @@ impl Access {
         }
     }
 
-    pub fn log_denial(&self, denial: &Denial, context: LogContext, user: &[u8], client_info: &[u8]) {
+    pub(crate) fn log_denial(&self, denial: &Denial, context: LogContext, user: &[u8], client_info: &[u8]) {
         self.log_event(LogEvent::denied(denial, context, user, client_info));
     }
 
@@ -169,17 +169,17 @@ impl Access {
     }
 
     /// `ACL LOG [count]`.
-    pub fn log_reply(&self, count: Option<i64>) -> Value {
+    pub(crate) fn log_reply(&self, count: Option<i64>) -> Value {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).reply(count, now_ms())
     }
 
     /// `ACL LOG RESET`.
-    pub fn log_reset(&self) {
+    pub(crate) fn log_reset(&self) {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).reset();
     }
 
     /// `ACL SETUSER`: stored, then in force. Returns the user before and after.
-    pub async fn set_user(&self, name: &[u8], rules: &[Bytes]) -> Result<(Option<User>, User), Vec<u8>> {
+    pub(crate) async fn set_user(&self, name: &[u8], rules: &[Bytes]) -> Result<(Option<User>, User), Vec<u8>> {
         let _change = self.changes.lock().await;
         let mut users = Users::clone(&self.users.load());
         let before = users.set_user(&self.catalog, name, rules).map_err(|e: SetUserError| e.reply())?;
@@ -193,7 +193,7 @@ impl Access {
     }
 
     /// `ACL DELUSER`: the names of the users removed (their connections must close).
-    pub async fn del_users(&self, names: &[Bytes]) -> Result<Removed, Vec<u8>> {
+    pub(crate) async fn del_users(&self, names: &[Bytes]) -> Result<Removed, Vec<u8>> {
         let _change = self.changes.lock().await;
         let mut users = Users::clone(&self.users.load());
         let removed = users.del_users(names).map_err(|e| e.as_bytes().to_vec())?;
@@ -209,7 +209,7 @@ impl Access {
 
     /// `ACL LOAD`: the users of the store replace the compiled ones (without a store, the
     /// configured ones are all there is: nothing changes). Returns the users that are gone.
-    pub async fn load(&self) -> Result<Removed, AccessError> {
+    pub(crate) async fn load(&self) -> Result<Removed, AccessError> {
         let _change = self.changes.lock().await;
         let Some(store) = &self.store else { return Ok(Removed(Vec::new())) };
         let stored = store.list_users().await.map_err(|e| AccessError::Store(e.to_string()))?;

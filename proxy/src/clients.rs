@@ -16,7 +16,7 @@ use crate::resp::Proto;
 use crate::table::CommandInfo;
 
 /// What the proxy knows about one client connection (`CLIENT LIST`, `CLIENT KILL`).
-pub struct ClientHandle {
+pub(crate) struct ClientHandle {
     pub id: u64,
     pub addr: SocketAddr,
     pub local_addr: SocketAddr,
@@ -28,17 +28,19 @@ pub struct ClientHandle {
     pub user: Mutex<String>,
     pub lib_name: Mutex<Option<String>>,
     pub lib_version: Mutex<Option<String>>,
-    pub proto: AtomicU8,
+    proto: AtomicU8,
     /// Cancelled by `CLIENT KILL`: the session stops at once.
     pub kill: CancellationToken,
     /// True while the client waits in a blocking command (`flags=b`).
     pub blocked: AtomicBool,
-    /// Commands queued since MULTI (`multi=`), -1 outside a transaction.
-    pub multi: AtomicI64,
+    /// `multi=` of CLIENT LIST: commands queued since MULTI, -1 outside a transaction. A copy, for
+    /// other clients' CLIENT LIST, of what the session's `ClientCtx` holds; written only through
+    /// [`ClientHandle::show_queued`].
+    multi: AtomicI64,
 }
 
 impl ClientHandle {
-    pub fn new(id: u64, addr: SocketAddr, local_addr: SocketAddr, user: &str) -> ClientHandle {
+    pub(crate) fn new(id: u64, addr: SocketAddr, local_addr: SocketAddr, user: &str) -> ClientHandle {
         ClientHandle {
             id,
             addr,
@@ -59,7 +61,7 @@ impl ClientHandle {
 }
 
 impl ClientHandle {
-    pub fn proto(&self) -> Proto {
+    pub(crate) fn proto(&self) -> Proto {
         if self.proto.load(Ordering::Relaxed) == 3 {
             Proto::Resp3
         } else {
@@ -67,9 +69,18 @@ impl ClientHandle {
         }
     }
 
+    /// Publishes how many commands the client has queued in MULTI (None: not in MULTI).
+    pub(crate) fn show_queued(&self, queued: Option<usize>) {
+        self.multi.store(queued.map_or(-1, |n| n as i64), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_proto(&self, proto: Proto) {
+        self.proto.store(if proto == Proto::Resp3 { 3 } else { 2 }, Ordering::Relaxed);
+    }
+
     /// One `CLIENT LIST` / `CLIENT INFO` line, in Redis's format; `subscriptions` are the
     /// client's pub/sub counts (the hub keeps them).
-    pub fn info_line(&self, subscriptions: &SubscriptionCounts) -> String {
+    pub(crate) fn info_line(&self, subscriptions: &SubscriptionCounts) -> String {
         let now = Instant::now();
         let subscribed = subscriptions.channels + subscriptions.patterns + subscriptions.shard_channels > 0;
         let queued = self.multi.load(Ordering::Relaxed);
@@ -103,7 +114,7 @@ impl ClientHandle {
 
 /// A client's subscription counts, as `CLIENT LIST` shows them (`sub=`, `psub=`, `ssub=`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SubscriptionCounts {
+pub(crate) struct SubscriptionCounts {
     pub channels: usize,
     pub patterns: usize,
     pub shard_channels: usize,
@@ -118,7 +129,7 @@ const DEFAULT_PUSH_LIMIT: usize = 32 * 1024 * 1024;
 /// buffer limit: a subscriber too slow to keep up is disconnected rather than buffered without
 /// end.
 #[derive(Clone)]
-pub struct PushSender {
+pub(crate) struct PushSender {
     tx: mpsc::UnboundedSender<Bytes>,
     queued: Arc<AtomicUsize>,
     limit: usize,
@@ -148,7 +159,7 @@ impl PushSender {
     }
 
     /// The client the frames go to (its id, and its protocol, which frames are encoded in).
-    pub fn client(&self) -> &Arc<ClientHandle> {
+    pub(crate) fn client(&self) -> &Arc<ClientHandle> {
         &self.client
     }
 }

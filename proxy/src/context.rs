@@ -11,14 +11,13 @@ use crate::proxy::Proxy;
 use crate::pubsub::Subscriber;
 use crate::replies::Lanes;
 use crate::resp::Proto;
-use crate::sequencer::{Op, QueuedCommand, Watch, Write};
+use crate::sequencer::{QueuedCommand, SequencerOp, SequencerRequest, Watch};
 use crate::table::CommandInfo;
 
-pub struct ClientCtx {
+pub(crate) struct ClientCtx {
     pub proxy: Arc<Proxy>,
     pub client: Arc<ClientHandle>,
     pub lanes: Arc<Lanes>,
-    pub proto: Proto,
     pub authenticated: bool,
     /// The client's link to the pub/sub hub.
     pub pubsub: ClientPubSub,
@@ -32,18 +31,17 @@ pub struct ClientCtx {
     pub(crate) blocks: bool,
     /// Set by a command that closes the client's own connection once its reply is written
     /// (`ACL DELUSER` of its own user, as Redis closes it after the command).
-    pub close_after_reply: bool,
+    pub(crate) close_after_reply: bool,
 }
 
 impl ClientCtx {
-    pub fn new(proxy: Arc<Proxy>, client: Arc<ClientHandle>) -> ClientCtx {
+    pub(crate) fn new(proxy: Arc<Proxy>, client: Arc<ClientHandle>) -> ClientCtx {
         let lanes = Arc::new(Lanes::new(proxy.shards.len()));
         let authenticated = !proxy.access.auth_required();
         ClientCtx {
             proxy,
             client,
             lanes,
-            proto: Proto::Resp2,
             authenticated,
             pubsub: Default::default(),
             command: None,
@@ -54,16 +52,22 @@ impl ClientCtx {
         }
     }
 
+    /// The protocol the client speaks (HELLO changes it); held by its `ClientHandle`, which
+    /// CLIENT LIST and its push queue read too.
+    pub(crate) fn proto(&self) -> Proto {
+        self.client.proto()
+    }
+
     /// The client's `CLIENT LIST` line, as `ACL LOG` records it.
-    pub fn client_info(&self) -> Vec<u8> {
+    pub(crate) fn client_info(&self) -> Vec<u8> {
         self.client.info_line(&self.proxy.pubsub.client_counts(self.client.id)).into_bytes()
     }
 
     /// Stops watching (UNWATCH, EXEC, DISCARD, RESET, disconnect).
-    pub fn unwatch(&mut self) {
+    pub(crate) fn unwatch(&mut self) {
         if let Some(watching) = self.watching.take() {
             let reply = tokio::sync::oneshot::channel().0;
-            let write = Write { proto: self.proto, op: Op::Unwatch(watching.watch), reply };
+            let write = SequencerRequest { proto: self.proto(), op: SequencerOp::Unwatch(watching.watch), reply };
             self.proxy.shards[watching.shard].sequencer.submit(write);
         }
     }
@@ -79,7 +83,7 @@ impl Drop for ClientCtx {
 
 /// A transaction being queued.
 #[derive(Default)]
-pub struct Multi {
+pub(crate) struct Multi {
     pub(crate) queued: Vec<QueuedCommand>,
     /// A command was refused while queuing: EXEC answers EXECABORT.
     pub(crate) failed: bool,
@@ -91,37 +95,37 @@ pub struct Multi {
 }
 
 /// The client's watch, on the shard its watched keys live on.
-pub struct Watching {
+pub(crate) struct Watching {
     pub(crate) shard: usize,
     pub(crate) watch: Arc<Watch>,
 }
 
 /// A client's link to the hub (set by the session; absent for a dispatcher without one).
 #[derive(Default)]
-pub struct ClientPubSub {
+pub(crate) struct ClientPubSub {
     pub(crate) subscriber: Option<Arc<Subscriber>>,
 }
 
 impl ClientPubSub {
     /// Links a session's client to the hub through its push queue.
-    pub fn new(subscriber: Arc<Subscriber>) -> ClientPubSub {
+    pub(crate) fn new(subscriber: Arc<Subscriber>) -> ClientPubSub {
         ClientPubSub { subscriber: Some(subscriber) }
     }
 
     /// The client's push queue (MONITOR lines go there too); None for a dispatcher without a
     /// session.
-    pub fn push(&self) -> Option<PushSender> {
+    pub(crate) fn push(&self) -> Option<PushSender> {
         self.subscriber.as_ref().map(|s| s.push().clone())
     }
 
     /// True while the client holds a subscription of any kind.
-    pub fn subscribed(&self) -> bool {
+    pub(crate) fn subscribed(&self) -> bool {
         self.subscriber.as_ref().is_some_and(|s| s.subscribed())
     }
 
     /// RESP2 with a subscription: only (un)subscribing, PING, QUIT and RESET are allowed, and
     /// PING answers differently.
-    pub fn in_subscriber_mode(&self, proto: Proto) -> bool {
+    pub(crate) fn in_subscriber_mode(&self, proto: Proto) -> bool {
         proto == Proto::Resp2 && self.subscribed()
     }
 }

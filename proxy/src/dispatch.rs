@@ -19,7 +19,7 @@ use crate::resp::Request;
 use crate::routing::{blocking_timeout, Placement, SplitMerge};
 use crate::table::{display_name, CommandInfo};
 
-pub async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing {
+pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing {
     let started = Instant::now();
     ctx.proxy.stats.commands.fetch_add(1, Ordering::Relaxed);
     ctx.client.last_command_ms.store(ctx.client.connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);

@@ -1,10 +1,13 @@
 //! memlog's client endpoint: RESP codec, sessions, slot router, shard sequencers and backend
 //! pools, in front of stock Redis shards.
 
-// Layers, top to bottom; a module uses only modules below it (docs/architecture.md, checked by
-// tests/layers.rs).
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+
+// Each module belongs to a layer and uses only its own layer and those below it: the order is
+// declared in tests/layers.rs (which checks it) and described in docs/architecture.md.
 mod access;
-pub mod backend;
+mod backend;
 mod clients;
 mod commands;
 pub mod config;
@@ -28,7 +31,7 @@ mod shard;
 mod snapshot;
 mod startup;
 mod status;
-pub mod table;
+mod table;
 
 use std::future::Future;
 use std::sync::Arc;

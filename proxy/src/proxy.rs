@@ -15,13 +15,13 @@ use crate::table::CommandTable;
 
 /// Counters INFO reports.
 #[derive(Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub commands: AtomicU64,
     pub connections: AtomicU64,
     pub rejected_connections: AtomicU64,
 }
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub cfg: ProxyConfig,
     pub slots: SlotMap,
     pub table: CommandTable,
@@ -43,5 +43,5 @@ pub struct Proxy {
     /// Clients in MONITOR mode.
     pub monitors: crate::monitor::Monitors,
     /// ACL: the command catalog, the users every request is checked against, `ACL LOG`.
-    pub access: crate::access::Access,
+    pub(crate) access: crate::access::Access,
 }

@@ -10,7 +10,7 @@
 //! under it too, so a client sees a subscription's confirmation before its first message and
 //! an unsubscription's confirmation after its last one.
 
-pub mod glob;
+pub(crate) mod glob;
 mod relay;
 
 use std::collections::{HashMap, HashSet};
@@ -28,14 +28,14 @@ use crate::keys::RESERVED_PREFIX;
 use crate::resp::{Proto, ReplyWriter};
 use crate::status::ShardStatus;
 
-pub use relay::configure_nodes;
+pub(crate) use relay::configure_nodes;
 
 /// Channel prefixes of the notifications Redis publishes about keys and events.
 const KEYSPACE_PREFIXES: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
 
 /// The three kinds of subscription, each with its own words on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// SUBSCRIBE: a channel, by exact name.
     Channel,
     /// PSUBSCRIBE: every channel a glob pattern matches.
@@ -72,7 +72,7 @@ impl Kind {
 }
 
 /// One client as the hub sees it: where its frames go and how many subscriptions it holds.
-pub struct Subscriber {
+pub(crate) struct Subscriber {
     push: PushSender,
     /// Counts kept beside the hub's sets so that every command of the client (subscriber mode)
     /// and CLIENT LIST read them without the hub's lock.
@@ -83,7 +83,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// A client with no subscription yet, whose frames go to `push`.
-    pub fn new(push: PushSender) -> Subscriber {
+    pub(crate) fn new(push: PushSender) -> Subscriber {
         Subscriber {
             push,
             channels: AtomicUsize::new(0),
@@ -93,12 +93,12 @@ impl Subscriber {
     }
 
     /// Where the client's pushed frames go (MONITOR lines share the queue).
-    pub fn push(&self) -> &PushSender {
+    pub(crate) fn push(&self) -> &PushSender {
         &self.push
     }
 
     /// How many subscriptions of each kind the client holds.
-    pub fn counts(&self) -> SubscriptionCounts {
+    pub(crate) fn counts(&self) -> SubscriptionCounts {
         SubscriptionCounts {
             channels: self.channels.load(Ordering::Acquire),
             patterns: self.patterns.load(Ordering::Acquire),
@@ -107,7 +107,7 @@ impl Subscriber {
     }
 
     /// True while the client holds any subscription: a RESP2 client is then in subscriber mode.
-    pub fn subscribed(&self) -> bool {
+    pub(crate) fn subscribed(&self) -> bool {
         let counts = self.counts();
         counts.channels + counts.patterns + counts.shard_channels > 0
     }
@@ -289,7 +289,7 @@ impl HubState {
 
 /// Waits until the keyspace relay follows every shard (bounded by a timeout), so that a
 /// subscription confirmed after it misses no notification of a later write.
-pub type RelayReady = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type RelayReady = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// What the hub follows of one shard: the node its primary is now (it moves on failover) and
 /// its nodes as the failover controller last saw them.
@@ -317,7 +317,7 @@ impl ShardNodes {
 }
 
 /// The proxy's pub/sub state (one per proxy).
-pub struct Hub {
+pub(crate) struct Hub {
     state: Mutex<HubState>,
     shards: Vec<ShardNodes>,
     /// How long a call to a shard's node may take.
@@ -338,7 +338,12 @@ impl Hub {
 
     /// Subscribes `sub` to `names` and queues one confirmation per name. When a name may
     /// receive keyspace notifications, returns what to await before confirming to the client.
-    pub fn subscribe(self: &Arc<Self>, sub: &Arc<Subscriber>, kind: Kind, names: &[Bytes]) -> Option<RelayReady> {
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
+        sub: &Arc<Subscriber>,
+        kind: Kind,
+        names: &[Bytes],
+    ) -> Option<RelayReady> {
         let mut state = lock(&self.state);
         let mut hears_keyspace = false;
         for name in names {
@@ -364,7 +369,7 @@ impl Hub {
 
     /// Unsubscribes `sub` from `names` (from all of this kind when empty) and queues one
     /// confirmation per name, or one naming no channel when there was nothing to leave.
-    pub fn unsubscribe(&self, sub: &Subscriber, kind: Kind, names: &[Bytes]) {
+    pub(crate) fn unsubscribe(&self, sub: &Subscriber, kind: Kind, names: &[Bytes]) {
         let mut state = lock(&self.state);
         let all;
         let names = if names.is_empty() {
@@ -389,14 +394,14 @@ impl Hub {
     /// Removes every subscription of `sub` without confirmations (RESET, a closed session).
     /// What client `id` is subscribed to: each channel or shard channel (`false`) and pattern
     /// (`true`).
-    pub fn subscriptions_of(&self, id: u64) -> Vec<(Bytes, bool)> {
+    pub(crate) fn subscriptions_of(&self, id: u64) -> Vec<(Bytes, bool)> {
         let state = lock(&self.state);
         let Some(client) = state.clients.get(&id) else { return Vec::new() };
         let names = |kind: Kind, pattern: bool| client.names(kind).into_iter().map(move |name| (name, pattern));
         names(Kind::Channel, false).chain(names(Kind::ShardChannel, false)).chain(names(Kind::Pattern, true)).collect()
     }
 
-    pub fn remove_client(&self, sub: &Subscriber) {
+    pub(crate) fn remove_client(&self, sub: &Subscriber) {
         // Counts change only through the client's own commands, none of which runs now.
         if !sub.subscribed() {
             return;
@@ -416,7 +421,7 @@ impl Hub {
     /// Delivers `message` to the subscribers of `channel` (and, unless sharded, of every
     /// pattern matching it); returns the receiver count PUBLISH/SPUBLISH reply, where a client
     /// that listens twice (a channel and a pattern) counts twice, as in Redis.
-    pub fn publish(&self, channel: &[u8], message: &[u8], sharded: bool) -> usize {
+    pub(crate) fn publish(&self, channel: &[u8], message: &[u8], sharded: bool) -> usize {
         let state = lock(&self.state);
         let mut receivers = 0;
         let (registry, word): (_, &[u8]) =
@@ -461,26 +466,26 @@ impl Hub {
     }
 
     /// Channels (or shard channels) with at least one subscriber, matching `pattern` if given.
-    pub fn active_channels(&self, sharded: bool, pattern: Option<&[u8]>) -> Vec<Bytes> {
+    pub(crate) fn active_channels(&self, sharded: bool, pattern: Option<&[u8]>) -> Vec<Bytes> {
         let state = lock(&self.state);
         let registry = if sharded { &state.shard_channels } else { &state.channels };
         registry.keys().filter(|name| pattern.is_none_or(|p| glob::matches(p, name))).cloned().collect()
     }
 
     /// Subscriber count of each of `channels` (patterns not included, as in Redis).
-    pub fn subscriber_counts(&self, sharded: bool, channels: &[Bytes]) -> Vec<usize> {
+    pub(crate) fn subscriber_counts(&self, sharded: bool, channels: &[Bytes]) -> Vec<usize> {
         let state = lock(&self.state);
         let registry = if sharded { &state.shard_channels } else { &state.channels };
         channels.iter().map(|c| registry.get(c).map_or(0, Vec::len)).collect()
     }
 
     /// Number of distinct patterns subscribed to (PUBSUB NUMPAT).
-    pub fn pattern_count(&self) -> usize {
+    pub(crate) fn pattern_count(&self) -> usize {
         lock(&self.state).patterns.len()
     }
 
     /// A connected client's subscription counts (zeros for a client with none).
-    pub fn client_counts(&self, client_id: u64) -> SubscriptionCounts {
+    pub(crate) fn client_counts(&self, client_id: u64) -> SubscriptionCounts {
         let state = lock(&self.state);
         state.clients.get(&client_id).map_or_else(SubscriptionCounts::default, |c| SubscriptionCounts {
             channels: c.channels.len(),
@@ -490,7 +495,7 @@ impl Hub {
     }
 
     /// Remembers the `notify-keyspace-events` flags every shard was just given.
-    pub fn set_keyspace_events(&self, flags: Bytes) {
+    pub(crate) fn set_keyspace_events(&self, flags: Bytes) {
         *lock(&self.keyspace_events) = Some(flags);
     }
 

@@ -16,7 +16,7 @@ use crate::resp::error_reply;
 use crate::table::CommandInfo;
 
 /// A reply that may not be known yet.
-pub enum Pending {
+pub(crate) enum Pending {
     Ready(Bytes),
     Backend {
         rx: oneshot::Receiver<ReplyResult>,
@@ -37,7 +37,7 @@ pub enum Pending {
 }
 
 impl Pending {
-    pub fn error(msg: &str) -> Pending {
+    pub(crate) fn error(msg: &str) -> Pending {
         Pending::Ready(error_reply(msg))
     }
 
@@ -75,7 +75,7 @@ impl Pending {
     }
 }
 
-pub fn backend_reply(received: Result<ReplyResult, oneshot::error::RecvError>) -> Bytes {
+pub(crate) fn backend_reply(received: Result<ReplyResult, oneshot::error::RecvError>) -> Bytes {
     match received {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => error_reply(&format!("ERR memlog: {e}")),
@@ -84,7 +84,7 @@ pub fn backend_reply(received: Result<ReplyResult, oneshot::error::RecvError>) -
 }
 
 /// One entry of the writer's queue.
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     pub pending: Pending,
     pub command: Option<Arc<CommandInfo>>,
     pub started: Instant,
@@ -96,7 +96,7 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
-    pub fn new(pending: Pending, command: Option<Arc<CommandInfo>>, started: Instant) -> Outgoing {
+    pub(crate) fn new(pending: Pending, command: Option<Arc<CommandInfo>>, started: Instant) -> Outgoing {
         Outgoing { pending, command, started, close: false, barrier: false }
     }
 }
@@ -104,20 +104,20 @@ impl Outgoing {
 /// Which connection a command of this client went out on, per shard. A client's commands to
 /// one shard stay in order only if a read does not overtake an earlier write on another
 /// connection, nor a write an earlier read: the counters say what is still in flight where.
-pub struct Lanes {
+pub(crate) struct Lanes {
     apply: Vec<AtomicU32>,
     read: Vec<AtomicU32>,
     idle: Notify,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
+pub(crate) enum Lane {
     Apply,
     Read,
 }
 
 impl Lanes {
-    pub fn new(shards: usize) -> Lanes {
+    pub(crate) fn new(shards: usize) -> Lanes {
         Lanes {
             apply: (0..shards).map(|_| AtomicU32::new(0)).collect(),
             read: (0..shards).map(|_| AtomicU32::new(0)).collect(),
@@ -125,7 +125,7 @@ impl Lanes {
         }
     }
 
-    pub fn in_flight(&self, shard: usize, lane: Lane) -> u32 {
+    pub(crate) fn in_flight(&self, shard: usize, lane: Lane) -> u32 {
         self.counter(shard, lane).load(Ordering::Acquire)
     }
 
@@ -137,7 +137,7 @@ impl Lanes {
     }
 
     /// Waits until this client has no read in flight to `shard`.
-    pub async fn wait_reads_done(&self, shard: usize) {
+    pub(crate) async fn wait_reads_done(&self, shard: usize) {
         loop {
             let idle = self.idle.notified();
             tokio::pin!(idle);
@@ -149,14 +149,14 @@ impl Lanes {
         }
     }
 
-    pub fn enter(self: &Arc<Self>, shard: usize, lane: Lane) -> LaneGuard {
+    pub(crate) fn enter(self: &Arc<Self>, shard: usize, lane: Lane) -> LaneGuard {
         self.counter(shard, lane).fetch_add(1, Ordering::AcqRel);
         LaneGuard { lanes: self.clone(), shard, lane }
     }
 }
 
 /// Marks one command in flight on a lane until its reply has been taken by the writer.
-pub struct LaneGuard {
+pub(crate) struct LaneGuard {
     lanes: Arc<Lanes>,
     shard: usize,
     lane: Lane,

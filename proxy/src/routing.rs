@@ -15,7 +15,7 @@ use crate::context::ClientCtx;
 use crate::replies::{Lane, Pending};
 use crate::resp::{encode_command, Proto, Request};
 use crate::router::key_slot;
-use crate::sequencer::{Blocked, Op, Write};
+use crate::sequencer::{Blocked, SequencerOp, SequencerRequest};
 use crate::table::CommandInfo;
 
 /// Multi-key commands that may span shards: run per shard and merged, as a Redis Cluster client
@@ -29,7 +29,7 @@ pub(crate) enum SplitMerge {
 }
 
 /// Where a command's keys live.
-pub enum Placement {
+pub(crate) enum Placement {
     /// No keys.
     Keyless,
     /// One shard (one slot, in cluster-compatible mode).
@@ -40,7 +40,7 @@ pub enum Placement {
 
 impl ClientCtx {
     /// Where the keys at `keys` live.
-    pub fn placement(&self, request: &Request, keys: &[usize]) -> Placement {
+    pub(crate) fn placement(&self, request: &Request, keys: &[usize]) -> Placement {
         let Some(&first) = keys.first() else { return Placement::Keyless };
         let first_slot = key_slot(&request.args[first]);
         let shard = self.proxy.slots.shard_of_slot(first_slot);
@@ -73,11 +73,11 @@ impl ClientCtx {
         let keys = keys.iter().map(|&k| request.args[k].clone()).collect();
         let (tx, rx) = oneshot::channel();
         let deadline = timeout.map(|t| Instant::now() + t);
-        let blocked = Blocked::new(self.client.clone(), self.proto, request.clone(), keys, deadline, tx);
+        let blocked = Blocked::new(self.client.clone(), self.proto(), request.clone(), keys, deadline, tx);
         self.blocks = true;
         // Known to CLIENT UNBLOCK from now on, before the sequencer first tries it.
         self.proxy.shards[shard].sequencer.blocked.insert(self.client.id, blocked.clone());
-        let write = Write { proto: self.proto, op: Op::Block(blocked), reply: dropped() };
+        let write = SequencerRequest { proto: self.proto(), op: SequencerOp::Block(blocked), reply: dropped() };
         self.proxy.shards[shard].sequencer.submit(write);
         let (client, lane) = (self.client.clone(), self.lanes.enter(shard, Lane::Apply));
         Pending::Deferred(Box::pin(async move {
@@ -88,7 +88,7 @@ impl ClientCtx {
         }))
     }
 
-    pub async fn key_positions(&self, request: &Request, info: &CommandInfo) -> Option<Vec<usize>> {
+    pub(crate) async fn key_positions(&self, request: &Request, info: &CommandInfo) -> Option<Vec<usize>> {
         if !info.needs_getkeys {
             return info.key_positions(&request.args);
         }
@@ -114,29 +114,33 @@ impl ClientCtx {
     /// Sends one request to `shard`, keeping this client's commands to the shard in order: a
     /// write waits for the client's reads in flight there; a read issued while the client's
     /// writes are in flight rides the apply connection behind them.
-    pub async fn send_to_shard(&mut self, shard: usize, request: Request, write: bool) -> Pending {
+    pub(crate) async fn send_to_shard(&mut self, shard: usize, request: Request, write: bool) -> Pending {
         let lane = if write || self.lanes.in_flight(shard, Lane::Apply) > 0 { Lane::Apply } else { Lane::Read };
         if lane == Lane::Apply && self.lanes.in_flight(shard, Lane::Read) > 0 {
             self.lanes.wait_reads_done(shard).await;
         }
         if lane == Lane::Apply {
-            let op = if write { Op::Write { request, command: self.command.clone() } } else { Op::Read(request) };
+            let op = if write {
+                SequencerOp::Write { request, command: self.command.clone() }
+            } else {
+                SequencerOp::Read(request)
+            };
             return self.submit_to_sequencer(shard, op).await;
         }
         let guard = self.lanes.enter(shard, lane);
         let (tx, rx) = oneshot::channel();
-        self.proxy.shards[shard].read_conn(self.proto, self.client.id).send_to(request.raw, tx);
+        self.proxy.shards[shard].read_conn(self.proto(), self.client.id).send_to(request.raw, tx);
         Pending::Backend { rx, _lane: Some(guard) }
     }
 
     /// Hands `op` to the shard's sequencer, after this client's reads in flight there.
-    pub async fn submit_to_sequencer(&mut self, shard: usize, op: Op) -> Pending {
+    pub(crate) async fn submit_to_sequencer(&mut self, shard: usize, op: SequencerOp) -> Pending {
         if self.lanes.in_flight(shard, Lane::Read) > 0 {
             self.lanes.wait_reads_done(shard).await;
         }
         let guard = self.lanes.enter(shard, Lane::Apply);
         let (tx, rx) = oneshot::channel();
-        self.proxy.shards[shard].sequencer.submit(Write { proto: self.proto, op, reply: tx });
+        self.proxy.shards[shard].sequencer.submit(SequencerRequest { proto: self.proto(), op, reply: tx });
         Pending::Backend { rx, _lane: Some(guard) }
     }
 
@@ -165,7 +169,7 @@ impl ClientCtx {
             args.extend(part_keys);
             parts.push(self.send_to_shard(shard, Request { raw: encode_command(&args), args }, write).await);
         }
-        let proto = self.proto;
+        let proto = self.proto();
         let merge: Box<dyn FnOnce(Vec<Bytes>) -> Bytes + Send> = match merge {
             SplitMerge::Count => Box::new(move |replies| merge_counts(proto, &replies)),
             SplitMerge::Values => Box::new(move |replies| merge_values(proto, &replies, &placement)),
@@ -175,7 +179,7 @@ impl ClientCtx {
 }
 
 /// Sums integer replies (`:n`).
-pub fn merge_counts(proto: Proto, replies: &[Bytes]) -> Bytes {
+pub(crate) fn merge_counts(proto: Proto, replies: &[Bytes]) -> Bytes {
     let mut total = 0i64;
     for reply in replies {
         match reply.strip_prefix(b":").and_then(|r| crate::resp::parse_int(r.strip_suffix(b"\r\n").unwrap_or(r))) {

@@ -16,7 +16,7 @@ use crate::clients::ClientHandle;
 use crate::config::TlsConfig;
 use crate::proxy::Proxy;
 
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     proxy: Arc<Proxy>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,

@@ -34,8 +34,13 @@ const UNAUTHENTICATED: Limits = Limits { max_bulk_len: 16 * 1024, max_args: 10 }
 type QueuedReply = (Outgoing, tokio::sync::OwnedSemaphorePermit, Option<oneshot::Sender<()>>);
 
 /// Serves one client connection until it closes, is killed, or the proxy drains.
-pub async fn run<R, W>(proxy: Arc<Proxy>, client: Arc<ClientHandle>, reader: R, writer: W, drain: CancellationToken)
-where
+pub(crate) async fn run<R, W>(
+    proxy: Arc<Proxy>,
+    client: Arc<ClientHandle>,
+    reader: R,
+    writer: W,
+    drain: CancellationToken,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {

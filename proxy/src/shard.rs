@@ -15,7 +15,7 @@ use crate::status::{NodeStatus, ShardStatus, ShardView};
 
 /// One shard: its sequencer, its read pools and its failover controller. Every connection of
 /// the shard follows `primary`, which the controller moves when it fails over.
-pub struct Shard {
+pub(crate) struct Shard {
     pub id: usize,
     /// The node every connection of the shard follows: the current primary.
     pub target: Arc<NodeTarget>,
@@ -104,7 +104,7 @@ impl Shard {
 
     /// The read connection a client uses: always the same one for a client, so its reads of
     /// this shard stay in order among themselves.
-    pub fn read_conn(&self, proto: Proto, client_id: u64) -> &BackendConn {
+    pub(crate) fn read_conn(&self, proto: Proto, client_id: u64) -> &BackendConn {
         let pool = match proto {
             Proto::Resp2 => &self.reads_resp2,
             Proto::Resp3 => self.reads_resp3.get_or_init(|| {
@@ -117,12 +117,12 @@ impl Shard {
     }
 
     /// The shard's primary now (it moves when the controller fails over).
-    pub fn current_primary(&self) -> String {
+    pub(crate) fn current_primary(&self) -> String {
         self.target.addr().to_string()
     }
 
     /// The shard's other nodes now.
-    pub fn current_replicas(&self) -> Vec<String> {
+    pub(crate) fn current_replicas(&self) -> Vec<String> {
         crate::status::replicas_besides(&self.status, &self.target.addr())
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// One node in `MEMLOG TOPOLOGY`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeStatus {
+pub(crate) struct NodeStatus {
     pub addr: String,
     /// Its `__memlog:lsn` at the last check it answered; unknown before.
     pub lsn: Option<u64>,
@@ -17,7 +17,7 @@ pub struct NodeStatus {
 
 /// One shard in `MEMLOG TOPOLOGY`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ShardView {
+pub(crate) struct ShardView {
     pub id: usize,
     pub slots: String,
     /// The topology version in the metadata store when this shard last changed (start-up,
@@ -30,24 +30,24 @@ pub struct ShardView {
 }
 
 /// The live view of a shard, kept by its controller.
-pub struct ShardStatus(Mutex<ShardView>);
+pub(crate) struct ShardStatus(Mutex<ShardView>);
 
 impl ShardStatus {
-    pub fn new(view: ShardView) -> ShardStatus {
+    pub(crate) fn new(view: ShardView) -> ShardStatus {
         ShardStatus(Mutex::new(view))
     }
 
-    pub fn view(&self) -> ShardView {
+    pub(crate) fn view(&self) -> ShardView {
         self.0.lock().unwrap().clone()
     }
 
-    pub fn update(&self, change: impl FnOnce(&mut ShardView)) {
+    pub(crate) fn update(&self, change: impl FnOnce(&mut ShardView)) {
         change(&mut self.0.lock().unwrap());
     }
 }
 
 /// `MEMLOG TOPOLOGY`'s JSON: `{"shards":[…]}`.
-pub fn topology_json(shards: &[ShardView]) -> String {
+pub(crate) fn topology_json(shards: &[ShardView]) -> String {
     #[derive(Serialize)]
     struct Topology<'a> {
         shards: &'a [ShardView],
@@ -56,12 +56,12 @@ pub fn topology_json(shards: &[ShardView]) -> String {
 }
 
 /// `"0-5460,6000-6100"`
-pub fn slots_text(ranges: &[(u16, u16)]) -> String {
+pub(crate) fn slots_text(ranges: &[(u16, u16)]) -> String {
     ranges.iter().map(|(lo, hi)| format!("{lo}-{hi}")).collect::<Vec<_>>().join(",")
 }
 
 /// The addresses of the shard's nodes other than `primary`, as `status` last saw them.
-pub fn replicas_besides(status: &ShardStatus, primary: &str) -> Vec<String> {
+pub(crate) fn replicas_besides(status: &ShardStatus, primary: &str) -> Vec<String> {
     let view = status.view();
     std::iter::once(view.primary).chain(view.replicas).map(|n| n.addr).filter(|a| a != primary).collect()
 }

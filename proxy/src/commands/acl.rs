@@ -46,10 +46,10 @@ const HELP: &[&str] = &[
     "    Prints this help.",
 ];
 
-pub async fn run(d: &mut ClientCtx, sub: &str, args: &[Bytes]) -> Pending {
+pub(crate) async fn run(d: &mut ClientCtx, sub: &str, args: &[Bytes]) -> Pending {
     let proxy = d.proxy.clone();
     let access = &proxy.access;
-    let proto = d.proto;
+    let proto = d.proto();
     let value = |value: Value| Pending::Ready(reply(proto, |w| write_value(w, &value)));
     match sub {
         "whoami" => {

@@ -18,14 +18,14 @@ use crate::status::topology_json;
 const USAGE: &str =
     "ERR memlog: usage: MEMLOG TOPOLOGY | MEMLOG FAILOVER <shard> [TO <host:port>] | MEMLOG SNAPSHOT <shard>";
 
-pub async fn run(d: &mut ClientCtx, request: &Request) -> Pending {
+pub(crate) async fn run(d: &mut ClientCtx, request: &Request) -> Pending {
     let args = &request.args;
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
     match (sub.as_str(), args.len()) {
         ("topology", 2) => {
             let views: Vec<_> = d.proxy.shards.iter().map(|s| s.status.view()).collect();
             let json = topology_json(&views);
-            Pending::Ready(reply(d.proto, |w| {
+            Pending::Ready(reply(d.proto(), |w| {
                 w.bulk(json.as_bytes());
             }))
         }
@@ -53,7 +53,7 @@ fn snapshot(d: &ClientCtx, request: &Request) -> Pending {
     let Some(snapshots) = shard.snapshots.clone() else {
         return Pending::error("ERR memlog: snapshots are not configured (no [snapshot] table)");
     };
-    let (status, target, proto) = (shard.status.clone(), shard.target.clone(), d.proto);
+    let (status, target, proto) = (shard.status.clone(), shard.target.clone(), d.proto());
     Pending::Deferred(Box::pin(async move {
         match snapshots.take_now(&status, &target).await {
             Ok(record) => reply(proto, |w| {
@@ -80,7 +80,7 @@ fn failover(d: &ClientCtx, request: &Request) -> Pending {
     if shard.switchover.send(SwitchoverRequest { to, done }).is_err() {
         return Pending::error("ERR memlog: the shard's failover controller is not running");
     }
-    let proto = d.proto;
+    let proto = d.proto();
     Pending::Deferred(Box::pin(async move {
         match outcome.await {
             Ok(Ok(_)) => reply(proto, |w| {

@@ -9,9 +9,9 @@ use crate::context::ClientCtx;
 use crate::replies::Pending;
 use crate::resp::{reply, Request};
 
-pub fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
+pub(crate) fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
     let args = &request.args;
-    let proto = d.proto;
+    let proto = d.proto();
     match sub {
         "id" => Pending::Ready(reply(proto, |w| {
             w.int(d.client.id as i64);
@@ -75,7 +75,7 @@ pub fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
 }
 
 fn ok(d: &ClientCtx) -> Pending {
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         w.simple("OK");
     }))
 }
@@ -122,7 +122,7 @@ fn list(d: &ClientCtx, request: &Request) -> Pending {
         text.push_str(&client.info_line(&d.proxy.pubsub.client_counts(client.id)));
         text.push('\n');
     }
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         w.verbatim(&text);
     }))
 }
@@ -182,7 +182,7 @@ fn kill(d: &ClientCtx, request: &Request) -> Pending {
             killed += 1;
         }
     }
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         w.int(killed);
     }))
 }
@@ -201,7 +201,7 @@ fn unblock(d: &ClientCtx, request: &Request) -> Pending {
     };
     let unblocked = u64::try_from(id)
         .is_ok_and(|id| d.proxy.shards.iter().any(|s| crate::sequencer::unblock(&s.sequencer.blocked, id, error)));
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         w.int(unblocked as i64);
     }))
 }

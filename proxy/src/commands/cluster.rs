@@ -6,9 +6,9 @@ use crate::replies::Pending;
 use crate::resp::{parse_int, reply, Proto, ReplyWriter, Request};
 use crate::router::{key_slot, SLOTS};
 
-pub fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
+pub(crate) fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
     let args = &request.args;
-    let proto = d.proto;
+    let proto = d.proto();
     let proxy = &d.proxy;
     let (host, port, id) = (proxy.announce_host.clone(), proxy.announce_port as i64, proxy.node_id.clone());
     let shard_ranges: Vec<Vec<(u16, u16)>> =

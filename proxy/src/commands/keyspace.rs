@@ -17,8 +17,8 @@ use crate::replies::Pending;
 use crate::resp::decode_resp2;
 use crate::resp::{reply, Proto, Request};
 
-pub async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
-    let proto = d.proto;
+pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
+    let proto = d.proto();
     let proxy = d.proxy.clone();
     let conns: Vec<BackendConn> = proxy.shards.iter().map(|s| s.read_conn(Proto::Resp2, d.client.id).clone()).collect();
     let args: Vec<Bytes> = request.args.clone();
@@ -113,7 +113,7 @@ async fn user_key_counts(conns: &[BackendConn]) -> Result<Vec<i64>, String> {
 }
 
 /// Visits every key of one shard (except `__memlog:lsn`) with SCAN.
-pub async fn scan_keys(conn: &BackendConn, mut visit: impl FnMut(&Bytes)) -> Result<(), String> {
+pub(crate) async fn scan_keys(conn: &BackendConn, mut visit: impl FnMut(&Bytes)) -> Result<(), String> {
     let mut cursor = Bytes::from_static(b"0");
     loop {
         let page = call(conn, &[b"SCAN", &cursor, b"COUNT", b"1000"]).await?;

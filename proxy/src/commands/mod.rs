@@ -2,16 +2,16 @@
 //! Redis, one file per command family. Each handler gets the client's
 //! [`ClientCtx`](crate::context::ClientCtx) and the routing functions on it.
 
-pub mod acl;
-pub mod admin;
-pub mod client;
-pub mod cluster;
-pub mod connection;
-pub mod keyspace;
-pub mod pubsub;
-pub mod replication;
-pub mod scripting;
-pub mod transaction;
+pub(crate) mod acl;
+pub(crate) mod admin;
+pub(crate) mod client;
+pub(crate) mod cluster;
+pub(crate) mod connection;
+pub(crate) mod keyspace;
+pub(crate) mod pubsub;
+pub(crate) mod replication;
+pub(crate) mod scripting;
+pub(crate) mod transaction;
 
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use crate::table::CommandInfo;
 
 /// What the proxy does with a command.
 #[derive(Debug, PartialEq, Eq)]
-pub enum CommandRoute {
+pub(crate) enum CommandRoute {
     /// Redis executes it; the proxy routes it by its keys.
     Forward,
     /// The proxy answers it itself.
@@ -41,7 +41,7 @@ const MANAGED_TOPOLOGY: &str = "memlog manages the cluster topology";
 const CLIENT_SIDE_CACHING: &str =
     "client-side caching is not supported: memlog does not relay the shards' invalidation messages";
 
-pub fn route(info: &CommandInfo) -> CommandRoute {
+pub(crate) fn route(info: &CommandInfo) -> CommandRoute {
     let name = info.name.as_str();
     match name {
         "ping" | "echo" | "quit" | "reset" | "select" | "hello" | "auth" | "readonly" | "readwrite" | "asking"
@@ -90,12 +90,12 @@ pub fn route(info: &CommandInfo) -> CommandRoute {
 }
 
 /// Commands a client may send before it authenticated, as Redis allows.
-pub fn allowed_before_auth(name: &str) -> bool {
+pub(crate) fn allowed_before_auth(name: &str) -> bool {
     matches!(name, "auth" | "hello" | "quit" | "reset")
 }
 
 /// Runs a command the proxy answers itself.
-pub async fn run_local(d: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Pending {
+pub(crate) async fn run_local(d: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Pending {
     let name = info.name.as_str();
     if let Some(sub) = name.strip_prefix("client|") {
         return client::run(d, sub, request);

@@ -29,7 +29,7 @@ fn is_keyspace_events_config(request: &Request) -> bool {
 }
 
 /// Runs a pub/sub command, or the one CONFIG SET the proxy takes (refusing any other).
-pub async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
+pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     let args = &request.args;
     match name {
         "subscribe" => subscribe(d, Kind::Channel, request),
@@ -47,7 +47,7 @@ pub async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
         "pubsub|shardnumsub" => numsub(d, true, &args[2..]),
         "pubsub|numpat" => {
             let patterns = d.proxy.pubsub.pattern_count() as i64;
-            Pending::Ready(reply(d.proto, |w| {
+            Pending::Ready(reply(d.proto(), |w| {
                 w.int(patterns);
             }))
         }
@@ -60,8 +60,8 @@ pub async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
 }
 
 /// Redis's refusal of `info` while a RESP2 client is in subscriber mode, if it applies.
-pub fn subscriber_mode_refusal(d: &ClientCtx, info: &Arc<CommandInfo>) -> Option<String> {
-    if !d.pubsub.in_subscriber_mode(d.proto) || ALLOWED_IN_SUBSCRIBER_MODE.contains(&info.name.as_str()) {
+pub(crate) fn subscriber_mode_refusal(d: &ClientCtx, info: &Arc<CommandInfo>) -> Option<String> {
+    if !d.pubsub.in_subscriber_mode(d.proto()) || ALLOWED_IN_SUBSCRIBER_MODE.contains(&info.name.as_str()) {
         return None;
     }
     Some(format!(
@@ -71,7 +71,7 @@ pub fn subscriber_mode_refusal(d: &ClientCtx, info: &Arc<CommandInfo>) -> Option
 }
 
 /// PING in subscriber mode: `["pong", <message or "">]`, as Redis answers.
-pub fn subscriber_ping(request: &Request) -> Pending {
+pub(crate) fn subscriber_ping(request: &Request) -> Pending {
     let message = request.args.get(1).map_or(&b""[..], |m| &m[..]);
     Pending::Ready(reply(Proto::Resp2, |w| {
         w.array(2).bulk(b"pong").bulk(message);
@@ -79,7 +79,7 @@ pub fn subscriber_ping(request: &Request) -> Pending {
 }
 
 /// RESET: the client leaves every channel, silently, as Redis's RESET does.
-pub fn reset(d: &ClientCtx) {
+pub(crate) fn reset(d: &ClientCtx) {
     if let Some(subscriber) = &d.pubsub.subscriber {
         d.proxy.pubsub.remove_client(subscriber);
     }
@@ -132,7 +132,7 @@ fn unsubscribe(d: &ClientCtx, kind: Kind, request: &Request) -> Pending {
 }
 
 fn publish(d: &ClientCtx, request: &Request, sharded: bool) -> Pending {
-    let (proxy, proto) = (d.proxy.clone(), d.proto);
+    let (proxy, proto) = (d.proxy.clone(), d.proto());
     let (channel, message) = (request.args[1].clone(), request.args[2].clone());
     Pending::Due(Box::new(move || {
         let receivers = proxy.pubsub.publish(&channel, &message, sharded) as i64;
@@ -144,7 +144,7 @@ fn publish(d: &ClientCtx, request: &Request, sharded: bool) -> Pending {
 
 fn channels(d: &ClientCtx, sharded: bool, pattern: Option<&Bytes>) -> Pending {
     let names = d.proxy.pubsub.active_channels(sharded, pattern.map(|p| &p[..]));
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         w.array(names.len());
         for name in &names {
             w.bulk(name);
@@ -154,7 +154,7 @@ fn channels(d: &ClientCtx, sharded: bool, pattern: Option<&Bytes>) -> Pending {
 
 fn numsub(d: &ClientCtx, sharded: bool, channels: &[Bytes]) -> Pending {
     let counts = d.proxy.pubsub.subscriber_counts(sharded, channels);
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         // An array of pairs in both protocols, as Redis 7.0 answers.
         w.array(channels.len() * 2);
         for (channel, count) in channels.iter().zip(counts) {
@@ -173,7 +173,7 @@ fn syntax_error(request: &Request) -> Pending {
 /// `CONFIG SET notify-keyspace-events <flags>`: set on every node of every shard, and
 /// remembered so the relay re-applies it to a new primary.
 fn keyspace_events_config(d: &ClientCtx, request: &Request) -> Pending {
-    let (proxy, proto) = (d.proxy.clone(), d.proto);
+    let (proxy, proto) = (d.proxy.clone(), d.proto());
     let flags = request.args[3].clone();
     Pending::Deferred(Box::pin(async move {
         match crate::pubsub::configure_nodes(&proxy.pubsub, &flags).await {

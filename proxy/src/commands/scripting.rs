@@ -37,7 +37,7 @@ const NOSCRIPT: &str = "NOSCRIPT No matching script. Please use EVAL.";
 
 /// Runs a script or function call, or a SCRIPT or FUNCTION subcommand (`name` as the command
 /// table spells it: `evalsha`, `script|load`, …).
-pub async fn run(d: &mut ClientCtx, name: &str, request: &Request, _info: &Arc<CommandInfo>) -> Pending {
+pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request, _info: &Arc<CommandInfo>) -> Pending {
     match name {
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => call(d, name, request).await,
         "script|load" => script_load(d, request).await,
@@ -61,7 +61,7 @@ pub async fn run(d: &mut ClientCtx, name: &str, request: &Request, _info: &Arc<C
 }
 
 /// A script or function call, ready to route.
-pub struct Call {
+pub(crate) struct Call {
     /// What is sent (and, for a write, journaled): EVALSHA turned into EVAL.
     pub request: Request,
     /// Journaled through the sequencer, or a read.
@@ -74,7 +74,7 @@ pub struct Call {
 /// `evalsha_ro`, `fcall`, `fcall_ro`) that is journaled and applied, after Redis's argument
 /// checks and memlog's (one slot, determinism), or the client's error reply. Public so that
 /// transactions can queue calls inside MULTI in the same form.
-pub fn prepare_call(scripts: &ScriptCache, name: &str, request: &Request) -> Result<Call, Bytes> {
+pub(crate) fn prepare_call(scripts: &ScriptCache, name: &str, request: &Request) -> Result<Call, Bytes> {
     let args = &request.args;
     let by_sha = name.starts_with("evalsha");
     let is_eval = name.starts_with("eval");
@@ -186,7 +186,7 @@ async fn script_load(d: &mut ClientCtx, request: &Request) -> Pending {
 
 fn script_exists(d: &ClientCtx, request: &Request) -> Pending {
     let shas = &request.args[2..];
-    Pending::Ready(crate::resp::reply(d.proto, |w| {
+    Pending::Ready(crate::resp::reply(d.proto(), |w| {
         w.array(shas.len());
         for sha in shas {
             w.int(i64::from(d.proxy.scripts.get(sha).is_some()));

@@ -19,12 +19,12 @@ use crate::keys::RESERVED_PREFIX;
 use crate::replies::Pending;
 use crate::resp::Request;
 use crate::routing::Placement;
-use crate::sequencer::{Op, QueuedCommand, Transaction, Watch};
+use crate::sequencer::{QueuedCommand, SequencerOp, Transaction, Watch};
 use crate::table::CommandInfo;
 
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
-pub async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
+pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     let reply = run_command(d, name, request).await;
     show_in_client_list(d);
     reply
@@ -56,19 +56,19 @@ async fn run_command(d: &mut ClientCtx, name: &str, request: &Request) -> Pendin
 }
 
 /// Commands queued while in MULTI (the others run at once, as in Redis).
-pub fn is_queued(name: &str) -> bool {
+pub(crate) fn is_queued(name: &str) -> bool {
     !matches!(name, "exec" | "discard" | "multi" | "watch" | "quit" | "reset")
 }
 
 /// A command was refused while queuing: the transaction will abort at EXEC.
-pub fn fail_queueing(d: &mut ClientCtx) {
+pub(crate) fn fail_queueing(d: &mut ClientCtx) {
     if let Some(multi) = &mut d.multi {
         multi.failed = true;
     }
 }
 
 /// RESET and disconnects: leave MULTI, forget the watch.
-pub fn reset(d: &mut ClientCtx) {
+pub(crate) fn reset(d: &mut ClientCtx) {
     d.multi = None;
     unwatch(d);
     show_in_client_list(d);
@@ -76,12 +76,11 @@ pub fn reset(d: &mut ClientCtx) {
 
 /// `multi=` in CLIENT LIST: the commands queued, -1 outside MULTI.
 fn show_in_client_list(d: &ClientCtx) {
-    let queued = d.multi.as_ref().map_or(-1, |m| m.queued.len() as i64);
-    d.client.multi.store(queued, std::sync::atomic::Ordering::Relaxed);
+    d.client.show_queued(d.multi.as_ref().map(|m| m.queued.len()));
 }
 
 /// Checks a command as Redis does when queuing it, then queues it.
-pub async fn queue(d: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Pending {
+pub(crate) async fn queue(d: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Pending {
     match queue_check(d, request, info).await {
         Ok((shard, queued)) => {
             let multi = d.multi.as_mut().expect("queue is only called in MULTI");
@@ -183,7 +182,7 @@ async fn exec(d: &mut ClientCtx) -> Pending {
         (None, shard) => shard.unwrap_or(0),
     };
     let transaction = Transaction { commands: queued, watch: watching.map(|w| w.watch) };
-    let reply = d.submit_to_sequencer(shard, Op::Transaction(transaction)).await;
+    let reply = d.submit_to_sequencer(shard, SequencerOp::Transaction(transaction)).await;
     if denied.is_empty() {
         return reply;
     }
@@ -260,11 +259,11 @@ async fn watch(d: &mut ClientCtx, request: &Request) -> Pending {
         }
     };
     let keys = keys.into_iter().map(|k| request.args[k].clone()).collect();
-    d.submit_to_sequencer(shard, Op::Watch { watch, keys }).await
+    d.submit_to_sequencer(shard, SequencerOp::Watch { watch, keys }).await
 }
 
 /// Forgets the client's watch (its shard's sequencer drops the registrations).
-pub fn unwatch(d: &mut ClientCtx) {
+pub(crate) fn unwatch(d: &mut ClientCtx) {
     d.unwatch();
 }
 

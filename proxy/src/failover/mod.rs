@@ -9,9 +9,9 @@
 //!
 //! What `MEMLOG TOPOLOGY` reports (`ShardStatus`) is plain data in [`crate::status`].
 
-pub mod core;
-pub mod record;
-pub mod shell;
+pub(crate) mod core;
+pub(crate) mod record;
+pub(crate) mod shell;
 
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use crate::config::FailoverConfig;
 
 /// The controller's timings.
 #[derive(Debug, Clone, Copy)]
-pub struct FailoverSettings {
+pub(crate) struct FailoverSettings {
     /// A primary silent this long is replaced.
     pub detect: Duration,
     /// How often every node is checked.
@@ -44,7 +44,7 @@ impl From<&FailoverConfig> for FailoverSettings {
 }
 
 /// `MEMLOG FAILOVER`: a graceful switchover of one shard, answered when done.
-pub struct SwitchoverRequest {
+pub(crate) struct SwitchoverRequest {
     pub to: Option<String>,
     pub done: oneshot::Sender<Result<String, String>>,
 }

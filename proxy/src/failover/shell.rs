@@ -17,7 +17,7 @@ use super::{record, FailoverSettings, SwitchoverRequest};
 use crate::backend::{BackendConn, BackendOptions, NodeTarget};
 use crate::keys::{parse_lsn, LSN_KEY};
 use crate::resp::{array_items, bulk_payload, encode_command, Proto, Request};
-use crate::sequencer::{Op, Sequencer, Write};
+use crate::sequencer::{Sequencer, SequencerOp, SequencerRequest};
 use crate::status::{NodeStatus, ShardStatus};
 
 /// The key the catch-up barrier deletes: a journaled no-op that makes the applier check and
@@ -27,7 +27,7 @@ const BARRIER_KEY: &[u8] = b"__memlog:failover";
 const META_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a controller needs from its shard.
-pub struct ControllerSetup {
+pub(crate) struct ControllerSetup {
     pub shard: usize,
     pub slots: Vec<(u16, u16)>,
     /// Every configured node of the shard, primary first.
@@ -42,7 +42,7 @@ pub struct ControllerSetup {
 }
 
 /// One shard's controller task.
-pub struct Controller {
+pub(crate) struct Controller {
     setup: ControllerSetup,
     core: ShardCore,
     /// The controller's own connection to each node.
@@ -53,7 +53,7 @@ pub struct Controller {
 
 impl Controller {
     /// Starts watching the shard; `MEMLOG FAILOVER` requests go to the returned sender.
-    pub fn spawn(setup: ControllerSetup) -> mpsc::UnboundedSender<SwitchoverRequest> {
+    pub(crate) fn spawn(setup: ControllerSetup) -> mpsc::UnboundedSender<SwitchoverRequest> {
         let opts = BackendOptions {
             connect_timeout: setup.settings.check_timeout,
             request_timeout: setup.settings.check_timeout.max(Duration::from_secs(1)),
@@ -292,8 +292,8 @@ impl Controller {
         loop {
             let (reply, applied) = oneshot::channel();
             let request = Request::from_args(&[&b"DEL"[..], BARRIER_KEY]);
-            let op = Op::Write { request, command: None };
-            sequencer.submit(Write { proto: Proto::Resp2, op, reply });
+            let op = SequencerOp::Write { request, command: None };
+            sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply });
             match applied.await {
                 Ok(Ok(reply)) if reply.starts_with(b":") => return,
                 outcome => {

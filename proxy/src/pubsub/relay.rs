@@ -28,7 +28,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Why talking to a Redis node for pub/sub failed.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RelayError {
+pub(crate) enum RelayError {
     #[error("Redis node {addr} is unreachable ({reason})")]
     Unreachable { addr: String, reason: String },
     #[error("connection to Redis node {addr} was lost")]
@@ -44,7 +44,7 @@ pub enum RelayError {
 
 impl RelayError {
     /// The error a client sees: Redis's own when it refused, memlog's otherwise.
-    pub fn client_message(&self) -> String {
+    pub(crate) fn client_message(&self) -> String {
         match self {
             RelayError::Refused { message, .. } => message.clone(),
             other => format!("ERR memlog: {other}"),
@@ -126,7 +126,7 @@ async fn set_keyspace_events(addr: &str, flags: &[u8], timeout: Duration) -> Res
 /// Sets `notify-keyspace-events` on every node of every shard. Every primary must take it
 /// (they emit the notifications); a replica that does not is logged (it gets the flags when it
 /// becomes a primary the relay follows).
-pub async fn configure_nodes(hub: &Hub, flags: &Bytes) -> Result<(), RelayError> {
+pub(crate) async fn configure_nodes(hub: &Hub, flags: &Bytes) -> Result<(), RelayError> {
     let timeout = hub.timeout;
     let mut calls = JoinSet::new();
     for shard in &hub.shards {
