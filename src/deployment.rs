@@ -71,12 +71,12 @@ impl Deployment {
     }
 
     /// A deployed cluster, from its proxy's TOML (with `MEMLOG_…` overrides, as the proxy reads it).
-    /// Admin commands authenticate as the first configured user, if there is one.
+    /// Admin commands authenticate as the first configured user with a `password`, if there is one.
     pub fn from_config(path: &Path) -> anyhow::Result<Deployment> {
         let config = ProxyConfig::load(Some(path))
             .map_err(|e| anyhow::anyhow!("cannot read the proxy config {}: {e:#}", path.display()))?;
         let credentials =
-            config.users.first().map(|u| Credentials { user: u.name.clone(), password: u.password.clone() });
+            config.users.iter().find_map(|u| Some(Credentials { user: u.name.clone(), password: u.password.clone()? }));
         Ok(Deployment { proxy: client_endpoint(&config), cluster: None, config: Some(config), credentials })
     }
 
@@ -178,8 +178,9 @@ mod tests {
         let path = dir.path().join("proxy.toml");
         let config = ProxyConfig {
             users: vec![
-                UserConfig { name: "ops".into(), password: "s3cret".into() },
-                UserConfig { name: "app".into(), password: "x".into() },
+                UserConfig { name: "reader".into(), password: None, rules: Some("on >p +@read".into()) },
+                UserConfig::with_password("ops", "s3cret"),
+                UserConfig::with_password("app", "x"),
             ],
             shards: vec![memlog_proxy::config::ShardConfig {
                 slots: "0-16383".into(),

@@ -23,6 +23,7 @@ const KEYS: &[&str] = &[
     "backend_timeout_ms",
     "connect_timeout_ms",
     "shutdown_grace_ms",
+    "auth_timeout_ms",
     "tls",
     "users",
     "journal",
@@ -71,7 +72,11 @@ pub struct ProxyConfig {
     pub shutdown_grace_ms: u64,
     /// TLS for client connections; plain TCP when absent.
     pub tls: Option<TlsConfig>,
-    /// ACL users; when empty, the `default` user needs no password.
+    /// A connection that has not authenticated this long after it connected is closed, when
+    /// authentication is required (0: never), so idle sockets cannot fill `maxclients`.
+    pub auth_timeout_ms: u64,
+    /// ACL users, seeding the metadata store when it holds none (after that the store is the
+    /// truth); when empty, the `default` user needs no password.
     pub users: Vec<UserConfig>,
     /// The journal every write goes through before Redis sees it. Without it the proxy only
     /// routes: writes are not durable (it says so at start-up).
@@ -217,7 +222,31 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
-    pub password: String,
+    /// Shorthand for `rules = "on >PASSWORD ~* &* +@all"`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Redis 7.0 ACL rules, as `ACL SETUSER` takes them (separated by spaces).
+    #[serde(default)]
+    pub rules: Option<String>,
+}
+
+impl UserConfig {
+    /// A user allowed everything, with one password.
+    pub fn with_password(name: &str, password: &str) -> UserConfig {
+        UserConfig { name: name.into(), password: Some(password.into()), rules: None }
+    }
+
+    /// The user's rules: `rules`, or what `password` stands for; an error when both or neither
+    /// is given.
+    pub fn rules(&self) -> Result<Vec<String>, String> {
+        match (&self.password, &self.rules) {
+            (Some(password), None) => {
+                Ok(["on".to_string(), format!(">{password}"), "~*".into(), "&*".into(), "+@all".into()].into())
+            }
+            (None, Some(rules)) => Ok(rules.split_whitespace().map(str::to_string).collect()),
+            _ => Err(format!("[[users]] {:?}: give either `password` or `rules`", self.name)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -248,6 +277,7 @@ impl Default for ProxyConfig {
             backend_timeout_ms: 5_000,
             connect_timeout_ms: 1_000,
             shutdown_grace_ms: 5_000,
+            auth_timeout_ms: 10_000,
             tls: None,
             users: Vec::new(),
             journal: None,

@@ -29,12 +29,15 @@ pub(crate) struct ClientCtx {
     pub watching: Option<Watching>,
     /// Set when the command dispatched blocks: the client's next command waits for its reply.
     pub(crate) blocks: bool,
+    /// Set by a command that closes the client's own connection once its reply is written
+    /// (`ACL DELUSER` of its own user, as Redis closes it after the command).
+    pub(crate) close_after_reply: bool,
 }
 
 impl ClientCtx {
     pub(crate) fn new(proxy: Arc<Proxy>, client: Arc<ClientHandle>) -> ClientCtx {
         let lanes = Arc::new(Lanes::new(proxy.shards.len()));
-        let authenticated = !proxy.auth_required();
+        let authenticated = !proxy.access.auth_required();
         ClientCtx {
             proxy,
             client,
@@ -45,6 +48,7 @@ impl ClientCtx {
             multi: None,
             watching: None,
             blocks: false,
+            close_after_reply: false,
         }
     }
 
@@ -52,6 +56,11 @@ impl ClientCtx {
     /// CLIENT LIST and its push queue read too.
     pub(crate) fn proto(&self) -> Proto {
         self.client.proto()
+    }
+
+    /// The client's `CLIENT LIST` line, as `ACL LOG` records it.
+    pub(crate) fn client_info(&self) -> Vec<u8> {
+        self.client.info_line(&self.proxy.pubsub.client_counts(self.client.id)).into_bytes()
     }
 
     /// Stops watching (UNWATCH, EXEC, DISCARD, RESET, disconnect).
@@ -81,6 +90,8 @@ pub(crate) struct Multi {
     /// The shard every key so far lives on, and a key's slot (cluster-compatible mode: one slot).
     pub(crate) shard: Option<usize>,
     pub(crate) slot_key: Option<Bytes>,
+    /// The ACL generation when MULTI began: EXEC checks the commands again if it changed.
+    pub(crate) acl_generation: u64,
 }
 
 /// The client's watch, on the shard its watched keys live on.

@@ -1,5 +1,6 @@
-//! Turns each parsed request into a pending reply: looks the command up, checks arity and
-//! authentication, then either answers it in the proxy (`commands`), refuses it, or routes it by
+//! Turns each parsed request into a pending reply: looks the command up, checks arity,
+//! authentication and the user's ACL permissions (before anything is queued, journaled or
+//! forwarded), then either answers it in the proxy (`commands`), refuses it, or routes it by
 //! its keys' slots (`routing`): writes through the shard's sequencer, reads to the shard's read
 //! connection (or behind the same client's pending writes on the apply connection), multi-key
 //! commands that span shards split and merged in order.
@@ -7,6 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+
+use memlog_acl::LogContext;
 
 use crate::commands::{self, CommandRoute};
 use crate::context::ClientCtx;
@@ -35,6 +38,9 @@ pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing 
     } else if !ctx.authenticated && !commands::allowed_before_auth(&info.name) {
         commands::transaction::fail_queueing(ctx);
         Pending::error("NOAUTH Authentication required.")
+    } else if let Some(denied) = acl_denial(ctx, &request) {
+        commands::transaction::fail_queueing(ctx);
+        Pending::error(&denied)
     } else if let Some(refusal) = commands::pubsub::subscriber_mode_refusal(ctx, &info) {
         Pending::error(&refusal)
     } else if ctx.multi.is_some() && commands::transaction::is_queued(&info.name) {
@@ -58,7 +64,24 @@ pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing 
         }
     };
     let barrier = matches!(pending, Pending::Deferred(_)) || std::mem::take(&mut ctx.blocks);
-    Outgoing { close: info.name == "quit", barrier, ..Outgoing::new(pending, Some(info), started) }
+    let close = info.name == "quit" || std::mem::take(&mut ctx.close_after_reply);
+    Outgoing { close, barrier, ..Outgoing::new(pending, Some(info), started) }
+}
+
+/// The `NOPERM` error when the client's user may not run this request (logged to `ACL LOG`).
+/// An unauthenticated client only gets here with commands every user may run.
+fn acl_denial(ctx: &ClientCtx, request: &Request) -> Option<String> {
+    if !ctx.authenticated {
+        return None;
+    }
+    let (denial, user) = {
+        let user = ctx.client.user.lock().unwrap();
+        let denial = ctx.proxy.access.check(user.as_bytes(), &request.args).err()?;
+        (denial, user.clone())
+    };
+    let context = if ctx.multi.is_some() { LogContext::Multi } else { LogContext::Toplevel };
+    ctx.proxy.access.log_denial(&denial, context, user.as_bytes(), &ctx.client_info());
+    Some(denial.error_reply())
 }
 
 /// Finds the command (or container subcommand) in the table, or Redis's error text.

@@ -6,6 +6,7 @@
 
 // Each module belongs to a layer and uses only its own layer and those below it: the order is
 // declared in tests/layers.rs (which checks it) and described in docs/architecture.md.
+mod access;
 mod backend;
 mod clients;
 mod commands;

@@ -42,15 +42,6 @@ pub(crate) struct Proxy {
     pub scripts: Arc<crate::scripts::ScriptCache>,
     /// Clients in MONITOR mode.
     pub monitors: crate::monitor::Monitors,
-}
-
-impl Proxy {
-    /// True when `name`/`password` are a configured user (or no users are configured).
-    pub(crate) fn check_user(&self, name: &str, password: &[u8]) -> bool {
-        self.cfg.users.iter().any(|u| u.name == name && u.password.as_bytes() == password)
-    }
-
-    pub(crate) fn auth_required(&self) -> bool {
-        !self.cfg.users.is_empty()
-    }
+    /// ACL: the command catalog, the users every request is checked against, `ACL LOG`.
+    pub(crate) access: crate::access::Access,
 }

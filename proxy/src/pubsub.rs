@@ -392,6 +392,15 @@ impl Hub {
     }
 
     /// Removes every subscription of `sub` without confirmations (RESET, a closed session).
+    /// What client `id` is subscribed to: each channel or shard channel (`false`) and pattern
+    /// (`true`).
+    pub(crate) fn subscriptions_of(&self, id: u64) -> Vec<(Bytes, bool)> {
+        let state = lock(&self.state);
+        let Some(client) = state.clients.get(&id) else { return Vec::new() };
+        let names = |kind: Kind, pattern: bool| client.names(kind).into_iter().map(move |name| (name, pattern));
+        names(Kind::Channel, false).chain(names(Kind::ShardChannel, false)).chain(names(Kind::Pattern, true)).collect()
+    }
+
     pub(crate) fn remove_client(&self, sub: &Subscriber) {
         // Counts change only through the client's own commands, none of which runs now.
         if !sub.subscribed() {

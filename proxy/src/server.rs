@@ -53,7 +53,7 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(addr);
         let id = proxy.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let user = if proxy.auth_required() { "(unauthenticated)" } else { "default" };
+        let user = if proxy.access.auth_required() { "(unauthenticated)" } else { "default" };
         let client = Arc::new(ClientHandle::new(id, addr, local, user));
         proxy.clients.insert(id, client.clone());
         connected.set(proxy.clients.len() as f64);

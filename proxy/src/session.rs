@@ -16,7 +16,7 @@ use crate::context::{ClientCtx, ClientPubSub};
 use crate::proxy::Proxy;
 use crate::pubsub::Subscriber;
 use crate::replies::{Outgoing, Pending};
-use crate::resp::{Limits, RequestParser};
+use crate::resp::{Limits, ProtocolError, RequestParser};
 
 /// Replies awaited by the writer beyond which the reader stops reading, so one client cannot
 /// make the proxy hold unbounded work.
@@ -25,6 +25,9 @@ const MAX_PENDING: usize = 64 * 1024;
 const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Output buffered before the writer writes it out even if more replies are ready.
 const FLUSH_AT: usize = 64 * 1024;
+/// What a client that has not authenticated may send, as Redis 7.0 limits it
+/// (`processMultibulkBuffer`): 10 arguments, bulk strings of 16 KiB.
+const UNAUTHENTICATED: Limits = Limits { max_bulk_len: 16 * 1024, max_args: 10 };
 
 /// A reply in the writer's queue, with the permit that bounds the queue and, for a barrier,
 /// the signal that releases the reader.
@@ -71,12 +74,19 @@ async fn read_requests<R: AsyncRead + Unpin>(
     let limits = Limits { max_bulk_len: cfg.proto_max_bulk_len, max_args: cfg.max_multibulk_len };
     let mut parser = RequestParser::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let auth_timeout = std::time::Duration::from_millis(cfg.auth_timeout_ms);
+    let auth_deadline = tokio::time::Instant::from_std(client.connected_at) + auth_timeout;
     loop {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
         let read = tokio::select! {
             _ = client.kill.cancelled() => return,
+            // A connection that never authenticates cannot hold a client slot for ever.
+            _ = tokio::time::sleep_until(auth_deadline), if !ctx.authenticated && !auth_timeout.is_zero() => {
+                tracing::debug!(client = client.id, addr = %client.addr, "not authenticated in time; closing");
+                return;
+            }
             read = reader.read_buf(&mut buf) => read,
             // Draining: serve what the client already sent, and stop once it pauses.
             _ = drain.cancelled() => match tokio::time::timeout(DRAIN_IDLE, reader.read_buf(&mut buf)).await {
@@ -92,11 +102,21 @@ async fn read_requests<R: AsyncRead + Unpin>(
             Ok(_) => {}
         }
         loop {
-            let outgoing = match parser.next(&mut buf, limits) {
+            let authenticated = ctx.authenticated;
+            let outgoing = match parser.next(&mut buf, if authenticated { limits } else { UNAUTHENTICATED }) {
                 Ok(Some(request)) => crate::dispatch::dispatch(&mut ctx, request).await,
                 Ok(None) => break,
                 Err(e) => {
-                    Outgoing { close: true, ..Outgoing::new(Pending::error(&format!("ERR {e}")), None, Instant::now()) }
+                    let message = match e {
+                        ProtocolError::MultibulkLength if !authenticated => {
+                            "ERR Protocol error: unauthenticated multibulk length".to_string()
+                        }
+                        ProtocolError::BulkLength if !authenticated => {
+                            "ERR Protocol error: unauthenticated bulk length".to_string()
+                        }
+                        e => format!("ERR {e}"),
+                    };
+                    Outgoing { close: true, ..Outgoing::new(Pending::error(&message), None, Instant::now()) }
                 }
             };
             let close = outgoing.close;

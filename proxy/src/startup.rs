@@ -1,5 +1,6 @@
 //! Start-up: the journal set-up, each shard's starting primary and epoch, the shards started
-//! in parallel, and the command table loaded from the backends.
+//! in parallel, the command table loaded from the backends, and the ACL catalog and users
+//! (`access`) from the same `COMMAND` reply.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -7,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use journal_service::meta::ShardTopology;
+use redis_protocol::resp2::types::BytesFrame;
 
+use crate::access::Access;
 use crate::backend::{BackendConn, BackendOptions};
 use crate::config::ProxyConfig;
 use crate::failover::{self, FailoverSettings};
@@ -36,7 +39,8 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         }
     };
     let plan = shard_starts(&cfg, &slots, journal.as_ref()).await?;
-    let (table, redis_version) = load_command_table(&plan[0], opts).await?;
+    let (table, commands, redis_version) = load_command_table(&plan[0], opts).await?;
+    let access = Access::start(&commands, &cfg.users, journal.as_ref().map(|j| j.meta.clone())).await?;
     let settings = FailoverSettings::from(&cfg.failover);
     // Shards recover and catch up in parallel; the proxy serves once all are ready.
     let starts = plan.into_iter().map(|start| {
@@ -75,6 +79,7 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         pubsub,
         scripts: Default::default(),
         monitors: Default::default(),
+        access,
     })
 }
 
@@ -170,7 +175,10 @@ async fn journal_setup(
 /// Asks shard 0 for its command table — its primary first, then any other node, since every
 /// node of a shard has the same commands — retrying while none is up yet (a sidecar may start
 /// before its Redis).
-async fn load_command_table(shard0: &ShardStart, opts: BackendOptions) -> anyhow::Result<(CommandTable, String)> {
+async fn load_command_table(
+    shard0: &ShardStart,
+    opts: BackendOptions,
+) -> anyhow::Result<(CommandTable, memlog_acl::Value, String)> {
     let others = shard0.nodes.iter().filter(|n| **n != shard0.primary);
     let nodes: Vec<BackendConn> = std::iter::once(&shard0.primary)
         .chain(others)
@@ -188,7 +196,7 @@ async fn load_command_table(shard0: &ShardStart, opts: BackendOptions) -> anyhow
                 let info = String::from_utf8_lossy(&info).into_owned();
                 let version =
                     info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("unknown").trim().to_string();
-                return Ok((table, version));
+                return Ok((table, acl_value(&frame), version));
             }
             Err(e) if Instant::now() < deadline => {
                 tracing::info!("waiting for Redis node {} to load the command table: {e}", admin.addr());
@@ -198,6 +206,19 @@ async fn load_command_table(shard0: &ShardStart, opts: BackendOptions) -> anyhow
         }
     }
     anyhow::bail!("no Redis node of shard 0 answered")
+}
+
+/// A RESP2 frame as the ACL crate reads replies.
+fn acl_value(frame: &BytesFrame) -> memlog_acl::Value {
+    use memlog_acl::Value;
+    match frame {
+        BytesFrame::BulkString(b) => Value::Bulk(b.to_vec()),
+        BytesFrame::SimpleString(s) => Value::Simple(String::from_utf8_lossy(s).into_owned()),
+        BytesFrame::Error(e) => Value::Error(e.to_string()),
+        BytesFrame::Integer(i) => Value::Integer(*i),
+        BytesFrame::Null => Value::Null,
+        BytesFrame::Array(items) => Value::Array(items.iter().map(acl_value).collect()),
+    }
 }
 
 /// A 40-hex-digit ID derived from the address, so a restarted proxy keeps its cluster ID.

@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["replies"],
     &["startup"],
     &["proxy"],
+    &["access"],
     &["shard"],
     &["failover"],
     &["sequencer"],

@@ -26,6 +26,9 @@ pub struct ClusterOptions {
     pub journal_segment_bytes: Option<u64>,
     /// `[snapshot] every_entries`, with the snapshots in `<dir>/snapshots`; no snapshots when None.
     pub snapshot_every: Option<u64>,
+    /// Top-level TOML lines added to the proxy's configuration (`auth_timeout_ms = …`,
+    /// `[[users]]` tables go last).
+    pub proxy_extra: String,
 }
 
 impl Default for ClusterOptions {
@@ -36,6 +39,7 @@ impl Default for ClusterOptions {
             write_wait_ms: 5_000,
             journal_segment_bytes: None,
             snapshot_every: None,
+            proxy_extra: String::new(),
         }
     }
 }
@@ -100,7 +104,7 @@ impl DurableCluster {
     /// `[[shards]]` with slots split evenly, `[journal]` with every node.
     fn write_proxy_config(&self, opts: &ClusterOptions) {
         let quote = |addrs: &[SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
-        let mut toml = format!("listen = \"{}\"\n", self.proxy_addr);
+        let mut toml = format!("listen = \"{}\"\n{}\n", self.proxy_addr, opts.proxy_extra);
         toml += &format!(
             "[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\nwrite_wait_ms = {}\n",
             quote(&self.journal_addrs),
@@ -164,7 +168,13 @@ impl DurableCluster {
         let deadline = started + PROXY_READY_TIMEOUT;
         loop {
             let pong = Conn::connect(self.proxy_addr, Duration::from_secs(2)).and_then(|mut c| c.cmd(&["PING"]));
-            if matches!(&pong, Ok(Value::Simple(s)) if s == "PONG") {
+            // A proxy that requires authentication serves once it answers NOAUTH.
+            let serving = match &pong {
+                Ok(Value::Simple(s)) => s == "PONG",
+                Ok(Value::Error(e)) => e.starts_with("NOAUTH"),
+                _ => false,
+            };
+            if serving {
                 return started.elapsed();
             }
             assert!(

@@ -4,6 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use memlog_acl::AuthError;
 
 use crate::context::ClientCtx;
 use crate::replies::Pending;
@@ -36,7 +37,7 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
             set_proto(d, Proto::Resp2);
             *d.client.name.lock().unwrap() = None;
             *d.client.user.lock().unwrap() = "default".into();
-            d.authenticated = !d.proxy.auth_required();
+            d.authenticated = !d.proxy.access.auth_required();
             Pending::Ready(reply(Proto::Resp2, |w| {
                 w.simple("RESET");
             }))
@@ -59,13 +60,14 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
         }),
         "auth" => {
             let (user, password) = match args.len() {
-                2 => ("default".to_string(), &args[1]),
-                _ => (String::from_utf8_lossy(&args[1]).into_owned(), &args[2]),
+                2 => (&b"default"[..], &args[1]),
+                _ => (&args[1][..], &args[2]),
             };
-            if !d.proxy.auth_required() && args.len() == 2 {
+            let default_nopass = d.proxy.access.users().get(b"default").is_some_and(|u| u.nopass());
+            if default_nopass && args.len() == 2 {
                 return Pending::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
             }
-            match authenticate(d, &user, password) {
+            match authenticate(d, user, password, &args[0]) {
                 Ok(()) => ready(&|w| {
                     w.simple("OK");
                 }),
@@ -77,16 +79,13 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     }
 }
 
-const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
-
-fn authenticate(d: &mut ClientCtx, user: &str, password: &[u8]) -> Result<(), &'static str> {
-    // With no users configured, the default user needs no password, as in a stock Redis.
-    let ok = if d.proxy.auth_required() { d.proxy.check_user(user, password) } else { user == "default" };
-    if !ok {
-        return Err(WRONGPASS);
-    }
+/// Authenticates the client as `user` (a failure is counted and logged to `ACL LOG` under
+/// `command`, the command as the client spelt it).
+fn authenticate(d: &mut ClientCtx, user: &[u8], password: &[u8], command: &[u8]) -> Result<(), &'static str> {
+    let client_info = d.client_info();
+    d.proxy.access.authenticate(user, password, command, &client_info).map_err(|_| AuthError::REPLY)?;
     d.authenticated = true;
-    *d.client.user.lock().unwrap() = user.to_string();
+    *d.client.user.lock().unwrap() = String::from_utf8_lossy(user).into_owned();
     Ok(())
 }
 
@@ -112,12 +111,12 @@ fn hello(d: &mut ClientCtx, request: &Request) -> Pending {
         };
     }
     let mut i = 2;
-    let mut auth: Option<(String, Bytes)> = None;
+    let mut auth: Option<(Bytes, Bytes)> = None;
     let mut name: Option<Bytes> = None;
     while i < args.len() {
         let more = args.len() - i - 1;
         if args[i].eq_ignore_ascii_case(b"auth") && more >= 2 {
-            auth = Some((String::from_utf8_lossy(&args[i + 1]).into_owned(), args[i + 2].clone()));
+            auth = Some((args[i + 1].clone(), args[i + 2].clone()));
             i += 3;
         } else if args[i].eq_ignore_ascii_case(b"setname") && more >= 1 {
             name = Some(args[i + 1].clone());
@@ -130,7 +129,7 @@ fn hello(d: &mut ClientCtx, request: &Request) -> Pending {
         }
     }
     if let Some((user, password)) = auth {
-        if let Err(msg) = authenticate(d, &user, &password) {
+        if let Err(msg) = authenticate(d, &user, &password, &args[0]) {
             return Pending::error(msg);
         }
     }

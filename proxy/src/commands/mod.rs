@@ -35,8 +35,6 @@ pub(crate) enum CommandRoute {
 
 const MANAGED_NODES: &str = "memlog manages the Redis nodes";
 const MANAGED_TOPOLOGY: &str = "memlog manages the cluster topology";
-/// The proxy's users come from its configuration (`[[users]]`), which is where they change.
-const USERS_IN_CONFIG: &str = "the proxy's users are set in its configuration ([[users]])";
 /// Client-side caching needs every shard's invalidations relayed to each tracking client as
 /// RESP3 pushes (or to its redirect client); memlog does not relay them, so it refuses to
 /// start tracking rather than let a client cache values that are never invalidated.
@@ -83,10 +81,8 @@ pub(crate) fn route(info: &CommandInfo) -> CommandRoute {
         "memlog" => CommandRoute::Local,
         "wait" => CommandRoute::Local,
         "monitor" => CommandRoute::Local,
-        "acl|whoami" | "acl|users" | "acl|list" => CommandRoute::Local,
-        "acl|cat" | "acl|genpass" => CommandRoute::Forward,
-        "acl|setuser" | "acl|deluser" | "acl|save" | "acl|load" => CommandRoute::Refused(USERS_IN_CONFIG),
-        n if n.starts_with("acl|") => CommandRoute::NotYet,
+        "acl|genpass" => CommandRoute::Forward,
+        n if n.starts_with("acl|") => CommandRoute::Local,
         // Blocking commands are parked in the shard's sequencer (see `dispatch`).
         _ if info.flags.pubsub => CommandRoute::NotYet,
         _ => CommandRoute::Forward,
@@ -108,7 +104,7 @@ pub(crate) async fn run_local(d: &mut ClientCtx, request: &Request, info: &Arc<C
         return cluster::run(d, sub, request);
     }
     if let Some(sub) = name.strip_prefix("acl|") {
-        return acl::run(d, sub);
+        return acl::run(d, sub, &request.args).await;
     }
     if name.starts_with("pubsub|") {
         return pubsub::run(d, name, request).await;

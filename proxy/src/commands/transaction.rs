@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use memlog_acl::{DenialReason, LogContext};
 
 use crate::commands::{route, CommandRoute};
 use crate::context::ClientCtx;
@@ -33,7 +34,7 @@ async fn run_command(d: &mut ClientCtx, name: &str, request: &Request) -> Pendin
     match name {
         "multi" if d.multi.is_some() => Pending::error("ERR MULTI calls can not be nested"),
         "multi" => {
-            d.multi = Some(Multi::default());
+            d.multi = Some(Multi { acl_generation: d.proxy.access.generation(), ..Multi::default() });
             ok()
         }
         "discard" => match d.multi.take() {
@@ -165,6 +166,11 @@ async fn exec(d: &mut ClientCtx) -> Pending {
         unwatch(d);
         return Pending::error("EXECABORT Transaction discarded because of previous errors.");
     }
+    let (queued, denied) = recheck_permissions(d, multi.queued, multi.acl_generation);
+    if queued.is_empty() && !denied.is_empty() {
+        unwatch(d);
+        return Pending::Ready(splice_denials(Bytes::from_static(b"*0\r\n"), &denied));
+    }
     let watching = d.watching.take();
     let shard = match (&watching, multi.shard) {
         (Some(w), Some(shard)) if w.shard != shard => {
@@ -175,8 +181,66 @@ async fn exec(d: &mut ClientCtx) -> Pending {
         (Some(w), _) => w.shard,
         (None, shard) => shard.unwrap_or(0),
     };
-    let transaction = Transaction { commands: multi.queued, watch: watching.map(|w| w.watch) };
-    d.submit_to_sequencer(shard, SequencerOp::Transaction(transaction)).await
+    let transaction = Transaction { commands: queued, watch: watching.map(|w| w.watch) };
+    let reply = d.submit_to_sequencer(shard, SequencerOp::Transaction(transaction)).await;
+    if denied.is_empty() {
+        return reply;
+    }
+    Pending::Merge {
+        parts: vec![reply],
+        merge: Box::new(move |mut replies| splice_denials(replies.remove(0), &denied)),
+    }
+}
+
+/// As Redis 7.0's EXEC: when the ACL rules changed since MULTI, each queued command is checked
+/// again; those now denied do not run and answer `-NOPERM` in their place of EXEC's array.
+/// Returns the commands that run and the denied ones' positions and errors.
+fn recheck_permissions(
+    d: &ClientCtx,
+    commands: Vec<QueuedCommand>,
+    generation: u64,
+) -> (Vec<QueuedCommand>, Vec<(usize, Bytes)>) {
+    let access = &d.proxy.access;
+    if access.generation() == generation {
+        return (commands, Vec::new());
+    }
+    let user = d.client.user.lock().unwrap().clone();
+    let (mut queued, mut denied) = (Vec::new(), Vec::new());
+    for (at, command) in commands.into_iter().enumerate() {
+        match access.check(user.as_bytes(), &command.request.args) {
+            Ok(()) => queued.push(command),
+            Err(denial) => {
+                access.log_denial(&denial, LogContext::Multi, user.as_bytes(), &d.client_info());
+                let reason = match denial.reason {
+                    DenialReason::Command => "no permission to execute the command or subcommand",
+                    DenialReason::Key => "no permission to touch the specified keys",
+                    DenialReason::Channel => "no permission to access one of the channels used as arguments",
+                };
+                denied.push((at, crate::resp::error_reply(&format!("{EXEC_NOPERM}{reason}"))));
+            }
+        }
+    }
+    (queued, denied)
+}
+
+const EXEC_NOPERM: &str = "NOPERM ACLs rules changed between the moment the transaction was accumulated and the EXEC \
+                           call. This command is no longer allowed for the following reason: ";
+
+/// EXEC's reply with each denied command's error put back in its place (a null reply, from a
+/// WATCH that failed, stays as it is).
+fn splice_denials(reply: Bytes, denied: &[(usize, Bytes)]) -> Bytes {
+    if reply.starts_with(b"*-1") || reply.starts_with(b"_") {
+        return reply;
+    }
+    let Some(mut items) = crate::resp::array_items(&reply) else { return reply };
+    for (at, error) in denied {
+        items.insert((*at).min(items.len()), error.clone());
+    }
+    let mut out = bytes::BytesMut::from(format!("*{}\r\n", items.len()).as_bytes());
+    for item in items {
+        out.extend_from_slice(&item);
+    }
+    out.freeze()
 }
 
 async fn watch(d: &mut ClientCtx, request: &Request) -> Pending {

@@ -454,11 +454,61 @@ impl ReplyWriter {
         }
     }
 
+    /// A set header: `~n` in RESP3, an array in RESP2.
+    pub fn set(&mut self, len: usize) -> &mut Self {
+        match self.proto {
+            Proto::Resp2 => self.array(len),
+            Proto::Resp3 => {
+                self.out.put_u8(b'~');
+                put_decimal(&mut self.out, len as i64);
+                self
+            }
+        }
+    }
+
+    /// A double: `,x` in RESP3, a bulk string in RESP2, written as C's `%.17g` (Redis 7.0).
+    pub fn double(&mut self, x: f64) -> &mut Self {
+        let text = format_g17(x);
+        match self.proto {
+            Proto::Resp2 => self.bulk(text.as_bytes()),
+            Proto::Resp3 => {
+                self.out.put_u8(b',');
+                self.out.extend_from_slice(text.as_bytes());
+                self.out.extend_from_slice(b"\r\n");
+                self
+            }
+        }
+    }
+
     /// Appends an already encoded frame.
     pub fn raw(&mut self, frame: &[u8]) -> &mut Self {
         self.out.extend_from_slice(frame);
         self
     }
+}
+
+/// `x` as C's `printf("%.17g")`: 17 significant digits, trailing zeros dropped, exponent form
+/// below 1e-4 and from 1e17.
+pub fn format_g17(x: f64) -> String {
+    if !x.is_finite() {
+        return if x.is_nan() {
+            "nan".into()
+        } else if x > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        };
+    }
+    let scientific = format!("{x:.16e}");
+    let (mantissa, exponent) = scientific.split_once('e').expect("exponent form");
+    let exponent: i32 = exponent.parse().expect("an integer exponent");
+    let trim =
+        |s: &str| if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s.into() };
+    if !(-4..17).contains(&exponent) {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        return format!("{}e{sign}{:02}", trim(mantissa), exponent.abs());
+    }
+    trim(&format!("{x:.*}", (16 - exponent) as usize))
 }
 
 /// Shorthand for a one-frame reply.
@@ -532,6 +582,16 @@ mod tests {
             out.push(req.args.iter().map(|a| a.to_vec()).collect());
         }
         Ok(out)
+    }
+
+    #[test]
+    fn doubles_are_formatted_as_c_g17() {
+        assert_eq!(format_g17(0.405), "0.40500000000000003");
+        assert_eq!(format_g17(1.0), "1");
+        assert_eq!(format_g17(0.0), "0");
+        assert_eq!(format_g17(12.5), "12.5");
+        assert_eq!(format_g17(1e-5), "1.0000000000000001e-05");
+        assert_eq!(format_g17(1e20), "1e+20");
     }
 
     #[test]
