@@ -9,6 +9,7 @@ mod cluster_file;
 mod deployment;
 mod failover_cmd;
 mod probe;
+mod redis_auth;
 mod signals;
 mod status;
 mod supervisor;

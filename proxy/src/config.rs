@@ -24,6 +24,7 @@ const KEYS: &[&str] = &[
     "connect_timeout_ms",
     "shutdown_grace_ms",
     "tls",
+    "backend",
     "users",
     "journal",
     "failover",
@@ -71,6 +72,8 @@ pub struct ProxyConfig {
     pub shutdown_grace_ms: u64,
     /// TLS for client connections; plain TCP when absent.
     pub tls: Option<TlsConfig>,
+    /// How the proxy authenticates to its Redis nodes.
+    pub backend: BackendConfig,
     /// ACL users; when empty, the `default` user needs no password.
     pub users: Vec<UserConfig>,
     /// The journal every write goes through before Redis sees it. Without it the proxy only
@@ -213,6 +216,20 @@ pub struct TlsConfig {
     pub key: String,
 }
 
+/// The credentials the proxy presents to every Redis node, on every connection (data path,
+/// health checks, replication set-up, snapshots, keyspace relays). The password is read from
+/// `password_file`, else from the `MEMLOG_BACKEND_PASSWORD` environment variable; it has no
+/// key of its own, so it never sits in a configuration file or on a command line.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// The Redis ACL user (Redis's `default` user, i.e. `requirepass`, when unset). It needs the
+    /// rights memlog uses: the commands clients send, `CONFIG`, `REPLICAOF`, `SYNC`, `INFO`.
+    pub user: Option<String>,
+    /// A file whose first line is the password (mode 0600).
+    pub password_file: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
@@ -249,6 +266,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 1_000,
             shutdown_grace_ms: 5_000,
             tls: None,
+            backend: BackendConfig::default(),
             users: Vec::new(),
             journal: None,
             failover: FailoverConfig::default(),
