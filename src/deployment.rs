@@ -4,9 +4,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use memlog_proxy::config::ProxyConfig;
+use memlog_proxy::BackendAuth;
 
 use crate::cluster_file::ClusterFile;
 use crate::probe::{ProbeError, Reply, Session};
@@ -59,6 +61,8 @@ pub struct Deployment {
     pub config: Option<ProxyConfig>,
     /// What to `AUTH` with before admin commands.
     pub credentials: Option<Credentials>,
+    /// What the proxy authenticates to the Redis nodes with (`[backend]`), for probing them.
+    pub backend_auth: Option<Arc<BackendAuth>>,
 }
 
 impl Deployment {
@@ -77,12 +81,19 @@ impl Deployment {
             .map_err(|e| anyhow::anyhow!("cannot read the proxy config {}: {e:#}", path.display()))?;
         let credentials =
             config.users.iter().find_map(|u| Some(Credentials { user: u.name.clone(), password: u.password.clone()? }));
-        Ok(Deployment { proxy: client_endpoint(&config), cluster: None, config: Some(config), credentials })
+        let backend_auth = BackendAuth::from_config(&config.backend)?;
+        Ok(Deployment {
+            proxy: client_endpoint(&config),
+            cluster: None,
+            config: Some(config),
+            credentials,
+            backend_auth,
+        })
     }
 
     /// Only a proxy's address: what it reports is all there is to know.
     pub fn from_proxy(addr: &str) -> Deployment {
-        Deployment { proxy: addr.to_string(), cluster: None, config: None, credentials: None }
+        Deployment { proxy: addr.to_string(), cluster: None, config: None, credentials: None, backend_auth: None }
     }
 
     /// Replaces the credentials (`--user`/`--password` on the command line win over the config).

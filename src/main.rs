@@ -10,6 +10,7 @@ mod deployment;
 mod failover_cmd;
 mod import;
 mod probe;
+mod redis_auth;
 mod signals;
 mod status;
 mod supervisor;

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use memlog_proxy::BackendAuth;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -59,9 +60,10 @@ pub struct NodeReport {
 }
 
 /// Asks the Redis node at `addr` for its role (`INFO replication`, which carries `ROLE`'s answer
-/// as text) and its `__memlog:lsn`, on one connection.
-pub async fn redis_node(addr: &str, timeout: Duration) -> Result<NodeReport, ProbeError> {
+/// as text) and its `__memlog:lsn`, on one connection, after `AUTH` if credentials are given.
+pub async fn redis_node(addr: &str, timeout: Duration, auth: Option<&BackendAuth>) -> Result<NodeReport, ProbeError> {
     let mut session = Session::connect(addr, timeout).await?;
+    session.auth(auth).await?;
     let role = match session.call(&["INFO", "replication"]).await? {
         Reply::Bulk(Some(info)) => parse_role(&String::from_utf8_lossy(&info))?,
         Reply::Error(message) => return Err(ProbeError::Refused(message)),
@@ -114,6 +116,21 @@ impl Session {
         Ok(Session { stream, buf: Vec::new(), timeout })
     }
 
+    /// `AUTH [user] password` when credentials are given; an error reply is `Refused`. The
+    /// password is never part of an error.
+    pub async fn auth(&mut self, auth: Option<&BackendAuth>) -> Result<(), ProbeError> {
+        let args = match auth {
+            None => return Ok(()),
+            Some(BackendAuth { user: Some(user), password }) => vec!["AUTH", user, password],
+            Some(BackendAuth { user: None, password }) => vec!["AUTH", password],
+        };
+        match self.call(&args).await? {
+            Reply::Simple(_) => Ok(()),
+            Reply::Error(message) => Err(ProbeError::Refused(message)),
+            _ => Err(ProbeError::Malformed("AUTH answered neither OK nor an error")),
+        }
+    }
+
     /// Sends one command and reads its reply, within the session's timeout.
     pub async fn call(&mut self, args: &[&str]) -> Result<Reply, ProbeError> {
         let timeout = self.timeout;
@@ -137,24 +154,31 @@ impl Session {
     }
 }
 
-/// Sends one command to `addr` on a fresh connection and returns its reply.
-pub async fn command(addr: SocketAddr, args: &[&str], timeout: Duration) -> Result<Reply, ProbeError> {
-    Session::connect(addr, timeout).await?.call(args).await
-}
-
 /// True if something accepts a TCP connection on `addr` (a journal node, which does not speak RESP).
 pub async fn accepts(addr: SocketAddr, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, TcpStream::connect(addr)).await, Ok(Ok(_)))
 }
 
-/// True if `addr` answers `PING` with `PONG`.
-pub async fn pings(addr: SocketAddr, timeout: Duration) -> bool {
-    matches!(command(addr, &["PING"], timeout).await, Ok(Reply::Simple(s)) if s == "PONG")
+/// Sends one command to `addr` on a fresh connection, after `AUTH password` if one is given.
+async fn command(
+    addr: SocketAddr,
+    auth: Option<&BackendAuth>,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Reply, ProbeError> {
+    let mut session = Session::connect(addr, timeout).await?;
+    session.auth(auth).await?;
+    session.call(args).await
+}
+
+/// True if `addr` answers `PING` with `PONG` (after `AUTH password` if one is given).
+pub async fn pings(addr: SocketAddr, timeout: Duration, auth: Option<&BackendAuth>) -> bool {
+    matches!(command(addr, auth, &["PING"], timeout).await, Ok(Reply::Simple(s)) if s == "PONG")
 }
 
 /// True if the replica at `addr` reports an established link to its primary.
-pub async fn replica_linked(addr: SocketAddr, timeout: Duration) -> bool {
-    match command(addr, &["INFO", "replication"], timeout).await {
+pub async fn replica_linked(addr: SocketAddr, timeout: Duration, auth: Option<&BackendAuth>) -> bool {
+    match command(addr, auth, &["INFO", "replication"], timeout).await {
         Ok(Reply::Bulk(Some(info))) => {
             String::from_utf8_lossy(&info).lines().any(|line| line.trim() == "master_link_status:up")
         }

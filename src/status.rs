@@ -10,12 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use journal_service::meta::{EventRecord, MetaError, MetaStore};
 use journal_service::{NodeClient, StreamTail};
 use memlog_proxy::config::ShardConfig;
+use memlog_proxy::BackendAuth;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -189,7 +191,7 @@ pub async fn gather(deployment: &Deployment) -> Report {
             Err(meta_error) => (layout_from_config(deployment), Source::Config { proxy_error, meta_error }),
         },
     };
-    let mut nodes = probe_redis_nodes(layout.iter().flat_map(|s| s.nodes())).await;
+    let mut nodes = probe_redis_nodes(layout.iter().flat_map(|s| s.nodes()), deployment.backend_auth.clone()).await;
     let mut snapshots = newest_snapshots(deployment, layout.iter().map(|s| s.id)).await;
     let shards = layout
         .into_iter()
@@ -385,11 +387,15 @@ fn slot_ranges(ranges: &[(u16, u16)]) -> String {
 }
 
 /// Asks every node at once for its role and LSN.
-async fn probe_redis_nodes(addrs: impl Iterator<Item = String>) -> BTreeMap<String, Result<NodeReport, String>> {
+async fn probe_redis_nodes(
+    addrs: impl Iterator<Item = String>,
+    auth: Option<Arc<BackendAuth>>,
+) -> BTreeMap<String, Result<NodeReport, String>> {
     let mut asks = JoinSet::new();
     for addr in addrs {
+        let auth = auth.clone();
         asks.spawn(async move {
-            let report = probe::redis_node(&addr, PROBE_TIMEOUT).await.map_err(|e| e.to_string());
+            let report = probe::redis_node(&addr, PROBE_TIMEOUT, auth.as_deref()).await.map_err(|e| e.to_string());
             (addr, report)
         });
     }

@@ -19,15 +19,18 @@ use std::future::Future;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use memlog_proxy::config::{JournalConfig, ProxyConfig, ShardConfig, SnapshotConfig};
+use memlog_proxy::config::{BackendConfig, JournalConfig, ProxyConfig, ShardConfig, SnapshotConfig};
 use memlog_proxy::router::SlotMap;
+use memlog_proxy::BackendAuth;
 
 use crate::children::{ChildSpec, Children};
 use crate::cluster_file::{up_alive, ClusterFile, ClusterState, ProcessRecord, Role};
 use crate::probe;
+use crate::redis_auth;
 use crate::supervisor::{empty_redis_dir, Prepare, RestartPlan, Restarted, Supervisor};
 
 /// Flags of `memlog up`.
@@ -136,6 +139,8 @@ struct NodePlan {
     ready: Readiness,
     /// How long it may take to become ready before start-up fails.
     ready_within: Duration,
+    /// What its readiness probe authenticates with (a Redis node's generated password).
+    auth: Option<Arc<BackendAuth>>,
 }
 
 impl NodePlan {
@@ -338,13 +343,18 @@ fn plan_journal(ports: &[u16], dir: &Path) -> Result<Vec<NodePlan>, UpError> {
                 port,
                 ready: Readiness::AcceptsTcp,
                 ready_within: JOURNAL_READY_TIMEOUT,
+                auth: None,
             })
         })
         .collect()
 }
 
-/// The Redis nodes: shard by shard, the primary then its replicas, on consecutive ports.
+/// The Redis nodes: shard by shard, the primary then its replicas, on consecutive ports, all
+/// with one password generated for this start (see `redis_auth`).
 fn plan_redis(args: &UpArgs, redis_server: &Path, dir: &Path) -> Result<Vec<NodePlan>, UpError> {
+    let password = redis_auth::generate(dir)
+        .map_err(|e| io_error(format!("cannot write the Redis password into {}", dir.display()), e))?;
+    let auth = Arc::new(BackendAuth { user: None, password: password.password.clone() });
     let per_shard = 1 + args.replicas as usize;
     let count = args.shards as usize * per_shard;
     let port_at = |i: usize| -> Result<u16, UpError> {
@@ -358,12 +368,13 @@ fn plan_redis(args: &UpArgs, redis_server: &Path, dir: &Path) -> Result<Vec<Node
     let mut nodes = Vec::with_capacity(count);
     for (shard, slots) in slots.into_iter().enumerate() {
         let primary = port_at(shard * per_shard)?;
-        nodes.push(redis_node(redis_server, dir, primary, None, Role::Primary { shard, slots })?);
+        let files = NodeFiles { dir, config: &password.config_file, auth: &auth };
+        nodes.push(redis_node(redis_server, &files, primary, None, Role::Primary { shard, slots })?);
         for r in 1..per_shard {
             let port = port_at(shard * per_shard + r)?;
             nodes.push(redis_node(
                 redis_server,
-                dir,
+                &files,
                 port,
                 Some(primary),
                 Role::Replica { shard, replica_of: primary },
@@ -378,18 +389,20 @@ fn plan_redis(args: &UpArgs, redis_server: &Path, dir: &Path) -> Result<Vec<Node
 /// sync) is removed, so every byte it serves comes from the journal replay or its primary.
 /// A replica replicates its primary from the first start; a restart (of any node) is empty and
 /// unattached, for the proxy's controller to attach to whichever node is primary by then.
+/// Its password comes from the config file named first, not from the command line.
 fn redis_node(
     redis_server: &Path,
-    dir: &Path,
+    files: &NodeFiles<'_>,
     port: u16,
     replica_of: Option<u16>,
     role: Role,
 ) -> Result<NodePlan, UpError> {
     let name = format!("redis-{port}");
-    let node_dir = dir.join(&name);
+    let node_dir = files.dir.join(&name);
     let log = node_dir.join("redis.log");
     empty_redis_dir(&node_dir, &log).map_err(|e| io_error(format!("cannot empty {}", node_dir.display()), e))?;
     let args: Vec<std::ffi::OsString> = vec![
+        files.config.into(),
         "--port".into(),
         port.to_string().into(),
         "--bind".into(),
@@ -421,7 +434,15 @@ fn redis_node(
         }
         None => (unattached, Readiness::Pings, REDIS_READY_TIMEOUT),
     };
-    Ok(NodePlan { spec, restart, role, port, ready, ready_within })
+    Ok(NodePlan { spec, restart, role, port, ready, ready_within, auth: Some(files.auth.clone()) })
+}
+
+/// What every Redis node of the cluster shares: the cluster's dir, the config file with the
+/// password, and the password for readiness probes.
+struct NodeFiles<'a> {
+    dir: &'a Path,
+    config: &'a Path,
+    auth: &'a Arc<BackendAuth>,
 }
 
 /// The proxy's configuration: the journal (if any), every shard with its nodes, slots split evenly.
@@ -460,6 +481,10 @@ fn proxy_config(
         journal,
         snapshot,
         shards,
+        backend: BackendConfig {
+            user: None,
+            password_file: Some(redis_auth::password_file(dir).display().to_string()),
+        },
         ..ProxyConfig::default()
     }
 }
@@ -484,6 +509,7 @@ fn plan_proxy(args: &UpArgs, dir: &Path, config: &ProxyConfig) -> Result<NodePla
         port: args.port,
         ready: Readiness::Pings,
         ready_within: PROXY_READY_TIMEOUT,
+        auth: None,
     })
 }
 
@@ -568,8 +594,8 @@ async fn wait_ready(children: &Children, node: &NodePlan) -> Result<(), UpError>
         }
         let ready = match node.ready {
             Readiness::AcceptsTcp => probe::accepts(node.addr(), PROBE_TIMEOUT).await,
-            Readiness::Pings => probe::pings(node.addr(), PROBE_TIMEOUT).await,
-            Readiness::ReplicaLinked => probe::replica_linked(node.addr(), PROBE_TIMEOUT).await,
+            Readiness::Pings => probe::pings(node.addr(), PROBE_TIMEOUT, node.auth.as_deref()).await,
+            Readiness::ReplicaLinked => probe::replica_linked(node.addr(), PROBE_TIMEOUT, node.auth.as_deref()).await,
         };
         if ready {
             tracing::info!(child = %node.spec.name, "ready");
@@ -655,6 +681,15 @@ mod tests {
         assert_eq!(cfg.shards[2].primary, "127.0.0.1:7006");
         assert_eq!(cfg.shards[2].replicas, vec!["127.0.0.1:7007", "127.0.0.1:7008"]);
         assert_eq!(cfg.metrics_listen.as_deref(), Some("127.0.0.1:9121"));
+        // Every node reads its password from the private config file, none from its arguments.
+        let password_file = dir.path().join("redis.password");
+        let password = std::fs::read_to_string(&password_file).unwrap().trim().to_string();
+        assert_eq!(cfg.backend.password_file.as_deref(), Some(&*password_file.to_string_lossy()));
+        for node in &nodes {
+            assert_eq!(node.spec.args[0], dir.path().join("redis-auth.conf").into_os_string());
+            assert_eq!(node.restart.spec.args[0], node.spec.args[0]);
+            assert!(!node.spec.args.iter().any(|a| a.to_string_lossy().contains(&password)), "{:?}", node.spec.args);
+        }
         let journal_cfg = cfg.journal.as_ref().expect("a [journal] table");
         assert_eq!(journal_cfg.nodes, vec!["127.0.0.1:7400", "127.0.0.1:7401", "127.0.0.1:7402"]);
         assert_eq!(journal_cfg.metadata, format!("file:{}", dir.path().join("metadata.json").display()));

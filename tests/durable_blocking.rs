@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::cluster::{ClusterOptions, DurableCluster, CLIENT_TIMEOUT};
+use common::cluster::{redis_conn, ClusterOptions, DurableCluster, CLIENT_TIMEOUT};
 use common::resp::{Conn, Value};
 
 /// The list every test pops from.
@@ -90,7 +90,7 @@ fn until_not_tryagain(cluster: &DurableCluster, command: &[&str]) -> Value {
 
 /// The length of QUEUE on the shard's Redis itself, bypassing the proxy.
 fn queue_length_on_redis(cluster: &DurableCluster) -> Value {
-    let mut redis = Conn::connect(cluster.redis_addr(0), CLIENT_TIMEOUT).expect("connect to redis");
+    let mut redis = redis_conn(cluster.redis_addr(0)).expect("connect to redis");
     redis.cmd(&["LLEN", QUEUE]).expect("LLEN on redis")
 }
 

@@ -12,7 +12,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::cluster::{ClusterOptions, DurableCluster, Snapshot, CLIENT_TIMEOUT};
+use common::cluster::{redis_conn, ClusterOptions, DurableCluster, Snapshot, CLIENT_TIMEOUT};
 use common::resp::{Conn, Value};
 
 /// Calls per connection; two connections interleave theirs.
@@ -247,7 +247,7 @@ fn evalsha_still_works_after_the_redis_nodes_restarted_empty() {
             std::thread::sleep(Duration::from_millis(50));
         }
         // Replay ran the journaled EVAL with its body, which cached the script on the node…
-        let mut node = Conn::connect(cluster.redis_addr(shard), CLIENT_TIMEOUT).unwrap();
+        let mut node = redis_conn(cluster.redis_addr(shard)).unwrap();
         let replayed_here = (0..keys.len()).any(|tag| shard_of(&format!("t{tag}"), cluster.shards()) == shard);
         let exists = node.cmd(&["SCRIPT", "EXISTS", &sha]).unwrap();
         assert_eq!(exists, Value::Array(Some(vec![Value::Int(i64::from(replayed_here))])), "shard {shard}");

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::cluster::{journal_first_lsns, spawn_redis_at, CLIENT_TIMEOUT};
+use common::cluster::{
+    backend_auth_toml, journal_first_lsns, redis_conn, spawn_redis_at, CLIENT_TIMEOUT, REDIS_PASSWORD,
+};
 use common::load::{lost_writes, Load, Outcome, Progress};
 use common::resp::{Conn, Value};
 use common::{free_port, memlog_bin, spawn_journal_with, spawn_listening, Proc};
@@ -75,31 +77,38 @@ impl FailoverCluster {
         for _ in 0..SHARDS {
             let primary = spawn_node(dir.path(), free_port());
             let replica = spawn_node(dir.path(), free_port());
-            redis_cmd(replica.addr, &["REPLICAOF", "127.0.0.1", &primary.addr.port().to_string()]);
             nodes.extend([Some(primary), Some(replica)]);
         }
         let node_addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.as_ref().unwrap().addr).collect();
-        // Measure failovers, not the replicas' first sync.
-        for replica in node_addrs.iter().skip(1).step_by(2) {
-            let deadline = Instant::now() + RECOVERY;
-            while !redis_cmd(*replica, &["INFO", "replication"]).text().contains("master_link_status:up") {
-                assert!(Instant::now() < deadline, "replica {replica} does not sync");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
         let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cluster = FailoverCluster { dir, journal, nodes, node_addrs, proxy: None, proxy_addr };
         cluster.write_config(snapshots);
         cluster.start_proxy();
+        // The proxy makes each replica follow its primary, after preparing it (`masterauth`: the
+        // nodes want a password and were started without one to give their primary). Measure
+        // failovers, not the replicas' first sync.
+        for replica in cluster.node_addrs.iter().skip(1).step_by(2) {
+            cluster.wait_until_synced(*replica);
+        }
         cluster
+    }
+
+    /// Waits until the replica `node` reports its link to its primary up.
+    fn wait_until_synced(&self, node: SocketAddr) {
+        let deadline = Instant::now() + RECOVERY;
+        while !redis_cmd(node, &["INFO", "replication"]).text().contains("master_link_status:up") {
+            assert!(Instant::now() < deadline, "replica {node} does not sync: {}", self.proxy_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn write_config(&self, snapshots: bool) {
         let quote = |addrs: Vec<String>| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
         let journal = self.journal.iter().map(|j| j.as_ref().unwrap().addr.to_string()).collect();
         let mut toml = format!(
-            "listen = \"{}\"\n[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\n",
+            "listen = \"{}\"\n{}[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\n",
             self.proxy_addr,
+            backend_auth_toml(self.dir.path()),
             quote(journal),
             self.metadata_path().display()
         );
@@ -252,7 +261,15 @@ fn tag_in_shard(shard: usize) -> String {
 
 /// One command straight to a Redis node.
 fn redis_cmd(addr: SocketAddr, args: &[&str]) -> Value {
-    Conn::connect(addr, CLIENT_TIMEOUT).and_then(|mut c| c.cmd(args)).unwrap()
+    redis_conn(addr).and_then(|mut c| c.cmd(args)).unwrap()
+}
+
+/// The `masterauth` a node presents to its primary.
+fn masterauth(addr: SocketAddr) -> String {
+    match redis_cmd(addr, &["CONFIG", "GET", "masterauth"]) {
+        Value::Array(Some(items)) if items.len() == 2 => items[1].text(),
+        other => panic!("CONFIG GET masterauth on {addr}: {other:?}"),
+    }
 }
 
 /// `ROLE` of a node: `("master", None)` or `("slave", Some("host:port"))`.
@@ -581,6 +598,13 @@ fn kill9_primary_and_replica_then_restart_both_empty(cluster: &mut FailoverClust
     cluster.wait_until("the restarted replica replicates the primary again", || {
         role(replica) == ("slave".into(), Some(primary.to_string()))
     });
+    // Both came back empty and without `masterauth`; the replica can sync from a primary that
+    // wants a password only because the proxy prepared it first, and the rebuilt primary was
+    // prepared before it served again.
+    cluster.wait_until_synced(replica);
+    for node in [primary, replica] {
+        assert_eq!(masterauth(node), REDIS_PASSWORD, "{node} was not prepared");
+    }
     // The shard cannot be served until the nodes return, which may take longer than hold_ms.
     checked.finish(cluster, case, Refusals::Allowed("every node of the shard was down"));
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use common::memlog_bin;
 use serde_json::Value;
-use up_harness::{alive, cluster_json, processes_with_role, redis_cli, start_up, stdout_of, up_log, wait_until, Shape};
+use up_harness::{
+    alive, cluster_json, node_cli, processes_with_role, redis_cli, start_up, stdout_of, up_log, wait_until, Shape,
+};
 
 /// Snapshots every 50 entries: the 200 writes below make one on each shard.
 const SHAPE: Shape = Shape { shards: 2, replicas: 1, journal_nodes: 3, snapshot_every: 50 };
@@ -227,9 +229,9 @@ fn failover_switches_a_shard_and_status_follows_even_with_the_proxy_frozen() {
     assert!(text.contains(&format!(": primary {replica} ")) && text.contains("after:"), "{text}");
     let first_ms = switchover_ms(&out);
     let port_of = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
-    assert_eq!(stdout_of(&redis_cli(port_of(&replica), &["ROLE"])).lines().next(), Some("master"));
+    assert_eq!(stdout_of(&node_cli(dir, port_of(&replica), &["ROLE"])).lines().next(), Some("master"));
     wait_until(dir, Duration::from_secs(10), "the old primary replicates the new one", || {
-        stdout_of(&redis_cli(port_of(&old_primary), &["ROLE"])).lines().next() == Some("slave")
+        stdout_of(&node_cli(dir, port_of(&old_primary), &["ROLE"])).lines().next() == Some("slave")
     });
 
     // status agrees: the new primary with its real pid, a higher epoch, nothing lost.

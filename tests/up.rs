@@ -6,6 +6,7 @@ mod common;
 mod up_harness;
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,8 +15,8 @@ use common::memlog_bin;
 use common::resp::{self, Conn};
 use serde_json::Value;
 use up_harness::{
-    alive, cluster_json, processes_with_role, recorded_pids, redis_cli, stdout_of, up_log, wait_all_gone, wait_until,
-    Ports, Shape, Up,
+    alive, cluster_json, node_cli, processes_with_role, recorded_pids, redis_cli, stdout_of, up_log, wait_all_gone,
+    wait_until, Ports, Shape, Up,
 };
 
 const SHAPE: Shape = Shape { shards: 3, replicas: 1, journal_nodes: 3, snapshot_every: 100_000 };
@@ -62,7 +63,7 @@ fn check_running_cluster(dir: &Path, ports: &Ports, ready: &str) -> Vec<(String,
     // Each replica really replicates its primary (stock replication set up by `up`).
     for process in cluster["processes"].as_array().unwrap().iter().filter(|p| p["role"] == "replica") {
         let port = process["port"].as_u64().unwrap() as u16;
-        let info = stdout_of(&redis_cli(port, &["INFO", "replication"]));
+        let info = stdout_of(&node_cli(dir, port, &["INFO", "replication"]));
         assert!(info.contains("role:slave"), "{info}");
         assert!(info.contains(&format!("master_port:{}", process["replica_of"])), "{info}");
     }
@@ -77,12 +78,34 @@ fn check_running_cluster(dir: &Path, ports: &Ports, ready: &str) -> Vec<(String,
     let mut keys_on_primaries = 0;
     for process in cluster["processes"].as_array().unwrap().iter().filter(|p| p["role"] == "primary") {
         let port = process["port"].as_u64().unwrap() as u16;
-        let keys = stdout_of(&redis_cli(port, &["--scan", "--pattern", "up-test-*"]));
+        let keys = stdout_of(&node_cli(dir, port, &["--scan", "--pattern", "up-test-*"]));
         let n = keys.lines().count();
         assert!(n > 0, "shard on port {port} got none of 30 keys");
         keys_on_primaries += n;
     }
     assert_eq!(keys_on_primaries, 30);
+
+    // Nothing bypasses the journal: a client at a Redis port without the password is refused,
+    // and the password is in two private files, on no command line.
+    for process in
+        cluster["processes"].as_array().unwrap().iter().filter(|p| p["role"] != "journal" && p["role"] != "proxy")
+    {
+        let port = process["port"].as_u64().unwrap() as u16;
+        let set = redis_cli(port, &["SET", "bypass", "v"]);
+        assert!(stdout_of(&set).starts_with("NOAUTH"), "direct SET on {port}: {set:?}");
+        assert_eq!(stdout_of(&node_cli(dir, port, &["EXISTS", "bypass"])), "0", "the refused SET wrote on {port}");
+    }
+    let password = std::fs::read_to_string(dir.join("redis.password")).unwrap().trim().to_string();
+    assert!(password.len() >= 32, "a weak password: {} chars", password.len());
+    for file in ["redis.password", "redis-auth.conf"] {
+        let mode = std::fs::metadata(dir.join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
+    }
+    for (role, pid) in &pids {
+        assert!(!cmdline(*pid).concat().contains(&password), "the password is on the command line of {role} {pid}");
+    }
+    assert!(config.contains("[backend]") && config.contains("redis.password"), "proxy.toml:\n{config}");
+    assert!(!config.contains(&password), "proxy.toml holds the password:\n{config}");
     pids
 }
 
@@ -188,7 +211,7 @@ fn a_redis_node_or_journal_node_that_dies_is_restarted_on_its_port() {
     let (old_pid, new_pid, recorded_after) = kill_9_and_wait_for_restart(dir, &name);
     let serving_after = recorded_after
         + wait_until(dir, Duration::from_secs(10), "restarted replica answers PING", || {
-            stdout_of(&redis_cli(port, &["PING"])) == "PONG"
+            stdout_of(&node_cli(dir, port, &["PING"])) == "PONG"
         });
     println!(
         "{name} killed: restarted as pid {new_pid} after {recorded_after:?}, answering PING after {serving_after:?}"
@@ -214,12 +237,12 @@ fn a_redis_node_or_journal_node_that_dies_is_restarted_on_its_port() {
     // holds the shard's data again (its own journal LSN and every key).
     let primary_port = replica["replica_of"].as_u64().unwrap() as u16;
     let holds = |port: u16| {
-        let lsn = stdout_of(&redis_cli(port, &["GET", "__memlog:lsn"]));
-        (lsn, stdout_of(&redis_cli(port, &["DBSIZE"])))
+        let lsn = stdout_of(&node_cli(dir, port, &["GET", "__memlog:lsn"]));
+        (lsn, stdout_of(&node_cli(dir, port, &["DBSIZE"])))
     };
     let replica_again = serving_after
         + wait_until(dir, Duration::from_secs(15), "restarted node is a synced replica of its primary again", || {
-            let info = stdout_of(&redis_cli(port, &["INFO", "replication"]));
+            let info = stdout_of(&node_cli(dir, port, &["INFO", "replication"]));
             info.contains("role:slave")
                 && info.contains(&format!("master_port:{primary_port}"))
                 && info.contains("master_link_status:up")
@@ -375,7 +398,9 @@ fn a_child_that_fails_to_start_is_reported_with_its_log_and_the_others_are_stopp
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("failed to start: exited with"), "{stderr}");
-    assert!(stderr.contains("broken on purpose: --port"), "log tail missing: {stderr}");
+    // Its first argument is the config file with the password, then the flags.
+    let config = tmp.path().canonicalize().unwrap().join("redis-auth.conf");
+    assert!(stderr.contains(&format!("broken on purpose: {} --port", config.display())), "log tail missing: {stderr}");
     let cluster = cluster_json(tmp.path());
     assert_eq!(cluster["state"], "stopped");
     wait_all_gone(&recorded_pids(&cluster), Duration::from_secs(5));

@@ -42,11 +42,88 @@ pub(crate) enum BackendError {
 pub(crate) type ReplyResult = Result<Bytes, BackendError>;
 pub(crate) type ReplySender = oneshot::Sender<ReplyResult>;
 
-/// Timeouts of a backend connection.
-#[derive(Debug, Clone, Copy)]
+/// Timeouts and credentials of a backend connection.
+#[derive(Debug, Clone)]
 pub(crate) struct BackendOptions {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Sent as `AUTH` (or in `HELLO 3 AUTH`) on every connection before anything else.
+    pub auth: Option<Arc<BackendAuth>>,
+}
+
+/// The credentials the proxy presents to Redis nodes (`[backend]` in the configuration). The
+/// password comes from a file or the environment, never from a command line, and is never shown:
+/// `Debug` leaves it out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BackendAuth {
+    /// The ACL user; `None` is Redis's `default` user (`requirepass`).
+    pub user: Option<String>,
+    pub password: String,
+}
+
+impl std::fmt::Debug for BackendAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendAuth").field("user", &self.user).field("password", &"<hidden>").finish()
+    }
+}
+
+/// The environment variable that may hold the password instead of `[backend] password_file`.
+pub(crate) const PASSWORD_ENV: &str = "MEMLOG_BACKEND_PASSWORD";
+
+/// Why the backend credentials cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("cannot read [backend] password_file {path}: {source}")]
+    File { path: String, source: std::io::Error },
+    #[error("[backend] password_file {path} is empty")]
+    Empty { path: String },
+    #[error("[backend] user is set but there is no password: set password_file or {PASSWORD_ENV}")]
+    NoPassword,
+}
+
+impl BackendAuth {
+    /// The credentials `[backend]` names: the password from `password_file` (its first line),
+    /// else from `MEMLOG_BACKEND_PASSWORD`; `None` when neither is set (nodes without a password).
+    pub fn from_config(cfg: &crate::config::BackendConfig) -> Result<Option<Arc<BackendAuth>>, AuthConfigError> {
+        let password = match &cfg.password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| AuthConfigError::File { path: path.clone(), source })?;
+                let line = text.lines().next().unwrap_or_default().trim_end().to_string();
+                if line.is_empty() {
+                    return Err(AuthConfigError::Empty { path: path.clone() });
+                }
+                Some(line)
+            }
+            None => std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
+        };
+        match password {
+            Some(password) => Ok(Some(Arc::new(BackendAuth { user: cfg.user.clone(), password }))),
+            None if cfg.user.is_some() => Err(AuthConfigError::NoPassword),
+            None => Ok(None),
+        }
+    }
+
+    /// `AUTH [user] password`.
+    pub(crate) fn auth_command(&self) -> Bytes {
+        match &self.user {
+            Some(user) => encode_command(&["AUTH", user, &self.password]),
+            None => encode_command(&["AUTH", &self.password]),
+        }
+    }
+
+    /// `HELLO 3 AUTH user password` (`default` when no user is set).
+    fn hello3_command(&self) -> Bytes {
+        encode_command(&["HELLO", "3", "AUTH", self.user.as_deref().unwrap_or("default"), &self.password])
+    }
+}
+
+/// A fresh random secret (192 bits from the system's RNG, hex): node passwords and the one-time
+/// credential of a snapshot load.
+pub fn random_secret() -> String {
+    let mut bytes = [0u8; 24];
+    rustls::crypto::ring::default_provider().secure_random.fill(&mut bytes).expect("the system's random source");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a connection carries, which decides the hold that stops it and what it may retry.
@@ -216,6 +293,8 @@ enum Waiter {
 pub(crate) struct BackendConn {
     ops: mpsc::UnboundedSender<ConnOp>,
     target: Arc<NodeTarget>,
+    /// Connections opened so far: a change means the node may have restarted since.
+    connects: Arc<AtomicU64>,
 }
 
 impl BackendConn {
@@ -227,9 +306,17 @@ impl BackendConn {
     /// A connection that follows `target` wherever the failover controller points it.
     pub(crate) fn follow(target: Arc<NodeTarget>, role: Role, proto: Proto, opts: BackendOptions) -> BackendConn {
         let (ops, rx) = mpsc::unbounded_channel();
-        let conn = Conn { target: target.clone(), role, proto, opts, waiting: VecDeque::new() };
+        let connects = Arc::new(AtomicU64::new(0));
+        let conn =
+            Conn { target: target.clone(), role, proto, opts, waiting: VecDeque::new(), connects: connects.clone() };
         tokio::spawn(conn.drive(rx));
-        BackendConn { ops, target }
+        BackendConn { ops, target, connects }
+    }
+
+    /// How many times the connection was opened (each reconnect counts): whoever configured the
+    /// node over it compares this to see whether it talks to the same node process still.
+    pub(crate) fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Acquire)
     }
 
     /// The node this connection points at now.
@@ -299,6 +386,7 @@ struct Conn {
     opts: BackendOptions,
     /// Ops waiting for a connection the role may send on, oldest first.
     waiting: VecDeque<WaitingOp>,
+    connects: Arc<AtomicU64>,
 }
 
 impl Conn {
@@ -320,6 +408,7 @@ impl Conn {
             match self.open(&addr).await {
                 Ok(stream) if self.target.current().generation == generation => {
                     backoff = Duration::from_millis(10);
+                    self.connects.fetch_add(1, Ordering::AcqRel);
                     if self.role == Role::Apply {
                         self.target.apply_checked.store(false, Ordering::Release);
                     }
@@ -361,10 +450,10 @@ impl Conn {
     /// journal prefix the primary was last seen with: a primary that restarted empty, or a new
     /// one, serves no read before the applier has caught it up.
     async fn open(&self, addr: &str) -> Result<TcpStream, Unusable> {
-        let mut stream = connect(addr, self.proto, self.opts).await.map_err(Unusable::Unreachable)?;
+        let mut stream = connect(addr, self.proto, &self.opts).await.map_err(Unusable::Unreachable)?;
         let floor = self.target.lsn_floor.load(Ordering::Acquire);
         if self.role == Role::Read && floor > 0 {
-            let held = node_lsn(&mut stream, self.opts).await.map_err(Unusable::Unreachable)?;
+            let held = node_lsn(&mut stream, &self.opts).await.map_err(Unusable::Unreachable)?;
             if held < floor {
                 return Err(Unusable::CatchingUp(format!("it holds lsn {held}, the shard is at {floor}")));
             }
@@ -490,7 +579,7 @@ impl Conn {
     ) -> Option<()> {
         let (mut rd, mut wr) = stream.into_split();
         let inflight: Mutex<VecDeque<Waiter>> = Mutex::new(VecDeque::new());
-        let opts = self.opts;
+        let request_timeout = self.opts.request_timeout;
         let (role, target) = (self.role, self.target.clone());
         let hold_for = target.hold_for;
         let lsn_check = encode_command(&[&b"GET"[..], crate::keys::LSN_KEY]);
@@ -578,7 +667,7 @@ impl Conn {
                 if buf.capacity() - buf.len() < 16 * 1024 {
                     buf.reserve(64 * 1024);
                 }
-                match tokio::time::timeout(opts.request_timeout, rd.read_buf(&mut buf)).await {
+                match tokio::time::timeout(request_timeout, rd.read_buf(&mut buf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) => return ReaderEnd::Lost,
                     Ok(Ok(_)) => {}
                     Err(_) => {
@@ -587,7 +676,7 @@ impl Conn {
                             Waiter::Reply(_, sent, _) | Waiter::LsnCheck(_, sent) | Waiter::Batch { sent, .. },
                         ) = queue.front()
                         {
-                            if sent.elapsed() >= opts.request_timeout {
+                            if sent.elapsed() >= request_timeout {
                                 return ReaderEnd::TimedOut;
                             }
                         }
@@ -649,7 +738,7 @@ impl Conn {
         let error = match end {
             ReaderEnd::Lost => BackendError::Lost { addr: addr.to_string() },
             ReaderEnd::TimedOut => {
-                BackendError::Timeout { addr: addr.to_string(), ms: opts.request_timeout.as_millis() as u64 }
+                BackendError::Timeout { addr: addr.to_string(), ms: request_timeout.as_millis() as u64 }
             }
             ReaderEnd::BadReply => BackendError::BadReply { addr: addr.to_string() },
         };
@@ -688,7 +777,7 @@ enum Unusable {
 }
 
 /// `GET __memlog:lsn` on a fresh connection (RESP2 or RESP3): 0 when the key is missing.
-async fn node_lsn(stream: &mut TcpStream, opts: BackendOptions) -> Result<u64, String> {
+async fn node_lsn(stream: &mut TcpStream, opts: &BackendOptions) -> Result<u64, String> {
     let get = encode_command(&[&b"GET"[..], crate::keys::LSN_KEY]);
     let reply = exchange(stream, &get, "GET __memlog:lsn", opts.request_timeout).await?;
     crate::keys::parse_lsn(&reply).ok_or_else(|| match reply.first() {
@@ -715,19 +804,44 @@ async fn exchange(stream: &mut TcpStream, request: &[u8], what: &str, timeout: D
     }
 }
 
-async fn connect(addr: &str, proto: Proto, opts: BackendOptions) -> Result<TcpStream, String> {
+async fn connect(addr: &str, proto: Proto, opts: &BackendOptions) -> Result<TcpStream, String> {
     let mut stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| format!("connect timed out after {:?}", opts.connect_timeout))?
         .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    if proto == Proto::Resp3 {
-        let hello = exchange(&mut stream, &encode_command(&["HELLO", "3"]), "HELLO 3", opts.connect_timeout).await?;
-        if hello.first() == Some(&b'-') {
-            return Err(format!("HELLO 3 refused: {}", String::from_utf8_lossy(&hello).trim()));
+    match (proto, opts.auth.as_deref()) {
+        (Proto::Resp3, Some(auth)) => {
+            handshake(&mut stream, &auth.hello3_command(), "HELLO 3 AUTH", opts.connect_timeout).await?
         }
+        (Proto::Resp3, None) => {
+            handshake(&mut stream, &encode_command(&["HELLO", "3"]), "HELLO 3", opts.connect_timeout).await?
+        }
+        (Proto::Resp2, auth) => authenticate(&mut stream, auth, opts.connect_timeout).await?,
     }
     Ok(stream)
+}
+
+/// Sends `AUTH` on a fresh connection when there are credentials; an error reply (`-WRONGPASS`)
+/// is the error. The password is never part of an error.
+pub(crate) async fn authenticate(
+    stream: &mut TcpStream,
+    auth: Option<&BackendAuth>,
+    timeout: Duration,
+) -> Result<(), String> {
+    match auth {
+        Some(auth) => handshake(stream, &auth.auth_command(), "AUTH", timeout).await,
+        None => Ok(()),
+    }
+}
+
+/// Sends one connection-set-up command and reads its one reply, which must not be an error.
+async fn handshake(stream: &mut TcpStream, command: &[u8], what: &str, timeout: Duration) -> Result<(), String> {
+    let reply = exchange(stream, command, what, timeout).await?;
+    if reply.first() == Some(&b'-') {
+        return Err(format!("{what} refused: {}", String::from_utf8_lossy(&reply).trim()));
+    }
+    Ok(())
 }
 
 enum ReaderEnd {
@@ -743,7 +857,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     const OPTS: BackendOptions =
-        BackendOptions { connect_timeout: Duration::from_secs(1), request_timeout: Duration::from_secs(2) };
+        BackendOptions { connect_timeout: Duration::from_secs(1), request_timeout: Duration::from_secs(2), auth: None };
 
     /// A stand-in Redis node: answers `GET` with nil and anything else with `+<its address>`,
     /// so a test sees which node served a request.
@@ -788,7 +902,7 @@ mod tests {
     async fn held_requests_wait_and_go_to_the_new_target() {
         let (a, b) = (fake_node().await, fake_node().await);
         let target = NodeTarget::new(0, &a, Duration::from_secs(5));
-        let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, OPTS);
+        let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, OPTS.clone());
         assert_eq!(served_by(&conn.call(&["PING"]).await), a);
         target.hold();
         let mut waiting = conn.send(encode_command(&["PING"]));
@@ -803,7 +917,7 @@ mod tests {
     async fn a_request_held_longer_than_the_hold_time_gets_tryagain() {
         let a = fake_node().await;
         let target = NodeTarget::new(3, &a, Duration::from_millis(100));
-        let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, OPTS);
+        let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, OPTS.clone());
         target.hold();
         let reply = conn.call(&["PING"]).await.unwrap();
         assert_eq!(&reply[..], b"-TRYAGAIN memlog: shard 3 is failing over\r\n");
@@ -814,13 +928,13 @@ mod tests {
         let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
         let a = fake_node().await;
         let target = NodeTarget::new(0, &dead, Duration::from_secs(5));
-        let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, OPTS);
+        let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, OPTS.clone());
         let waiting = conn.send(encode_command(&["PING"]));
         tokio::time::sleep(Duration::from_millis(50)).await;
         target.retarget(&a);
         assert_eq!(served_by(&waiting.await.unwrap()), a);
         // A fixed connection keeps failing at once.
-        let direct = BackendConn::spawn(&dead, Proto::Resp2, OPTS);
+        let direct = BackendConn::spawn(&dead, Proto::Resp2, OPTS.clone());
         assert!(matches!(direct.call(&["PING"]).await, Err(BackendError::Unreachable { .. })));
     }
 
@@ -828,7 +942,7 @@ mod tests {
     async fn apply_batches_are_refused_until_the_node_lsn_is_read_after_each_connect() {
         let (a, b) = (fake_node().await, fake_node().await);
         let target = NodeTarget::new(0, &a, Duration::from_secs(5));
-        let conn = BackendConn::follow(target.clone(), Role::Apply, Proto::Resp2, OPTS);
+        let conn = BackendConn::follow(target.clone(), Role::Apply, Proto::Resp2, OPTS.clone());
         let batch = || conn.call_batch(encode_command(&["SET", "k", "v"]), 1);
         assert!(matches!(batch().await, Err(BackendError::Unverified { .. })));
         assert_eq!(&conn.call(&[&b"GET"[..], crate::keys::LSN_KEY]).await.unwrap()[..], b"$-1\r\n");

@@ -25,6 +25,7 @@ const KEYS: &[&str] = &[
     "shutdown_grace_ms",
     "auth_timeout_ms",
     "tls",
+    "backend",
     "users",
     "journal",
     "failover",
@@ -75,6 +76,8 @@ pub struct ProxyConfig {
     /// A connection that has not authenticated this long after it connected is closed, when
     /// authentication is required (0: never), so idle sockets cannot fill `maxclients`.
     pub auth_timeout_ms: u64,
+    /// How the proxy authenticates to its Redis nodes.
+    pub backend: BackendConfig,
     /// ACL users, seeding the metadata store when it holds none (after that the store is the
     /// truth); when empty, the `default` user needs no password.
     pub users: Vec<UserConfig>,
@@ -218,6 +221,20 @@ pub struct TlsConfig {
     pub key: String,
 }
 
+/// The credentials the proxy presents to every Redis node, on every connection (data path,
+/// health checks, replication set-up, snapshots, keyspace relays). The password is read from
+/// `password_file`, else from the `MEMLOG_BACKEND_PASSWORD` environment variable; it has no
+/// key of its own, so it never sits in a configuration file or on a command line.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// The Redis ACL user (Redis's `default` user, i.e. `requirepass`, when unset). It needs the
+    /// rights memlog uses: the commands clients send, `CONFIG`, `REPLICAOF`, `SYNC`, `INFO`.
+    pub user: Option<String>,
+    /// A file whose first line is the password (mode 0600).
+    pub password_file: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
@@ -279,6 +296,7 @@ impl Default for ProxyConfig {
             shutdown_grace_ms: 5_000,
             auth_timeout_ms: 10_000,
             tls: None,
+            backend: BackendConfig::default(),
             users: Vec::new(),
             journal: None,
             failover: FailoverConfig::default(),

@@ -17,6 +17,7 @@ mod failover;
 mod keys;
 mod monitor;
 pub mod normalize;
+mod prepare;
 mod proxy;
 mod pubsub;
 mod replies;
@@ -32,6 +33,9 @@ mod snapshot;
 mod startup;
 mod status;
 mod table;
+
+/// What the `memlog` binary needs to reach Redis nodes the way the proxy does (`memlog up`, `memlog status`).
+pub use backend::{random_secret, AuthConfigError, BackendAuth};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -36,6 +36,8 @@ pub(crate) struct Proxy {
     pub node_id: String,
     pub announce_host: String,
     pub announce_port: u16,
+    /// Timeouts and credentials of connections to the Redis nodes.
+    pub backend: crate::backend::BackendOptions,
     /// Pub/sub: subscriptions, delivery, the shards' keyspace notifications.
     pub pubsub: Arc<crate::pubsub::Hub>,
     /// Scripts loaded through this proxy (EVALSHA is journaled as EVAL with their body).

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::NodeTarget;
+use crate::backend::{BackendAuth, NodeTarget};
 use crate::clients::{PushSender, SubscriptionCounts};
 use crate::keys::RESERVED_PREFIX;
 use crate::resp::{Proto, ReplyWriter};
@@ -322,6 +322,8 @@ pub(crate) struct Hub {
     shards: Vec<ShardNodes>,
     /// How long a call to a shard's node may take.
     timeout: Duration,
+    /// The credentials of the relay's connections to the nodes.
+    auth: Option<Arc<BackendAuth>>,
     /// The `notify-keyspace-events` flags last set through the proxy, re-applied to a shard's
     /// primary whenever the relay (re)connects to it, e.g. after a failover.
     keyspace_events: Mutex<Option<Bytes>>,
@@ -332,8 +334,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub(crate) fn new(shards: Vec<ShardNodes>, timeout: Duration) -> Hub {
-        Hub { state: Mutex::default(), shards, timeout, keyspace_events: Mutex::default() }
+    pub(crate) fn new(shards: Vec<ShardNodes>, timeout: Duration, auth: Option<Arc<BackendAuth>>) -> Hub {
+        Hub { state: Mutex::default(), shards, timeout, auth, keyspace_events: Mutex::default() }
     }
 
     /// Subscribes `sub` to `names` and queues one confirmation per name. When a name may

@@ -218,7 +218,7 @@ struct ApplyConns {
 
 impl ApplyConns {
     fn new(primary: Arc<crate::backend::NodeTarget>, opts: BackendOptions) -> ApplyConns {
-        let resp2 = BackendConn::follow(primary.clone(), crate::backend::Role::Apply, Proto::Resp2, opts);
+        let resp2 = BackendConn::follow(primary.clone(), crate::backend::Role::Apply, Proto::Resp2, opts.clone());
         ApplyConns { primary, opts, resp2, resp3: None, last: Proto::Resp2 }
     }
 
@@ -235,7 +235,7 @@ impl ApplyConns {
         match proto {
             Proto::Resp2 => &self.resp2,
             Proto::Resp3 => {
-                let (primary, opts) = (&self.primary, self.opts);
+                let (primary, opts) = (&self.primary, self.opts.clone());
                 self.resp3.get_or_insert_with(|| {
                     BackendConn::follow(primary.clone(), crate::backend::Role::Apply, Proto::Resp3, opts)
                 })

@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, watch};
 use crate::backend::{BackendConn, BackendOptions, NodeTarget, Role};
 use crate::failover::shell::{Controller, ControllerSetup};
 use crate::failover::{FailoverSettings, SwitchoverRequest};
+use crate::prepare::NodePreparation;
 use crate::resp::Proto;
 use crate::sequencer::{JournalSetup, Sequencer};
 use crate::snapshot::ShardSnapshots;
@@ -48,6 +49,7 @@ impl Shard {
         start: ShardStart,
         connections: usize,
         opts: BackendOptions,
+        prepare: Arc<NodePreparation>,
         journal: Option<JournalSetup>,
         settings: FailoverSettings,
     ) -> anyhow::Result<Shard> {
@@ -77,12 +79,13 @@ impl Shard {
             meta,
             status: status.clone(),
             settings,
+            prepare: prepare.clone(),
         });
         let snapshots = journal.as_ref().and_then(|setup| {
             let settings = setup.snapshots.clone()?;
-            Some(Arc::new(ShardSnapshots::new(id, settings, setup.meta.clone(), setup.nodes.clone(), opts)))
+            Some(Arc::new(ShardSnapshots::new(id, settings, setup.meta.clone(), setup.nodes.clone(), prepare.clone())))
         });
-        let sequencer = Sequencer::start(id, target.clone(), opts, journal, snapshots.clone()).await?;
+        let sequencer = Sequencer::start(id, target.clone(), opts.clone(), journal, snapshots.clone()).await?;
         started.send_replace(Some(sequencer.clone()));
         if let Some(snapshots) = &snapshots {
             snapshots.clone().spawn_scheduler(status.clone(), target.clone());
@@ -90,7 +93,7 @@ impl Shard {
         Ok(Shard {
             id,
             reads_resp2: (0..connections)
-                .map(|_| BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, opts))
+                .map(|_| BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, opts.clone()))
                 .collect(),
             target,
             status,
@@ -109,7 +112,7 @@ impl Shard {
             Proto::Resp2 => &self.reads_resp2,
             Proto::Resp3 => self.reads_resp3.get_or_init(|| {
                 (0..self.reads_resp2.len())
-                    .map(|_| BackendConn::follow(self.target.clone(), Role::Read, Proto::Resp3, self.opts))
+                    .map(|_| BackendConn::follow(self.target.clone(), Role::Read, Proto::Resp3, self.opts.clone()))
                     .collect()
             }),
         };

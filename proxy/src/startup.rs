@@ -11,9 +11,10 @@ use journal_service::meta::ShardTopology;
 use redis_protocol::resp2::types::BytesFrame;
 
 use crate::access::Access;
-use crate::backend::{BackendConn, BackendOptions};
+use crate::backend::{BackendAuth, BackendConn, BackendOptions};
 use crate::config::ProxyConfig;
 use crate::failover::{self, FailoverSettings};
+use crate::prepare::NodePreparation;
 use crate::proxy::{Proxy, Stats};
 use crate::pubsub::ShardNodes;
 use crate::resp::{decode_resp2, Proto};
@@ -29,7 +30,9 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     let opts = BackendOptions {
         connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
         request_timeout: Duration::from_millis(cfg.backend_timeout_ms),
+        auth: BackendAuth::from_config(&cfg.backend)?,
     };
+    let prepare = NodePreparation::new(opts.clone());
     let connections = cfg.backend_connections.max(1);
     let journal = match &cfg.journal {
         Some(journal) => Some(journal_setup(journal, cfg.snapshot.as_ref(), &cfg.listen).await?),
@@ -39,13 +42,13 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         }
     };
     let plan = shard_starts(&cfg, &slots, journal.as_ref()).await?;
-    let (table, commands, redis_version) = load_command_table(&plan[0], opts).await?;
+    let (table, commands, redis_version) = load_command_table(&plan[0], &opts).await?;
     let access = Access::start(&commands, &cfg.users, journal.as_ref().map(|j| j.meta.clone())).await?;
     let settings = FailoverSettings::from(&cfg.failover);
     // Shards recover and catch up in parallel; the proxy serves once all are ready.
     let starts = plan.into_iter().map(|start| {
-        let journal = journal.clone();
-        tokio::spawn(async move { Shard::start(start, connections, opts, journal, settings).await })
+        let (journal, opts, prepare) = (journal.clone(), opts.clone(), prepare.clone());
+        tokio::spawn(async move { Shard::start(start, connections, opts, prepare, journal, settings).await })
     });
     let mut shards = Vec::with_capacity(cfg.shards.len());
     for start in starts.collect::<Vec<_>>() {
@@ -62,6 +65,7 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     let pubsub = Arc::new(crate::pubsub::Hub::new(
         shards.iter().map(|s| ShardNodes::new(s.target.clone(), s.status.clone())).collect(),
         Duration::from_millis(cfg.backend_timeout_ms),
+        opts.auth.clone(),
     ));
     Ok(Proxy {
         cfg,
@@ -77,6 +81,7 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         announce_host: host,
         announce_port,
         pubsub,
+        backend: opts,
         scripts: Default::default(),
         monitors: Default::default(),
         access,
@@ -177,12 +182,12 @@ async fn journal_setup(
 /// before its Redis).
 async fn load_command_table(
     shard0: &ShardStart,
-    opts: BackendOptions,
+    opts: &BackendOptions,
 ) -> anyhow::Result<(CommandTable, memlog_acl::Value, String)> {
     let others = shard0.nodes.iter().filter(|n| **n != shard0.primary);
     let nodes: Vec<BackendConn> = std::iter::once(&shard0.primary)
         .chain(others)
-        .map(|addr| BackendConn::spawn(addr, Proto::Resp2, opts))
+        .map(|addr| BackendConn::spawn(addr, Proto::Resp2, opts.clone()))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     for turn in 0.. {

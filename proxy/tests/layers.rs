@@ -30,6 +30,7 @@ const LAYERS: &[&[&str]] = &[
     &["snapshot"],
     &["monitor", "pubsub", "clients"],
     &["status"],
+    &["prepare"],
     &["backend"],
     // The pure core: no I/O.
     &["normalize", "scripts", "resp", "keys", "table", "config", "router"],

@@ -105,6 +105,7 @@ impl DurableCluster {
     fn write_proxy_config(&self, opts: &ClusterOptions) {
         let quote = |addrs: &[SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
         let mut toml = format!("listen = \"{}\"\n{}\n", self.proxy_addr, opts.proxy_extra);
+        toml += &backend_auth_toml(self.dir.path());
         toml += &format!(
             "[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\nwrite_wait_ms = {}\n",
             quote(&self.journal_addrs),
@@ -282,8 +283,30 @@ fn journal_dir(dir: &Path, node: usize) -> PathBuf {
     dir.join(format!("journal-{node}"))
 }
 
+/// The password every Redis node of these clusters wants (`requirepass`). The nodes get no
+/// `masterauth`: a replica can sync only once the proxy's node preparation has set it.
+pub const REDIS_PASSWORD: &str = "memlog-test-node-password";
+
+/// The proxy's `[backend]` table for nodes that want [`REDIS_PASSWORD`], with the password in a
+/// file in `dir`.
+pub fn backend_auth_toml(dir: &Path) -> String {
+    let path = dir.join("redis.password");
+    std::fs::write(&path, REDIS_PASSWORD).unwrap();
+    format!("[backend]\npassword_file = \"{}\"\n", path.display())
+}
+
+/// A connection straight to a Redis node of these clusters, authenticated.
+pub fn redis_conn(addr: SocketAddr) -> std::io::Result<Conn> {
+    let mut conn = Conn::connect(addr, CLIENT_TIMEOUT)?;
+    match conn.cmd(&["AUTH", REDIS_PASSWORD])? {
+        Value::Simple(ok) if ok == "OK" => Ok(conn),
+        other => Err(std::io::Error::other(format!("AUTH on {addr}: {other:?}"))),
+    }
+}
+
 /// A stock `redis-server` with no persistence on `port`, in `dir/redis-<port>`, that allows
-/// `DEBUG` from loopback; an RDB left there is removed, so it always starts empty.
+/// `DEBUG` from loopback and wants [`REDIS_PASSWORD`]; an RDB left there is removed, so it always
+/// starts empty.
 pub fn spawn_redis_at(dir: &Path, port: u16) -> Proc {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let node_dir = dir.join(format!("redis-{port}"));
@@ -293,6 +316,7 @@ pub fn spawn_redis_at(dir: &Path, port: u16) -> Proc {
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
     // For DEBUG DIGEST / DIGEST-VALUE, which Redis 7 refuses by default.
     cmd.args(["--enable-debug-command", "local"]);
+    cmd.args(["--requirepass", REDIS_PASSWORD]);
     cmd.arg("--dir").arg(&node_dir);
     let log = node_dir.join(format!("redis-{}.log", std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_nanos()));
     spawn_listening(&format!("redis-{port}"), cmd, addr, &log)
@@ -309,7 +333,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Takes the snapshot directly on the Redis node (DEBUG is refused through the proxy).
     pub fn take(addr: SocketAddr) -> Snapshot {
-        let mut conn = Conn::connect(addr, CLIENT_TIMEOUT).expect("connect to redis");
+        let mut conn = redis_conn(addr).expect("connect to redis");
         let digest = match conn.cmd(&["DEBUG", "DIGEST"]).unwrap() {
             Value::Simple(digest) => digest,
             other => panic!("DEBUG DIGEST on {addr}: {other:?}"),

@@ -158,6 +158,18 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Output {
     Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("run redis-cli")
 }
 
+/// `redis-cli` straight to a Redis node of the cluster in `dir`, authenticated with the password
+/// `memlog up` generated (given in the environment, as `redis-cli` allows, not on its command line).
+pub fn node_cli(dir: &Path, port: u16, args: &[&str]) -> Output {
+    let password = std::fs::read_to_string(dir.join("redis.password")).expect("memlog up wrote redis.password");
+    Command::new("redis-cli")
+        .env("REDISCLI_AUTH", password.trim())
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli")
+}
+
 pub fn stdout_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

@@ -17,11 +17,10 @@
 //!   not journaled: a journaled script killed before it wrote would still run whole on replay.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{BackendConn, BackendOptions};
+use crate::backend::BackendConn;
 use crate::context::ClientCtx;
 use crate::keys::RESERVED_PREFIX;
 use crate::proxy::Proxy;
@@ -245,10 +244,6 @@ fn kill(d: &ClientCtx, request: &Request) -> Pending {
 /// journaled script submitted after the check, or replayed by a catch-up, could start before the
 /// KILL reaches the node and be killed.
 async fn kill_unjournaled(proxy: &Proxy, command: Bytes) -> Bytes {
-    let opts = BackendOptions {
-        connect_timeout: Duration::from_millis(proxy.cfg.connect_timeout_ms),
-        request_timeout: Duration::from_millis(proxy.cfg.backend_timeout_ms),
-    };
     let mut skipped = false;
     let mut sent = Vec::new();
     for shard in &proxy.shards {
@@ -256,7 +251,7 @@ async fn kill_unjournaled(proxy: &Proxy, command: Bytes) -> Bytes {
             skipped = true;
             continue;
         }
-        let conn = BackendConn::spawn(&shard.current_primary(), Proto::Resp2, opts);
+        let conn = BackendConn::spawn(&shard.current_primary(), Proto::Resp2, proxy.backend.clone());
         sent.push((conn.send(command.clone()), conn));
     }
     let mut first = None;

@@ -16,6 +16,7 @@ use super::core::{Command, Health, NodeRole, ShardCore};
 use super::{record, FailoverSettings, SwitchoverRequest};
 use crate::backend::{BackendConn, BackendOptions, NodeTarget};
 use crate::keys::{parse_lsn, LSN_KEY};
+use crate::prepare::{NodePreparation, PrepareError};
 use crate::resp::{array_items, bulk_payload, encode_command, Proto, Request};
 use crate::sequencer::{Sequencer, SequencerOp, SequencerRequest};
 use crate::status::{NodeStatus, ShardStatus};
@@ -39,6 +40,8 @@ pub(crate) struct ControllerSetup {
     pub meta: Option<Arc<MetaStore>>,
     pub status: Arc<ShardStatus>,
     pub settings: FailoverSettings,
+    /// What every node gets before it replays or serves.
+    pub prepare: Arc<NodePreparation>,
 }
 
 /// One shard's controller task.
@@ -49,6 +52,9 @@ pub(crate) struct Controller {
     checks: Vec<(String, BackendConn)>,
     /// The role label each node's `memlog_redis_node_up` series has now.
     roles: HashMap<String, &'static str>,
+    /// For each prepared node, its check connection's count of connects when it was prepared:
+    /// a reconnect (the node may have restarted) means it is prepared again.
+    prepared: HashMap<String, u64>,
 }
 
 impl Controller {
@@ -57,13 +63,17 @@ impl Controller {
         let opts = BackendOptions {
             connect_timeout: setup.settings.check_timeout,
             request_timeout: setup.settings.check_timeout.max(Duration::from_secs(1)),
+            auth: setup.prepare.opts().auth.clone(),
         };
         let primary = setup.target.addr().to_string();
-        let checks =
-            setup.nodes.iter().map(|addr| (addr.clone(), BackendConn::spawn(addr, Proto::Resp2, opts))).collect();
+        let checks = setup
+            .nodes
+            .iter()
+            .map(|addr| (addr.clone(), BackendConn::spawn(addr, Proto::Resp2, opts.clone())))
+            .collect();
         let core = ShardCore::new(&primary, &setup.nodes, setup.settings.detect, Instant::now());
         let (requests, inbox) = mpsc::unbounded_channel();
-        let controller = Controller { setup, core, checks, roles: HashMap::new() };
+        let controller = Controller { setup, core, checks, roles: HashMap::new(), prepared: HashMap::new() };
         tokio::spawn(controller.run(inbox));
         requests
     }
@@ -117,7 +127,15 @@ impl Controller {
                 self.core.observe_busy(&addr, Instant::now());
                 continue;
             }
-            let health = parse_health(&replies);
+            let mut health = parse_health(&replies);
+            // A node that (re)appeared is prepared before any decision uses it; until it is,
+            // it counts as not answering.
+            if health.is_some() && !self.is_prepared(&addr) {
+                if let Err(e) = self.prepare(&addr).await {
+                    tracing::warn!(shard = self.setup.shard, node = %addr, "node not prepared: {e}");
+                    health = None;
+                }
+            }
             if let Some(health) = health.as_ref().filter(|_| addr == self.core.primary()) {
                 self.setup.target.primary_holds(health.lsn);
             }
@@ -161,7 +179,11 @@ impl Controller {
             json!({"shard": self.setup.shard, "from": from, "to": node, "lsn": lsn, "reason": "primary not answering"}),
         )
         .await;
-        if let Err(e) = self.command(node, &["REPLICAOF", "NO", "ONE"]).await {
+        let promoted = match self.prepare(node).await {
+            Ok(()) => self.command(node, &["REPLICAOF", "NO", "ONE"]).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = promoted {
             // The shard stays held; the next check decides again.
             tracing::warn!(shard = self.setup.shard, node, "cannot promote: {e}");
             return;
@@ -196,7 +218,11 @@ impl Controller {
                 _ => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
-        if let Err(e) = self.command(&to, &["REPLICAOF", "NO", "ONE"]).await {
+        let promoted = match self.prepare(&to).await {
+            Ok(()) => self.command(&to, &["REPLICAOF", "NO", "ONE"]).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = promoted {
             self.setup.target.release();
             return Err(format!("ERR memlog: cannot promote {to}: {e}"));
         }
@@ -250,6 +276,11 @@ impl Controller {
             node,
             "the primary returned (possibly empty): rebuilding it from the journal"
         );
+        if let Err(e) = self.prepare(node).await {
+            // Not held yet: the next check decides again.
+            tracing::warn!(shard = self.setup.shard, node, "cannot rebuild before the node is prepared: {e}");
+            return;
+        }
         let target = &self.setup.target;
         target.hold();
         // Reconnecting makes the applier check what the node holds before it applies anything.
@@ -271,7 +302,11 @@ impl Controller {
     /// Makes `node` a replica of `primary`.
     async fn demote(&mut self, node: &str, primary: &str) {
         let Some((host, port)) = primary.rsplit_once(':') else { return };
-        match self.command(node, &["REPLICAOF", host, port]).await {
+        let repointed = match self.prepare(node).await {
+            Ok(()) => self.command(node, &["REPLICAOF", host, port]).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match repointed {
             Ok(()) => {
                 self.core.demoted(node);
                 tracing::info!(shard = self.setup.shard, node, primary, "node now replicates the primary");
@@ -359,6 +394,25 @@ impl Controller {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("timed out".to_string()),
         }
+    }
+
+    /// Runs the node preparation on `node` over the controller's connection to it.
+    async fn prepare(&mut self, node: &str) -> Result<(), PrepareError> {
+        let conn = self.conn(node).ok_or_else(|| PrepareError::Step {
+            node: node.to_string(),
+            step: "finding the node",
+            reason: "not a node of the shard".to_string(),
+        })?;
+        let connects = conn.connects();
+        self.setup.prepare.prepare(node, conn).await?;
+        self.prepared.insert(node.to_string(), connects);
+        Ok(())
+    }
+
+    /// True when `node` was prepared over the connection the controller has to it now.
+    fn is_prepared(&self, node: &str) -> bool {
+        let connects = self.conn(node).map(BackendConn::connects);
+        connects.is_some() && self.prepared.get(node).copied() == connects
     }
 
     /// `node`'s `__memlog:lsn` now, if it answers.

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Hub, RelayReady};
+use crate::backend::{authenticate, BackendAuth};
 use crate::resp::{array_items, bulk_bytes, encode_command, frame_len};
 
 /// The one pattern the relay subscribes to on each shard: both notification families.
@@ -60,13 +61,14 @@ struct NodeConn {
 }
 
 impl NodeConn {
-    async fn connect(addr: &str, timeout: Duration) -> Result<NodeConn, RelayError> {
+    async fn connect(addr: &str, timeout: Duration, auth: Option<&BackendAuth>) -> Result<NodeConn, RelayError> {
         let unreachable = |reason: String| RelayError::Unreachable { addr: addr.to_string(), reason };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| unreachable(format!("connect timed out after {timeout:?}")))?
             .map_err(|e| unreachable(e.to_string()))?;
         stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
+        authenticate(&mut stream, auth, timeout).await.map_err(unreachable)?;
         Ok(NodeConn { addr: addr.to_string(), stream, buf: BytesMut::with_capacity(16 * 1024) })
     }
 
@@ -118,8 +120,13 @@ fn pmessage(frame: &Bytes) -> Option<(Bytes, Bytes)> {
 }
 
 /// Sets `notify-keyspace-events` on one node.
-async fn set_keyspace_events(addr: &str, flags: &[u8], timeout: Duration) -> Result<(), RelayError> {
-    let mut conn = NodeConn::connect(addr, timeout).await?;
+async fn set_keyspace_events(
+    addr: &str,
+    flags: &[u8],
+    timeout: Duration,
+    auth: Option<&BackendAuth>,
+) -> Result<(), RelayError> {
+    let mut conn = NodeConn::connect(addr, timeout, auth).await?;
     conn.call(&[b"CONFIG", b"SET", b"notify-keyspace-events", flags], timeout).await.map(drop)
 }
 
@@ -133,9 +140,9 @@ pub(crate) async fn configure_nodes(hub: &Hub, flags: &Bytes) -> Result<(), Rela
         let (primary, replicas) = shard.nodes();
         let nodes = std::iter::once((primary, true)).chain(replicas.into_iter().map(|replica| (replica, false)));
         for (addr, required) in nodes {
-            let flags = flags.clone();
+            let (flags, auth) = (flags.clone(), hub.auth.clone());
             calls.spawn(async move {
-                let result = set_keyspace_events(&addr, &flags, timeout).await;
+                let result = set_keyspace_events(&addr, &flags, timeout, auth.as_deref()).await;
                 (addr, required, result)
             });
         }
@@ -237,12 +244,12 @@ async fn follow_shard(hub: Weak<Hub>, shard: usize, count: Arc<watch::Sender<usi
 
 /// Follows `shard`'s current primary until the connection fails or the primary changes.
 async fn follow_primary(hub: &Weak<Hub>, shard: usize, count: &Arc<watch::Sender<usize>>) -> Result<Ended, RelayError> {
-    let Some((addr, timeout, flags)) =
-        hub.upgrade().map(|hub| (hub.shards[shard].primary(), hub.timeout, hub.keyspace_events()))
+    let Some((addr, timeout, flags, auth)) =
+        hub.upgrade().map(|hub| (hub.shards[shard].primary(), hub.timeout, hub.keyspace_events(), hub.auth.clone()))
     else {
         return Ok(Ended::ProxyGone);
     };
-    let mut conn = NodeConn::connect(&addr, timeout).await?;
+    let mut conn = NodeConn::connect(&addr, timeout, auth.as_deref()).await?;
     if let Some(flags) = flags {
         conn.call(&[b"CONFIG", b"SET", b"notify-keyspace-events", &flags], timeout).await?;
     }

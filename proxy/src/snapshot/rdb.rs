@@ -5,7 +5,9 @@
 //! disk, no `redis-cli`, no module. [`fetch`] asks the node for a full synchronisation (`SYNC`),
 //! as a replica would, and keeps the RDB it sends. [`load`] plays the primary: it points the
 //! node at a listener of its own with `REPLICAOF`, hands it the file as the full-sync payload,
-//! and once the node has loaded it, detaches it with `REPLICAOF NO ONE`. Every RDB is checked
+//! and once the node has loaded it, detaches it with `REPLICAOF NO ONE`. That listener serves
+//! only the node being loaded: the node is given a one-time credential (`masteruser`/
+//! `masterauth`) first, and a peer that does not present it gets nothing. Every RDB is checked
 //! ([`verify`]: magic, version, CRC-64 trailer) before it is trusted or sent, because a node that
 //! loads a corrupt RDB from its primary exits.
 
@@ -19,6 +21,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use tokio::task::JoinSet;
+
+use crate::backend::{authenticate, random_secret, BackendAuth};
 use crate::resp::{encode_command, parse_int, Limits, RequestParser};
 
 /// `REDIS` + a 4-digit version: how every RDB starts.
@@ -41,6 +46,10 @@ const CHUNK: usize = 64 * 1024;
 const POLL_EVERY: Duration = Duration::from_millis(20);
 /// What the replica side of `load` may send during its handshake: a few short commands.
 const HANDSHAKE_LIMITS: Limits = Limits { max_bulk_len: 64 * 1024, max_args: 64 };
+/// The `masteruser` the node being loaded presents to the serving listener.
+const LOAD_USER: &str = "memlog-snapshot-load";
+/// Handshakes the serving listener runs at once; peers beyond it are closed at once.
+const MAX_HANDSHAKES: usize = 8;
 
 /// Why fetching, checking or loading an RDB failed, typed so the caller can tell a node that is
 /// unreachable or slow from one that refused, and both from a bad file.
@@ -70,9 +79,14 @@ pub(crate) enum RdbError {
 /// as a primary (it serves its own data set, as to a chained replica). After the RDB the node
 /// would stream its replication feed: the connection is closed instead. `out` may hold a partial
 /// RDB when an error returns.
-pub(crate) async fn fetch(addr: &str, out: &mut (impl AsyncWrite + Unpin), timeout: Duration) -> Result<u64, RdbError> {
+pub(crate) async fn fetch(
+    addr: &str,
+    out: &mut (impl AsyncWrite + Unpin),
+    timeout: Duration,
+    auth: Option<&BackendAuth>,
+) -> Result<u64, RdbError> {
     let started = Instant::now();
-    let mut conn = connect(addr, timeout).await?;
+    let mut conn = connect(addr, timeout, auth).await?;
     // Plain SYNC, without `REPLCONF capa eof`, so the node sends a sized, disk-based payload.
     within(timeout, "the node to take SYNC", conn.get_mut().write_all(&encode_command(&["SYNC"]))).await?;
     let payload = loop {
@@ -116,17 +130,35 @@ pub(crate) fn verify(path: &Path) -> Result<(), RdbError> {
 /// sends `REPLICAOF NO ONE` (best effort) before returning, so the node does not keep retrying a
 /// dead address; it may then have lost its old data, as a replica flushes before it loads. The
 /// node needs room in its `dir` for the RDB: it receives the payload into a temp file.
-pub(crate) async fn load(addr: &str, path: &Path, serve_ip: IpAddr, timeout: Duration) -> Result<(), RdbError> {
+///
+/// Before `REPLICAOF`, the node's `masteruser`/`masterauth` are set to a one-time credential,
+/// which the listener requires before it sends anything; they stay set afterwards, for the
+/// caller's node preparation to replace (`crate::prepare`).
+pub(crate) async fn load(
+    addr: &str,
+    path: &Path,
+    serve_ip: IpAddr,
+    timeout: Duration,
+    auth: Option<&BackendAuth>,
+) -> Result<(), RdbError> {
     let started = Instant::now();
     let (file, len) = open_verified(path).await?;
     let listener = TcpListener::bind((serve_ip, 0)).await?;
     let port = listener.local_addr()?.port();
-    let mut control = Control::connect(addr, timeout).await?;
+    let mut control = Control::connect(addr, timeout, auth).await?;
+    let secret = random_secret();
+    let one_time = ["CONFIG", "SET", "masteruser", LOAD_USER, "masterauth", &secret];
+    if let Err(e) = control.expect_ok(&one_time).await {
+        return Err(match e {
+            RdbError::Redis(refused) => RdbError::Redis(format!("setting the one-time credential refused: {refused}")),
+            other => other,
+        });
+    }
     let result = match control.expect_ok(&["REPLICAOF", &serve_ip.to_string(), &port.to_string()]).await {
         // The node refused: it still follows whatever it followed, leave it be.
         Err(RdbError::Redis(refused)) => return Err(RdbError::Redis(format!("REPLICAOF refused: {refused}"))),
         Err(e) => Err(e),
-        Ok(()) => serve_rdb(&mut control, listener, file, len, timeout).await,
+        Ok(()) => serve_rdb(&mut control, listener, file, len, timeout, secret).await,
     };
     match result {
         Ok(()) => {
@@ -135,7 +167,7 @@ pub(crate) async fn load(addr: &str, path: &Path, serve_ip: IpAddr, timeout: Dur
         }
         Err(e) => {
             tracing::warn!(addr, error = %e, "loading an RDB failed; detaching the node");
-            detach(addr, timeout).await;
+            detach(addr, timeout, auth).await;
             Err(e)
         }
     }
@@ -146,15 +178,67 @@ pub(crate) async fn load(addr: &str, path: &Path, serve_ip: IpAddr, timeout: Dur
 async fn serve_rdb(
     control: &mut Control,
     listener: TcpListener,
-    mut file: tokio::fs::File,
+    file: tokio::fs::File,
     len: u64,
     timeout: Duration,
+    secret: String,
 ) -> Result<(), RdbError> {
     let port = listener.local_addr()?.port();
-    let (mut replica, peer) = within(timeout, "the node to connect for the RDB", listener.accept()).await?;
-    drop(listener);
-    tracing::debug!(%peer, "node connected for the RDB");
-    let request = replica_handshake(&mut replica, timeout).await?;
+    let (mut replica, request) = within(timeout, "the node to connect for the RDB", async {
+        // Every peer gets a handshake of its own, so one that connects first and stalls does not
+        // keep the node out; only one presenting the one-time credential is served.
+        let secret = std::sync::Arc::new(secret);
+        let mut handshakes = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (mut peer, from) = accepted?;
+                    if handshakes.len() >= MAX_HANDSHAKES {
+                        tracing::warn!(%from, "too many peers at the snapshot-serving port; closed");
+                        continue;
+                    }
+                    let secret = secret.clone();
+                    handshakes.spawn(async move {
+                        let request = replica_handshake(&mut peer, &secret, timeout).await;
+                        (peer, from, request)
+                    });
+                }
+                Some(Ok((peer, from, request))) = handshakes.join_next(), if !handshakes.is_empty() => match request {
+                    Ok(request) => {
+                        tracing::debug!(%from, "node connected for the RDB");
+                        return Ok((peer, request));
+                    }
+                    Err(e) => tracing::warn!(%from, "refused a peer at the snapshot-serving port: {e}"),
+                },
+            }
+        }
+    })
+    .await?;
+    // Until the load is over, whoever else connects is closed at once.
+    let refuse_others = async {
+        loop {
+            if let Ok((_, from)) = listener.accept().await {
+                tracing::warn!(%from, "refused a peer at the snapshot-serving port during a load");
+            }
+        }
+    };
+    tokio::select! {
+        sent = send_and_wait(control, &mut replica, request, file, len, port, timeout) => sent,
+        never = refuse_others => never,
+    }
+}
+
+/// Sends the RDB to the node that authenticated, waits until it has loaded it, and makes it a
+/// primary again.
+async fn send_and_wait(
+    control: &mut Control,
+    replica: &mut TcpStream,
+    request: SyncRequest,
+    mut file: tokio::fs::File,
+    len: u64,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), RdbError> {
     let mut preamble = Vec::new();
     if request == SyncRequest::Psync {
         preamble.extend_from_slice(format!("+FULLRESYNC {} 0\r\n", random_replid()).as_bytes());
@@ -172,7 +256,7 @@ async fn serve_rdb(
         within(timeout, "the node to take the RDB", replica.write_all(&buf[..n])).await?;
         left -= n as u64;
     }
-    wait_until_loaded(control, &mut replica, port, timeout).await?;
+    wait_until_loaded(control, replica, port, timeout).await?;
     control.expect_ok(&["REPLICAOF", "NO", "ONE"]).await
 }
 
@@ -185,10 +269,15 @@ enum SyncRequest {
     Sync,
 }
 
-/// Answers the replica's handshake as a Redis primary would, up to its `PSYNC`/`SYNC`.
-async fn replica_handshake(replica: &mut TcpStream, timeout: Duration) -> Result<SyncRequest, RdbError> {
+/// Answers the replica's handshake as a Redis primary with a password would, up to its
+/// `PSYNC`/`SYNC`. Before `AUTH <LOAD_USER> <secret>` the peer gets `-NOAUTH` to a `PING`
+/// (which a replica accepts and goes on to authenticate) and nothing else: anything other than
+/// `PING` or the right `AUTH` ends the connection.
+async fn replica_handshake(replica: &mut TcpStream, secret: &str, timeout: Duration) -> Result<SyncRequest, RdbError> {
     let mut buf = BytesMut::with_capacity(4096);
     let mut parser = RequestParser::default();
+    let mut authenticated = false;
+    let refused = |what: &str| RdbError::Redis(format!("a peer {what} before it authenticated; closed"));
     loop {
         while let Some(request) = parser
             .next(&mut buf, HANDSHAKE_LIMITS)
@@ -196,11 +285,26 @@ async fn replica_handshake(replica: &mut TcpStream, timeout: Duration) -> Result
         {
             let mut name = [0; 32];
             let answer: &[u8] = match request.name_in(&mut name) {
+                Some("ping") if !authenticated => b"-NOAUTH Authentication required.\r\n",
+                Some("auth") if !authenticated => {
+                    let matches = match &request.args[1..] {
+                        [user, password] => {
+                            same_secret(user, LOAD_USER.as_bytes()) & same_secret(password, secret.as_bytes())
+                        }
+                        _ => false,
+                    };
+                    if !matches {
+                        return Err(refused("presented a wrong credential"));
+                    }
+                    authenticated = true;
+                    b"+OK\r\n"
+                }
+                _ if !authenticated => return Err(refused("sent another command")),
                 Some("psync") => return Ok(SyncRequest::Psync),
                 Some("sync") => return Ok(SyncRequest::Sync),
                 Some("ping") => b"+PONG\r\n",
-                // Any password will do, and every capability or port announcement is welcome.
-                Some("auth" | "replconf") => b"+OK\r\n",
+                // Every capability or port announcement is welcome.
+                Some("replconf") => b"+OK\r\n",
                 _ => b"-ERR unknown command\r\n",
             };
             within(timeout, "the node to read the handshake", replica.write_all(answer)).await?;
@@ -209,6 +313,11 @@ async fn replica_handshake(replica: &mut TcpStream, timeout: Duration) -> Result
             return Err(closed_early("the node closed the replication link during its handshake"));
         }
     }
+}
+
+/// Compares a presented secret with the expected one in time that depends on their lengths only.
+fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len() && presented.iter().zip(expected).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
 /// Waits until the node reports its link to us up, which it does once the RDB is loaded,
@@ -252,8 +361,8 @@ async fn wait_until_loaded(
 
 /// Best effort after a failed load: make the node a primary again rather than leave it
 /// retrying a listener that is gone. A fresh connection, as the old one may be mid-reply.
-async fn detach(addr: &str, timeout: Duration) {
-    let detached = async { Control::connect(addr, timeout).await?.expect_ok(&["REPLICAOF", "NO", "ONE"]).await };
+async fn detach(addr: &str, timeout: Duration, auth: Option<&BackendAuth>) {
+    let detached = async { Control::connect(addr, timeout, auth).await?.expect_ok(&["REPLICAOF", "NO", "ONE"]).await };
     if let Err(e) = detached.await {
         tracing::warn!(addr, error = %e, "could not send REPLICAOF NO ONE after a failed RDB load");
     }
@@ -552,9 +661,10 @@ async fn within<T>(
     }
 }
 
-async fn connect(addr: &str, timeout: Duration) -> Result<BufReader<TcpStream>, RdbError> {
-    let stream = within(timeout, "the connection to the node", TcpStream::connect(addr)).await?;
+async fn connect(addr: &str, timeout: Duration, auth: Option<&BackendAuth>) -> Result<BufReader<TcpStream>, RdbError> {
+    let mut stream = within(timeout, "the connection to the node", TcpStream::connect(addr)).await?;
     stream.set_nodelay(true)?;
+    authenticate(&mut stream, auth, timeout).await.map_err(RdbError::Redis)?;
     Ok(BufReader::with_capacity(CHUNK, stream))
 }
 
@@ -606,8 +716,8 @@ struct Control {
 }
 
 impl Control {
-    async fn connect(addr: &str, timeout: Duration) -> Result<Control, RdbError> {
-        Ok(Control { conn: connect(addr, timeout).await?, timeout })
+    async fn connect(addr: &str, timeout: Duration, auth: Option<&BackendAuth>) -> Result<Control, RdbError> {
+        Ok(Control { conn: connect(addr, timeout, auth).await?, timeout })
     }
 
     async fn call(&mut self, args: &[&str]) -> Result<Reply, RdbError> {
@@ -707,7 +817,7 @@ mod tests {
         }
 
         async fn control(&self) -> Control {
-            Control::connect(&self.addr(), T).await.unwrap()
+            Control::connect(&self.addr(), T, None).await.unwrap()
         }
 
         /// A status, integer or bulk reply as text.
@@ -776,7 +886,7 @@ mod tests {
 
     async fn fetch_to(node: &Node, path: &Path) -> Result<u64, RdbError> {
         let mut file = tokio::fs::File::create(path).await.unwrap();
-        fetch(&node.addr(), &mut file, T).await
+        fetch(&node.addr(), &mut file, T, None).await
     }
 
     async fn wait_for(node: &Node, name: &str, value: &str) {
@@ -862,7 +972,7 @@ mod tests {
         verify(&path).unwrap();
 
         let started = Instant::now();
-        load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T).await.unwrap();
+        load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T, None).await.unwrap();
         let loaded_in = started.elapsed();
         eprintln!("10k keys: {bytes} bytes of RDB, fetch {fetched_in:?}, load {loaded_in:?}");
 
@@ -899,7 +1009,7 @@ mod tests {
         assert_eq!(replica.info("master_link_status").await.as_deref(), Some("up"));
 
         let target = Node::start(&[]);
-        load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T).await.unwrap();
+        load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T, None).await.unwrap();
         assert_eq!(target.cmd(&["DEBUG", "DIGEST"]).await, digest);
     }
 
@@ -942,7 +1052,7 @@ mod tests {
         let target = Node::start(&[]);
         target.pipeline(&dataset("old", 300)).await;
         let digest = target.cmd(&["DEBUG", "DIGEST"]).await;
-        let loaded = load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T).await;
+        let loaded = load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T, None).await;
         assert_corrupt(loaded, "load of a corrupt file");
         assert_eq!(target.info("role").await.as_deref(), Some("master"));
         assert_eq!(target.cmd(&["DEBUG", "DIGEST"]).await, digest);
@@ -959,7 +1069,7 @@ mod tests {
         target.cmd(&["SET", "k", "v"]).await;
 
         let started = Instant::now();
-        let loaded = load(&target.addr(), path.path(), "127.0.0.1".parse().unwrap(), T).await;
+        let loaded = load(&target.addr(), path.path(), "127.0.0.1".parse().unwrap(), T, None).await;
         let error = loaded.expect_err("a failed load returned Ok");
         eprintln!("failed load: {error}");
         assert!(target.log().contains("Can't handle RDB format version 99"), "{}", target.log());
@@ -974,7 +1084,7 @@ mod tests {
         let node = Node::start(&["--requirepass", "x"]);
         let mut out = Vec::new();
         let started = Instant::now();
-        match fetch(&node.addr(), &mut out, T).await {
+        match fetch(&node.addr(), &mut out, T, None).await {
             Err(RdbError::Redis(reply)) => assert!(reply.starts_with("NOAUTH"), "{reply}"),
             other => panic!("expected a NOAUTH error, got {other:?}"),
         }
@@ -982,20 +1092,21 @@ mod tests {
         assert!(out.is_empty());
         let path = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(path.path(), synthetic_rdb("0010", b"")).unwrap();
-        match load(&node.addr(), path.path(), "127.0.0.1".parse().unwrap(), T).await {
+        match load(&node.addr(), path.path(), "127.0.0.1".parse().unwrap(), T, None).await {
             Err(RdbError::Redis(reply)) => assert!(reply.contains("NOAUTH"), "{reply}"),
             other => panic!("expected a NOAUTH error, got {other:?}"),
         }
     }
 
-    /// Runs the primary side of the handshake against `sent`; returns its verdict and answers.
+    /// Runs the primary side of the handshake (one-time secret `s3cret`) against `sent`;
+    /// returns its verdict and answers.
     async fn handshake_with(sent: &[u8]) -> (Result<SyncRequest, RdbError>, Vec<u8>) {
         let listener = TcpListener::bind(("127.0.0.1", ports::free_port())).await.unwrap();
         let mut replica_side = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (mut primary_side, _) = listener.accept().await.unwrap();
         replica_side.write_all(sent).await.unwrap();
         replica_side.shutdown().await.unwrap();
-        let verdict = replica_handshake(&mut primary_side, T).await;
+        let verdict = replica_handshake(&mut primary_side, "s3cret", T).await;
         drop(primary_side);
         let mut answers = Vec::new();
         replica_side.read_to_end(&mut answers).await.unwrap();
@@ -1003,22 +1114,89 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_primary_side_answers_a_replicas_handshake() {
-        let sent = b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nAUTH\r\n$1\r\nx\r\n\
+    async fn the_primary_side_answers_only_a_replica_with_the_one_time_credential() {
+        let noauth = b"-NOAUTH Authentication required.\r\n";
+        let sent = b"*1\r\n$4\r\nPING\r\n*3\r\n$4\r\nAUTH\r\n$20\r\nmemlog-snapshot-load\r\n$6\r\ns3cret\r\n\
             *5\r\n$8\r\nREPLCONF\r\n$4\r\ncapa\r\n$3\r\neof\r\n$4\r\ncapa\r\n$6\r\npsync2\r\n\
-            *1\r\n$3\r\nFOO\r\n*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n";
+            *1\r\n$4\r\nPING\r\n*1\r\n$3\r\nFOO\r\n*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n";
         let (verdict, answers) = handshake_with(sent).await;
         assert_eq!(verdict.unwrap(), SyncRequest::Psync);
-        assert_eq!(answers, b"+PONG\r\n+OK\r\n+OK\r\n-ERR unknown command\r\n");
+        assert_eq!(answers, [&noauth[..], b"+OK\r\n+OK\r\n+PONG\r\n-ERR unknown command\r\n"].concat());
 
-        let (verdict, answers) = handshake_with(b"PING\r\nSYNC\r\n").await;
+        let (verdict, answers) = handshake_with(b"AUTH memlog-snapshot-load s3cret\r\nSYNC\r\n").await;
         assert_eq!(verdict.unwrap(), SyncRequest::Sync);
-        assert_eq!(answers, b"+PONG\r\n");
+        assert_eq!(answers, b"+OK\r\n");
+
+        // Without the credential a peer gets nothing but -NOAUTH to a PING, and is closed.
+        for refused in [
+            &b"PING\r\nPSYNC ? -1\r\n"[..],
+            b"SYNC\r\n",
+            b"REPLCONF capa eof\r\nSYNC\r\n",
+            b"PING\r\nAUTH memlog-snapshot-load s3creT\r\nSYNC\r\n",
+            b"AUTH s3cret\r\nSYNC\r\n",
+            b"AUTH default s3cret\r\nSYNC\r\n",
+        ] {
+            let (verdict, answers) = handshake_with(refused).await;
+            assert!(matches!(verdict, Err(RdbError::Redis(_))), "{verdict:?}");
+            assert!(answers.is_empty() || answers == noauth, "{:?} got {:?}", shown(refused), shown(&answers));
+        }
 
         let (verdict, _) = handshake_with(b"*1\r\n$4\r\nPING\r\n*x\r\n").await;
         assert!(matches!(verdict, Err(RdbError::Redis(_))), "{verdict:?}");
         let (verdict, _) = handshake_with(b"*1\r\n$4\r\nPI").await;
         assert!(matches!(verdict, Err(RdbError::Io(_))), "{verdict:?}");
+    }
+
+    /// Connects to the snapshot-serving port, tries a replica's handshake with a guessed
+    /// credential, and returns what it got; `None` if it could not connect.
+    async fn probe_serving_port(port: u16) -> Option<Vec<u8>> {
+        let mut probe = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let guess = b"PING\r\nAUTH memlog-snapshot-load guess\r\nREPLCONF capa eof\r\nPSYNC ? -1\r\nSYNC\r\n";
+        let _ = probe.write_all(guess).await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(T, probe.read_to_end(&mut got)).await.expect("the probe was closed");
+        Some(got)
+    }
+
+    #[tokio::test]
+    async fn a_probe_of_the_serving_port_during_a_load_gets_nothing_and_the_load_succeeds() {
+        let auth = BackendAuth { user: None, password: "node-password".into() };
+        let source = Node::start(&[]);
+        source.pipeline(&dataset("src", 20_000)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.rdb");
+        fetch_to(&source, &path).await.unwrap();
+        let digest = source.cmd(&["DEBUG", "DIGEST"]).await;
+
+        // The node wants a password; the proxy has it, the probe does not.
+        let target = Node::start(&["--requirepass", "node-password"]);
+        let addr = target.addr();
+        let load_auth = auth.clone();
+        let load =
+            tokio::spawn(async move { load(&addr, &path, "127.0.0.1".parse().unwrap(), T, Some(&load_auth)).await });
+        let mut control = Control::connect(&target.addr(), T, Some(&auth)).await.unwrap();
+        let started = Instant::now();
+        let port = loop {
+            let info = control.info().await.unwrap();
+            if let Some(port) = info_field(&info, "master_port") {
+                break port.parse::<u16>().unwrap();
+            }
+            assert!(started.elapsed() < T && !load.is_finished(), "the node never got REPLICAOF");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        // A silent peer holds a connection open meanwhile: it must not keep the node out.
+        let silent = TcpStream::connect(("127.0.0.1", port)).await;
+        let probed = probe_serving_port(port).await;
+        load.await.unwrap().expect("the load succeeded despite the probes");
+        let got = probed.expect("the probe reached the serving port while the load ran");
+        assert!(got.is_empty() || got == b"-NOAUTH Authentication required.\r\n", "the probe got {:?}", shown(&got));
+        drop(silent);
+        let digest_after = match control.call(&["DEBUG", "DIGEST"]).await.unwrap() {
+            Reply::Line(line) => line,
+            other => panic!("DEBUG DIGEST answered {other:?}"),
+        };
+        assert_eq!(digest_after, digest);
+        assert_eq!(info_field(&control.info().await.unwrap(), "role"), Some("master"));
     }
 
     /// A fake node on a free port that answers `SYNC` with `pieces`, written one by one, then
@@ -1064,7 +1242,7 @@ mod tests {
         }
         let (addr, serve) = fake_node(pieces, true).await;
         let mut out = Vec::new();
-        let bytes = fetch(&addr, &mut out, T).await.unwrap();
+        let bytes = fetch(&addr, &mut out, T, None).await.unwrap();
         assert_eq!(bytes, rdb.len() as u64);
         assert!(out == rdb, "the fetched bytes differ from the RDB sent");
         serve.abort();
@@ -1078,13 +1256,13 @@ mod tests {
         let mut corrupt = format!("${}\r\n", rdb.len()).into_bytes();
         corrupt.extend_from_slice(&rdb);
         let (addr, serve) = fake_node(vec![corrupt], true).await;
-        assert!(matches!(fetch(&addr, &mut Vec::new(), T).await, Err(RdbError::Corrupt { .. })));
+        assert!(matches!(fetch(&addr, &mut Vec::new(), T, None).await, Err(RdbError::Corrupt { .. })));
         serve.abort();
 
         let mut short = format!("${}\r\n", rdb.len() + 100).into_bytes();
         short.extend_from_slice(&rdb);
         let (addr, serve) = fake_node(vec![short], false).await;
-        match fetch(&addr, &mut Vec::new(), T).await {
+        match fetch(&addr, &mut Vec::new(), T, None).await {
             Err(RdbError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
             other => panic!("expected an I/O error, got {other:?}"),
         }
@@ -1095,7 +1273,7 @@ mod tests {
     async fn fetch_from_a_silent_node_times_out() {
         let (addr, serve) = fake_node(Vec::new(), true).await;
         let started = Instant::now();
-        let fetched = fetch(&addr, &mut Vec::new(), Duration::from_millis(300)).await;
+        let fetched = fetch(&addr, &mut Vec::new(), Duration::from_millis(300), None).await;
         assert!(matches!(fetched, Err(RdbError::Timeout(_))), "{fetched:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         serve.abort();

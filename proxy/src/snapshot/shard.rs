@@ -12,8 +12,9 @@ use serde_json::json;
 use tokio::sync::Mutex;
 
 use super::{rdb, SnapshotSettings};
-use crate::backend::{BackendConn, BackendOptions, NodeTarget};
+use crate::backend::{BackendConn, NodeTarget};
 use crate::keys::LSN_KEY;
+use crate::prepare::NodePreparation;
 use crate::resp::Proto;
 use crate::status::ShardStatus;
 
@@ -33,7 +34,9 @@ pub(crate) struct ShardSnapshots {
     settings: Arc<SnapshotSettings>,
     meta: Arc<MetaStore>,
     journal: Vec<SocketAddr>,
-    opts: BackendOptions,
+    /// The node preparation, run on a node after a snapshot was loaded into it (and whose
+    /// connection options every connection here uses).
+    prepare: Arc<NodePreparation>,
     busy: Mutex<()>,
 }
 
@@ -43,10 +46,10 @@ impl ShardSnapshots {
         settings: Arc<SnapshotSettings>,
         meta: Arc<MetaStore>,
         journal: Vec<SocketAddr>,
-        opts: BackendOptions,
+        prepare: Arc<NodePreparation>,
     ) -> ShardSnapshots {
         let dir = settings.dir.join(format!("shard-{shard}"));
-        ShardSnapshots { shard, dir, settings, meta, journal, opts, busy: Mutex::new(()) }
+        ShardSnapshots { shard, dir, settings, meta, journal, prepare, busy: Mutex::new(()) }
     }
 
     /// The catalog's snapshots of this shard, oldest first.
@@ -108,7 +111,7 @@ impl ShardSnapshots {
     /// Fetches the RDB into `partial`, makes it durable and only then gives it its name.
     async fn fetch_durably(&self, source: &str, partial: &Path, path: &Path) -> anyhow::Result<u64> {
         let mut file = tokio::fs::File::create(partial).await?;
-        let fetched = rdb::fetch(source, &mut file, self.settings.timeout).await;
+        let fetched = rdb::fetch(source, &mut file, self.settings.timeout, self.prepare.auth()).await;
         let bytes = match fetched {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -192,7 +195,12 @@ impl ShardSnapshots {
             let started = Instant::now();
             let path = PathBuf::from(&snapshot.location);
             // `load` checks the file before the node sees any of it.
-            if let Err(e) = rdb::load(node, &path, self.settings.serve_ip, self.settings.timeout).await {
+            let loaded =
+                rdb::load(node, &path, self.settings.serve_ip, self.settings.timeout, self.prepare.auth()).await;
+            // The load left the node with its one-time credential: prepare it again (also after
+            // a failed load), before it replays or serves.
+            self.prepare.prepare_at(node).await?;
+            if let Err(e) = loaded {
                 tracing::error!(shard = self.shard, node, location = %snapshot.location, "cannot restore this snapshot, trying an older one: {e}");
                 problems.push(format!("{}: {e}", snapshot.location));
                 continue;
@@ -211,7 +219,7 @@ impl ShardSnapshots {
 
     /// `node`'s `__memlog:lsn`.
     async fn lsn_of(&self, node: &str) -> anyhow::Result<u64> {
-        let conn = BackendConn::spawn(node, Proto::Resp2, self.opts);
+        let conn = BackendConn::spawn(node, Proto::Resp2, self.prepare.opts().clone());
         let reply = tokio::time::timeout(CALL_TIMEOUT, conn.call(&[&b"GET"[..], LSN_KEY]))
             .await
             .map_err(|_| anyhow::anyhow!("{node} did not answer GET __memlog:lsn"))??;

@@ -1,0 +1,72 @@
+//! Node preparation: the one step that brings a Redis node into the cluster's shape before it
+//! replays or serves (docs/architecture.md, "Node preparation"). The failover controller runs it
+//! on every node that (re)appears — first start, a restart (empty or not), before a promotion,
+//! a rebuild or a demotion — and the snapshot loader runs it after a load. Anything a node needs
+//! configured is added here, not at the places nodes appear.
+//!
+//! Today it sets the credentials the node presents to its primary (`masteruser`/`masterauth`):
+//! the proxy's own `[backend]` credentials, which every node accepts, so a replica can sync
+//! from whichever node is primary. A snapshot load sets a one-time credential instead, which
+//! preparation replaces again once the load is over.
+
+use std::sync::Arc;
+
+use crate::backend::{BackendAuth, BackendConn, BackendOptions};
+use crate::resp::Proto;
+
+/// Why a node could not be prepared: it must not replay or serve until it is.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum PrepareError {
+    #[error("Redis node {node}: {step} failed: {reason}")]
+    Step { node: String, step: &'static str, reason: String },
+}
+
+/// The preparation every node of the cluster gets, and the connection options it uses.
+#[derive(Debug, Clone)]
+pub(crate) struct NodePreparation {
+    opts: BackendOptions,
+}
+
+impl NodePreparation {
+    pub(crate) fn new(opts: BackendOptions) -> Arc<NodePreparation> {
+        Arc::new(NodePreparation { opts })
+    }
+
+    /// The options (timeouts, credentials) of connections to the nodes.
+    pub(crate) fn opts(&self) -> &BackendOptions {
+        &self.opts
+    }
+
+    pub(crate) fn auth(&self) -> Option<&BackendAuth> {
+        self.opts.auth.as_deref()
+    }
+
+    /// Prepares `node` over `conn` (a connection to that node): every step, in order.
+    pub(crate) async fn prepare(&self, node: &str, conn: &BackendConn) -> Result<(), PrepareError> {
+        self.credentials(node, conn).await
+    }
+
+    /// Prepares `node` over a connection of its own.
+    pub(crate) async fn prepare_at(&self, node: &str) -> Result<(), PrepareError> {
+        let conn = BackendConn::spawn(node, Proto::Resp2, self.opts.clone());
+        self.prepare(node, &conn).await
+    }
+
+    /// `masteruser`/`masterauth`: what the node sends its primary's replication port. Set even
+    /// without credentials (to empty), so a one-time credential of a snapshot load never stays.
+    async fn credentials(&self, node: &str, conn: &BackendConn) -> Result<(), PrepareError> {
+        let (user, password) = match self.auth() {
+            Some(auth) => (auth.user.as_deref().unwrap_or_default(), auth.password.as_str()),
+            None => ("", ""),
+        };
+        let args = ["CONFIG", "SET", "masteruser", user, "masterauth", password];
+        let step = "CONFIG SET masteruser/masterauth";
+        let failed = |reason: String| PrepareError::Step { node: node.to_string(), step, reason };
+        match tokio::time::timeout(self.opts.request_timeout, conn.call(&args)).await {
+            Ok(Ok(reply)) if reply.starts_with(b"+OK") => Ok(()),
+            Ok(Ok(reply)) => Err(failed(String::from_utf8_lossy(&reply).trim().to_string())),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(failed("timed out".to_string())),
+        }
+    }
+}
