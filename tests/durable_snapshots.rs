@@ -47,7 +47,10 @@ fn journal_first_lsns(cluster: &DurableCluster) -> Vec<u64> {
     runtime.block_on(async {
         let mut firsts = Vec::new();
         for addr in cluster.journal_addrs() {
-            let status = NodeClient::new(*addr).status().await.expect("journal node status");
+            let status = NodeClient::new(*addr, common::cluster_tls::proxy_transport())
+                .status()
+                .await
+                .expect("journal node status");
             firsts.push(status.streams["shard-0"].first_lsn);
         }
         firsts

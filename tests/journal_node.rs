@@ -27,6 +27,7 @@ fn spawn_node(dir: &Path, logs: &Path, args: &[&str], env: &[(&str, &str)]) -> P
     std::fs::create_dir_all(dir).unwrap();
     let mut cmd = Command::new(common::memlog_bin());
     cmd.arg("journal").arg("--dir").arg(dir).arg("--listen").arg(addr.to_string()).args(args);
+    cmd.args(common::cluster_tls::journal_args());
     cmd.envs(env.iter().copied());
     let log = logs.join(format!("journal-{port}.log"));
     common::spawn_listening(&format!("journal-{port}"), cmd, addr, &log)
@@ -61,7 +62,7 @@ async fn kill9_during_concurrent_appends_loses_no_acknowledged_entry() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
     let mut node = spawn_node(&dir, tmp.path(), &[], &[]);
-    let client = NodeClient::new(node.addr);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     let streams: Vec<String> = (0..4).map(|i| format!("shard-{i}")).collect();
     let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
     let total_acked = Arc::new(AtomicU64::new(0));
@@ -103,7 +104,7 @@ async fn kill9_during_concurrent_appends_loses_no_acknowledged_entry() {
     assert_eq!(acked.len(), streams.len());
 
     let node = spawn_node(&dir, tmp.path(), &[], &[]);
-    let client = NodeClient::new(node.addr);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     for (stream, &last_acked) in &acked {
         let stored = read_all(&client, stream).await;
         assert!(stored.len() as u64 >= last_acked, "{stream}: {} stored, {last_acked} acknowledged", stored.len());
@@ -116,11 +117,12 @@ async fn kill9_during_concurrent_appends_loses_no_acknowledged_entry() {
     }
 }
 
-/// Sends raw bytes and returns every reply frame until the node closes the connection.
+/// Sends raw bytes (over TLS, as a proxy) and returns every reply frame until the node
+/// closes the connection.
 fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<(u64, Response)> {
-    let mut socket = TcpStream::connect(addr).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut socket = common::cluster_tls::raw_connect(addr, &common::cluster_tls::files().proxy).unwrap();
     socket.write_all(bytes).unwrap();
+    socket.flush().unwrap();
     let mut received = Vec::new();
     socket.read_to_end(&mut received).expect("the node closes the connection");
     let mut buf = BytesMut::from(&received[..]);
@@ -137,7 +139,7 @@ fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<(u64, Response)> {
 async fn bad_frames_get_an_error_and_a_closed_connection_and_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let node = spawn_node(&tmp.path().join("node"), tmp.path(), &[], &[]);
-    let bystander = NodeClient::new(node.addr);
+    let bystander = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     bystander.append("shard-0", entry(1, 1, "shard-0")).await.unwrap();
 
     // An oversized length: refused before the body is read.
@@ -203,10 +205,14 @@ async fn a_full_disk_fails_appends_keeps_reads_and_loses_nothing_acknowledged() 
     // Without permission to mount, the same path is driven by the fsync failpoint instead.
     let env: &[(&str, &str)] = if tmpfs.is_some() { &[] } else { &[("MEMLOG_FAILPOINT", "fsync-after=150")] };
     if tmpfs.is_none() {
+        if !cfg!(feature = "failpoints") {
+            eprintln!("SKIPPED: mount not permitted and no `failpoints` feature to fill the disk with");
+            return;
+        }
         eprintln!("mount not permitted: using MEMLOG_FAILPOINT instead of a full tmpfs");
     }
     let mut node = spawn_node(&dir, tmp.path(), &[], env);
-    let client = NodeClient::new(node.addr);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     let stream = "shard-0";
     let big = |lsn: u64| Entry { payload: Bytes::from(vec![lsn as u8; 8 * 1024]), ..entry(1, lsn, stream) };
     let mut acked = 0;
@@ -229,7 +235,7 @@ async fn a_full_disk_fails_appends_keeps_reads_and_loses_nothing_acknowledged() 
     // After a restart (disk still full) every acknowledged entry is there, intact.
     node.kill9();
     let node = spawn_node(&dir, tmp.path(), &[], &[]);
-    let client = NodeClient::new(node.addr);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     let stored = read_all(&client, stream).await;
     assert!(stored.len() as u64 >= acked);
     assert!(stored.iter().zip(1..).all(|(e, lsn)| *e == big(lsn)));
@@ -242,13 +248,13 @@ async fn fencing_survives_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
     let mut node = spawn_node(&dir, tmp.path(), &[], &[]);
-    let client = NodeClient::new(node.addr);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     client.append("shard-0", entry(1, 1, "shard-0")).await.unwrap();
     assert_eq!(client.fence("shard-0", 5).await.unwrap().fenced_epoch, 5);
     node.kill9();
 
     let node = spawn_node(&dir, tmp.path(), &[], &[]);
-    let client = NodeClient::new(node.addr);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     let fenced = NodeError::Fenced { stream: "shard-0".into(), fenced_epoch: 5 };
     assert_eq!(client.append("shard-0", entry(4, 2, "shard-0")).await.unwrap_err(), fenced);
     assert_eq!(client.fence("shard-0", 4).await.unwrap_err(), fenced);
@@ -261,7 +267,7 @@ async fn metrics_are_served_under_their_names() {
     let tmp = tempfile::tempdir().unwrap();
     let metrics_addr: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
     let node = spawn_node(&tmp.path().join("node"), tmp.path(), &["--metrics-listen", &metrics_addr.to_string()], &[]);
-    let client = NodeClient::new(node.addr);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     client.append("shard-0", entry(1, 1, "shard-0")).await.unwrap();
     client.fence("shard-0", 2).await.unwrap();
     assert!(client.append("shard-0", entry(1, 2, "shard-0")).await.is_err());
@@ -288,7 +294,7 @@ async fn corruption_in_the_middle_of_a_log_stops_the_node_naming_file_and_offset
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
     let mut node = spawn_node(&dir, tmp.path(), &[], &[]);
-    let client = NodeClient::new(node.addr);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     for lsn in 1..=5 {
         client.append("shard-0", entry(1, lsn, "shard-0")).await.unwrap();
     }
@@ -305,6 +311,7 @@ async fn corruption_in_the_middle_of_a_log_stops_the_node_naming_file_and_offset
         .arg(&dir)
         .arg("--listen")
         .arg(format!("127.0.0.1:{}", common::free_port()))
+        .args(common::cluster_tls::journal_args())
         .output()
         .unwrap();
     assert!(!output.status.success(), "the node must refuse to start");
@@ -314,12 +321,13 @@ async fn corruption_in_the_middle_of_a_log_stops_the_node_naming_file_and_offset
     assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing was cut");
 }
 
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs `--features failpoints` (scripts/test enables it)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_fsync_failure_is_never_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
     let mut node = spawn_node(&dir, tmp.path(), &[], &[("MEMLOG_FAILPOINT", "fsync-after=5")]);
-    let client = NodeClient::new(node.addr);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     for lsn in 1..=5 {
         client.append("shard-0", entry(1, lsn, "shard-0")).await.unwrap();
     }
@@ -330,8 +338,24 @@ async fn an_injected_fsync_failure_is_never_acknowledged() {
     node.kill9();
 
     let node = spawn_node(&dir, tmp.path(), &[], &[]);
-    let client = NodeClient::new(node.addr);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
     let stored = read_all(&client, "shard-0").await;
     assert!(stored.len() >= 5);
     assert!(stored.iter().zip(1..).all(|(e, lsn)| *e == entry(1, lsn, "shard-0")));
+}
+
+/// A build without the `failpoints` feature (a release build) must not even read the variable:
+/// an environment that sets it cannot make a production node fail its fsyncs. scripts/test
+/// runs this test in a second, featureless build.
+#[cfg(not(feature = "failpoints"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_failpoints_feature_memlog_failpoint_is_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = spawn_node(&tmp.path().join("node"), tmp.path(), &[], &[("MEMLOG_FAILPOINT", "fsync")]);
+    let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
+    for lsn in 1..=3 {
+        client.append("shard-0", entry(1, lsn, "shard-0")).await.expect("every fsync succeeds");
+    }
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(!log.contains("fault injection"), "{log}");
 }

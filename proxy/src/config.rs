@@ -24,6 +24,7 @@ const KEYS: &[&str] = &[
     "connect_timeout_ms",
     "shutdown_grace_ms",
     "tls",
+    "cluster_tls",
     "users",
     "journal",
     "failover",
@@ -71,6 +72,9 @@ pub struct ProxyConfig {
     pub shutdown_grace_ms: u64,
     /// TLS for client connections; plain TCP when absent.
     pub tls: Option<TlsConfig>,
+    /// The proxy's cluster identity for the journal nodes (mutual TLS, docs/cluster-tls.md);
+    /// plain TCP when absent, which only a node run with `--insecure-no-tls` accepts.
+    pub cluster_tls: Option<journal_service::cluster_tls::TlsFiles>,
     /// ACL users; when empty, the `default` user needs no password.
     pub users: Vec<UserConfig>,
     /// The journal every write goes through before Redis sees it. Without it the proxy only
@@ -249,6 +253,7 @@ impl Default for ProxyConfig {
             connect_timeout_ms: 1_000,
             shutdown_grace_ms: 5_000,
             tls: None,
+            cluster_tls: None,
             users: Vec::new(),
             journal: None,
             failover: FailoverConfig::default(),

@@ -96,7 +96,8 @@ impl Shard {
         });
         let snapshots = journal.as_ref().and_then(|setup| {
             let settings = setup.snapshots.clone()?;
-            Some(Arc::new(ShardSnapshots::new(id, settings, setup.meta.clone(), setup.nodes.clone(), opts)))
+            let journal = (setup.nodes.clone(), setup.quorum.transport.clone());
+            Some(Arc::new(ShardSnapshots::new(id, settings, setup.meta.clone(), journal, opts)))
         });
         let sequencer = Sequencer::start(id, target.clone(), opts, journal, snapshots.clone()).await?;
         started.send_replace(Some(sequencer.clone()));
@@ -273,7 +274,7 @@ impl Proxy {
         };
         let connections = cfg.backend_connections.max(1);
         let journal = match &cfg.journal {
-            Some(journal) => Some(journal_setup(journal, cfg.snapshot.as_ref(), &cfg.listen).await?),
+            Some(journal) => Some(journal_setup(journal, &cfg, &cfg.listen).await?),
             None => {
                 tracing::warn!("no [journal] configured: writes are routed to Redis but NOT durable");
                 None
@@ -384,9 +385,19 @@ async fn shard_starts(
 /// Resolves the journal nodes, opens the metadata store and sets the quorum.
 async fn journal_setup(
     cfg: &crate::config::JournalConfig,
-    snapshot: Option<&crate::config::SnapshotConfig>,
+    proxy: &ProxyConfig,
     listen: &str,
 ) -> anyhow::Result<JournalSetup> {
+    use journal_service::cluster_tls::{reload_on_sighup, Role, Transport};
+    let transport = Transport::from_files(proxy.cluster_tls.as_ref(), Role::Proxy)
+        .map_err(|e| anyhow::anyhow!("[cluster_tls]: {e}"))?;
+    match &transport {
+        Transport::Plain => tracing::warn!("no [cluster_tls]: journal nodes are reached without TLS"),
+        Transport::Tls(_) => {
+            let reloadable = transport.clone();
+            reload_on_sighup(move || reloadable.reload())?;
+        }
+    }
     let mut nodes = Vec::with_capacity(cfg.nodes.len());
     for node in &cfg.nodes {
         let addr = tokio::net::lookup_host(node)
@@ -400,12 +411,13 @@ async fn journal_setup(
         write_quorum: nodes.len(),
         ack_quorum: cfg.ack_quorum(),
         append_timeout: Duration::from_millis(cfg.append_timeout_ms),
+        transport,
         ..Default::default()
     };
     quorum.validate(nodes.len()).map_err(|e| anyhow::anyhow!("[journal]: {e}"))?;
     let meta = journal_service::meta::MetaStore::open(&cfg.metadata)
         .await
-        .map_err(|e| anyhow::anyhow!("metadata store {:?}: {e}", cfg.metadata))?;
+        .map_err(|e| anyhow::anyhow!("metadata store {}: {e}", journal_service::meta::redact_url(&cfg.metadata)))?;
     let meta = Arc::new(meta);
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     Ok(JournalSetup {
@@ -414,7 +426,7 @@ async fn journal_setup(
         quorum,
         writer_id: format!("{host}:{}:{listen}", std::process::id()),
         write_wait: Duration::from_millis(cfg.write_wait_ms),
-        snapshots: snapshot.map(|s| Arc::new(SnapshotSettings::from(s))),
+        snapshots: proxy.snapshot.as_ref().map(|s| Arc::new(SnapshotSettings::from(s))),
     })
 }
 

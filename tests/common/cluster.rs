@@ -105,6 +105,7 @@ impl DurableCluster {
             self.dir.path().join("metadata.json").display(),
             opts.write_wait_ms
         );
+        toml += &super::cluster_tls::proxy_toml();
         if let Some(every) = opts.snapshot_every {
             let dir = self.snapshot_dir();
             toml += &format!("[snapshot]\ndir = \"{}\"\nevery_entries = {every}\n", dir.display());

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use journal_service::cluster_tls::Transport;
 use journal_service::meta::{MetaStore, SnapshotRecord};
 use journal_service::node_client::NodeClient;
 use serde_json::json;
@@ -33,6 +34,7 @@ pub struct ShardSnapshots {
     settings: Arc<SnapshotSettings>,
     meta: Arc<MetaStore>,
     journal: Vec<SocketAddr>,
+    transport: Transport,
     opts: BackendOptions,
     busy: Mutex<()>,
 }
@@ -42,11 +44,11 @@ impl ShardSnapshots {
         shard: usize,
         settings: Arc<SnapshotSettings>,
         meta: Arc<MetaStore>,
-        journal: Vec<SocketAddr>,
+        (journal, transport): (Vec<SocketAddr>, Transport),
         opts: BackendOptions,
     ) -> ShardSnapshots {
         let dir = settings.dir.join(format!("shard-{shard}"));
-        ShardSnapshots { shard, dir, settings, meta, journal, opts, busy: Mutex::new(()) }
+        ShardSnapshots { shard, dir, settings, meta, journal, transport, opts, busy: Mutex::new(()) }
     }
 
     /// The catalog's snapshots of this shard, oldest first.
@@ -143,8 +145,11 @@ impl ShardSnapshots {
         let Some(oldest) = catalog.get(excess) else { return Ok(()) };
         let stream = format!("shard-{}", self.shard);
         let below = oldest.lsn + 1;
+        // Nodes refuse a truncation below their fenced epoch: the shard's current one.
+        let epoch = self.meta.epoch(self.shard as u32).await?.epoch;
+        let client = |node: &SocketAddr| NodeClient::new(*node, self.transport.clone());
         let calls: Vec<_> =
-            self.journal.iter().map(|node| NodeClient::new(*node).truncate_below(&stream, below)).collect();
+            self.journal.iter().map(|node| client(node).truncate_below(&stream, epoch, below)).collect();
         for (node, call) in self.journal.iter().zip(calls) {
             // A node that misses this gives the space back at the next snapshot.
             if let Err(e) = call.await {
