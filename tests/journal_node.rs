@@ -359,3 +359,52 @@ async fn without_the_failpoints_feature_memlog_failpoint_is_ignored() {
     let log = std::fs::read_to_string(&node.log).unwrap();
     assert!(!log.contains("fault injection"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_certificates_for_new_connections() {
+    use journal_service::cluster_ca::ClusterCa;
+    use journal_service::cluster_tls::{Role, Transport};
+    let tmp = tempfile::tempdir().unwrap();
+    let old = ClusterCa::generate().unwrap().write(&tmp.path().join("old")).unwrap();
+    let new = ClusterCa::generate().unwrap().write(&tmp.path().join("new")).unwrap();
+    // The node reads its files from one place; rotation replaces them there.
+    let live = tmp.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    let install = |from: &journal_service::cluster_tls::TlsFiles| {
+        for (src, name) in [(&from.ca, "ca.pem"), (&from.cert, "journal.pem"), (&from.key, "journal.key")] {
+            std::fs::copy(src, live.join(name)).unwrap();
+        }
+    };
+    install(&old.journal);
+    let port = common::free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = Command::new(common::memlog_bin());
+    cmd.arg("journal").arg("--dir").arg(tmp.path().join("node")).arg("--listen").arg(addr.to_string());
+    for (flag, name) in
+        [("--cluster-ca", "ca.pem"), ("--cluster-cert", "journal.pem"), ("--cluster-key", "journal.key")]
+    {
+        cmd.arg(flag).arg(live.join(name));
+    }
+    let node = common::spawn_listening("journal-rotated", cmd, addr, &tmp.path().join("journal.log"));
+    let proxy_of = |files: &journal_service::cluster_tls::TlsFiles| {
+        NodeClient::with_timeout(addr, Transport::from_files(Some(files), Role::Proxy).unwrap(), Duration::from_secs(3))
+    };
+    let before_rotation = proxy_of(&old.proxy);
+    before_rotation.append("shard-0", entry(1, 1, "shard-0")).await.unwrap();
+    assert!(matches!(proxy_of(&new.proxy).status().await, Err(NodeError::Unreachable(_))));
+
+    install(&new.journal);
+    node.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rotated = proxy_of(&new.proxy);
+    while let Err(e) = rotated.status().await {
+        assert!(Instant::now() < deadline, "the node still refuses the new CA after SIGHUP: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rotated.append("shard-0", entry(1, 2, "shard-0")).await.unwrap();
+    // New connections with the old identity are refused; the one opened before goes on.
+    assert!(matches!(proxy_of(&old.proxy).status().await, Err(NodeError::Unreachable(_))));
+    before_rotation.append("shard-0", entry(1, 3, "shard-0")).await.unwrap();
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(log.contains("cluster certificates reloaded"), "{log}");
+}
