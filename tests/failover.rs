@@ -476,9 +476,17 @@ fn kill9_primary_and_replica_after_the_journal_was_truncated_then_restart_empty(
     let checked = Checked::start(&cluster);
     // Snapshots of shard 0 (from its replica) until the journal was truncated below one.
     let shard_dir = cluster.dir.path().join("snapshots/shard-0");
-    cluster.wait_until("two snapshots of shard 0 kept, so its journal was truncated", || {
-        std::fs::read_dir(&shard_dir).is_ok_and(|d| d.count() == 2)
-    });
+    cluster.wait_until("two snapshots of shard 0 kept", || std::fs::read_dir(&shard_dir).is_ok_and(|d| d.count() == 2));
+    // Truncation drops whole segments only: wait until every node gave up a prefix (at the
+    // load's pace, a debug build with TLS may need a few more snapshots for a segment to fill).
+    let nodes: Vec<SocketAddr> = cluster.journal.iter().map(|j| j.as_ref().expect("running").addr).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let first_lsn = |addr: SocketAddr| {
+        let client = journal_service::NodeClient::new(addr, common::cluster_tls::proxy_transport());
+        let status = runtime.block_on(async move { client.status().await });
+        status.ok().and_then(|s| s.streams.get("shard-0").map(|t| t.first_lsn)).unwrap_or(0)
+    };
+    cluster.wait_until("shard 0's journal truncated on every node", || nodes.iter().all(|a| first_lsn(*a) > 1));
     kill9_primary_and_replica_then_restart_both_empty(
         &mut cluster,
         checked,
