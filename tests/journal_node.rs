@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::Proc;
+use journal_service::cluster_tls::Transport;
 use journal_service::protocol::{self, Request, Response};
 use journal_service::{Entry, NodeClient, NodeError};
 
@@ -363,7 +364,7 @@ async fn without_the_failpoints_feature_memlog_failpoint_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_the_certificates_for_new_connections() {
     use journal_service::cluster_ca::ClusterCa;
-    use journal_service::cluster_tls::{Role, Transport};
+    use journal_service::cluster_tls::Role;
     let tmp = tempfile::tempdir().unwrap();
     let old = ClusterCa::generate().unwrap().write(&tmp.path().join("old")).unwrap();
     let new = ClusterCa::generate().unwrap().write(&tmp.path().join("new")).unwrap();
@@ -407,4 +408,46 @@ async fn sighup_rotates_the_certificates_for_new_connections() {
     before_rotation.append("shard-0", entry(1, 3, "shard-0")).await.unwrap();
     let log = std::fs::read_to_string(&node.log).unwrap();
     assert!(log.contains("cluster certificates reloaded"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_certificates_keeps_the_node_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = Command::new(common::memlog_bin());
+    cmd.arg("journal").arg("--dir").arg(tmp.path().join("node")).arg("--listen").arg(addr.to_string());
+    cmd.arg("--insecure-no-tls");
+    let mut node = common::spawn_listening("journal-plain", cmd, addr, &tmp.path().join("journal.log"));
+    let client = NodeClient::with_timeout(addr, Transport::Plain, Duration::from_secs(3));
+    client.append("shard-0", entry(1, 1, "shard-0")).await.unwrap();
+    node.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&node.log).unwrap().contains("nothing to reload") {
+        assert!(Instant::now() < deadline, "no log line for the SIGHUP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(node.child.try_wait().unwrap().is_none(), "SIGHUP ended the node");
+    client.append("shard-0", entry(1, 2, "shard-0")).await.unwrap();
+    assert_eq!(read_all(&client, "shard-0").await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_closes_its_tls_connection_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = spawn_node(&tmp.path().join("node"), tmp.path(), &[], &[("MEMLOG_LOG", "debug")]);
+    for lsn in 1..=3 {
+        let client = NodeClient::new(node.addr, common::cluster_tls::proxy_transport());
+        client.append("shard-0", entry(1, lsn, "shard-0")).await.unwrap();
+    }
+    // Each dropped client ends its connection with a TLS close_notify; a connection cut
+    // without one would be logged as a warning naming it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ended = || std::fs::read_to_string(&node.log).unwrap().matches("connection ended by the peer").count();
+    while ended() < 3 {
+        assert!(Instant::now() < deadline, "the node did not see 3 connections end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(&node.log).unwrap();
+    assert!(!log.contains("close_notify"), "{log}");
 }

@@ -237,22 +237,38 @@ impl Transport {
     }
 
     /// Re-reads the certificate files, if any.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub fn reload(&self) -> Result<Reloaded, TlsError> {
         match self {
-            Transport::Plain => Ok(()),
-            Transport::Tls(tls) => tls.reload(),
+            Transport::Plain => Ok(Reloaded::NothingConfigured),
+            Transport::Tls(tls) => tls.reload().map(|()| Reloaded::Certificates),
         }
     }
 }
 
+/// What a reload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The certificate files were read again and are in use for new connections.
+    Certificates,
+    /// The process runs without cluster certificates: there was nothing to read.
+    NothingConfigured,
+}
+
 /// Calls `reload` on every SIGHUP and logs the outcome: certificates are rotated without a
 /// restart (connections made afterwards use the new ones).
-pub fn reload_on_sighup(reload: impl Fn() -> Result<(), TlsError> + Send + 'static) -> std::io::Result<()> {
+///
+/// Install it whether or not the process has certificates: SIGHUP's default action ends the
+/// process, and a rotation that signals every member of a cluster must not stop one that
+/// runs without them.
+pub fn reload_on_sighup(reload: impl Fn() -> Result<Reloaded, TlsError> + Send + 'static) -> std::io::Result<()> {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             match reload() {
-                Ok(()) => tracing::info!("SIGHUP: cluster certificates reloaded"),
+                Ok(Reloaded::Certificates) => tracing::info!("SIGHUP: cluster certificates reloaded"),
+                Ok(Reloaded::NothingConfigured) => {
+                    tracing::info!("SIGHUP: no cluster certificates configured, nothing to reload")
+                }
                 Err(e) => tracing::error!("SIGHUP: cluster certificates NOT reloaded, the old ones stay: {e}"),
             }
         }

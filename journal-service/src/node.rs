@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
-use crate::cluster_tls::{Role, ServerTls};
+use crate::cluster_tls::{Reloaded, Role, ServerTls, TlsError};
 use crate::error::NodeError;
 use crate::protocol::{self, Request, Response};
 use crate::storage::{Storage, StorageOptions};
@@ -47,6 +47,16 @@ pub enum Security {
     Tls(Arc<ServerTls>),
     /// Anyone who connects may do anything (`--insecure-no-tls`, logged loudly at start).
     InsecureNoTls,
+}
+
+impl Security {
+    /// Re-reads the certificate files, if the node has any.
+    fn reload(&self) -> Result<Reloaded, TlsError> {
+        match self {
+            Security::Tls(tls) => tls.reload().map(|()| Reloaded::Certificates),
+            Security::InsecureNoTls => Ok(Reloaded::NothingConfigured),
+        }
+    }
 }
 
 impl std::fmt::Debug for Security {
@@ -124,11 +134,10 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> anyho
     if options.fail_fsync_after.is_some() {
         tracing::warn!(?options, "fault injection is on");
     }
+    let security = opts.security.clone();
+    crate::cluster_tls::reload_on_sighup(move || security.reload())?;
     match &opts.security {
-        Security::Tls(tls) => {
-            let tls = Arc::clone(tls);
-            crate::cluster_tls::reload_on_sighup(move || tls.reload())?
-        }
+        Security::Tls(_) => {}
         Security::InsecureNoTls => tracing::warn!(
             listen = %opts.listen,
             "INSECURE: --insecure-no-tls: anyone who reaches this port can read, append, fence and truncate every stream"
@@ -259,8 +268,9 @@ async fn serve_connection(
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         max_in_flight: limits.max_in_flight,
     };
-    if let Err(reason) = connection.read_requests(reader, limits.idle_timeout).await {
-        tracing::warn!(%peer, %reason, "closing connection");
+    match connection.read_requests(reader, limits.idle_timeout).await {
+        Ok(()) => tracing::debug!(%peer, "connection ended by the peer"),
+        Err(reason) => tracing::warn!(%peer, %reason, "closing connection"),
     }
     connection.subscriptions.values().for_each(AbortHandle::abort);
     drop(connection);

@@ -275,12 +275,18 @@ impl Connection {
             Err(_) => format!("{addr}: connect timed out"),
             Ok(Err(e)) => format!("{addr}: connect: {e}"),
             Ok(Ok(stream)) => {
-                let (reader, writer) = tokio::io::split(stream);
-                tokio::select! {
-                    reason = write_frames(writer, frames) => format!("{addr}: {reason}"),
-                    reason = self.read_replies(reader) => format!("{addr}: {reason}"),
-                    _ = self.closed.notified() => format!("{addr}: client dropped"),
+                let (reader, mut writer) = tokio::io::split(stream);
+                let (reason, dropped) = tokio::select! {
+                    reason = write_frames(&mut writer, frames) => (reason, false),
+                    reason = self.read_replies(reader) => (reason, false),
+                    _ = self.closed.notified() => ("client dropped".to_string(), true),
+                };
+                if dropped {
+                    // An orderly close (TLS close_notify, then FIN): the node sees the end of a
+                    // conversation, not a truncated stream.
+                    let _ = tokio::time::timeout(timeout, writer.shutdown()).await;
                 }
+                format!("{addr}: {reason}")
             }
         };
         self.fail_all(reason);
@@ -388,7 +394,7 @@ async fn connect(addr: SocketAddr, transport: &Transport) -> std::io::Result<Box
 }
 
 /// Writes queued frames, coalescing whatever is queued into one write; returns why it stopped.
-async fn write_frames(mut writer: impl AsyncWrite + Unpin, mut frames: mpsc::UnboundedReceiver<Bytes>) -> String {
+async fn write_frames(writer: &mut (impl AsyncWrite + Unpin), mut frames: mpsc::UnboundedReceiver<Bytes>) -> String {
     let mut batch = BytesMut::with_capacity(64 * 1024);
     while let Some(frame) = frames.recv().await {
         crate::protocol::coalesce(&mut batch, &frame, || frames.try_recv().ok());

@@ -20,11 +20,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::resp::{encode_command, error_reply, Proto};
+use crate::resp::{encode_command, error_reply, frame_len, BadFrame, FrameScanner, Proto};
 
 /// Why a backend request produced no reply.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum BackendError {
+pub(crate) enum BackendError {
     #[error("Redis node {addr} is unreachable ({reason})")]
     Unreachable { addr: String, reason: String },
     #[error("connection to Redis node {addr} was lost; the command's outcome is unknown")]
@@ -39,19 +39,19 @@ pub enum BackendError {
     Unverified { addr: String },
 }
 
-pub type ReplyResult = Result<Bytes, BackendError>;
-pub type ReplySender = oneshot::Sender<ReplyResult>;
+pub(crate) type ReplyResult = Result<Bytes, BackendError>;
+pub(crate) type ReplySender = oneshot::Sender<ReplyResult>;
 
 /// Timeouts of a backend connection.
 #[derive(Debug, Clone, Copy)]
-pub struct BackendOptions {
+pub(crate) struct BackendOptions {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
 }
 
 /// What a connection carries, which decides the hold that stops it and what it may retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// Client reads: held until a new primary has caught up; a read lost with its connection
     /// is sent again.
     Read,
@@ -85,7 +85,7 @@ impl TargetState {
 
 /// The node every connection of a shard points at (its current primary), shared by them all,
 /// with the shard's hold: the failover controller moves it and holds/releases it.
-pub struct NodeTarget {
+pub(crate) struct NodeTarget {
     shard: usize,
     addr: ArcSwap<String>,
     state: watch::Sender<TargetState>,
@@ -100,7 +100,7 @@ pub struct NodeTarget {
 }
 
 impl NodeTarget {
-    pub fn new(shard: usize, addr: &str, hold_for: Duration) -> Arc<NodeTarget> {
+    pub(crate) fn new(shard: usize, addr: &str, hold_for: Duration) -> Arc<NodeTarget> {
         Arc::new(NodeTarget {
             shard,
             addr: ArcSwap::from_pointee(addr.to_string()),
@@ -117,24 +117,24 @@ impl NodeTarget {
         NodeTarget::new(usize::MAX, addr, Duration::ZERO)
     }
 
-    pub fn addr(&self) -> Arc<String> {
+    pub(crate) fn addr(&self) -> Arc<String> {
         self.addr.load_full()
     }
 
     /// True while reads or writes are held.
-    pub fn is_held(&self) -> bool {
+    pub(crate) fn is_held(&self) -> bool {
         let state = *self.state.borrow();
         state.reads_held || state.applies_held
     }
 
     /// Batches sent to the node on apply connections and not answered yet: a switchover waits
     /// for none, so no batch's reply is lost with the old primary's connections.
-    pub fn applies_in_flight(&self) -> u64 {
+    pub(crate) fn applies_in_flight(&self) -> u64 {
         self.applies_in_flight.load(Ordering::Acquire)
     }
 
     /// Stops every connection of the shard from sending: requests wait (up to the hold time).
-    pub fn hold(&self) {
+    pub(crate) fn hold(&self) {
         self.state.send_modify(|s| {
             s.reads_held = true;
             s.applies_held = true;
@@ -142,19 +142,19 @@ impl NodeTarget {
     }
 
     /// Points every connection at `addr`: each drops its connection and reconnects there.
-    pub fn retarget(&self, addr: &str) {
+    pub(crate) fn retarget(&self, addr: &str) {
         self.addr.store(Arc::new(addr.to_string()));
         self.apply_checked.store(false, Ordering::Release);
         self.state.send_modify(|s| s.generation += 1);
     }
 
     /// Lets the apply connections send again (the applier catches the primary up first).
-    pub fn release_applies(&self) {
+    pub(crate) fn release_applies(&self) {
         self.state.send_modify(|s| s.applies_held = false);
     }
 
     /// Lets everything send again.
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         self.state.send_modify(|s| {
             s.reads_held = false;
             s.applies_held = false;
@@ -164,7 +164,7 @@ impl NodeTarget {
     /// The primary holds the journal prefix up to `lsn`: a read connection that (re)connects
     /// waits until its node holds at least that much. (Every later primary is caught up to the
     /// journal's commit point, which is at least this, so the floor only rises.)
-    pub fn primary_holds(&self, lsn: u64) {
+    pub(crate) fn primary_holds(&self, lsn: u64) {
         self.lsn_floor.fetch_max(lsn, Ordering::AcqRel);
     }
 
@@ -179,7 +179,7 @@ impl NodeTarget {
     }
 }
 
-enum Op {
+enum ConnOp {
     Send(Bytes, ReplySender),
     /// Several commands in one buffer; all `count` replies come back together.
     Batch(Bytes, usize, BatchSender),
@@ -188,17 +188,20 @@ enum Op {
 }
 
 /// An op waiting for a usable connection, and when it gives up.
-struct Queued {
-    op: Op,
+struct WaitingOp {
+    op: ConnOp,
     deadline: Instant,
 }
 
-pub type BatchResult = Result<Vec<Bytes>, BackendError>;
-pub type BatchSender = oneshot::Sender<BatchResult>;
+pub(crate) type BatchResult = Result<Vec<Bytes>, BackendError>;
+pub(crate) type BatchSender = oneshot::Sender<BatchResult>;
 
 enum Waiter {
     /// A reply awaited; the request and its deadline are kept when it may be sent again.
     Reply(ReplySender, Instant, Option<(Bytes, Instant)>),
+    /// The reply to `GET __memlog:lsn` on an apply connection: once it reads as an LSN, the
+    /// node's journal prefix is known and batches may go out on this connection.
+    LsnCheck(ReplySender, Instant),
     Batch {
         replies: Vec<Bytes>,
         count: usize,
@@ -210,19 +213,19 @@ enum Waiter {
 
 /// A handle to one pipelined connection; clones share the connection.
 #[derive(Clone)]
-pub struct BackendConn {
-    ops: mpsc::UnboundedSender<Op>,
+pub(crate) struct BackendConn {
+    ops: mpsc::UnboundedSender<ConnOp>,
     target: Arc<NodeTarget>,
 }
 
 impl BackendConn {
     /// A connection to the fixed node `addr`.
-    pub fn spawn(addr: &str, proto: Proto, opts: BackendOptions) -> BackendConn {
+    pub(crate) fn spawn(addr: &str, proto: Proto, opts: BackendOptions) -> BackendConn {
         BackendConn::follow(NodeTarget::fixed(addr), Role::Direct, proto, opts)
     }
 
     /// A connection that follows `target` wherever the failover controller points it.
-    pub fn follow(target: Arc<NodeTarget>, role: Role, proto: Proto, opts: BackendOptions) -> BackendConn {
+    pub(crate) fn follow(target: Arc<NodeTarget>, role: Role, proto: Proto, opts: BackendOptions) -> BackendConn {
         let (ops, rx) = mpsc::unbounded_channel();
         let conn = Conn { target: target.clone(), role, proto, opts, waiting: VecDeque::new() };
         tokio::spawn(conn.drive(rx));
@@ -230,7 +233,7 @@ impl BackendConn {
     }
 
     /// The node this connection points at now.
-    pub fn addr(&self) -> Arc<String> {
+    pub(crate) fn addr(&self) -> Arc<String> {
         self.target.addr()
     }
 
@@ -239,37 +242,39 @@ impl BackendConn {
     }
 
     /// Queues `request` (raw RESP bytes); its reply (or error) is sent to `reply`.
-    pub fn send_to(&self, request: Bytes, reply: ReplySender) {
-        if let Err(mpsc::error::SendError(Op::Send(_, reply))) = self.ops.send(Op::Send(request, reply)) {
+    pub(crate) fn send_to(&self, request: Bytes, reply: ReplySender) {
+        if let Err(mpsc::error::SendError(ConnOp::Send(_, reply))) = self.ops.send(ConnOp::Send(request, reply)) {
             let _ = reply.send(Err(self.lost()));
         }
     }
 
-    pub fn send(&self, request: Bytes) -> oneshot::Receiver<ReplyResult> {
+    pub(crate) fn send(&self, request: Bytes) -> oneshot::Receiver<ReplyResult> {
         let (tx, rx) = oneshot::channel();
         self.send_to(request, tx);
         rx
     }
 
     /// Sends `count` commands encoded back to back in `requests` and waits for all their replies.
-    pub async fn call_batch(&self, requests: Bytes, count: usize) -> BatchResult {
+    pub(crate) async fn call_batch(&self, requests: Bytes, count: usize) -> BatchResult {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Op::Batch(_, _, reply))) = self.ops.send(Op::Batch(requests, count, tx)) {
+        if let Err(mpsc::error::SendError(ConnOp::Batch(_, _, reply))) =
+            self.ops.send(ConnOp::Batch(requests, count, tx))
+        {
             let _ = reply.send(Err(self.lost()));
         }
         rx.await.unwrap_or_else(|_| Err(self.lost()))
     }
 
     /// Sends `args` as one command and waits for its reply.
-    pub async fn call<A: AsRef<[u8]>>(&self, args: &[A]) -> ReplyResult {
+    pub(crate) async fn call<A: AsRef<[u8]>>(&self, args: &[A]) -> ReplyResult {
         let rx = self.send(encode_command(args));
         rx.await.unwrap_or_else(|_| Err(self.lost()))
     }
 
     /// Resolves once every reply to requests queued before it has arrived (or failed).
-    pub fn barrier(&self) -> oneshot::Receiver<()> {
+    pub(crate) fn barrier(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let _ = self.ops.send(Op::Barrier(tx));
+        let _ = self.ops.send(ConnOp::Barrier(tx));
         rx
     }
 }
@@ -293,13 +298,13 @@ struct Conn {
     proto: Proto,
     opts: BackendOptions,
     /// Ops waiting for a connection the role may send on, oldest first.
-    waiting: VecDeque<Queued>,
+    waiting: VecDeque<WaitingOp>,
 }
 
 impl Conn {
     /// The connection's life: wait while held, connect, serve until the connection breaks or
     /// the target moves, back off while the node is unreachable, repeat.
-    async fn drive(mut self, mut ops: mpsc::UnboundedReceiver<Op>) {
+    async fn drive(mut self, mut ops: mpsc::UnboundedReceiver<ConnOp>) {
         let mut state = self.target.state.subscribe();
         let mut backoff = Duration::from_millis(10);
         let mut last_error = String::new();
@@ -371,7 +376,7 @@ impl Conn {
     /// (`Some(Wake::Target)`); meanwhile ops wait and expire. `None` once every handle is gone.
     async fn pause(
         &mut self,
-        ops: &mut mpsc::UnboundedReceiver<Op>,
+        ops: &mut mpsc::UnboundedReceiver<ConnOp>,
         state: &mut watch::Receiver<TargetState>,
         delay: Duration,
         reason: &str,
@@ -392,7 +397,7 @@ impl Conn {
     /// the hold time), a waiting op expires, the target changes, or `timer` fires.
     async fn park(
         &mut self,
-        ops: &mut mpsc::UnboundedReceiver<Op>,
+        ops: &mut mpsc::UnboundedReceiver<ConnOp>,
         state: &mut watch::Receiver<TargetState>,
         timer: Option<std::pin::Pin<&mut tokio::time::Sleep>>,
         reason: &str,
@@ -432,11 +437,11 @@ impl Conn {
     }
 
     /// Queues `op` until it can be sent, for at most the hold time.
-    fn wait(&mut self, op: Op) {
-        self.waiting.push_back(Queued { op, deadline: Instant::now() + self.target.hold_for });
+    fn wait(&mut self, op: ConnOp) {
+        self.waiting.push_back(WaitingOp { op, deadline: Instant::now() + self.target.hold_for });
     }
 
-    fn take_waiting(&mut self) -> Option<Op> {
+    fn take_waiting(&mut self) -> Option<ConnOp> {
         self.waiting.pop_front().map(|queued| queued.op)
     }
 
@@ -456,17 +461,17 @@ impl Conn {
             };
             match op {
                 // A client's request gets the Redis-style error a client library understands.
-                Op::Send(_, reply) if held => {
+                ConnOp::Send(_, reply) if held => {
                     let msg = format!("TRYAGAIN memlog: shard {} is failing over", self.target.shard);
                     let _ = reply.send(Ok(error_reply(&msg)));
                 }
-                Op::Send(_, reply) => {
+                ConnOp::Send(_, reply) => {
                     let _ = reply.send(Err(error()));
                 }
-                Op::Batch(_, _, reply) => {
+                ConnOp::Batch(_, _, reply) => {
                     let _ = reply.send(Err(error()));
                 }
-                Op::Barrier(done) => {
+                ConnOp::Barrier(done) => {
                     let _ = done.send(());
                 }
             }
@@ -480,7 +485,7 @@ impl Conn {
         addr: &str,
         generation: u64,
         stream: TcpStream,
-        ops: &mut mpsc::UnboundedReceiver<Op>,
+        ops: &mut mpsc::UnboundedReceiver<ConnOp>,
         state: &mut watch::Receiver<TargetState>,
     ) -> Option<()> {
         let (mut rd, mut wr) = stream.into_split();
@@ -488,7 +493,7 @@ impl Conn {
         let opts = self.opts;
         let (role, target) = (self.role, self.target.clone());
         let hold_for = target.hold_for;
-        let lsn_check = encode_command(&[&b"GET"[..], crate::state::LSN_KEY]);
+        let lsn_check = encode_command(&[&b"GET"[..], crate::keys::LSN_KEY]);
 
         let writer = async {
             let mut out = BytesMut::with_capacity(16 * 1024);
@@ -522,20 +527,21 @@ impl Conn {
                 let mut next = Some(first);
                 while let Some(op) = next {
                     match op {
-                        Op::Send(bytes, reply) => {
-                            if role == Role::Apply && bytes == lsn_check {
-                                target.apply_checked.store(true, Ordering::Release);
-                            }
+                        ConnOp::Send(bytes, reply) if role == Role::Apply && bytes == lsn_check => {
+                            out.extend_from_slice(&bytes);
+                            waiters.push(Waiter::LsnCheck(reply, Instant::now()));
+                        }
+                        ConnOp::Send(bytes, reply) => {
                             out.extend_from_slice(&bytes);
                             let retry = (role == Role::Read).then(|| (bytes, Instant::now() + hold_for));
                             waiters.push(Waiter::Reply(reply, Instant::now(), retry));
                         }
-                        Op::Batch(_, _, reply)
+                        ConnOp::Batch(_, _, reply)
                             if role == Role::Apply && !target.apply_checked.load(Ordering::Acquire) =>
                         {
                             let _ = reply.send(Err(BackendError::Unverified { addr: addr.to_string() }));
                         }
-                        Op::Batch(bytes, count, reply) => {
+                        ConnOp::Batch(bytes, count, reply) => {
                             if role == Role::Apply {
                                 target.applies_in_flight.fetch_add(1, Ordering::AcqRel);
                             }
@@ -543,7 +549,7 @@ impl Conn {
                             let replies = Vec::with_capacity(count);
                             waiters.push(Waiter::Batch { replies, count, reply, sent: Instant::now() });
                         }
-                        Op::Barrier(done) => waiters.push(Waiter::Barrier(done)),
+                        ConnOp::Barrier(done) => waiters.push(Waiter::Barrier(done)),
                     }
                     next =
                         if out.len() < 256 * 1024 { self.take_waiting().or_else(|| ops.try_recv().ok()) } else { None };
@@ -577,7 +583,10 @@ impl Conn {
                     Ok(Ok(_)) => {}
                     Err(_) => {
                         let queue = inflight.lock().unwrap();
-                        if let Some(Waiter::Reply(_, sent, _) | Waiter::Batch { sent, .. }) = queue.front() {
+                        if let Some(
+                            Waiter::Reply(_, sent, _) | Waiter::LsnCheck(_, sent) | Waiter::Batch { sent, .. },
+                        ) = queue.front()
+                        {
                             if sent.elapsed() >= opts.request_timeout {
                                 return ReaderEnd::TimedOut;
                             }
@@ -605,6 +614,16 @@ impl Conn {
                         }
                         Some(Waiter::Reply(..)) => {
                             if let Some(Waiter::Reply(reply, _, _)) = queue.pop_front() {
+                                let _ = reply.send(Ok(frame));
+                            }
+                        }
+                        Some(Waiter::LsnCheck(..)) => {
+                            if let Some(Waiter::LsnCheck(reply, _)) = queue.pop_front() {
+                                // Set before the reply is handed back, so the applier that
+                                // asked may send its batches as soon as it has the answer.
+                                if crate::keys::parse_lsn(&frame).is_some() {
+                                    target.apply_checked.store(true, Ordering::Release);
+                                }
                                 let _ = reply.send(Ok(frame));
                             }
                         }
@@ -640,9 +659,9 @@ impl Conn {
             match waiter {
                 // A read lost with its connection goes again on the next one (first in line).
                 Waiter::Reply(reply, _, Some((request, deadline))) if retry_reads && Instant::now() < deadline => {
-                    resend.push(Queued { op: Op::Send(request, reply), deadline });
+                    resend.push(WaitingOp { op: ConnOp::Send(request, reply), deadline });
                 }
-                Waiter::Reply(reply, ..) => {
+                Waiter::Reply(reply, ..) | Waiter::LsnCheck(reply, _) => {
                     let _ = reply.send(Err(error.clone()));
                 }
                 Waiter::Batch { reply, .. } => {
@@ -670,30 +689,29 @@ enum Unusable {
 
 /// `GET __memlog:lsn` on a fresh connection (RESP2 or RESP3): 0 when the key is missing.
 async fn node_lsn(stream: &mut TcpStream, opts: BackendOptions) -> Result<u64, String> {
-    stream.write_all(&encode_command(&[&b"GET"[..], crate::state::LSN_KEY])).await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(64);
-    let reply = loop {
-        if let Some(len) = frame_len(&buf).map_err(|_| "bad GET reply".to_string())? {
-            break buf.split_to(len);
+    let get = encode_command(&[&b"GET"[..], crate::keys::LSN_KEY]);
+    let reply = exchange(stream, &get, "GET __memlog:lsn", opts.request_timeout).await?;
+    crate::keys::parse_lsn(&reply).ok_or_else(|| match reply.first() {
+        Some(b'$') => format!("bad __memlog:lsn {:?}", String::from_utf8_lossy(&reply)),
+        _ => format!("GET __memlog:lsn answered {}", String::from_utf8_lossy(&reply).trim()),
+    })
+}
+
+/// Sends `request` on a fresh connection and reads its one reply frame, within `timeout` per read.
+async fn exchange(stream: &mut TcpStream, request: &[u8], what: &str, timeout: Duration) -> Result<BytesMut, String> {
+    stream.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if let Some(len) = frame_len(&buf).map_err(|_| format!("bad {what} reply"))? {
+            return Ok(buf.split_to(len));
         }
-        let read = tokio::time::timeout(opts.request_timeout, stream.read_buf(&mut buf))
+        let read = tokio::time::timeout(timeout, stream.read_buf(&mut buf))
             .await
-            .map_err(|_| "GET __memlog:lsn timed out".to_string())?
+            .map_err(|_| format!("{what} timed out"))?
             .map_err(|e| e.to_string())?;
         if read == 0 {
-            return Err("closed during GET __memlog:lsn".into());
+            return Err(format!("closed during {what}"));
         }
-    };
-    match &reply[..] {
-        b"$-1\r\n" | b"_\r\n" => Ok(0),
-        [b'$', ..] => {
-            let digits = reply[..].split(|&b| b == b'\n').nth(1).unwrap_or_default();
-            std::str::from_utf8(digits.strip_suffix(b"\r").unwrap_or(digits))
-                .ok()
-                .and_then(|d| d.parse().ok())
-                .ok_or_else(|| format!("bad __memlog:lsn {:?}", String::from_utf8_lossy(&reply)))
-        }
-        _ => Err(format!("GET __memlog:lsn answered {}", String::from_utf8_lossy(&reply).trim())),
     }
 }
 
@@ -704,20 +722,7 @@ async fn connect(addr: &str, proto: Proto, opts: BackendOptions) -> Result<TcpSt
         .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     if proto == Proto::Resp3 {
-        stream.write_all(&encode_command(&["HELLO", "3"])).await.map_err(|e| e.to_string())?;
-        let mut buf = BytesMut::with_capacity(1024);
-        let hello = loop {
-            if let Some(len) = frame_len(&buf).map_err(|_| "bad HELLO 3 reply".to_string())? {
-                break buf.split_to(len);
-            }
-            let read = tokio::time::timeout(opts.connect_timeout, stream.read_buf(&mut buf))
-                .await
-                .map_err(|_| "HELLO 3 timed out".to_string())?
-                .map_err(|e| e.to_string())?;
-            if read == 0 {
-                return Err("closed during HELLO 3".into());
-            }
-        };
+        let hello = exchange(&mut stream, &encode_command(&["HELLO", "3"]), "HELLO 3", opts.connect_timeout).await?;
         if hello.first() == Some(&b'-') {
             return Err(format!("HELLO 3 refused: {}", String::from_utf8_lossy(&hello).trim()));
         }
@@ -729,81 +734,6 @@ enum ReaderEnd {
     Lost,
     TimedOut,
     BadReply,
-}
-
-/// A reply that does not parse as RESP: the connection is out of step and must be dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadFrame;
-
-/// Finds where a reply frame ends, for RESP2 and RESP3 alike (RESP3's grammar contains RESP2's
-/// replies, `$-1` and `*-1` included), without allocating. It resumes where the last call
-/// stopped, so a large reply arriving over many reads is scanned once.
-#[derive(Debug, Default)]
-pub struct FrameScanner {
-    /// Offset of the first item not yet consumed.
-    pos: usize,
-    /// Items (frames inside aggregates) still to read; 0 = not started.
-    pending: u64,
-}
-
-impl FrameScanner {
-    /// Length of the first complete frame in `buf`, which must start with the same bytes as on
-    /// the previous call; after `Some`, the scanner is reset for the next frame.
-    pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, BadFrame> {
-        if self.pending == 0 {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            *self = FrameScanner { pos: 0, pending: 1 };
-        }
-        while self.pending > 0 {
-            let pos = self.pos;
-            let Some(&kind) = buf.get(pos) else { return Ok(None) };
-            let Some(line_end) = crate::resp::find_crlf(buf, pos + 1) else { return Ok(None) };
-            let line = &buf[pos + 1..line_end];
-            let mut next = line_end + 2;
-            let count = |line: &[u8]| crate::resp::parse_int(line).ok_or(BadFrame);
-            let more = match kind {
-                b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => 0,
-                b'$' | b'!' | b'=' => match count(line)? {
-                    -1 if kind == b'$' => 0,
-                    len if len >= 0 => {
-                        let end = next + len as usize;
-                        if buf.len() < end + 2 {
-                            return Ok(None);
-                        }
-                        if &buf[end..end + 2] != b"\r\n" {
-                            return Err(BadFrame);
-                        }
-                        next = end + 2;
-                        0
-                    }
-                    _ => return Err(BadFrame),
-                },
-                b'*' | b'~' | b'>' | b'%' | b'|' => match count(line)? {
-                    -1 if kind == b'*' => 0,
-                    n if n >= 0 => match kind {
-                        b'%' => 2 * n as u64,
-                        // An attribute map comes before the reply it annotates.
-                        b'|' => 2 * n as u64 + 1,
-                        _ => n as u64,
-                    },
-                    _ => return Err(BadFrame),
-                },
-                _ => return Err(BadFrame),
-            };
-            self.pos = next;
-            self.pending = self.pending - 1 + more;
-        }
-        let len = self.pos;
-        *self = FrameScanner::default();
-        Ok(Some(len))
-    }
-}
-
-/// Length of the first complete reply frame in `buf`, if it holds one.
-pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, BadFrame> {
-    FrameScanner::default().scan(buf)
 }
 
 #[cfg(test)]
@@ -818,6 +748,11 @@ mod tests {
     /// A stand-in Redis node: answers `GET` with nil and anything else with `+<its address>`,
     /// so a test sees which node served a request.
     async fn fake_node() -> String {
+        fake_node_answering_get("$-1\r\n").await
+    }
+
+    /// A stand-in node that answers every `GET` with `get_reply`.
+    async fn fake_node_answering_get(get_reply: &'static str) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let name = addr.clone();
@@ -830,7 +765,7 @@ mod tests {
                     while socket.read_buf(&mut buf).await.is_ok_and(|n| n > 0) {
                         while let Ok(Some(request)) = parser.next(&mut buf, limits) {
                             let reply = if &request.args[0][..] == b"GET" {
-                                "$-1\r\n".to_string()
+                                get_reply.to_string()
                             } else {
                                 format!("+{name}\r\n")
                             };
@@ -896,26 +831,29 @@ mod tests {
         let conn = BackendConn::follow(target.clone(), Role::Apply, Proto::Resp2, OPTS);
         let batch = || conn.call_batch(encode_command(&["SET", "k", "v"]), 1);
         assert!(matches!(batch().await, Err(BackendError::Unverified { .. })));
-        assert_eq!(&conn.call(&[&b"GET"[..], crate::state::LSN_KEY]).await.unwrap()[..], b"$-1\r\n");
+        assert_eq!(&conn.call(&[&b"GET"[..], crate::keys::LSN_KEY]).await.unwrap()[..], b"$-1\r\n");
         assert!(batch().await.is_ok());
         target.retarget(&b);
         assert!(matches!(batch().await, Err(BackendError::Unverified { .. })), "a new node is checked again");
         assert_eq!(target.applies_in_flight(), 0);
     }
 
-    #[test]
-    fn frames_each_protocol() {
-        assert_eq!(frame_len(b"$-1\r\n"), Ok(Some(5)));
-        assert_eq!(frame_len(b"*-1\r\n"), Ok(Some(5)));
-        assert_eq!(frame_len(b"*2\r\n$1\r\na\r\n:1\r\n+OK"), Ok(Some(15)));
-        assert_eq!(frame_len(b"*2\r\n$1\r\na\r\n"), Ok(None));
-        assert_eq!(frame_len(b"%1\r\n+a\r\n,1.5\r\n"), Ok(Some(14)));
-        assert_eq!(frame_len(b"_\r\n"), Ok(Some(3)));
-        assert_eq!(frame_len(b"-ERR x\r\n"), Ok(Some(8)));
-        assert_eq!(frame_len(b"?\r\n"), Err(BadFrame));
-        // A set holding a map, as COMMAND INFO answers in RESP3.
-        assert_eq!(frame_len(b"~1\r\n%1\r\n$1\r\na\r\n~0\r\n:1"), Ok(Some(19)));
-        assert_eq!(frame_len(b"|1\r\n+k\r\n+v\r\n:5\r\n"), Ok(Some(16)));
+    #[tokio::test]
+    async fn an_lsn_check_unlocks_batches_only_when_its_reply_is_an_lsn() {
+        let loading = fake_node_answering_get("-LOADING Redis is loading the dataset in memory\r\n").await;
+        let target = NodeTarget::new(0, &loading, Duration::from_secs(5));
+        let conn = BackendConn::follow(target.clone(), Role::Apply, Proto::Resp2, OPTS);
+        let batch = || conn.call_batch(encode_command(&["SET", "k", "v"]), 1);
+        let check = conn.call(&[&b"GET"[..], crate::keys::LSN_KEY]).await.unwrap();
+        assert!(check.starts_with(b"-LOADING"));
+        assert!(
+            matches!(batch().await, Err(BackendError::Unverified { .. })),
+            "a check answered with an error proves nothing about the node"
+        );
+        let answering = fake_node().await;
+        target.retarget(&answering);
+        assert_eq!(&conn.call(&[&b"GET"[..], crate::keys::LSN_KEY]).await.unwrap()[..], b"$-1\r\n");
+        assert!(batch().await.is_ok());
     }
 
     #[test]

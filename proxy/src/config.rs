@@ -289,6 +289,12 @@ impl ProxyConfig {
         self.worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() / 2)).max(1)
     }
 
+    /// The slot map the `[[shards]]` describe.
+    pub fn slot_map(&self) -> anyhow::Result<crate::router::SlotMap> {
+        let lists: Vec<&str> = self.shards.iter().map(|s| s.slots.as_str()).collect();
+        crate::router::SlotMap::from_slot_lists(&lists)
+    }
+
     /// Checks what serde cannot: the shards cover every slot exactly once; snapshots replace
     /// a prefix of the journal, so they need one.
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -300,7 +306,7 @@ impl ProxyConfig {
             anyhow::ensure!(snapshot.keep >= 1, "[snapshot] keep must be at least 1");
             anyhow::ensure!(snapshot.every_entries >= 1, "[snapshot] every_entries must be at least 1");
         }
-        crate::router::SlotMap::from_config(&self.shards).map(|_| ())
+        self.slot_map().map(|_| ())
     }
 }
 

@@ -1,381 +1,114 @@
 //! Turns each parsed request into a pending reply: looks the command up, checks arity and
-//! authentication, then either answers it in the proxy, refuses it, or routes it by its keys'
-//! slots: writes through the shard's sequencer, reads to the shard's read connection (or behind
-//! the same client's pending writes on the apply connection), multi-key commands that span
-//! shards split and merged in order.
+//! authentication, then either answers it in the proxy (`commands`), refuses it, or routes it by
+//! its keys' slots (`routing`): writes through the shard's sequencer, reads to the shard's read
+//! connection (or behind the same client's pending writes on the apply connection), multi-key
+//! commands that span shards split and merged in order.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use tokio::sync::oneshot;
+use crate::commands::{self, CommandRoute};
+use crate::context::ClientCtx;
+use crate::keys::RESERVED_PREFIX;
+use crate::replies::{Outgoing, Pending};
+use crate::resp::Request;
+use crate::routing::{blocking_timeout, Placement, SplitMerge};
+use crate::table::{display_name, CommandInfo};
 
-use crate::commands::table::CommandInfo;
-use crate::commands::transaction::{Multi, Watching};
-use crate::commands::{self, Overlay};
-use crate::resp::{encode_command, Proto, Request};
-use crate::router::key_slot;
-use crate::sequencer::{Blocked, Op, Write};
-use crate::session::{Lane, Lanes, Outgoing, Pending};
-use crate::state::{ClientHandle, Proxy, RESERVED_PREFIX};
-
-/// Multi-key commands that may span shards: run per shard and merged, as a Redis Cluster client
-/// library would do it, but atomically per shard.
-#[derive(Clone, Copy)]
-enum SplitMerge {
-    /// MGET: values back in key order.
-    Values,
-    /// DEL, UNLINK, EXISTS, TOUCH: the sum of the per-shard counts.
-    Count,
+pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing {
+    let started = Instant::now();
+    ctx.proxy.stats.commands.fetch_add(1, Ordering::Relaxed);
+    ctx.client.last_command_ms.store(ctx.client.connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let info = match lookup(ctx, &request) {
+        Ok(info) => info,
+        Err(msg) => {
+            commands::transaction::fail_queueing(ctx);
+            return Outgoing::new(Pending::error(&msg), None, started);
+        }
+    };
+    ctx.client.last_command.store(Some(info.clone()));
+    ctx.command = Some(info.clone());
+    let pending = if !info.arity_ok(request.args.len()) {
+        commands::transaction::fail_queueing(ctx);
+        Pending::error(&format!("ERR wrong number of arguments for '{}' command", info.name))
+    } else if !ctx.authenticated && !commands::allowed_before_auth(&info.name) {
+        commands::transaction::fail_queueing(ctx);
+        Pending::error("NOAUTH Authentication required.")
+    } else if let Some(refusal) = commands::pubsub::subscriber_mode_refusal(ctx, &info) {
+        Pending::error(&refusal)
+    } else if ctx.multi.is_some() && commands::transaction::is_queued(&info.name) {
+        ctx.proxy.monitors.feed(ctx.client.addr, &request, &info);
+        commands::transaction::queue(ctx, &request, &info).await
+    } else {
+        let route = commands::route(&info);
+        if matches!(route, CommandRoute::Forward | CommandRoute::Local) {
+            ctx.proxy.monitors.feed(ctx.client.addr, &request, &info);
+        }
+        match route {
+            CommandRoute::Forward => forward(ctx, &request, &info).await,
+            CommandRoute::Local => commands::run_local(ctx, &request, &info).await,
+            CommandRoute::Refused(why) => {
+                Pending::error(&format!("ERR memlog: '{}' is not allowed: {why}", display_name(&info.name)))
+            }
+            CommandRoute::NotYet => Pending::error(&format!(
+                "ERR memlog: '{}' is not supported by this version of memlog yet",
+                display_name(&info.name)
+            )),
+        }
+    };
+    let barrier = matches!(pending, Pending::Deferred(_)) || std::mem::take(&mut ctx.blocks);
+    Outgoing { close: info.name == "quit", barrier, ..Outgoing::new(pending, Some(info), started) }
 }
 
-pub struct Dispatcher {
-    pub proxy: Arc<Proxy>,
-    pub client: Arc<ClientHandle>,
-    pub lanes: Arc<Lanes>,
-    pub proto: Proto,
-    pub authenticated: bool,
-    /// The client's pub/sub subscriptions (owned by `commands::pubsub`).
-    pub pubsub: commands::pubsub::ClientPubSub,
-    /// The command being dispatched: the sequencer locates the keys a write touches with it.
-    pub command: Option<Arc<CommandInfo>>,
-    /// Commands queued since MULTI.
-    pub multi: Option<Multi>,
-    /// Keys watched since WATCH.
-    pub watching: Option<Watching>,
-    /// Set when the command dispatched blocks: the client's next command waits for its reply.
-    blocks: bool,
-}
-
-/// Where a command's keys live.
-pub enum Placement {
-    /// No keys.
-    Keyless,
-    /// One shard (one slot, in cluster-compatible mode).
-    Shard(usize),
-    /// Several shards (or slots, in cluster-compatible mode).
-    Spans,
-}
-
-impl Dispatcher {
-    pub fn new(proxy: Arc<Proxy>, client: Arc<ClientHandle>) -> Dispatcher {
-        let lanes = Arc::new(Lanes::new(proxy.shards.len()));
-        let authenticated = !proxy.auth_required();
-        Dispatcher {
-            proxy,
-            client,
-            lanes,
-            proto: Proto::Resp2,
-            authenticated,
-            pubsub: Default::default(),
-            command: None,
-            multi: None,
-            watching: None,
-            blocks: false,
+/// Finds the command (or container subcommand) in the table, or Redis's error text.
+fn lookup(ctx: &ClientCtx, request: &Request) -> Result<Arc<CommandInfo>, String> {
+    let mut name_buf = [0u8; 32];
+    let Some(info) = request.name_in(&mut name_buf).and_then(|name| ctx.proxy.table.get(name)) else {
+        let mut msg = format!("ERR unknown command '{}', with args beginning with: ", truncate(&request.args[0]));
+        for arg in &request.args[1..] {
+            msg.push_str(&format!("'{}' ", truncate(arg)));
         }
-    }
-
-    pub async fn dispatch(&mut self, request: Request) -> Outgoing {
-        let started = Instant::now();
-        self.proxy.stats.commands.fetch_add(1, Ordering::Relaxed);
-        self.client.last_command_ms.store(self.client.connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let info = match self.lookup(&request) {
-            Ok(info) => info,
-            Err(msg) => {
-                commands::transaction::fail_queueing(self);
-                return Outgoing::new(Pending::error(&msg), None, started);
-            }
-        };
-        self.client.last_command.store(Some(info.clone()));
-        self.command = Some(info.clone());
-        let pending = if !info.arity_ok(request.args.len()) {
-            commands::transaction::fail_queueing(self);
-            Pending::error(&format!("ERR wrong number of arguments for '{}' command", info.name))
-        } else if !self.authenticated && !commands::allowed_before_auth(&info.name) {
-            commands::transaction::fail_queueing(self);
-            Pending::error("NOAUTH Authentication required.")
-        } else if let Some(refusal) = commands::pubsub::subscriber_mode_refusal(self, &info) {
-            Pending::error(&refusal)
-        } else if self.multi.is_some() && commands::transaction::is_queued(&info.name) {
-            self.proxy.monitors.feed(self.client.addr, &request, &info);
-            commands::transaction::queue(self, &request, &info).await
-        } else {
-            let overlay = commands::overlay(&info);
-            if matches!(overlay, Overlay::Forward | Overlay::Local) {
-                self.proxy.monitors.feed(self.client.addr, &request, &info);
-            }
-            match overlay {
-                Overlay::Forward => self.forward(&request, &info).await,
-                Overlay::Local => commands::run_local(self, &request, &info).await,
-                Overlay::Refused(why) => {
-                    Pending::error(&format!("ERR memlog: '{}' is not allowed: {why}", display_name(&info.name)))
-                }
-                Overlay::NotYet => Pending::error(&format!(
-                    "ERR memlog: '{}' is not supported by this version of memlog yet",
-                    display_name(&info.name)
-                )),
-            }
-        };
-        let barrier = matches!(pending, Pending::Deferred(_)) || std::mem::take(&mut self.blocks);
-        Outgoing { close: info.name == "quit", barrier, ..Outgoing::new(pending, Some(info), started) }
-    }
-
-    /// Finds the command (or container subcommand) in the table, or Redis's error text.
-    fn lookup(&self, request: &Request) -> Result<Arc<CommandInfo>, String> {
-        let mut name_buf = [0u8; 32];
-        let Some(info) = request.name_in(&mut name_buf).and_then(|name| self.proxy.table.get(name)) else {
-            let mut msg = format!("ERR unknown command '{}', with args beginning with: ", truncate(&request.args[0]));
-            for arg in &request.args[1..] {
-                msg.push_str(&format!("'{}' ", truncate(arg)));
-            }
-            return Err(msg);
-        };
-        // A container called alone (`COMMAND`) is the container itself; its arity decides.
-        let Some(sub) = request.args.get(1).filter(|_| !info.subcommands.is_empty()) else {
-            return Ok(info.clone());
-        };
-        let name = &info.name;
-        let sub = String::from_utf8_lossy(sub).to_ascii_lowercase();
-        info.subcommands.get(&sub).cloned().ok_or_else(|| {
-            format!("ERR unknown subcommand '{}'. Try {} HELP.", truncate(&request.args[1]), name.to_uppercase())
-        })
-    }
-
-    /// Routes a command Redis itself executes, by the slots of its keys.
-    async fn forward(&mut self, request: &Request, info: &Arc<CommandInfo>) -> Pending {
-        // Malformed arguments the keys depend on (no keys found): Redis answers with its own error.
-        let keys = self.key_positions(request, info).await.unwrap_or_default();
-        if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
-            return Pending::error("ERR memlog: keys starting with '__memlog:' are reserved for memlog");
-        }
-        match self.placement(request, &keys) {
-            Placement::Keyless => return self.to_shard(0, request.clone(), info.flags.write).await,
-            Placement::Shard(shard) if blocking_timeout(info, request).is_some() => {
-                return self.block(shard, request, info, &keys).await;
-            }
-            Placement::Shard(shard) => return self.to_shard(shard, request.clone(), info.flags.write).await,
-            Placement::Spans => (),
-        };
-        let cluster_compat = self.proxy.cfg.cluster_compat;
-        let merge = match info.name.as_str() {
-            "mget" => Some(SplitMerge::Values),
-            "del" | "unlink" | "exists" | "touch" => Some(SplitMerge::Count),
-            _ => None,
-        };
-        match merge {
-            Some(merge) if !cluster_compat => self.split(request, &keys, merge, info.flags.write).await,
-            _ => Pending::error("CROSSSLOT Keys in request don't hash to the same slot"),
-        }
-    }
-
-    /// Where the keys at `keys` live.
-    pub fn placement(&self, request: &Request, keys: &[usize]) -> Placement {
-        let Some(&first) = keys.first() else { return Placement::Keyless };
-        let first_slot = key_slot(&request.args[first]);
-        let shard = self.proxy.slots.shard_of_slot(first_slot);
-        let mut spans_slots = false;
-        let mut spans_shards = false;
-        for &k in &keys[1..] {
-            let slot = key_slot(&request.args[k]);
-            spans_slots |= slot != first_slot;
-            spans_shards |= self.proxy.slots.shard_of_slot(slot) != shard;
-        }
-        if spans_shards || self.proxy.cfg.cluster_compat && spans_slots {
-            Placement::Spans
-        } else {
-            Placement::Shard(shard)
-        }
-    }
-
-    /// Parks a blocking command in the shard's sequencer: served when a write gives it data.
-    async fn block(&mut self, shard: usize, request: &Request, info: &Arc<CommandInfo>, keys: &[usize]) -> Pending {
-        if self.lanes.in_flight(shard, Lane::Read) > 0 {
-            self.lanes.wait_reads_done(shard).await;
-        }
-        let timeout = blocking_timeout(info, request).flatten();
-        let keys = keys.iter().map(|&k| request.args[k].clone()).collect();
-        let (tx, rx) = oneshot::channel();
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let blocked = Blocked::new(self.client.clone(), self.proto, request.clone(), keys, deadline, tx);
-        self.blocks = true;
-        // Known to CLIENT UNBLOCK from now on, before the sequencer first tries it.
-        self.proxy.shards[shard].sequencer.blocked.insert(self.client.id, blocked.clone());
-        let write = Write { proto: self.proto, op: Op::Block(blocked), reply: dropped() };
-        self.proxy.shards[shard].sequencer.submit(write);
-        let (client, lane) = (self.client.clone(), self.lanes.enter(shard, Lane::Apply));
-        Pending::Deferred(Box::pin(async move {
-            let reply = crate::session::backend_reply(rx.await);
-            client.blocked.store(false, Ordering::Relaxed);
-            drop(lane);
-            reply
-        }))
-    }
-
-    pub async fn key_positions(&self, request: &Request, info: &CommandInfo) -> Option<Vec<usize>> {
-        if !info.needs_getkeys {
-            return info.key_positions(&request.args);
-        }
-        // Key specs cannot find every key of this command (e.g. SORT … STORE): ask Redis.
-        let mut args: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
-        args.extend(request.args.iter().map(|a| &a[..]));
-        let reply = self.proxy.shards[0].read_conn(Proto::Resp2, self.client.id).call(&args).await.ok()?;
-        let keys = crate::state::decode_resp2(&reply).ok()?;
-        let redis_protocol::resp2::types::BytesFrame::Array(keys) = keys else { return None };
-        // GETKEYS names the keys; map each back to its first unused position.
-        let mut used = vec![false; request.args.len()];
-        let mut positions = Vec::with_capacity(keys.len());
-        for key in keys {
-            let redis_protocol::resp2::types::BytesFrame::BulkString(key) = key else { continue };
-            if let Some(pos) = (1..request.args.len()).find(|&i| !used[i] && request.args[i] == key) {
-                used[pos] = true;
-                positions.push(pos);
-            }
-        }
-        Some(positions)
-    }
-
-    /// Sends one request to `shard`, keeping this client's commands to the shard in order: a
-    /// write waits for the client's reads in flight there; a read issued while the client's
-    /// writes are in flight rides the apply connection behind them.
-    pub async fn to_shard(&mut self, shard: usize, request: Request, write: bool) -> Pending {
-        let lane = if write || self.lanes.in_flight(shard, Lane::Apply) > 0 { Lane::Apply } else { Lane::Read };
-        if lane == Lane::Apply && self.lanes.in_flight(shard, Lane::Read) > 0 {
-            self.lanes.wait_reads_done(shard).await;
-        }
-        if lane == Lane::Apply {
-            let op = if write { Op::Write { request, command: self.command.clone() } } else { Op::Read(request) };
-            return self.to_sequencer(shard, op).await;
-        }
-        let guard = self.lanes.enter(shard, lane);
-        let (tx, rx) = oneshot::channel();
-        self.proxy.shards[shard].read_conn(self.proto, self.client.id).send_to(request.raw, tx);
-        Pending::Backend { rx, _lane: Some(guard) }
-    }
-
-    /// Hands `op` to the shard's sequencer, after this client's reads in flight there.
-    pub async fn to_sequencer(&mut self, shard: usize, op: Op) -> Pending {
-        if self.lanes.in_flight(shard, Lane::Read) > 0 {
-            self.lanes.wait_reads_done(shard).await;
-        }
-        let guard = self.lanes.enter(shard, Lane::Apply);
-        let (tx, rx) = oneshot::channel();
-        self.proxy.shards[shard].sequencer.submit(Write { proto: self.proto, op, reply: tx });
-        Pending::Backend { rx, _lane: Some(guard) }
-    }
-
-    /// Runs a splittable multi-key command on each shard its keys live in, then merges.
-    async fn split(&mut self, request: &Request, keys: &[usize], merge: SplitMerge, write: bool) -> Pending {
-        let mut shard_keys: Vec<(usize, Vec<Bytes>)> = Vec::new();
-        // For each key, in request order: (part, index within the part).
-        let mut placement = Vec::with_capacity(keys.len());
-        for &k in keys {
-            let key = &request.args[k];
-            let shard = self.proxy.slots.shard_of_key(key);
-            let part = match shard_keys.iter().position(|(s, _)| *s == shard) {
-                Some(part) => part,
-                None => {
-                    shard_keys.push((shard, Vec::new()));
-                    shard_keys.len() - 1
-                }
-            };
-            placement.push((part, shard_keys[part].1.len()));
-            shard_keys[part].1.push(key.clone());
-        }
-        let mut parts = Vec::with_capacity(shard_keys.len());
-        for (shard, part_keys) in shard_keys {
-            let mut args = Vec::with_capacity(part_keys.len() + 1);
-            args.push(request.args[0].clone());
-            args.extend(part_keys);
-            parts.push(self.to_shard(shard, Request { raw: encode_command(&args), args }, write).await);
-        }
-        let proto = self.proto;
-        let merge: Box<dyn FnOnce(Vec<Bytes>) -> Bytes + Send> = match merge {
-            SplitMerge::Count => Box::new(move |replies| merge_counts(proto, &replies)),
-            SplitMerge::Values => Box::new(move |replies| merge_values(proto, &replies, &placement)),
-        };
-        Pending::Merge { parts, merge, proto }
-    }
-}
-
-impl Drop for Dispatcher {
-    /// A client that disconnects stops watching. (If it was blocked, its session drops the
-    /// pending reply, and the sequencer serves nothing to a reply nobody awaits.)
-    fn drop(&mut self) {
-        commands::transaction::unwatch(self);
-    }
-}
-
-/// Sums integer replies (`:n`).
-pub fn merge_counts(proto: Proto, replies: &[Bytes]) -> Bytes {
-    let mut total = 0i64;
-    for reply in replies {
-        match reply.strip_prefix(b":").and_then(|r| crate::resp::parse_int(r.strip_suffix(b"\r\n").unwrap_or(r))) {
-            Some(n) => total += n,
-            None => return crate::resp::error_reply("ERR memlog: unexpected reply from a shard while merging counts"),
-        }
-    }
-    crate::resp::reply(proto, |w| {
-        w.int(total);
+        return Err(msg);
+    };
+    // A container called alone (`COMMAND`) is the container itself; its arity decides.
+    let Some(sub) = request.args.get(1).filter(|_| !info.subcommands.is_empty()) else {
+        return Ok(info.clone());
+    };
+    let name = &info.name;
+    let sub = String::from_utf8_lossy(sub).to_ascii_lowercase();
+    info.subcommands.get(&sub).cloned().ok_or_else(|| {
+        format!("ERR unknown subcommand '{}'. Try {} HELP.", truncate(&request.args[1]), name.to_uppercase())
     })
 }
 
-/// Reassembles per-shard arrays into one array in the original key order.
-fn merge_values(proto: Proto, replies: &[Bytes], placement: &[(usize, usize)]) -> Bytes {
-    let mut parts = Vec::with_capacity(replies.len());
-    for reply in replies {
-        match crate::resp::array_items(reply) {
-            Some(items) => parts.push(items),
-            None => return crate::resp::error_reply("ERR memlog: unexpected reply from a shard while merging values"),
-        }
+/// Routes a command Redis itself executes, by the slots of its keys.
+async fn forward(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Pending {
+    // Malformed arguments the keys depend on (no keys found): Redis answers with its own error.
+    let keys = ctx.key_positions(request, info).await.unwrap_or_default();
+    if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
+        return Pending::error("ERR memlog: keys starting with '__memlog:' are reserved for memlog");
     }
-    let mut out = BytesMut::new();
-    let mut w = crate::resp::ReplyWriter::new(proto);
-    w.array(placement.len());
-    out.extend_from_slice(&w.finish());
-    for &(part, index) in placement {
-        match parts[part].get(index) {
-            Some(item) => out.extend_from_slice(item),
-            None => return crate::resp::error_reply("ERR memlog: a shard returned too few values"),
+    match ctx.placement(request, &keys) {
+        Placement::Keyless => return ctx.send_to_shard(0, request.clone(), info.flags.write).await,
+        Placement::Shard(shard) if blocking_timeout(info, request).is_some() => {
+            return ctx.block(shard, request, info, &keys).await;
         }
-    }
-    out.freeze()
-}
-
-/// A reply sender whose reply nobody awaits.
-fn dropped() -> crate::backend::ReplySender {
-    oneshot::channel().0
-}
-
-/// For a command that blocks as sent: `Some(None)` blocks forever, `Some(Some(t))` for `t`;
-/// None for commands that do not block (or whose timeout Redis refuses: it answers the error).
-fn blocking_timeout(info: &CommandInfo, request: &Request) -> Option<Option<std::time::Duration>> {
-    let args = &request.args;
-    let seconds = |arg: &Bytes| {
-        let ms = crate::normalize::timeout_ms(arg)?;
-        Some((ms > 0).then(|| std::time::Duration::from_millis(ms)))
+        Placement::Shard(shard) => return ctx.send_to_shard(shard, request.clone(), info.flags.write).await,
+        Placement::Spans => (),
     };
-    match info.name.as_str() {
-        "blpop" | "brpop" | "bzpopmin" | "bzpopmax" | "brpoplpush" | "blmove" => seconds(args.last()?),
-        "blmpop" | "bzmpop" => seconds(args.get(1)?),
-        "xread" | "xreadgroup" => {
-            let at = args.iter().position(|a| a.eq_ignore_ascii_case(b"block"))?;
-            let ms: i64 = std::str::from_utf8(args.get(at + 1)?).ok()?.parse().ok()?;
-            match ms {
-                0 => Some(None),
-                ms if ms > 0 => Some(Some(std::time::Duration::from_millis(ms as u64))),
-                _ => None,
-            }
-        }
+    let cluster_compat = ctx.proxy.cfg.cluster_compat;
+    let merge = match info.name.as_str() {
+        "mget" => Some(SplitMerge::Values),
+        "del" | "unlink" | "exists" | "touch" => Some(SplitMerge::Count),
         _ => None,
+    };
+    match merge {
+        Some(merge) if !cluster_compat => ctx.split(request, &keys, merge, info.flags.write).await,
+        _ => Pending::error("CROSSSLOT Keys in request don't hash to the same slot"),
     }
 }
 
 fn truncate(arg: &[u8]) -> String {
     String::from_utf8_lossy(&arg[..arg.len().min(128)]).into_owned()
-}
-
-/// `client|kill` → `CLIENT KILL`, as users type it.
-pub fn display_name(name: &str) -> String {
-    name.replace('|', " ").to_uppercase()
 }

@@ -1,21 +1,36 @@
 //! memlog's client endpoint: RESP codec, sessions, slot router, shard sequencers and backend
 //! pools, in front of stock Redis shards.
 
-pub mod backend;
-pub mod commands;
+#![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+
+// Each module belongs to a layer and uses only its own layer and those below it: the order is
+// declared in tests/layers.rs (which checks it) and described in docs/architecture.md.
+mod backend;
+mod clients;
+mod commands;
 pub mod config;
-pub mod dispatch;
-pub mod failover;
-pub mod monitor;
+mod context;
+mod dispatch;
+mod failover;
+mod keys;
+mod monitor;
 pub mod normalize;
-pub mod pubsub;
+mod proxy;
+mod pubsub;
+mod replies;
 pub mod resp;
 pub mod router;
-pub mod sequencer;
-pub mod server;
-pub mod session;
-pub mod snapshot;
-pub mod state;
+mod routing;
+mod scripts;
+mod sequencer;
+mod server;
+mod session;
+mod shard;
+mod snapshot;
+mod startup;
+mod status;
+mod table;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,7 +56,7 @@ pub async fn serve(cfg: config::ProxyConfig, shutdown: impl Future<Output = ()>)
     // Start-up waits for the journal and replays it; a SIGTERM meanwhile stops it cleanly.
     tokio::pin!(shutdown);
     let proxy = tokio::select! {
-        proxy = state::Proxy::start(cfg) => Arc::new(proxy?),
+        proxy = startup::start(cfg) => Arc::new(proxy?),
         _ = &mut shutdown => {
             tracing::info!("stopped before serving");
             return Ok(());

@@ -9,13 +9,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
 
-use crate::commands::table::CommandInfo;
+use crate::clients::PushSender;
 use crate::resp::Request;
-use crate::session::PushSender;
+use crate::table::CommandInfo;
 
 /// The clients in MONITOR mode.
 #[derive(Default)]
-pub struct Monitors {
+pub(crate) struct Monitors {
     clients: DashMap<u64, PushSender>,
     /// `clients.len()`, read on every command without touching the map.
     count: AtomicUsize,
@@ -23,14 +23,14 @@ pub struct Monitors {
 
 impl Monitors {
     /// Puts the client behind `push` in MONITOR mode.
-    pub fn add(&self, push: PushSender) {
+    pub(crate) fn add(&self, push: PushSender) {
         if self.clients.insert(push.client().id, push).is_none() {
             self.count.fetch_add(1, Ordering::Release);
         }
     }
 
     /// Ends MONITOR mode for `client` (it disconnected or sent RESET).
-    pub fn remove(&self, client: u64) {
+    pub(crate) fn remove(&self, client: u64) {
         if self.clients.remove(&client).is_some() {
             self.count.fetch_sub(1, Ordering::Release);
         }
@@ -39,7 +39,7 @@ impl Monitors {
     /// Shows a command that `from` sent to every monitoring client. Admin commands are not
     /// shown, as in Redis (they may carry secrets), and the arguments of `AUTH` and `HELLO …
     /// AUTH` are redacted.
-    pub fn feed(&self, from: SocketAddr, request: &Request, info: &CommandInfo) {
+    pub(crate) fn feed(&self, from: SocketAddr, request: &Request, info: &CommandInfo) {
         if self.count.load(Ordering::Acquire) == 0 || info.flags.admin {
             return;
         }

@@ -10,7 +10,7 @@
 //! under it too, so a client sees a subscription's confirmation before its first message and
 //! an unsubscription's confirmation after its last one.
 
-pub mod glob;
+pub(crate) mod glob;
 mod relay;
 
 use std::collections::{HashMap, HashSet};
@@ -22,18 +22,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::backend::NodeTarget;
+use crate::clients::{PushSender, SubscriptionCounts};
+use crate::keys::RESERVED_PREFIX;
 use crate::resp::{Proto, ReplyWriter};
-use crate::session::PushSender;
-use crate::state::{Proxy, RESERVED_PREFIX};
+use crate::status::ShardStatus;
 
-pub use relay::{configure_nodes, RelayError};
+pub(crate) use relay::configure_nodes;
 
 /// Channel prefixes of the notifications Redis publishes about keys and events.
 const KEYSPACE_PREFIXES: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
 
 /// The three kinds of subscription, each with its own words on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// SUBSCRIBE: a channel, by exact name.
     Channel,
     /// PSUBSCRIBE: every channel a glob pattern matches.
@@ -70,7 +72,7 @@ impl Kind {
 }
 
 /// One client as the hub sees it: where its frames go and how many subscriptions it holds.
-pub struct Subscriber {
+pub(crate) struct Subscriber {
     push: PushSender,
     /// Counts kept beside the hub's sets so that every command of the client (subscriber mode)
     /// and CLIENT LIST read them without the hub's lock.
@@ -79,17 +81,9 @@ pub struct Subscriber {
     shard_channels: AtomicUsize,
 }
 
-/// A client's subscription counts, as `CLIENT LIST` shows them (`sub=`, `psub=`, `ssub=`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SubscriptionCounts {
-    pub channels: usize,
-    pub patterns: usize,
-    pub shard_channels: usize,
-}
-
 impl Subscriber {
     /// A client with no subscription yet, whose frames go to `push`.
-    pub fn new(push: PushSender) -> Subscriber {
+    pub(crate) fn new(push: PushSender) -> Subscriber {
         Subscriber {
             push,
             channels: AtomicUsize::new(0),
@@ -99,12 +93,12 @@ impl Subscriber {
     }
 
     /// Where the client's pushed frames go (MONITOR lines share the queue).
-    pub fn push(&self) -> &PushSender {
+    pub(crate) fn push(&self) -> &PushSender {
         &self.push
     }
 
     /// How many subscriptions of each kind the client holds.
-    pub fn counts(&self) -> SubscriptionCounts {
+    pub(crate) fn counts(&self) -> SubscriptionCounts {
         SubscriptionCounts {
             channels: self.channels.load(Ordering::Acquire),
             patterns: self.patterns.load(Ordering::Acquire),
@@ -113,7 +107,7 @@ impl Subscriber {
     }
 
     /// True while the client holds any subscription: a RESP2 client is then in subscriber mode.
-    pub fn subscribed(&self) -> bool {
+    pub(crate) fn subscribed(&self) -> bool {
         let counts = self.counts();
         counts.channels + counts.patterns + counts.shard_channels > 0
     }
@@ -295,12 +289,39 @@ impl HubState {
 
 /// Waits until the keyspace relay follows every shard (bounded by a timeout), so that a
 /// subscription confirmed after it misses no notification of a later write.
-pub type RelayReady = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type RelayReady = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the hub follows of one shard: the node its primary is now (it moves on failover) and
+/// its nodes as the failover controller last saw them.
+pub(crate) struct ShardNodes {
+    target: Arc<NodeTarget>,
+    status: Arc<ShardStatus>,
+}
+
+impl ShardNodes {
+    pub(crate) fn new(target: Arc<NodeTarget>, status: Arc<ShardStatus>) -> ShardNodes {
+        ShardNodes { target, status }
+    }
+
+    /// The primary the relay follows (it moves on failover).
+    fn primary(&self) -> String {
+        self.target.addr().to_string()
+    }
+
+    /// The shard's nodes now: its primary and its replicas.
+    fn nodes(&self) -> (String, Vec<String>) {
+        let primary = self.primary();
+        let replicas = crate::status::replicas_besides(&self.status, &primary);
+        (primary, replicas)
+    }
+}
 
 /// The proxy's pub/sub state (one per proxy).
-#[derive(Default)]
-pub struct Hub {
+pub(crate) struct Hub {
     state: Mutex<HubState>,
+    shards: Vec<ShardNodes>,
+    /// How long a call to a shard's node may take.
+    timeout: Duration,
     /// The `notify-keyspace-events` flags last set through the proxy, re-applied to a shard's
     /// primary whenever the relay (re)connects to it, e.g. after a failover.
     keyspace_events: Mutex<Option<Bytes>>,
@@ -311,11 +332,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
+    pub(crate) fn new(shards: Vec<ShardNodes>, timeout: Duration) -> Hub {
+        Hub { state: Mutex::default(), shards, timeout, keyspace_events: Mutex::default() }
+    }
+
     /// Subscribes `sub` to `names` and queues one confirmation per name. When a name may
     /// receive keyspace notifications, returns what to await before confirming to the client.
-    pub fn subscribe(
-        &self,
-        proxy: &Arc<Proxy>,
+    pub(crate) fn subscribe(
+        self: &Arc<Self>,
         sub: &Arc<Subscriber>,
         kind: Kind,
         names: &[Bytes],
@@ -339,14 +363,13 @@ impl Hub {
         if !hears_keyspace {
             return None;
         }
-        let relay = state.relay.get_or_insert_with(|| relay::Relay::start(Arc::downgrade(proxy), proxy.shards.len()));
-        let timeout = Duration::from_millis(proxy.cfg.backend_timeout_ms);
-        Some(relay.ready(timeout))
+        let relay = state.relay.get_or_insert_with(|| relay::Relay::start(Arc::downgrade(self), self.shards.len()));
+        Some(relay.ready(self.timeout))
     }
 
     /// Unsubscribes `sub` from `names` (from all of this kind when empty) and queues one
     /// confirmation per name, or one naming no channel when there was nothing to leave.
-    pub fn unsubscribe(&self, sub: &Subscriber, kind: Kind, names: &[Bytes]) {
+    pub(crate) fn unsubscribe(&self, sub: &Subscriber, kind: Kind, names: &[Bytes]) {
         let mut state = lock(&self.state);
         let all;
         let names = if names.is_empty() {
@@ -369,7 +392,7 @@ impl Hub {
     }
 
     /// Removes every subscription of `sub` without confirmations (RESET, a closed session).
-    pub fn remove_client(&self, sub: &Subscriber) {
+    pub(crate) fn remove_client(&self, sub: &Subscriber) {
         // Counts change only through the client's own commands, none of which runs now.
         if !sub.subscribed() {
             return;
@@ -389,7 +412,7 @@ impl Hub {
     /// Delivers `message` to the subscribers of `channel` (and, unless sharded, of every
     /// pattern matching it); returns the receiver count PUBLISH/SPUBLISH reply, where a client
     /// that listens twice (a channel and a pattern) counts twice, as in Redis.
-    pub fn publish(&self, channel: &[u8], message: &[u8], sharded: bool) -> usize {
+    pub(crate) fn publish(&self, channel: &[u8], message: &[u8], sharded: bool) -> usize {
         let state = lock(&self.state);
         let mut receivers = 0;
         let (registry, word): (_, &[u8]) =
@@ -434,26 +457,26 @@ impl Hub {
     }
 
     /// Channels (or shard channels) with at least one subscriber, matching `pattern` if given.
-    pub fn active_channels(&self, sharded: bool, pattern: Option<&[u8]>) -> Vec<Bytes> {
+    pub(crate) fn active_channels(&self, sharded: bool, pattern: Option<&[u8]>) -> Vec<Bytes> {
         let state = lock(&self.state);
         let registry = if sharded { &state.shard_channels } else { &state.channels };
         registry.keys().filter(|name| pattern.is_none_or(|p| glob::matches(p, name))).cloned().collect()
     }
 
     /// Subscriber count of each of `channels` (patterns not included, as in Redis).
-    pub fn subscriber_counts(&self, sharded: bool, channels: &[Bytes]) -> Vec<usize> {
+    pub(crate) fn subscriber_counts(&self, sharded: bool, channels: &[Bytes]) -> Vec<usize> {
         let state = lock(&self.state);
         let registry = if sharded { &state.shard_channels } else { &state.channels };
         channels.iter().map(|c| registry.get(c).map_or(0, Vec::len)).collect()
     }
 
     /// Number of distinct patterns subscribed to (PUBSUB NUMPAT).
-    pub fn pattern_count(&self) -> usize {
+    pub(crate) fn pattern_count(&self) -> usize {
         lock(&self.state).patterns.len()
     }
 
     /// A connected client's subscription counts (zeros for a client with none).
-    pub fn client_counts(&self, client_id: u64) -> SubscriptionCounts {
+    pub(crate) fn client_counts(&self, client_id: u64) -> SubscriptionCounts {
         let state = lock(&self.state);
         state.clients.get(&client_id).map_or_else(SubscriptionCounts::default, |c| SubscriptionCounts {
             channels: c.channels.len(),
@@ -463,23 +486,13 @@ impl Hub {
     }
 
     /// Remembers the `notify-keyspace-events` flags every shard was just given.
-    pub fn set_keyspace_events(&self, flags: Bytes) {
+    pub(crate) fn set_keyspace_events(&self, flags: Bytes) {
         *lock(&self.keyspace_events) = Some(flags);
     }
 
     fn keyspace_events(&self) -> Option<Bytes> {
         lock(&self.keyspace_events).clone()
     }
-}
-
-/// The primary the relay follows for `shard` (it moves on failover).
-fn current_primary(proxy: &Proxy, shard: usize) -> String {
-    proxy.shards[shard].current_primary()
-}
-
-/// A shard's Redis nodes now: its primary and its replicas.
-fn shard_nodes(proxy: &Proxy, shard: usize) -> (String, Vec<String>) {
-    (current_primary(proxy, shard), proxy.shards[shard].current_replicas())
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 //! shard. The proxy owns every slot towards its clients and routes each key to the shard that
 //! owns the slot.
 
-use crate::config::ShardConfig;
-
 pub const SLOTS: usize = 16384;
 
 /// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.
@@ -40,22 +38,23 @@ pub struct SlotMap {
 }
 
 impl SlotMap {
-    /// Builds the map, refusing gaps, overlaps and malformed ranges.
-    pub fn from_config(shards: &[ShardConfig]) -> anyhow::Result<SlotMap> {
+    /// Builds the map from each shard's slot list (`"0-8191,9000"`), refusing gaps, overlaps and
+    /// malformed ranges.
+    pub fn from_slot_lists(shards: &[impl AsRef<str>]) -> anyhow::Result<SlotMap> {
         anyhow::ensure!(!shards.is_empty(), "no shards configured: add at least one [[shards]] table");
         const UNOWNED: u16 = u16::MAX;
         let mut owner = vec![UNOWNED; SLOTS];
         let mut ranges = Vec::with_capacity(shards.len());
-        for (shard, cfg) in shards.iter().enumerate() {
+        for (shard, slots) in shards.iter().map(AsRef::as_ref).enumerate() {
             let mut own = Vec::new();
-            for part in cfg.slots.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            for part in slots.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 let (lo, hi) = match part.split_once('-') {
                     Some((lo, hi)) => (lo.trim(), hi.trim()),
                     None => (part, part),
                 };
                 let parse = |s: &str| -> anyhow::Result<u16> {
                     let slot: u16 =
-                        s.parse().map_err(|_| anyhow::anyhow!("shard {shard}: bad slot {s:?} in {:?}", cfg.slots))?;
+                        s.parse().map_err(|_| anyhow::anyhow!("shard {shard}: bad slot {s:?} in {slots:?}"))?;
                     anyhow::ensure!((slot as usize) < SLOTS, "shard {shard}: slot {slot} is out of range 0-16383");
                     Ok(slot)
                 };
@@ -125,13 +124,12 @@ mod tests {
 
     #[test]
     fn config_must_cover_every_slot_once() {
-        let shard = |slots: &str| ShardConfig { slots: slots.into(), primary: "127.0.0.1:1".into(), replicas: vec![] };
         let ranges = SlotMap::even_ranges(3);
         assert_eq!(ranges, vec!["0-5460", "5461-10921", "10922-16383"]);
-        let map = SlotMap::from_config(&ranges.iter().map(|r| shard(r)).collect::<Vec<_>>()).unwrap();
+        let map = SlotMap::from_slot_lists(&ranges).unwrap();
         assert_eq!(map.shard_of_slot(5461), 1);
-        assert!(SlotMap::from_config(&[shard("0-100")]).is_err());
-        assert!(SlotMap::from_config(&[shard("0-16383"), shard("5-5")]).is_err());
-        assert!(SlotMap::from_config(&[shard("10-0,0-16383")]).is_err());
+        assert!(SlotMap::from_slot_lists(&["0-100"]).is_err());
+        assert!(SlotMap::from_slot_lists(&["0-16383", "5-5"]).is_err());
+        assert!(SlotMap::from_slot_lists(&["10-0,0-16383"]).is_err());
     }
 }

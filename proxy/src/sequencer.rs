@@ -5,7 +5,7 @@
 //! ([`crate::normalize`]), appended to the shard's journal stream (several appends in flight),
 //! and once committed on the ack quorum applied on the shard's one ordered apply connection as
 //! `MULTI <commands> SET __memlog:lsn <lsn> EXEC`; each client gets its reply from the EXEC array.
-//! That is the contract of DESIGN.md:
+//! That is the contract of docs/architecture.md ("Invariants"):
 //! - I1: Redis never holds what the journal has not committed (apply strictly after commit);
 //! - I2: a write's reply is sent only once it is committed and applied;
 //! - I3: before the first write, and after Redis lost a batch or came back empty, the primary is
@@ -35,16 +35,16 @@ use journal_service::quorum::{self, QuorumConfig, QuorumWriter, Reader, WriteErr
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{BackendConn, BackendError, BackendOptions, ReplySender};
-use crate::commands::table::CommandInfo;
+use crate::keys::LSN_KEY;
 use crate::normalize::{self, Plan, Resolved};
 use crate::resp::{encode_command, error_reply, Proto, Request, RequestParser};
 use crate::snapshot::ShardSnapshots;
-use crate::state::LSN_KEY;
+use crate::table::CommandInfo;
 use applier::Applier;
 use blocked::BlockedRegistry;
-pub use blocked::{unblock, Blocked, BlockedClients};
+pub(crate) use blocked::{unblock, Blocked, BlockedClients};
 use journaler::{Journal, Journaler};
-pub use watch::Watch;
+pub(crate) use watch::Watch;
 use watch::WatchRegistry;
 
 /// Most writes taken into one batch.
@@ -59,19 +59,19 @@ const PARKED_RETRY: Duration = Duration::from_millis(100);
 const REPLAY_CHUNK: u64 = 2048;
 
 /// Work waiting for its shard's order, from one client.
-pub struct Write {
+pub(crate) struct SequencerRequest {
     pub proto: Proto,
-    pub op: Op,
+    pub op: SequencerOp,
     /// Where the reply goes (an UNWATCH's is dropped: the proxy answers it itself).
     pub reply: ReplySender,
 }
 
-impl Write {
+impl SequencerRequest {
     /// Answers `reply` without doing anything (a blocked client hears it on its own sender).
     fn refuse(self, reply: Bytes) {
         match self.op {
-            Op::Unwatch(_) => {}
-            Op::Block(blocked) => {
+            SequencerOp::Unwatch(_) => {}
+            SequencerOp::Block(blocked) => {
                 if let Some(sender) = blocked.take_reply() {
                     let _ = sender.send(Ok(reply));
                 }
@@ -84,7 +84,7 @@ impl Write {
 }
 
 /// What the sequencer does, in order with the shard's other writes.
-pub enum Op {
+pub(crate) enum SequencerOp {
     /// A write: normalized, journaled and applied. `command` locates the keys it touches, for
     /// WATCH and blocked clients; `None` counts as touching every key.
     Write { request: Request, command: Option<Arc<CommandInfo>> },
@@ -105,13 +105,13 @@ pub enum Op {
 }
 
 /// The commands of a MULTI, checked when queued.
-pub struct Transaction {
-    pub commands: Vec<Queued>,
+pub(crate) struct Transaction {
+    pub commands: Vec<QueuedCommand>,
     pub watch: Option<Arc<Watch>>,
 }
 
 /// One command of a transaction.
-pub struct Queued {
+pub(crate) struct QueuedCommand {
     pub request: Request,
     pub command: Arc<CommandInfo>,
     /// Journaled (a write), or only applied in order (a read).
@@ -120,7 +120,7 @@ pub struct Queued {
 
 /// What the sequencer needs to journal a shard.
 #[derive(Clone)]
-pub struct JournalSetup {
+pub(crate) struct JournalSetup {
     pub nodes: Vec<SocketAddr>,
     pub meta: Arc<MetaStore>,
     pub quorum: QuorumConfig,
@@ -132,8 +132,8 @@ pub struct JournalSetup {
 
 /// Handle to a shard's sequencer.
 #[derive(Clone)]
-pub struct Sequencer {
-    queue: mpsc::UnboundedSender<Write>,
+pub(crate) struct Sequencer {
+    queue: mpsc::UnboundedSender<SequencerRequest>,
     /// The node the shard's connections follow (named in errors; it moves on failover).
     primary: Arc<crate::backend::NodeTarget>,
     /// This shard's blocked clients, for `CLIENT UNBLOCK`.
@@ -143,7 +143,7 @@ pub struct Sequencer {
 impl Sequencer {
     /// Starts the sequencer; with a journal, returns once the stream is recovered and the
     /// primary caught up, so nothing is served from a primary that misses committed writes.
-    pub async fn start(
+    pub(crate) async fn start(
         shard: usize,
         primary: Arc<crate::backend::NodeTarget>,
         opts: BackendOptions,
@@ -196,7 +196,7 @@ impl Sequencer {
         Ok(Sequencer { queue, primary, blocked })
     }
 
-    pub fn submit(&self, write: Write) {
+    pub(crate) fn submit(&self, write: SequencerRequest) {
         if let Err(mpsc::error::SendError(write)) = self.queue.send(write) {
             let _ = write.reply.send(Err(BackendError::Lost { addr: self.primary.addr().to_string() }));
         }
@@ -263,7 +263,7 @@ async fn recover_until_done(shard: usize, stream: &str, setup: &JournalSetup) ->
 }
 
 /// The wall clock in Unix ms: relative times (TTLs, a script's TIME) are anchored to it.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 

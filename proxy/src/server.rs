@@ -12,10 +12,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::ClientHandle;
 use crate::config::TlsConfig;
-use crate::state::{ClientHandle, Proxy};
+use crate::proxy::Proxy;
 
-pub async fn accept_loop(
+pub(crate) async fn accept_loop(
     proxy: Arc<Proxy>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,

@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use memlog_proxy::backend::frame_len;
 use memlog_proxy::normalize::{plan, Plan, Resolved};
+use memlog_proxy::resp::frame_len;
 
 /// A redis-server on a free loopback port in its own temp dir, killed by pid when dropped.
 struct Redis {

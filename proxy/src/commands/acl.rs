@@ -7,21 +7,21 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
+use crate::replies::Pending;
 use crate::resp::reply;
-use crate::session::Pending;
 
-pub fn run(d: &mut Dispatcher, sub: &str) -> Pending {
+pub(crate) fn run(d: &mut ClientCtx, sub: &str) -> Pending {
     match sub {
         "whoami" => {
             let user = d.client.user.lock().unwrap().clone();
-            Pending::Ready(reply(d.proto, |w| {
+            Pending::Ready(reply(d.proto(), |w| {
                 w.bulk(user.as_bytes());
             }))
         }
         "users" => {
             let names = user_rules(d).into_iter().map(|(name, _)| name).collect::<Vec<_>>();
-            Pending::Ready(reply(d.proto, |w| {
+            Pending::Ready(reply(d.proto(), |w| {
                 w.array(names.len());
                 for name in &names {
                     w.bulk(name.as_bytes());
@@ -30,7 +30,7 @@ pub fn run(d: &mut Dispatcher, sub: &str) -> Pending {
         }
         "list" => {
             let users = user_rules(d);
-            Pending::Ready(reply(d.proto, |w| {
+            Pending::Ready(reply(d.proto(), |w| {
                 w.array(users.len());
                 for (name, password) in &users {
                     w.bulk(describe(name, password.as_deref()).as_bytes());
@@ -43,7 +43,7 @@ pub fn run(d: &mut Dispatcher, sub: &str) -> Pending {
 
 /// Every user and its password, sorted by name as Redis lists them; without `[[users]]`, the
 /// `default` user with no password, as in a stock Redis.
-fn user_rules(d: &Dispatcher) -> Vec<(String, Option<String>)> {
+fn user_rules(d: &ClientCtx) -> Vec<(String, Option<String>)> {
     let mut users: Vec<(String, Option<String>)> =
         d.proxy.cfg.users.iter().map(|u| (u.name.clone(), Some(u.password.clone()))).collect();
     if users.is_empty() {

@@ -8,23 +8,24 @@
 
 use tokio::sync::oneshot;
 
-use crate::dispatch::Dispatcher;
-use crate::failover::{topology_json, SwitchoverRequest};
+use crate::context::ClientCtx;
+use crate::failover::SwitchoverRequest;
+use crate::replies::Pending;
 use crate::resp::{error_reply, reply, Request};
-use crate::session::Pending;
-use crate::state::Shard;
+use crate::shard::Shard;
+use crate::status::topology_json;
 
 const USAGE: &str =
     "ERR memlog: usage: MEMLOG TOPOLOGY | MEMLOG FAILOVER <shard> [TO <host:port>] | MEMLOG SNAPSHOT <shard>";
 
-pub async fn run(d: &mut Dispatcher, request: &Request) -> Pending {
+pub(crate) async fn run(d: &mut ClientCtx, request: &Request) -> Pending {
     let args = &request.args;
     let sub = String::from_utf8_lossy(&args[1]).to_ascii_lowercase();
     match (sub.as_str(), args.len()) {
         ("topology", 2) => {
             let views: Vec<_> = d.proxy.shards.iter().map(|s| s.status.view()).collect();
             let json = topology_json(&views);
-            Pending::Ready(reply(d.proto, |w| {
+            Pending::Ready(reply(d.proto(), |w| {
                 w.bulk(json.as_bytes());
             }))
         }
@@ -35,7 +36,7 @@ pub async fn run(d: &mut Dispatcher, request: &Request) -> Pending {
 }
 
 /// The shard named by the command's third argument.
-fn named_shard<'a>(d: &'a Dispatcher, request: &Request) -> Result<&'a Shard, Pending> {
+fn named_shard<'a>(d: &'a ClientCtx, request: &Request) -> Result<&'a Shard, Pending> {
     let arg = &request.args[2];
     let shard = std::str::from_utf8(arg).ok().and_then(|s| s.parse::<usize>().ok());
     shard
@@ -44,7 +45,7 @@ fn named_shard<'a>(d: &'a Dispatcher, request: &Request) -> Result<&'a Shard, Pe
 }
 
 /// `MEMLOG SNAPSHOT <shard>`
-fn snapshot(d: &Dispatcher, request: &Request) -> Pending {
+fn snapshot(d: &ClientCtx, request: &Request) -> Pending {
     let shard = match named_shard(d, request) {
         Ok(shard) => shard,
         Err(error) => return error,
@@ -52,7 +53,7 @@ fn snapshot(d: &Dispatcher, request: &Request) -> Pending {
     let Some(snapshots) = shard.snapshots.clone() else {
         return Pending::error("ERR memlog: snapshots are not configured (no [snapshot] table)");
     };
-    let (status, target, proto) = (shard.status.clone(), shard.target.clone(), d.proto);
+    let (status, target, proto) = (shard.status.clone(), shard.target.clone(), d.proto());
     Pending::Deferred(Box::pin(async move {
         match snapshots.take_now(&status, &target).await {
             Ok(record) => reply(proto, |w| {
@@ -64,7 +65,7 @@ fn snapshot(d: &Dispatcher, request: &Request) -> Pending {
 }
 
 /// `MEMLOG FAILOVER <shard> [TO <host:port>]`
-fn failover(d: &Dispatcher, request: &Request) -> Pending {
+fn failover(d: &ClientCtx, request: &Request) -> Pending {
     let args = &request.args;
     let shard = match named_shard(d, request) {
         Ok(shard) => shard,
@@ -79,7 +80,7 @@ fn failover(d: &Dispatcher, request: &Request) -> Pending {
     if shard.switchover.send(SwitchoverRequest { to, done }).is_err() {
         return Pending::error("ERR memlog: the shard's failover controller is not running");
     }
-    let proto = d.proto;
+    let proto = d.proto();
     Pending::Deferred(Box::pin(async move {
         match outcome.await {
             Ok(Ok(_)) => reply(proto, |w| {

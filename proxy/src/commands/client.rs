@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
+use crate::clients::ClientHandle;
 use crate::commands::connection::valid_client_name;
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
+use crate::replies::Pending;
 use crate::resp::{reply, Request};
-use crate::session::Pending;
-use crate::state::ClientHandle;
 
-pub fn run(d: &mut Dispatcher, sub: &str, request: &Request) -> Pending {
+pub(crate) fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
     let args = &request.args;
-    let proto = d.proto;
+    let proto = d.proto();
     match sub {
         "id" => Pending::Ready(reply(proto, |w| {
             w.int(d.client.id as i64);
@@ -74,20 +74,20 @@ pub fn run(d: &mut Dispatcher, sub: &str, request: &Request) -> Pending {
     }
 }
 
-fn ok(d: &Dispatcher) -> Pending {
-    Pending::Ready(reply(d.proto, |w| {
+fn ok(d: &ClientCtx) -> Pending {
+    Pending::Ready(reply(d.proto(), |w| {
         w.simple("OK");
     }))
 }
 
-fn sorted_clients(d: &Dispatcher) -> Vec<Arc<ClientHandle>> {
+fn sorted_clients(d: &ClientCtx) -> Vec<Arc<ClientHandle>> {
     let mut clients: Vec<_> = d.proxy.clients.iter().map(|c| c.value().clone()).collect();
     clients.sort_by_key(|c| c.id);
     clients
 }
 
 /// `CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id …]`
-fn list(d: &Dispatcher, request: &Request) -> Pending {
+fn list(d: &ClientCtx, request: &Request) -> Pending {
     let args = &request.args;
     let mut ids: Option<Vec<u64>> = None;
     let mut only_normal = true;
@@ -122,7 +122,7 @@ fn list(d: &Dispatcher, request: &Request) -> Pending {
         text.push_str(&client.info_line(&d.proxy.pubsub.client_counts(client.id)));
         text.push('\n');
     }
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         w.verbatim(&text);
     }))
 }
@@ -131,7 +131,7 @@ fn list(d: &Dispatcher, request: &Request) -> Pending {
 type ClientFilter = Box<dyn Fn(&ClientHandle) -> bool>;
 
 /// `CLIENT KILL ip:port` or `CLIENT KILL <filter> <value> …`
-fn kill(d: &Dispatcher, request: &Request) -> Pending {
+fn kill(d: &ClientCtx, request: &Request) -> Pending {
     let args = &request.args;
     if args.len() == 3 {
         let addr = String::from_utf8_lossy(&args[2]);
@@ -182,13 +182,13 @@ fn kill(d: &Dispatcher, request: &Request) -> Pending {
             killed += 1;
         }
     }
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         w.int(killed);
     }))
 }
 
 /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`: answers a client blocked in the proxy now.
-fn unblock(d: &Dispatcher, request: &Request) -> Pending {
+fn unblock(d: &ClientCtx, request: &Request) -> Pending {
     let args = &request.args;
     let Some(id) = crate::resp::parse_int(&args[2]) else {
         return Pending::error("ERR value is not an integer or out of range");
@@ -201,7 +201,7 @@ fn unblock(d: &Dispatcher, request: &Request) -> Pending {
     };
     let unblocked = u64::try_from(id)
         .is_ok_and(|id| d.proxy.shards.iter().any(|s| crate::sequencer::unblock(&s.sequencer.blocked, id, error)));
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         w.int(unblocked as i64);
     }))
 }

@@ -1,14 +1,14 @@
 //! The Redis Cluster dialect, so cluster-aware clients work: the proxy presents itself as the
 //! one node that serves every slot, and routes each key to its shard behind that endpoint.
 
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
+use crate::replies::Pending;
 use crate::resp::{parse_int, reply, Proto, ReplyWriter, Request};
 use crate::router::{key_slot, SLOTS};
-use crate::session::Pending;
 
-pub fn run(d: &mut Dispatcher, sub: &str, request: &Request) -> Pending {
+pub(crate) fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
     let args = &request.args;
-    let proto = d.proto;
+    let proto = d.proto();
     let proxy = &d.proxy;
     let (host, port, id) = (proxy.announce_host.clone(), proxy.announce_port as i64, proxy.node_id.clone());
     let shard_ranges: Vec<Vec<(u16, u16)>> =
@@ -116,7 +116,7 @@ fn merge_adjacent(ranges: &[(u16, u16)]) -> Vec<(u16, u16)> {
 /// COUNTKEYSINSLOT / GETKEYSINSLOT. The shards are plain Redis (not cluster mode), which keeps
 /// no per-slot index, so this scans the owning shard: O(keys in the shard), unlike Redis
 /// Cluster's O(1).
-fn keys_in_slot(d: &Dispatcher, slot: u16, limit: Option<usize>, proto: Proto) -> Pending {
+fn keys_in_slot(d: &ClientCtx, slot: u16, limit: Option<usize>, proto: Proto) -> Pending {
     let shard = d.proxy.slots.shard_of_slot(slot);
     let conn = d.proxy.shards[shard].read_conn(Proto::Resp2, d.client.id).clone();
     Pending::Deferred(Box::pin(async move {

@@ -1,18 +1,17 @@
 //! Connection commands the proxy answers itself: PING, ECHO, QUIT, RESET, SELECT, HELLO, AUTH,
 //! READONLY/READWRITE/ASKING, TIME, ROLE.
 
-use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
+use crate::replies::Pending;
 use crate::resp::{reply, Proto, Request};
-use crate::session::Pending;
 
-pub fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     let args = &request.args;
-    let proto = d.proto;
+    let proto = d.proto();
     let ready = |build: &dyn Fn(&mut crate::resp::ReplyWriter)| Pending::Ready(reply(proto, |w| build(w)));
     match name {
         "ping" if d.pubsub.in_subscriber_mode(proto) => super::pubsub::subscriber_ping(request),
@@ -80,7 +79,7 @@ pub fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
 
 const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
 
-fn authenticate(d: &mut Dispatcher, user: &str, password: &[u8]) -> Result<(), &'static str> {
+fn authenticate(d: &mut ClientCtx, user: &str, password: &[u8]) -> Result<(), &'static str> {
     // With no users configured, the default user needs no password, as in a stock Redis.
     let ok = if d.proxy.auth_required() { d.proxy.check_user(user, password) } else { user == "default" };
     if !ok {
@@ -91,20 +90,19 @@ fn authenticate(d: &mut Dispatcher, user: &str, password: &[u8]) -> Result<(), &
     Ok(())
 }
 
-fn set_proto(d: &mut Dispatcher, proto: Proto) {
-    d.proto = proto;
-    d.client.proto.store(if proto == Proto::Resp3 { 3 } else { 2 }, Ordering::Relaxed);
+fn set_proto(d: &mut ClientCtx, proto: Proto) {
+    d.client.set_proto(proto);
 }
 
 /// A client name may not hold spaces or control characters, as in Redis.
-pub fn valid_client_name(name: &[u8]) -> bool {
+pub(crate) fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
 }
 
 /// `HELLO [protover [AUTH user pass] [SETNAME name]]`
-fn hello(d: &mut Dispatcher, request: &Request) -> Pending {
+fn hello(d: &mut ClientCtx, request: &Request) -> Pending {
     let args = &request.args;
-    let mut proto = d.proto;
+    let mut proto = d.proto();
     if let Some(version) = args.get(1) {
         proto = match crate::resp::parse_int(version) {
             Some(2) => Proto::Resp2,

@@ -10,13 +10,15 @@ use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
 use crate::backend::BackendConn;
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
+use crate::keys::LSN_KEY;
+use crate::proxy::Proxy;
+use crate::replies::Pending;
+use crate::resp::decode_resp2;
 use crate::resp::{reply, Proto, Request};
-use crate::session::Pending;
-use crate::state::{decode_resp2, Proxy, LSN_KEY};
 
-pub async fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
-    let proto = d.proto;
+pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
+    let proto = d.proto();
     let proxy = d.proxy.clone();
     let conns: Vec<BackendConn> = proxy.shards.iter().map(|s| s.read_conn(Proto::Resp2, d.client.id).clone()).collect();
     let args: Vec<Bytes> = request.args.clone();
@@ -24,9 +26,9 @@ pub async fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
         "flushall" | "flushdb" => {
             let mut parts = Vec::with_capacity(proxy.shards.len());
             for shard in 0..proxy.shards.len() {
-                parts.push(d.to_shard(shard, request.clone(), true).await);
+                parts.push(d.send_to_shard(shard, request.clone(), true).await);
             }
-            Pending::Merge { parts, merge: Box::new(|mut replies| replies.swap_remove(0)), proto }
+            Pending::Merge { parts, merge: Box::new(|mut replies| replies.swap_remove(0)) }
         }
         "dbsize" => deferred(async move {
             let total = user_key_counts(&conns).await?.iter().sum::<i64>();
@@ -111,7 +113,7 @@ async fn user_key_counts(conns: &[BackendConn]) -> Result<Vec<i64>, String> {
 }
 
 /// Visits every key of one shard (except `__memlog:lsn`) with SCAN.
-pub async fn scan_keys(conn: &BackendConn, mut visit: impl FnMut(&Bytes)) -> Result<(), String> {
+pub(crate) async fn scan_keys(conn: &BackendConn, mut visit: impl FnMut(&Bytes)) -> Result<(), String> {
     let mut cursor = Bytes::from_static(b"0");
     loop {
         let page = call(conn, &[b"SCAN", &cursor, b"COUNT", b"1000"]).await?;

@@ -1,28 +1,28 @@
-//! Commands: the table loaded from Redis, and the proxy's own handling of the commands it must
-//! answer differently from a single Redis, one file per command family.
+//! Commands: the proxy's own handling of the commands it must answer differently from a single
+//! Redis, one file per command family. Each handler gets the client's
+//! [`ClientCtx`](crate::context::ClientCtx) and the routing functions on it.
 
-pub mod acl;
-pub mod admin;
-pub mod client;
-pub mod cluster;
-pub mod connection;
-pub mod keyspace;
-pub mod pubsub;
-pub mod replication;
-pub mod scripting;
-pub mod table;
-pub mod transaction;
+pub(crate) mod acl;
+pub(crate) mod admin;
+pub(crate) mod client;
+pub(crate) mod cluster;
+pub(crate) mod connection;
+pub(crate) mod keyspace;
+pub(crate) mod pubsub;
+pub(crate) mod replication;
+pub(crate) mod scripting;
+pub(crate) mod transaction;
 
 use std::sync::Arc;
 
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
+use crate::replies::Pending;
 use crate::resp::Request;
-use crate::session::Pending;
-use table::{CommandInfo, CommandTable};
+use crate::table::CommandInfo;
 
 /// What the proxy does with a command.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Overlay {
+pub(crate) enum CommandRoute {
     /// Redis executes it; the proxy routes it by its keys.
     Forward,
     /// The proxy answers it itself.
@@ -43,20 +43,20 @@ const USERS_IN_CONFIG: &str = "the proxy's users are set in its configuration ([
 const CLIENT_SIDE_CACHING: &str =
     "client-side caching is not supported: memlog does not relay the shards' invalidation messages";
 
-pub fn overlay(info: &CommandInfo) -> Overlay {
+pub(crate) fn route(info: &CommandInfo) -> CommandRoute {
     let name = info.name.as_str();
     match name {
         "ping" | "echo" | "quit" | "reset" | "select" | "hello" | "auth" | "readonly" | "readwrite" | "asking"
         | "time" | "role" | "dbsize" | "keys" | "scan" | "randomkey" | "flushall" | "flushdb" | "info" => {
-            Overlay::Local
+            CommandRoute::Local
         }
         "client|id" | "client|setname" | "client|getname" | "client|info" | "client|list" | "client|kill"
-        | "client|setinfo" | "client|help" | "client|unblock" => Overlay::Local,
-        "client|pause" | "client|unpause" | "client|no-evict" => Overlay::Refused(MANAGED_NODES),
+        | "client|setinfo" | "client|help" | "client|unblock" => CommandRoute::Local,
+        "client|pause" | "client|unpause" | "client|no-evict" => CommandRoute::Refused(MANAGED_NODES),
         "client|tracking" | "client|trackinginfo" | "client|getredir" | "client|caching" => {
-            Overlay::Refused(CLIENT_SIDE_CACHING)
+            CommandRoute::Refused(CLIENT_SIDE_CACHING)
         }
-        n if n.starts_with("client|") => Overlay::NotYet,
+        n if n.starts_with("client|") => CommandRoute::NotYet,
         "cluster|slots"
         | "cluster|shards"
         | "cluster|nodes"
@@ -65,47 +65,41 @@ pub fn overlay(info: &CommandInfo) -> Overlay {
         | "cluster|myid"
         | "cluster|countkeysinslot"
         | "cluster|getkeysinslot"
-        | "cluster|help" => Overlay::Local,
-        n if n.starts_with("cluster|") => Overlay::Refused(MANAGED_TOPOLOGY),
+        | "cluster|help" => CommandRoute::Local,
+        n if n.starts_with("cluster|") => CommandRoute::Refused(MANAGED_TOPOLOGY),
         // Only `notify-keyspace-events`, set on every node by `pubsub` (which refuses the rest).
-        "config|set" => Overlay::Local,
-        "config|rewrite" | "config|resetstat" => Overlay::Refused(MANAGED_NODES),
+        "config|set" => CommandRoute::Local,
+        "config|rewrite" | "config|resetstat" => CommandRoute::Refused(MANAGED_NODES),
         "debug" | "shutdown" | "replicaof" | "slaveof" | "sync" | "psync" | "save" | "bgsave" | "bgrewriteaof"
-        | "failover" | "pfdebug" | "pfselftest" => Overlay::Refused(MANAGED_NODES),
-        n if n.starts_with("module") => Overlay::Refused(MANAGED_NODES),
-        "migrate" | "swapdb" | "move" => Overlay::Refused(MANAGED_TOPOLOGY),
-        "multi" | "exec" | "discard" | "watch" | "unwatch" => Overlay::Local,
+        | "failover" | "pfdebug" | "pfselftest" => CommandRoute::Refused(MANAGED_NODES),
+        n if n.starts_with("module") => CommandRoute::Refused(MANAGED_NODES),
+        "migrate" | "swapdb" | "move" => CommandRoute::Refused(MANAGED_TOPOLOGY),
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => CommandRoute::Local,
         "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" | "publish"
-        | "spublish" => Overlay::Local,
-        n if n.starts_with("pubsub|") => Overlay::Local,
-        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Overlay::Local,
-        n if n.starts_with("script|") || n.starts_with("function|") => Overlay::Local,
-        "memlog" => Overlay::Local,
-        "wait" => Overlay::Local,
-        "monitor" => Overlay::Local,
-        "acl|whoami" | "acl|users" | "acl|list" => Overlay::Local,
-        "acl|cat" | "acl|genpass" => Overlay::Forward,
-        "acl|setuser" | "acl|deluser" | "acl|save" | "acl|load" => Overlay::Refused(USERS_IN_CONFIG),
-        n if n.starts_with("acl|") => Overlay::NotYet,
+        | "spublish" => CommandRoute::Local,
+        n if n.starts_with("pubsub|") => CommandRoute::Local,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => CommandRoute::Local,
+        n if n.starts_with("script|") || n.starts_with("function|") => CommandRoute::Local,
+        "memlog" => CommandRoute::Local,
+        "wait" => CommandRoute::Local,
+        "monitor" => CommandRoute::Local,
+        "acl|whoami" | "acl|users" | "acl|list" => CommandRoute::Local,
+        "acl|cat" | "acl|genpass" => CommandRoute::Forward,
+        "acl|setuser" | "acl|deluser" | "acl|save" | "acl|load" => CommandRoute::Refused(USERS_IN_CONFIG),
+        n if n.starts_with("acl|") => CommandRoute::NotYet,
         // Blocking commands are parked in the shard's sequencer (see `dispatch`).
-        _ if info.flags.pubsub => Overlay::NotYet,
-        _ => Overlay::Forward,
+        _ if info.flags.pubsub => CommandRoute::NotYet,
+        _ => CommandRoute::Forward,
     }
 }
 
 /// Commands a client may send before it authenticated, as Redis allows.
-pub fn allowed_before_auth(name: &str) -> bool {
+pub(crate) fn allowed_before_auth(name: &str) -> bool {
     matches!(name, "auth" | "hello" | "quit" | "reset")
 }
 
-/// Commands the proxy serves that the backend's table may lack (newer than its Redis).
-pub fn add_local_commands(table: &mut CommandTable) {
-    table.insert_local(CommandInfo::local("client|setinfo", 4));
-    table.insert_local(CommandInfo::local("memlog", -2));
-}
-
 /// Runs a command the proxy answers itself.
-pub async fn run_local(d: &mut Dispatcher, request: &Request, info: &Arc<CommandInfo>) -> Pending {
+pub(crate) async fn run_local(d: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Pending {
     let name = info.name.as_str();
     if let Some(sub) = name.strip_prefix("client|") {
         return client::run(d, sub, request);

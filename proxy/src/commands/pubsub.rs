@@ -11,42 +11,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::commands::table::CommandInfo;
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
 use crate::pubsub::{Kind, Subscriber};
+use crate::replies::Pending;
 use crate::resp::{reply, Proto, Request};
 use crate::router::key_slot;
-use crate::session::{Pending, PushSender};
-
-/// A client's link to the hub (set by the session; absent for a dispatcher without one).
-#[derive(Default)]
-pub struct ClientPubSub {
-    subscriber: Option<Arc<Subscriber>>,
-}
-
-impl ClientPubSub {
-    /// Links a session's client to the hub through its push queue.
-    pub fn new(subscriber: Arc<Subscriber>) -> ClientPubSub {
-        ClientPubSub { subscriber: Some(subscriber) }
-    }
-
-    /// The client's push queue (MONITOR lines go there too); None for a dispatcher without a
-    /// session.
-    pub fn push(&self) -> Option<PushSender> {
-        self.subscriber.as_ref().map(|s| s.push().clone())
-    }
-
-    /// True while the client holds a subscription of any kind.
-    pub fn subscribed(&self) -> bool {
-        self.subscriber.as_ref().is_some_and(|s| s.subscribed())
-    }
-
-    /// RESP2 with a subscription: only (un)subscribing, PING, QUIT and RESET are allowed, and
-    /// PING answers differently.
-    pub fn in_subscriber_mode(&self, proto: Proto) -> bool {
-        proto == Proto::Resp2 && self.subscribed()
-    }
-}
+use crate::table::CommandInfo;
 
 /// RESP2 clients with a subscription may only run these (Redis's `processCommand`).
 const ALLOWED_IN_SUBSCRIBER_MODE: &[&str] =
@@ -59,7 +29,7 @@ fn is_keyspace_events_config(request: &Request) -> bool {
 }
 
 /// Runs a pub/sub command, or the one CONFIG SET the proxy takes (refusing any other).
-pub async fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     let args = &request.args;
     match name {
         "subscribe" => subscribe(d, Kind::Channel, request),
@@ -77,12 +47,12 @@ pub async fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
         "pubsub|shardnumsub" => numsub(d, true, &args[2..]),
         "pubsub|numpat" => {
             let patterns = d.proxy.pubsub.pattern_count() as i64;
-            Pending::Ready(reply(d.proto, |w| {
+            Pending::Ready(reply(d.proto(), |w| {
                 w.int(patterns);
             }))
         }
         // Redis's own help text, from a shard.
-        "pubsub|help" => d.to_shard(0, request.clone(), false).await,
+        "pubsub|help" => d.send_to_shard(0, request.clone(), false).await,
         "config|set" if is_keyspace_events_config(request) => keyspace_events_config(d, request),
         "config|set" => Pending::error(&format!("ERR memlog: 'CONFIG SET' is not allowed: {}", super::MANAGED_NODES)),
         _ => Pending::error(&format!("ERR memlog: no pub/sub handler for '{name}'")),
@@ -90,8 +60,8 @@ pub async fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
 }
 
 /// Redis's refusal of `info` while a RESP2 client is in subscriber mode, if it applies.
-pub fn subscriber_mode_refusal(d: &Dispatcher, info: &Arc<CommandInfo>) -> Option<String> {
-    if !d.pubsub.in_subscriber_mode(d.proto) || ALLOWED_IN_SUBSCRIBER_MODE.contains(&info.name.as_str()) {
+pub(crate) fn subscriber_mode_refusal(d: &ClientCtx, info: &Arc<CommandInfo>) -> Option<String> {
+    if !d.pubsub.in_subscriber_mode(d.proto()) || ALLOWED_IN_SUBSCRIBER_MODE.contains(&info.name.as_str()) {
         return None;
     }
     Some(format!(
@@ -101,7 +71,7 @@ pub fn subscriber_mode_refusal(d: &Dispatcher, info: &Arc<CommandInfo>) -> Optio
 }
 
 /// PING in subscriber mode: `["pong", <message or "">]`, as Redis answers.
-pub fn subscriber_ping(request: &Request) -> Pending {
+pub(crate) fn subscriber_ping(request: &Request) -> Pending {
     let message = request.args.get(1).map_or(&b""[..], |m| &m[..]);
     Pending::Ready(reply(Proto::Resp2, |w| {
         w.array(2).bulk(b"pong").bulk(message);
@@ -109,7 +79,7 @@ pub fn subscriber_ping(request: &Request) -> Pending {
 }
 
 /// RESET: the client leaves every channel, silently, as Redis's RESET does.
-pub fn reset(d: &Dispatcher) {
+pub(crate) fn reset(d: &ClientCtx) {
     if let Some(subscriber) = &d.pubsub.subscriber {
         d.proxy.pubsub.remove_client(subscriber);
     }
@@ -125,7 +95,7 @@ fn cross_slot(channels: &[Bytes]) -> bool {
 }
 
 /// The subscriber and the names of a (P|S)SUBSCRIBE or (P|S)UNSUBSCRIBE, or its refusal.
-fn subscription_args(d: &Dispatcher, kind: Kind, request: &Request) -> Result<(Arc<Subscriber>, Vec<Bytes>), Pending> {
+fn subscription_args(d: &ClientCtx, kind: Kind, request: &Request) -> Result<(Arc<Subscriber>, Vec<Bytes>), Pending> {
     let Some(subscriber) = d.pubsub.subscriber.clone() else { return Err(no_subscriber()) };
     let names = request.args[1..].to_vec();
     if kind == Kind::ShardChannel && cross_slot(&names) {
@@ -134,14 +104,14 @@ fn subscription_args(d: &Dispatcher, kind: Kind, request: &Request) -> Result<(A
     Ok((subscriber, names))
 }
 
-fn subscribe(d: &Dispatcher, kind: Kind, request: &Request) -> Pending {
+fn subscribe(d: &ClientCtx, kind: Kind, request: &Request) -> Pending {
     let (subscriber, names) = match subscription_args(d, kind, request) {
         Ok(args) => args,
         Err(refusal) => return refusal,
     };
     let proxy = d.proxy.clone();
     Pending::Deferred(Box::pin(async move {
-        if let Some(relay_ready) = proxy.pubsub.subscribe(&proxy, &subscriber, kind, &names) {
+        if let Some(relay_ready) = proxy.pubsub.subscribe(&subscriber, kind, &names) {
             relay_ready.await;
         }
         // The confirmations went out as pushes, in order with the messages that follow.
@@ -149,7 +119,7 @@ fn subscribe(d: &Dispatcher, kind: Kind, request: &Request) -> Pending {
     }))
 }
 
-fn unsubscribe(d: &Dispatcher, kind: Kind, request: &Request) -> Pending {
+fn unsubscribe(d: &ClientCtx, kind: Kind, request: &Request) -> Pending {
     let (subscriber, names) = match subscription_args(d, kind, request) {
         Ok(args) => args,
         Err(refusal) => return refusal,
@@ -161,8 +131,8 @@ fn unsubscribe(d: &Dispatcher, kind: Kind, request: &Request) -> Pending {
     }))
 }
 
-fn publish(d: &Dispatcher, request: &Request, sharded: bool) -> Pending {
-    let (proxy, proto) = (d.proxy.clone(), d.proto);
+fn publish(d: &ClientCtx, request: &Request, sharded: bool) -> Pending {
+    let (proxy, proto) = (d.proxy.clone(), d.proto());
     let (channel, message) = (request.args[1].clone(), request.args[2].clone());
     Pending::Due(Box::new(move || {
         let receivers = proxy.pubsub.publish(&channel, &message, sharded) as i64;
@@ -172,9 +142,9 @@ fn publish(d: &Dispatcher, request: &Request, sharded: bool) -> Pending {
     }))
 }
 
-fn channels(d: &Dispatcher, sharded: bool, pattern: Option<&Bytes>) -> Pending {
+fn channels(d: &ClientCtx, sharded: bool, pattern: Option<&Bytes>) -> Pending {
     let names = d.proxy.pubsub.active_channels(sharded, pattern.map(|p| &p[..]));
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         w.array(names.len());
         for name in &names {
             w.bulk(name);
@@ -182,9 +152,9 @@ fn channels(d: &Dispatcher, sharded: bool, pattern: Option<&Bytes>) -> Pending {
     }))
 }
 
-fn numsub(d: &Dispatcher, sharded: bool, channels: &[Bytes]) -> Pending {
+fn numsub(d: &ClientCtx, sharded: bool, channels: &[Bytes]) -> Pending {
     let counts = d.proxy.pubsub.subscriber_counts(sharded, channels);
-    Pending::Ready(reply(d.proto, |w| {
+    Pending::Ready(reply(d.proto(), |w| {
         // An array of pairs in both protocols, as Redis 7.0 answers.
         w.array(channels.len() * 2);
         for (channel, count) in channels.iter().zip(counts) {
@@ -202,11 +172,11 @@ fn syntax_error(request: &Request) -> Pending {
 
 /// `CONFIG SET notify-keyspace-events <flags>`: set on every node of every shard, and
 /// remembered so the relay re-applies it to a new primary.
-fn keyspace_events_config(d: &Dispatcher, request: &Request) -> Pending {
-    let (proxy, proto) = (d.proxy.clone(), d.proto);
+fn keyspace_events_config(d: &ClientCtx, request: &Request) -> Pending {
+    let (proxy, proto) = (d.proxy.clone(), d.proto());
     let flags = request.args[3].clone();
     Pending::Deferred(Box::pin(async move {
-        match crate::pubsub::configure_nodes(&proxy, &flags).await {
+        match crate::pubsub::configure_nodes(&proxy.pubsub, &flags).await {
             Ok(()) => {
                 proxy.pubsub.set_keyspace_events(flags);
                 reply(proto, |w| {

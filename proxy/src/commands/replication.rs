@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
+use crate::replies::Pending;
 use crate::resp::{parse_int, Request};
-use crate::sequencer::{Op, Sequencer, Write};
-use crate::session::Pending;
+use crate::sequencer::{Sequencer, SequencerOp, SequencerRequest};
 
 /// How often WAIT looks again while fewer journal nodes than asked hold the journal.
 const RECHECK: Duration = Duration::from_millis(50);
@@ -17,7 +17,7 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// over the shards), counted once the client's earlier commands have been answered — an
 /// acknowledged write is already on the journal's ack quorum. As Redis does, WAIT returns
 /// as soon as `numreplicas` is reached, else when `timeout` ms have passed (0: never).
-pub async fn wait(d: &mut Dispatcher, request: &Request) -> Pending {
+pub(crate) async fn wait(d: &mut ClientCtx, request: &Request) -> Pending {
     let (Some(wanted), Some(timeout)) = (parse_int(&request.args[1]), parse_int(&request.args[2])) else {
         return Pending::error("ERR value is not an integer or out of range");
     };
@@ -26,13 +26,13 @@ pub async fn wait(d: &mut Dispatcher, request: &Request) -> Pending {
     }
     let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
     let sequencers: Vec<Sequencer> = d.proxy.shards.iter().map(|s| s.sequencer.clone()).collect();
-    let proto = d.proto;
+    let proto = d.proto();
     Pending::Deferred(Box::pin(async move {
         loop {
             let mut least = i64::MAX;
             for sequencer in &sequencers {
                 let (reply, count) = oneshot::channel();
-                sequencer.submit(Write { proto, op: Op::Wait, reply });
+                sequencer.submit(SequencerRequest { proto, op: SequencerOp::Wait, reply });
                 let count = match count.await {
                     Ok(Ok(frame)) => frame.strip_prefix(b":").and_then(|n| parse_int(n.strip_suffix(b"\r\n")?)),
                     _ => None,

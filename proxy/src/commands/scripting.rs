@@ -1,13 +1,13 @@
 //! Scripts and functions: EVAL*, FCALL*, SCRIPT, FUNCTION, with Redis 7.0's semantics.
 //!
 //! - EVAL/EVALSHA/FCALL are writes: they go through the shard's sequencer and are journaled as
-//!   calls (EVALSHA as EVAL with the body from the proxy's [`cache`], so neither the journal nor
+//!   calls (EVALSHA as EVAL with the body from the proxy's [`crate::scripts`], so neither the journal nor
 //!   the client depends on a node's script cache). EVAL_RO/EVALSHA_RO/FCALL_RO and scripts whose
 //!   shebang says `#!lua flags=no-writes` are reads (Redis refuses their writes).
 //! - They are routed by their keys (`numkeys`), which must share one slot (`-CROSSSLOT` else);
 //!   a call without keys runs on shard 0.
 //! - A script that writes must be deterministic, since replay runs the call again: see
-//!   [`body`] for what is refused, and [`pin`] for how scripts that read TIME or set relative
+//!   [`crate::scripts::body`] for what is refused, and [`crate::scripts::pin`] for how scripts that read TIME or set relative
 //!   TTLs are journaled with their time pinned.
 //! - FUNCTION LOAD/DELETE/FLUSH/RESTORE are journaled on every shard (so a shard rebuilt from
 //!   its journal, and its replicas, have the libraries); the reply comes once all shards
@@ -16,32 +16,28 @@
 //!   SCRIPT FLUSH empties it and every node's. SCRIPT/FUNCTION KILL kill only scripts that are
 //!   not journaled: a journaled script killed before it wrote would still run whole on replay.
 
-mod body;
-mod cache;
-mod pin;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::backend::{BackendConn, BackendOptions};
-use crate::commands::table::CommandInfo;
-use crate::dispatch::Dispatcher;
+use crate::context::ClientCtx;
+use crate::keys::RESERVED_PREFIX;
+use crate::proxy::Proxy;
+use crate::replies::Pending;
 use crate::resp::{error_reply, Proto, Request};
 use crate::router::key_slot;
-use crate::session::Pending;
-use crate::state::{Proxy, RESERVED_PREFIX};
+use crate::table::CommandInfo;
 
-use body::declared_read_only;
-use cache::Journaled;
-pub use cache::ScriptCache;
+use crate::scripts::body::{self, declared_read_only};
+use crate::scripts::{Journaled, ScriptCache};
 
 const NOSCRIPT: &str = "NOSCRIPT No matching script. Please use EVAL.";
 
 /// Runs a script or function call, or a SCRIPT or FUNCTION subcommand (`name` as the command
 /// table spells it: `evalsha`, `script|load`, …).
-pub async fn run(d: &mut Dispatcher, name: &str, request: &Request, _info: &Arc<CommandInfo>) -> Pending {
+pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request, _info: &Arc<CommandInfo>) -> Pending {
     match name {
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => call(d, name, request).await,
         "script|load" => script_load(d, request).await,
@@ -55,17 +51,17 @@ pub async fn run(d: &mut Dispatcher, name: &str, request: &Request, _info: &Arc<
             function_write(d, name, request).await
         }
         "script|help" | "function|list" | "function|dump" | "function|stats" | "function|help" => {
-            d.to_shard(0, request.clone(), false).await
+            d.send_to_shard(0, request.clone(), false).await
         }
         _ => Pending::error(&format!(
             "ERR memlog: '{}' is not supported by this version of memlog yet",
-            crate::dispatch::display_name(name)
+            crate::table::display_name(name)
         )),
     }
 }
 
 /// A script or function call, ready to route.
-pub struct Call {
+pub(crate) struct Call {
     /// What is sent (and, for a write, journaled): EVALSHA turned into EVAL.
     pub request: Request,
     /// Journaled through the sequencer, or a read.
@@ -78,7 +74,7 @@ pub struct Call {
 /// `evalsha_ro`, `fcall`, `fcall_ro`) that is journaled and applied, after Redis's argument
 /// checks and memlog's (one slot, determinism), or the client's error reply. Public so that
 /// transactions can queue calls inside MULTI in the same form.
-pub fn prepare_call(scripts: &ScriptCache, name: &str, request: &Request) -> Result<Call, Bytes> {
+pub(crate) fn prepare_call(scripts: &ScriptCache, name: &str, request: &Request) -> Result<Call, Bytes> {
     let args = &request.args;
     let by_sha = name.starts_with("evalsha");
     let is_eval = name.starts_with("eval");
@@ -154,17 +150,17 @@ fn redis_int(text: &[u8]) -> Option<i64> {
     crate::resp::parse_int(text)
 }
 
-async fn call(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+async fn call(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     let call = match prepare_call(&d.proxy.scripts, name, request) {
         Ok(call) => call,
         Err(reply) => return Pending::Ready(reply),
     };
     let shard = call.slot.map_or(0, |slot| d.proxy.slots.shard_of_slot(slot));
     if !call.write {
-        return d.to_shard(shard, call.request, false).await;
+        return d.send_to_shard(shard, call.request, false).await;
     }
     let in_flight = d.proxy.scripts.journaled_started(shard);
-    let pending = d.to_shard(shard, call.request, true).await;
+    let pending = d.send_to_shard(shard, call.request, true).await;
     // The guard lives until the reply is handed back (the merge runs, or is dropped on an error).
     Pending::Merge {
         parts: vec![pending],
@@ -172,27 +168,25 @@ async fn call(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
             drop(in_flight);
             replies.pop().unwrap_or_else(|| error_reply("ERR memlog: no reply from the shard"))
         }),
-        proto: d.proto,
     }
 }
 
 /// `SCRIPT LOAD body`: compiled by shard 0's primary (its errors are Redis's), then cached.
-async fn script_load(d: &mut Dispatcher, request: &Request) -> Pending {
+async fn script_load(d: &mut ClientCtx, request: &Request) -> Pending {
     let (body, scripts) = (request.args[2].clone(), d.proxy.scripts.clone());
-    let loaded = d.to_shard(0, request.clone(), false).await;
+    let loaded = d.send_to_shard(0, request.clone(), false).await;
     Pending::Merge {
         parts: vec![loaded],
         merge: Box::new(move |mut replies| {
             scripts.load(body);
             replies.pop().unwrap_or_else(|| error_reply("ERR memlog: no reply from the shard"))
         }),
-        proto: d.proto,
     }
 }
 
-fn script_exists(d: &Dispatcher, request: &Request) -> Pending {
+fn script_exists(d: &ClientCtx, request: &Request) -> Pending {
     let shas = &request.args[2..];
-    Pending::Ready(crate::resp::reply(d.proto, |w| {
+    Pending::Ready(crate::resp::reply(d.proto(), |w| {
         w.array(shas.len());
         for sha in shas {
             w.int(i64::from(d.proxy.scripts.get(sha).is_some()));
@@ -201,7 +195,7 @@ fn script_exists(d: &Dispatcher, request: &Request) -> Pending {
 }
 
 /// `SCRIPT FLUSH [ASYNC|SYNC]`: the proxy's cache and every node's.
-async fn script_flush(d: &mut Dispatcher, request: &Request) -> Pending {
+async fn script_flush(d: &mut ClientCtx, request: &Request) -> Pending {
     let mode_ok = match request.args.len() {
         2 => true,
         3 => request.args[2].eq_ignore_ascii_case(b"async") || request.args[2].eq_ignore_ascii_case(b"sync"),
@@ -215,7 +209,7 @@ async fn script_flush(d: &mut Dispatcher, request: &Request) -> Pending {
 }
 
 /// FUNCTION LOAD/DELETE/FLUSH/RESTORE, journaled on every shard.
-async fn function_write(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+async fn function_write(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     if name == "function|load" {
         if let Some(code) = request.args.last() {
             if let Err(why) = body::check_library(code) {
@@ -227,21 +221,20 @@ async fn function_write(d: &mut Dispatcher, name: &str, request: &Request) -> Pe
 }
 
 /// Sends `request` to every shard; the reply is the first error, else shard 0's reply.
-async fn every_shard(d: &mut Dispatcher, request: &Request, write: bool) -> Pending {
+async fn every_shard(d: &mut ClientCtx, request: &Request, write: bool) -> Pending {
     let mut parts = Vec::with_capacity(d.proxy.shards.len());
     for shard in 0..d.proxy.shards.len() {
-        parts.push(d.to_shard(shard, request.clone(), write).await);
+        parts.push(d.send_to_shard(shard, request.clone(), write).await);
     }
     Pending::Merge {
         parts,
         merge: Box::new(|replies| replies.into_iter().next().unwrap_or_else(|| error_reply("ERR memlog: no shards"))),
-        proto: d.proto,
     }
 }
 
 /// SCRIPT KILL / FUNCTION KILL, run when the reply is due, on a connection of its own to each
 /// primary (the script's own connection is busy with it).
-fn kill(d: &Dispatcher, request: &Request) -> Pending {
+fn kill(d: &ClientCtx, request: &Request) -> Pending {
     let proxy = d.proxy.clone();
     let command = request.raw.clone();
     Pending::Deferred(Box::pin(async move { kill_unjournaled(&proxy, command).await }))
@@ -289,8 +282,9 @@ async fn kill_unjournaled(proxy: &Proxy, command: Bytes) -> Bytes {
 
 #[cfg(test)]
 mod tests {
-    use super::body::sha1_hex;
     use super::*;
+    use crate::scripts::body::sha1_hex;
+    use crate::scripts::pin;
     use crate::sequencer::now_ms;
 
     fn request(args: &[&str]) -> Request {

@@ -11,40 +11,25 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::commands::table::CommandInfo;
-use crate::commands::{overlay, Overlay};
-use crate::dispatch::{Dispatcher, Placement};
+use crate::commands::{route, CommandRoute};
+use crate::context::ClientCtx;
+use crate::context::{Multi, Watching};
+use crate::keys::RESERVED_PREFIX;
+use crate::replies::Pending;
 use crate::resp::Request;
-use crate::sequencer::{Op, Queued, Transaction, Watch, Write};
-use crate::session::Pending;
-use crate::state::RESERVED_PREFIX;
-
-/// A transaction being queued.
-#[derive(Default)]
-pub struct Multi {
-    queued: Vec<Queued>,
-    /// A command was refused while queuing: EXEC answers EXECABORT.
-    failed: bool,
-    /// The shard every key so far lives on, and a key's slot (cluster-compatible mode: one slot).
-    shard: Option<usize>,
-    slot_key: Option<Bytes>,
-}
-
-/// The client's watch, on the shard its watched keys live on.
-pub struct Watching {
-    shard: usize,
-    watch: Arc<Watch>,
-}
+use crate::routing::Placement;
+use crate::sequencer::{QueuedCommand, SequencerOp, Transaction, Watch};
+use crate::table::CommandInfo;
 
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
-pub async fn run(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     let reply = run_command(d, name, request).await;
     show_in_client_list(d);
     reply
 }
 
-async fn run_command(d: &mut Dispatcher, name: &str, request: &Request) -> Pending {
+async fn run_command(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     match name {
         "multi" if d.multi.is_some() => Pending::error("ERR MULTI calls can not be nested"),
         "multi" => {
@@ -70,32 +55,31 @@ async fn run_command(d: &mut Dispatcher, name: &str, request: &Request) -> Pendi
 }
 
 /// Commands queued while in MULTI (the others run at once, as in Redis).
-pub fn is_queued(name: &str) -> bool {
+pub(crate) fn is_queued(name: &str) -> bool {
     !matches!(name, "exec" | "discard" | "multi" | "watch" | "quit" | "reset")
 }
 
 /// A command was refused while queuing: the transaction will abort at EXEC.
-pub fn fail_queueing(d: &mut Dispatcher) {
+pub(crate) fn fail_queueing(d: &mut ClientCtx) {
     if let Some(multi) = &mut d.multi {
         multi.failed = true;
     }
 }
 
 /// RESET and disconnects: leave MULTI, forget the watch.
-pub fn reset(d: &mut Dispatcher) {
+pub(crate) fn reset(d: &mut ClientCtx) {
     d.multi = None;
     unwatch(d);
     show_in_client_list(d);
 }
 
 /// `multi=` in CLIENT LIST: the commands queued, -1 outside MULTI.
-fn show_in_client_list(d: &Dispatcher) {
-    let queued = d.multi.as_ref().map_or(-1, |m| m.queued.len() as i64);
-    d.client.multi.store(queued, std::sync::atomic::Ordering::Relaxed);
+fn show_in_client_list(d: &ClientCtx) {
+    d.client.show_queued(d.multi.as_ref().map(|m| m.queued.len()));
 }
 
 /// Checks a command as Redis does when queuing it, then queues it.
-pub async fn queue(d: &mut Dispatcher, request: &Request, info: &Arc<CommandInfo>) -> Pending {
+pub(crate) async fn queue(d: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Pending {
     match queue_check(d, request, info).await {
         Ok((shard, queued)) => {
             let multi = d.multi.as_mut().expect("queue is only called in MULTI");
@@ -114,28 +98,28 @@ pub async fn queue(d: &mut Dispatcher, request: &Request, info: &Arc<CommandInfo
 /// The shard the command's keys live on (None: no keys) and the command as it will run, or why
 /// it cannot be queued.
 async fn queue_check(
-    d: &mut Dispatcher,
+    d: &mut ClientCtx,
     request: &Request,
     info: &Arc<CommandInfo>,
-) -> Result<(Option<usize>, Queued), String> {
+) -> Result<(Option<usize>, QueuedCommand), String> {
     if is_script_call(&info.name) {
         // Scripts are checked and put in their journaled form (EVALSHA → EVAL) now.
         let call =
             crate::commands::scripting::prepare_call(&d.proxy.scripts, &info.name, request).map_err(|reply| {
                 String::from_utf8_lossy(reply.strip_prefix(b"-").unwrap_or(&reply)).trim_end().to_string()
             })?;
-        let queued = Queued { request: call.request, command: info.clone(), write: call.write };
+        let queued = QueuedCommand { request: call.request, command: info.clone(), write: call.write };
         let shard = call.slot.map(|slot| d.proxy.slots.shard_of_slot(slot));
         return same_shard(d, shard, None).map(|shard| (shard, queued));
     }
-    if overlay(info) != Overlay::Forward && !shard_answers_in_multi(&info.name) {
-        return Err(format!("ERR memlog: '{}' cannot be used inside MULTI", crate::dispatch::display_name(&info.name)));
+    if route(info) != CommandRoute::Forward && !shard_answers_in_multi(&info.name) {
+        return Err(format!("ERR memlog: '{}' cannot be used inside MULTI", crate::table::display_name(&info.name)));
     }
     let keys = d.key_positions(request, info).await.unwrap_or_default();
     if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
         return Err("ERR memlog: keys starting with '__memlog:' are reserved for memlog".into());
     }
-    let queued = Queued { request: request.clone(), command: info.clone(), write: info.flags.write };
+    let queued = QueuedCommand { request: request.clone(), command: info.clone(), write: info.flags.write };
     let shard = match d.placement(request, &keys) {
         Placement::Keyless => return Ok((None, queued)),
         Placement::Spans => return Err(CROSSSLOT.into()),
@@ -146,7 +130,7 @@ async fn queue_check(
 
 /// Checks that a command on `shard` (whose first key is `key`) joins the transaction's shard
 /// (and slot, in cluster-compatible mode).
-fn same_shard(d: &mut Dispatcher, shard: Option<usize>, key: Option<&Bytes>) -> Result<Option<usize>, String> {
+fn same_shard(d: &mut ClientCtx, shard: Option<usize>, key: Option<&Bytes>) -> Result<Option<usize>, String> {
     let cluster_compat = d.proxy.cfg.cluster_compat;
     let multi = d.multi.as_mut().expect("queue is only called in MULTI");
     let Some(shard) = shard else { return Ok(None) };
@@ -175,7 +159,7 @@ fn is_script_call(name: &str) -> bool {
     matches!(name, "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro")
 }
 
-async fn exec(d: &mut Dispatcher) -> Pending {
+async fn exec(d: &mut ClientCtx) -> Pending {
     let Some(multi) = d.multi.take() else { return Pending::error("ERR EXEC without MULTI") };
     if multi.failed {
         unwatch(d);
@@ -192,10 +176,10 @@ async fn exec(d: &mut Dispatcher) -> Pending {
         (None, shard) => shard.unwrap_or(0),
     };
     let transaction = Transaction { commands: multi.queued, watch: watching.map(|w| w.watch) };
-    d.to_sequencer(shard, Op::Transaction(transaction)).await
+    d.submit_to_sequencer(shard, SequencerOp::Transaction(transaction)).await
 }
 
-async fn watch(d: &mut Dispatcher, request: &Request) -> Pending {
+async fn watch(d: &mut ClientCtx, request: &Request) -> Pending {
     let keys: Vec<usize> = (1..request.args.len()).collect();
     if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
         return Pending::error("ERR memlog: keys starting with '__memlog:' are reserved for memlog");
@@ -211,16 +195,12 @@ async fn watch(d: &mut Dispatcher, request: &Request) -> Pending {
         }
     };
     let keys = keys.into_iter().map(|k| request.args[k].clone()).collect();
-    d.to_sequencer(shard, Op::Watch { watch, keys }).await
+    d.submit_to_sequencer(shard, SequencerOp::Watch { watch, keys }).await
 }
 
 /// Forgets the client's watch (its shard's sequencer drops the registrations).
-pub fn unwatch(d: &mut Dispatcher) {
-    if let Some(watching) = d.watching.take() {
-        let reply = tokio::sync::oneshot::channel().0;
-        let write = Write { proto: d.proto, op: Op::Unwatch(watching.watch), reply };
-        d.proxy.shards[watching.shard].sequencer.submit(write);
-    }
+pub(crate) fn unwatch(d: &mut ClientCtx) {
+    d.unwatch();
 }
 
 fn ok() -> Pending {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// What a Redis node said about itself in one health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
+pub(crate) struct Health {
     pub role: NodeRole,
     /// Its `__memlog:lsn`: the journal prefix it holds (0 when it holds none).
     pub lsn: u64,
@@ -14,7 +14,7 @@ pub struct Health {
 
 /// A node's replication role, as `ROLE` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeRole {
+pub(crate) enum NodeRole {
     Primary,
     /// A replica of `host:port`.
     Replica {
@@ -24,7 +24,7 @@ pub enum NodeRole {
 
 /// What the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// The primary is gone and no replica can replace it: hold reads and writes.
     Hold,
     /// Make `node` the primary: `REPLICAOF NO ONE`, point the shard at it, catch it up from the
@@ -40,7 +40,7 @@ pub enum Command {
 
 /// Why a manual switchover cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ManualError {
+pub(crate) enum ManualError {
     #[error("{0} is not a node of this shard")]
     UnknownNode(String),
     #[error("{0} is already the primary")]
@@ -64,7 +64,7 @@ struct Node {
 
 /// A shard's failover state: its primary and what each node last said.
 #[derive(Debug, Clone)]
-pub struct ShardCore {
+pub(crate) struct ShardCore {
     primary: String,
     nodes: Vec<Node>,
     detect: Duration,
@@ -76,7 +76,7 @@ pub struct ShardCore {
 
 impl ShardCore {
     /// Watches `nodes` (in preference order for ties; must include `primary`).
-    pub fn new(primary: &str, nodes: &[String], detect: Duration, now: Instant) -> ShardCore {
+    pub(crate) fn new(primary: &str, nodes: &[String], detect: Duration, now: Instant) -> ShardCore {
         let mut all: Vec<Node> = Vec::with_capacity(nodes.len() + 1);
         for addr in std::iter::once(primary).chain(nodes.iter().map(String::as_str)) {
             if !all.iter().any(|n| n.addr == addr) {
@@ -86,24 +86,24 @@ impl ShardCore {
         ShardCore { primary: primary.to_string(), nodes: all, detect, since: now, holding: false }
     }
 
-    pub fn primary(&self) -> &str {
+    pub(crate) fn primary(&self) -> &str {
         &self.primary
     }
 
     /// Every node but the primary.
-    pub fn replicas(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn replicas(&self) -> impl Iterator<Item = &str> {
         self.nodes.iter().map(|n| n.addr.as_str()).filter(move |a| *a != self.primary)
     }
 
     /// What `addr` said in the latest check that it answered, and whether the latest check
     /// got an answer.
-    pub fn node(&self, addr: &str) -> Option<(Option<&Health>, bool)> {
+    pub(crate) fn node(&self, addr: &str) -> Option<(Option<&Health>, bool)> {
         self.nodes.iter().find(|n| n.addr == addr).map(|n| (n.health.as_ref(), n.answering))
     }
 
     /// Records one health check of `addr`: its answer, or `None` when it did not answer in time.
     /// A primary that answers with less than it held before lost its data: it will be rebuilt.
-    pub fn observe(&mut self, addr: &str, health: Option<Health>, now: Instant) {
+    pub(crate) fn observe(&mut self, addr: &str, health: Option<Health>, now: Instant) {
         let Some(node) = self.nodes.iter_mut().find(|n| n.addr == addr) else { return };
         node.answering = health.is_some();
         if let Some(health) = health {
@@ -120,7 +120,7 @@ impl ShardCore {
     /// Records a check of `addr` answered `-BUSY`: the node is running a long script or
     /// function, so it is alive, and still what it last said it was (nothing is known of it if
     /// it never said: it is then neither promoted nor demoted, only not taken for dead).
-    pub fn observe_busy(&mut self, addr: &str, now: Instant) {
+    pub(crate) fn observe_busy(&mut self, addr: &str, now: Instant) {
         let Some(node) = self.nodes.iter_mut().find(|n| n.addr == addr) else { return };
         node.answering = true;
         node.last_ok = Some(now);
@@ -143,7 +143,7 @@ impl ShardCore {
     }
 
     /// What to do now.
-    pub fn decide(&mut self, now: Instant) -> Vec<Command> {
+    pub(crate) fn decide(&mut self, now: Instant) -> Vec<Command> {
         if self.primary_lost(now) {
             if let Some(best) = self.best_replica() {
                 return vec![Command::Promote { node: best.addr.clone() }];
@@ -172,7 +172,7 @@ impl ShardCore {
     }
 
     /// The shell made `node` the primary.
-    pub fn promoted(&mut self, node: &str) {
+    pub(crate) fn promoted(&mut self, node: &str) {
         self.primary = node.to_string();
         self.holding = false;
         if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == node) {
@@ -183,12 +183,12 @@ impl ShardCore {
     }
 
     /// The shell caught the returning primary up: the shard serves again.
-    pub fn rebuilt(&mut self) {
+    pub(crate) fn rebuilt(&mut self) {
         self.holding = false;
     }
 
     /// `demoted` now follows the primary (until its next check says otherwise).
-    pub fn demoted(&mut self, demoted: &str) {
+    pub(crate) fn demoted(&mut self, demoted: &str) {
         let primary = self.primary.clone();
         if let Some(health) = self.nodes.iter_mut().find(|n| n.addr == demoted).and_then(|n| n.health.as_mut()) {
             health.role = NodeRole::Replica { of: primary };
@@ -196,7 +196,7 @@ impl ShardCore {
     }
 
     /// The target of a manual switchover: `to`, or the best answering replica.
-    pub fn switchover_target(&self, to: Option<&str>) -> Result<String, ManualError> {
+    pub(crate) fn switchover_target(&self, to: Option<&str>) -> Result<String, ManualError> {
         let Some(to) = to else {
             return self.best_replica().map(|n| n.addr.clone()).ok_or(ManualError::NoReplica);
         };

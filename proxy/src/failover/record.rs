@@ -11,7 +11,7 @@ const ATTEMPTS: usize = 20;
 
 /// The primary a shard starts with: the recorded one if it is still one of the configured
 /// nodes, else the configured primary.
-pub fn starting_primary(config: &ShardConfig, recorded: Option<&ShardTopology>) -> String {
+pub(crate) fn starting_primary(config: &ShardConfig, recorded: Option<&ShardTopology>) -> String {
     let configured = |addr: &str| addr == config.primary || config.replicas.iter().any(|r| r == addr);
     match recorded {
         Some(shard) if configured(&shard.primary) => shard.primary.clone(),
@@ -20,13 +20,13 @@ pub fn starting_primary(config: &ShardConfig, recorded: Option<&ShardTopology>) 
 }
 
 /// The recorded entry of shard `id`, if any.
-pub fn recorded_shard(topology: Option<&Topology>, id: usize) -> Option<&ShardTopology> {
+pub(crate) fn recorded_shard(topology: Option<&Topology>, id: usize) -> Option<&ShardTopology> {
     topology?.shards.iter().find(|s| s.id as usize == id)
 }
 
 /// Replaces the entries of `shards` in the stored topology (compare-and-set, retried when
 /// another writer got in first); returns the new version.
-pub async fn record(meta: &MetaStore, shards: &[ShardTopology]) -> Result<u64, MetaError> {
+pub(crate) async fn record(meta: &MetaStore, shards: &[ShardTopology]) -> Result<u64, MetaError> {
     let mut last = None;
     for _ in 0..ATTEMPTS {
         let (version, mut topology) = meta.get_topology().await?.unwrap_or_default();

@@ -13,11 +13,12 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::core::{Command, Health, NodeRole, ShardCore};
-use super::{record, FailoverSettings, NodeStatus, ShardStatus, SwitchoverRequest};
+use super::{record, FailoverSettings, SwitchoverRequest};
 use crate::backend::{BackendConn, BackendOptions, NodeTarget};
-use crate::resp::{array_items, encode_command, Proto, Request};
-use crate::sequencer::{Op, Sequencer, Write};
-use crate::state::LSN_KEY;
+use crate::keys::{parse_lsn, LSN_KEY};
+use crate::resp::{array_items, bulk_payload, encode_command, Proto, Request};
+use crate::sequencer::{Sequencer, SequencerOp, SequencerRequest};
+use crate::status::{NodeStatus, ShardStatus};
 
 /// The key the catch-up barrier deletes: a journaled no-op that makes the applier check and
 /// catch up the primary before the shard's reads resume.
@@ -26,7 +27,7 @@ const BARRIER_KEY: &[u8] = b"__memlog:failover";
 const META_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What a controller needs from its shard.
-pub struct ControllerSetup {
+pub(crate) struct ControllerSetup {
     pub shard: usize,
     pub slots: Vec<(u16, u16)>,
     /// Every configured node of the shard, primary first.
@@ -41,7 +42,7 @@ pub struct ControllerSetup {
 }
 
 /// One shard's controller task.
-pub struct Controller {
+pub(crate) struct Controller {
     setup: ControllerSetup,
     core: ShardCore,
     /// The controller's own connection to each node.
@@ -52,7 +53,7 @@ pub struct Controller {
 
 impl Controller {
     /// Starts watching the shard; `MEMLOG FAILOVER` requests go to the returned sender.
-    pub fn spawn(setup: ControllerSetup) -> mpsc::UnboundedSender<SwitchoverRequest> {
+    pub(crate) fn spawn(setup: ControllerSetup) -> mpsc::UnboundedSender<SwitchoverRequest> {
         let opts = BackendOptions {
             connect_timeout: setup.settings.check_timeout,
             request_timeout: setup.settings.check_timeout.max(Duration::from_secs(1)),
@@ -291,8 +292,8 @@ impl Controller {
         loop {
             let (reply, applied) = oneshot::channel();
             let request = Request::from_args(&[&b"DEL"[..], BARRIER_KEY]);
-            let op = Op::Write { request, command: None };
-            sequencer.submit(Write { proto: Proto::Resp2, op, reply });
+            let op = SequencerOp::Write { request, command: None };
+            sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply });
             match applied.await {
                 Ok(Ok(reply)) if reply.starts_with(b":") => return,
                 outcome => {
@@ -415,31 +416,15 @@ fn parse_health(replies: &[Bytes]) -> Option<Health> {
 /// `ROLE`: `["master", …]` or `["slave", host, port, …]`.
 fn parse_role(reply: &Bytes) -> Option<NodeRole> {
     let items = array_items(reply)?;
-    match bulk(items.first()?)? {
+    match bulk_payload(items.first()?)? {
         b"master" => Some(NodeRole::Primary),
         b"slave" => {
-            let host = String::from_utf8_lossy(bulk(items.get(1)?)?).into_owned();
+            let host = String::from_utf8_lossy(bulk_payload(items.get(1)?)?).into_owned();
             let port = items.get(2)?.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
             Some(NodeRole::Replica { of: format!("{host}:{}", String::from_utf8_lossy(port)) })
         }
         _ => None,
     }
-}
-
-/// `GET __memlog:lsn`: a number, or nil (0: the node holds nothing of the journal).
-pub(crate) fn parse_lsn(reply: &Bytes) -> Option<u64> {
-    if &reply[..] == b"$-1\r\n" {
-        return Some(0);
-    }
-    std::str::from_utf8(bulk(reply)?).ok()?.parse().ok()
-}
-
-/// The payload of a bulk string frame.
-fn bulk(frame: &[u8]) -> Option<&[u8]> {
-    let rest = frame.strip_prefix(b"$")?;
-    let line_end = rest.iter().position(|&b| b == b'\r')?;
-    let len: usize = std::str::from_utf8(&rest[..line_end]).ok()?.parse().ok()?;
-    rest.get(line_end + 2..line_end + 2 + len)
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@ fn c_str(arg: &[u8]) -> &[u8] {
 }
 
 /// `strcasecmp(arg, word) == 0`, Redis's option test.
-pub fn is(arg: &[u8], word: &str) -> bool {
+pub(super) fn is(arg: &[u8], word: &str) -> bool {
     c_str(arg).eq_ignore_ascii_case(word.as_bytes())
 }
 
 /// Redis's `string2ll`: the strict integer syntax of `getLongLongFromObject` (no sign but
 /// `-`, no leading zeros, no spaces, fits in an i64).
-pub fn int(arg: &[u8]) -> Option<i64> {
+pub(super) fn int(arg: &[u8]) -> Option<i64> {
     // LONG_STR_SIZE: longer strings are refused before parsing.
     if arg.is_empty() || arg.len() >= 21 {
         return None;
@@ -56,14 +56,14 @@ fn uint(part: &[u8]) -> Option<u64> {
 
 /// A stream ID `ms-seq` (a missing seq is 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct StreamId {
+pub(super) struct StreamId {
     pub ms: u64,
     pub seq: u64,
 }
 
 impl StreamId {
     /// `streamParseStrictIDOrReply` without the `<ms>-*` form: `-` and `+` are refused.
-    pub fn parse_strict(arg: &[u8]) -> Option<StreamId> {
+    pub(super) fn parse_strict(arg: &[u8]) -> Option<StreamId> {
         let text = c_str(arg);
         if arg.len() > 127 || text == b"-" || text == b"+" {
             return None;
@@ -76,7 +76,7 @@ impl StreamId {
 
     /// The ID Redis assigns after `self`, the stream's last ID (`streamIncrID`); `None` once
     /// the stream has used the last possible ID.
-    pub fn next(self) -> Option<StreamId> {
+    pub(super) fn next(self) -> Option<StreamId> {
         match (self.ms, self.seq) {
             (u64::MAX, u64::MAX) => None,
             (ms, u64::MAX) => Some(StreamId { ms: ms + 1, seq: 0 }),
@@ -84,13 +84,13 @@ impl StreamId {
         }
     }
 
-    pub fn to_arg(self) -> Bytes {
+    pub(super) fn to_arg(self) -> Bytes {
         Bytes::from(format!("{}-{}", self.ms, self.seq))
     }
 }
 
 /// Whether a blocking command's timeout (seconds, a float) is one Redis accepts.
-pub fn valid_timeout(arg: &[u8]) -> bool {
+pub(super) fn valid_timeout(arg: &[u8]) -> bool {
     timeout_ms(arg).is_some()
 }
 
@@ -109,12 +109,12 @@ pub fn timeout_ms(arg: &[u8]) -> Option<u64> {
 }
 
 /// A constant argument.
-pub fn word(s: &'static str) -> Bytes {
+pub(super) fn word(s: &'static str) -> Bytes {
     Bytes::from_static(s.as_bytes())
 }
 
 /// A decimal argument.
-pub fn number(n: impl std::fmt::Display) -> Bytes {
+pub(super) fn number(n: impl std::fmt::Display) -> Bytes {
     Bytes::from(n.to_string())
 }
 

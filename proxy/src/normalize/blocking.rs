@@ -12,7 +12,7 @@ use super::{unresolved, Plan, Resolved};
 
 /// Which end a BLPOP/BRPOP/BZPOPMIN/BZPOPMAX pops from.
 #[derive(Clone, Copy)]
-pub enum Pop {
+pub(super) enum Pop {
     ListLeft,
     ListRight,
     ZsetMin,
@@ -68,7 +68,7 @@ impl Pop {
 /// that key has another type). The probe is `TYPE` and a peek per key; the client gets the
 /// blocking command's reply shape. If no key has data the client gets the timeout reply (nil
 /// array) and nothing is journaled.
-pub fn pop(args: &[Bytes], end: Pop) -> Plan {
+pub(super) fn pop(args: &[Bytes], end: Pop) -> Plan {
     let Some((timeout, keys)) = args[1..].split_last() else { return Plan::AsIs };
     if keys.is_empty() || !valid_timeout(timeout) {
         return Plan::AsIs;
@@ -96,7 +96,7 @@ pub fn pop(args: &[Bytes], end: Pop) -> Plan {
 /// Blocking commands whose non-blocking twin has the same arguments (less the timeout) and the
 /// same reply: BRPOPLPUSH → RPOPLPUSH, BLMOVE → LMOVE (timeout last), BLMPOP → LMPOP,
 /// BZMPOP → ZMPOP (timeout first).
-pub fn twin(args: &[Bytes], twin_name: &'static str, timeout_first: bool) -> Plan {
+pub(super) fn twin(args: &[Bytes], twin_name: &'static str, timeout_first: bool) -> Plan {
     let split = if timeout_first { args[1..].split_first() } else { args[1..].split_last() };
     let Some((timeout, rest)) = split else { return Plan::AsIs };
     if !valid_timeout(timeout) {

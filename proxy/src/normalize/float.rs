@@ -17,14 +17,14 @@ use super::replies::bulk;
 use super::{dry_run, dry_run_reply, scratch_key, unresolved, Plan, Resolved};
 
 /// INCRBYFLOAT k x → SET k <result> KEEPTTL; the client gets the result.
-pub fn incrbyfloat(args: &[Bytes]) -> Plan {
+pub(super) fn incrbyfloat(args: &[Bytes]) -> Plan {
     let key = args[1].clone();
     let probe = dry_run(&key, vec![word("INCRBYFLOAT"), scratch_key(), args[2].clone()]);
     Plan::probe(probe, move |replies| resolve(replies, |value| vec![word("SET"), key, value, word("KEEPTTL")]))
 }
 
 /// HINCRBYFLOAT k f x → HSET k f <result>; the client gets the result.
-pub fn hincrbyfloat(args: &[Bytes]) -> Plan {
+pub(super) fn hincrbyfloat(args: &[Bytes]) -> Plan {
     let (key, field) = (args[1].clone(), args[2].clone());
     let probe = dry_run(&key, vec![word("HINCRBYFLOAT"), scratch_key(), field.clone(), args[3].clone()]);
     Plan::probe(probe, move |replies| resolve(replies, |value| vec![word("HSET"), key, field, value]))

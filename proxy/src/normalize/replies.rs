@@ -3,19 +3,11 @@
 
 use bytes::Bytes;
 
+pub use crate::resp::bulk_bytes as bulk;
 use crate::resp::{array_items, reply, Proto};
 
-/// The contents of a bulk string reply; `None` for nil or anything else.
-pub fn bulk(frame: &Bytes) -> Option<Bytes> {
-    let rest = frame.strip_prefix(b"$")?;
-    let header = rest.iter().position(|&b| b == b'\r')?;
-    let len = usize::try_from(crate::resp::parse_int(&rest[..header])?).ok()?;
-    let start = 1 + header + 2;
-    (frame.len() >= start + len + 2).then(|| frame.slice(start..start + len))
-}
-
 /// The text of a status reply (`+list`).
-pub fn status(frame: &[u8]) -> Option<&[u8]> {
+pub(super) fn status(frame: &[u8]) -> Option<&[u8]> {
     frame.strip_prefix(b"+")?.strip_suffix(b"\r\n")
 }
 
@@ -25,19 +17,19 @@ pub fn integer(frame: &[u8]) -> Option<i64> {
 }
 
 /// The elements of an array reply; `None` for a nil array or anything else.
-pub fn array(frame: &Bytes) -> Option<Vec<Bytes>> {
+pub(super) fn array(frame: &Bytes) -> Option<Vec<Bytes>> {
     if frame.starts_with(b"*-1") {
         return None;
     }
     array_items(frame)
 }
 
-pub fn is_error(frame: &[u8]) -> bool {
+pub(super) fn is_error(frame: &[u8]) -> bool {
     frame.first() == Some(&b'-')
 }
 
 /// An array reply of already encoded elements.
-pub fn array_of(items: &[&[u8]]) -> Bytes {
+pub(super) fn array_of(items: &[&[u8]]) -> Bytes {
     reply(Proto::Resp2, |w| {
         w.array(items.len());
         for item in items {
@@ -46,7 +38,7 @@ pub fn array_of(items: &[&[u8]]) -> Bytes {
     })
 }
 
-pub fn bulk_of(data: &[u8]) -> Bytes {
+pub(super) fn bulk_of(data: &[u8]) -> Bytes {
     reply(Proto::Resp2, |w| {
         w.bulk(data);
     })
@@ -55,9 +47,9 @@ pub fn bulk_of(data: &[u8]) -> Bytes {
 /// The RESP2 nil array: a blocking pop's timeout reply.
 pub const NIL_ARRAY: &[u8] = b"*-1\r\n";
 
-pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub(super) const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 
-pub fn error_of(msg: &str) -> Bytes {
+pub(super) fn error_of(msg: &str) -> Bytes {
     crate::resp::error_reply(msg)
 }
 

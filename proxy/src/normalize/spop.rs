@@ -8,7 +8,7 @@ use super::args::{int, word};
 use super::replies::{array, bulk};
 use super::{Plan, Resolved};
 
-pub fn spop(args: &[Bytes]) -> Plan {
+pub(super) fn spop(args: &[Bytes]) -> Plan {
     let key = args[1].clone();
     match args.len() {
         2 => Plan::probe(vec![vec![word("SRANDMEMBER"), key.clone()]], move |replies| {

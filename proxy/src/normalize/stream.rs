@@ -40,7 +40,7 @@ fn auto_id_position(args: &[Bytes]) -> Option<usize> {
 /// batch time if it is past the stream's last generated ID (XINFO STREAM's, which XDEL does
 /// not lower), else that ID plus one. Approximate trimming (`~`) stays as sent: see the module
 /// documentation of `normalize`.
-pub fn xadd(args: &[Bytes], now_ms: u64) -> Plan {
+pub(super) fn xadd(args: &[Bytes], now_ms: u64) -> Plan {
     let Some(id_at) = auto_id_position(args) else { return Plan::AsIs };
     let original = args.to_vec();
     Plan::probe(vec![vec![word("XINFO"), word("STREAM"), args[1].clone()]], move |replies| {
@@ -139,7 +139,7 @@ fn claim_command(args: &[Bytes], ids: impl IntoIterator<Item = Bytes>, time: i64
 /// clamp all become the clamped absolute time). With min-idle > 0 the sequencer first asks
 /// `XPENDING k g id id 1` for each ID and drops the IDs that are not idle long enough yet
 /// (and, as Redis does, repeats of an ID already claimed in this command).
-pub fn xclaim(args: &[Bytes], now: i64) -> Plan {
+pub(super) fn xclaim(args: &[Bytes], now: i64) -> Plan {
     let Some(claim) = parse_claim(args, now) else { return Plan::AsIs };
     // xclaimCommand: "if the delivery time is bogus (< 0 or in the future), use now".
     let time = claim.delivery_time.filter(|t| (0..=now).contains(t)).unwrap_or(now);
@@ -176,7 +176,7 @@ pub fn xclaim(args: &[Bytes], now: i64) -> Plan {
 /// the clock and on the PEL's order and attempt budget, so the probe runs the command itself on
 /// a scratch copy of the stream (COPY keeps the groups and their PELs): its reply is the
 /// client's, and its IDs are what the journaled XCLAIM names. Cost: COPY is O(stream size).
-pub fn xautoclaim(args: &[Bytes], now: i64) -> Plan {
+pub(super) fn xautoclaim(args: &[Bytes], now: i64) -> Plan {
     let mut on_scratch = args.to_vec();
     on_scratch[1] = scratch_key();
     let probe = dry_run(&args[1], on_scratch);

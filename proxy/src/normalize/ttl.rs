@@ -90,7 +90,7 @@ fn string_options(args: &[Bytes], for_set: bool) -> Option<StringOptions> {
 }
 
 /// SET k v [NX|XX] [GET] [EX|PX|EXAT s] → SET k v [NX|XX] [GET] PXAT ms.
-pub fn set(args: &[Bytes], now: i64) -> Plan {
+pub(super) fn set(args: &[Bytes], now: i64) -> Plan {
     let Some(opts) = string_options(args, true) else { return Plan::AsIs };
     let Some((when, at)) = opts.expiry else { return Plan::AsIs };
     if when == When::Absolute(Unit::Millis) {
@@ -104,7 +104,7 @@ pub fn set(args: &[Bytes], now: i64) -> Plan {
 }
 
 /// SETEX k s v / PSETEX k ms v → SET k v PXAT ms.
-pub fn setex(args: &[Bytes], now: i64, seconds: bool) -> Plan {
+pub(super) fn setex(args: &[Bytes], now: i64, seconds: bool) -> Plan {
     let unit = if seconds { Unit::Seconds } else { Unit::Millis };
     match string_expiry(When::Relative(unit), &args[2], now) {
         Some(ms) => Plan::Rewrite(vec![word("SET"), args[1].clone(), args[3].clone(), word("PXAT"), number(ms)]),
@@ -113,7 +113,7 @@ pub fn setex(args: &[Bytes], now: i64, seconds: bool) -> Plan {
 }
 
 /// GETEX k EX|PX|EXAT t → GETEX k PXAT ms (PERSIST and plain GETEX are deterministic).
-pub fn getex(args: &[Bytes], now: i64) -> Plan {
+pub(super) fn getex(args: &[Bytes], now: i64) -> Plan {
     let Some(opts) = string_options(args, false) else { return Plan::AsIs };
     match opts.expiry {
         Some((when, at)) if when != When::Absolute(Unit::Millis) => match string_expiry(when, &args[at], now) {
@@ -126,7 +126,7 @@ pub fn getex(args: &[Bytes], now: i64) -> Plan {
 
 /// EXPIRE/PEXPIRE/EXPIREAT k t [NX|XX|GT|LT] → PEXPIREAT k ms [same flags]. A negative or past
 /// time is kept (Redis then deletes the key, and so does replay).
-pub fn expire(args: &[Bytes], now: i64, seconds: bool, relative: bool) -> Plan {
+pub(super) fn expire(args: &[Bytes], now: i64, seconds: bool, relative: bool) -> Plan {
     let Some(mut when) = int(&args[2]) else { return Plan::AsIs };
     if seconds {
         if !(i64::MIN / 1000..=i64::MAX / 1000).contains(&when) {
@@ -149,7 +149,7 @@ pub fn expire(args: &[Bytes], now: i64, seconds: bool, relative: bool) -> Plan {
 
 /// RESTORE k ttl payload [opts] with ttl > 0 and no ABSTTL → RESTORE k now+ttl payload [opts]
 /// ABSTTL. IDLETIME/FREQ are eviction hints (not in the dataset, not in its digest): as sent.
-pub fn restore(args: &[Bytes], now: i64) -> Plan {
+pub(super) fn restore(args: &[Bytes], now: i64) -> Plan {
     let (mut absttl, mut idletime, mut freq) = (false, false, false);
     let mut j = 4;
     while j < args.len() {

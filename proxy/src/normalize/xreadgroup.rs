@@ -94,7 +94,7 @@ fn parse(args: &[Bytes]) -> Option<GroupRead> {
 /// has new entries, the nil array (what a BLOCK timeout answers) and nothing is journaled. A
 /// probe error (no such key or group, wrong type) journals the command as sent: Redis refuses
 /// it the same way, changing nothing.
-pub fn xreadgroup(args: &[Bytes], now: i64) -> Plan {
+pub(super) fn xreadgroup(args: &[Bytes], now: i64) -> Plan {
     let Some(read) = parse(args) else { return Plan::AsIs };
     let count = number(read.count);
     let probe = read

@@ -9,7 +9,7 @@
 const MAX_NESTING: usize = 1000;
 
 /// True when `string` matches the glob `pattern`.
-pub fn matches(pattern: &[u8], string: &[u8]) -> bool {
+pub(crate) fn matches(pattern: &[u8], string: &[u8]) -> bool {
     let mut skip_longer = false;
     match_from(pattern, string, &mut skip_longer, 0)
 }
@@ -113,7 +113,7 @@ fn match_from(mut p: &[u8], mut s: &[u8], skip_longer: &mut bool, nesting: usize
 /// True when some channel starting with `prefix` could match `pattern`, i.e. the pattern can
 /// consume all of `prefix`. Conservative (whatever pattern is left is assumed to match some
 /// suffix), which at worst relays events nobody receives.
-pub fn may_match_prefix(pattern: &[u8], prefix: &[u8]) -> bool {
+pub(crate) fn may_match_prefix(pattern: &[u8], prefix: &[u8]) -> bool {
     if prefix.is_empty() {
         return true;
     }

@@ -16,10 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{current_primary, shard_nodes, RelayReady};
-use crate::backend::frame_len;
-use crate::resp::{array_items, encode_command, find_crlf, parse_int};
-use crate::state::Proxy;
+use super::{Hub, RelayReady};
+use crate::resp::{array_items, bulk_bytes, encode_command, frame_len};
 
 /// The one pattern the relay subscribes to on each shard: both notification families.
 const RELAY_PATTERN: &[u8] = b"__key*__:*";
@@ -30,7 +28,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Why talking to a Redis node for pub/sub failed.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum RelayError {
+pub(crate) enum RelayError {
     #[error("Redis node {addr} is unreachable ({reason})")]
     Unreachable { addr: String, reason: String },
     #[error("connection to Redis node {addr} was lost")]
@@ -46,7 +44,7 @@ pub enum RelayError {
 
 impl RelayError {
     /// The error a client sees: Redis's own when it refused, memlog's otherwise.
-    pub fn client_message(&self) -> String {
+    pub(crate) fn client_message(&self) -> String {
         match self {
             RelayError::Refused { message, .. } => message.clone(),
             other => format!("ERR memlog: {other}"),
@@ -109,21 +107,14 @@ impl NodeConn {
     }
 }
 
-/// The payload of a bulk string frame.
-fn bulk(frame: &Bytes) -> Option<Bytes> {
-    let header_end = find_crlf(frame, 1)?;
-    let len = usize::try_from(parse_int(frame.strip_prefix(b"$")?.get(..header_end - 1)?)?).ok()?;
-    frame.get(header_end + 2..header_end + 2 + len).map(|_| frame.slice(header_end + 2..header_end + 2 + len))
-}
-
 /// `(channel, message)` of a `pmessage` frame.
 fn pmessage(frame: &Bytes) -> Option<(Bytes, Bytes)> {
     let items = array_items(frame)?;
     let [kind, _pattern, channel, message] = items.as_slice() else { return None };
-    if bulk(kind)?.as_ref() != b"pmessage" {
+    if bulk_bytes(kind)?.as_ref() != b"pmessage" {
         return None;
     }
-    Some((bulk(channel)?, bulk(message)?))
+    Some((bulk_bytes(channel)?, bulk_bytes(message)?))
 }
 
 /// Sets `notify-keyspace-events` on one node.
@@ -135,11 +126,11 @@ async fn set_keyspace_events(addr: &str, flags: &[u8], timeout: Duration) -> Res
 /// Sets `notify-keyspace-events` on every node of every shard. Every primary must take it
 /// (they emit the notifications); a replica that does not is logged (it gets the flags when it
 /// becomes a primary the relay follows).
-pub async fn configure_nodes(proxy: &Proxy, flags: &Bytes) -> Result<(), RelayError> {
-    let timeout = Duration::from_millis(proxy.cfg.backend_timeout_ms);
+pub(crate) async fn configure_nodes(hub: &Hub, flags: &Bytes) -> Result<(), RelayError> {
+    let timeout = hub.timeout;
     let mut calls = JoinSet::new();
-    for shard in 0..proxy.shards.len() {
-        let (primary, replicas) = shard_nodes(proxy, shard);
+    for shard in &hub.shards {
+        let (primary, replicas) = shard.nodes();
         let nodes = std::iter::once((primary, true)).chain(replicas.into_iter().map(|replica| (replica, false)));
         for (addr, required) in nodes {
             let flags = flags.clone();
@@ -172,12 +163,12 @@ pub(super) struct Relay {
 }
 
 impl Relay {
-    pub(super) fn start(proxy: Weak<Proxy>, shards: usize) -> Relay {
+    pub(super) fn start(hub: Weak<Hub>, shards: usize) -> Relay {
         let stop = CancellationToken::new();
         let (tx, following) = watch::channel(0);
         let tx = Arc::new(tx);
         for shard in 0..shards {
-            tokio::spawn(follow_shard(proxy.clone(), shard, tx.clone(), stop.clone()));
+            tokio::spawn(follow_shard(hub.clone(), shard, tx.clone(), stop.clone()));
         }
         Relay { stop, following, shards }
     }
@@ -221,12 +212,12 @@ enum Ended {
     PrimaryChanged,
 }
 
-async fn follow_shard(proxy: Weak<Proxy>, shard: usize, count: Arc<watch::Sender<usize>>, stop: CancellationToken) {
+async fn follow_shard(hub: Weak<Hub>, shard: usize, count: Arc<watch::Sender<usize>>, stop: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let ended = tokio::select! {
             _ = stop.cancelled() => return,
-            ended = follow_primary(&proxy, shard, &count) => ended,
+            ended = follow_primary(&hub, shard, &count) => ended,
         };
         match ended {
             Ok(Ended::ProxyGone) => return,
@@ -245,14 +236,10 @@ async fn follow_shard(proxy: Weak<Proxy>, shard: usize, count: Arc<watch::Sender
 }
 
 /// Follows `shard`'s current primary until the connection fails or the primary changes.
-async fn follow_primary(
-    proxy: &Weak<Proxy>,
-    shard: usize,
-    count: &Arc<watch::Sender<usize>>,
-) -> Result<Ended, RelayError> {
-    let Some((addr, timeout, flags)) = proxy.upgrade().map(|p| {
-        (current_primary(&p, shard), Duration::from_millis(p.cfg.backend_timeout_ms), p.pubsub.keyspace_events())
-    }) else {
+async fn follow_primary(hub: &Weak<Hub>, shard: usize, count: &Arc<watch::Sender<usize>>) -> Result<Ended, RelayError> {
+    let Some((addr, timeout, flags)) =
+        hub.upgrade().map(|hub| (hub.shards[shard].primary(), hub.timeout, hub.keyspace_events()))
+    else {
         return Ok(Ended::ProxyGone);
     };
     let mut conn = NodeConn::connect(&addr, timeout).await?;
@@ -269,14 +256,14 @@ async fn follow_primary(
         tokio::select! {
             frame = conn.read_frame() => {
                 let frame = frame?;
-                let Some(proxy) = proxy.upgrade() else { return Ok(Ended::ProxyGone) };
+                let Some(hub) = hub.upgrade() else { return Ok(Ended::ProxyGone) };
                 if let Some((channel, message)) = pmessage(&frame) {
-                    proxy.pubsub.deliver_notification(&channel, &message);
+                    hub.deliver_notification(&channel, &message);
                 }
             }
             _ = check.tick() => {
-                let Some(proxy) = proxy.upgrade() else { return Ok(Ended::ProxyGone) };
-                if current_primary(&proxy, shard) != addr {
+                let Some(hub) = hub.upgrade() else { return Ok(Ended::ProxyGone) };
+                if hub.shards[shard].primary() != addr {
                     tracing::info!(shard, old = %addr, "shard primary changed; following the new one");
                     return Ok(Ended::PrimaryChanged);
                 }

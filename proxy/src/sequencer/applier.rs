@@ -192,7 +192,7 @@ impl Applier {
     async fn held_lsn(&mut self) -> anyhow::Result<u64> {
         let conn = self.apply.conn(Proto::Resp2).await.clone();
         let held = conn.call(&[&b"GET"[..], LSN_KEY]).await?;
-        Ok(match crate::state::decode_resp2(&held)? {
+        Ok(match crate::resp::decode_resp2(&held)? {
             redis_protocol::resp2::types::BytesFrame::BulkString(n) => std::str::from_utf8(&n)?.parse::<u64>()?,
             _ => 0,
         })

@@ -15,11 +15,11 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::backend::ReplySender;
+use crate::clients::ClientHandle;
 use crate::resp::{error_reply, Proto, Request};
-use crate::state::ClientHandle;
 
 /// A client blocked on one command.
-pub struct Blocked {
+pub(crate) struct Blocked {
     /// The client; `flags=b` in CLIENT LIST once it is parked.
     pub client: Arc<ClientHandle>,
     pub proto: Proto,
@@ -36,7 +36,7 @@ pub struct Blocked {
 }
 
 impl Blocked {
-    pub fn new(
+    pub(crate) fn new(
         client: Arc<ClientHandle>,
         proto: Proto,
         request: Request,
@@ -58,17 +58,17 @@ impl Blocked {
 
     /// Takes the client's reply sender to serve it; None once answered (timeout, unblock) or
     /// when the client is gone.
-    pub fn take_reply(&self) -> Option<ReplySender> {
+    pub(crate) fn take_reply(&self) -> Option<ReplySender> {
         self.reply.lock().unwrap().take().filter(|r| !r.is_closed())
     }
 
     /// Gives the reply sender back after a try found nothing to serve.
-    pub fn put_back(&self, reply: ReplySender) {
+    pub(crate) fn put_back(&self, reply: ReplySender) {
         *self.reply.lock().unwrap() = Some(reply);
     }
 
     /// Not answered yet, and its client still awaits the reply.
-    pub fn is_waiting(&self) -> bool {
+    pub(crate) fn is_waiting(&self) -> bool {
         self.reply.lock().unwrap().as_ref().is_some_and(|r| !r.is_closed())
     }
 
@@ -78,7 +78,7 @@ impl Blocked {
 
     /// What Redis answers when the command times out: the null array (RESP3's null), for
     /// every blocking command, BLMOVE and BRPOPLPUSH included.
-    pub fn timeout_reply(&self) -> Bytes {
+    pub(crate) fn timeout_reply(&self) -> Bytes {
         match self.proto {
             Proto::Resp3 => Bytes::from_static(b"_\r\n"),
             Proto::Resp2 => Bytes::from_static(b"*-1\r\n"),
@@ -87,11 +87,11 @@ impl Blocked {
 }
 
 /// Blocked clients of every shard by client ID, for `CLIENT UNBLOCK` and timeouts.
-pub type BlockedClients = Arc<DashMap<u64, Arc<Blocked>>>;
+pub(crate) type BlockedClients = Arc<DashMap<u64, Arc<Blocked>>>;
 
 /// Answers a blocked client now, as a timeout (`error: false`) or with `-UNBLOCKED`; false if
 /// it was not blocked (or is being served right now).
-pub fn unblock(clients: &BlockedClients, client: u64, error: bool) -> bool {
+pub(crate) fn unblock(clients: &BlockedClients, client: u64, error: bool) -> bool {
     let Some(blocked) = clients.get(&client).map(|b| b.clone()) else { return false };
     let Some(reply) = blocked.take_reply() else { return false };
     clients.remove_if(&client, |_, b| Arc::ptr_eq(b, &blocked));
@@ -102,7 +102,7 @@ pub fn unblock(clients: &BlockedClients, client: u64, error: bool) -> bool {
 }
 
 /// Starts the timer that answers the timeout reply at the command's deadline (once).
-pub fn arm_timeout(clients: &BlockedClients, blocked: &Arc<Blocked>) {
+pub(super) fn arm_timeout(clients: &BlockedClients, blocked: &Arc<Blocked>) {
     let Some(deadline) = blocked.deadline else { return };
     if blocked.timer_armed.swap(true, std::sync::atomic::Ordering::AcqRel) {
         return;
@@ -119,18 +119,18 @@ pub fn arm_timeout(clients: &BlockedClients, blocked: &Arc<Blocked>) {
 
 /// The shard's parked clients by key, owned by its sequencer.
 #[derive(Default)]
-pub struct BlockedRegistry {
+pub(super) struct BlockedRegistry {
     by_key: HashMap<Bytes, Vec<Arc<Blocked>>>,
     next_seq: u64,
 }
 
 impl BlockedRegistry {
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
 
     /// Parks `blocked` under its keys, keeping each key's clients in the order they blocked.
-    pub fn park(&mut self, blocked: &Arc<Blocked>) {
+    pub(super) fn park(&mut self, blocked: &Arc<Blocked>) {
         blocked.client.blocked.store(true, std::sync::atomic::Ordering::Relaxed);
         {
             let mut seq = blocked.seq.lock().unwrap();
@@ -152,7 +152,7 @@ impl BlockedRegistry {
 
     /// Unparks the clients waiting on any of `keys` (None: every client), in the order they
     /// blocked; answered or disconnected clients are dropped.
-    pub fn wake(&mut self, keys: Option<&[Bytes]>) -> Vec<Arc<Blocked>> {
+    pub(super) fn wake(&mut self, keys: Option<&[Bytes]>) -> Vec<Arc<Blocked>> {
         let mut woken: Vec<Arc<Blocked>> = match keys {
             None => self.by_key.drain().flat_map(|(_, waiting)| waiting).collect(),
             Some(keys) => keys.iter().filter_map(|k| self.by_key.remove(k)).flatten().collect(),
@@ -174,7 +174,7 @@ impl BlockedRegistry {
     }
 
     /// Drops clients that were answered (timeout, unblock) or disconnected while parked.
-    pub fn sweep(&mut self) {
+    pub(super) fn sweep(&mut self) {
         self.by_key.retain(|_, waiting| {
             waiting.retain(|b| b.is_waiting());
             !waiting.is_empty()

@@ -63,12 +63,12 @@ pub(super) struct Journaler {
     pub(super) parked: BlockedRegistry,
     pub(super) blocked: BlockedClients,
     /// This sequencer's own queue, to retry parked clients later.
-    pub(super) queue: mpsc::WeakUnboundedSender<Write>,
+    pub(super) queue: mpsc::WeakUnboundedSender<SequencerRequest>,
     pub(super) retry_scheduled: bool,
 }
 
 impl Journaler {
-    pub(super) async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Write>) {
+    pub(super) async fn run(mut self, mut queue: mpsc::UnboundedReceiver<SequencerRequest>) {
         let batch_size = metrics::histogram!("memlog_sequencer_batch_size", "shard" => self.shard.to_string());
         let mut batch = Vec::with_capacity(64);
         let mut swept = Instant::now();
@@ -86,7 +86,7 @@ impl Journaler {
                 self.wait_for_applier(&mut queue, &mut batch).await;
             }
             let now = now_ms();
-            let mut segment = Segment::default();
+            let mut segment = EntryBuilder::default();
             for write in batch.drain(..) {
                 self.sequence(&mut segment, write, now).await;
             }
@@ -99,33 +99,33 @@ impl Journaler {
         }
     }
 
-    async fn sequence(&mut self, segment: &mut Segment, write: Write, now: u64) {
-        let Write { proto, op, reply } = write;
+    async fn sequence(&mut self, segment: &mut EntryBuilder, write: SequencerRequest, now: u64) {
+        let SequencerRequest { proto, op, reply } = write;
         if segment.proto != Some(proto) && !segment.items.is_empty() {
             self.flush(segment).await;
         }
         segment.proto = Some(proto);
         match op {
-            Op::Read(request) => segment.push(request.raw, false, reply, None, false),
-            Op::Write { request, command } => {
+            SequencerOp::Read(request) => segment.push(request.raw, false, reply, None, false),
+            SequencerOp::Write { request, command } => {
                 let touched = self.touched(&request, command.as_deref());
                 let plan = if self.journal.is_some() { normalize::plan(&request.args, now) } else { Plan::AsIs };
                 self.journal_command(segment, proto, request, plan, reply, false).await;
                 self.after_write(segment, touched, now).await;
             }
-            Op::Transaction(transaction) => self.transaction(segment, proto, transaction, reply, now).await,
-            Op::Watch { watch, keys } => self.watch(segment, watch, keys, reply),
-            Op::Unwatch(watch) => self.watches.remove(&watch),
-            Op::Block(blocked) => {
+            SequencerOp::Transaction(transaction) => self.transaction(segment, proto, transaction, reply, now).await,
+            SequencerOp::Watch { watch, keys } => self.watch(segment, watch, keys, reply),
+            SequencerOp::Unwatch(watch) => self.watches.remove(&watch),
+            SequencerOp::Block(blocked) => {
                 let touched = self.try_blocked(segment, &blocked, now).await;
                 self.after_write(segment, touched, now).await;
             }
-            Op::RetryParked => {
+            SequencerOp::RetryParked => {
                 self.retry_scheduled = false;
                 let parked = self.parked.wake(None);
                 self.serve(segment, parked, now).await;
             }
-            Op::Wait => {
+            SequencerOp::Wait => {
                 let live = self.journal.as_ref().map_or(0, |j| j.writer.live_nodes().iter().filter(|l| **l).count());
                 let _ = reply.send(Ok(Bytes::from(format!(":{live}\r\n"))));
             }
@@ -149,7 +149,7 @@ impl Journaler {
 
     /// Marks the watches of what a write touched and serves the clients blocked on it, in the
     /// order they blocked, each tried right behind the write (and behind each other).
-    async fn after_write(&mut self, segment: &mut Segment, touched: Touched, now: u64) {
+    async fn after_write(&mut self, segment: &mut EntryBuilder, touched: Touched, now: u64) {
         let woken = self.observe(&touched);
         self.serve(segment, woken, now).await;
     }
@@ -170,7 +170,7 @@ impl Journaler {
     }
 
     /// Tries `woken` clients in order; what serving one writes may wake more.
-    async fn serve(&mut self, segment: &mut Segment, woken: Vec<Arc<Blocked>>, now: u64) {
+    async fn serve(&mut self, segment: &mut EntryBuilder, woken: Vec<Arc<Blocked>>, now: u64) {
         let mut woken = std::collections::VecDeque::from(woken);
         while let Some(blocked) = woken.pop_front() {
             let touched = self.try_blocked(segment, &blocked, now).await;
@@ -182,7 +182,7 @@ impl Journaler {
     /// nothing to serve (`park_on_nil`) gets its reply sender back instead of the nil reply.
     async fn journal_command(
         &mut self,
-        segment: &mut Segment,
+        segment: &mut EntryBuilder,
         proto: Proto,
         request: Request,
         plan: Plan,
@@ -230,7 +230,7 @@ impl Journaler {
         Journaled::Answered
     }
 
-    /// Queues an [`Op::RetryParked`] after a pause (one at a time).
+    /// Queues an [`SequencerOp::RetryParked`] after a pause (one at a time).
     fn retry_parked_later(&mut self) {
         if self.retry_scheduled {
             return;
@@ -241,13 +241,17 @@ impl Journaler {
             tokio::time::sleep(PARKED_RETRY).await;
             if let Some(queue) = queue.upgrade() {
                 let reply = oneshot::channel().0;
-                let _ = queue.send(Write { proto: Proto::Resp2, op: Op::RetryParked, reply });
+                let _ = queue.send(SequencerRequest { proto: Proto::Resp2, op: SequencerOp::RetryParked, reply });
             }
         });
     }
 
     /// Runs read-only `commands` on the primary once everything before them is applied.
-    async fn probe(&mut self, segment: &mut Segment, commands: Vec<Vec<Bytes>>) -> Result<Vec<Bytes>, BackendError> {
+    async fn probe(
+        &mut self,
+        segment: &mut EntryBuilder,
+        commands: Vec<Vec<Bytes>>,
+    ) -> Result<Vec<Bytes>, BackendError> {
         self.flush(segment).await;
         let (done, replies) = oneshot::channel();
         let _ = self.to_applier.send(ToApplier::Probe { commands, done });
@@ -257,7 +261,7 @@ impl Journaler {
     /// Pushes a probed write's commands; the client's reply rides on the last one.
     fn push_resolved(
         &mut self,
-        segment: &mut Segment,
+        segment: &mut EntryBuilder,
         proto: Proto,
         command: &[u8],
         resolved: Resolved,
@@ -274,7 +278,7 @@ impl Journaler {
     }
 
     /// Registers a WATCH and reads its keys' expiries behind every earlier write.
-    fn watch(&mut self, segment: &mut Segment, watch: Arc<Watch>, keys: Vec<Bytes>, reply: ReplySender) {
+    fn watch(&mut self, segment: &mut EntryBuilder, watch: Arc<Watch>, keys: Vec<Bytes>, reply: ReplySender) {
         let mut expiry_replies = Vec::with_capacity(keys.len());
         for key in &keys {
             let (tx, rx) = oneshot::channel();
@@ -306,7 +310,7 @@ impl Journaler {
     /// unit (one entry, one MULTI on Redis), and answers the array of their replies.
     async fn transaction(
         &mut self,
-        segment: &mut Segment,
+        segment: &mut EntryBuilder,
         proto: Proto,
         transaction: Transaction,
         reply: ReplySender,
@@ -326,7 +330,7 @@ impl Journaler {
         }
         let mut touched = Vec::new();
         let mut everything = false;
-        for Queued { request, command, .. } in &commands {
+        for QueuedCommand { request, command, .. } in &commands {
             match self.touched(request, Some(command)) {
                 Touched::Keys(keys) => touched.extend(keys),
                 Touched::Everything => everything = true,
@@ -353,15 +357,15 @@ impl Journaler {
     /// puts them all in the segment, which is not flushed in between: one journal entry.
     async fn journal_transaction(
         &mut self,
-        segment: &mut Segment,
+        segment: &mut EntryBuilder,
         proto: Proto,
-        commands: Vec<Queued>,
+        commands: Vec<QueuedCommand>,
         reply: ReplySender,
         now: u64,
     ) {
         let mut written: Vec<Bytes> = Vec::new();
         let mut plans = Vec::with_capacity(commands.len());
-        for Queued { request, command, write } in &commands {
+        for QueuedCommand { request, command, write } in &commands {
             let keys: Vec<Bytes> = command
                 .key_positions(&request.args)
                 .unwrap_or_default()
@@ -373,7 +377,7 @@ impl Journaler {
                 Plan::Probe { .. } if keys.iter().any(|k| written.contains(k)) => {
                     let msg = format!(
                         "EXECABORT Transaction discarded: memlog cannot journal '{}' after a write to the same key in one transaction (its outcome depends on the data); run it outside the MULTI",
-                        crate::dispatch::display_name(&command.name)
+                        crate::table::display_name(&command.name)
                     );
                     let _ = reply.send(Ok(error_reply(&msg)));
                     return;
@@ -394,7 +398,7 @@ impl Journaler {
             plans.push(plan);
         }
         let mut replies = Vec::with_capacity(commands.len());
-        for (Queued { request, write, .. }, plan) in commands.into_iter().zip(plans) {
+        for (QueuedCommand { request, write, .. }, plan) in commands.into_iter().zip(plans) {
             let (tx, rx) = oneshot::channel();
             replies.push(rx);
             match plan {
@@ -428,7 +432,7 @@ impl Journaler {
 
     /// Tries a blocked client: serves it if there is data for it, else parks it (or answers the
     /// timeout reply once its deadline passed). Returns what serving it wrote.
-    async fn try_blocked(&mut self, segment: &mut Segment, blocked: &Arc<Blocked>, now: u64) -> Touched {
+    async fn try_blocked(&mut self, segment: &mut EntryBuilder, blocked: &Arc<Blocked>, now: u64) -> Touched {
         let Some(reply) = blocked.take_reply() else {
             self.blocked.remove_if(&blocked.client.id, |_, b| Arc::ptr_eq(b, blocked));
             return Touched::Unobserved;
@@ -503,7 +507,7 @@ impl Journaler {
     /// entries added after the client blocked serve it.
     async fn try_xread(
         &mut self,
-        segment: &mut Segment,
+        segment: &mut EntryBuilder,
         blocked: &Arc<Blocked>,
         request: Request,
         reply: ReplySender,
@@ -570,7 +574,7 @@ impl Journaler {
     }
 
     /// Appends the segment's journaled commands as one entry and hands it to the applier.
-    async fn flush(&mut self, segment: &mut Segment) {
+    async fn flush(&mut self, segment: &mut EntryBuilder) {
         if segment.items.is_empty() {
             return;
         }
@@ -590,7 +594,11 @@ impl Journaler {
 
     /// Redis is not applying (its primary is lost or being replaced): hold new writes until
     /// the applier recovers — up to `write_wait`, then they fail with `-TRYAGAIN`, nothing applied.
-    async fn wait_for_applier(&mut self, queue: &mut mpsc::UnboundedReceiver<Write>, batch: &mut Vec<Write>) {
+    async fn wait_for_applier(
+        &mut self,
+        queue: &mut mpsc::UnboundedReceiver<SequencerRequest>,
+        batch: &mut Vec<SequencerRequest>,
+    ) {
         let write_wait = self.journal.as_ref().map_or(Duration::ZERO, |j| j.setup.write_wait);
         let waiting_since = Instant::now();
         while self.health.is_failing() {
@@ -617,7 +625,11 @@ impl Journaler {
     /// The writer stopped (lost quorum, fenced): recover the stream under a new epoch and catch
     /// the primary up, while the writes waiting here wait — up to `write_wait`, then they fail
     /// with `-TRYAGAIN`, nothing applied.
-    async fn replace_writer(&mut self, queue: &mut mpsc::UnboundedReceiver<Write>, batch: &mut Vec<Write>) {
+    async fn replace_writer(
+        &mut self,
+        queue: &mut mpsc::UnboundedReceiver<SequencerRequest>,
+        batch: &mut Vec<SequencerRequest>,
+    ) {
         let Some(journal) = &self.journal else { return };
         let (setup, stream) = (journal.setup.clone(), journal.stream.clone());
         let waiting_since = Instant::now();
@@ -666,13 +678,13 @@ impl Journaler {
 
 /// Commands of one protocol gathered into one journal entry.
 #[derive(Default)]
-struct Segment {
+struct EntryBuilder {
     proto: Option<Proto>,
     payload: BytesMut,
     items: Vec<Item>,
 }
 
-impl Segment {
+impl EntryBuilder {
     fn push(
         &mut self,
         command: Bytes,

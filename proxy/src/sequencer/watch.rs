@@ -20,11 +20,11 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 /// Key registrations kept per shard before watches fall back to "any write".
-pub const MAX_WATCHED_KEYS: usize = 1 << 20;
+pub(super) const MAX_WATCHED_KEYS: usize = 1 << 20;
 
 /// One client's watched keys on one shard.
 #[derive(Default)]
-pub struct Watch {
+pub(crate) struct Watch {
     dirty: AtomicBool,
     state: Mutex<WatchState>,
 }
@@ -39,7 +39,7 @@ struct WatchState {
 }
 
 impl Watch {
-    pub fn is_dirty(&self) -> bool {
+    pub(crate) fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Acquire)
     }
 
@@ -48,18 +48,18 @@ impl Watch {
     }
 
     /// Records that the expiries of a WATCH's keys arrive on `expiries`.
-    pub fn expect_expiries(&self, expiries: oneshot::Receiver<Vec<i64>>) {
+    pub(crate) fn expect_expiries(&self, expiries: oneshot::Receiver<Vec<i64>>) {
         self.state.lock().unwrap().pending.push(expiries);
     }
 
     /// True while expiries of a WATCH are still being read from Redis.
-    pub fn has_pending_expiries(&self) -> bool {
+    pub(crate) fn has_pending_expiries(&self) -> bool {
         !self.state.lock().unwrap().pending.is_empty()
     }
 
     /// True once a watched key's recorded expiry is at or before `now_ms`. Waits for expiries
     /// still being read (the caller has sent them to Redis before).
-    pub async fn expired(&self, now_ms: i64) -> bool {
+    pub(crate) async fn expired(&self, now_ms: i64) -> bool {
         let pending = std::mem::take(&mut self.state.lock().unwrap().pending);
         let mut arrived = Vec::new();
         for expiries in pending {
@@ -81,7 +81,7 @@ impl Watch {
 
 /// The shard's watched keys, owned by its sequencer.
 #[derive(Default)]
-pub struct WatchRegistry {
+pub(super) struct WatchRegistry {
     by_key: HashMap<Bytes, Vec<Weak<Watch>>>,
     /// Watches marked by any write to the shard (registered past the cap).
     any_write: Vec<Weak<Watch>>,
@@ -89,11 +89,11 @@ pub struct WatchRegistry {
 }
 
 impl WatchRegistry {
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.by_key.is_empty() && self.any_write.is_empty()
     }
 
-    pub fn add(&mut self, watch: &Arc<Watch>, keys: Vec<Bytes>) {
+    pub(super) fn add(&mut self, watch: &Arc<Watch>, keys: Vec<Bytes>) {
         for key in &keys {
             if self.registrations >= MAX_WATCHED_KEYS {
                 self.any_write.push(Arc::downgrade(watch));
@@ -109,7 +109,7 @@ impl WatchRegistry {
     }
 
     /// Forgets a watch (UNWATCH, EXEC, DISCARD, disconnect).
-    pub fn remove(&mut self, watch: &Arc<Watch>) {
+    pub(super) fn remove(&mut self, watch: &Arc<Watch>) {
         for key in watch.keys() {
             if let Some(watchers) = self.by_key.get_mut(&key) {
                 let before = watchers.len();
@@ -124,7 +124,7 @@ impl WatchRegistry {
     }
 
     /// A write touched `key`.
-    pub fn touch(&mut self, key: &[u8]) {
+    pub(super) fn touch(&mut self, key: &[u8]) {
         if let Some(watchers) = self.by_key.remove(key) {
             self.registrations -= watchers.len();
             watchers.iter().filter_map(Weak::upgrade).for_each(|w| w.mark());
@@ -133,7 +133,7 @@ impl WatchRegistry {
     }
 
     /// A write touched keys it cannot name, or flushed the database.
-    pub fn touch_all(&mut self) {
+    pub(super) fn touch_all(&mut self) {
         for (_, watchers) in self.by_key.drain() {
             watchers.iter().filter_map(Weak::upgrade).for_each(|w| w.mark());
         }

@@ -7,20 +7,20 @@
 //! The files are kept in a directory and listed in the metadata store's catalog; the journal is
 //! truncated below the oldest snapshot kept (`shard`).
 
-pub mod rdb;
+pub(crate) mod rdb;
 mod shard;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use shard::ShardSnapshots;
+pub(crate) use shard::ShardSnapshots;
 
 use crate::config::SnapshotConfig;
 
 /// The `[snapshot]` configuration, resolved.
 #[derive(Debug, Clone)]
-pub struct SnapshotSettings {
+pub(crate) struct SnapshotSettings {
     pub dir: PathBuf,
     pub every_entries: u64,
     pub keep: usize,

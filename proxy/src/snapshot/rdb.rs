@@ -45,7 +45,7 @@ const HANDSHAKE_LIMITS: Limits = Limits { max_bulk_len: 64 * 1024, max_args: 64 
 /// Why fetching, checking or loading an RDB failed, typed so the caller can tell a node that is
 /// unreachable or slow from one that refused, and both from a bad file.
 #[derive(Debug, thiserror::Error)]
-pub enum RdbError {
+pub(crate) enum RdbError {
     /// Connecting, reading or writing failed, or the peer closed the connection early.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -70,7 +70,7 @@ pub enum RdbError {
 /// as a primary (it serves its own data set, as to a chained replica). After the RDB the node
 /// would stream its replication feed: the connection is closed instead. `out` may hold a partial
 /// RDB when an error returns.
-pub async fn fetch(addr: &str, out: &mut (impl AsyncWrite + Unpin), timeout: Duration) -> Result<u64, RdbError> {
+pub(crate) async fn fetch(addr: &str, out: &mut (impl AsyncWrite + Unpin), timeout: Duration) -> Result<u64, RdbError> {
     let started = Instant::now();
     let mut conn = connect(addr, timeout).await?;
     // Plain SYNC, without `REPLCONF capa eof`, so the node sends a sized, disk-based payload.
@@ -98,7 +98,7 @@ pub async fn fetch(addr: &str, out: &mut (impl AsyncWrite + Unpin), timeout: Dur
 ///
 /// Reads the file once in fixed-size chunks (constant memory), so a snapshot is never trusted or
 /// sent to a node before it is known whole. Blocking: call it from `spawn_blocking` in async code.
-pub fn verify(path: &Path) -> Result<(), RdbError> {
+pub(crate) fn verify(path: &Path) -> Result<(), RdbError> {
     let bytes = check_stream(&mut std::fs::File::open(path)?)?;
     tracing::debug!(path = %path.display(), bytes, "RDB verified");
     Ok(())
@@ -116,7 +116,7 @@ pub fn verify(path: &Path) -> Result<(), RdbError> {
 /// sends `REPLICAOF NO ONE` (best effort) before returning, so the node does not keep retrying a
 /// dead address; it may then have lost its old data, as a replica flushes before it loads. The
 /// node needs room in its `dir` for the RDB: it receives the payload into a temp file.
-pub async fn load(addr: &str, path: &Path, serve_ip: IpAddr, timeout: Duration) -> Result<(), RdbError> {
+pub(crate) async fn load(addr: &str, path: &Path, serve_ip: IpAddr, timeout: Duration) -> Result<(), RdbError> {
     let started = Instant::now();
     let (file, len) = open_verified(path).await?;
     let listener = TcpListener::bind((serve_ip, 0)).await?;
@@ -653,6 +653,7 @@ impl Control {
 
 #[cfg(test)]
 #[path = "../../../tests/common/ports.rs"]
+#[allow(unreachable_pub)] // shared with the integration tests, where its items are used across files
 mod ports;
 
 #[cfg(test)]

@@ -14,9 +14,9 @@ use tokio::sync::Mutex;
 
 use super::{rdb, SnapshotSettings};
 use crate::backend::{BackendConn, BackendOptions, NodeTarget};
-use crate::failover::ShardStatus;
+use crate::keys::LSN_KEY;
 use crate::resp::Proto;
-use crate::state::LSN_KEY;
+use crate::status::ShardStatus;
 
 /// How often the scheduler looks at how far the shard's nodes got beyond the newest snapshot.
 const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
@@ -28,7 +28,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A shard's snapshots. The files live in `<dir>/shard-N/`, named by the LSN they hold at
 /// least; the catalog is the metadata store's. One operation at a time, so a restore never
 /// reads a file that a newer snapshot is pruning.
-pub struct ShardSnapshots {
+pub(crate) struct ShardSnapshots {
     shard: usize,
     dir: PathBuf,
     settings: Arc<SnapshotSettings>,
@@ -40,7 +40,7 @@ pub struct ShardSnapshots {
 }
 
 impl ShardSnapshots {
-    pub fn new(
+    pub(crate) fn new(
         shard: usize,
         settings: Arc<SnapshotSettings>,
         meta: Arc<MetaStore>,
@@ -73,7 +73,8 @@ impl ShardSnapshots {
         let started = Instant::now();
         let lsn = self.lsn_of(source).await?;
         anyhow::ensure!(lsn > 0, "{source} holds no journal entry yet");
-        std::fs::create_dir_all(&self.dir)?;
+        let dir = self.dir.clone();
+        blocking(move || std::fs::create_dir_all(dir)).await?;
         let path = self.dir.join(format!("{lsn:020}.rdb"));
         let partial = self.dir.join(format!(".{lsn:020}.rdb.partial"));
         let bytes = self.fetch_durably(source, &partial, &path).await?;
@@ -114,7 +115,8 @@ impl ShardSnapshots {
             Ok(bytes) => bytes,
             Err(e) => {
                 drop(file);
-                let _ = std::fs::remove_file(partial);
+                let partial = partial.to_path_buf();
+                let _ = blocking(move || std::fs::remove_file(partial)).await;
                 return Err(anyhow::anyhow!("fetching an RDB from {source}: {e}"));
             }
         };
@@ -125,8 +127,12 @@ impl ShardSnapshots {
         tokio::task::spawn_blocking(move || rdb::verify(&written))
             .await?
             .map_err(|e| anyhow::anyhow!("the snapshot written to {} does not check: {e}", partial.display()))?;
-        std::fs::rename(partial, path)?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        let (partial, path, dir) = (partial.to_path_buf(), path.to_path_buf(), self.dir.clone());
+        blocking(move || {
+            std::fs::rename(partial, path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .await?;
         Ok(bytes)
     }
 
@@ -137,11 +143,12 @@ impl ShardSnapshots {
         let excess = catalog.len().saturating_sub(self.settings.keep);
         for old in &catalog[..excess] {
             self.meta.remove_snapshot(old.shard, old.lsn).await?;
-            if let Err(e) = std::fs::remove_file(&old.location) {
+            let location = PathBuf::from(&old.location);
+            if let Err(e) = blocking(move || std::fs::remove_file(location)).await {
                 tracing::warn!(shard = self.shard, location = %old.location, "cannot delete an old snapshot: {e}");
             }
         }
-        self.delete_strays(&catalog[excess..]);
+        self.delete_strays(&catalog[excess..]).await;
         let Some(oldest) = catalog.get(excess) else { return Ok(()) };
         let stream = format!("shard-{}", self.shard);
         let below = oldest.lsn + 1;
@@ -162,23 +169,28 @@ impl ShardSnapshots {
     /// Deletes files in the shard's directory that no kept snapshot names: a partial fetch or a
     /// pruned snapshot whose deletion a crash interrupted. Only called while holding `busy`,
     /// so no fetch is writing a partial file.
-    fn delete_strays(&self, kept: &[SnapshotRecord]) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
-        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-            let named = path.display().to_string();
-            if !kept.iter().any(|s| s.location == named) {
-                tracing::info!(shard = self.shard, file = %named, "deleting a stray snapshot file");
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(shard = self.shard, file = %named, "cannot delete a stray snapshot file: {e}");
+    async fn delete_strays(&self, kept: &[SnapshotRecord]) {
+        let (dir, shard) = (self.dir.clone(), self.shard);
+        let kept: Vec<String> = kept.iter().map(|s| s.location.clone()).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else { return };
+            for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                let named = path.display().to_string();
+                if !kept.contains(&named) {
+                    tracing::info!(shard, file = %named, "deleting a stray snapshot file");
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::warn!(shard, file = %named, "cannot delete a stray snapshot file: {e}");
+                    }
                 }
             }
-        }
+        })
+        .await;
     }
 
     /// Loads the newest usable snapshot into `node`, replacing what it holds, and returns the
     /// LSN the node then holds. A snapshot whose file is missing or damaged is skipped for the
     /// next older one: the journal was only truncated below the oldest kept.
-    pub async fn restore(&self, node: &str) -> anyhow::Result<u64> {
+    pub(crate) async fn restore(&self, node: &str) -> anyhow::Result<u64> {
         let _one_at_a_time = self.busy.lock().await;
         let mut problems = Vec::new();
         for snapshot in self.catalog().await?.iter().rev() {
@@ -208,7 +220,7 @@ impl ShardSnapshots {
         let reply = tokio::time::timeout(CALL_TIMEOUT, conn.call(&[&b"GET"[..], LSN_KEY]))
             .await
             .map_err(|_| anyhow::anyhow!("{node} did not answer GET __memlog:lsn"))??;
-        crate::failover::shell::parse_lsn(&reply).ok_or_else(|| {
+        crate::keys::parse_lsn(&reply).ok_or_else(|| {
             anyhow::anyhow!("{node} answered GET __memlog:lsn with {:?}", String::from_utf8_lossy(&reply))
         })
     }
@@ -222,7 +234,7 @@ impl ShardSnapshots {
     }
 
     /// Takes a snapshot now, from the node the scheduler would pick (`MEMLOG SNAPSHOT`).
-    pub async fn take_now(&self, status: &ShardStatus, target: &NodeTarget) -> anyhow::Result<SnapshotRecord> {
+    pub(crate) async fn take_now(&self, status: &ShardStatus, target: &NodeTarget) -> anyhow::Result<SnapshotRecord> {
         let (source, _) =
             snapshot_source(status, &target.addr()).ok_or_else(|| anyhow::anyhow!("no node of the shard answers"))?;
         self.take(&source).await
@@ -231,7 +243,7 @@ impl ShardSnapshots {
     /// Snapshots the shard whenever its best node holds `every_entries` beyond the newest
     /// snapshot: from the replica holding the most (so the primary does not fork), else the
     /// primary itself.
-    pub fn spawn_scheduler(self: Arc<Self>, status: Arc<ShardStatus>, target: Arc<NodeTarget>) {
+    pub(crate) fn spawn_scheduler(self: Arc<Self>, status: Arc<ShardStatus>, target: Arc<NodeTarget>) {
         // Exported from the start, so a dashboard or an alert sees 0 rather than nothing.
         let shard = self.shard.to_string();
         for counter in ["memlog_snapshots_total", "memlog_snapshot_failures_total", "memlog_snapshot_restores_total"] {
@@ -273,8 +285,14 @@ impl ShardSnapshots {
 /// else the primary when it answers.
 fn snapshot_source(status: &ShardStatus, primary: &str) -> Option<(String, u64)> {
     let view = status.view();
-    let answering = |n: &crate::failover::NodeStatus| n.up.then_some(n.lsn).flatten().map(|lsn| (n.addr.clone(), lsn));
+    let answering = |n: &crate::status::NodeStatus| n.up.then_some(n.lsn).flatten().map(|lsn| (n.addr.clone(), lsn));
     let nodes = std::iter::once(&view.primary).chain(&view.replicas);
     let replica = nodes.clone().filter(|n| n.addr != primary).filter_map(answering).max_by_key(|(_, lsn)| *lsn);
     replica.or_else(|| nodes.filter(|n| n.addr == primary).find_map(answering))
+}
+
+/// Runs a blocking filesystem call on tokio's blocking pool, so a slow disk stalls this snapshot
+/// and not the runtime's workers (which serve every client).
+async fn blocking<T: Send + 'static>(call: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(call).await.map_err(std::io::Error::other)?
 }

@@ -13,14 +13,14 @@ use super::pin;
 
 /// A cached script, with what it is journaled as when it writes, decided once when cached.
 #[derive(Clone)]
-pub struct Script {
+pub(crate) struct Script {
     pub body: Bytes,
     pub journaled: Result<Journaled, Unjournalable>,
 }
 
 /// The body a writing script is journaled (and applied) with.
 #[derive(Clone)]
-pub enum Journaled {
+pub(crate) enum Journaled {
     AsIs,
     /// This body, called with the time as one extra, last argument.
     PinnedTime(Bytes),
@@ -39,7 +39,7 @@ impl Script {
 /// Scripts loaded through the proxy (one cache per proxy, `Proxy::scripts`), and the journaled
 /// scripts in flight per shard.
 #[derive(Default)]
-pub struct ScriptCache {
+pub(crate) struct ScriptCache {
     /// By lower-case hex SHA1; unbounded, as Redis 7.0's own cache.
     scripts: DashMap<Vec<u8>, Script>,
     /// Per shard: journaled scripts sent to the sequencer and not answered yet.
@@ -48,33 +48,33 @@ pub struct ScriptCache {
 
 impl ScriptCache {
     /// The cached script of `body`, cached now if it was not (scanned once, not per call).
-    pub fn load(&self, body: Bytes) -> Script {
+    pub(crate) fn load(&self, body: Bytes) -> Script {
         let sha = body::sha1_hex(&body).into_bytes();
         self.scripts.entry(sha).or_insert_with(|| Script::new(body)).value().clone()
     }
 
     /// The script named `sha` (any case), as EVALSHA and SCRIPT EXISTS look it up.
-    pub fn get(&self, sha: &[u8]) -> Option<Script> {
+    pub(crate) fn get(&self, sha: &[u8]) -> Option<Script> {
         self.scripts.get(&sha.to_ascii_lowercase()).map(|entry| entry.value().clone())
     }
 
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.scripts.clear();
     }
 
     /// Marks a journaled script in flight on `shard` until the returned guard drops.
-    pub fn journaled_started(self: &Arc<Self>, shard: usize) -> JournaledInFlight {
+    pub(crate) fn journaled_started(self: &Arc<Self>, shard: usize) -> JournaledInFlight {
         *self.journaled.entry(shard).or_insert(0) += 1;
         JournaledInFlight { cache: self.clone(), shard }
     }
 
-    pub fn journaled_in_flight(&self, shard: usize) -> bool {
+    pub(crate) fn journaled_in_flight(&self, shard: usize) -> bool {
         self.journaled.get(&shard).is_some_and(|n| *n > 0)
     }
 }
 
 /// A journaled script sent to a shard's sequencer whose reply has not been handed back yet.
-pub struct JournaledInFlight {
+pub(crate) struct JournaledInFlight {
     cache: Arc<ScriptCache>,
     shard: usize,
 }

@@ -3,6 +3,9 @@
 //! are zero-copy slices of those bytes. Parsing is resumable, so a huge request arriving in
 //! many reads is scanned once, and limits are checked before anything is buffered.
 
+mod frame;
+pub use frame::{frame_len, BadFrame, FrameScanner};
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Longest inline command Redis accepts (`PROTO_INLINE_MAX_SIZE`).
@@ -471,6 +474,30 @@ pub fn error_reply(msg: &str) -> Bytes {
     })
 }
 
+/// The payload of a bulk string reply (`$n\r\n…\r\n`); `None` for nil or anything else.
+pub fn bulk_payload(frame: &[u8]) -> Option<&[u8]> {
+    let rest = frame.strip_prefix(b"$")?;
+    let header = find_crlf(rest, 0)?;
+    let len = usize::try_from(parse_int(&rest[..header])?).ok()?;
+    let start = header + 2;
+    (rest.len() >= start + len + 2).then(|| &rest[start..start + len])
+}
+
+/// [`bulk_payload`] as a slice sharing `frame`'s buffer.
+pub fn bulk_bytes(frame: &Bytes) -> Option<Bytes> {
+    let len = bulk_payload(frame)?.len();
+    let start = find_crlf(frame, 1)? + 2;
+    Some(frame.slice(start..start + len))
+}
+
+/// Decodes a whole RESP2 reply into a frame tree, for the few places that walk nested replies.
+pub fn decode_resp2(raw: &Bytes) -> anyhow::Result<redis_protocol::resp2::types::BytesFrame> {
+    match redis_protocol::resp2::decode::decode_bytes(raw) {
+        Ok(Some((frame, _))) => Ok(frame),
+        _ => anyhow::bail!("unparsable reply from Redis"),
+    }
+}
+
 /// The raw bytes of each element of an array reply (`*n` or RESP3 `~n`/`%n` flattened), or
 /// `None` if `reply` is not an array.
 pub fn array_items(reply: &Bytes) -> Option<Vec<Bytes>> {
@@ -483,7 +510,7 @@ pub fn array_items(reply: &Bytes) -> Option<Vec<Bytes>> {
     let mut items = Vec::with_capacity(count.max(0) as usize);
     let mut pos = header_end + 2;
     for _ in 0..count.max(0) {
-        let len = crate::backend::frame_len(&reply[pos..]).ok()??;
+        let len = frame_len(&reply[pos..]).ok()??;
         items.push(reply.slice(pos..pos + len));
         pos += len;
     }

@@ -47,7 +47,7 @@ local redis = setmetatable({ \
 }, {__index = __memlog_redis}) ";
 
 /// `body` with the prelude on its first line of code (after a `#!` shebang line).
-pub fn pinned_body(body: &[u8]) -> Bytes {
+pub(crate) fn pinned_body(body: &[u8]) -> Bytes {
     let split =
         if body.starts_with(b"#!") { body.iter().position(|&b| b == b'\n').map_or(body.len(), |nl| nl + 1) } else { 0 };
     let mut out = BytesMut::with_capacity(body.len() + PRELUDE.len() + 1);

@@ -20,7 +20,7 @@ const TIME_DEPENDENT: &[&str] = &["TIME", "EXPIRE", "PEXPIRE", "SETEX", "PSETEX"
 
 /// How a writing script is journaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Form {
+pub(crate) enum Form {
     /// Its call as sent.
     AsIs,
     /// Wrapped so that TIME and relative TTLs use the time the proxy passes with the call.
@@ -29,7 +29,7 @@ pub enum Form {
 
 /// Why a script cannot be journaled as its call.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unjournalable {
+pub(crate) enum Unjournalable {
     #[error("calls {0}, whose result would differ when the journal is replayed")]
     Nondeterministic(&'static str),
     #[error("uses redis.set_repl: replay from the journal would apply the effects it hides from replicas")]
@@ -40,7 +40,7 @@ pub enum Unjournalable {
 
 impl Unjournalable {
     /// The client's error line.
-    pub fn reply_text(&self) -> String {
+    pub(crate) fn reply_text(&self) -> String {
         format!(
             "ERR memlog: this script {self}. memlog journals scripts as calls and replays them, so a script that \
              writes must be deterministic (pass times and random choices as arguments)"
@@ -49,14 +49,14 @@ impl Unjournalable {
 }
 
 /// The lower-case hex SHA1 of `body`, the name under which Redis caches a script.
-pub fn sha1_hex(body: &[u8]) -> String {
+pub(crate) fn sha1_hex(body: &[u8]) -> String {
     sha1_smol::Sha1::from(body).digest().to_string()
 }
 
 /// True when the body starts with a `#!lua` shebang whose flags include `no-writes`. Anything
 /// else (no shebang, another engine, a malformed one) counts as a script that may write, so it
 /// goes through the journal; Redis answers the shebang's errors.
-pub fn declared_read_only(body: &[u8]) -> bool {
+pub(crate) fn declared_read_only(body: &[u8]) -> bool {
     let Some(line) = body.strip_prefix(b"#!") else { return false };
     let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
     let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
@@ -69,7 +69,7 @@ pub fn declared_read_only(body: &[u8]) -> bool {
 }
 
 /// How a script's call can be journaled so that replay reproduces it, or why it cannot.
-pub fn journal_form(body: &[u8]) -> Result<Form, Unjournalable> {
+pub(crate) fn journal_form(body: &[u8]) -> Result<Form, Unjournalable> {
     let mut form = Form::AsIs;
     scan(body, |literal| {
         if TIME_DEPENDENT.iter().any(|n| literal.eq_ignore_ascii_case(n.as_bytes())) {
@@ -83,7 +83,7 @@ pub fn journal_form(body: &[u8]) -> Result<Form, Unjournalable> {
 /// Checks a function library: FCALL is journaled as sent (a library's time cannot be pinned),
 /// so `'TIME'` is refused too. Relative TTLs set by functions stay anchored to the replay's
 /// clock (a documented gap: refusing them would refuse most libraries).
-pub fn check_library(code: &[u8]) -> Result<(), Unjournalable> {
+pub(crate) fn check_library(code: &[u8]) -> Result<(), Unjournalable> {
     scan(code, |literal| {
         if literal.eq_ignore_ascii_case(b"TIME") {
             return Err(Unjournalable::Nondeterministic("TIME"));

@@ -11,14 +11,14 @@ use redis_protocol::resp2::types::BytesFrame;
 
 /// Per-command metric handles, made once so the hot path does no label lookups.
 #[derive(Clone)]
-pub struct CommandMetrics {
+pub(crate) struct CommandMetrics {
     pub ok: metrics::Counter,
     pub err: metrics::Counter,
     pub latency: metrics::Histogram,
 }
 
 impl CommandMetrics {
-    pub fn new(name: &str) -> CommandMetrics {
+    pub(crate) fn new(name: &str) -> CommandMetrics {
         let name = name.to_string();
         CommandMetrics {
             ok: metrics::counter!("memlog_commands_total", "command" => name.clone(), "result" => "ok"),
@@ -30,7 +30,7 @@ impl CommandMetrics {
 
 /// Where a spec's key search begins.
 #[derive(Debug, Clone, PartialEq)]
-pub enum BeginSearch {
+pub(crate) enum BeginSearch {
     Index(i64),
     Keyword { keyword: Vec<u8>, start_from: i64 },
     Unknown,
@@ -38,14 +38,14 @@ pub enum BeginSearch {
 
 /// How a spec's keys are found from where the search began.
 #[derive(Debug, Clone, PartialEq)]
-pub enum FindKeys {
+pub(crate) enum FindKeys {
     Range { last_key: i64, key_step: i64, limit: i64 },
     KeyNum { key_num_index: i64, first_key: i64, key_step: i64 },
     Unknown,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct KeySpec {
+pub(crate) struct KeySpec {
     pub begin: BeginSearch,
     pub find: FindKeys,
     pub incomplete: bool,
@@ -53,7 +53,7 @@ pub struct KeySpec {
 
 /// A command's flags that change what the proxy does with it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Flags {
+pub(crate) struct Flags {
     pub write: bool,
     pub admin: bool,
     pub pubsub: bool,
@@ -61,7 +61,7 @@ pub struct Flags {
     pub movable_keys: bool,
 }
 
-pub struct CommandInfo {
+pub(crate) struct CommandInfo {
     /// Lower-case full name: `get`, `client|kill`.
     pub name: String,
     pub arity: i64,
@@ -76,7 +76,7 @@ pub struct CommandInfo {
 impl CommandInfo {
     /// A command the proxy serves itself that the backend's table lacks (e.g. `client|setinfo`
     /// on Redis 7.0).
-    pub fn local(name: &str, arity: i64) -> CommandInfo {
+    pub(crate) fn local(name: &str, arity: i64) -> CommandInfo {
         CommandInfo {
             name: name.into(),
             arity,
@@ -88,7 +88,7 @@ impl CommandInfo {
         }
     }
 
-    pub fn arity_ok(&self, argc: usize) -> bool {
+    pub(crate) fn arity_ok(&self, argc: usize) -> bool {
         let argc = argc as i64;
         if self.arity >= 0 {
             argc == self.arity
@@ -99,7 +99,7 @@ impl CommandInfo {
 
     /// Positions of the keys in `args`, by the command's key specs. `None` when an argument the
     /// specs rely on is malformed (e.g. a non-numeric `numkeys`): Redis then answers the error.
-    pub fn key_positions(&self, args: &[Bytes]) -> Option<Vec<usize>> {
+    pub(crate) fn key_positions(&self, args: &[Bytes]) -> Option<Vec<usize>> {
         let argc = args.len() as i64;
         let mut keys = Vec::new();
         for spec in &self.key_specs {
@@ -163,13 +163,13 @@ impl CommandInfo {
 }
 
 /// Every command of the backend's Redis, by lower-case name.
-pub struct CommandTable {
+pub(crate) struct CommandTable {
     commands: HashMap<String, Arc<CommandInfo>>,
 }
 
 impl CommandTable {
     /// Builds the table from the RESP2 reply of `COMMAND`.
-    pub fn from_command_reply(reply: &BytesFrame) -> anyhow::Result<CommandTable> {
+    pub(crate) fn from_command_reply(reply: &BytesFrame) -> anyhow::Result<CommandTable> {
         let BytesFrame::Array(entries) = reply else {
             anyhow::bail!("COMMAND did not return an array");
         };
@@ -182,11 +182,11 @@ impl CommandTable {
         Ok(CommandTable { commands })
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<CommandInfo>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<CommandInfo>> {
         self.commands.get(name)
     }
 
-    pub fn insert_local(&mut self, info: CommandInfo) {
+    pub(crate) fn insert_local(&mut self, info: CommandInfo) {
         match info.name.split_once('|') {
             Some((container, sub)) => {
                 if let Some(parent) = self.commands.get_mut(container) {
@@ -201,12 +201,8 @@ impl CommandTable {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.commands.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.commands.is_empty()
     }
 }
 
@@ -314,6 +310,17 @@ fn parse_key_spec(spec: &[BytesFrame]) -> KeySpec {
         _ => FindKeys::Unknown,
     };
     KeySpec { begin, find, incomplete }
+}
+
+/// Commands the proxy serves that the backend's table may lack (newer than its Redis).
+pub(crate) fn add_local_commands(table: &mut CommandTable) {
+    table.insert_local(CommandInfo::local("client|setinfo", 4));
+    table.insert_local(CommandInfo::local("memlog", -2));
+}
+
+/// `client|kill` → `CLIENT KILL`, as users type it.
+pub(crate) fn display_name(name: &str) -> String {
+    name.replace('|', " ").to_uppercase()
 }
 
 #[cfg(test)]

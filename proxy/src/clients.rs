@@ -1,0 +1,201 @@
+//! The registry's view of each connected client: what `CLIENT LIST`/`CLIENT KILL` need
+//! (`ClientHandle`), and the queue through which pub/sub frames and MONITOR lines reach it
+//! (`PushSender`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::resp::Proto;
+use crate::table::CommandInfo;
+
+/// What the proxy knows about one client connection (`CLIENT LIST`, `CLIENT KILL`).
+pub(crate) struct ClientHandle {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    pub connected_at: Instant,
+    /// Milliseconds since `connected_at` of the last command, for `idle=`.
+    pub last_command_ms: AtomicU64,
+    pub last_command: ArcSwapOption<CommandInfo>,
+    pub name: Mutex<Option<String>>,
+    pub user: Mutex<String>,
+    pub lib_name: Mutex<Option<String>>,
+    pub lib_version: Mutex<Option<String>>,
+    proto: AtomicU8,
+    /// Cancelled by `CLIENT KILL`: the session stops at once.
+    pub kill: CancellationToken,
+    /// True while the client waits in a blocking command (`flags=b`).
+    pub blocked: AtomicBool,
+    /// `multi=` of CLIENT LIST: commands queued since MULTI, -1 outside a transaction. A copy, for
+    /// other clients' CLIENT LIST, of what the session's `ClientCtx` holds; written only through
+    /// [`ClientHandle::show_queued`].
+    multi: AtomicI64,
+}
+
+impl ClientHandle {
+    pub(crate) fn new(id: u64, addr: SocketAddr, local_addr: SocketAddr, user: &str) -> ClientHandle {
+        ClientHandle {
+            id,
+            addr,
+            local_addr,
+            connected_at: Instant::now(),
+            last_command_ms: AtomicU64::new(0),
+            last_command: ArcSwapOption::empty(),
+            name: Mutex::new(None),
+            user: Mutex::new(user.to_string()),
+            lib_name: Mutex::new(None),
+            lib_version: Mutex::new(None),
+            proto: AtomicU8::new(2),
+            kill: CancellationToken::new(),
+            blocked: AtomicBool::new(false),
+            multi: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl ClientHandle {
+    pub(crate) fn proto(&self) -> Proto {
+        if self.proto.load(Ordering::Relaxed) == 3 {
+            Proto::Resp3
+        } else {
+            Proto::Resp2
+        }
+    }
+
+    /// Publishes how many commands the client has queued in MULTI (None: not in MULTI).
+    pub(crate) fn show_queued(&self, queued: Option<usize>) {
+        self.multi.store(queued.map_or(-1, |n| n as i64), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_proto(&self, proto: Proto) {
+        self.proto.store(if proto == Proto::Resp3 { 3 } else { 2 }, Ordering::Relaxed);
+    }
+
+    /// One `CLIENT LIST` / `CLIENT INFO` line, in Redis's format; `subscriptions` are the
+    /// client's pub/sub counts (the hub keeps them).
+    pub(crate) fn info_line(&self, subscriptions: &SubscriptionCounts) -> String {
+        let now = Instant::now();
+        let subscribed = subscriptions.channels + subscriptions.patterns + subscriptions.shard_channels > 0;
+        let queued = self.multi.load(Ordering::Relaxed);
+        let flags = match (self.blocked.load(Ordering::Relaxed), subscribed, queued >= 0) {
+            (true, _, _) => "b",
+            (_, true, _) => "P",
+            (_, _, true) => "x",
+            _ => "N",
+        };
+        format!(
+            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
+            self.id,
+            self.addr,
+            self.local_addr,
+            self.name.lock().unwrap().as_deref().unwrap_or(""),
+            now.duration_since(self.connected_at).as_secs(),
+            now.duration_since(self.connected_at).as_secs().saturating_sub(self.last_command_ms.load(Ordering::Relaxed) / 1000),
+            flags,
+            subscriptions.channels,
+            subscriptions.patterns,
+            subscriptions.shard_channels,
+            queued,
+            self.last_command.load().as_ref().map(|c| c.name.as_str()).unwrap_or("NULL"),
+            self.user.lock().unwrap(),
+            if self.proto() == Proto::Resp3 { 3 } else { 2 },
+            self.lib_name.lock().unwrap().as_deref().unwrap_or(""),
+            self.lib_version.lock().unwrap().as_deref().unwrap_or(""),
+        )
+    }
+}
+
+/// A client's subscription counts, as `CLIENT LIST` shows them (`sub=`, `psub=`, `ssub=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SubscriptionCounts {
+    pub channels: usize,
+    pub patterns: usize,
+    pub shard_channels: usize,
+}
+
+/// Pub/sub frames a client may have queued when it sets no `client_output_buffer_limit`:
+/// Redis's default hard limit for pub/sub clients (`client-output-buffer-limit pubsub 32mb`).
+const DEFAULT_PUSH_LIMIT: usize = 32 * 1024 * 1024;
+
+/// Where pub/sub frames (messages and subscription confirmations) for one client go: the
+/// session's writer writes them between replies. Bounded in bytes like Redis's pub/sub output
+/// buffer limit: a subscriber too slow to keep up is disconnected rather than buffered without
+/// end.
+#[derive(Clone)]
+pub(crate) struct PushSender {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    client: Arc<ClientHandle>,
+}
+
+impl PushSender {
+    /// Queues `frame` for the client, unless the client is gone or this frame takes it over its
+    /// limit: it is then disconnected, as Redis closes a pub/sub client over its hard limit.
+    pub(crate) fn push(&self, frame: Bytes) {
+        if self.client.kill.is_cancelled() {
+            return;
+        }
+        let queued = self.queued.fetch_add(frame.len(), Ordering::AcqRel) + frame.len();
+        if queued > self.limit {
+            tracing::warn!(
+                client = self.client.id,
+                addr = %self.client.addr,
+                "pub/sub output buffer limit ({} bytes) reached; closing the connection",
+                self.limit
+            );
+            self.client.kill.cancel();
+            return;
+        }
+        // The writer is gone only when the session ends; the frame has nobody to go to.
+        let _ = self.tx.send(frame);
+    }
+
+    /// The client the frames go to (its id, and its protocol, which frames are encoded in).
+    pub(crate) fn client(&self) -> &Arc<ClientHandle> {
+        &self.client
+    }
+}
+
+/// The writer's side of a client's `PushSender`.
+pub(crate) struct PushReceiver {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl PushReceiver {
+    fn taken(&self, frame: Bytes) -> Bytes {
+        self.queued.fetch_sub(frame.len(), Ordering::AcqRel);
+        frame
+    }
+
+    pub(crate) fn try_recv(&mut self) -> Option<Bytes> {
+        self.rx.try_recv().ok().map(|frame| self.taken(frame))
+    }
+
+    pub(crate) async fn recv(&mut self) -> Option<Bytes> {
+        let frame = self.rx.recv().await?;
+        Some(self.taken(frame))
+    }
+}
+
+/// A client's push queue, bounded by `client_output_buffer_limit` bytes (0: Redis's default).
+pub(crate) fn push_channel(
+    client_output_buffer_limit: usize,
+    client: &Arc<ClientHandle>,
+) -> (PushSender, PushReceiver) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let limit = match client_output_buffer_limit {
+        0 => DEFAULT_PUSH_LIMIT,
+        limit => limit,
+    };
+    (PushSender { tx, queued: queued.clone(), limit, client: client.clone() }, PushReceiver { rx, queued })
+}

@@ -1,0 +1,223 @@
+//! Start-up: the journal set-up, each shard's starting primary and epoch, the shards started
+//! in parallel, and the command table loaded from the backends.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use journal_service::cluster_tls::{reload_on_sighup, Role, Transport};
+use journal_service::meta::ShardTopology;
+
+use crate::backend::{BackendConn, BackendOptions};
+use crate::config::ProxyConfig;
+use crate::failover::{self, FailoverSettings};
+use crate::proxy::{Proxy, Stats};
+use crate::pubsub::ShardNodes;
+use crate::resp::{decode_resp2, Proto};
+use crate::router::SlotMap;
+use crate::sequencer::JournalSetup;
+use crate::shard::{Shard, ShardStart};
+use crate::snapshot::SnapshotSettings;
+use crate::table::CommandTable;
+
+/// Connects to the shards and loads the command table from the first shard's primary.
+pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
+    let slots = cfg.slot_map()?;
+    let opts = BackendOptions {
+        connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+        request_timeout: Duration::from_millis(cfg.backend_timeout_ms),
+    };
+    let connections = cfg.backend_connections.max(1);
+    // The proxy's identity for the journal nodes; SIGHUP re-reads it (docs/cluster-tls.md).
+    let transport = Transport::from_files(cfg.cluster_tls.as_ref(), Role::Proxy)
+        .map_err(|e| anyhow::anyhow!("[cluster_tls]: {e}"))?;
+    let reloadable = transport.clone();
+    reload_on_sighup(move || reloadable.reload())?;
+    let journal = match &cfg.journal {
+        Some(journal) => Some(journal_setup(&cfg, journal, transport).await?),
+        None => {
+            tracing::warn!("no [journal] configured: writes are routed to Redis but NOT durable");
+            None
+        }
+    };
+    let plan = shard_starts(&cfg, &slots, journal.as_ref()).await?;
+    let (table, redis_version) = load_command_table(&plan[0], opts).await?;
+    let settings = FailoverSettings::from(&cfg.failover);
+    // Shards recover and catch up in parallel; the proxy serves once all are ready.
+    let starts = plan.into_iter().map(|start| {
+        let journal = journal.clone();
+        tokio::spawn(async move { Shard::start(start, connections, opts, journal, settings).await })
+    });
+    let mut shards = Vec::with_capacity(cfg.shards.len());
+    for start in starts.collect::<Vec<_>>() {
+        shards.push(start.await??);
+    }
+    let announce = cfg.announce.clone().unwrap_or_else(|| cfg.listen.clone());
+    let (announce_host, announce_port) = match announce.rsplit_once(':') {
+        Some((host, port)) => (host.trim_matches(['[', ']']).to_string(), port.parse()?),
+        None => anyhow::bail!("announce/listen address {announce:?} has no port"),
+    };
+    let host =
+        if announce_host == "0.0.0.0" || announce_host == "::" { "127.0.0.1".to_string() } else { announce_host };
+    let node_id = node_id_for(&format!("{host}:{announce_port}"));
+    let pubsub = Arc::new(crate::pubsub::Hub::new(
+        shards.iter().map(|s| ShardNodes::new(s.target.clone(), s.status.clone())).collect(),
+        Duration::from_millis(cfg.backend_timeout_ms),
+    ));
+    Ok(Proxy {
+        cfg,
+        slots,
+        table,
+        shards,
+        clients: DashMap::new(),
+        next_client_id: AtomicU64::new(1),
+        stats: Stats::default(),
+        started: Instant::now(),
+        redis_version,
+        node_id,
+        announce_host: host,
+        announce_port,
+        pubsub,
+        scripts: Default::default(),
+        monitors: Default::default(),
+    })
+}
+
+/// Each shard's starting primary and epoch. With a metadata store, the recorded topology's
+/// primary wins (it moved if a failover happened), and the topology is recorded again: a new
+/// version, the shards' new epoch.
+async fn shard_starts(
+    cfg: &ProxyConfig,
+    slots: &SlotMap,
+    journal: Option<&JournalSetup>,
+) -> anyhow::Result<Vec<ShardStart>> {
+    let recorded = match journal {
+        Some(journal) => journal.meta.get_topology().await.map_err(|e| anyhow::anyhow!("metadata store: {e}"))?,
+        None => None,
+    };
+    let mut starts: Vec<ShardStart> = cfg
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(id, shard)| {
+            let primary = failover::record::starting_primary(
+                shard,
+                failover::record::recorded_shard(recorded.as_ref().map(|(_, t)| t), id),
+            );
+            let nodes = std::iter::once(&shard.primary).chain(&shard.replicas).cloned().collect();
+            ShardStart { id, slots: slots.ranges(id).to_vec(), primary, nodes, epoch: 0 }
+        })
+        .collect();
+    if let Some(journal) = journal {
+        let entries: Vec<ShardTopology> = starts
+            .iter()
+            .map(|s| ShardTopology {
+                id: s.id as u32,
+                slots: s.slots.clone(),
+                primary: s.primary.clone(),
+                replicas: s.nodes.iter().filter(|n| **n != s.primary).cloned().collect(),
+            })
+            .collect();
+        let epoch = failover::record::record(&journal.meta, &entries)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot record the topology in the metadata store: {e}"))?;
+        for start in &mut starts {
+            start.epoch = epoch;
+            if start.primary != cfg.shards[start.id].primary {
+                tracing::info!(shard = start.id, primary = %start.primary, "using the primary recorded by a failover");
+            }
+        }
+        let body = serde_json::json!({"epoch": epoch, "reason": "proxy start"});
+        if let Err(e) = journal.meta.append_event("epoch_bumped", &body).await {
+            tracing::warn!("cannot record the start-up event: {e}");
+        }
+    }
+    Ok(starts)
+}
+
+/// Resolves the journal nodes, opens the metadata store and sets the quorum.
+async fn journal_setup(
+    proxy: &ProxyConfig,
+    cfg: &crate::config::JournalConfig,
+    transport: Transport,
+) -> anyhow::Result<JournalSetup> {
+    if let Transport::Plain = transport {
+        tracing::warn!("no [cluster_tls]: journal nodes are reached without TLS");
+    }
+    let mut nodes = Vec::with_capacity(cfg.nodes.len());
+    for node in &cfg.nodes {
+        let addr = tokio::net::lookup_host(node)
+            .await
+            .map_err(|e| anyhow::anyhow!("journal node {node:?}: {e}"))?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("journal node {node:?} has no address"))?;
+        nodes.push(addr);
+    }
+    let quorum = journal_service::quorum::QuorumConfig {
+        write_quorum: nodes.len(),
+        ack_quorum: cfg.ack_quorum(),
+        append_timeout: Duration::from_millis(cfg.append_timeout_ms),
+        transport,
+        ..Default::default()
+    };
+    quorum.validate(nodes.len()).map_err(|e| anyhow::anyhow!("[journal]: {e}"))?;
+    let meta = journal_service::meta::MetaStore::open(&cfg.metadata)
+        .await
+        .map_err(|e| anyhow::anyhow!("metadata store {}: {e}", journal_service::meta::redact_url(&cfg.metadata)))?;
+    let meta = Arc::new(meta);
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    Ok(JournalSetup {
+        nodes,
+        meta,
+        quorum,
+        writer_id: format!("{host}:{}:{}", std::process::id(), proxy.listen),
+        write_wait: Duration::from_millis(cfg.write_wait_ms),
+        snapshots: proxy.snapshot.as_ref().map(|s| Arc::new(SnapshotSettings::from(s))),
+    })
+}
+
+/// Asks shard 0 for its command table — its primary first, then any other node, since every
+/// node of a shard has the same commands — retrying while none is up yet (a sidecar may start
+/// before its Redis).
+async fn load_command_table(shard0: &ShardStart, opts: BackendOptions) -> anyhow::Result<(CommandTable, String)> {
+    let others = shard0.nodes.iter().filter(|n| **n != shard0.primary);
+    let nodes: Vec<BackendConn> = std::iter::once(&shard0.primary)
+        .chain(others)
+        .map(|addr| BackendConn::spawn(addr, Proto::Resp2, opts))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for turn in 0.. {
+        let admin = &nodes[turn % nodes.len()];
+        match admin.call(&["COMMAND"]).await {
+            Ok(raw) => {
+                let frame = decode_resp2(&raw)?;
+                let mut table = CommandTable::from_command_reply(&frame)?;
+                crate::table::add_local_commands(&mut table);
+                let info = admin.call(&["INFO", "server"]).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let info = String::from_utf8_lossy(&info).into_owned();
+                let version =
+                    info.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("unknown").trim().to_string();
+                return Ok((table, version));
+            }
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!("waiting for Redis node {} to load the command table: {e}", admin.addr());
+                tokio::time::sleep(Duration::from_millis(200 / nodes.len() as u64)).await;
+            }
+            Err(e) => anyhow::bail!("cannot load the command table from {}: {e}", admin.addr()),
+        }
+    }
+    anyhow::bail!("no Redis node of shard 0 answered")
+}
+
+/// A 40-hex-digit ID derived from the address, so a restarted proxy keeps its cluster ID.
+fn node_id_for(addr: &str) -> String {
+    let mut id = String::with_capacity(40);
+    let mut seed = crc32c::crc32c(addr.as_bytes());
+    while id.len() < 40 {
+        seed = crc32c::crc32c_append(seed, addr.as_bytes());
+        id.push_str(&format!("{seed:08x}"));
+    }
+    id.truncate(40);
+    id
+}
