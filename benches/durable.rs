@@ -218,12 +218,15 @@ impl MemlogCluster {
     fn start(dir: &Path, snapshots: Option<Snapshots>) -> Result<MemlogCluster> {
         let mut journal = Vec::new();
         let mut journal_addrs = Vec::new();
+        let tls = journal_service::cluster_ca::ClusterCa::generate()?.write(&dir.join("cluster-tls"))?;
         for node in 0..JOURNAL_NODES {
             let addr = support::free_addr();
             let node_dir = dir.join(format!("journal-{node}"));
             std::fs::create_dir_all(&node_dir)?;
             let mut command = support::memlog(&["journal", "--listen", &addr.to_string(), "--dir"]);
             command.arg(&node_dir);
+            command.arg("--cluster-ca").arg(&tls.journal.ca);
+            command.arg("--cluster-cert").arg(&tls.journal.cert).arg("--cluster-key").arg(&tls.journal.key);
             if let Some(snapshots) = snapshots {
                 command.args(["--segment-bytes", &snapshots.segment_bytes.to_string()]);
             }
@@ -250,9 +253,13 @@ impl MemlogCluster {
             &config,
             format!(
                 "listen = \"{proxy_addr}\"\n\n[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\nack_quorum = {ACK_QUORUM}\n\n\
-                 {snapshot_table}[[shards]]\nslots = \"0-16383\"\nprimary = \"{redis_addr}\"\n",
+                 {snapshot_table}[[shards]]\nslots = \"0-16383\"\nprimary = \"{redis_addr}\"\n\n\
+                 [cluster_tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
                 journal_addrs.join(", "),
-                dir.join("metadata.json").display()
+                dir.join("metadata.json").display(),
+                tls.proxy.ca.display(),
+                tls.proxy.cert.display(),
+                tls.proxy.key.display()
             ),
         )?;
         let mut cluster = MemlogCluster {

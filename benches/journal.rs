@@ -32,7 +32,8 @@ fn main() {
     let nodes: Vec<common::Proc> =
         (0..3).map(|i| common::spawn_journal(&tmp.path().join(format!("node-{i}")), 0)).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let clients: Vec<NodeClient> = nodes.iter().map(|n| NodeClient::new(n.addr)).collect();
+    let clients: Vec<NodeClient> =
+        nodes.iter().map(|n| NodeClient::new(n.addr, common::cluster_tls::proxy_transport())).collect();
     let mut ratio_at_one = None;
     let mut raw_p50s = Vec::new();
     for appenders in LEVELS {

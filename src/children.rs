@@ -113,7 +113,7 @@ impl Children {
     /// thread driving `block_on`): Linux delivers the parent-death signal when the thread that
     /// forked the child exits, not only when the whole process does.
     pub fn spawn(&mut self, spec: &ChildSpec) -> io::Result<&RunningChild> {
-        self.start(spec, File::create(&spec.log)?)
+        self.start(spec, journal_service::private_fs::create(&spec.log)?)
     }
 
     /// Starts `spec` again in place of its exited instance (same name, same place in the stop
@@ -123,7 +123,7 @@ impl Children {
         if let Some(running) = self.get(&spec.name).filter(|c| c.exit_status().is_none()) {
             return Err(io::Error::other(format!("{} still runs as pid {}", spec.name, running.pid)));
         }
-        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log)?;
+        let mut log = journal_service::private_fs::open_options().create(true).append(true).open(&spec.log)?;
         writeln!(log, "--- {banner} ---")?;
         self.start(spec, log)
     }

@@ -85,7 +85,7 @@ impl ClusterFile {
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         let path = Self::path(dir);
         let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        journal_service::private_fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
         std::fs::rename(tmp, path)
     }
 

@@ -9,6 +9,7 @@ mod cluster_file;
 mod deployment;
 mod failover_cmd;
 mod import;
+mod journal_args;
 mod probe;
 mod redis_auth;
 mod signals;
@@ -53,6 +54,10 @@ enum Command {
         /// snapshot deletes whole files, so this is also how finely disk space is given back.
         #[arg(long, default_value_t = journal_service::storage::DEFAULT_SEGMENT_BYTES, value_parser = clap::value_parser!(u64).range(4096..))]
         segment_bytes: u64,
+        #[command(flatten)]
+        security: journal_args::SecurityArgs,
+        #[command(flatten)]
+        limits: journal_args::LimitArgs,
     },
     /// Start a local cluster on loopback (journal nodes, Redis shards with replicas, and the proxy)
     /// and print its endpoint; a process that dies is restarted (a Redis node empty, for the
@@ -99,8 +104,16 @@ fn main() -> anyhow::Result<()> {
                 let cfg = proxy_config.expect("loaded above");
                 memlog_proxy::serve(cfg, shutdown_signal()).await
             }
-            Command::Journal { dir, listen, metrics_listen, segment_bytes } => {
-                let opts = journal_service::node::NodeOptions { dir, listen, metrics_listen, segment_bytes };
+            Command::Journal { dir, listen, metrics_listen, segment_bytes, security, limits } => {
+                let opts = journal_service::node::NodeOptions {
+                    dir,
+                    listen,
+                    metrics_listen,
+                    segment_bytes,
+                    max_streams: limits.max_streams,
+                    security: security.into_security()?,
+                    limits: limits.node_limits(),
+                };
                 journal_service::node::run(opts, shutdown_signal()).await
             }
             Command::Up(args) => up::run(args, shutdown_signal()).await,

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use journal_service::cluster_tls::{Role, Transport};
 use journal_service::meta::{EventRecord, MetaError, MetaStore};
 use journal_service::{NodeClient, StreamTail};
 use memlog_proxy::config::ShardConfig;
@@ -411,10 +412,17 @@ async fn probe_redis_nodes(
 /// Asks every configured journal node for its status, at once.
 async fn probe_journal(deployment: &Deployment) -> Vec<JournalReport> {
     let addrs = deployment.config.iter().flat_map(|c| c.journal.iter()).flat_map(|j| j.nodes.clone());
+    // The nodes only answer cluster members: ask with the proxy's identity.
+    let files = deployment.config.as_ref().and_then(|c| c.cluster_tls.as_ref());
+    let transport = Transport::from_files(files, Role::Proxy).map_err(|e| format!("[cluster_tls]: {e}"));
     let mut asks = JoinSet::new();
     for (index, addr) in addrs.enumerate() {
+        let transport = transport.clone();
         asks.spawn(async move {
-            let status = journal_status(&addr).await;
+            let status = match transport {
+                Ok(transport) => journal_status(&addr, transport).await,
+                Err(e) => Err(e),
+            };
             (index, addr, status)
         });
     }
@@ -440,10 +448,10 @@ async fn probe_journal(deployment: &Deployment) -> Vec<JournalReport> {
 }
 
 /// A journal node's status call, its address resolved first.
-async fn journal_status(addr: &str) -> Result<journal_service::NodeStatus, String> {
+async fn journal_status(addr: &str, transport: Transport) -> Result<journal_service::NodeStatus, String> {
     let resolved = tokio::net::lookup_host(addr).await.map_err(|e| e.to_string())?;
     let socket = resolved.into_iter().next().ok_or("resolves to no address")?;
-    NodeClient::with_timeout(socket, PROBE_TIMEOUT).status().await.map_err(|e| e.to_string())
+    NodeClient::with_timeout(socket, transport, PROBE_TIMEOUT).status().await.map_err(|e| e.to_string())
 }
 
 impl ShardReport {

@@ -155,7 +155,7 @@ fn prepare(plan: &RestartPlan) -> io::Result<()> {
 /// Removes everything in a Redis node's `dir` but the file `keep` (its log): RDB files of a
 /// replica's last full sync, an AOF dir, temp files; so the node starts as empty as a new machine.
 pub fn empty_redis_dir(dir: &Path, keep: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    journal_service::private_fs::create_dir_all(dir)?;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path == keep {

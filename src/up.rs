@@ -23,6 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use journal_service::cluster_ca::{self, ClusterCa, ClusterFiles};
+use journal_service::cluster_tls::TlsFiles;
+use journal_service::private_fs;
 use memlog_proxy::config::{BackendConfig, JournalConfig, ProxyConfig, ShardConfig, SnapshotConfig};
 use memlog_proxy::router::SlotMap;
 use memlog_proxy::BackendAuth;
@@ -152,15 +155,21 @@ impl NodePlan {
 /// Starts the cluster, serves until `shutdown` resolves, then stops every child.
 pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
+    // Everything this cluster writes (journal, metadata, snapshots, keys, logs, the Redis nodes'
+    // files) is for its owner only, as the systemd units' UMask=0077 does in a deployment.
+    // SAFETY: umask only sets the process's (and its future children's) file creation mask.
+    unsafe { libc::umask(0o077) };
     let redis_server =
         find_executable(&args.redis_server).ok_or(UpError::RedisServerNotFound(args.redis_server.clone()))?;
     let (dir, previous) = prepare_dir(&args.dir)?;
     let metrics_port = (!args.no_metrics).then_some(args.metrics_port);
     let journal_ports = journal_ports(&args, &dir, previous.as_ref())?;
-    let journal_stage = plan_journal(&journal_ports, &dir)?;
+    let identity = (!journal_ports.is_empty()).then(|| cluster_identity(&dir)).transpose()?;
+    let journal_stage = plan_journal(&journal_ports, &dir, identity.as_ref().map(|files| &files.journal))?;
     let redis_stage = plan_redis(&args, &redis_server, &dir)?;
     check_ports_free(&args, metrics_port, journal_stage.iter().chain(&redis_stage))?;
-    let proxy_config = proxy_config(&args, metrics_port, &journal_stage, &redis_stage, &dir);
+    let mut proxy_config = proxy_config(&args, metrics_port, &journal_stage, &redis_stage, &dir);
+    proxy_config.cluster_tls = identity.map(|files| files.proxy);
     let proxy_stage = vec![plan_proxy(&args, &dir, &proxy_config)?];
     if journal_stage.is_empty() {
         tracing::warn!("--journal-nodes 0: no journal, writes are NOT durable and lost when Redis restarts");
@@ -276,7 +285,9 @@ fn ready_line(url: &str, shape: &Shape, metrics_url: Option<&str>) -> String {
 /// Creates `dir` and refuses it if another live `memlog up` owns it. Returns the cluster.json
 /// of an earlier run in it, if any (a stale one, from a run that was killed, does not block).
 fn prepare_dir(dir: &Path) -> Result<(PathBuf, Option<ClusterFile>), UpError> {
-    std::fs::create_dir_all(dir).map_err(|e| io_error(format!("cannot create {}", dir.display()), e))?;
+    private_fs::create_dir_all(dir).map_err(|e| io_error(format!("cannot create {}", dir.display()), e))?;
+    // A dir made by an older memlog, or by hand, is tightened too.
+    private_fs::restrict_dir(dir).map_err(|e| io_error(format!("cannot restrict {}", dir.display()), e))?;
     let dir = dir.canonicalize().map_err(|e| io_error(format!("cannot resolve {}", dir.display()), e))?;
     let previous = ClusterFile::read(&dir).ok();
     if let Some(previous) = &previous {
@@ -318,23 +329,47 @@ fn journal_ports(args: &UpArgs, dir: &Path, previous: Option<&ClusterFile>) -> R
     Ok(recorded)
 }
 
-/// One `memlog journal` node per port, each with its data and log in `DIR/journal-<port>/`.
-fn plan_journal(ports: &[u16], dir: &Path) -> Result<Vec<NodePlan>, UpError> {
+/// The cluster CA's certificate and the journal nodes' and proxy's identities in
+/// `DIR/cluster-tls/`: those of an earlier run if all are there, else new ones (the CA key is
+/// never written: a new node identity means a new CA, and every member gets it on start).
+fn cluster_identity(dir: &Path) -> Result<ClusterFiles, UpError> {
+    let tls_dir = dir.join("cluster-tls");
+    let existing = ClusterFiles::in_dir(&tls_dir);
+    if existing.complete() {
+        return Ok(existing);
+    }
+    tracing::info!(dir = %tls_dir.display(), "generating the cluster CA and certificates");
+    let generated = ClusterCa::generate().map_err(cluster_ca::WriteError::from).and_then(|ca| ca.write(&tls_dir));
+    generated.map_err(|e| {
+        io_error(format!("cannot create the cluster certificates in {}", tls_dir.display()), std::io::Error::other(e))
+    })
+}
+
+/// One `memlog journal` node per port, each with its data and log in `DIR/journal-<port>/`,
+/// and the cluster identity `tls` (none only without a journal).
+fn plan_journal(ports: &[u16], dir: &Path, tls: Option<&TlsFiles>) -> Result<Vec<NodePlan>, UpError> {
     let exe = memlog_executable()?;
     ports
         .iter()
         .map(|&port| {
             let name = format!("journal-{port}");
             let node_dir = dir.join(&name);
-            std::fs::create_dir_all(&node_dir)
+            private_fs::create_dir_all(&node_dir)
                 .map_err(|e| io_error(format!("cannot create {}", node_dir.display()), e))?;
-            let args = vec![
+            let mut args: Vec<std::ffi::OsString> = vec![
                 "journal".into(),
                 "--dir".into(),
                 node_dir.clone().into(),
                 "--listen".into(),
                 loopback(port).to_string().into(),
             ];
+            if let Some(tls) = tls {
+                for (flag, path) in
+                    [("--cluster-ca", &tls.ca), ("--cluster-cert", &tls.cert), ("--cluster-key", &tls.key)]
+                {
+                    args.extend([flag.into(), path.into()]);
+                }
+            }
             let spec = ChildSpec { name, program: exe.clone(), args, log: node_dir.join("journal.log") };
             Ok(NodePlan {
                 restart: RestartPlan { spec: spec.clone(), prepare: Prepare::Nothing },
@@ -495,7 +530,7 @@ fn plan_proxy(args: &UpArgs, dir: &Path, config: &ProxyConfig) -> Result<NodePla
     let toml = toml::to_string(config)
         .map_err(|e| io_error("cannot encode the proxy config".into(), std::io::Error::other(e)))?;
     let text = format!("# Generated by `memlog up`; rewritten on every start.\n{toml}");
-    std::fs::write(&path, text).map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
+    private_fs::write(&path, text).map_err(|e| io_error(format!("cannot write {}", path.display()), e))?;
     let spec = ChildSpec {
         name: "proxy".into(),
         program: memlog_executable()?,
@@ -675,7 +710,12 @@ mod tests {
         assert_eq!(ports, (7000..7009).collect::<Vec<_>>());
         assert!(matches!(nodes[3].role, Role::Primary { shard: 1, .. }));
         assert_eq!(nodes[5].role, Role::Replica { shard: 1, replica_of: 7003 });
-        let journal = plan_journal(&[7400, 7401, 7402], dir.path()).unwrap();
+        let identity = cluster_identity(dir.path()).unwrap();
+        let journal = plan_journal(&[7400, 7401, 7402], dir.path(), Some(&identity.journal)).unwrap();
+        let args_of_first: Vec<String> = journal[0].spec.args.iter().map(|a| a.to_string_lossy().into()).collect();
+        let key = identity.journal.key.display().to_string();
+        assert!(args_of_first.windows(2).any(|w| w[0] == "--cluster-key" && w[1] == key), "{args_of_first:?}");
+        assert_eq!(cluster_identity(dir.path()).unwrap(), identity, "a second run reuses the identity");
         let cfg = proxy_config(&args(3, 2), Some(9121), &journal, &nodes, dir.path());
         assert_eq!(cfg.shards.len(), 3);
         assert_eq!(cfg.shards[2].primary, "127.0.0.1:7006");
@@ -705,7 +745,7 @@ mod tests {
     #[test]
     fn journal_nodes_get_their_own_dirs_and_no_journal_means_no_table() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = plan_journal(&[7400, 7401], dir.path()).unwrap();
+        let journal = plan_journal(&[7400, 7401], dir.path(), None).unwrap();
         assert!(dir.path().join("journal-7401").is_dir());
         assert_eq!(journal[1].spec.log, dir.path().join("journal-7401/journal.log"));
         assert_eq!(journal[1].role, Role::Journal);
@@ -751,7 +791,7 @@ mod tests {
             assert_eq!(node.restart.spec.name, node.spec.name);
             assert_eq!(node.restart.prepare, Prepare::EmptyRedisDir(dir.path().join(&node.spec.name)));
         }
-        let journal = plan_journal(&[7400], dir.path()).unwrap();
+        let journal = plan_journal(&[7400], dir.path(), None).unwrap();
         assert_eq!(journal[0].restart.prepare, Prepare::Nothing, "a journal node keeps its data");
         assert_eq!(journal[0].restart.spec.args, journal[0].spec.args);
     }
@@ -772,7 +812,7 @@ mod tests {
     fn generated_config_reads_back_identically() {
         let dir = tempfile::tempdir().unwrap();
         let nodes = plan_redis(&args(2, 1), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
-        let journal = plan_journal(&[7400, 7401, 7402], dir.path()).unwrap();
+        let journal = plan_journal(&[7400, 7401, 7402], dir.path(), None).unwrap();
         let cfg = proxy_config(&args(2, 1), None, &journal, &nodes, dir.path());
         plan_proxy(&args(2, 1), dir.path(), &cfg).unwrap();
         let loaded = ProxyConfig::load(Some(&dir.path().join("proxy.toml"))).unwrap();

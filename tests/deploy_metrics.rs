@@ -185,11 +185,12 @@ fn dashboards_use_only_metric_names_the_proxy_exports() {
             "listen = \"{listen}\"\nmetrics_listen = \"{metrics}\"\nmaxclients = {maxclients}\n\
              backend_timeout_ms = 2000\n\n[journal]\nnodes = [\"{}\"]\nmetadata = \"file:{}\"\n\
              write_wait_ms = 1000\n\n[failover]\nhold_ms = 1000\n\n[snapshot]\ndir = \"{}\"\nevery_entries = 1\n\n\
-             [[shards]]\nslots = \"0-16383\"\nprimary = \"{}\"\n",
+             [[shards]]\nslots = \"0-16383\"\nprimary = \"{}\"\n{}",
             journal.addr,
             tmp.path().join("metadata.json").display(),
             tmp.path().join("snapshots").display(),
-            redis.addr
+            redis.addr,
+            common::cluster_tls::proxy_toml()
         ),
     )
     .unwrap();
@@ -235,6 +236,7 @@ fn dashboards_use_only_metric_names_the_proxy_exports() {
 /// The journal's names are checked against a real scrape of `memlog journal --metrics-listen`
 /// after appends that succeed, one refused by fencing, and one whose fsync fails (the node's
 /// `MEMLOG_FAILPOINT` fault injection), so every journal metric has a sample.
+#[cfg_attr(not(feature = "failpoints"), ignore = "needs `--features failpoints` (scripts/test enables it)")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboards_use_only_metric_names_the_journal_exports() {
     let wanted: BTreeSet<String> =
@@ -247,12 +249,12 @@ async fn dashboards_use_only_metric_names_the_journal_exports() {
     let metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     let mut cmd = Command::new(memlog_bin());
     cmd.arg("journal").arg("--dir").arg(tmp.path().join("node")).arg("--listen").arg(listen.to_string());
-    cmd.arg("--metrics-listen").arg(metrics.to_string());
+    cmd.arg("--metrics-listen").arg(metrics.to_string()).args(common::cluster_tls::journal_args());
     // Two data fsyncs succeed, then every one fails.
     cmd.env("MEMLOG_FAILPOINT", "fsync-after=2");
     let _journal = spawn_listening("memlog-journal", cmd, listen, &tmp.path().join("journal.log"));
 
-    let client = journal_service::NodeClient::new(listen);
+    let client = journal_service::NodeClient::new(listen, common::cluster_tls::proxy_transport());
     let entry = |epoch: u64, lsn: u64| journal_service::Entry {
         epoch,
         lsn,

@@ -112,6 +112,7 @@ impl FailoverCluster {
             quote(journal),
             self.metadata_path().display()
         );
+        toml += &common::cluster_tls::proxy_toml();
         if snapshots {
             let dir = self.dir.path().join("snapshots");
             toml += &format!("[snapshot]\ndir = \"{}\"\nevery_entries = {SNAPSHOT_EVERY}\n", dir.display());

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::cluster_tls::proxy_transport;
 use common::{spawn_journal_with, Proc};
 use journal_service::meta::MetaStore;
 use journal_service::quorum::{recover, QuorumConfig, QuorumWriter, Reader, WriteError};
@@ -80,6 +81,7 @@ fn config() -> QuorumConfig {
     QuorumConfig {
         append_timeout: Duration::from_secs(3),
         node_timeout: Duration::from_millis(800),
+        transport: proxy_transport(),
         ..QuorumConfig::default()
     }
 }
@@ -119,7 +121,10 @@ async fn assert_read_back(nodes: &[SocketAddr], commit_lsn: u64, acked: &[(u64, 
 /// `assert_read_back` of what the nodes keep from `from` on (`acked` from there too).
 async fn assert_read_back_from(nodes: &[SocketAddr], from: u64, commit_lsn: u64, acked: &[(u64, Bytes)]) {
     assert!(acked.windows(2).all(|w| w[0].0 < w[1].0), "acknowledged LSNs increase");
-    let read = Reader::new(STREAM, nodes).read(from, commit_lsn).await.unwrap_or_else(|e| panic!("read: {e}"));
+    let read = Reader::new(STREAM, nodes, &proxy_transport())
+        .read(from, commit_lsn)
+        .await
+        .unwrap_or_else(|e| panic!("read: {e}"));
     let by_lsn: std::collections::HashMap<u64, &Bytes> = read.iter().map(|e| (e.lsn, &e.payload)).collect();
     for (lsn, payload) in acked {
         assert_eq!(by_lsn.get(lsn), Some(&payload), "acknowledged lsn {lsn} is read back intact");
@@ -141,7 +146,7 @@ where
 
 /// `addr`'s last LSN for the stream (0 if it holds none or does not answer).
 async fn node_last_lsn(addr: SocketAddr) -> u64 {
-    match NodeClient::new(addr).status().await {
+    match NodeClient::new(addr, proxy_transport()).status().await {
         Ok(status) => status.streams.get(STREAM).map_or(0, |t| t.last_lsn),
         Err(_) => 0,
     }
@@ -149,7 +154,7 @@ async fn node_last_lsn(addr: SocketAddr) -> u64 {
 
 /// `addr`'s first stored LSN of the stream.
 async fn node_first_lsn(addr: SocketAddr) -> u64 {
-    NodeClient::new(addr).status().await.expect("node status").streams[STREAM].first_lsn
+    NodeClient::new(addr, proxy_transport()).status().await.expect("node status").streams[STREAM].first_lsn
 }
 
 /// Waits until `node` is live again and holds the writer's whole log.
@@ -228,7 +233,7 @@ async fn two_nodes_down_fails_with_no_quorum_and_acknowledges_nothing() {
     let successor = cluster.writer("writer-b").await;
     assert_eq!(successor.epoch(), 2);
     assert_read_back(&cluster.addrs, successor.commit_lsn(), &acked).await;
-    let read = Reader::new(STREAM, &cluster.addrs).read(1, successor.commit_lsn()).await.unwrap();
+    let read = Reader::new(STREAM, &cluster.addrs, &proxy_transport()).read(1, successor.commit_lsn()).await.unwrap();
     for entry in &read {
         let known = (0..15).any(|i| payload("a", i) == entry.payload);
         assert!(known, "lsn {} holds a payload nobody appended", entry.lsn);
@@ -251,7 +256,7 @@ async fn a_stale_writer_is_fenced_after_a_new_writer_recovers() {
 
     acked.extend(all_acked(append_many(&new, "b", 0..10).await));
     assert_read_back(&cluster.addrs, new.commit_lsn(), &acked).await;
-    let read = Reader::new(STREAM, &cluster.addrs).read(1, new.commit_lsn()).await.unwrap();
+    let read = Reader::new(STREAM, &cluster.addrs, &proxy_transport()).read(1, new.commit_lsn()).await.unwrap();
     assert!(
         read.iter().all(|e| !String::from_utf8_lossy(&e.payload).contains("stale")),
         "the stale writer never extended the log"
@@ -299,7 +304,7 @@ async fn a_writer_dropped_mid_stream_is_recovered_by_the_next() {
     // The next writer recovers with one node down, as after a crash that took a node with it.
     cluster.kill9(1);
     let next = cluster.writer("writer-b").await;
-    let read = Reader::new(STREAM, &cluster.addrs).read(1, next.commit_lsn()).await.unwrap();
+    let read = Reader::new(STREAM, &cluster.addrs, &proxy_transport()).read(1, next.commit_lsn()).await.unwrap();
     assert_read_back(&cluster.addrs, next.commit_lsn(), &acked).await;
     // Whatever of the in-flight appends survived is a gap-free continuation, in order.
     let survived: Vec<Bytes> = read.iter().map(|e| e.payload.clone()).skip(50).collect();
@@ -348,7 +353,7 @@ async fn a_node_that_missed_what_the_others_truncated_restarts_where_they_begin_
     // A snapshot now holds the committed prefix: the live nodes give it up.
     let below = writer.commit_lsn() - 10;
     for addr in &cluster.addrs[..2] {
-        NodeClient::new(*addr).truncate_below(STREAM, below).await.unwrap();
+        NodeClient::new(*addr, proxy_transport()).truncate_below(STREAM, writer.epoch(), below).await.unwrap();
     }
     let first = node_first_lsn(cluster.addrs[0]).await.min(node_first_lsn(cluster.addrs[1]).await);
     assert!(first > 21, "the live nodes dropped what node 2 lacks (they start at {first})");

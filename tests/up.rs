@@ -137,6 +137,51 @@ fn up_serves_then_sigterm_stops_every_child() {
     assert!(!status.status.success(), "memlog status must fail for a stopped cluster");
 }
 
+#[test]
+fn every_file_and_dir_up_creates_is_for_its_owner_only() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cluster");
+    std::fs::create_dir(&dir).unwrap();
+    let ports = ports();
+    let (_up, ready) = start_up(&dir, &ports);
+    check_running_cluster(&dir, &ports, &ready);
+    // A snapshot too, so its dir and RDB are among the files checked.
+    let snapshot = redis_cli(ports.proxy, &["MEMLOG", "SNAPSHOT", "0"]);
+    assert!(stdout_of(&snapshot).parse::<u64>().is_ok(), "MEMLOG SNAPSHOT 0: {snapshot:?}\n{}", up_log(&dir));
+
+    let mut checked = (0, 0);
+    let mut pending = vec![dir.clone()];
+    let mut wrong = Vec::new();
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            checked.0 += 1;
+            if mode != 0o700 {
+                wrong.push(format!("{} is a dir of mode {mode:o}", path.display()));
+            }
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if meta.file_type().is_file() && path != dir.join("up.log") {
+            // up.log is the test harness's own file (memlog up's stderr), not one up creates.
+            checked.1 += 1;
+            if mode != 0o600 {
+                wrong.push(format!("{} is a file of mode {mode:o}", path.display()));
+            }
+        } else {
+            assert!(!meta.file_type().is_socket(), "a socket in --dir: {}", path.display());
+        }
+    }
+    assert!(wrong.is_empty(), "readable by others:\n{}", wrong.join("\n"));
+    let must_exist = ["metadata.json", "cluster.json", "proxy.toml", "cluster-tls/ca.pem", "cluster-tls/proxy.key"];
+    for name in must_exist {
+        assert!(dir.join(name).is_file(), "{name} is missing");
+    }
+    let snapshots = std::fs::read_dir(dir.join("snapshots/shard-0")).unwrap().count();
+    assert!(snapshots > 0, "the snapshot is not in the snapshot dir");
+    println!("{} dirs and {} files checked", checked.0, checked.1);
+}
+
 /// SIGTERM to `memlog up`: it exits successfully, having reaped every child in `pids`, so they
 /// are gone now, not eventually.
 fn sigterm_and_check_clean_stop(up: &mut Up, pids: &[(String, u32)]) {

@@ -1,10 +1,13 @@
 //! memlog's journal: the per-shard, quorum-replicated, fenced, fsync'd log that makes a write
 //! durable before Redis sees it, plus the metadata store that holds epochs and topology.
 
+pub mod cluster_ca;
+pub mod cluster_tls;
 pub mod entry;
 pub mod error;
 pub mod node;
 pub mod node_client;
+pub mod private_fs;
 pub mod protocol;
 pub mod record;
 pub mod storage;

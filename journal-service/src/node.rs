@@ -8,15 +8,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
+use crate::cluster_tls::{Reloaded, Role, ServerTls, TlsError};
 use crate::error::NodeError;
 use crate::protocol::{self, Request, Response};
 use crate::storage::{Storage, StorageOptions};
@@ -32,6 +33,69 @@ pub struct NodeOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Size at which a stream's segment file is closed and the next one begun.
     pub segment_bytes: u64,
+    /// Most streams the node holds; a request creating one more is refused.
+    pub max_streams: usize,
+    /// Mutual TLS (the cluster identity), or none with `--insecure-no-tls`.
+    pub security: Security,
+    pub limits: NodeLimits,
+}
+
+/// Who may talk to the node.
+#[derive(Clone)]
+pub enum Security {
+    /// Mutual TLS: only cluster members get a request read; the role decides what they may do.
+    Tls(Arc<ServerTls>),
+    /// Anyone who connects may do anything (`--insecure-no-tls`, logged loudly at start).
+    InsecureNoTls,
+}
+
+impl Security {
+    /// Re-reads the certificate files, if the node has any.
+    fn reload(&self) -> Result<Reloaded, TlsError> {
+        match self {
+            Security::Tls(tls) => tls.reload().map(|()| Reloaded::Certificates),
+            Security::InsecureNoTls => Ok(Reloaded::NothingConfigured),
+        }
+    }
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Security::Tls(_) => "Tls",
+            Security::InsecureNoTls => "InsecureNoTls",
+        })
+    }
+}
+
+/// What one node spends on its peers, so no peer's bytes or connections grow it without bound.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeLimits {
+    /// Authenticated connections served at once; one more is closed at once.
+    pub max_connections: usize,
+    /// Connections still in their TLS handshake at once; one more is closed at once, so
+    /// peers without a certificate can never take the slots of members.
+    pub max_handshakes: usize,
+    /// A handshake not finished by then is cut.
+    pub handshake_timeout: Duration,
+    /// A connection with nothing received, nothing in flight and no subscription for this
+    /// long is closed (its client reconnects on its next call).
+    pub idle_timeout: Duration,
+    /// Requests of one connection being served at once; past it the node stops reading the
+    /// connection until one finishes (backpressure on the peer, no queue).
+    pub max_in_flight: usize,
+}
+
+impl Default for NodeLimits {
+    fn default() -> Self {
+        NodeLimits {
+            max_connections: 1024,
+            max_handshakes: 256,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_in_flight: 1024,
+        }
+    }
 }
 
 /// Largest payload total a read or a subscription batch gathers, so a reply stays under the frame cap.
@@ -42,6 +106,9 @@ const SUBSCRIPTION_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Replies queued per connection before request handlers wait for the socket.
 const REPLY_QUEUE: usize = 4096;
+
+/// After a failed accept (e.g. out of file descriptors), wait this long instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Opens the storage (refusing to start on corruption) and serves until `shutdown` resolves.
 pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -56,28 +123,60 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> anyho
             .install()
             .with_context(|| format!("serving metrics on {addr}"))?;
     }
-    let options = StorageOptions { segment_bytes: opts.segment_bytes, ..StorageOptions::default() }
-        .with_failpoint_from_env()
-        .map_err(anyhow::Error::msg)?;
+    let options = StorageOptions {
+        segment_bytes: opts.segment_bytes,
+        max_streams: opts.max_streams,
+        ..StorageOptions::default()
+    };
+    // Fault injection exists only in test builds (docs/cluster-tls.md, "Failpoints").
+    #[cfg(feature = "failpoints")]
+    let options = options.with_failpoint_from_env().map_err(anyhow::Error::msg)?;
     if options.fail_fsync_after.is_some() {
         tracing::warn!(?options, "fault injection is on");
     }
+    let security = opts.security.clone();
+    crate::cluster_tls::reload_on_sighup(move || security.reload())?;
+    match &opts.security {
+        Security::Tls(_) => {}
+        Security::InsecureNoTls => tracing::warn!(
+            listen = %opts.listen,
+            "INSECURE: --insecure-no-tls: anyone who reaches this port can read, append, fence and truncate every stream"
+        ),
+    }
+    raise_open_files_limit();
     let dir = opts.dir.clone();
     let storage = tokio::task::spawn_blocking(move || Storage::open(&dir, options))
         .await?
         .with_context(|| format!("opening journal directory {}", opts.dir.display()))?;
     let listener = TcpListener::bind(opts.listen).await.with_context(|| format!("listening on {}", opts.listen))?;
-    tracing::info!(listen = %opts.listen, dir = %opts.dir.display(), "journal node serving");
-    serve(listener, Arc::new(storage), shutdown).await
+    tracing::info!(listen = %opts.listen, dir = %opts.dir.display(), security = ?opts.security, "journal node serving");
+    serve(listener, Arc::new(storage), opts.security, opts.limits, shutdown).await
+}
+
+/// Each connection takes a file descriptor: raise the soft limit to the hard one, so the
+/// connection limits, not the descriptor limit, decide what is refused.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read/write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Accepts connections on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     storage: Arc<Storage>,
+    security: Security,
+    limits: NodeLimits,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         tokio::select! {
             _ = &mut shutdown => {
@@ -86,23 +185,92 @@ pub async fn serve(
             }
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    let Ok(handshake) = Arc::clone(&handshakes).try_acquire_owned() else {
+                        metrics::counter!(REFUSED_CONNECTIONS, "reason" => "handshakes").increment(1);
+                        continue;
+                    };
                     let _ = socket.set_nodelay(true);
-                    tokio::spawn(serve_connection(socket, peer, Arc::clone(&storage)));
+                    let (storage, security, connections) = (Arc::clone(&storage), security.clone(), Arc::clone(&connections));
+                    tokio::spawn(async move {
+                        let Some((stream, role)) = admit(socket, peer, &security, limits.handshake_timeout).await else { return };
+                        drop(handshake);
+                        let Ok(slot) = connections.try_acquire_owned() else {
+                            metrics::counter!(REFUSED_CONNECTIONS, "reason" => "connections").increment(1);
+                            tracing::warn!(%peer, max = limits.max_connections, "connection refused: too many connections");
+                            return;
+                        };
+                        serve_connection(stream, peer, role, storage, limits, slot).await;
+                    });
                 }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             },
         }
     }
 }
 
-/// Serves one connection until the peer closes it or sends a bad frame.
-async fn serve_connection(socket: TcpStream, peer: SocketAddr, storage: Arc<Storage>) {
-    let (reader, writer) = socket.into_split();
+/// Connections closed before a request was read, by reason.
+pub const REFUSED_CONNECTIONS: &str = "memlog_journal_refused_connections_total";
+
+/// A byte stream to a peer, plain or TLS.
+trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> PeerStream for T {}
+
+/// Runs the TLS handshake (the client's certificate checked by the cluster CA and its role);
+/// `None` if the peer is not a member. Nothing is read from a peer before this succeeds.
+async fn admit(
+    socket: TcpStream,
+    peer: SocketAddr,
+    security: &Security,
+    timeout: Duration,
+) -> Option<(Box<dyn PeerStream>, Role)> {
+    let tls = match security {
+        Security::InsecureNoTls => return Some((Box::new(socket), Role::Proxy)),
+        Security::Tls(tls) => tls,
+    };
+    let refused = |reason: String| {
+        metrics::counter!(REFUSED_CONNECTIONS, "reason" => "handshake").increment(1);
+        tracing::debug!(%peer, %reason, "TLS handshake refused");
+        None
+    };
+    match tokio::time::timeout(timeout, tls.acceptor().accept(socket)).await {
+        Err(_) => refused("timed out".into()),
+        Ok(Err(e)) => refused(e.to_string()),
+        Ok(Ok(stream)) => {
+            let role = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(Role::of);
+            match role {
+                Some(role) => Some((Box::new(stream), role)),
+                None => refused("no role in the client certificate".into()),
+            }
+        }
+    }
+}
+
+/// Serves one connection until the peer closes it, sends a bad frame or stays idle.
+async fn serve_connection(
+    stream: Box<dyn PeerStream>,
+    peer: SocketAddr,
+    role: Role,
+    storage: Arc<Storage>,
+    limits: NodeLimits,
+    _slot: OwnedSemaphorePermit,
+) {
+    let (reader, writer) = tokio::io::split(stream);
     let (replies, queue) = mpsc::channel(REPLY_QUEUE);
     let writer = tokio::spawn(write_replies(writer, queue));
-    let mut connection = Connection { storage, replies, subscriptions: HashMap::new() };
-    if let Err(reason) = connection.read_requests(reader).await {
-        tracing::warn!(%peer, %reason, "closing connection");
+    let mut connection = Connection {
+        storage,
+        role,
+        replies,
+        subscriptions: HashMap::new(),
+        in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+        max_in_flight: limits.max_in_flight,
+    };
+    match connection.read_requests(reader, limits.idle_timeout).await {
+        Ok(()) => tracing::debug!(%peer, "connection ended by the peer"),
+        Err(reason) => tracing::warn!(%peer, %reason, "closing connection"),
     }
     connection.subscriptions.values().for_each(AbortHandle::abort);
     drop(connection);
@@ -113,13 +281,22 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, storage: Arc<Stor
 /// The state of one connection's request loop.
 struct Connection {
     storage: Arc<Storage>,
+    /// What the peer's certificate allows it.
+    role: Role,
     replies: mpsc::Sender<Bytes>,
     subscriptions: HashMap<u64, AbortHandle>,
+    /// One permit per request being served.
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl Connection {
     /// Reads and dispatches requests; `Err` (after replying) when a frame is bad.
-    async fn read_requests(&mut self, mut reader: OwnedReadHalf) -> Result<(), String> {
+    async fn read_requests(
+        &mut self,
+        mut reader: impl AsyncRead + Unpin,
+        idle_timeout: Duration,
+    ) -> Result<(), String> {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
             loop {
@@ -130,14 +307,16 @@ impl Connection {
                 };
                 let id = frame.request_id;
                 match protocol::decode_request(frame) {
-                    Ok(request) => self.dispatch(id, request).await,
+                    Ok(request) => self.authorize_and_dispatch(id, request).await,
                     Err(error) => return Err(self.refuse(error).await),
                 }
             }
-            match reader.read_buf(&mut buf).await {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("read: {e}")),
+            match tokio::time::timeout(idle_timeout, reader.read_buf(&mut buf)).await {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("read: {e}")),
+                Err(_) if self.is_idle() => return Err(format!("idle for {idle_timeout:?}")),
+                Err(_) => {}
             }
         }
     }
@@ -149,19 +328,45 @@ impl Connection {
         format!("bad frame: {error}")
     }
 
+    /// Nothing in flight and no subscription.
+    fn is_idle(&self) -> bool {
+        self.subscriptions.values().all(AbortHandle::is_finished)
+            && self.in_flight.available_permits() == self.max_in_flight
+    }
+
+    /// Refuses what the peer's role does not allow (only a proxy changes streams), else serves it.
+    async fn authorize_and_dispatch(&mut self, id: u64, request: Request) {
+        let changes_a_stream = matches!(
+            request,
+            Request::Append { .. }
+                | Request::Fence { .. }
+                | Request::TruncateAfter { .. }
+                | Request::TruncateBelow { .. }
+        );
+        if changes_a_stream && self.role != Role::Proxy {
+            let error = NodeError::Protocol(format!(
+                "permission denied: a {:?} certificate may not change a stream",
+                self.role
+            ));
+            let _ = self.replies.send(encode(id, &Response::Error(error))).await;
+            return;
+        }
+        self.dispatch(id, request).await
+    }
+
     async fn dispatch(&mut self, id: u64, request: Request) {
         match request {
             Request::Append { stream, entry } => {
-                self.reply_later(id, self.storage.append(&stream, entry), |()| Response::Done)
+                self.reply_later(id, self.storage.append(&stream, entry), |()| Response::Done).await
             }
             Request::Fence { stream, epoch } => {
-                self.reply_later(id, self.storage.fence(&stream, epoch), Response::Tail)
+                self.reply_later(id, self.storage.fence(&stream, epoch), Response::Tail).await
             }
             Request::TruncateAfter { stream, epoch, lsn } => {
-                self.reply_later(id, self.storage.truncate_after(&stream, epoch, lsn), |()| Response::Done)
+                self.reply_later(id, self.storage.truncate_after(&stream, epoch, lsn), |()| Response::Done).await
             }
-            Request::TruncateBelow { stream, lsn } => {
-                self.reply_later(id, self.storage.truncate_below(&stream, lsn), |()| Response::Done)
+            Request::TruncateBelow { stream, epoch, lsn } => {
+                self.reply_later(id, self.storage.truncate_below(&stream, epoch, lsn), |()| Response::Done).await
             }
             Request::Read { stream, from_lsn, to_lsn, max_bytes } => {
                 let storage = Arc::clone(&self.storage);
@@ -171,7 +376,7 @@ impl Connection {
                         .await
                         .map_err(|e| NodeError::Storage(format!("read task failed: {e}")))?
                 };
-                self.reply_later(id, read, Response::Entries)
+                self.reply_later(id, read, Response::Entries).await
             }
             Request::Subscribe { stream, from_lsn } => match self.storage.watch(&stream) {
                 Ok(progress) => {
@@ -195,20 +400,23 @@ impl Connection {
         }
     }
 
-    /// Replies to `id` when `operation` (already queued on the storage) finishes.
-    fn reply_later<T>(
+    /// Replies to `id` when `operation` (already queued on the storage) finishes. Waits first
+    /// for a free in-flight slot, so a peer that pipelines without bound is stopped being read.
+    async fn reply_later<T>(
         &self,
         id: u64,
         operation: impl Future<Output = Result<T, NodeError>> + Send + 'static,
         to_response: impl FnOnce(T) -> Response + Send + 'static,
     ) {
         let replies = self.replies.clone();
+        let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else { return };
         tokio::spawn(async move {
             let response = match operation.await {
                 Ok(value) => to_response(value),
                 Err(error) => Response::Error(error),
             };
             let _ = replies.send(encode(id, &response)).await;
+            drop(permit);
         });
     }
 }
@@ -270,7 +478,7 @@ fn encode(id: u64, response: &Response) -> Bytes {
 }
 
 /// Writes reply frames, coalescing whatever is queued into one write.
-async fn write_replies(mut writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Bytes>) {
+async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut queue: mpsc::Receiver<Bytes>) {
     let mut batch = BytesMut::with_capacity(64 * 1024);
     while let Some(frame) = queue.recv().await {
         protocol::coalesce(&mut batch, &frame, || queue.try_recv().ok());

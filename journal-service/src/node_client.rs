@@ -1,4 +1,5 @@
-//! A client for one journal node: one pipelined TCP connection, shared by every clone.
+//! A client for one journal node: one pipelined connection (mutual TLS unless the transport
+//! is plain, see `cluster_tls`), shared by every clone.
 //!
 //! Calls are queued on the connection when they are made (not when their future is first
 //! polled), so calls made in order from one task reach the node in that order — a writer can
@@ -13,10 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::cluster_tls::{ClientTls, Transport};
 use crate::entry::{Entry, NodeStatus, StreamTail};
 use crate::error::NodeError;
 use crate::protocol::{self, Request, Response};
@@ -35,6 +37,7 @@ pub struct NodeClient {
 
 struct Inner {
     addr: SocketAddr,
+    transport: Transport,
     timeout: Duration,
     next_id: AtomicU64,
     connection: Mutex<Option<Arc<Connection>>>,
@@ -63,16 +66,15 @@ enum Waiter {
 type EntrySender = mpsc::Sender<Result<Entry, NodeError>>;
 
 impl NodeClient {
-    /// A client for the node at `addr`; connects on first use.
-    pub fn new(addr: SocketAddr) -> NodeClient {
-        NodeClient::with_timeout(addr, DEFAULT_TIMEOUT)
+    /// A client for the node at `addr`, reached over `transport`; connects on first use.
+    pub fn new(addr: SocketAddr, transport: Transport) -> NodeClient {
+        NodeClient::with_timeout(addr, transport, DEFAULT_TIMEOUT)
     }
 
     /// Like `new`, with the time a call (or a connect) may take before it fails with `Timeout`.
-    pub fn with_timeout(addr: SocketAddr, timeout: Duration) -> NodeClient {
-        NodeClient {
-            inner: Arc::new(Inner { addr, timeout, next_id: AtomicU64::new(1), connection: Mutex::new(None) }),
-        }
+    pub fn with_timeout(addr: SocketAddr, transport: Transport, timeout: Duration) -> NodeClient {
+        let connection = Mutex::new(None);
+        NodeClient { inner: Arc::new(Inner { addr, transport, timeout, next_id: AtomicU64::new(1), connection }) }
     }
 
     /// The node's address.
@@ -135,12 +137,14 @@ impl NodeClient {
 
     /// Lets the node drop whole segments holding only entries below `lsn` (after a snapshot).
     /// On a stream holding nothing at or above `lsn`, the stream restarts empty at `lsn`.
+    /// Refused with `Fenced` if `epoch` is below the node's fenced epoch (which it leaves alone).
     pub fn truncate_below(
         &self,
         stream: &str,
+        epoch: u64,
         lsn: u64,
     ) -> impl Future<Output = Result<(), NodeError>> + Send + 'static {
-        let call = self.call(Request::TruncateBelow { stream: stream.to_string(), lsn });
+        let call = self.call(Request::TruncateBelow { stream: stream.to_string(), epoch, lsn });
         async move { expect_done(call.await?) }
     }
 
@@ -187,7 +191,9 @@ impl NodeClient {
         protocol::encode_request(id, request, &mut frame);
         let mut slot = self.inner.connection.lock().expect("connection lock");
         loop {
-            let connection = slot.get_or_insert_with(|| Connection::open(self.inner.addr, self.inner.timeout)).clone();
+            let connection = slot
+                .get_or_insert_with(|| Connection::open(self.inner.addr, &self.inner.transport, self.inner.timeout))
+                .clone();
             let mut calls = connection.calls.lock().expect("call table lock");
             if calls.dead {
                 drop(calls);
@@ -247,36 +253,47 @@ fn unexpected(response: Response) -> NodeError {
 
 impl Connection {
     /// A connection whose driver task connects in the background; frames queue until it is up.
-    fn open(addr: SocketAddr, timeout: Duration) -> Arc<Connection> {
+    fn open(addr: SocketAddr, transport: &Transport, timeout: Duration) -> Arc<Connection> {
         let (outgoing, frames) = mpsc::unbounded_channel();
         let connection = Arc::new(Connection {
             outgoing,
             calls: Mutex::new(CallTable { dead: false, waiters: HashMap::new() }),
             closed: Notify::new(),
         });
-        tokio::spawn(Arc::clone(&connection).drive(addr, timeout, frames));
+        tokio::spawn(Arc::clone(&connection).drive(addr, transport.clone(), timeout, frames));
         connection
     }
 
-    async fn drive(self: Arc<Self>, addr: SocketAddr, timeout: Duration, frames: mpsc::UnboundedReceiver<Bytes>) {
-        let reason = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    async fn drive(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        transport: Transport,
+        timeout: Duration,
+        frames: mpsc::UnboundedReceiver<Bytes>,
+    ) {
+        let reason = match tokio::time::timeout(timeout, connect(addr, &transport)).await {
             Err(_) => format!("{addr}: connect timed out"),
             Ok(Err(e)) => format!("{addr}: connect: {e}"),
             Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                let (reader, writer) = stream.into_split();
-                tokio::select! {
-                    reason = write_frames(writer, frames) => format!("{addr}: {reason}"),
-                    reason = self.read_replies(reader) => format!("{addr}: {reason}"),
-                    _ = self.closed.notified() => format!("{addr}: client dropped"),
+                let (reader, mut writer) = tokio::io::split(stream);
+                let (reason, dropped) = tokio::select! {
+                    reason = write_frames(&mut writer, frames) => (reason, false),
+                    reason = self.read_replies(reader) => (reason, false),
+                    _ = self.closed.notified() => ("client dropped".to_string(), true),
+                };
+                if dropped {
+                    // An orderly close (TLS close_notify, then FIN): the node sees the end of a
+                    // conversation, not a truncated stream.
+                    let _ = tokio::time::timeout(timeout, writer.shutdown()).await;
                 }
+                format!("{addr}: {reason}")
             }
         };
         self.fail_all(reason);
     }
 
     /// Routes each reply to its waiter until the connection fails; returns why it did.
-    async fn read_replies(&self, mut reader: tokio::net::tcp::OwnedReadHalf) -> String {
+    async fn read_replies(&self, mut reader: impl AsyncRead + Unpin) -> String {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
             loop {
@@ -361,11 +378,23 @@ impl Connection {
     }
 }
 
+/// A byte stream to a node, plain or TLS.
+trait NodeStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> NodeStream for T {}
+
+/// Opens a TCP connection to `addr` and, with TLS, completes the handshake (the node's
+/// certificate must be the cluster CA's and carry the journal role).
+async fn connect(addr: SocketAddr, transport: &Transport) -> std::io::Result<Box<dyn NodeStream>> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    match transport {
+        Transport::Plain => Ok(Box::new(stream)),
+        Transport::Tls(tls) => Ok(Box::new(tls.connector().connect(ClientTls::node_name(), stream).await?)),
+    }
+}
+
 /// Writes queued frames, coalescing whatever is queued into one write; returns why it stopped.
-async fn write_frames(
-    mut writer: tokio::net::tcp::OwnedWriteHalf,
-    mut frames: mpsc::UnboundedReceiver<Bytes>,
-) -> String {
+async fn write_frames(writer: &mut (impl AsyncWrite + Unpin), mut frames: mpsc::UnboundedReceiver<Bytes>) -> String {
     let mut batch = BytesMut::with_capacity(64 * 1024);
     while let Some(frame) = frames.recv().await {
         crate::protocol::coalesce(&mut batch, &frame, || frames.try_recv().ok());

@@ -38,8 +38,10 @@ pub enum Request {
         epoch: u64,
         lsn: u64,
     },
+    /// Refused below the node's fenced epoch, like every request that changes a stream.
     TruncateBelow {
         stream: String,
+        epoch: u64,
         lsn: u64,
     },
     Subscribe {
@@ -165,8 +167,9 @@ pub fn encode_request(request_id: u64, request: &Request, out: &mut BytesMut) {
             out.put_u64_le(*epoch);
             out.put_u64_le(*lsn);
         }
-        Request::TruncateBelow { stream, lsn } => {
+        Request::TruncateBelow { stream, epoch, lsn } => {
             put_str(out, stream);
+            out.put_u64_le(*epoch);
             out.put_u64_le(*lsn);
         }
         Request::Subscribe { stream, from_lsn } => {
@@ -200,7 +203,7 @@ pub fn decode_request(frame: RawFrame) -> Result<Request, FrameError> {
             Request::Read { stream: body.string()?, from_lsn: body.u64()?, to_lsn: body.u64()?, max_bytes: body.u64()? }
         }
         op::TRUNCATE_AFTER => Request::TruncateAfter { stream: body.string()?, epoch: body.u64()?, lsn: body.u64()? },
-        op::TRUNCATE_BELOW => Request::TruncateBelow { stream: body.string()?, lsn: body.u64()? },
+        op::TRUNCATE_BELOW => Request::TruncateBelow { stream: body.string()?, epoch: body.u64()?, lsn: body.u64()? },
         op::SUBSCRIBE => Request::Subscribe { stream: body.string()?, from_lsn: body.u64()? },
         op::UNSUBSCRIBE => Request::Unsubscribe { subscription_id: body.u64()? },
         op::STATUS => Request::Status,
@@ -461,7 +464,7 @@ mod tests {
             Request::Fence { stream: stream.clone(), epoch: 7 },
             Request::Read { stream: stream.clone(), from_lsn: 1, to_lsn: 9, max_bytes: 1 << 20 },
             Request::TruncateAfter { stream: stream.clone(), epoch: 7, lsn: 4 },
-            Request::TruncateBelow { stream: stream.clone(), lsn: 3 },
+            Request::TruncateBelow { stream: stream.clone(), epoch: 2, lsn: 3 },
             Request::Subscribe { stream, from_lsn: 2 },
             Request::Unsubscribe { subscription_id: 12 },
             Request::Status,
@@ -543,7 +546,7 @@ mod tests {
         let err = decode_request(frame(op::FENCE, &[0xff, 0xff, 0xff, 0xff, b'a'])).unwrap_err();
         assert!(matches!(err, FrameError::BadBody { .. }));
         // Invalid UTF-8 in a name.
-        assert!(decode_request(frame(op::TRUNCATE_BELOW, &[1, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0])).is_err());
+        assert!(decode_request(frame(op::TRUNCATE_BELOW, &[&[1, 0, 0, 0, 0xff][..], &[0; 16]].concat())).is_err());
     }
 
     proptest! {

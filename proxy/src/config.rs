@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "auth_timeout_ms",
     "tls",
     "backend",
+    "cluster_tls",
     "users",
     "journal",
     "failover",
@@ -73,6 +74,9 @@ pub struct ProxyConfig {
     pub shutdown_grace_ms: u64,
     /// TLS for client connections; plain TCP when absent.
     pub tls: Option<TlsConfig>,
+    /// The proxy's cluster identity for the journal nodes (mutual TLS, docs/cluster-tls.md);
+    /// plain TCP when absent, which only a node run with `--insecure-no-tls` accepts.
+    pub cluster_tls: Option<journal_service::cluster_tls::TlsFiles>,
     /// A connection that has not authenticated this long after it connected is closed, when
     /// authentication is required (0: never), so idle sockets cannot fill `maxclients`.
     pub auth_timeout_ms: u64,
@@ -297,6 +301,7 @@ impl Default for ProxyConfig {
             auth_timeout_ms: 10_000,
             tls: None,
             backend: BackendConfig::default(),
+            cluster_tls: None,
             users: Vec::new(),
             journal: None,
             failover: FailoverConfig::default(),

@@ -160,7 +160,7 @@ impl Sequencer {
             None => None,
             Some(setup) => {
                 let stream = format!("shard-{shard}");
-                applier.reader = Some(Arc::new(Reader::new(&stream, &setup.nodes)));
+                applier.reader = Some(Arc::new(Reader::new(&stream, &setup.nodes, &setup.quorum.transport)));
                 let writer = recover_until_done(shard, &stream, &setup).await;
                 let started = Instant::now();
                 let replayed = applier.catch_up(writer.commit_lsn()).await;

@@ -83,7 +83,8 @@ impl Shard {
         });
         let snapshots = journal.as_ref().and_then(|setup| {
             let settings = setup.snapshots.clone()?;
-            Some(Arc::new(ShardSnapshots::new(id, settings, setup.meta.clone(), setup.nodes.clone(), prepare.clone())))
+            let journal = (setup.nodes.clone(), setup.quorum.transport.clone());
+            Some(Arc::new(ShardSnapshots::new(id, settings, setup.meta.clone(), journal, prepare.clone())))
         });
         let sequencer = Sequencer::start(id, target.clone(), opts.clone(), journal, snapshots.clone()).await?;
         started.send_replace(Some(sequencer.clone()));

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use journal_service::cluster_tls::{reload_on_sighup, Role, Transport};
 use journal_service::meta::ShardTopology;
 use redis_protocol::resp2::types::BytesFrame;
 
@@ -34,8 +35,13 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     };
     let prepare = NodePreparation::new(opts.clone());
     let connections = cfg.backend_connections.max(1);
+    // The proxy's identity for the journal nodes; SIGHUP re-reads it (docs/cluster-tls.md).
+    let transport = Transport::from_files(cfg.cluster_tls.as_ref(), Role::Proxy)
+        .map_err(|e| anyhow::anyhow!("[cluster_tls]: {e}"))?;
+    let reloadable = transport.clone();
+    reload_on_sighup(move || reloadable.reload())?;
     let journal = match &cfg.journal {
-        Some(journal) => Some(journal_setup(journal, cfg.snapshot.as_ref(), &cfg.listen).await?),
+        Some(journal) => Some(journal_setup(&cfg, journal, transport).await?),
         None => {
             tracing::warn!("no [journal] configured: writes are routed to Redis but NOT durable");
             None
@@ -142,10 +148,13 @@ async fn shard_starts(
 
 /// Resolves the journal nodes, opens the metadata store and sets the quorum.
 async fn journal_setup(
+    proxy: &ProxyConfig,
     cfg: &crate::config::JournalConfig,
-    snapshot: Option<&crate::config::SnapshotConfig>,
-    listen: &str,
+    transport: Transport,
 ) -> anyhow::Result<JournalSetup> {
+    if let Transport::Plain = transport {
+        tracing::warn!("no [cluster_tls]: journal nodes are reached without TLS");
+    }
     let mut nodes = Vec::with_capacity(cfg.nodes.len());
     for node in &cfg.nodes {
         let addr = tokio::net::lookup_host(node)
@@ -159,21 +168,22 @@ async fn journal_setup(
         write_quorum: nodes.len(),
         ack_quorum: cfg.ack_quorum(),
         append_timeout: Duration::from_millis(cfg.append_timeout_ms),
+        transport,
         ..Default::default()
     };
     quorum.validate(nodes.len()).map_err(|e| anyhow::anyhow!("[journal]: {e}"))?;
     let meta = journal_service::meta::MetaStore::open(&cfg.metadata)
         .await
-        .map_err(|e| anyhow::anyhow!("metadata store {:?}: {e}", cfg.metadata))?;
+        .map_err(|e| anyhow::anyhow!("metadata store {}: {e}", journal_service::meta::redact_url(&cfg.metadata)))?;
     let meta = Arc::new(meta);
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     Ok(JournalSetup {
         nodes,
         meta,
         quorum,
-        writer_id: format!("{host}:{}:{listen}", std::process::id()),
+        writer_id: format!("{host}:{}:{}", std::process::id(), proxy.listen),
         write_wait: Duration::from_millis(cfg.write_wait_ms),
-        snapshots: snapshot.map(|s| Arc::new(SnapshotSettings::from(s))),
+        snapshots: proxy.snapshot.as_ref().map(|s| Arc::new(SnapshotSettings::from(s))),
     })
 }
 

@@ -112,6 +112,7 @@ impl DurableCluster {
             self.dir.path().join("metadata.json").display(),
             opts.write_wait_ms
         );
+        toml += &super::cluster_tls::proxy_toml();
         if let Some(every) = opts.snapshot_every {
             let dir = self.snapshot_dir();
             toml += &format!("[snapshot]\ndir = \"{}\"\nevery_entries = {every}\n", dir.display());
@@ -272,7 +273,10 @@ pub fn journal_first_lsns(addrs: &[SocketAddr], stream: &str) -> Vec<u64> {
     runtime.block_on(async {
         let mut firsts = Vec::new();
         for addr in addrs {
-            let status = NodeClient::new(*addr).status().await.expect("journal node status");
+            let status = NodeClient::new(*addr, super::cluster_tls::proxy_transport())
+                .status()
+                .await
+                .expect("journal node status");
             firsts.push(status.streams[stream].first_lsn);
         }
         firsts

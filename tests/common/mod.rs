@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod cluster_tls;
 pub mod load;
 pub mod ports;
 pub mod resp;
@@ -173,12 +174,13 @@ pub fn spawn_journal(dir: &Path, port: u16) -> Proc {
     spawn_journal_with(dir, port, &[])
 }
 
-/// `spawn_journal` with more `memlog journal` arguments.
+/// `spawn_journal` with more `memlog journal` arguments (the cluster identity is always given).
 pub fn spawn_journal_with(dir: &Path, port: u16, args: &[String]) -> Proc {
     let port = if port == 0 { free_port() } else { port };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     std::fs::create_dir_all(dir).unwrap();
     let mut cmd = Command::new(memlog_bin());
     cmd.arg("journal").arg("--dir").arg(dir).arg("--listen").arg(addr.to_string()).args(args);
+    cmd.args(cluster_tls::journal_args());
     spawn_listening(&format!("journal-{port}"), cmd, addr, &dir.join("journal.log"))
 }

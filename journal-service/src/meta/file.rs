@@ -7,7 +7,7 @@
 //! new document, never a torn one. The blocking file work runs on tokio's blocking pool.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -211,7 +211,7 @@ struct FileLock {
 
 impl FileLock {
     fn acquire(path: &Path) -> Result<FileLock, MetaError> {
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        let file = crate::private_fs::open_options().create(true).truncate(false).write(true).open(path)?;
         loop {
             // SAFETY: flock on a descriptor we own; it blocks until the lock is ours.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
@@ -254,7 +254,7 @@ fn write_document(path: &Path, doc: &Document) -> Result<(), MetaError> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
-    let mut file = File::create(&tmp)?;
+    let mut file = crate::private_fs::create(&tmp)?;
     file.write_all(&bytes)?;
     file.sync_all()?;
     drop(file);

@@ -22,7 +22,8 @@ pub enum MetaError {
     #[error("compare-and-set conflict: the current value is {current}")]
     Conflict { current: u64 },
     /// The URL names no backend this build knows (`postgres://…` or `file:PATH`).
-    #[error("unsupported metadata store URL {0:?} (expected postgres://… or file:PATH)")]
+    /// Holds the URL with its password masked ([`redact_url`]).
+    #[error("unsupported metadata store URL {0} (expected postgres://… or file:PATH)")]
     BadUrl(String),
     /// The file backend could not read, lock or replace its document.
     #[error("metadata file error: {0}")]
@@ -97,6 +98,34 @@ macro_rules! dispatch {
     };
 }
 
+/// `url` with any password masked, for logs and errors: the `user:password@` part of a URL
+/// and a `password=` query parameter.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let authority_start = scheme_end + 3;
+        let authority_end = out[authority_start..].find(['/', '?']).map_or(out.len(), |i| authority_start + i);
+        if let Some(at) = out[authority_start..authority_end].rfind('@') {
+            let userinfo = authority_start..authority_start + at;
+            if let Some(colon) = out[userinfo.clone()].find(':') {
+                out.replace_range(userinfo.start + colon + 1..userinfo.end, "***");
+            }
+        }
+    }
+    if let Some(query_start) = out.find('?') {
+        let (head, query) = out.split_at(query_start + 1);
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", masked.join("&"));
+    }
+    out
+}
+
 impl MetaStore {
     /// Opens `postgres://…` / `postgresql://…` (creating or migrating the schema) or `file:PATH`.
     pub async fn open(url: &str) -> Result<MetaStore, MetaError> {
@@ -104,11 +133,11 @@ impl MetaStore {
             Ok(MetaStore::Postgres(postgres::PostgresStore::connect(url).await?))
         } else if let Some(path) = url.strip_prefix("file:") {
             if path.is_empty() {
-                return Err(MetaError::BadUrl(url.to_string()));
+                return Err(MetaError::BadUrl(redact_url(url)));
             }
             Ok(MetaStore::File(file::FileStore::open(path)?))
         } else {
-            Err(MetaError::BadUrl(url.to_string()))
+            Err(MetaError::BadUrl(redact_url(url)))
         }
     }
 
@@ -177,5 +206,25 @@ impl MetaStore {
     /// Up to `limit` events with an id above `since_id`, oldest first.
     pub async fn list_events(&self, since_id: u64, limit: usize) -> Result<Vec<EventRecord>, MetaError> {
         dispatch!(self.list_events(since_id, limit))
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        assert_eq!(
+            redact_url("postgres://memlog:s3cr%40t@db:5432/m?sslmode=require"),
+            "postgres://memlog:***@db:5432/m?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgresql://u@db/m?password=hunter2&sslmode=verify-full"),
+            "postgresql://u@db/m?password=***&sslmode=verify-full"
+        );
+        assert_eq!(redact_url("file:/var/lib/memlog/metadata.json"), "file:/var/lib/memlog/metadata.json");
+        let error = super::MetaError::BadUrl(redact_url("mysql://root:topsecret@h/x"));
+        assert!(!format!("{error} {error:?}").contains("topsecret"));
     }
 }

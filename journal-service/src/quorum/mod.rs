@@ -77,6 +77,7 @@ pub mod writer;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::cluster_tls::Transport;
 use crate::error::NodeError;
 use crate::meta::MetaError;
 
@@ -97,6 +98,8 @@ pub struct QuorumConfig {
     pub node_timeout: Duration,
     /// Committed entries kept in memory to bring a returning node up to date without reading.
     pub window_entries: usize,
+    /// How the nodes are reached (mutual TLS in any real deployment).
+    pub transport: Transport,
 }
 
 impl Default for QuorumConfig {
@@ -107,6 +110,7 @@ impl Default for QuorumConfig {
             append_timeout: Duration::from_secs(5),
             node_timeout: Duration::from_secs(2),
             window_entries: 4096,
+            transport: Transport::Plain,
         }
     }
 }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::frame::{self, Kind};
 use super::writer::read_range;
+use crate::cluster_tls::Transport;
 use crate::entry::StreamTail;
 use crate::error::NodeError;
 use crate::node_client::NodeClient;
@@ -40,8 +41,9 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(stream: &str, nodes: &[SocketAddr]) -> Reader {
-        Reader { stream: stream.to_string(), nodes: nodes.iter().map(|a| NodeClient::new(*a)).collect() }
+    pub fn new(stream: &str, nodes: &[SocketAddr], transport: &Transport) -> Reader {
+        let nodes = nodes.iter().map(|a| NodeClient::new(*a, transport.clone())).collect();
+        Reader { stream: stream.to_string(), nodes }
     }
 
     /// The highest commit point any reachable node has seen (it trails the writer's by the

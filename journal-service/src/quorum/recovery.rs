@@ -39,7 +39,8 @@ pub async fn recover_at_epoch(
     cfg: QuorumConfig,
 ) -> Result<QuorumWriter, WriteError> {
     cfg.validate(nodes.len())?;
-    let clients: Vec<NodeClient> = nodes.iter().map(|a| NodeClient::with_timeout(*a, cfg.node_timeout)).collect();
+    let clients: Vec<NodeClient> =
+        nodes.iter().map(|a| NodeClient::with_timeout(*a, cfg.transport.clone(), cfg.node_timeout)).collect();
     let needed = fence_quorum(cfg.write_quorum, cfg.ack_quorum);
 
     // Fence every node at once; each call is queued on its connection before any is awaited.

@@ -376,7 +376,7 @@ impl Shared {
                 if tail.last_lsn > base {
                     client.truncate_after(&self.stream, self.epoch, base).await?;
                 }
-                client.truncate_below(&self.stream, first).await?;
+                client.truncate_below(&self.stream, self.epoch, first).await?;
                 first - 1
             }
             None => {

@@ -27,7 +27,7 @@ pub fn load(dir: &Path) -> Result<u64, OpenError> {
 /// Durably replaces the fenced epoch of the stream in `dir`; a crash leaves the old or the new value.
 pub fn store(dir: &Path, epoch: u64) -> io::Result<()> {
     let temp = dir.join(TEMP_NAME);
-    let mut file = fs::File::create(&temp)?;
+    let mut file = crate::private_fs::create(&temp)?;
     file.write_all(format!("{epoch}\n").as_bytes())?;
     file.sync_all()?;
     fs::rename(&temp, dir.join(FILE_NAME))?;

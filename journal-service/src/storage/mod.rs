@@ -35,6 +35,7 @@ pub mod metrics_names {
 
 /// The environment variable holding a failpoint, read once when the node starts:
 /// `fsync` (every data fsync fails) or `fsync-after=N` (the first N succeed, then all fail).
+/// Read only in builds with the `failpoints` cargo feature.
 pub const FAILPOINT_ENV: &str = "MEMLOG_FAILPOINT";
 
 /// Default size at which a stream starts a new segment.
@@ -47,16 +48,27 @@ pub struct StorageOptions {
     pub segment_bytes: u64,
     /// Fault injection: data fsyncs after this many successful ones fail.
     pub fail_fsync_after: Option<u64>,
+    /// Most streams held; creating one more is refused, so peers cannot fill the disk with
+    /// directories and the node with writer threads.
+    pub max_streams: usize,
 }
+
+/// Default of `StorageOptions::max_streams` (memlog uses one stream per shard).
+pub const DEFAULT_MAX_STREAMS: usize = 4096;
 
 impl Default for StorageOptions {
     fn default() -> Self {
-        StorageOptions { segment_bytes: DEFAULT_SEGMENT_BYTES, fail_fsync_after: None }
+        StorageOptions {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            fail_fsync_after: None,
+            max_streams: DEFAULT_MAX_STREAMS,
+        }
     }
 }
 
 impl StorageOptions {
     /// Reads the `MEMLOG_FAILPOINT` variable into `fail_fsync_after`.
+    #[cfg(feature = "failpoints")]
     pub fn with_failpoint_from_env(mut self) -> Result<Self, String> {
         let Ok(value) = std::env::var(FAILPOINT_ENV) else { return Ok(self) };
         self.fail_fsync_after = Some(match value.as_str() {
@@ -119,9 +131,10 @@ impl Storage {
             move |source| OpenError::Io { path, source }
         };
         let streams_dir = dir.join("streams");
-        fs::create_dir_all(&streams_dir).map_err(io_err(&streams_dir))?;
+        crate::private_fs::create_dir_all(&streams_dir).map_err(io_err(&streams_dir))?;
+        crate::private_fs::restrict_dir(dir).map_err(io_err(dir))?;
         let lock_path = dir.join("lock");
-        let lock = File::create(&lock_path).map_err(io_err(&lock_path))?;
+        let lock = crate::private_fs::create(&lock_path).map_err(io_err(&lock_path))?;
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             return Err(OpenError::Locked(dir.to_path_buf()));
         }
@@ -150,6 +163,12 @@ impl Storage {
         }
         if !create {
             return Ok(None);
+        }
+        if streams.len() >= self.options.max_streams {
+            return Err(NodeError::Protocol(format!(
+                "cannot create stream {name}: the node holds its maximum of {} streams",
+                self.options.max_streams
+            )));
         }
         let dir = self.streams_dir.join(name);
         let stream = Stream::open(name, &dir, self.options.segment_bytes, Arc::clone(&self.failpoint), true)
@@ -202,13 +221,15 @@ impl Storage {
         self.submit(stream, move |reply| Command::Control(Control::TruncateAfter { epoch, lsn, reply }))
     }
 
-    /// Drops whole segments below `lsn`; a stream holding nothing at or above `lsn` restarts empty there.
+    /// Drops whole segments below `lsn`, if `epoch` is not below the fenced epoch (it does not
+    /// raise it); a stream holding nothing at or above `lsn` restarts empty there.
     pub fn truncate_below(
         &self,
         stream: &str,
+        epoch: u64,
         lsn: u64,
     ) -> impl Future<Output = Result<(), NodeError>> + Send + 'static {
-        self.submit(stream, move |reply| Command::Control(Control::TruncateBelow { lsn, reply }))
+        self.submit(stream, move |reply| Command::Control(Control::TruncateBelow { epoch, lsn, reply }))
     }
 
     /// Durable entries `from..=to`, up to `max_bytes` of payload (at least one if any). Blocking I/O.

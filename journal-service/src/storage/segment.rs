@@ -50,7 +50,7 @@ impl Segment {
     /// Creates an empty segment file (the caller fsyncs the directory).
     pub fn create(dir: &Path, first_lsn: u64) -> std::io::Result<Segment> {
         let path = dir.join(file_name(first_lsn));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let file = crate::private_fs::open_options().read(true).write(true).create_new(true).open(&path)?;
         Ok(Segment { path, first_lsn, offsets: Vec::new(), len: 0, file: Arc::new(file) })
     }
 

@@ -103,7 +103,7 @@ pub enum Command {
 pub enum Control {
     Fence { epoch: u64, reply: oneshot::Sender<Result<StreamTail, NodeError>> },
     TruncateAfter { epoch: u64, lsn: u64, reply: oneshot::Sender<Result<(), NodeError>> },
-    TruncateBelow { lsn: u64, reply: oneshot::Sender<Result<(), NodeError>> },
+    TruncateBelow { epoch: u64, lsn: u64, reply: oneshot::Sender<Result<(), NodeError>> },
 }
 
 /// A loaded stream: shared state, the writer's queue, and the progress subscribers watch.
@@ -127,7 +127,7 @@ impl Stream {
             move |source| OpenError::Io { path, source }
         };
         if create {
-            fs::create_dir(dir).map_err(io_err(dir))?;
+            crate::private_fs::create_dir(dir).map_err(io_err(dir))?;
             fsync_dir(dir.parent().expect("stream dir has a parent")).map_err(io_err(dir))?;
         }
         let persisted_epoch = epoch::load(dir)?;
@@ -392,19 +392,15 @@ impl Writer {
             Control::TruncateAfter { epoch, lsn, reply } => {
                 let _ = reply.send(self.truncate_after(epoch, lsn));
             }
-            Control::TruncateBelow { lsn, reply } => {
-                let _ = reply.send(self.truncate_below(lsn));
+            Control::TruncateBelow { epoch, lsn, reply } => {
+                let _ = reply.send(self.truncate_below(epoch, lsn));
             }
         }
     }
 
     /// Checks `epoch` against the fenced epoch and durably raises it to `epoch`.
     fn admit_epoch(&mut self, epoch: u64) -> Result<(), NodeError> {
-        let fenced = self.lock().fenced_epoch;
-        if epoch < fenced {
-            metrics::counter!(m::FENCED_APPENDS).increment(1);
-            return Err(NodeError::Fenced { stream: self.name.clone(), fenced_epoch: fenced });
-        }
+        self.check_epoch(epoch)?;
         self.raise_persisted_epoch(epoch).map_err(|e| NodeError::Storage(format!("writing the epoch file: {e}")))?;
         let mut state = self.lock();
         state.fenced_epoch = state.fenced_epoch.max(epoch);
@@ -479,8 +475,19 @@ impl Writer {
         Ok(())
     }
 
-    fn truncate_below(&mut self, lsn: u64) -> Result<(), NodeError> {
+    /// A refusal if `epoch` is below the fenced epoch (a stale writer's request).
+    fn check_epoch(&self, epoch: u64) -> Result<(), NodeError> {
+        let fenced = self.lock().fenced_epoch;
+        if epoch < fenced {
+            metrics::counter!(m::FENCED_APPENDS).increment(1);
+            return Err(NodeError::Fenced { stream: self.name.clone(), fenced_epoch: fenced });
+        }
+        Ok(())
+    }
+
+    fn truncate_below(&mut self, epoch: u64, lsn: u64) -> Result<(), NodeError> {
         self.check_not_poisoned()?;
+        self.check_epoch(epoch)?;
         if lsn > MAX_LSN {
             return Err(NodeError::Protocol(format!("lsn {lsn} is beyond the largest allowed, {MAX_LSN}")));
         }

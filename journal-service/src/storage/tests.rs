@@ -228,7 +228,7 @@ async fn truncate_below_drops_old_segments() {
     let storage = open(dir.path());
     append_range(&storage, 1, 1, 60).await;
     let before = segment_files(dir.path()).len();
-    storage.truncate_below(S, 30).await.unwrap();
+    storage.truncate_below(S, 1, 30).await.unwrap();
     let first = storage.status().streams[S].first_lsn;
     assert!(first > 1 && first <= 30, "first_lsn {first}");
     assert!(segment_files(dir.path()).len() < before);
@@ -240,16 +240,48 @@ async fn truncate_below_drops_old_segments() {
     assert_eq!(storage.status().streams[S].first_lsn, first);
     assert_holds(&storage, 1, first, 60);
     // Everything below 100: the stream restarts empty at 100.
-    storage.truncate_below(S, 100).await.unwrap();
+    storage.truncate_below(S, 1, 100).await.unwrap();
     let tail = storage.status().streams[S].clone();
     assert_eq!((tail.first_lsn, tail.last_lsn), (100, 99));
     assert!(matches!(storage.append(S, entry(1, 61)).await, Err(NodeError::OutOfOrder { expected_lsn: 100, .. })));
     append_range(&storage, 1, 100, 101).await;
-    assert!(matches!(storage.truncate_below(S, u64::MAX).await, Err(NodeError::Protocol(_))));
+    assert!(matches!(storage.truncate_below(S, 1, u64::MAX).await, Err(NodeError::Protocol(_))));
     drop(storage);
     let storage = open(dir.path());
     assert_holds(&storage, 1, 100, 101);
     assert_eq!(storage.status().streams[S].first_lsn, 100);
+}
+
+#[tokio::test]
+async fn a_stale_epoch_cannot_truncate_below_and_does_not_raise_the_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    append_range(&storage, 1, 1, 60).await;
+    storage.fence(S, 3).await.unwrap();
+    let before = storage.status().streams[S].clone();
+    assert!(matches!(storage.truncate_below(S, 2, 30).await, Err(NodeError::Fenced { fenced_epoch: 3, .. })));
+    assert_eq!(storage.status().streams[S], before, "a refused truncation changes nothing");
+    storage.truncate_below(S, 3, 30).await.unwrap();
+    let after = storage.status().streams[S].clone();
+    assert!(after.first_lsn > before.first_lsn);
+    // A truncation at a higher epoch than the fence is allowed but claims nothing.
+    storage.truncate_below(S, 9, 40).await.unwrap();
+    assert_eq!(storage.status().streams[S].fenced_epoch, 3);
+}
+
+#[tokio::test]
+async fn no_stream_is_created_past_max_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path(), StorageOptions { max_streams: 2, ..small_segments() }).unwrap();
+    storage.fence("a", 1).await.unwrap();
+    storage.fence("b", 1).await.unwrap();
+    let refused = storage.fence("c", 1).await.unwrap_err();
+    assert!(refused.to_string().contains("maximum of 2 streams"), "{refused}");
+    assert!(matches!(storage.watch("c"), Err(NodeError::Protocol(_))));
+    assert_eq!(storage.status().streams.len(), 2);
+    assert!(!dir.path().join("streams/c").exists());
+    // Existing streams still work.
+    storage.append("a", Entry { epoch: 1, ..entry(1, 1) }).await.unwrap();
 }
 
 #[tokio::test]
@@ -303,6 +335,7 @@ async fn a_directory_serves_one_node_at_a_time() {
     assert!(matches!(Storage::open(dir.path(), small_segments()), Err(OpenError::Locked(_))));
 }
 
+#[cfg(feature = "failpoints")]
 #[test]
 fn failpoint_env_values_parse() {
     let parse = |v: &str| {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use journal_service::cluster_tls::Transport;
 use journal_service::meta::{MetaStore, SnapshotRecord};
 use journal_service::node_client::NodeClient;
 use serde_json::json;
@@ -37,6 +38,7 @@ pub(crate) struct ShardSnapshots {
     /// The node preparation, run on a node after a snapshot was loaded into it (and whose
     /// connection options every connection here uses).
     prepare: Arc<NodePreparation>,
+    transport: Transport,
     busy: Mutex<()>,
 }
 
@@ -45,11 +47,11 @@ impl ShardSnapshots {
         shard: usize,
         settings: Arc<SnapshotSettings>,
         meta: Arc<MetaStore>,
-        journal: Vec<SocketAddr>,
+        (journal, transport): (Vec<SocketAddr>, Transport),
         prepare: Arc<NodePreparation>,
     ) -> ShardSnapshots {
         let dir = settings.dir.join(format!("shard-{shard}"));
-        ShardSnapshots { shard, dir, settings, meta, journal, prepare, busy: Mutex::new(()) }
+        ShardSnapshots { shard, dir, settings, meta, journal, transport, prepare, busy: Mutex::new(()) }
     }
 
     /// The catalog's snapshots of this shard, oldest first.
@@ -153,8 +155,11 @@ impl ShardSnapshots {
         let Some(oldest) = catalog.get(excess) else { return Ok(()) };
         let stream = format!("shard-{}", self.shard);
         let below = oldest.lsn + 1;
+        // Nodes refuse a truncation below their fenced epoch: the shard's current one.
+        let epoch = self.meta.epoch(self.shard as u32).await?.epoch;
+        let client = |node: &SocketAddr| NodeClient::new(*node, self.transport.clone());
         let calls: Vec<_> =
-            self.journal.iter().map(|node| NodeClient::new(*node).truncate_below(&stream, below)).collect();
+            self.journal.iter().map(|node| client(node).truncate_below(&stream, epoch, below)).collect();
         for (node, call) in self.journal.iter().zip(calls) {
             // A node that misses this gives the space back at the next snapshot.
             if let Err(e) = call.await {
