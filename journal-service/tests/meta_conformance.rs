@@ -5,7 +5,10 @@
 mod support;
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use journal_service::cluster_ca::ClusterCa;
 
 use journal_service::meta::{MetaError, MetaStore, ShardEpoch, ShardTopology, SnapshotRecord, Topology};
 use serde_json::json;
@@ -222,6 +225,66 @@ async fn postgres_backend_conformance() {
         };
     }
     for_each_check!(run);
+}
+
+/// A PostgreSQL with `ssl = on` (TCP only over TLS) showing a certificate for `names`,
+/// issued by `ca`.
+async fn postgres_with_tls(ca: &ClusterCa, names: &[&str]) -> Option<support::postgres::Postgres> {
+    let issued = ca.issue_for_names(names.iter().map(|n| n.to_string()).collect()).unwrap();
+    support::postgres::Postgres::start_tls(&support::postgres::ServerCert { cert: issued.cert, key: issued.key }).await
+}
+
+/// `ca`'s certificate written to a file, for `sslrootcert`.
+fn root_cert_file(dir: &Path, ca: &ClusterCa) -> PathBuf {
+    let path = dir.join("root.pem");
+    std::fs::write(&path, ca.cert_pem()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_backend_conformance_over_verify_full() {
+    let ca = ClusterCa::generate().unwrap();
+    let Some(server) = postgres_with_tls(&ca, &["127.0.0.1"]).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = root_cert_file(dir.path(), &ca);
+    macro_rules! run {
+        ($check:ident) => {
+            let url = server.create_database(stringify!($check)).await;
+            let url = format!("{url}?sslmode=verify-full&sslrootcert={}", root.display());
+            eprintln!("postgres verify-full: {}", stringify!($check));
+            $check(url).await;
+        };
+    }
+    for_each_check!(run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_a_certificate_of_another_ca_or_name_as_sslmode_says() {
+    let (ours, theirs) = (ClusterCa::generate().unwrap(), ClusterCa::generate().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let root = root_cert_file(dir.path(), &ours);
+    let with = |url: &str, mode: &str| format!("{url}?sslmode={mode}&sslrootcert={}", root.display());
+    let refused = |result: Result<MetaStore, MetaError>, what: &str| match result {
+        Err(e) => assert!(e.to_string().contains("certificate"), "{what}: {e}"),
+        Ok(_) => panic!("{what}: the store was opened"),
+    };
+
+    // Another CA's certificate: neither verifying mode takes it; `require` encrypts anyway.
+    let Some(impostor) = postgres_with_tls(&theirs, &["127.0.0.1"]).await else { return };
+    let url = impostor.create_database("impostor").await;
+    refused(MetaStore::open(&with(&url, "verify-full")).await, "another CA, verify-full");
+    refused(MetaStore::open(&with(&url, "verify-ca")).await, "another CA, verify-ca");
+    let store = MetaStore::open(&format!("{url}?sslmode=require")).await.expect("require takes any certificate");
+    assert_eq!(store.claim_epoch(0, 0, "w").await.unwrap(), 1, "and works (over TLS: the server takes nothing else)");
+
+    // Our CA, but for another name: verify-full refuses it, verify-ca (chain only) takes it.
+    let Some(misnamed) = postgres_with_tls(&ours, &["db.example"]).await else { return };
+    let url = misnamed.create_database("misnamed").await;
+    refused(MetaStore::open(&with(&url, "verify-full")).await, "wrong name, verify-full");
+    MetaStore::open(&with(&url, "verify-ca")).await.expect("verify-ca checks the chain, not the name");
+
+    // A server that only speaks TLS refuses `disable`.
+    assert!(MetaStore::open(&format!("{url}?sslmode=disable")).await.is_err());
 }
 
 #[tokio::test]

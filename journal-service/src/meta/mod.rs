@@ -12,6 +12,7 @@
 
 pub mod file;
 pub mod postgres;
+pub mod postgres_tls;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,11 +33,30 @@ pub enum MetaError {
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
     /// The Postgres backend failed (connection, SQL, migration).
-    #[error("postgres error: {0}")]
+    #[error("postgres error: {}", with_causes(.0))]
     Postgres(#[from] tokio_postgres::Error),
+    /// The Postgres URL's TLS settings cannot be used (`sslmode`, `sslrootcert`).
+    #[error("postgres TLS: {0}")]
+    PostgresTls(#[from] postgres_tls::PostgresTlsError),
+    /// No pooled Postgres connection within the timeout (the server is unreachable or busy).
+    #[error("postgres connection pool: {0}")]
+    Pool(String),
     /// A number does not fit the backend's column type (Postgres has signed 64-bit integers).
     #[error("value out of range: {0}")]
     OutOfRange(String),
+}
+
+/// `error` and its sources: tokio-postgres' own message ("error performing TLS handshake")
+/// leaves the reason (e.g. which certificate check failed) to the source.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The epoch of a shard's journal stream and the writer that claimed it (`None` before the first claim).

@@ -5,11 +5,26 @@
 //!
 //! Compare-and-set is one statement — `INSERT … ON CONFLICT DO NOTHING RETURNING` when nothing is
 //! expected to exist yet, `UPDATE … WHERE <expected> RETURNING` otherwise — atomic per row. JSON values travel as text cast to `jsonb`.
+//!
+//! Connections are TLS as the URL's `sslmode` says (`postgres_tls`) and come from a pool: each
+//! call takes one for its statement, so calls do not queue behind each other, a dead
+//! connection is replaced, and while Postgres is unreachable a call fails after
+//! [`CONNECT_TIMEOUT`] instead of holding anything else up.
 
-use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use std::time::Duration;
 
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::Client;
+
+use super::postgres_tls::Connection;
 use super::{EventRecord, MetaError, ShardEpoch, SnapshotRecord, Topology};
+
+/// Most connections one process holds to the store. Its calls are few and short (epoch claims,
+/// topology, the snapshot catalog, events), but shards start and fail over in parallel.
+const POOL_SIZE: usize = 8;
+
+/// How long opening a connection (TCP, TLS, authentication) or waiting for a free one may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The schema, one migration per step, in order. Never edit a shipped step: append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -46,26 +61,44 @@ const MIGRATIONS: &[&str] = &[
 /// Key of the advisory lock that serializes migrations ("memlog" in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x6d65_6d6c_6f67;
 
-/// A connection to the Postgres metadata store; reconnects on the next call after it drops.
+/// The Postgres metadata store: a pool of connections to it.
 pub struct PostgresStore {
-    url: String,
-    client: Mutex<Client>,
+    pool: Pool,
 }
 
 impl PostgresStore {
     /// Connects and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<PostgresStore, MetaError> {
-        let mut client = open_client(url).await?;
+        let Connection { mut config, tls, .. } = Connection::from_url(url)?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        // Fast recycling: a connection whose socket closed is dropped; a live one is reused
+        // without a test query.
+        let manager = Manager::from_config(config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| MetaError::Pool(e.to_string()))?;
+        let store = PostgresStore { pool };
+        let mut client = store.client().await?;
         migrate(&mut client).await?;
-        Ok(PostgresStore { url: url.to_string(), client: Mutex::new(client) })
+        drop(client);
+        Ok(store)
     }
 
-    /// Runs `op` with a live client, replacing a closed connection first.
+    async fn client(&self) -> Result<deadpool_postgres::Object, MetaError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => MetaError::Postgres(e),
+            other => MetaError::Pool(other.to_string()),
+        })
+    }
+
+    /// Runs `op` on a pooled connection.
     async fn with_client<T>(&self, op: impl AsyncFnOnce(&Client) -> Result<T, MetaError>) -> Result<T, MetaError> {
-        let mut client = self.client.lock().await;
-        if client.is_closed() {
-            *client = open_client(&self.url).await?;
-        }
+        let client = self.client().await?;
         op(&client).await
     }
 
@@ -264,20 +297,9 @@ impl PostgresStore {
     }
 }
 
-/// Connects and drives the connection on its own task (tokio-postgres' split design).
-async fn open_client(url: &str) -> Result<Client, MetaError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "metadata store connection closed");
-        }
-    });
-    Ok(client)
-}
-
 /// Applies every migration newer than the recorded schema version, each with its version row,
 /// in one transaction holding the migration lock.
-async fn migrate(client: &mut Client) -> Result<(), MetaError> {
+async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), MetaError> {
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
     tx.batch_execute(

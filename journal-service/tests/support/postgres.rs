@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use journal_service::meta::postgres_tls;
+
 /// A running PostgreSQL; dropping it stops the server (SIGQUIT, then SIGKILL) by pid.
 pub struct Postgres {
     child: Child,
@@ -19,10 +21,26 @@ pub struct Postgres {
     _dir: tempfile::TempDir,
 }
 
+/// The certificate and key (PEM) a server shows with `ssl = on`.
+pub struct ServerCert {
+    pub cert: String,
+    pub key: String,
+}
+
 impl Postgres {
-    /// Starts a server, or returns `None` (after a loud warning) when the host cannot run one
-    /// and this is not CI.
+    /// Starts a server without TLS, or returns `None` (after a loud warning) when the host
+    /// cannot run one and this is not CI.
     pub async fn start() -> Option<Postgres> {
+        Postgres::start_with(None).await
+    }
+
+    /// Starts a server with `ssl = on` showing `cert`, which accepts TCP clients only over TLS
+    /// (`hostssl` in pg_hba.conf), so whatever works against it was encrypted.
+    pub async fn start_tls(cert: &ServerCert) -> Option<Postgres> {
+        Postgres::start_with(Some(cert)).await
+    }
+
+    async fn start_with(tls: Option<&ServerCert>) -> Option<Postgres> {
         let bin = match postgres_bin_dir() {
             Some(bin) => bin,
             None => return skip_or_fail("no PostgreSQL binaries (initdb) found under /usr/lib/postgresql"),
@@ -49,13 +67,19 @@ impl Postgres {
             .status()
             .expect("run initdb");
         assert!(status.success(), "initdb failed: {}", read(&dir.path().join("initdb.err")));
+        let mut settings = vec!["listen_addresses=127.0.0.1".to_string(), "fsync=off".to_string()];
+        if let Some(cert) = tls {
+            install_tls(&data, cert, owner);
+            settings.extend(["ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key"].map(String::from));
+        }
 
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let server_log = dir.path().join("postgres.log");
         let child = as_owner(Command::new(bin.join("postgres")), owner, dir.path())
             .arg("-D")
             .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-p", &port.to_string()])
+            .args(settings.iter().flat_map(|setting| ["-c", setting.as_str()]))
             .arg("-k")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -74,7 +98,7 @@ impl Postgres {
 
     /// Creates an empty database and returns its URL.
     pub async fn create_database(&self, db: &str) -> String {
-        let (client, conn) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await.unwrap();
+        let (client, conn) = self.admin_connect().await.unwrap();
         let driver = tokio::spawn(conn);
         client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
         drop(client);
@@ -82,11 +106,21 @@ impl Postgres {
         self.url(db)
     }
 
+    /// A connection as the superuser, over TLS when the server has it (`sslmode=prefer`).
+    async fn admin_connect(
+        &self,
+    ) -> Result<(tokio_postgres::Client, impl std::future::Future<Output = Result<(), tokio_postgres::Error>>), String>
+    {
+        let url = format!("{}?sslmode=prefer", self.url("postgres"));
+        let postgres_tls::Connection { config, tls, .. } = postgres_tls::Connection::from_url(&url).unwrap();
+        config.connect(tls).await.map_err(|e| e.to_string())
+    }
+
     /// Polls until a real connection succeeds (postgres accepts TCP before it is ready).
     async fn wait_ready(&mut self, log: &Path) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((client, conn)) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await {
+            if let Ok((client, conn)) = self.admin_connect().await {
                 let driver = tokio::spawn(conn);
                 let ok = client.simple_query("SELECT 1").await.is_ok();
                 drop(client);
@@ -119,6 +153,21 @@ impl Drop for Postgres {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes the server's certificate and key into the data directory (the key 0600 and owned
+/// by the server's user, or postgres refuses it) and lets TCP clients in only over TLS.
+fn install_tls(data: &Path, cert: &ServerCert, owner: Option<(u32, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, pem) in [("server.crt", &cert.cert), ("server.key", &cert.key)] {
+        let path = data.join(name);
+        std::fs::write(&path, pem).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n").unwrap();
 }
 
 /// Skips (None) with a loud message outside CI; fails inside CI.
