@@ -12,7 +12,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::cluster::{redis_conn, ClusterOptions, DurableCluster, Snapshot, CLIENT_TIMEOUT};
+use common::cluster::{redis_conn, ClusterOptions, DurableCluster, Snapshot};
 use common::resp::{Conn, Value};
 
 /// Calls per connection; two connections interleave theirs.
@@ -120,7 +120,7 @@ fn ok(reply: Value) {
 
 /// The libraries a Redis node holds, as sorted (name, code) pairs read on the node itself.
 fn libraries(addr: SocketAddr) -> Vec<(String, String)> {
-    let mut conn = Conn::connect(addr, CLIENT_TIMEOUT).unwrap();
+    let mut conn = redis_conn(addr).unwrap();
     let Value::Array(Some(libs)) = conn.cmd(&["FUNCTION", "LIST", "WITHCODE"]).unwrap() else {
         panic!("FUNCTION LIST on {addr}")
     };

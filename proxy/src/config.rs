@@ -377,6 +377,11 @@ mod tests {
                 write_wait_ms: 1,
             }),
             snapshot: Some(SnapshotConfig::new("d".into())),
+            cluster_tls: Some(journal_service::cluster_tls::TlsFiles {
+                ca: "a".into(),
+                cert: "c".into(),
+                key: "k".into(),
+            }),
             ..ProxyConfig::default()
         })
         .unwrap();

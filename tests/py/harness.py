@@ -397,7 +397,10 @@ def start_journal_node(group, workdir):
     port = free_port()
     node_dir = Path(workdir) / f"journal-{port}"
     node_dir.mkdir(parents=True, exist_ok=True)
-    argv = [memlog_binary(), "journal", "--dir", node_dir, "--listen", f"127.0.0.1:{port}"]
+    # The client suite exercises Redis semantics through the proxy; mutual TLS between the proxy
+    # and the journal nodes is covered by the Rust suites (tests/hostile_journal.rs), so these
+    # nodes run in plain TCP on loopback, as the proxy configs here have no [cluster_tls].
+    argv = [memlog_binary(), "journal", "--dir", node_dir, "--listen", f"127.0.0.1:{port}", "--insecure-no-tls"]
     proc = group.add(Proc(f"memlog-journal-{port}", argv, node_dir / "journal.log", env=proxy_environment()))
     deadline = time.monotonic() + START_TIMEOUT
     while True:

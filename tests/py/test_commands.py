@@ -84,19 +84,6 @@ def test_wrong_arity_error_matches_redis(target, command, name):
         assert conn.call("PING") == "PONG"
 
 
-# Commands a later issue implements (transactions, blocking, pub/sub, scripts). Until then
-# the proxy may refuse them; either way it must answer, not hang, and keep the connection.
-LATER = [("ACL", "LOG")]
-
-
-@pytest.mark.parametrize("command", LATER, ids=lambda v: v[0].lower())
-def test_commands_of_a_later_issue_neither_hang_nor_drop_the_connection(proxy, command):
-    with proxy.raw(timeout=10) as conn:
-        reply = conn.call(*command)
-        assert isinstance(reply, ErrorReply) and command[0].lower() in reply.lower(), reply
-        assert conn.call("PING") == "PONG"
-
-
 @pytest.mark.parametrize("protocol", ["2", "3"])
 def test_command_introspection(target, protocol):
     """COMMAND, COMMAND INFO and COMMAND COUNT, which cluster clients (redis-py RedisCluster)
