@@ -22,6 +22,7 @@
 mod applier;
 mod blocked;
 mod journaler;
+mod seams;
 mod watch;
 
 use std::net::SocketAddr;

@@ -4,20 +4,21 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use journal_service::quorum::{ReadError, Reader, WriteError};
 use tokio::sync::{mpsc, oneshot};
 
+use super::seams::{CommittedJournal, Primary};
 use super::*;
 
 /// Applies committed entries to the primary, in LSN order.
-pub(super) struct Applier {
+pub(super) struct Applier<P = ApplyConns, J = Reader> {
     pub(super) shard: usize,
-    pub(super) apply: ApplyConns,
+    pub(super) apply: P,
     /// Reads committed entries to catch the primary up; None when only routing.
-    pub(super) reader: Option<Arc<Reader>>,
+    pub(super) reader: Option<Arc<J>>,
     /// Where the prefix the journal gave up is, for a primary that misses part of it.
     pub(super) snapshots: Option<Arc<ShardSnapshots>>,
     /// The journal prefix the primary holds, as far as this applier knows.
@@ -28,7 +29,7 @@ pub(super) struct Applier {
     pub(super) reply_wait: Duration,
 }
 
-impl Applier {
+impl<P: Primary, J: CommittedJournal> Applier<P, J> {
     pub(super) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<ToApplier>, failed: Arc<AtomicBool>) {
         while let Some(message) = inbox.recv().await {
             match message {
@@ -55,13 +56,12 @@ impl Applier {
                         requests.extend_from_slice(&encode_command(command));
                     }
                     let requests = requests.freeze();
-                    let mut replies =
-                        self.apply.conn(Proto::Resp2).await.call_batch(requests.clone(), commands.len()).await;
+                    let mut replies = self.apply.call_batch(Proto::Resp2, requests.clone(), commands.len()).await;
                     if matches!(replies, Err(BackendError::Unverified { .. })) {
                         // A new primary: catch it up to what was applied, then read it.
                         let applied = self.applied;
                         self.catch_up(applied).await;
-                        replies = self.apply.conn(Proto::Resp2).await.call_batch(requests, commands.len()).await;
+                        replies = self.apply.call_batch(Proto::Resp2, requests, commands.len()).await;
                     }
                     let _ = done.send(replies);
                 }
@@ -80,9 +80,8 @@ impl Applier {
                 return self.apply_reads(proto, items).await;
             }
             // Only routing: each command in order on the apply connection.
-            let conn = self.apply.conn(proto).await;
             for item in items {
-                conn.send_to(item.command, item.reply);
+                self.apply.forward(proto, item.command, item.reply).await;
             }
             return;
         };
@@ -95,10 +94,11 @@ impl Applier {
         request.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         let (request, count) = (request.freeze(), items.len() + 3);
         let mut pause = Duration::from_millis(20);
-        let started = Instant::now();
+        // tokio's clock (the same as std's outside tests): the unit tests run this wait in paused time.
+        let started = tokio::time::Instant::now();
         let mut items = items;
         loop {
-            let result = self.apply.conn(proto).await.call_batch(request.clone(), count).await;
+            let result = self.apply.call_batch(proto, request.clone(), count).await;
             let exec = result.as_ref().ok().and_then(|replies| replies.last()).and_then(crate::resp::array_items);
             if let Some(replies) = exec.filter(|replies| replies.len() == items.len() + 1) {
                 self.applied = lsn;
@@ -153,7 +153,13 @@ impl Applier {
                 Ok(_) => {
                     self.catch_up(lsn - 1).await;
                 }
-                Err(e) => tracing::debug!(shard = self.shard, "the primary is not answering yet: {e}"),
+                Err(e) => {
+                    // Not answering (or not with an LSN): wait before asking again, however the
+                    // batch failed, so a node that keeps refusing is not asked in a tight loop.
+                    tracing::debug!(shard = self.shard, "the primary is not answering yet: {e}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
             }
         }
     }
@@ -166,7 +172,7 @@ impl Applier {
         items.iter().for_each(|item| request.extend_from_slice(&item.command));
         let request = request.freeze();
         loop {
-            match self.apply.conn(proto).await.call_batch(request.clone(), items.len()).await {
+            match self.apply.call_batch(proto, request.clone(), items.len()).await {
                 Err(BackendError::Unverified { .. }) => {
                     let applied = self.applied;
                     self.catch_up(applied).await;
@@ -188,13 +194,14 @@ impl Applier {
         }
     }
 
-    /// The journal prefix the primary holds (`GET __memlog:lsn`; 0 when it holds nothing).
+    /// The journal prefix the primary holds (`GET __memlog:lsn`; 0 when it holds nothing). An
+    /// error reply (`-LOADING`, `-NOAUTH` …) is an error, not 0: taken as 0 it would send the
+    /// applier to catch up a primary that may already hold the batch.
     async fn held_lsn(&mut self) -> anyhow::Result<u64> {
-        let conn = self.apply.conn(Proto::Resp2).await.clone();
-        let held = conn.call(&[&b"GET"[..], LSN_KEY]).await?;
-        Ok(match crate::resp::decode_resp2(&held)? {
-            redis_protocol::resp2::types::BytesFrame::BulkString(n) => std::str::from_utf8(&n)?.parse::<u64>()?,
-            _ => 0,
+        let mut held = self.apply.call_batch(Proto::Resp2, encode_command(&[&b"GET"[..], LSN_KEY]), 1).await?;
+        let held = held.pop().ok_or_else(|| anyhow::anyhow!("no reply to GET {}", String::from_utf8_lossy(LSN_KEY)))?;
+        crate::keys::parse_lsn(&held).ok_or_else(|| {
+            anyhow::anyhow!("the primary answered GET __memlog:lsn with {}", String::from_utf8_lossy(&held).trim())
         })
     }
 
@@ -221,7 +228,6 @@ impl Applier {
         // Asking the LSN also marks the connection checked, with or without a journal.
         let mut from = self.held_lsn().await?;
         let Some(reader) = self.reader.clone() else { return Ok(0) };
-        let conn = self.apply.conn(Proto::Resp2).await.clone();
         if from > lsn {
             anyhow::bail!(
                 "the primary holds lsn {from}, beyond the journal's commit point {lsn}: it was written by someone else"
@@ -237,8 +243,7 @@ impl Applier {
                     let snapshots = self.snapshots.as_ref().ok_or_else(|| {
                         anyhow::anyhow!("the journal starts at lsn {first}, the primary holds {from}, and no [snapshot] is configured")
                     })?;
-                    let primary = self.apply.primary.addr();
-                    let restored = snapshots.restore(&primary).await?;
+                    let restored = snapshots.restore(&self.apply.addr()).await?;
                     anyhow::ensure!(
                         restored + 1 >= first,
                         "the newest snapshot holds lsn {restored}, but the journal starts at {first}"
@@ -263,7 +268,7 @@ impl Applier {
                 last = entry.lsn;
             }
             if count > 0 {
-                let replies = conn.call_batch(pipeline.freeze(), count).await?;
+                let replies = self.apply.call_batch(Proto::Resp2, pipeline.freeze(), count).await?;
                 if let Some(bad) = replies.iter().find(|r| r.starts_with(b"-EXECABORT")) {
                     anyhow::bail!("replay aborted: {}", String::from_utf8_lossy(bad).trim());
                 }
@@ -309,3 +314,6 @@ fn append_error_reply(e: &WriteError) -> Bytes {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests;
