@@ -21,6 +21,8 @@
 
 mod applier;
 mod blocked;
+#[cfg(test)]
+mod fakes;
 mod journaler;
 mod seams;
 mod watch;
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use journal_service::meta::MetaStore;
-use journal_service::quorum::{self, QuorumConfig, QuorumWriter, Reader, WriteError};
+use journal_service::quorum::{QuorumConfig, QuorumWriter, Reader, WriteError};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{BackendConn, BackendError, BackendOptions, ReplySender};
@@ -45,6 +47,7 @@ use applier::Applier;
 use blocked::BlockedRegistry;
 pub(crate) use blocked::{unblock, Blocked, BlockedClients};
 use journaler::{Journal, Journaler};
+use seams::{JournalStream, QuorumStream};
 pub(crate) use watch::Watch;
 use watch::WatchRegistry;
 
@@ -160,9 +163,11 @@ impl Sequencer {
         let journal = match journal {
             None => None,
             Some(setup) => {
-                let stream = format!("shard-{shard}");
-                applier.reader = Some(Arc::new(Reader::new(&stream, &setup.nodes, &setup.quorum.transport)));
-                let writer = recover_until_done(shard, &stream, &setup).await;
+                let stream = QuorumStream { shard, name: format!("shard-{shard}"), setup };
+                let setup = &stream.setup;
+                applier.reader = Some(Arc::new(Reader::new(&stream.name, &setup.nodes, &setup.quorum.transport)));
+                let write_wait = setup.write_wait;
+                let writer = recover_until_done(&stream).await;
                 let started = Instant::now();
                 let replayed = applier.catch_up(writer.commit_lsn()).await;
                 tracing::info!(
@@ -173,7 +178,7 @@ impl Sequencer {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "shard recovered and primary caught up"
                 );
-                Some(Journal { stream, setup, writer })
+                Some(Journal { stream, write_wait, writer })
             }
         };
         let (to_applier, applier_rx) = mpsc::unbounded_channel();
@@ -247,15 +252,13 @@ impl ApplyConns {
 
 /// Claims the shard's next epoch and recovers its stream, retrying until the journal and the
 /// metadata store answer: a shard is not served before its journal is recovered.
-async fn recover_until_done(shard: usize, stream: &str, setup: &JournalSetup) -> QuorumWriter {
+async fn recover_until_done(stream: &QuorumStream) -> QuorumWriter {
     let mut pause = Duration::from_millis(100);
     loop {
-        match quorum::recover(&setup.meta, shard as u32, stream, &setup.nodes, setup.quorum.clone(), &setup.writer_id)
-            .await
-        {
+        match stream.recover().await {
             Ok(writer) => return writer,
             Err(e) => {
-                tracing::warn!(shard, "journal recovery failed, retrying: {e}");
+                tracing::warn!(shard = stream.shard, "journal recovery failed, retrying: {e}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }

@@ -7,18 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use journal_service::quorum::{self, QuorumWriter};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::blocked::{arm_timeout, BlockedRegistry};
+use super::seams::{JournalStream, QuorumStream, StreamWriter};
 use super::watch::WatchRegistry;
 use super::*;
 
 /// The shard's journal, when one is configured.
-pub(super) struct Journal {
-    pub(super) stream: String,
-    pub(super) setup: JournalSetup,
-    pub(super) writer: QuorumWriter,
+pub(super) struct Journal<S: JournalStream> {
+    pub(super) stream: S,
+    /// How long writes wait for a quorum (or for the primary) before they fail with `-TRYAGAIN`.
+    pub(super) write_wait: Duration,
+    pub(super) writer: S::Writer,
 }
 
 /// The keys a write touches, as far as WATCH and blocked clients need to know.
@@ -49,10 +50,10 @@ enum Journaled {
 
 /// Orders a shard's writes: normalizes and appends them to the journal (when configured), and
 /// keeps WATCHes and blocked clients, which every write must be checked against.
-pub(super) struct Journaler {
+pub(super) struct Journaler<S: JournalStream = QuorumStream> {
     pub(super) shard: usize,
     /// None: the proxy only routes, nothing is journaled.
-    pub(super) journal: Option<Journal>,
+    pub(super) journal: Option<Journal<S>>,
     pub(super) to_applier: mpsc::UnboundedSender<ToApplier>,
     /// Set by the applier when an append failed: the writer has stopped and must be replaced.
     pub(super) failed: Arc<AtomicBool>,
@@ -67,7 +68,7 @@ pub(super) struct Journaler {
     pub(super) retry_scheduled: bool,
 }
 
-impl Journaler {
+impl<S: JournalStream> Journaler<S> {
     pub(super) async fn run(mut self, mut queue: mpsc::UnboundedReceiver<SequencerRequest>) {
         let batch_size = metrics::histogram!("memlog_sequencer_batch_size", "shard" => self.shard.to_string());
         let mut batch = Vec::with_capacity(64);
@@ -126,7 +127,7 @@ impl Journaler {
                 self.serve(segment, parked, now).await;
             }
             SequencerOp::Wait => {
-                let live = self.journal.as_ref().map_or(0, |j| j.writer.live_nodes().iter().filter(|l| **l).count());
+                let live = self.journal.as_ref().map_or(0, |j| j.writer.live_nodes());
                 let _ = reply.send(Ok(Bytes::from(format!(":{live}\r\n"))));
             }
         }
@@ -583,7 +584,7 @@ impl Journaler {
         let append = match &self.journal {
             Some(journal) if !payload.is_empty() => {
                 let permit = self.appends.clone().acquire_owned().await.expect("the semaphore is never closed");
-                let append: AppendFuture = Box::pin(journal.writer.append(payload));
+                let append = journal.writer.append(payload);
                 Some((append, permit))
             }
             _ => None,
@@ -599,8 +600,8 @@ impl Journaler {
         queue: &mut mpsc::UnboundedReceiver<SequencerRequest>,
         batch: &mut Vec<SequencerRequest>,
     ) {
-        let write_wait = self.journal.as_ref().map_or(Duration::ZERO, |j| j.setup.write_wait);
-        let waiting_since = Instant::now();
+        let write_wait = self.journal.as_ref().map_or(Duration::ZERO, |j| j.write_wait);
+        let waiting_since = tokio::time::Instant::now();
         while self.health.is_failing() {
             let recovered = self.health.recovered.notified();
             tokio::pin!(recovered);
@@ -631,19 +632,12 @@ impl Journaler {
         batch: &mut Vec<SequencerRequest>,
     ) {
         let Some(journal) = &self.journal else { return };
-        let (setup, stream) = (journal.setup.clone(), journal.stream.clone());
-        let waiting_since = Instant::now();
+        let write_wait = journal.write_wait;
+        let waiting_since = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         loop {
-            let recovery = quorum::recover(
-                &setup.meta,
-                self.shard as u32,
-                &stream,
-                &setup.nodes,
-                setup.quorum.clone(),
-                &setup.writer_id,
-            );
-            match tokio::time::timeout(Duration::from_secs(5), recovery).await {
+            let Some(journal) = &self.journal else { return };
+            match tokio::time::timeout(Duration::from_secs(5), journal.stream.recover()).await {
                 Ok(Ok(writer)) => {
                     let (done, caught_up) = oneshot::channel();
                     let _ = self.to_applier.send(ToApplier::CatchUp { lsn: writer.commit_lsn(), done });
@@ -662,7 +656,7 @@ impl Journaler {
                 Ok(Err(e)) => tracing::warn!(shard = self.shard, "journal recovery failed, retrying: {e}"),
                 Err(_) => tracing::warn!(shard = self.shard, "journal recovery timed out, retrying"),
             }
-            if waiting_since.elapsed() >= setup.write_wait {
+            if waiting_since.elapsed() >= write_wait {
                 // Fail what waited too long; keep what arrives meanwhile for the next attempt.
                 while let Ok(write) = queue.try_recv() {
                     batch.push(write);
@@ -751,3 +745,6 @@ fn last_entry_id(reply: &Bytes) -> Option<Bytes> {
     let id = crate::resp::array_items(entry)?.into_iter().next()?;
     normalize::bulk_reply(&id)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,14 +1,15 @@
-//! What the applier drives, as traits: the shard's primary and the committed journal. The
-//! proxy uses the real ones ([`ApplyConns`] over backend connections, the quorum [`Reader`]);
-//! the applier's tests use scripted fakes, so every retry and unknown-outcome path can be run
-//! directly, without a Redis or journal nodes.
+//! What the journaler and the applier drive, as traits: the shard's journal stream and its
+//! writer, the shard's primary, the committed journal. The proxy uses the real ones (the
+//! quorum writer and reader, [`ApplyConns`] over backend connections); the tests of
+//! `journaler.rs` and `applier.rs` use scripted fakes, so every retry and unknown-outcome path
+//! can be run directly, without a Redis or journal nodes.
 
 use std::future::Future;
 
 use bytes::Bytes;
-use journal_service::quorum::{CommittedEntry, ReadError, Reader};
+use journal_service::quorum::{self, CommittedEntry, QuorumWriter, ReadError, Reader, WriteError};
 
-use super::ApplyConns;
+use super::{AppendFuture, ApplyConns, JournalSetup};
 use crate::backend::{BatchResult, ReplySender};
 use crate::resp::Proto;
 
@@ -48,5 +49,65 @@ impl Primary for ApplyConns {
 impl CommittedJournal for Reader {
     async fn read(&self, from: u64, to: u64) -> Result<Vec<CommittedEntry>, ReadError> {
         Reader::read(self, from, to).await
+    }
+}
+
+/// The shard's journal stream, as the journaler writes it.
+pub(super) trait JournalStream: Send + Sync + 'static {
+    type Writer: StreamWriter;
+
+    /// Claims the stream's next epoch and recovers it: the writer that continues it.
+    fn recover(&self) -> impl Future<Output = Result<Self::Writer, WriteError>> + Send;
+}
+
+/// The one writer of a stream (invariant I4), between its recovery and its first failure.
+pub(super) trait StreamWriter: Send + Sync + 'static {
+    /// Sends `payload` as the next entry; the future resolves once the ack quorum holds it.
+    fn append(&self, payload: Bytes) -> AppendFuture;
+    /// Everything up to here is committed.
+    fn commit_lsn(&self) -> u64;
+    fn epoch(&self) -> u64;
+    /// How many journal nodes are in sync and receiving appends (`WAIT`'s answer).
+    fn live_nodes(&self) -> usize;
+}
+
+/// A shard's stream on the journal nodes, written through the quorum writer.
+pub(super) struct QuorumStream {
+    pub(super) shard: usize,
+    pub(super) name: String,
+    pub(super) setup: JournalSetup,
+}
+
+impl JournalStream for QuorumStream {
+    type Writer = QuorumWriter;
+
+    fn recover(&self) -> impl Future<Output = Result<QuorumWriter, WriteError>> + Send {
+        let setup = &self.setup;
+        quorum::recover(
+            &setup.meta,
+            self.shard as u32,
+            &self.name,
+            &setup.nodes,
+            setup.quorum.clone(),
+            &setup.writer_id,
+        )
+    }
+}
+
+impl StreamWriter for QuorumWriter {
+    fn append(&self, payload: Bytes) -> AppendFuture {
+        Box::pin(QuorumWriter::append(self, payload))
+    }
+
+    fn commit_lsn(&self) -> u64 {
+        QuorumWriter::commit_lsn(self)
+    }
+
+    fn epoch(&self) -> u64 {
+        QuorumWriter::epoch(self)
+    }
+
+    fn live_nodes(&self) -> usize {
+        QuorumWriter::live_nodes(self).iter().filter(|live| **live).count()
     }
 }

@@ -3,170 +3,13 @@
 //! hears and what the primary ends up holding: every committed batch applied exactly once, in
 //! LSN order.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use journal_service::quorum::CommittedEntry;
 use tokio::sync::oneshot::error::TryRecvError;
 
+use super::super::fakes::{set, FakeJournal, FakePrimary, FakeRedis, Fault};
 use super::*;
-use crate::backend::{BatchResult, ReplyResult};
-
-/// How the fake primary fails the next batch sent to it.
-#[derive(Debug, Clone)]
-enum Fault {
-    /// The connection fails before Redis reads the batch: nothing applied.
-    Unreachable,
-    /// Redis applies the batch, then the connection drops before the replies arrive.
-    LostAfterApply,
-    /// Redis restarted empty: everything it held is gone, and so is the connection.
-    RestartedEmpty,
-    /// The next `GET __memlog:lsn` is answered with this error (a node still loading…).
-    CheckAnswers(&'static str),
-}
-
-/// A Redis primary as the applier sees it, reduced to what it does with the applier's batches:
-/// MULTI/EXEC, `__memlog:lsn`, and the unchecked state of a connection that just (re)opened.
-#[derive(Default)]
-struct FakeRedis {
-    lsn: u64,
-    /// Client commands applied, each as its first argument, in order.
-    applied: Vec<String>,
-    faults: VecDeque<Fault>,
-    /// The connection was checked (its `GET __memlog:lsn` answered) since it (re)opened.
-    checked: bool,
-    /// Batches sent to it, checks included.
-    calls: usize,
-}
-
-impl FakeRedis {
-    fn call(&mut self, requests: &Bytes, count: usize) -> BatchResult {
-        self.calls += 1;
-        let addr = || "fake:6379".to_string();
-        let commands = parse(requests);
-        assert_eq!(commands.len(), count, "the applier counts the commands it sends");
-        let is_check = commands.len() == 1 && commands[0] == ["GET", "__memlog:lsn"];
-        if is_check {
-            if let Some(Fault::CheckAnswers(error)) = self.faults.front() {
-                let reply = Bytes::from(format!("-{error}\r\n"));
-                self.faults.pop_front();
-                return Ok(vec![reply]);
-            }
-            self.checked = true;
-            let lsn = self.lsn.to_string();
-            return Ok(vec![if self.lsn == 0 {
-                Bytes::from_static(b"$-1\r\n")
-            } else {
-                Bytes::from(format!("${}\r\n{lsn}\r\n", lsn.len()))
-            }]);
-        }
-        match self.faults.front() {
-            Some(Fault::Unreachable) => {
-                self.faults.pop_front();
-                self.checked = false;
-                return Err(BackendError::Unreachable { addr: addr(), reason: "refused".into() });
-            }
-            Some(Fault::RestartedEmpty) => {
-                self.faults.pop_front();
-                *self =
-                    FakeRedis { faults: std::mem::take(&mut self.faults), calls: self.calls, ..FakeRedis::default() };
-                return Err(BackendError::Lost { addr: addr() });
-            }
-            _ => {}
-        }
-        if !self.checked {
-            return Err(BackendError::Unverified { addr: addr() });
-        }
-        let replies = self.execute(commands);
-        if let Some(Fault::LostAfterApply) = self.faults.front() {
-            self.faults.pop_front();
-            self.checked = false;
-            return Err(BackendError::Lost { addr: addr() });
-        }
-        Ok(replies)
-    }
-
-    /// Runs commands as Redis would: a MULTI block applies at EXEC, each command answering
-    /// its first argument (so a test sees whose reply reached whom).
-    fn execute(&mut self, commands: Vec<Vec<String>>) -> Vec<Bytes> {
-        let mut replies = Vec::new();
-        let mut queued: Option<Vec<Vec<String>>> = None;
-        for command in commands {
-            match (command[0].as_str(), &mut queued) {
-                ("MULTI", None) => {
-                    queued = Some(Vec::new());
-                    replies.push(Bytes::from_static(b"+OK\r\n"));
-                }
-                ("EXEC", Some(_)) => {
-                    let block = queued.take().unwrap_or_default();
-                    let mut exec = format!("*{}\r\n", block.len()).into_bytes();
-                    for command in block {
-                        exec.extend_from_slice(&self.run(&command));
-                    }
-                    replies.push(Bytes::from(exec));
-                }
-                (_, Some(block)) => {
-                    block.push(command);
-                    replies.push(Bytes::from_static(b"+QUEUED\r\n"));
-                }
-                (_, None) => replies.push(self.run(&command)),
-            }
-        }
-        replies
-    }
-
-    fn run(&mut self, command: &[String]) -> Bytes {
-        if command.len() == 3 && command[0] == "SET" && command[1] == "__memlog:lsn" {
-            self.lsn = command[2].parse().expect("an LSN");
-            return Bytes::from_static(b"+OK\r\n");
-        }
-        let tag = command.get(1).cloned().unwrap_or_default();
-        self.applied.push(tag.clone());
-        Bytes::from(format!("${}\r\n{tag}\r\n", tag.len()))
-    }
-}
-
-fn parse(requests: &Bytes) -> Vec<Vec<String>> {
-    let mut buf = BytesMut::from(&requests[..]);
-    let mut parser = RequestParser::default();
-    let limits = crate::resp::Limits { max_bulk_len: 1 << 20, max_args: 1 << 10 };
-    let mut commands = Vec::new();
-    while let Some(request) = parser.next(&mut buf, limits).expect("the applier sends valid RESP") {
-        commands.push(request.args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect());
-    }
-    commands
-}
-
-struct FakePrimary(Arc<Mutex<FakeRedis>>);
-
-impl Primary for FakePrimary {
-    async fn call_batch(&mut self, _proto: Proto, requests: Bytes, count: usize) -> BatchResult {
-        // Yield like a network round trip, so other tasks (and paused time) move on.
-        tokio::task::yield_now().await;
-        self.0.lock().unwrap().call(&requests, count)
-    }
-
-    async fn forward(&mut self, proto: Proto, command: Bytes, reply: ReplySender) {
-        let _ = reply.send(self.call_batch(proto, command, 1).await.map(|mut r| r.remove(0)));
-    }
-
-    fn addr(&self) -> String {
-        "fake:6379".into()
-    }
-}
-
-/// The committed journal: entry `lsn` holds `SET <tag>` commands.
-struct FakeJournal(Vec<CommittedEntry>);
-
-impl CommittedJournal for FakeJournal {
-    async fn read(&self, from: u64, to: u64) -> Result<Vec<CommittedEntry>, ReadError> {
-        Ok(self.0.iter().filter(|e| (from..=to).contains(&e.lsn)).cloned().collect())
-    }
-}
-
-fn set(tag: &str) -> Bytes {
-    encode_command(&["SET", tag, "v"])
-}
+use crate::backend::ReplyResult;
 
 /// An applier over a fake primary and a journal holding entries `1..=journaled`, each one SET
 /// tagged `j<lsn>`; the primary holds the first `held` of them.
@@ -182,9 +25,6 @@ const REPLY_WAIT: Duration = Duration::from_secs(2);
 
 impl Rig {
     fn start(journaled: u64, held: u64) -> Rig {
-        let entries = (1..=journaled)
-            .map(|lsn| CommittedEntry { lsn, timestamp_ms: 0, payload: set(&format!("j{lsn}")) })
-            .collect();
         let redis =
             FakeRedis { lsn: held, applied: (1..=held).map(|lsn| format!("j{lsn}")).collect(), ..FakeRedis::default() };
         let redis = Arc::new(Mutex::new(redis));
@@ -192,7 +32,7 @@ impl Rig {
         let applier = Applier {
             shard: 0,
             apply: FakePrimary(redis.clone()),
-            reader: Some(Arc::new(FakeJournal(entries))),
+            reader: Some(Arc::new(FakeJournal::with_entries(journaled))),
             snapshots: None,
             applied: held,
             health: health.clone(),

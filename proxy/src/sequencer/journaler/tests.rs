@@ -1,0 +1,188 @@
+//! The journaler driven directly: a fake journal stream (recoveries and appends fail as a test
+//! scripts them) in front of the real applier and a fake primary. Each test checks what clients
+//! hear, what the journal holds and what the primary applied.
+
+use std::sync::Mutex;
+
+use super::super::fakes::{set, FakeJournal, FakePrimary, FakeRedis, FakeStream, StreamScript};
+use super::*;
+use crate::backend::ReplyResult;
+use crate::resp::Request;
+
+const WRITE_WAIT: Duration = Duration::from_secs(2);
+
+/// A shard's journaler and applier over fakes, started on an empty journal and primary.
+struct Rig {
+    queue: mpsc::UnboundedSender<SequencerRequest>,
+    stream: FakeStream,
+    redis: Arc<Mutex<FakeRedis>>,
+    health: Arc<ApplyHealth>,
+    failed: Arc<AtomicBool>,
+    /// The journaler and its queue's receiver, until `run` starts it (tests may queue first).
+    idle: Option<(Journaler<FakeStream>, mpsc::UnboundedReceiver<SequencerRequest>)>,
+}
+
+impl Rig {
+    async fn new(script: StreamScript) -> Rig {
+        let stream = FakeStream { journal: FakeJournal::default(), script: Arc::new(Mutex::new(script)) };
+        let writer = stream.recover().await.expect("the first recovery succeeds");
+        let redis = Arc::new(Mutex::new(FakeRedis::default()));
+        let health = Arc::new(ApplyHealth::default());
+        let applier = Applier {
+            shard: 0,
+            apply: FakePrimary(redis.clone()),
+            reader: Some(Arc::new(stream.journal.clone())),
+            snapshots: None,
+            applied: 0,
+            health: health.clone(),
+            reply_wait: WRITE_WAIT,
+        };
+        let (to_applier, applier_rx) = mpsc::unbounded_channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(applier.run(applier_rx, failed.clone()));
+        let (queue, rx) = mpsc::unbounded_channel();
+        let journaler = Journaler {
+            shard: 0,
+            journal: Some(Journal { stream: stream.clone(), write_wait: WRITE_WAIT, writer }),
+            to_applier,
+            failed: failed.clone(),
+            appends: Arc::new(Semaphore::new(APPENDS_IN_FLIGHT)),
+            health: health.clone(),
+            watches: WatchRegistry::default(),
+            parked: BlockedRegistry::default(),
+            blocked: BlockedClients::default(),
+            queue: queue.downgrade(),
+            retry_scheduled: false,
+        };
+        Rig { queue, stream, redis, health, failed, idle: Some((journaler, rx)) }
+    }
+
+    fn run(&mut self) {
+        let (journaler, rx) = self.idle.take().expect("started once");
+        tokio::spawn(journaler.run(rx));
+    }
+
+    /// Queues `SET <tag> v`; returns where its reply arrives.
+    fn write(&self, tag: &str) -> oneshot::Receiver<ReplyResult> {
+        let (reply, rx) = oneshot::channel();
+        let request = Request::from_args(&["SET", tag, "v"]);
+        let op = SequencerOp::Write { request, command: None };
+        let _ = self.queue.send(SequencerRequest { proto: Proto::Resp2, op, reply });
+        rx
+    }
+
+    fn applied(&self) -> Vec<String> {
+        self.redis.lock().unwrap().applied.clone()
+    }
+
+    fn script(&self) -> std::sync::MutexGuard<'_, StreamScript> {
+        self.stream.script.lock().unwrap()
+    }
+}
+
+/// A client's reply, within a minute of (paused) time: a stuck journaler fails the test.
+async fn reply(rx: oneshot::Receiver<ReplyResult>) -> String {
+    let reply = tokio::time::timeout(Duration::from_secs(60), rx)
+        .await
+        .expect("an answer within a minute")
+        .expect("every client is answered")
+        .expect("a reply, not a connection error");
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+fn ok(tag: &str) -> String {
+    format!("${}\r\n{tag}\r\n", tag.len())
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_queued_together_are_one_journal_entry_applied_once() {
+    let mut rig = Rig::new(StreamScript::default()).await;
+    let replies: Vec<_> = ["a", "b", "c"].iter().map(|tag| rig.write(tag)).collect();
+    rig.run();
+    for (rx, tag) in replies.into_iter().zip(["a", "b", "c"]) {
+        assert_eq!(reply(rx).await, ok(tag));
+    }
+    let entry: Vec<u8> = ["a", "b", "c"].iter().flat_map(|tag| set(tag).to_vec()).collect();
+    assert_eq!(rig.stream.journal.payloads(), [Bytes::from(entry)], "one entry: the three SETs in order");
+    assert_eq!(rig.applied(), ["a", "b", "c"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn appends_in_flight_are_capped_and_what_waits_meanwhile_goes_out_together() {
+    let gate = Arc::new(Semaphore::new(0));
+    let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
+    rig.run();
+    let mut replies = Vec::new();
+    for i in 0..10 {
+        replies.push(rig.write(&format!("k{i}")));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(rig.script().in_flight, APPENDS_IN_FLIGHT, "the rest wait in the queue");
+    gate.add_permits(1000);
+    for (i, rx) in replies.into_iter().enumerate() {
+        assert_eq!(reply(rx).await, ok(&format!("k{i}")));
+    }
+    assert_eq!(rig.script().most_in_flight, APPENDS_IN_FLIGHT);
+    assert_eq!(rig.stream.journal.payloads().len(), APPENDS_IN_FLIGHT + 1, "the 8 that waited went out as one entry");
+    assert_eq!(rig.applied(), (0..10).map(|i| format!("k{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_writer_is_replaced_under_a_new_epoch_and_writes_resume() {
+    let mut rig = Rig::new(StreamScript { failing_appends: 1, ..StreamScript::default() }).await;
+    rig.run();
+    let refused = reply(rig.write("lost")).await;
+    assert!(refused.starts_with("-TRYAGAIN memlog: the journal has no quorum"), "{refused}");
+    assert!(rig.failed.load(Ordering::Acquire));
+    // Recovery fails twice (no quorum), then succeeds: the write waits meanwhile, well within
+    // write_wait, and is then journaled by the new writer.
+    rig.script().failing_recoveries = 2;
+    assert_eq!(reply(rig.write("a")).await, ok("a"));
+    assert!(!rig.failed.load(Ordering::Acquire));
+    assert_eq!(rig.script().epochs, [2], "written by the writer of the second epoch");
+    assert_eq!(rig.applied(), ["a"], "the refused write was never applied");
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_waiting_longer_than_write_wait_for_a_quorum_fail_and_nothing_is_journaled() {
+    let mut rig = Rig::new(StreamScript { failing_appends: 1, ..StreamScript::default() }).await;
+    rig.run();
+    let _ = reply(rig.write("lost")).await;
+    rig.script().failing_recoveries = u32::MAX;
+    let started = tokio::time::Instant::now();
+    let refused = reply(rig.write("a")).await;
+    assert!(refused.starts_with("-TRYAGAIN memlog: the journal has no quorum"), "{refused}");
+    assert!(started.elapsed() >= WRITE_WAIT, "refused only after write_wait ({:?})", started.elapsed());
+    assert!(rig.stream.journal.payloads().is_empty());
+    assert!(rig.applied().is_empty());
+    // The quorum returns: the next write goes through.
+    rig.script().failing_recoveries = 0;
+    assert_eq!(reply(rig.write("b")).await, ok("b"));
+    assert_eq!(rig.applied(), ["b"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_are_held_while_the_primary_cannot_apply_and_fail_after_write_wait() {
+    let mut rig = Rig::new(StreamScript::default()).await;
+    rig.run();
+    // A hold shorter than write_wait: the write waits, then goes through.
+    rig.health.set_failing(true);
+    let held = rig.write("a");
+    tokio::time::sleep(WRITE_WAIT / 2).await;
+    assert!(rig.stream.journal.payloads().is_empty(), "nothing journaled while held");
+    rig.health.set_failing(false);
+    assert_eq!(reply(held).await, ok("a"));
+    // A longer one: refused once write_wait passed, nothing journaled or applied.
+    rig.health.set_failing(true);
+    let started = tokio::time::Instant::now();
+    let refused = reply(rig.write("b")).await;
+    assert!(refused.starts_with("-TRYAGAIN memlog: shard 0 cannot apply writes right now"), "{refused}");
+    assert!(started.elapsed() >= WRITE_WAIT);
+    // Past write_wait, writes arriving during the same hold are refused at once.
+    let started = tokio::time::Instant::now();
+    let refused = reply(rig.write("c")).await;
+    assert!(refused.starts_with("-TRYAGAIN"), "{refused}");
+    assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+    assert_eq!(rig.stream.journal.payloads().len(), 1);
+    assert_eq!(rig.applied(), ["a"]);
+}
