@@ -198,8 +198,7 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
     /// error reply (`-LOADING`, `-NOAUTH` …) is an error, not 0: taken as 0 it would send the
     /// applier to catch up a primary that may already hold the batch.
     async fn held_lsn(&mut self) -> anyhow::Result<u64> {
-        let mut held = self.apply.call_batch(Proto::Resp2, encode_command(&[&b"GET"[..], LSN_KEY]), 1).await?;
-        let held = held.pop().ok_or_else(|| anyhow::anyhow!("no reply to GET {}", String::from_utf8_lossy(LSN_KEY)))?;
+        let held = self.apply.lsn_check().await?;
         crate::keys::parse_lsn(&held).ok_or_else(|| {
             anyhow::anyhow!("the primary answered GET __memlog:lsn with {}", String::from_utf8_lossy(&held).trim())
         })

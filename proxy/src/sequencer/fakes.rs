@@ -10,7 +10,7 @@ use journal_service::quorum::{CommittedEntry, ReadError, WriteError};
 
 use super::seams::{CommittedJournal, JournalStream, Primary, StreamWriter};
 use super::AppendFuture;
-use crate::backend::{BackendError, BatchResult, ReplySender};
+use crate::backend::{BackendError, BatchResult, ReplyResult, ReplySender};
 use crate::resp::{encode_command, Proto, RequestParser};
 
 /// How the fake primary fails the next batch sent to it.
@@ -41,12 +41,13 @@ pub(super) struct FakeRedis {
 }
 
 impl FakeRedis {
-    pub(super) fn call(&mut self, requests: &Bytes, count: usize) -> BatchResult {
+    /// Runs a batch; `is_check`: it is the LSN check, which (as on a real apply connection)
+    /// is recognized only when sent on its own, not inside a batch.
+    pub(super) fn call(&mut self, requests: &Bytes, count: usize, is_check: bool) -> BatchResult {
         self.calls += 1;
         let addr = || "fake:6379".to_string();
         let commands = parse(requests);
         assert_eq!(commands.len(), count, "the applier counts the commands it sends");
-        let is_check = commands.len() == 1 && commands[0] == ["GET", "__memlog:lsn"];
         if is_check {
             if let Some(Fault::CheckAnswers(error)) = self.faults.front() {
                 let reply = Bytes::from(format!("-{error}\r\n"));
@@ -144,7 +145,13 @@ impl Primary for FakePrimary {
     async fn call_batch(&mut self, _proto: Proto, requests: Bytes, count: usize) -> BatchResult {
         // Yield like a network round trip, so other tasks (and paused time) move on.
         tokio::task::yield_now().await;
-        self.0.lock().unwrap().call(&requests, count)
+        self.0.lock().unwrap().call(&requests, count, false)
+    }
+
+    async fn lsn_check(&mut self) -> ReplyResult {
+        tokio::task::yield_now().await;
+        let check = encode_command(&["GET", "__memlog:lsn"]);
+        self.0.lock().unwrap().call(&check, 1, true).map(|mut replies| replies.remove(0))
     }
 
     async fn forward(&mut self, proto: Proto, command: Bytes, reply: ReplySender) {

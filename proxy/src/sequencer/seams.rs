@@ -10,7 +10,8 @@ use bytes::Bytes;
 use journal_service::quorum::{self, CommittedEntry, QuorumWriter, ReadError, Reader, WriteError};
 
 use super::{AppendFuture, ApplyConns, JournalSetup};
-use crate::backend::{BatchResult, ReplySender};
+use crate::backend::{BatchResult, ReplyResult, ReplySender};
+use crate::keys::LSN_KEY;
 use crate::resp::Proto;
 
 /// The shard's primary, as the applier sees it: one ordered connection per protocol.
@@ -18,6 +19,10 @@ pub(super) trait Primary: Send + 'static {
     /// Sends `requests` (`count` commands) in order and answers their replies; a connection
     /// that was not checked since it opened refuses with `BackendError::Unverified`.
     fn call_batch(&mut self, proto: Proto, requests: Bytes, count: usize) -> impl Future<Output = BatchResult> + Send;
+
+    /// Asks the node which journal prefix it holds (`GET __memlog:lsn`). This is the check that
+    /// unlocks a connection's batches, so it is sent on its own, never inside a batch.
+    fn lsn_check(&mut self) -> impl Future<Output = ReplyResult> + Send;
 
     /// Sends one command whose reply goes straight to `reply` (routing only, nothing journaled).
     fn forward(&mut self, proto: Proto, command: Bytes, reply: ReplySender) -> impl Future<Output = ()> + Send;
@@ -35,6 +40,10 @@ pub(super) trait CommittedJournal: Send + Sync + 'static {
 impl Primary for ApplyConns {
     async fn call_batch(&mut self, proto: Proto, requests: Bytes, count: usize) -> BatchResult {
         self.conn(proto).await.call_batch(requests, count).await
+    }
+
+    async fn lsn_check(&mut self) -> ReplyResult {
+        self.conn(Proto::Resp2).await.call(&[&b"GET"[..], LSN_KEY]).await
     }
 
     async fn forward(&mut self, proto: Proto, command: Bytes, reply: ReplySender) {
