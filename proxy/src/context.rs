@@ -68,7 +68,8 @@ impl ClientCtx {
         if let Some(watching) = self.watching.take() {
             let reply = tokio::sync::oneshot::channel().0;
             let write = SequencerRequest { proto: self.proto(), op: SequencerOp::Unwatch(watching.watch), reply };
-            self.proxy.shards[watching.shard].sequencer.submit(write);
+            // A full queue drops it: the registry forgets a watch once its client dropped it.
+            self.proxy.shards[watching.shard].sequencer.try_submit(write);
         }
     }
 }

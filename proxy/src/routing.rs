@@ -78,7 +78,7 @@ impl ClientCtx {
         // Known to CLIENT UNBLOCK from now on, before the sequencer first tries it.
         self.proxy.shards[shard].sequencer.blocked.insert(self.client.id, blocked.clone());
         let write = SequencerRequest { proto: self.proto(), op: SequencerOp::Block(blocked), reply: dropped() };
-        self.proxy.shards[shard].sequencer.submit(write);
+        self.proxy.shards[shard].sequencer.submit(write).await;
         let (client, lane) = (self.client.clone(), self.lanes.enter(shard, Lane::Apply));
         Pending::Deferred(Box::pin(async move {
             let reply = crate::replies::backend_reply(rx.await);
@@ -140,7 +140,7 @@ impl ClientCtx {
         }
         let guard = self.lanes.enter(shard, Lane::Apply);
         let (tx, rx) = oneshot::channel();
-        self.proxy.shards[shard].sequencer.submit(SequencerRequest { proto: self.proto(), op, reply: tx });
+        self.proxy.shards[shard].sequencer.submit(SequencerRequest { proto: self.proto(), op, reply: tx }).await;
         Pending::Backend { rx, _lane: Some(guard) }
     }
 

@@ -53,6 +53,13 @@ use watch::WatchRegistry;
 
 /// Most writes taken into one batch.
 const MAX_BATCH: usize = 4096;
+/// Requests a shard's queue holds. Beyond it, sessions wait to queue (and stop reading their
+/// clients), so a hold — a failover, a lost quorum — pushes back on clients instead of growing
+/// the proxy's memory; two batches' worth keeps the journaler fed.
+const QUEUE_CAPACITY: usize = 2 * MAX_BATCH;
+/// Batches handed to the applier and not yet applied. The appends among them are capped by
+/// `APPENDS_IN_FLIGHT` already; this bounds the batches of reads riding behind writes too.
+const APPLIER_CAPACITY: usize = 16;
 /// Journal appends in flight per shard. Capping them makes writes that arrive meanwhile wait
 /// in the queue and go out as one larger entry (group commit): a journal entry costs the nodes
 /// far more than its bytes, so fewer, fuller entries carry more writes per second.
@@ -137,7 +144,7 @@ pub(crate) struct JournalSetup {
 /// Handle to a shard's sequencer.
 #[derive(Clone)]
 pub(crate) struct Sequencer {
-    queue: mpsc::UnboundedSender<SequencerRequest>,
+    queue: mpsc::Sender<SequencerRequest>,
     /// The node the shard's connections follow (named in errors; it moves on failover).
     primary: Arc<crate::backend::NodeTarget>,
     /// This shard's blocked clients, for `CLIENT UNBLOCK`.
@@ -154,7 +161,7 @@ impl Sequencer {
         journal: Option<JournalSetup>,
         snapshots: Option<Arc<ShardSnapshots>>,
     ) -> anyhow::Result<Sequencer> {
-        let (queue, rx) = mpsc::unbounded_channel();
+        let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         let apply = ApplyConns::new(primary.clone(), opts);
         let health = Arc::new(ApplyHealth::default());
         let reply_wait = journal.as_ref().map_or(Duration::ZERO, |setup| setup.write_wait);
@@ -181,7 +188,7 @@ impl Sequencer {
                 Some(Journal { stream, write_wait, writer })
             }
         };
-        let (to_applier, applier_rx) = mpsc::unbounded_channel();
+        let (to_applier, applier_rx) = mpsc::channel(APPLIER_CAPACITY);
         let failed = Arc::new(AtomicBool::new(false));
         tokio::spawn(applier.run(applier_rx, failed.clone()));
         let blocked = BlockedClients::default();
@@ -202,10 +209,17 @@ impl Sequencer {
         Ok(Sequencer { queue, primary, blocked })
     }
 
-    pub(crate) fn submit(&self, write: SequencerRequest) {
-        if let Err(mpsc::error::SendError(write)) = self.queue.send(write) {
+    /// Queues `write` once the shard's queue has room (see `QUEUE_CAPACITY`).
+    pub(crate) async fn submit(&self, write: SequencerRequest) {
+        if let Err(mpsc::error::SendError(write)) = self.queue.send(write).await {
             let _ = write.reply.send(Err(BackendError::Lost { addr: self.primary.addr().to_string() }));
         }
+    }
+
+    /// Queues `write` without waiting, for what cannot wait (a disconnecting client's UNWATCH);
+    /// false if the queue is full or closed.
+    pub(crate) fn try_submit(&self, write: SequencerRequest) -> bool {
+        self.queue.try_send(write).is_ok()
     }
 }
 

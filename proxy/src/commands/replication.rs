@@ -32,7 +32,7 @@ pub(crate) async fn wait(d: &mut ClientCtx, request: &Request) -> Pending {
             let mut least = i64::MAX;
             for sequencer in &sequencers {
                 let (reply, count) = oneshot::channel();
-                sequencer.submit(SequencerRequest { proto, op: SequencerOp::Wait, reply });
+                sequencer.submit(SequencerRequest { proto, op: SequencerOp::Wait, reply }).await;
                 let count = match count.await {
                     Ok(Ok(frame)) => frame.strip_prefix(b":").and_then(|n| parse_int(n.strip_suffix(b"\r\n")?)),
                     _ => None,

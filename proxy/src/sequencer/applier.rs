@@ -30,7 +30,7 @@ pub(super) struct Applier<P = ApplyConns, J = Reader> {
 }
 
 impl<P: Primary, J: CommittedJournal> Applier<P, J> {
-    pub(super) async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<ToApplier>, failed: Arc<AtomicBool>) {
+    pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<ToApplier>, failed: Arc<AtomicBool>) {
         while let Some(message) = inbox.recv().await {
             match message {
                 ToApplier::Batch { append, proto, items } => {

@@ -54,7 +54,7 @@ pub(super) struct Journaler<S: JournalStream = QuorumStream> {
     pub(super) shard: usize,
     /// None: the proxy only routes, nothing is journaled.
     pub(super) journal: Option<Journal<S>>,
-    pub(super) to_applier: mpsc::UnboundedSender<ToApplier>,
+    pub(super) to_applier: mpsc::Sender<ToApplier>,
     /// Set by the applier when an append failed: the writer has stopped and must be replaced.
     pub(super) failed: Arc<AtomicBool>,
     /// One permit per append in flight; the applier returns it once the append is decided.
@@ -64,12 +64,12 @@ pub(super) struct Journaler<S: JournalStream = QuorumStream> {
     pub(super) parked: BlockedRegistry,
     pub(super) blocked: BlockedClients,
     /// This sequencer's own queue, to retry parked clients later.
-    pub(super) queue: mpsc::WeakUnboundedSender<SequencerRequest>,
+    pub(super) queue: mpsc::WeakSender<SequencerRequest>,
     pub(super) retry_scheduled: bool,
 }
 
 impl<S: JournalStream> Journaler<S> {
-    pub(super) async fn run(mut self, mut queue: mpsc::UnboundedReceiver<SequencerRequest>) {
+    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<SequencerRequest>) {
         let batch_size = metrics::histogram!("memlog_sequencer_batch_size", "shard" => self.shard.to_string());
         let mut batch = Vec::with_capacity(64);
         let mut swept = Instant::now();
@@ -242,7 +242,7 @@ impl<S: JournalStream> Journaler<S> {
             tokio::time::sleep(PARKED_RETRY).await;
             if let Some(queue) = queue.upgrade() {
                 let reply = oneshot::channel().0;
-                let _ = queue.send(SequencerRequest { proto: Proto::Resp2, op: SequencerOp::RetryParked, reply });
+                let _ = queue.send(SequencerRequest { proto: Proto::Resp2, op: SequencerOp::RetryParked, reply }).await;
             }
         });
     }
@@ -255,7 +255,7 @@ impl<S: JournalStream> Journaler<S> {
     ) -> Result<Vec<Bytes>, BackendError> {
         self.flush(segment).await;
         let (done, replies) = oneshot::channel();
-        let _ = self.to_applier.send(ToApplier::Probe { commands, done });
+        let _ = self.to_applier.send(ToApplier::Probe { commands, done }).await;
         replies.await.unwrap_or_else(|_| Err(BackendError::Lost { addr: "the shard's applier".into() }))
     }
 
@@ -590,14 +590,14 @@ impl<S: JournalStream> Journaler<S> {
             _ => None,
         };
         let proto = segment.proto.unwrap_or(Proto::Resp2);
-        let _ = self.to_applier.send(ToApplier::Batch { append, proto, items });
+        let _ = self.to_applier.send(ToApplier::Batch { append, proto, items }).await;
     }
 
     /// Redis is not applying (its primary is lost or being replaced): hold new writes until
     /// the applier recovers — up to `write_wait`, then they fail with `-TRYAGAIN`, nothing applied.
     async fn wait_for_applier(
         &mut self,
-        queue: &mut mpsc::UnboundedReceiver<SequencerRequest>,
+        queue: &mut mpsc::Receiver<SequencerRequest>,
         batch: &mut Vec<SequencerRequest>,
     ) {
         let write_wait = self.journal.as_ref().map_or(Duration::ZERO, |j| j.write_wait);
@@ -610,7 +610,8 @@ impl<S: JournalStream> Journaler<S> {
                 return;
             }
             let _ = tokio::time::timeout(Duration::from_millis(50), recovered).await;
-            if waiting_since.elapsed() >= write_wait {
+            // Recovered meanwhile: what arrived during the wait is served, not refused.
+            if waiting_since.elapsed() >= write_wait && self.health.is_failing() {
                 while let Ok(write) = queue.try_recv() {
                     batch.push(write);
                 }
@@ -628,7 +629,7 @@ impl<S: JournalStream> Journaler<S> {
     /// with `-TRYAGAIN`, nothing applied.
     async fn replace_writer(
         &mut self,
-        queue: &mut mpsc::UnboundedReceiver<SequencerRequest>,
+        queue: &mut mpsc::Receiver<SequencerRequest>,
         batch: &mut Vec<SequencerRequest>,
     ) {
         let Some(journal) = &self.journal else { return };
@@ -640,7 +641,7 @@ impl<S: JournalStream> Journaler<S> {
             match tokio::time::timeout(Duration::from_secs(5), journal.stream.recover()).await {
                 Ok(Ok(writer)) => {
                     let (done, caught_up) = oneshot::channel();
-                    let _ = self.to_applier.send(ToApplier::CatchUp { lsn: writer.commit_lsn(), done });
+                    let _ = self.to_applier.send(ToApplier::CatchUp { lsn: writer.commit_lsn(), done }).await;
                     let _ = caught_up.await;
                     tracing::info!(
                         shard = self.shard,

@@ -14,7 +14,7 @@ use crate::backend::ReplyResult;
 /// An applier over a fake primary and a journal holding entries `1..=journaled`, each one SET
 /// tagged `j<lsn>`; the primary holds the first `held` of them.
 struct Rig {
-    inbox: mpsc::UnboundedSender<ToApplier>,
+    inbox: mpsc::Sender<ToApplier>,
     redis: Arc<Mutex<FakeRedis>>,
     failed: Arc<AtomicBool>,
     health: Arc<ApplyHealth>,
@@ -38,7 +38,7 @@ impl Rig {
             health: health.clone(),
             reply_wait: REPLY_WAIT,
         };
-        let (inbox, rx) = mpsc::unbounded_channel();
+        let (inbox, rx) = mpsc::channel(APPLIER_CAPACITY);
         let failed = Arc::new(AtomicBool::new(false));
         tokio::spawn(applier.run(rx, failed.clone()));
         Rig { inbox, redis, failed, health, permits: Arc::new(Semaphore::new(16)) }
@@ -62,7 +62,7 @@ impl Rig {
             })
             .collect();
         let append: AppendFuture = Box::pin(async move { append });
-        let _ = self.inbox.send(ToApplier::Batch { append: Some((append, permit)), proto: Proto::Resp2, items });
+        self.inbox.send(ToApplier::Batch { append: Some((append, permit)), proto: Proto::Resp2, items }).await.unwrap();
         receivers
     }
 
@@ -201,7 +201,10 @@ async fn a_batch_waits_for_its_append_and_nothing_is_answered_before_commit() {
     let (reply_tx, mut reply_rx) = oneshot::channel();
     let append: AppendFuture = Box::pin(async move { Ok(committed.await.expect("committed")) });
     let item = Item { command: set("a"), reply: reply_tx, reply_override: None, silent: false };
-    let _ = rig.inbox.send(ToApplier::Batch { append: Some((append, permit)), proto: Proto::Resp2, items: vec![item] });
+    rig.inbox
+        .send(ToApplier::Batch { append: Some((append, permit)), proto: Proto::Resp2, items: vec![item] })
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(matches!(reply_rx.try_recv(), Err(TryRecvError::Empty)), "I2: no reply before the commit");
     assert_eq!(rig.applied(), (0, Vec::new()), "I1: Redis holds nothing the journal has not committed");

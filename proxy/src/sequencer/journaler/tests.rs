@@ -13,13 +13,13 @@ const WRITE_WAIT: Duration = Duration::from_secs(2);
 
 /// A shard's journaler and applier over fakes, started on an empty journal and primary.
 struct Rig {
-    queue: mpsc::UnboundedSender<SequencerRequest>,
+    queue: mpsc::Sender<SequencerRequest>,
     stream: FakeStream,
     redis: Arc<Mutex<FakeRedis>>,
     health: Arc<ApplyHealth>,
     failed: Arc<AtomicBool>,
     /// The journaler and its queue's receiver, until `run` starts it (tests may queue first).
-    idle: Option<(Journaler<FakeStream>, mpsc::UnboundedReceiver<SequencerRequest>)>,
+    idle: Option<(Journaler<FakeStream>, mpsc::Receiver<SequencerRequest>)>,
 }
 
 impl Rig {
@@ -37,10 +37,10 @@ impl Rig {
             health: health.clone(),
             reply_wait: WRITE_WAIT,
         };
-        let (to_applier, applier_rx) = mpsc::unbounded_channel();
+        let (to_applier, applier_rx) = mpsc::channel(APPLIER_CAPACITY);
         let failed = Arc::new(AtomicBool::new(false));
         tokio::spawn(applier.run(applier_rx, failed.clone()));
-        let (queue, rx) = mpsc::unbounded_channel();
+        let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         let journaler = Journaler {
             shard: 0,
             journal: Some(Journal { stream: stream.clone(), write_wait: WRITE_WAIT, writer }),
@@ -67,7 +67,7 @@ impl Rig {
         let (reply, rx) = oneshot::channel();
         let request = Request::from_args(&["SET", tag, "v"]);
         let op = SequencerOp::Write { request, command: None };
-        let _ = self.queue.send(SequencerRequest { proto: Proto::Resp2, op, reply });
+        self.queue.try_send(SequencerRequest { proto: Proto::Resp2, op, reply }).expect("room in the queue");
         rx
     }
 
@@ -185,4 +185,32 @@ async fn writes_are_held_while_the_primary_cannot_apply_and_fail_after_write_wai
     assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
     assert_eq!(rig.stream.journal.payloads().len(), 1);
     assert_eq!(rig.applied(), ["a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_shard_pushes_back_once_its_queue_is_full() {
+    let mut rig = Rig::new(StreamScript::default()).await;
+    rig.run();
+    rig.health.set_failing(true);
+    let first = rig.write("first");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The journaler holds `first` in its batch; the queue takes QUEUE_CAPACITY more, then
+    // refuses: a session waits there (and stops reading its client) instead of the proxy
+    // buffering without bound.
+    let mut queued = Vec::new();
+    for i in 0..QUEUE_CAPACITY {
+        queued.push(rig.write(&format!("k{i}")));
+    }
+    let (sender, _rx) = oneshot::channel();
+    let op = SequencerOp::Write { request: Request::from_args(&["SET", "one-too-many", "v"]), command: None };
+    let refused = rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, op, reply: sender });
+    assert!(refused.is_err(), "the queue is bounded");
+    // write_wait passes: everything held is refused, nothing journaled, and the queue has room again.
+    assert!(reply(first).await.starts_with("-TRYAGAIN"));
+    for rx in queued {
+        assert!(reply(rx).await.starts_with("-TRYAGAIN"));
+    }
+    assert!(rig.stream.journal.payloads().is_empty());
+    rig.health.set_failing(false);
+    assert_eq!(reply(rig.write("after")).await, ok("after"));
 }
