@@ -8,7 +8,10 @@
 //! MEMLOG_BENCH_ROUNDS=3 cargo bench --bench proxy  # more interleaved rounds (default 2)
 //! ```
 //!
-//! Target: GET at pipeline 1 keeps a ratio of at least 0.8.
+//! Issue 15's targets, each printed with its median ratio and whether it is met (a shared
+//! machine is too noisy to fail a run on): floor, GET and SET at pipeline 1 at least 0.9× direct;
+//! goal, at pipeline 16 at least 0.85×. CPU per request is charged to the processes serving
+//! each side: Redis alone directly, the proxy and the same Redis through memlog.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -20,15 +23,17 @@ use anyhow::Result;
 
 use support::{Guard, Measurement, Settings, Target, Workload};
 
-/// The GET ratio at pipeline 1 the proxy must keep.
-const TARGET_GET_RATIO: f64 = 0.8;
+/// Proxy/direct ops/s at pipeline 1 (GET and SET): a floor.
+const FLOOR_P1_RATIO: f64 = 0.9;
+/// Proxy/direct ops/s at pipeline 16: a goal.
+const GOAL_P16_RATIO: f64 = 0.85;
 
 fn main() -> Result<()> {
     let Settings { quick, rounds } = Settings::from_env()?;
     let dir = tempfile::tempdir()?;
     let redis_addr = support::free_addr();
-    let _redis = support::start_redis(redis_addr, dir.path(), support::NO_PERSISTENCE)?;
-    let (proxy_addr, _proxy) = start_proxy(dir.path(), redis_addr)?;
+    let redis = support::start_redis(redis_addr, dir.path(), support::NO_PERSISTENCE)?;
+    let (proxy_addr, proxy) = start_proxy(dir.path(), redis_addr)?;
     println!("redis-server {redis_addr}, memlog proxy {proxy_addr}; {rounds} interleaved rounds, quick={quick}");
 
     let scale = if quick { 10 } else { 1 };
@@ -41,8 +46,8 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for (workload, requests) in &workloads {
         let targets = [
-            Target { name: "direct", addr: redis_addr, requests: *requests },
-            Target { name: "proxy", addr: proxy_addr, requests: *requests },
+            Target { name: "direct", addr: redis_addr, requests: *requests, pids: vec![redis.pid()] },
+            Target { name: "proxy", addr: proxy_addr, requests: *requests, pids: vec![proxy.pid(), redis.pid()] },
         ];
         let medians = support::interleaved(workload, &targets, rounds)?;
         rows.push((workload, medians[0], medians[1]));
@@ -66,7 +71,7 @@ fn start_proxy(dir: &Path, redis: SocketAddr) -> Result<(SocketAddr, Guard)> {
 fn print_table(rows: &[(&Workload, Measurement, Measurement)]) {
     println!();
     println!(
-        "{:<5} {:>8} {:>14} {:>14} {:>7} {:>11} {:>11} {:>11} {:>11}",
+        "{:<5} {:>8} {:>14} {:>14} {:>7} {:>11} {:>11} {:>11} {:>11} {:>13} {:>13}",
         "test",
         "pipeline",
         "direct ops/s",
@@ -75,11 +80,13 @@ fn print_table(rows: &[(&Workload, Measurement, Measurement)]) {
         "direct p50",
         "proxy p50",
         "direct p99",
-        "proxy p99"
+        "proxy p99",
+        "direct cpu/req",
+        "proxy cpu/req"
     );
     for (workload, direct, proxy) in rows {
         println!(
-            "{:<5} {:>8} {:>14.0} {:>14.0} {:>7.2} {:>9.3}ms {:>9.3}ms {:>9.3}ms {:>9.3}ms",
+            "{:<5} {:>8} {:>14.0} {:>14.0} {:>7.2} {:>9.3}ms {:>9.3}ms {:>9.3}ms {:>9.3}ms {:>11.1}µs {:>11.1}µs",
             workload.test.to_uppercase(),
             workload.pipeline,
             direct.ops_per_sec,
@@ -89,11 +96,19 @@ fn print_table(rows: &[(&Workload, Measurement, Measurement)]) {
             proxy.p50_ms,
             direct.p99_ms,
             proxy.p99_ms,
+            direct.cpu_us_per_request,
+            proxy.cpu_us_per_request,
         );
     }
-    if let Some((_, direct, proxy)) = rows.iter().find(|(w, _, _)| w.test == "get" && w.pipeline == 1) {
+    println!("\nissue 15 targets (medians; informational, never a failure):");
+    for (workload, direct, proxy) in rows {
+        let (kind, target) = if workload.pipeline == 1 { ("floor", FLOOR_P1_RATIO) } else { ("goal", GOAL_P16_RATIO) };
         let ratio = proxy.ops_per_sec / direct.ops_per_sec;
-        let verdict = if ratio >= TARGET_GET_RATIO { "meets" } else { "MISSES" };
-        println!("\nGET pipeline 1: ratio {ratio:.2} {verdict} the target of {TARGET_GET_RATIO}");
+        println!(
+            "  {kind:<5} {} -P {:<2} proxy/direct {ratio:.2} (>= {target}): {}",
+            workload.test.to_uppercase(),
+            workload.pipeline,
+            if ratio >= target { "met" } else { "NOT met" }
+        );
     }
 }

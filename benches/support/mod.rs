@@ -26,7 +26,7 @@ pub const NO_PERSISTENCE: &[&str] = &["--save", "", "--appendonly", "no"];
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How a bench run was asked to behave: `MEMLOG_BENCH_QUICK=1` for a short smoke run,
-/// `MEMLOG_BENCH_ROUNDS=N` interleaved rounds (default 2).
+/// `MEMLOG_BENCH_ROUNDS=N` interleaved rounds (default 3: a median needs three).
 pub struct Settings {
     pub quick: bool,
     pub rounds: usize,
@@ -40,7 +40,7 @@ impl Settings {
             Ok(v) => {
                 v.parse().ok().filter(|&n: &usize| n > 0).context("MEMLOG_BENCH_ROUNDS must be a positive number")?
             }
-            Err(_) => 2,
+            Err(_) => 3,
         };
         Ok(Settings { quick, rounds })
     }
@@ -57,19 +57,50 @@ pub struct Target<'a> {
     pub name: &'a str,
     pub addr: SocketAddr,
     pub requests: u64,
+    /// The processes that serve it, whose CPU time each run charges to it (may be empty).
+    pub pids: Vec<u32>,
 }
 
-/// What redis-benchmark's `--csv` line reports for one run.
+/// What redis-benchmark's `--csv` line reports for one run, and the CPU its target spent.
 #[derive(Clone, Copy, Debug)]
 pub struct Measurement {
     pub ops_per_sec: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU time (user + system, every thread) of the target's processes per request, in µs;
+    /// 0 when the target names no process.
+    pub cpu_us_per_request: f64,
+}
+
+/// CPU seconds (user + system, all threads) `pids` have used so far, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pids: &[u32]) -> Result<f64> {
+    let ticks_per_second = clock_ticks_per_second()?;
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid}"))?;
+        // Fields after the command name (which may hold spaces, hence the last ')'): utime is
+        // the 14th field of the line, stime the 15th (proc(5)).
+        let rest = &stat[stat.rfind(')').context("malformed stat")? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    }
+    Ok(ticks as f64 / ticks_per_second)
+}
+
+fn clock_ticks_per_second() -> Result<f64> {
+    let output = Command::new("getconf").arg("CLK_TCK").output().context("cannot run getconf")?;
+    String::from_utf8_lossy(&output.stdout).trim().parse().context("getconf CLK_TCK is not a number")
 }
 
 /// A child process killed (SIGKILL, by pid) and reaped when dropped, so a failed bench leaves
 /// nothing behind.
 pub struct Guard(Child);
+
+impl Guard {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -176,10 +207,18 @@ pub fn interleaved(workload: &Workload, targets: &[Target], rounds: usize) -> Re
         for offset in 0..targets.len() {
             let index = (round + offset) % targets.len();
             let target = &targets[index];
-            let run = redis_benchmark(target.addr, workload, target.requests)?;
+            let cpu_before = cpu_seconds(&target.pids)?;
+            let mut run = redis_benchmark(target.addr, workload, target.requests)?;
+            run.cpu_us_per_request = (cpu_seconds(&target.pids)? - cpu_before) * 1e6 / target.requests as f64;
             println!(
-                "  {} -P {:<2} round {round} {:<width$} {:>9.0} ops/s  p50 {:.3}ms  p99 {:.3}ms",
-                workload.test, workload.pipeline, target.name, run.ops_per_sec, run.p50_ms, run.p99_ms
+                "  {} -P {:<2} round {round} {:<width$} {:>9.0} ops/s  p50 {:.3}ms  p99 {:.3}ms  cpu {:.1} µs/req",
+                workload.test,
+                workload.pipeline,
+                target.name,
+                run.ops_per_sec,
+                run.p50_ms,
+                run.p99_ms,
+                run.cpu_us_per_request
             );
             runs[index].push(run);
         }
@@ -219,6 +258,7 @@ fn parse_csv(text: &str) -> Result<Measurement> {
         ops_per_sec: column("rps")?,
         p50_ms: column("p50_latency_ms")?,
         p99_ms: column("p99_latency_ms")?,
+        cpu_us_per_request: 0.0,
     })
 }
 
@@ -238,5 +278,10 @@ fn median_of(runs: &[Measurement]) -> Measurement {
             values[mid]
         }
     };
-    Measurement { ops_per_sec: median(|m| m.ops_per_sec), p50_ms: median(|m| m.p50_ms), p99_ms: median(|m| m.p99_ms) }
+    Measurement {
+        ops_per_sec: median(|m| m.ops_per_sec),
+        p50_ms: median(|m| m.p50_ms),
+        p99_ms: median(|m| m.p99_ms),
+        cpu_us_per_request: median(|m| m.cpu_us_per_request),
+    }
 }
