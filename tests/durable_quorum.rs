@@ -93,3 +93,34 @@ fn writes_survive_one_lost_node_stop_without_a_quorum_and_resume_after() {
         cluster.proxy_log()
     );
 }
+
+/// A write larger than one journal entry holds (64 MiB) is refused with a clear error before
+/// anything is journaled; the writer is not stopped, and writes around it are applied.
+#[test]
+fn a_write_larger_than_a_journal_entry_is_refused_and_the_shard_goes_on() {
+    let cluster = DurableCluster::start(ClusterOptions::default());
+    let mut client = cluster.client();
+    assert_eq!(client.cmd(&["SET", "before", "1"]).unwrap(), Value::Simple("OK".into()));
+    let huge = vec![b'x'; 65 * 1024 * 1024];
+    let refused = client.cmd(&[b"SET".as_slice(), b"huge", &huge]).unwrap();
+    assert!(
+        matches!(&refused, Value::Error(e) if e.starts_with("ERR memlog: the write is") && e.contains("at most")),
+        "{refused:?}"
+    );
+    // Two writes of 40 MiB at once go into two entries, both applied.
+    let big = vec![b'y'; 40 * 1024 * 1024];
+    let mut second = cluster.client();
+    client.queue(&[b"SET".as_slice(), b"big-1", &big]);
+    second.queue(&[b"SET".as_slice(), b"big-2", &big]);
+    client.flush().unwrap();
+    second.flush().unwrap();
+    assert_eq!(client.read().unwrap(), Value::Simple("OK".into()));
+    assert_eq!(second.read().unwrap(), Value::Simple("OK".into()));
+    assert_eq!(client.cmd(&["SET", "after", "2"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(client.cmd(&["EXISTS", "huge"]).unwrap(), Value::Int(0));
+    assert_eq!(client.cmd(&["STRLEN", "big-2"]).unwrap(), Value::Int(40 * 1024 * 1024));
+    assert_eq!(
+        client.cmd(&["MGET", "before", "after"]).unwrap(),
+        Value::Array(Some(vec![Value::Bulk(Some(b"1".to_vec())), Value::Bulk(Some(b"2".to_vec())),]))
+    );
+}

@@ -26,6 +26,15 @@ use crate::protocol::{self, Request, Response};
 /// How long a call waits for its reply unless the client was built with another timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The slowest transfer a call's deadline allows for, on top of the timeout: an entry of many
+/// megabytes gets the time to cross a busy link and be fsynced (64 MiB: 8 s more).
+pub const SLOWEST_BYTES_PER_SEC: f64 = 8.0 * 1024.0 * 1024.0;
+
+/// The time `len` bytes may take at [`SLOWEST_BYTES_PER_SEC`].
+pub fn transfer_allowance(len: usize) -> Duration {
+    Duration::from_secs_f64(len as f64 / SLOWEST_BYTES_PER_SEC)
+}
+
 /// How many pushed entries a subscription buffers before the connection waits for its reader.
 const SUBSCRIPTION_BUFFER: usize = 1024;
 
@@ -161,7 +170,7 @@ impl NodeClient {
         let (established, reply) = oneshot::channel();
         let request = Request::Subscribe { stream: stream.to_string(), from_lsn };
         let id = self.start(&request, Waiter::Subscription { established: Some(established), entries })?;
-        expect_done(self.wait(id, reply).await?)?;
+        expect_done(self.wait(id, reply, self.inner.timeout).await?)?;
         Ok(receiver)
     }
 
@@ -178,10 +187,15 @@ impl NodeClient {
 
     /// Queues `request` now and returns the future of its reply (`Error` replies become `Err`).
     fn call(&self, request: Request) -> impl Future<Output = Result<Response, NodeError>> + Send + 'static {
+        let payload = match &request {
+            Request::Append { entry, .. } => entry.payload.len(),
+            _ => 0,
+        };
+        let deadline = self.inner.timeout + transfer_allowance(payload);
         let (sender, reply) = oneshot::channel();
         let started = self.start(&request, Waiter::Call(sender));
         let client = self.clone();
-        async move { client.wait(started?, reply).await }
+        async move { client.wait(started?, reply, deadline).await }
     }
 
     /// Registers the waiter and queues the frame on a live connection (opening one if needed).
@@ -207,13 +221,14 @@ impl NodeClient {
         }
     }
 
-    /// Waits for the first reply to `id`, up to the timeout.
+    /// Waits for the first reply to `id`, up to `deadline`.
     async fn wait(
         &self,
         id: u64,
         reply: oneshot::Receiver<Result<Response, NodeError>>,
+        deadline: Duration,
     ) -> Result<Response, NodeError> {
-        match tokio::time::timeout(self.inner.timeout, reply).await {
+        match tokio::time::timeout(deadline, reply).await {
             Ok(Ok(Ok(Response::Error(error)))) => Err(error),
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(NodeError::Unreachable(format!("{}: connection closed", self.inner.addr))),

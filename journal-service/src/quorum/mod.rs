@@ -133,6 +133,10 @@ impl QuorumConfig {
     }
 }
 
+/// The largest body one entry carries: a node's record payload limit less the quorum frame's
+/// header. A larger append is refused before anything is sent (the writer keeps going).
+pub const MAX_ENTRY_BODY: usize = crate::record::MAX_PAYLOAD_LEN - frame::HEADER_LEN;
+
 /// Why an append or a recovery failed. Nothing that ends in an error was acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
@@ -163,6 +167,9 @@ pub enum WriteError {
     /// The configuration does not fit the node list.
     #[error("bad quorum configuration: {0}")]
     Config(String),
+    /// The body is larger than an entry holds ([`MAX_ENTRY_BODY`]); nothing was sent.
+    #[error("an entry of {len} bytes is larger than the {max} bytes an entry holds")]
+    TooLarge { len: usize, max: usize },
 }
 
 impl From<MetaError> for WriteError {

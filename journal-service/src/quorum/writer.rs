@@ -196,9 +196,11 @@ impl Shared {
         let started = Instant::now();
         let submitted = self.submit(kind, body);
         let shared = self.clone();
+        // A large entry gets the time to reach the nodes and be fsynced there.
+        let deadline = self.cfg.append_timeout + crate::node_client::transfer_allowance(body.len());
         async move {
             let result = match submitted {
-                Ok((lsn, done)) => shared.await_commit(lsn, done).await,
+                Ok((lsn, done)) => shared.await_commit(lsn, done, deadline).await,
                 Err(e) => Err(e),
             };
             match &result {
@@ -215,6 +217,9 @@ impl Shared {
         kind: Kind,
         body: &[u8],
     ) -> Result<(u64, oneshot::Receiver<Result<u64, WriteError>>), WriteError> {
+        if body.len() > super::MAX_ENTRY_BODY {
+            return Err(WriteError::TooLarge { len: body.len(), max: super::MAX_ENTRY_BODY });
+        }
         let mut st = self.lock();
         if let Some(stop) = &st.stop {
             return Err(WriteError::Stopped { reason: describe_stop(stop) });
@@ -324,8 +329,9 @@ impl Shared {
         &self,
         lsn: u64,
         done: oneshot::Receiver<Result<u64, WriteError>>,
+        deadline: Duration,
     ) -> Result<u64, WriteError> {
-        match tokio::time::timeout(self.cfg.append_timeout, done).await {
+        match tokio::time::timeout(deadline, done).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(WriteError::OutcomeUnknown { lsn, reason: "the writer went away".into() }),
             Err(_) => self.give_up(lsn),

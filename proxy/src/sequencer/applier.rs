@@ -39,7 +39,10 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                         Some((append, _permit)) => match append.await {
                             Ok(lsn) => Some(lsn),
                             Err(e) => {
-                                failed.store(true, Ordering::Release);
+                                // Too large: refused before anything was sent; the writer goes on.
+                                if !matches!(e, WriteError::TooLarge { .. }) {
+                                    failed.store(true, Ordering::Release);
+                                }
                                 let reply = append_error_reply(&e);
                                 for item in items {
                                     let _ = item.reply.send(Ok(reply.clone()));
@@ -308,6 +311,7 @@ fn append_error_reply(e: &WriteError) -> Bytes {
         WriteError::Stopped { .. } | WriteError::NoQuorum { acked: 0, .. } | WriteError::Unreachable(_) => {
             error_reply(&format!("TRYAGAIN memlog: the journal has no quorum ({e}); the write was not applied"))
         }
+        WriteError::TooLarge { .. } => error_reply(&format!("ERR memlog: {e}; the write was not applied")),
         _ => error_reply(&format!(
             "ERR memlog: the journal append's outcome is unknown ({e}); the write may or may not be applied"
         )),

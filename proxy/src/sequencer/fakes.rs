@@ -131,7 +131,7 @@ impl FakeRedis {
 fn parse(requests: &Bytes) -> Vec<Vec<String>> {
     let mut buf = BytesMut::from(&requests[..]);
     let mut parser = RequestParser::default();
-    let limits = crate::resp::Limits { max_bulk_len: 1 << 20, max_args: 1 << 10 };
+    let limits = crate::resp::Limits { max_bulk_len: 1 << 27, max_args: 1 << 10 };
     let mut commands = Vec::new();
     while let Some(request) = parser.next(&mut buf, limits).expect("the applier sends valid RESP") {
         commands.push(request.args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect());
@@ -237,6 +237,10 @@ impl StreamWriter for FakeWriter {
         let (stream, epoch) = (self.stream.clone(), self.epoch);
         // Sent at once, as the quorum writer sends an entry when it is appended, not when its
         // future is first polled.
+        let max = journal_service::quorum::MAX_ENTRY_BODY;
+        if payload.len() > max {
+            return Box::pin(async move { Err(WriteError::TooLarge { len: payload.len(), max }) });
+        }
         let gate = {
             let mut script = stream.script.lock().unwrap();
             if self.stopped.load(Ordering::Acquire) {

@@ -101,6 +101,20 @@ impl<S: JournalStream> Journaler<S> {
     }
 
     async fn sequence(&mut self, segment: &mut EntryBuilder, write: SequencerRequest, now: u64) {
+        let len = write.journaled_len();
+        if self.journal.is_some() && len > MAX_WRITE_BYTES {
+            let refusal = match &write.op {
+                SequencerOp::Transaction(_) => format!(
+                    "EXECABORT Transaction discarded: memlog journals at most {MAX_WRITE_BYTES} bytes of writes per transaction; this one has {len}"
+                ),
+                _ => format!("ERR memlog: the write is {len} bytes; memlog journals writes of at most {MAX_WRITE_BYTES} bytes; it was not applied"),
+            };
+            return write.refuse(error_reply(&refusal));
+        }
+        // Close the entry before it would outgrow what one entry holds.
+        if segment.payload.len() + len > MAX_WRITE_BYTES {
+            self.flush(segment).await;
+        }
         let SequencerRequest { proto, op, reply } = write;
         if segment.proto != Some(proto) && !segment.items.is_empty() {
             self.flush(segment).await;

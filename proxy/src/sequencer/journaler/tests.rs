@@ -214,3 +214,39 @@ async fn a_held_shard_pushes_back_once_its_queue_is_full() {
     rig.health.set_failing(false);
     assert_eq!(reply(rig.write("after")).await, ok("after"));
 }
+
+/// Queues `SET <tag> <len bytes>`.
+fn big_write(rig: &Rig, tag: &str, len: usize) -> oneshot::Receiver<ReplyResult> {
+    let (reply, rx) = oneshot::channel();
+    let request = Request::from_args(&[b"SET".as_slice(), tag.as_bytes(), &vec![b'x'; len]]);
+    let op = SequencerOp::Write { request, command: None };
+    rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, op, reply }).expect("room in the queue");
+    rx
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_larger_than_an_entry_is_refused_and_the_shard_goes_on() {
+    let mut rig = Rig::new(StreamScript::default()).await;
+    let too_big = big_write(&rig, "big", MAX_WRITE_BYTES);
+    let after = rig.write("after");
+    rig.run();
+    let refused = reply(too_big).await;
+    assert!(refused.starts_with("-ERR memlog: the write is"), "{}", &refused[..refused.len().min(200)]);
+    assert_eq!(reply(after).await, ok("after"));
+    assert!(!rig.failed.load(Ordering::Acquire), "the writer was not stopped");
+    assert_eq!(rig.applied(), ["after"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_that_together_outgrow_an_entry_go_into_two() {
+    let mut rig = Rig::new(StreamScript::default()).await;
+    let half = MAX_WRITE_BYTES / 2 + 1;
+    let (first, second) = (big_write(&rig, "first", half), big_write(&rig, "second", half));
+    rig.run();
+    assert_eq!(reply(first).await, ok("first"));
+    assert_eq!(reply(second).await, ok("second"));
+    let sizes: Vec<usize> = rig.stream.journal.payloads().iter().map(Bytes::len).collect();
+    assert_eq!(sizes.len(), 2, "two entries: {sizes:?}");
+    assert!(sizes.iter().all(|&len| len <= MAX_WRITE_BYTES), "{sizes:?}");
+    assert_eq!(rig.applied(), ["first", "second"]);
+}
