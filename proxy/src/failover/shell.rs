@@ -52,9 +52,10 @@ pub(crate) struct Controller {
     checks: Vec<(String, BackendConn)>,
     /// The role label each node's `memlog_redis_node_up` series has now.
     roles: HashMap<String, &'static str>,
-    /// For each prepared node, its check connection's count of connects when it was prepared:
-    /// a reconnect (the node may have restarted) means it is prepared again.
-    prepared: HashMap<String, u64>,
+    /// For each prepared node, its check connection's count of connects and the preparation's
+    /// generation when it was prepared: a reconnect (the node may have restarted) or a new
+    /// parameter group means it is prepared again.
+    prepared: HashMap<String, (u64, u64)>,
 }
 
 impl Controller {
@@ -403,16 +404,17 @@ impl Controller {
             step: "finding the node",
             reason: "not a node of the shard".to_string(),
         })?;
-        let connects = conn.connects();
+        let (connects, generation) = (conn.connects(), self.setup.prepare.generation());
         self.setup.prepare.prepare(node, conn).await?;
-        self.prepared.insert(node.to_string(), connects);
+        self.prepared.insert(node.to_string(), (connects, generation));
         Ok(())
     }
 
-    /// True when `node` was prepared over the connection the controller has to it now.
+    /// True when `node` was prepared over the connection the controller has to it now, with
+    /// the parameter group in force now.
     fn is_prepared(&self, node: &str) -> bool {
-        let connects = self.conn(node).map(BackendConn::connects);
-        connects.is_some() && self.prepared.get(node).copied() == connects
+        let Some(connects) = self.conn(node).map(BackendConn::connects) else { return false };
+        self.prepared.get(node).copied() == Some((connects, self.setup.prepare.generation()))
     }
 
     /// `node`'s `__memlog:lsn` now, if it answers.
