@@ -3,9 +3,9 @@
 //! - `CONFIG SET name value …` is checked against the allowlist (`params`) with Redis 7.0's
 //!   errors, then — one change at a time — journaled on every shard's stream (as `FUNCTION
 //!   LOAD` is), so replay applies it at the same point in history and a failover's catch-up
-//!   brings it to the new primary; then recorded in the metadata store and made the group in
-//!   force, which makes every controller prepare its nodes again (replicas included: Redis
-//!   does not replicate `CONFIG SET`). `timeout` is the proxy's alone and is not journaled.
+//!   brings it to the new primary; then recorded in the metadata store. It is made the group
+//!   in force first, which makes every controller prepare its replicas again (Redis does not
+//!   replicate `CONFIG SET`). `timeout` is the proxy's alone and is not journaled.
 //! - `CONFIG GET` is answered by shard 0's primary, with the proxy's own values for what the
 //!   proxy enforces and the nodes' credentials blanked.
 //! - `CONFIG REWRITE` answers OK: the group is already durable.
@@ -46,6 +46,15 @@ async fn set(proxy: &Proxy, proto: Proto, request: &Request, command: Option<Arc
     };
     let parameters = &proxy.parameters;
     let _one_change_at_a_time = parameters.changes.lock().await;
+    let before = parameters.live.get();
+    let mut group = (*before).clone();
+    for s in &settings {
+        group.insert(s.canonical.to_string(), s.value.clone());
+    }
+    // In force before it is journaled, so a node prepared meanwhile (a reconnect, a promotion)
+    // gets it; the controllers bring every replica to it (Redis does not replicate CONFIG SET),
+    // while each primary takes it from its journal below.
+    parameters.live.replace(group.clone());
     let mut node_args = vec![Bytes::from_static(b"CONFIG"), Bytes::from_static(b"SET")];
     for s in settings.iter().filter(|s| s.scope != Scope::Proxy) {
         node_args.push(Bytes::from_static(s.name.as_bytes()));
@@ -58,29 +67,25 @@ async fn set(proxy: &Proxy, proto: Proto, request: &Request, command: Option<Arc
         let first_error = replies.into_iter().find_map(Result::err);
         match first_error {
             // Refused everywhere (the same Redis refuses the same change): nothing changed.
-            Some(e) if applied == 0 => return error_reply(&e),
+            Some(e) if applied == 0 => {
+                parameters.live.replace((*before).clone());
+                return error_reply(&e);
+            }
             Some(e) => partial = Some(format!("applied on {applied} of {} shards ({e})", proxy.shards.len())),
             None => {}
         }
-    }
-    let mut group = (*parameters.live.get()).clone();
-    for s in &settings {
-        group.insert(s.canonical.to_string(), s.value.clone());
     }
     let recorded = match &parameters.store {
         Some(store) => store.put_parameters(&group).await.map_err(|e| e.to_string()),
         None => Ok(()),
     };
-    // In force from here on: node preparation brings every node to it, including the nodes of
-    // a shard whose journal did not take it.
-    parameters.live.replace(group);
     match (partial, recorded) {
         (None, Ok(())) => reply(proto, |w| {
             w.simple("OK");
         }),
         (Some(partial), _) => error_reply(&format!(
-            "ERR memlog: CONFIG SET {partial}; it is the group in force now, and node preparation applies it to \
-             every node"
+            "ERR memlog: CONFIG SET {partial}; it is the group in force now: replicas get it now, the other \
+             shards' primaries when they are next prepared (a restart or failover) or at the proxy's next start"
         )),
         (None, Err(e)) => error_reply(&format!(
             "ERR memlog: CONFIG SET is applied but the metadata store did not record it ({e}); a restarted proxy \
