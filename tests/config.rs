@@ -208,7 +208,7 @@ fn every_other_parameter_is_refused_naming_it() {
 }
 
 #[test]
-fn busy_threshold_must_stay_below_half_the_detection_time() {
+fn memlogs_own_rules_are_stated_in_the_error() {
     let pair = Pair::start();
     let mut memlog = pair.memlog.client();
     // [failover] detect_ms defaults to 1000 ms.
@@ -218,6 +218,10 @@ fn busy_threshold_must_stay_below_half_the_detection_time() {
         assert!(reply.text().contains("must be between 1 and 500 ms, half the failover detection time"), "{reply:?}");
     }
     assert_eq!(config_get(&mut memlog, &["busy-reply-threshold"]), [("busy-reply-threshold".into(), "500".into())]);
+    // A random eviction could take __memlog:lsn; LRU, LFU and volatile policies cannot in practice.
+    let reply = cmd(&mut memlog, &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
+    assert!(reply.text().contains("could evict memlog's own key __memlog:lsn"), "{reply:?}");
+    assert_eq!(config_get(&mut memlog, &["maxmemory-policy"]), [("maxmemory-policy".into(), "noeviction".into())]);
 }
 
 /// `CONFIG GET name` asked of a Redis node directly.

@@ -35,6 +35,8 @@ enum Kind {
     Memory { min: i64, unsigned: bool },
     /// One of the names, any case.
     Enum(&'static [&'static str]),
+    /// `maxmemory-policy`: one of Redis's policies, except `allkeys-random` (memlog's rule).
+    EvictionPolicy,
     /// `notify-keyspace-events` flags.
     KeyspaceEvents,
     /// `latency-tracking-info-percentiles`: space-separated doubles in [0, 100].
@@ -44,6 +46,7 @@ enum Kind {
     BusyThreshold,
 }
 
+#[derive(Clone, Copy)]
 struct Spec {
     name: &'static str,
     /// The name the group records it under (an alias records under the current name).
@@ -101,7 +104,7 @@ const ALLOWED: &[Spec] = &[
     node("hll-sparse-max-bytes", MEMORY),
     // Memory and eviction.
     node("maxmemory", Kind::Memory { min: 0, unsigned: true }),
-    node("maxmemory-policy", Kind::Enum(POLICIES)),
+    node("maxmemory-policy", Kind::EvictionPolicy),
     node("maxmemory-samples", int(1, I32_MAX)),
     node("maxmemory-eviction-tenacity", int(0, 100)),
     node("lfu-log-factor", int(0, I32_MAX)),
@@ -405,6 +408,7 @@ fn value_error(kind: Kind) -> String {
         Kind::Int { .. } | Kind::BusyThreshold => "argument couldn't be parsed into an integer".into(),
         Kind::Memory { .. } => "argument must be a memory value".into(),
         Kind::Enum(names) => format!("argument(s) must be one of the following: {}", names.join(", ")),
+        Kind::EvictionPolicy => value_error(Kind::Enum(POLICIES)),
         Kind::KeyspaceEvents => "Invalid event class character. Use 'Ag$lshzxeKEtmdn'.".into(),
         Kind::Percentiles => "Invalid latency-tracking-info-percentiles parameters".into(),
     }
@@ -420,6 +424,15 @@ fn check_value(spec: &Spec, value: &str, rules: Rules) -> Result<(), ParamError>
         Kind::Bool if value.eq_ignore_ascii_case("yes") || value.eq_ignore_ascii_case("no") => Ok(()),
         Kind::Enum(names) if names.iter().any(|n| n.eq_ignore_ascii_case(value)) => Ok(()),
         Kind::Bool | Kind::Enum(_) => bad(value_error(spec.kind)),
+        // `__memlog:lsn` has no TTL, so volatile policies never evict it; the controller reads
+        // it every check interval, so LRU and LFU rank it among the hottest keys; a random
+        // eviction could take it, and a node without it claims to hold no journal prefix
+        // (docs/parameters.md, "Eviction").
+        Kind::EvictionPolicy if value.eq_ignore_ascii_case("allkeys-random") => bad(format!(
+            "memlog: '{value}' could evict memlog's own key __memlog:lsn (which journal prefix a node holds); \
+             use allkeys-lru, allkeys-lfu or a volatile-* policy"
+        )),
+        Kind::EvictionPolicy => check_value(&Spec { kind: Kind::Enum(POLICIES), ..*spec }, value, rules),
         Kind::Int { min, max } => match redis_int(value) {
             None => bad(value_error(spec.kind)),
             Some(n) if n < min || n > max => bad(out_of_range(min, max)),
@@ -627,6 +640,8 @@ mod tests {
         assert!(set(&["dynamic-hz", "YES"]).is_ok());
         assert!(set(&["dynamic-hz", "1"]).unwrap_err().ends_with("argument must be 'yes' or 'no'"));
         assert!(set(&["maxmemory-policy", "ALLKEYS-LRU"]).is_ok());
+        assert!(set(&["maxmemory-policy", "allkeys-random"]).unwrap_err().contains("could evict memlog's own key"));
+        assert!(set(&["maxmemory-policy", "lru"]).unwrap_err().ends_with("allkeys-random, noeviction"));
         assert!(set(&["notify-keyspace-events", "KEA"]).is_ok());
         assert!(set(&["notify-keyspace-events", "kea"]).unwrap_err().ends_with("Use 'Ag$lshzxeKEtmdn'."));
         for ok in ["", "50 99", "100", "99.99999", "1e2"] {
