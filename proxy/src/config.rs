@@ -447,4 +447,27 @@ mod tests {
         let refused = ProxyConfig::load(Some(&path)).unwrap_err().to_string();
         assert!(refused.contains("detect"), "{refused}");
     }
+
+    #[test]
+    fn parameters_are_checked_like_config_set() {
+        let shards = "[[shards]]\nslots = \"0-16383\"\nprimary = \"127.0.0.1:6379\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memlog.toml");
+        let table = "[parameters]\nhash-max-listpack-entries = 64\nactivedefrag = false\nmaxmemory = \"1gb\"\n";
+        std::fs::write(&path, format!("{table}{shards}")).unwrap();
+        let entries = ProxyConfig::load(Some(&path)).unwrap().parameter_entries();
+        let expected = [("activedefrag", "no"), ("hash-max-listpack-entries", "64"), ("maxmemory", "1gb")];
+        assert_eq!(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(), expected);
+        for (entry, error) in [
+            ("hz = -1", "argument must be between 0 and 2147483647 inclusive"),
+            ("save = \"\"", "'save' cannot be changed through memlog"),
+            ("nosuch = 1", "Unknown option or number of arguments for CONFIG SET - 'nosuch'"),
+            // [failover] detect_ms defaults to 1000.
+            ("busy-reply-threshold = 600", "between 1 and 500 ms"),
+        ] {
+            std::fs::write(&path, format!("[parameters]\n{entry}\n{shards}")).unwrap();
+            let refused = ProxyConfig::load(Some(&path)).unwrap_err().to_string();
+            assert!(refused.starts_with("[parameters]: ") && refused.contains(error), "{entry}: {refused}");
+        }
+    }
 }
