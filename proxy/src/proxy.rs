@@ -63,6 +63,8 @@ pub(crate) struct Parameters {
     /// Held by a change from its journaling to its recording, so every shard's stream and the
     /// store see changes in the same order.
     pub(crate) changes: tokio::sync::Mutex<()>,
+    /// The node preparation that applies the group (to the replicas, once a change is in).
+    pub(crate) prepare: Arc<crate::prepare::NodePreparation>,
 }
 
 /// Journals `request` (a `CONFIG SET`) on every shard's stream through its sequencer, after

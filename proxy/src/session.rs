@@ -88,6 +88,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
         let read = tokio::select! {
             _ = client.kill.cancelled() => return,
             _ = tokio::time::sleep(idle_limit.unwrap_or_default()), if idle_limit.is_some() => {
+                // Waiting for a reply (a write held by a failover, say) is not idleness.
+                if pending.available_permits() < MAX_PENDING {
+                    continue;
+                }
                 tracing::debug!(client = client.id, addr = %client.addr, "idle longer than timeout; closing");
                 gone.cancel();
                 return;

@@ -95,7 +95,7 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         scripts: Default::default(),
         monitors: Default::default(),
         access,
-        parameters: Parameters { live, store: journal.map(|j| j.meta), changes: Default::default() },
+        parameters: Parameters { live, store: journal.map(|j| j.meta), changes: Default::default(), prepare },
     })
 }
 

@@ -79,6 +79,9 @@ async fn set(proxy: &Proxy, proto: Proto, request: &Request, command: Option<Arc
         Some(store) => store.put_parameters(&group).await.map_err(|e| e.to_string()),
         None => Ok(()),
     };
+    if node_args.len() > 2 {
+        prepare_replicas(proxy).await;
+    }
     match (partial, recorded) {
         (None, Ok(())) => reply(proto, |w| {
             w.simple("OK");
@@ -93,6 +96,25 @@ async fn set(proxy: &Proxy, proto: Proto, request: &Request, command: Option<Arc
         )),
     }
 }
+
+/// Prepares every shard's replicas with the group now, so the reply comes once they have it
+/// (a replica that does not answer within `REPLICA_WAIT` gets it from its controller's next
+/// check, which sees the group changed).
+async fn prepare_replicas(proxy: &Proxy) {
+    let mut preparing = tokio::task::JoinSet::new();
+    for replica in proxy.shards.iter().flat_map(|shard| shard.current_replicas()) {
+        let prepare = proxy.parameters.prepare.clone();
+        preparing.spawn(async move {
+            if let Err(e) = prepare.prepare_at(&replica).await {
+                tracing::warn!(node = %replica, "replica not prepared with the new parameter group yet: {e}");
+            }
+        });
+    }
+    let _ = tokio::time::timeout(REPLICA_WAIT, preparing.join_all()).await;
+}
+
+/// How long a `CONFIG SET` waits for the replicas before it answers.
+const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `CONFIG GET pattern…` from shard 0's primary, with the proxy's values put in.
 async fn get(d: &mut ClientCtx, request: &Request) -> Pending {
