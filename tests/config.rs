@@ -10,9 +10,8 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::cluster::{redis_conn, ClusterOptions, DurableCluster, CLIENT_TIMEOUT};
+use common::cluster::{redis_conn, ClusterOptions, DurableCluster, Pair, CLIENT_TIMEOUT};
 use common::resp::{Conn, Value};
-use common::{spawn_redis, Proc};
 
 /// The allowlist as the README documents it: every parameter an application may set.
 const ALLOWED: &[&str] = &[
@@ -83,22 +82,6 @@ const VALUES: &[&str] = &[
     "18446744073709551615",
     "2mb",
 ];
-
-/// A stock Redis and a one-shard memlog cluster, side by side.
-struct Pair {
-    redis: Proc,
-    memlog: DurableCluster,
-    _dir: tempfile::TempDir,
-}
-
-impl Pair {
-    fn start() -> Pair {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = spawn_redis(dir.path(), &[]);
-        let memlog = DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 1, ..Default::default() });
-        Pair { redis, memlog, _dir: dir }
-    }
-}
 
 fn connect(addr: SocketAddr) -> Conn {
     Conn::connect(addr, CLIENT_TIMEOUT).expect("connect")
