@@ -418,8 +418,15 @@ fn out_of_range(min: impl std::fmt::Display, max: impl std::fmt::Display) -> Str
     format!("argument must be between {min} and {max} inclusive")
 }
 
+/// The longest value memlog keeps: every allowed parameter's meaningful values are far shorter,
+/// and the group is stored whole in the metadata store and sent to every node.
+const MAX_VALUE_LEN: usize = 4096;
+
 fn check_value(spec: &Spec, value: &str, rules: Rules) -> Result<(), ParamError> {
     let bad = |reason: String| Err(refused(spec.name, reason));
+    if value.len() > MAX_VALUE_LEN {
+        return bad(format!("memlog: a value longer than {MAX_VALUE_LEN} bytes is not kept"));
+    }
     match spec.kind {
         Kind::Bool if value.eq_ignore_ascii_case("yes") || value.eq_ignore_ascii_case("no") => Ok(()),
         Kind::Enum(names) if names.iter().any(|n| n.eq_ignore_ascii_case(value)) => Ok(()),
@@ -656,6 +663,8 @@ mod tests {
             );
         }
         assert!(set(&["latency-tracking-info-percentiles", "inf"]).unwrap_err().ends_with("[0.0,100.0]"));
+        let long = "A".repeat(MAX_VALUE_LEN + 1);
+        assert!(set(&["notify-keyspace-events", &long]).unwrap_err().contains("longer than 4096 bytes"));
     }
 
     #[test]
