@@ -909,3 +909,30 @@ fn info_field(addr: SocketAddr, section: &str, field: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// A node rebuilt from a snapshot (the journal below it truncated) gets the parameter group
+/// before it loads and replays, so the hash it loads is encoded by the group's limit.
+#[test]
+fn a_node_rebuilt_from_a_snapshot_has_the_parameter_group() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start_with(true);
+    let mut client = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    let set = client.cmd(&["CONFIG", "SET", "hash-max-listpack-entries", "64"]).unwrap();
+    assert_eq!(set, Value::Simple("OK".into()));
+    let key = format!("{{{}}}h", tag_in_shard(0));
+    assert_eq!(hash_of_200_fields(cluster.proxy_addr, &key), "hashtable");
+    let checked = Checked::start(&cluster);
+    let shard_dir = cluster.dir.path().join("snapshots/shard-0");
+    let journal: Vec<SocketAddr> = cluster.journal.iter().map(|j| j.as_ref().unwrap().addr).collect();
+    cluster.wait_until("two snapshots of shard 0 kept and its journal truncated on every node", || {
+        std::fs::read_dir(&shard_dir).is_ok_and(|d| d.count() == 2)
+            && journal_first_lsns(&journal, "shard-0").iter().all(|&first| first > 1)
+    });
+    kill9_primary_and_replica_then_restart_both_empty(&mut cluster, checked, "rebuild-from-snapshot-with-parameters");
+    assert!(cluster.event_kinds().iter().any(|e| e == "snapshot_restored"), "the rebuild did not use a snapshot");
+    let primary = cluster.primary(0);
+    for node in [primary, cluster.partner(0, primary)] {
+        assert_eq!(node_param(node, "hash-max-listpack-entries"), "64", "{node}");
+    }
+    assert_eq!(encoding(cluster.proxy_addr, &key), "hashtable");
+}
