@@ -26,7 +26,7 @@ use clap::Args;
 use journal_service::cluster_ca::{self, ClusterCa, ClusterFiles};
 use journal_service::cluster_tls::TlsFiles;
 use journal_service::private_fs;
-use memlog_proxy::config::{BackendConfig, JournalConfig, ProxyConfig, ShardConfig, SnapshotConfig};
+use memlog_proxy::config::{BackendConfig, JournalConfig, ParamValue, ProxyConfig, ShardConfig, SnapshotConfig};
 use memlog_proxy::router::SlotMap;
 use memlog_proxy::BackendAuth;
 
@@ -79,6 +79,18 @@ pub struct UpArgs {
     /// kept. 0 turns snapshots off: the journal keeps every entry. Ignored without a journal.
     #[arg(long, default_value_t = 100_000)]
     pub snapshot_every: u64,
+    /// A Redis parameter of the cluster's parameter group, e.g. `--param hash-max-listpack-entries=64
+    /// --param maxmemory-policy=allkeys-lru` (repeatable). Checked like `CONFIG SET` (the same
+    /// allowlist and errors), applied over the group kept from earlier runs, set on every node
+    /// and journaled (docs/parameters.md).
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+}
+
+/// `NAME=VALUE` of `--param`.
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
+    Ok((name.trim().to_string(), value.to_string()))
 }
 
 /// Why `memlog up` could not start the cluster.
@@ -90,6 +102,8 @@ pub enum UpError {
     RedisServerNotFound(PathBuf),
     #[error("port {port} ({what}) is already in use: stop what uses it or pick other ports (--port, --metrics-port, --redis-base-port, --journal-base-port)")]
     PortInUse { port: u16, what: String },
+    #[error("--param: {0}")]
+    Param(String),
     #[error("port {port} is wanted twice, for {first} and for {second}: pick distinct ports")]
     PortConflict { port: u16, first: String, second: String },
     #[error("{flag} {base} leaves no room for {count} consecutive ports")]
@@ -169,6 +183,7 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     let redis_stage = plan_redis(&args, &redis_server, &dir)?;
     check_ports_free(&args, metrics_port, journal_stage.iter().chain(&redis_stage))?;
     let mut proxy_config = proxy_config(&args, metrics_port, &journal_stage, &redis_stage, &dir);
+    proxy_config.validate().map_err(|e| UpError::Param(e.to_string()))?;
     proxy_config.cluster_tls = identity.map(|files| files.proxy);
     let proxy_stage = vec![plan_proxy(&args, &dir, &proxy_config)?];
     if journal_stage.is_empty() {
@@ -520,6 +535,7 @@ fn proxy_config(
             user: None,
             password_file: Some(redis_auth::password_file(dir).display().to_string()),
         },
+        parameters: args.params.iter().map(|(name, value)| (name.clone(), ParamValue::Text(value.clone()))).collect(),
         ..ProxyConfig::default()
     }
 }
@@ -685,6 +701,7 @@ mod tests {
             journal_nodes: 3,
             journal_base_port: 7400,
             snapshot_every: 100_000,
+            params: Vec::new(),
         }
     }
 

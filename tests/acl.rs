@@ -11,25 +11,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::cluster::{ClusterOptions, DurableCluster, CLIENT_TIMEOUT};
+use common::cluster::{ClusterOptions, DurableCluster, Pair, CLIENT_TIMEOUT};
 use common::resp::{Conn, Value};
-use common::{spawn_redis, Proc};
-
-/// A stock Redis and a one-shard memlog cluster, side by side.
-struct Pair {
-    redis: Proc,
-    memlog: DurableCluster,
-    _dir: tempfile::TempDir,
-}
+use common::spawn_redis;
 
 impl Pair {
-    fn start() -> Pair {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = spawn_redis(dir.path(), &[]);
-        let memlog = DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 1, ..Default::default() });
-        Pair { redis, memlog, _dir: dir }
-    }
-
     /// Runs `scenario` against each and checks the replies agree.
     fn same(&self, what: &str, scenario: impl Fn(SocketAddr) -> Vec<Value>) {
         let expected = scenario(self.redis.addr);

@@ -299,4 +299,7 @@ fn example_config_in_deploy_loads() {
         .expect("deploy/memlog.toml must load");
     assert_eq!(cfg.shards.len(), 3);
     assert_eq!(cfg.metrics_listen.as_deref(), Some("0.0.0.0:9121"));
+    let parameters = cfg.parameter_entries();
+    assert_eq!(parameters.get("hash-max-listpack-entries").map(String::as_str), Some("128"));
+    assert_eq!(parameters.get("maxmemory-policy").map(String::as_str), Some("volatile-lru"));
 }

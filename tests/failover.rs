@@ -724,3 +724,215 @@ fn repeated_switchovers_back_and_forth() {
     // A switchover that answered OK completed within hold_ms (it is abandoned otherwise).
     checked.finish(&cluster, "repeated-switchovers", Refusals::None);
 }
+
+/// `CONFIG GET name` of one node.
+fn node_param(addr: SocketAddr, name: &str) -> String {
+    match redis_cmd(addr, &["CONFIG", "GET", name]) {
+        Value::Array(Some(items)) if items.len() == 2 => items[1].text(),
+        other => panic!("CONFIG GET {name} on {addr}: {other:?}"),
+    }
+}
+
+/// `HSET key` with 200 fields through the proxy, then `OBJECT ENCODING key`.
+fn hash_of_200_fields(proxy: SocketAddr, key: &str) -> String {
+    let mut conn = Conn::connect(proxy, CLIENT_TIMEOUT).expect("connect to the proxy");
+    let mut args = vec!["HSET".to_string(), key.to_string()];
+    args.extend((0..200).flat_map(|i| [format!("f{i}"), "v".to_string()]));
+    assert_eq!(conn.cmd(&args).unwrap(), Value::Int(200), "HSET {key}");
+    encoding(proxy, key)
+}
+
+fn encoding(proxy: SocketAddr, key: &str) -> String {
+    let mut conn = Conn::connect(proxy, CLIENT_TIMEOUT).expect("connect to the proxy");
+    conn.cmd(&["OBJECT", "ENCODING", key]).unwrap().text()
+}
+
+/// A parameter change (issue 13) reaches every node and stays through every fault: `kill -9` of
+/// the primary (the promoted replica was prepared with it), a node restarted empty (prepared
+/// before it syncs, so even the hashes it loads from its primary's RDB are encoded by it), a
+/// freeze that fails over to that node, and a rebuild of the whole shard from the journal.
+/// `hash-max-listpack-entries 64` makes a hash of 200 fields a `hashtable`; Redis's default
+/// (512) keeps it a `listpack`.
+#[test]
+fn a_parameter_change_survives_kill9_a_freeze_and_a_rebuild() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start();
+    let tag = tag_in_shard(0);
+    let key = |name: &str| format!("{{{tag}}}{name}");
+    assert_eq!(hash_of_200_fields(cluster.proxy_addr, &key("before")), "listpack", "Redis's default");
+    let mut client = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    let set = client.cmd(&["CONFIG", "SET", "hash-max-listpack-entries", "64"]).unwrap();
+    assert_eq!(set, Value::Simple("OK".into()));
+    assert_eq!(hash_of_200_fields(cluster.proxy_addr, &key("h1")), "hashtable");
+    let first = cluster.primary(0);
+    let replica = cluster.partner(0, first);
+    cluster.wait_until("the replica is prepared with the new group", || {
+        node_param(replica, "hash-max-listpack-entries") == "64"
+    });
+
+    cluster.kill_node(first);
+    let promoted = cluster.wait_for_new_primary(0, first);
+    assert_eq!(promoted, replica);
+    assert_eq!(node_param(promoted, "hash-max-listpack-entries"), "64");
+    assert_eq!(hash_of_200_fields(cluster.proxy_addr, &key("h2")), "hashtable", "after kill -9");
+
+    cluster.restart_node(first);
+    cluster.wait_until("the node restarted empty replicates the new primary", || {
+        role(first) == ("slave".into(), Some(promoted.to_string()))
+    });
+    cluster.wait_until_synced(first);
+    assert_eq!(node_param(first, "hash-max-listpack-entries"), "64", "the node restarted empty was not prepared");
+    // An RDB load encodes a hash by the loading node's limit: 200 fields > 64.
+    assert_eq!(redis_cmd(first, &["OBJECT", "ENCODING", &key("h2")]).text(), "hashtable");
+
+    cluster.node(promoted).stop();
+    let after_freeze = cluster.wait_for_new_primary(0, promoted);
+    assert_eq!(after_freeze, first);
+    assert_eq!(hash_of_200_fields(cluster.proxy_addr, &key("h3")), "hashtable", "after a freeze");
+    for name in ["h1", "h2"] {
+        assert_eq!(encoding(cluster.proxy_addr, &key(name)), "hashtable", "{name} on the node restarted empty");
+    }
+    cluster.node(promoted).cont();
+    cluster.wait_until("the resumed node is demoted", || role(promoted) == ("slave".into(), Some(first.to_string())));
+
+    // Both nodes of the shard lost: rebuilt from the journal, prepared first.
+    cluster.kill_node(first);
+    cluster.kill_node(promoted);
+    cluster.restart_node(first);
+    cluster.restart_node(promoted);
+    cluster.wait_until("shard 0 serves again", || {
+        Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT)
+            .and_then(|mut c| c.cmd(&["HLEN", &key("h3")]))
+            .is_ok_and(|v| v == Value::Int(200))
+    });
+    let primary = cluster.primary(0);
+    assert_eq!(node_param(primary, "hash-max-listpack-entries"), "64");
+    for name in ["h1", "h2", "h3"] {
+        assert_eq!(encoding(cluster.proxy_addr, &key(name)), "hashtable", "{name} after the rebuild");
+    }
+    // The proxy's own record, kept by the metadata store.
+    let doc: Json = serde_json::from_slice(&std::fs::read(cluster.metadata_path()).unwrap()).unwrap();
+    assert_eq!(doc["parameters"]["hash-max-listpack-entries"], "64");
+}
+
+/// Eviction (docs/parameters.md, "Eviction"): with `allkeys-lru` and a `maxmemory`, writes are
+/// acknowledged (never `-OOM`) while the primary evicts keys the journal never hears of; the
+/// replica follows the primary's evictions (Redis sends it DELs); a rebuild replays every write
+/// and the policy evicts again, so the rebuilt node is back under `maxmemory`, may hold other
+/// keys than before, and every key it holds has the last value written to it.
+#[test]
+fn evictions_follow_the_policy_and_a_rebuild_evicts_again() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start();
+    let tag = tag_in_shard(0);
+    let primary = cluster.primary(0);
+    let replica = cluster.partner(0, primary);
+    let used = info_field(primary, "memory", "used_memory");
+    let limit = used + 4 * 1024 * 1024;
+    let mut client = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    let limit_text = limit.to_string();
+    let set = client.cmd(&["CONFIG", "SET", "maxmemory", &limit_text, "maxmemory-policy", "allkeys-lru"]).unwrap();
+    assert_eq!(set, Value::Simple("OK".into()));
+    const KEYS: usize = 12_000;
+    let value = |i: usize| format!("{i:0>1000}");
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(200) {
+        for i in chunk {
+            client.queue(&["SET".to_string(), format!("{{{tag}}}k{i}"), value(*i)]);
+        }
+        client.flush().unwrap();
+        let replies = client.read_n(chunk.len()).unwrap_or_else(|e| panic!("{e}\n{}", cluster.proxy_log()));
+        for reply in replies {
+            assert_eq!(reply, Value::Simple("OK".into()), "a write under maxmemory");
+        }
+    }
+    let evicted = info_field(primary, "stats", "evicted_keys");
+    assert!(evicted > 0, "nothing was evicted");
+    cluster.wait_until("the replica holds what the primary holds", || {
+        redis_cmd(replica, &["DEBUG", "DIGEST"]) == redis_cmd(primary, &["DEBUG", "DIGEST"])
+    });
+    let before = dbsize(primary);
+    println!("{KEYS} keys written, {evicted} evicted, {before} kept (maxmemory {limit})");
+
+    cluster.kill_node(primary);
+    cluster.kill_node(replica);
+    cluster.restart_node(primary);
+    cluster.restart_node(replica);
+    cluster.wait_until("shard 0 is rebuilt", || {
+        cluster.event_kinds().iter().any(|e| e == "node_rebuilt")
+            && !cluster.topology()["shards"][0]["held"].as_bool().unwrap()
+    });
+    let rebuilt = cluster.primary(0);
+    assert_eq!(node_param(rebuilt, "maxmemory-policy"), "allkeys-lru");
+    let after = dbsize(rebuilt);
+    let evicted_again = info_field(rebuilt, "stats", "evicted_keys");
+    println!("after the rebuild: {after} keys kept, {evicted_again} evicted during the replay");
+    assert!(evicted_again > 0 && after < KEYS as u64, "the rebuild did not evict: {after} keys");
+    assert!(info_field(rebuilt, "memory", "used_memory") <= limit + 1024 * 1024, "over maxmemory after the rebuild");
+    let mut checked = 0;
+    let mut reader = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    for i in 0..KEYS {
+        reader.queue(&["GET".to_string(), format!("{{{tag}}}k{i}")]);
+    }
+    reader.flush().unwrap();
+    for (i, reply) in reader.read_n(KEYS).unwrap().into_iter().enumerate() {
+        match reply {
+            Value::Bulk(Some(v)) => {
+                assert_eq!(v, value(i).into_bytes(), "k{i} holds a value never written to it");
+                checked += 1;
+            }
+            Value::Bulk(None) => {}
+            other => panic!("GET k{i}: {other:?}"),
+        }
+    }
+    // Reads go on evicting while the node is over its limit (replication buffers count), so
+    // the count read back is at most what DBSIZE said.
+    assert!(checked > 0 && checked <= after as usize, "{checked} keys read back, DBSIZE said {after}");
+    let replica = cluster.partner(0, rebuilt);
+    cluster.wait_until("the rebuilt shard's replica holds what its primary holds", || {
+        redis_cmd(replica, &["DEBUG", "DIGEST"]) == redis_cmd(rebuilt, &["DEBUG", "DIGEST"])
+    });
+}
+
+fn dbsize(addr: SocketAddr) -> u64 {
+    // DBSIZE straight from the node counts __memlog:lsn.
+    redis_cmd(addr, &["DBSIZE"]).text().parse::<u64>().unwrap() - 1
+}
+
+/// A numeric field of a node's `INFO section`.
+fn info_field(addr: SocketAddr, section: &str, field: &str) -> u64 {
+    let info = redis_cmd(addr, &["INFO", section]).text();
+    let prefix = format!("{field}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("{field} in {info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A node rebuilt from a snapshot (the journal below it truncated) gets the parameter group
+/// before it loads and replays, so the hash it loads is encoded by the group's limit.
+#[test]
+fn a_node_rebuilt_from_a_snapshot_has_the_parameter_group() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start_with(true);
+    let mut client = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    let set = client.cmd(&["CONFIG", "SET", "hash-max-listpack-entries", "64"]).unwrap();
+    assert_eq!(set, Value::Simple("OK".into()));
+    let key = format!("{{{}}}h", tag_in_shard(0));
+    assert_eq!(hash_of_200_fields(cluster.proxy_addr, &key), "hashtable");
+    let checked = Checked::start(&cluster);
+    let shard_dir = cluster.dir.path().join("snapshots/shard-0");
+    let journal: Vec<SocketAddr> = cluster.journal.iter().map(|j| j.as_ref().unwrap().addr).collect();
+    cluster.wait_until("two snapshots of shard 0 kept and its journal truncated on every node", || {
+        std::fs::read_dir(&shard_dir).is_ok_and(|d| d.count() == 2)
+            && journal_first_lsns(&journal, "shard-0").iter().all(|&first| first > 1)
+    });
+    kill9_primary_and_replica_then_restart_both_empty(&mut cluster, checked, "rebuild-from-snapshot-with-parameters");
+    assert!(cluster.event_kinds().iter().any(|e| e == "snapshot_restored"), "the rebuild did not use a snapshot");
+    let primary = cluster.primary(0);
+    for node in [primary, cluster.partner(0, primary)] {
+        assert_eq!(node_param(node, "hash-max-listpack-entries"), "64", "{node}");
+    }
+    assert_eq!(encoding(cluster.proxy_addr, &key), "hashtable");
+}

@@ -15,8 +15,8 @@ use common::memlog_bin;
 use common::resp::{self, Conn};
 use serde_json::Value;
 use up_harness::{
-    alive, cluster_json, node_cli, processes_with_role, recorded_pids, redis_cli, stdout_of, up_log, wait_all_gone,
-    wait_until, Ports, Shape, Up,
+    alive, cluster_json, node_cli, processes_with_role, recorded_pids, redis_cli, start_up_with, stdout_of, up_log,
+    wait_all_gone, wait_until, Ports, Shape, Up,
 };
 
 const SHAPE: Shape = Shape { shards: 3, replicas: 1, journal_nodes: 3, snapshot_every: 100_000 };
@@ -449,4 +449,36 @@ fn a_child_that_fails_to_start_is_reported_with_its_log_and_the_others_are_stopp
     let cluster = cluster_json(tmp.path());
     assert_eq!(cluster["state"], "stopped");
     wait_all_gone(&recorded_pids(&cluster), Duration::from_secs(5));
+}
+
+/// `--param` sets the parameter group on every node, replicas included (issue 13), and is kept
+/// by the metadata store; a parameter memlog refuses stops `up` before anything starts.
+#[test]
+fn params_reach_every_node_and_a_refused_one_starts_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = ports();
+    let out = up_command(tmp.path(), &ports).args(["--param", "hz=-1"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--param: [parameters]: CONFIG SET failed (possibly related to argument 'hz') - argument must be between 0 and 2147483647 inclusive"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("cluster.json").exists(), "nothing may be started");
+
+    let params = ["--param", "hash-max-listpack-entries=64", "--param", "maxmemory-policy=volatile-lfu"];
+    let (mut up, _ready) = start_up_with(tmp.path(), &ports, SHAPE, &params);
+    let nodes = SHAPE.redis_nodes() as u16;
+    for port in ports.redis_base..ports.redis_base + nodes {
+        wait_until(tmp.path(), Duration::from_secs(10), &format!("node {port} has the parameter group"), || {
+            let out = node_cli(tmp.path(), port, &["CONFIG", "GET", "hash-max-listpack-entries"]);
+            stdout_of(&out).ends_with("64")
+        });
+        let policy = node_cli(tmp.path(), port, &["CONFIG", "GET", "maxmemory-policy"]);
+        assert!(stdout_of(&policy).ends_with("volatile-lfu"), "node {port}: {}", stdout_of(&policy));
+    }
+    let metadata: Value = serde_json::from_slice(&std::fs::read(tmp.path().join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(metadata["parameters"]["hash-max-listpack-entries"], "64");
+    let pids = recorded_pids(&cluster_json(tmp.path()));
+    sigterm_and_check_clean_stop(&mut up, &pids);
 }

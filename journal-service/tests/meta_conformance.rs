@@ -21,6 +21,7 @@ macro_rules! for_each_check {
         $run!(topology_compare_and_set);
         $run!(concurrent_topology_puts_have_one_winner);
         $run!(users_crud);
+        $run!(parameter_group);
         $run!(snapshot_catalog);
         $run!(event_log);
         $run!(state_survives_reopen);
@@ -128,6 +129,20 @@ async fn concurrent_topology_puts_have_one_winner(url: String) {
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
     assert!(results.iter().all(|r| matches!(r, Ok(2) | Err(MetaError::Conflict { current: 2 }))), "{results:?}");
     assert_eq!(open(&url).await.get_topology().await.unwrap(), Some((2, topology(&format!("p{winner}:1")))));
+}
+
+async fn parameter_group(url: String) {
+    let store = open(&url).await;
+    assert!(store.get_parameters().await.unwrap().is_empty());
+    let group = std::collections::BTreeMap::from([
+        ("hash-max-listpack-entries".to_string(), "64".to_string()),
+        ("maxmemory-policy".to_string(), "allkeys-lru".to_string()),
+    ]);
+    store.put_parameters(&group).await.unwrap();
+    assert_eq!(open(&url).await.get_parameters().await.unwrap(), group);
+    let replaced = std::collections::BTreeMap::from([("hz".to_string(), "20".to_string())]);
+    store.put_parameters(&replaced).await.unwrap();
+    assert_eq!(store.get_parameters().await.unwrap(), replaced);
 }
 
 async fn users_crud(url: String) {
@@ -309,7 +324,7 @@ async fn postgres_schema_is_versioned_and_migrates_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1], "each migration is recorded exactly once");
+    assert_eq!(versions, [1, 2], "each migration is recorded exactly once");
 }
 
 #[tokio::test]

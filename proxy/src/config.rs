@@ -31,6 +31,7 @@ const KEYS: &[&str] = &[
     "journal",
     "failover",
     "snapshot",
+    "parameters",
     "shards",
 ];
 
@@ -95,6 +96,10 @@ pub struct ProxyConfig {
     /// everything is rebuilt from a snapshot plus the journal's tail. Off when absent: the
     /// journal then keeps every entry.
     pub snapshot: Option<SnapshotConfig>,
+    /// The parameter group set at start (`hash-max-listpack-entries = 64`, `maxmemory-policy =
+    /// "allkeys-lru"`, …): checked like `CONFIG SET`, applied over the group the metadata store
+    /// holds, journaled on every shard (docs/parameters.md).
+    pub parameters: std::collections::BTreeMap<String, ParamValue>,
     /// The shards: which slots each owns and its Redis nodes.
     pub shards: Vec<ShardConfig>,
 }
@@ -140,6 +145,27 @@ impl JournalConfig {
 
     pub fn ack_quorum(&self) -> usize {
         self.ack_quorum.unwrap_or(self.nodes.len() / 2 + 1)
+    }
+}
+
+/// A `[parameters]` value as TOML writes it: `64`, `"allkeys-lru"`, `true` (Redis's `yes`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Text(String),
+}
+
+impl ParamValue {
+    /// The value as `CONFIG SET` takes it.
+    pub fn redis_text(&self) -> String {
+        match self {
+            ParamValue::Bool(true) => "yes".into(),
+            ParamValue::Bool(false) => "no".into(),
+            ParamValue::Int(n) => n.to_string(),
+            ParamValue::Text(text) => text.clone(),
+        }
     }
 }
 
@@ -306,6 +332,7 @@ impl Default for ProxyConfig {
             journal: None,
             failover: FailoverConfig::default(),
             snapshot: None,
+            parameters: Default::default(),
             shards: Vec::new(),
         }
     }
@@ -337,6 +364,16 @@ impl ProxyConfig {
         self.worker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() / 2)).max(1)
     }
 
+    /// `[parameters]` as `CONFIG SET` takes them.
+    pub fn parameter_entries(&self) -> std::collections::BTreeMap<String, String> {
+        self.parameters.iter().map(|(name, value)| (name.clone(), value.redis_text())).collect()
+    }
+
+    /// What memlog's own parameter rules depend on.
+    pub(crate) fn param_rules(&self) -> crate::params::Rules {
+        crate::params::Rules { detect_ms: self.failover.detect_ms }
+    }
+
     /// The slot map the `[[shards]]` describe.
     pub fn slot_map(&self) -> anyhow::Result<crate::router::SlotMap> {
         let lists: Vec<&str> = self.shards.iter().map(|s| s.slots.as_str()).collect();
@@ -346,6 +383,8 @@ impl ProxyConfig {
     /// Checks what serde cannot: the shards cover every slot exactly once; snapshots replace
     /// a prefix of the journal, so they need one.
     pub fn validate(&self) -> anyhow::Result<()> {
+        crate::params::check_group(&self.parameter_entries(), self.param_rules())
+            .map_err(|e| anyhow::anyhow!("[parameters]: {}", e.to_string().trim_start_matches("ERR ")))?;
         if let Some(snapshot) = &self.snapshot {
             anyhow::ensure!(
                 self.journal.is_some(),
@@ -407,5 +446,28 @@ mod tests {
         std::fs::write(&path, format!("[failover]\ndetect = 300\n{shards}")).unwrap();
         let refused = ProxyConfig::load(Some(&path)).unwrap_err().to_string();
         assert!(refused.contains("detect"), "{refused}");
+    }
+
+    #[test]
+    fn parameters_are_checked_like_config_set() {
+        let shards = "[[shards]]\nslots = \"0-16383\"\nprimary = \"127.0.0.1:6379\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memlog.toml");
+        let table = "[parameters]\nhash-max-listpack-entries = 64\nactivedefrag = false\nmaxmemory = \"1gb\"\n";
+        std::fs::write(&path, format!("{table}{shards}")).unwrap();
+        let entries = ProxyConfig::load(Some(&path)).unwrap().parameter_entries();
+        let expected = [("activedefrag", "no"), ("hash-max-listpack-entries", "64"), ("maxmemory", "1gb")];
+        assert_eq!(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(), expected);
+        for (entry, error) in [
+            ("hz = -1", "argument must be between 0 and 2147483647 inclusive"),
+            ("save = \"\"", "'save' cannot be changed through memlog"),
+            ("nosuch = 1", "Unknown option or number of arguments for CONFIG SET - 'nosuch'"),
+            // [failover] detect_ms defaults to 1000.
+            ("busy-reply-threshold = 600", "between 1 and 500 ms"),
+        ] {
+            std::fs::write(&path, format!("[parameters]\n{entry}\n{shards}")).unwrap();
+            let refused = ProxyConfig::load(Some(&path)).unwrap_err().to_string();
+            assert!(refused.starts_with("[parameters]: ") && refused.contains(error), "{entry}: {refused}");
+        }
     }
 }

@@ -17,6 +17,7 @@ mod failover;
 mod keys;
 mod monitor;
 pub mod normalize;
+mod params;
 mod prepare;
 mod proxy;
 mod pubsub;

@@ -36,6 +36,11 @@ impl Monitors {
         }
     }
 
+    /// True while `client` is in MONITOR mode.
+    pub(crate) fn has(&self, client: u64) -> bool {
+        self.count.load(Ordering::Acquire) > 0 && self.clients.contains_key(&client)
+    }
+
     /// Shows a command that `from` sent to every monitoring client. Admin commands are not
     /// shown, as in Redis (they may carry secrets), and the arguments of `AUTH` and `HELLO …
     /// AUTH` are redacted.

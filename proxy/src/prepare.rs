@@ -4,14 +4,18 @@
 //! a rebuild or a demotion — and the snapshot loader runs it after a load. Anything a node needs
 //! configured is added here, not at the places nodes appear.
 //!
-//! Today it sets the credentials the node presents to its primary (`masteruser`/`masterauth`):
-//! the proxy's own `[backend]` credentials, which every node accepts, so a replica can sync
-//! from whichever node is primary. A snapshot load sets a one-time credential instead, which
-//! preparation replaces again once the load is over.
+//! It sets the credentials the node presents to its primary (`masteruser`/`masterauth`): the
+//! proxy's own `[backend]` credentials, which every node accepts, so a replica can sync from
+//! whichever node is primary. A snapshot load sets a one-time credential instead, which
+//! preparation replaces again once the load is over. Then it applies the parameter group in
+//! force (`params`; docs/parameters.md): Redis does not replicate `CONFIG SET`, so replicas,
+//! nodes restarted empty, promoted or rebuilt get the group here, before they replay or serve.
+//! A change of the group makes the controllers prepare every node again.
 
 use std::sync::Arc;
 
 use crate::backend::{BackendAuth, BackendConn, BackendOptions};
+use crate::params::LiveGroup;
 use crate::resp::Proto;
 
 /// Why a node could not be prepared: it must not replay or serve until it is.
@@ -25,11 +29,17 @@ pub(crate) enum PrepareError {
 #[derive(Debug, Clone)]
 pub(crate) struct NodePreparation {
     opts: BackendOptions,
+    params: Arc<LiveGroup>,
 }
 
 impl NodePreparation {
-    pub(crate) fn new(opts: BackendOptions) -> Arc<NodePreparation> {
-        Arc::new(NodePreparation { opts })
+    pub(crate) fn new(opts: BackendOptions, params: Arc<LiveGroup>) -> Arc<NodePreparation> {
+        Arc::new(NodePreparation { opts, params })
+    }
+
+    /// The version of what preparation applies: it changes when the parameter group does.
+    pub(crate) fn generation(&self) -> u64 {
+        self.params.generation()
     }
 
     /// The options (timeouts, credentials) of connections to the nodes.
@@ -43,7 +53,8 @@ impl NodePreparation {
 
     /// Prepares `node` over `conn` (a connection to that node): every step, in order.
     pub(crate) async fn prepare(&self, node: &str, conn: &BackendConn) -> Result<(), PrepareError> {
-        self.credentials(node, conn).await
+        self.credentials(node, conn).await?;
+        self.parameters(node, conn).await
     }
 
     /// Prepares `node` over a connection of its own.
@@ -60,9 +71,25 @@ impl NodePreparation {
             None => ("", ""),
         };
         let args = ["CONFIG", "SET", "masteruser", user, "masterauth", password];
-        let step = "CONFIG SET masteruser/masterauth";
+        self.step(node, conn, "CONFIG SET masteruser/masterauth", &args).await
+    }
+
+    /// The parameter group's node parameters, in one `CONFIG SET` (atomic on the node).
+    async fn parameters(&self, node: &str, conn: &BackendConn) -> Result<(), PrepareError> {
+        let Some(args) = self.params.node_command() else { return Ok(()) };
+        self.step(node, conn, "CONFIG SET of the parameter group", &args).await
+    }
+
+    /// Sends one command; anything but `+OK` fails the step.
+    async fn step<A: AsRef<[u8]>>(
+        &self,
+        node: &str,
+        conn: &BackendConn,
+        step: &'static str,
+        args: &[A],
+    ) -> Result<(), PrepareError> {
         let failed = |reason: String| PrepareError::Step { node: node.to_string(), step, reason };
-        match tokio::time::timeout(self.opts.request_timeout, conn.call(&args)).await {
+        match tokio::time::timeout(self.opts.request_timeout, conn.call(args)).await {
             Ok(Ok(reply)) if reply.starts_with(b"+OK") => Ok(()),
             Ok(Ok(reply)) => Err(failed(String::from_utf8_lossy(&reply).trim().to_string())),
             Ok(Err(e)) => Err(failed(e.to_string())),

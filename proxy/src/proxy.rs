@@ -5,13 +5,17 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use dashmap::DashMap;
+use journal_service::meta::MetaStore;
 
 use crate::clients::ClientHandle;
 use crate::config::ProxyConfig;
+use crate::resp::{Proto, Request};
 use crate::router::SlotMap;
+use crate::sequencer::{SequencerOp, SequencerRequest};
 use crate::shard::Shard;
-use crate::table::CommandTable;
+use crate::table::{CommandInfo, CommandTable};
 
 /// Counters INFO reports.
 #[derive(Default)]
@@ -46,4 +50,49 @@ pub(crate) struct Proxy {
     pub monitors: crate::monitor::Monitors,
     /// ACL: the command catalog, the users every request is checked against, `ACL LOG`.
     pub(crate) access: crate::access::Access,
+    /// The parameter group (`CONFIG SET`, `[parameters]`).
+    pub(crate) parameters: Parameters,
+}
+
+/// The parameter group in force, where it is kept, and the one change at a time.
+pub(crate) struct Parameters {
+    /// What node preparation applies and the proxy enforces.
+    pub(crate) live: Arc<crate::params::LiveGroup>,
+    /// The metadata store keeping the group (none without a `[journal]`).
+    pub(crate) store: Option<Arc<MetaStore>>,
+    /// Held by a change from its journaling to its recording, so every shard's stream and the
+    /// store see changes in the same order.
+    pub(crate) changes: tokio::sync::Mutex<()>,
+    /// The node preparation that applies the group (to the replicas, once a change is in).
+    pub(crate) prepare: Arc<crate::prepare::NodePreparation>,
+}
+
+/// Journals `request` (a `CONFIG SET`) on every shard's stream through its sequencer, after
+/// every write already queued there, and returns each shard's reply in shard order. `command`
+/// is CONFIG SET's table entry, which names no key, so no WATCH is touched (`None`: every
+/// key counts as touched).
+pub(crate) async fn journal_on_every_shard(
+    shards: &[Shard],
+    request: &Request,
+    command: Option<Arc<CommandInfo>>,
+) -> Vec<Result<Bytes, String>> {
+    let mut waiting = Vec::with_capacity(shards.len());
+    for shard in shards {
+        let (reply, applied) = tokio::sync::oneshot::channel();
+        let op = SequencerOp::Write { request: request.clone(), command: command.clone() };
+        shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply });
+        waiting.push(applied);
+    }
+    let mut replies = Vec::with_capacity(waiting.len());
+    for applied in waiting {
+        replies.push(match applied.await {
+            Ok(Ok(reply)) if reply.starts_with(b"-") => {
+                Err(String::from_utf8_lossy(&reply[1..]).trim_end().to_string())
+            }
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(format!("ERR memlog: {e}")),
+            Err(_) => Err("ERR memlog: the shard dropped the request".to_string()),
+        });
+    }
+    replies
 }

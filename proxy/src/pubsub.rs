@@ -26,9 +26,6 @@ use crate::backend::{BackendAuth, NodeTarget};
 use crate::clients::{PushSender, SubscriptionCounts};
 use crate::keys::RESERVED_PREFIX;
 use crate::resp::{Proto, ReplyWriter};
-use crate::status::ShardStatus;
-
-pub(crate) use relay::configure_nodes;
 
 /// Channel prefixes of the notifications Redis publishes about keys and events.
 const KEYSPACE_PREFIXES: [&[u8]; 2] = [b"__keyspace@", b"__keyevent@"];
@@ -291,28 +288,19 @@ impl HubState {
 /// subscription confirmed after it misses no notification of a later write.
 pub(crate) type RelayReady = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// What the hub follows of one shard: the node its primary is now (it moves on failover) and
-/// its nodes as the failover controller last saw them.
+/// What the hub follows of one shard: the node its primary is now (it moves on failover).
 pub(crate) struct ShardNodes {
     target: Arc<NodeTarget>,
-    status: Arc<ShardStatus>,
 }
 
 impl ShardNodes {
-    pub(crate) fn new(target: Arc<NodeTarget>, status: Arc<ShardStatus>) -> ShardNodes {
-        ShardNodes { target, status }
+    pub(crate) fn new(target: Arc<NodeTarget>) -> ShardNodes {
+        ShardNodes { target }
     }
 
     /// The primary the relay follows (it moves on failover).
     fn primary(&self) -> String {
         self.target.addr().to_string()
-    }
-
-    /// The shard's nodes now: its primary and its replicas.
-    fn nodes(&self) -> (String, Vec<String>) {
-        let primary = self.primary();
-        let replicas = crate::status::replicas_besides(&self.status, &primary);
-        (primary, replicas)
     }
 }
 
@@ -324,9 +312,6 @@ pub(crate) struct Hub {
     timeout: Duration,
     /// The credentials of the relay's connections to the nodes.
     auth: Option<Arc<BackendAuth>>,
-    /// The `notify-keyspace-events` flags last set through the proxy, re-applied to a shard's
-    /// primary whenever the relay (re)connects to it, e.g. after a failover.
-    keyspace_events: Mutex<Option<Bytes>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -335,7 +320,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     pub(crate) fn new(shards: Vec<ShardNodes>, timeout: Duration, auth: Option<Arc<BackendAuth>>) -> Hub {
-        Hub { state: Mutex::default(), shards, timeout, auth, keyspace_events: Mutex::default() }
+        Hub { state: Mutex::default(), shards, timeout, auth }
     }
 
     /// Subscribes `sub` to `names` and queues one confirmation per name. When a name may
@@ -494,15 +479,6 @@ impl Hub {
             patterns: c.patterns.len(),
             shard_channels: c.shard_channels.len(),
         })
-    }
-
-    /// Remembers the `notify-keyspace-events` flags every shard was just given.
-    pub(crate) fn set_keyspace_events(&self, flags: Bytes) {
-        *lock(&self.keyspace_events) = Some(flags);
-    }
-
-    fn keyspace_events(&self) -> Option<Bytes> {
-        lock(&self.keyspace_events).clone()
     }
 }
 

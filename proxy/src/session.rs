@@ -71,7 +71,8 @@ async fn read_requests<R: AsyncRead + Unpin>(
 ) {
     let client = ctx.client.clone();
     let cfg = &ctx.proxy.cfg;
-    let limits = Limits { max_bulk_len: cfg.proto_max_bulk_len, max_args: cfg.max_multibulk_len };
+    let params = ctx.proxy.parameters.live.clone();
+    let (default_bulk_len, max_args) = (cfg.proto_max_bulk_len, cfg.max_multibulk_len);
     let mut parser = RequestParser::default();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let auth_timeout = std::time::Duration::from_millis(cfg.auth_timeout_ms);
@@ -80,8 +81,21 @@ async fn read_requests<R: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
+        // `timeout` (the parameter group's, enforced here and not on the nodes): an idle client
+        // is closed, unless it listens for pushes (pub/sub, MONITOR), as Redis exempts them.
+        let idle_limit =
+            params.client_timeout().filter(|_| !ctx.pubsub.subscribed() && !ctx.proxy.monitors.has(client.id));
         let read = tokio::select! {
             _ = client.kill.cancelled() => return,
+            _ = tokio::time::sleep(idle_limit.unwrap_or_default()), if idle_limit.is_some() => {
+                // Waiting for a reply (a write held by a failover, say) is not idleness.
+                if pending.available_permits() < MAX_PENDING {
+                    continue;
+                }
+                tracing::debug!(client = client.id, addr = %client.addr, "idle longer than timeout; closing");
+                gone.cancel();
+                return;
+            }
             // A connection that never authenticates cannot hold a client slot for ever.
             _ = tokio::time::sleep_until(auth_deadline), if !ctx.authenticated && !auth_timeout.is_zero() => {
                 tracing::debug!(client = client.id, addr = %client.addr, "not authenticated in time; closing");
@@ -101,6 +115,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
             }
             Ok(_) => {}
         }
+        let limits = Limits { max_bulk_len: params.max_bulk_len(default_bulk_len), max_args };
         loop {
             let authenticated = ctx.authenticated;
             let outgoing = match parser.next(&mut buf, if authenticated { limits } else { UNAUTHENTICATED }) {

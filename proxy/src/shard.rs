@@ -86,6 +86,12 @@ impl Shard {
             let journal = (setup.nodes.clone(), setup.quorum.transport.clone());
             Some(Arc::new(ShardSnapshots::new(id, settings, setup.meta.clone(), journal, prepare.clone())))
         });
+        // The start-up catch-up replays under the node's preparation (the parameter group):
+        // the controller's first check may come after it. A primary that does not answer yet
+        // is prepared by the controller once it does.
+        if let Err(e) = prepare.prepare_at(&primary).await {
+            tracing::warn!(shard = id, "primary not prepared before the start-up catch-up: {e}");
+        }
         let sequencer = Sequencer::start(id, target.clone(), opts.clone(), journal, snapshots.clone()).await?;
         started.send_replace(Some(sequencer.clone()));
         if let Some(snapshots) = &snapshots {

@@ -15,8 +15,9 @@ use crate::access::Access;
 use crate::backend::{BackendAuth, BackendConn, BackendOptions};
 use crate::config::ProxyConfig;
 use crate::failover::{self, FailoverSettings};
+use crate::params::{check_group, Group, LiveGroup};
 use crate::prepare::NodePreparation;
-use crate::proxy::{Proxy, Stats};
+use crate::proxy::{journal_on_every_shard, Parameters, Proxy, Stats};
 use crate::pubsub::ShardNodes;
 use crate::resp::{decode_resp2, Proto};
 use crate::router::SlotMap;
@@ -33,7 +34,6 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         request_timeout: Duration::from_millis(cfg.backend_timeout_ms),
         auth: BackendAuth::from_config(&cfg.backend)?,
     };
-    let prepare = NodePreparation::new(opts.clone());
     let connections = cfg.backend_connections.max(1);
     // The proxy's identity for the journal nodes; SIGHUP re-reads it (docs/cluster-tls.md).
     let transport = Transport::from_files(cfg.cluster_tls.as_ref(), Role::Proxy)
@@ -47,6 +47,9 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
             None
         }
     };
+    let group = starting_group(&cfg, journal.as_ref()).await?;
+    let live = LiveGroup::new(group);
+    let prepare = NodePreparation::new(opts.clone(), live.clone());
     let plan = shard_starts(&cfg, &slots, journal.as_ref()).await?;
     let (table, commands, redis_version) = load_command_table(&plan[0], &opts).await?;
     let access = Access::start(&commands, &cfg.users, journal.as_ref().map(|j| j.meta.clone())).await?;
@@ -60,6 +63,7 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     for start in starts.collect::<Vec<_>>() {
         shards.push(start.await??);
     }
+    journal_starting_group(&shards, &live).await?;
     let announce = cfg.announce.clone().unwrap_or_else(|| cfg.listen.clone());
     let (announce_host, announce_port) = match announce.rsplit_once(':') {
         Some((host, port)) => (host.trim_matches(['[', ']']).to_string(), port.parse()?),
@@ -69,7 +73,7 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         if announce_host == "0.0.0.0" || announce_host == "::" { "127.0.0.1".to_string() } else { announce_host };
     let node_id = node_id_for(&format!("{host}:{announce_port}"));
     let pubsub = Arc::new(crate::pubsub::Hub::new(
-        shards.iter().map(|s| ShardNodes::new(s.target.clone(), s.status.clone())).collect(),
+        shards.iter().map(|s| ShardNodes::new(s.target.clone())).collect(),
         Duration::from_millis(cfg.backend_timeout_ms),
         opts.auth.clone(),
     ));
@@ -91,7 +95,43 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         scripts: Default::default(),
         monitors: Default::default(),
         access,
+        parameters: Parameters { live, store: journal.map(|j| j.meta), changes: Default::default(), prepare },
     })
+}
+
+/// The parameter group to start with: the metadata store's, with `[parameters]` applied over
+/// it (the configuration names what the operator wants now), checked with `CONFIG SET`'s
+/// table and recorded (docs/parameters.md).
+async fn starting_group(cfg: &ProxyConfig, journal: Option<&JournalSetup>) -> anyhow::Result<Group> {
+    let rules = cfg.param_rules();
+    let stored = match journal {
+        Some(journal) => journal.meta.get_parameters().await.map_err(|e| anyhow::anyhow!("metadata store: {e}"))?,
+        None => Default::default(),
+    };
+    let mut group = check_group(&stored, rules).map_err(|e| {
+        anyhow::anyhow!("the metadata store's parameter group: {}", e.to_string().trim_start_matches("ERR "))
+    })?;
+    let configured = check_group(&cfg.parameter_entries(), rules)
+        .map_err(|e| anyhow::anyhow!("[parameters]: {}", e.to_string().trim_start_matches("ERR ")))?;
+    group.extend(configured);
+    if let Some(journal) = journal.filter(|_| group != stored) {
+        journal.meta.put_parameters(&group).await.map_err(|e| anyhow::anyhow!("metadata store: {e}"))?;
+    }
+    Ok(group)
+}
+
+/// Journals the whole group on every shard once the shards serve, so each stream's history
+/// holds the group in force from here on, whatever happened to earlier changes (a change whose
+/// recording was cut short by a crash is settled here: the store's group is the one in force).
+async fn journal_starting_group(shards: &[Shard], live: &LiveGroup) -> anyhow::Result<()> {
+    let Some(args) = live.node_command() else { return Ok(()) };
+    let request = crate::resp::Request::from_args(&args);
+    for (shard, reply) in journal_on_every_shard(shards, &request, None).await.into_iter().enumerate() {
+        if let Err(e) = reply {
+            anyhow::bail!("shard {shard} refused the parameter group ({}): {e}", args[2..].join(" "));
+        }
+    }
+    Ok(())
 }
 
 /// Each shard's starting primary and epoch. With a metadata store, the recorded topology's

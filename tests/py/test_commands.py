@@ -7,8 +7,8 @@ from resp import ErrorReply
 # Commands that would let a client reconfigure, stop, persist or re-topologize a Redis node
 # behind the proxy's back: the proxy refuses them (stock Redis accepts them, so proxy-only).
 REFUSED = [
-    ("CONFIG", "SET", "maxmemory", "1"),
-    ("CONFIG", "REWRITE"),
+    ("CONFIG", "SET", "save", ""),
+    ("CONFIG", "SET", "replicaof", "127.0.0.1 1"),
     ("CONFIG", "RESETSTAT"),
     ("DEBUG", "SLEEP", "0"),
     ("SHUTDOWN", "NOSAVE"),

@@ -82,7 +82,13 @@ pub fn up_command(dir: &Path, ports: &Ports, shape: Shape) -> Command {
 
 /// Starts `memlog up` and waits for its `ready` line (returned).
 pub fn start_up(dir: &Path, ports: &Ports, shape: Shape) -> (Up, String) {
+    start_up_with(dir, ports, shape, &[])
+}
+
+/// [`start_up`] with more arguments for `memlog up`.
+pub fn start_up_with(dir: &Path, ports: &Ports, shape: Shape, extra: &[&str]) -> (Up, String) {
     let mut cmd = up_command(dir, ports, shape);
+    cmd.args(extra);
     cmd.stdout(Stdio::piped()).stderr(Stdio::from(std::fs::File::create(dir.join("up.log")).unwrap()));
     let mut child = cmd.spawn().expect("start memlog up");
     let stdout = child.stdout.take().unwrap();

@@ -27,6 +27,8 @@ struct Document {
     #[serde(default)]
     users: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
+    parameters: BTreeMap<String, String>,
+    #[serde(default)]
     snapshots: Vec<SnapshotRecord>,
     #[serde(default)]
     events: Vec<EventRecord>,
@@ -154,6 +156,19 @@ impl FileStore {
                 Some(_) => Outcome::Changed(true),
                 None => Outcome::Unchanged(false),
             })
+        })
+        .await
+    }
+
+    pub async fn get_parameters(&self) -> Result<BTreeMap<String, String>, MetaError> {
+        self.transact(|doc| Ok(Outcome::Unchanged(doc.parameters.clone()))).await
+    }
+
+    pub async fn put_parameters(&self, parameters: &BTreeMap<String, String>) -> Result<(), MetaError> {
+        let parameters = parameters.clone();
+        self.transact(move |doc| {
+            doc.parameters = parameters;
+            Ok(Outcome::Changed(()))
         })
         .await
     }

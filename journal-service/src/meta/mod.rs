@@ -203,6 +203,19 @@ impl MetaStore {
         dispatch!(self.delete_user(name))
     }
 
+    /// The parameter group in force (name -> value; empty when none was ever set).
+    pub async fn get_parameters(&self) -> Result<std::collections::BTreeMap<String, String>, MetaError> {
+        dispatch!(self.get_parameters())
+    }
+
+    /// Replaces the parameter group.
+    pub async fn put_parameters(
+        &self,
+        parameters: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), MetaError> {
+        dispatch!(self.put_parameters(parameters))
+    }
+
     /// Records a snapshot of `shard` at `lsn` (recording the same shard and LSN again replaces it).
     pub async fn add_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), MetaError> {
         dispatch!(self.add_snapshot(snapshot))

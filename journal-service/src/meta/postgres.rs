@@ -11,6 +11,7 @@
 //! connection is replaced, and while Postgres is unreachable a call fails after
 //! [`CONNECT_TIMEOUT`] instead of holding anything else up.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -55,6 +56,11 @@ const MIGRATIONS: &[&str] = &[
          kind TEXT NOT NULL,
          body JSONB NOT NULL,
          recorded_at TIMESTAMPTZ NOT NULL DEFAULT now()
+     );",
+    // 2: the parameter group (one document: name -> value).
+    "CREATE TABLE memlog_parameters (
+         id INT PRIMARY KEY CHECK (id = 1),
+         doc JSONB NOT NULL
      );",
 ];
 
@@ -218,6 +224,28 @@ impl PostgresStore {
 
     pub async fn delete_user(&self, name: &str) -> Result<bool, MetaError> {
         self.with_client(async |c| Ok(c.execute("DELETE FROM memlog_users WHERE name = $1", &[&name]).await? > 0)).await
+    }
+
+    pub async fn get_parameters(&self) -> Result<BTreeMap<String, String>, MetaError> {
+        self.with_client(async |c| {
+            let row = c.query_opt("SELECT doc::text FROM memlog_parameters WHERE id = 1", &[]).await?;
+            Ok(row.map(|row| parse_json(row.get(0))).transpose()?.unwrap_or_default())
+        })
+        .await
+    }
+
+    pub async fn put_parameters(&self, parameters: &BTreeMap<String, String>) -> Result<(), MetaError> {
+        let doc = serde_json::to_string(parameters).map_err(|e| MetaError::Corrupt(e.to_string()))?;
+        self.with_client(async |c| {
+            c.execute(
+                "INSERT INTO memlog_parameters (id, doc) VALUES (1, $1::text::jsonb)
+                 ON CONFLICT (id) DO UPDATE SET doc = EXCLUDED.doc",
+                &[&doc],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn add_snapshot(&self, snapshot: &SnapshotRecord) -> Result<(), MetaError> {

@@ -6,6 +6,7 @@ pub(crate) mod acl;
 pub(crate) mod admin;
 pub(crate) mod client;
 pub(crate) mod cluster;
+pub(crate) mod config;
 pub(crate) mod connection;
 pub(crate) mod keyspace;
 pub(crate) mod pubsub;
@@ -65,9 +66,8 @@ pub(crate) fn route(info: &CommandInfo) -> CommandRoute {
         | "cluster|getkeysinslot"
         | "cluster|help" => CommandRoute::Local,
         n if n.starts_with("cluster|") => CommandRoute::Refused(MANAGED_TOPOLOGY),
-        // Only `notify-keyspace-events`, set on every node by `pubsub` (which refuses the rest).
-        "config|set" => CommandRoute::Local,
-        "config|rewrite" | "config|resetstat" => CommandRoute::Refused(MANAGED_NODES),
+        "config|set" | "config|get" | "config|rewrite" | "config|help" => CommandRoute::Local,
+        "config|resetstat" => CommandRoute::Refused(MANAGED_NODES),
         "debug" | "shutdown" | "replicaof" | "slaveof" | "sync" | "psync" | "save" | "bgsave" | "bgrewriteaof"
         | "failover" | "pfdebug" | "pfselftest" => CommandRoute::Refused(MANAGED_NODES),
         n if n.starts_with("module") => CommandRoute::Refused(MANAGED_NODES),
@@ -116,7 +116,8 @@ pub(crate) async fn run_local(d: &mut ClientCtx, request: &Request, info: &Arc<C
         "multi" | "exec" | "discard" | "watch" | "unwatch" => transaction::run(d, name, request).await,
         "wait" => replication::wait(d, request).await,
         "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" | "publish"
-        | "spublish" | "config|set" => pubsub::run(d, name, request).await,
+        | "spublish" => pubsub::run(d, name, request).await,
+        "config|set" | "config|get" | "config|rewrite" | "config|help" => config::run(d, &name[7..], request).await,
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => {
             scripting::run(d, name, request, info).await
         }

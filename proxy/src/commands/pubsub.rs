@@ -1,6 +1,6 @@
 //! Pub/sub commands: SUBSCRIBE and friends, PUBLISH, SPUBLISH, PUBSUB introspection, RESP2
-//! subscriber mode, and `CONFIG SET notify-keyspace-events` (for every shard's nodes). The
-//! state and delivery live in the hub (`crate::pubsub`).
+//! subscriber mode. The state and delivery live in the hub (`crate::pubsub`);
+//! `notify-keyspace-events` is a parameter of the group (`commands::config`).
 //!
 //! (Un)subscriptions and publications run when their reply is due (`Pending::Deferred`,
 //! `Pending::Due`), i.e. after every earlier command of the client completed: a subscription's
@@ -22,13 +22,7 @@ use crate::table::CommandInfo;
 const ALLOWED_IN_SUBSCRIBER_MODE: &[&str] =
     &["ping", "subscribe", "ssubscribe", "unsubscribe", "sunsubscribe", "psubscribe", "punsubscribe", "quit", "reset"];
 
-/// True for the one CONFIG SET the proxy lets through: `notify-keyspace-events`, which
-/// subscribers to keyspace notifications need on every shard.
-fn is_keyspace_events_config(request: &Request) -> bool {
-    request.args.len() == 4 && request.args[2].eq_ignore_ascii_case(b"notify-keyspace-events")
-}
-
-/// Runs a pub/sub command, or the one CONFIG SET the proxy takes (refusing any other).
+/// Runs a pub/sub command.
 pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     let args = &request.args;
     match name {
@@ -53,8 +47,6 @@ pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pen
         }
         // Redis's own help text, from a shard.
         "pubsub|help" => d.send_to_shard(0, request.clone(), false).await,
-        "config|set" if is_keyspace_events_config(request) => keyspace_events_config(d, request),
-        "config|set" => Pending::error(&format!("ERR memlog: 'CONFIG SET' is not allowed: {}", super::MANAGED_NODES)),
         _ => Pending::error(&format!("ERR memlog: no pub/sub handler for '{name}'")),
     }
 }
@@ -168,22 +160,4 @@ fn syntax_error(request: &Request) -> Pending {
     let sub = String::from_utf8_lossy(&request.args[1][..request.args[1].len().min(128)]).into_owned();
     let command = String::from_utf8_lossy(&request.args[0]).to_uppercase();
     Pending::error(&format!("ERR unknown subcommand or wrong number of arguments for '{sub}'. Try {command} HELP."))
-}
-
-/// `CONFIG SET notify-keyspace-events <flags>`: set on every node of every shard, and
-/// remembered so the relay re-applies it to a new primary.
-fn keyspace_events_config(d: &ClientCtx, request: &Request) -> Pending {
-    let (proxy, proto) = (d.proxy.clone(), d.proto());
-    let flags = request.args[3].clone();
-    Pending::Deferred(Box::pin(async move {
-        match crate::pubsub::configure_nodes(&proxy.pubsub, &flags).await {
-            Ok(()) => {
-                proxy.pubsub.set_keyspace_events(flags);
-                reply(proto, |w| {
-                    w.simple("OK");
-                })
-            }
-            Err(e) => crate::resp::error_reply(&e.client_message()),
-        }
-    }))
 }

@@ -52,9 +52,10 @@ pub(crate) struct Controller {
     checks: Vec<(String, BackendConn)>,
     /// The role label each node's `memlog_redis_node_up` series has now.
     roles: HashMap<String, &'static str>,
-    /// For each prepared node, its check connection's count of connects when it was prepared:
-    /// a reconnect (the node may have restarted) means it is prepared again.
-    prepared: HashMap<String, u64>,
+    /// For each prepared node, its check connection's count of connects and the preparation's
+    /// generation when it was prepared: a reconnect (the node may have restarted) or a new
+    /// parameter group means it is prepared again.
+    prepared: HashMap<String, (u64, u64)>,
 }
 
 impl Controller {
@@ -130,7 +131,13 @@ impl Controller {
             let mut health = parse_health(&replies);
             // A node that (re)appeared is prepared before any decision uses it; until it is,
             // it counts as not answering.
-            if health.is_some() && !self.is_prepared(&addr) {
+            if health.is_some() && self.only_the_group_changed_on_the_primary(&addr) {
+                // The primary takes a parameter change from its journal, at its place in the
+                // shard's history (docs/parameters.md); setting it here could land before or
+                // after the writes around it.
+                let generation = self.setup.prepare.generation();
+                self.prepared.entry(addr.clone()).and_modify(|(_, g)| *g = generation);
+            } else if health.is_some() && !self.is_prepared(&addr) {
                 if let Err(e) = self.prepare(&addr).await {
                     tracing::warn!(shard = self.setup.shard, node = %addr, "node not prepared: {e}");
                     health = None;
@@ -403,16 +410,25 @@ impl Controller {
             step: "finding the node",
             reason: "not a node of the shard".to_string(),
         })?;
-        let connects = conn.connects();
+        let (connects, generation) = (conn.connects(), self.setup.prepare.generation());
         self.setup.prepare.prepare(node, conn).await?;
-        self.prepared.insert(node.to_string(), connects);
+        self.prepared.insert(node.to_string(), (connects, generation));
         Ok(())
     }
 
-    /// True when `node` was prepared over the connection the controller has to it now.
+    /// True when `node` is the primary and was prepared over the connection the controller has
+    /// to it now, with an older parameter group.
+    fn only_the_group_changed_on_the_primary(&self, node: &str) -> bool {
+        let Some(connects) = self.conn(node).map(BackendConn::connects) else { return false };
+        node == self.core.primary()
+            && self.prepared.get(node).is_some_and(|&(c, g)| c == connects && g != self.setup.prepare.generation())
+    }
+
+    /// True when `node` was prepared over the connection the controller has to it now, with
+    /// the parameter group in force now.
     fn is_prepared(&self, node: &str) -> bool {
-        let connects = self.conn(node).map(BackendConn::connects);
-        connects.is_some() && self.prepared.get(node).copied() == connects
+        let Some(connects) = self.conn(node).map(BackendConn::connects) else { return false };
+        self.prepared.get(node).copied() == Some((connects, self.setup.prepare.generation()))
     }
 
     /// `node`'s `__memlog:lsn` now, if it answers.

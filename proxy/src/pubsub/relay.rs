@@ -2,8 +2,9 @@
 //! dedicated connection per shard follows the shard's current primary with `PSUBSCRIBE
 //! __key*__:*` and feeds every notification into the hub, which delivers it to whoever matches
 //! locally, exactly once per subscription. A dropped connection is re-established (to the new
-//! primary after a failover, noticed on reconnect or within `PRIMARY_CHECK`), with the
-//! `notify-keyspace-events` flags set through the proxy re-applied first. Notifications
+//! primary after a failover, noticed on reconnect or within `PRIMARY_CHECK`). Which events a
+//! node publishes is its `notify-keyspace-events` parameter, part of the parameter group that
+//! node preparation gives every node before it serves (`crate::prepare`). Notifications
 //! published while a shard is not followed are lost, as they would be for a client of it.
 
 use std::sync::{Arc, Weak};
@@ -13,7 +14,6 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{Hub, RelayReady};
@@ -38,19 +38,9 @@ pub(crate) enum RelayError {
     Timeout { addr: String },
     #[error("Redis node {addr} sent an unexpected reply")]
     BadReply { addr: String },
-    /// Redis answered with an error, e.g. invalid `notify-keyspace-events` flags.
+    /// Redis answered with an error.
     #[error("Redis node {addr} refused: {message}")]
     Refused { addr: String, message: String },
-}
-
-impl RelayError {
-    /// The error a client sees: Redis's own when it refused, memlog's otherwise.
-    pub(crate) fn client_message(&self) -> String {
-        match self {
-            RelayError::Refused { message, .. } => message.clone(),
-            other => format!("ERR memlog: {other}"),
-        }
-    }
 }
 
 /// One plain connection to a Redis node, outside the pooled backends: it ends up subscribed.
@@ -117,48 +107,6 @@ fn pmessage(frame: &Bytes) -> Option<(Bytes, Bytes)> {
         return None;
     }
     Some((bulk_bytes(channel)?, bulk_bytes(message)?))
-}
-
-/// Sets `notify-keyspace-events` on one node.
-async fn set_keyspace_events(
-    addr: &str,
-    flags: &[u8],
-    timeout: Duration,
-    auth: Option<&BackendAuth>,
-) -> Result<(), RelayError> {
-    let mut conn = NodeConn::connect(addr, timeout, auth).await?;
-    conn.call(&[b"CONFIG", b"SET", b"notify-keyspace-events", flags], timeout).await.map(drop)
-}
-
-/// Sets `notify-keyspace-events` on every node of every shard. Every primary must take it
-/// (they emit the notifications); a replica that does not is logged (it gets the flags when it
-/// becomes a primary the relay follows).
-pub(crate) async fn configure_nodes(hub: &Hub, flags: &Bytes) -> Result<(), RelayError> {
-    let timeout = hub.timeout;
-    let mut calls = JoinSet::new();
-    for shard in &hub.shards {
-        let (primary, replicas) = shard.nodes();
-        let nodes = std::iter::once((primary, true)).chain(replicas.into_iter().map(|replica| (replica, false)));
-        for (addr, required) in nodes {
-            let (flags, auth) = (flags.clone(), hub.auth.clone());
-            calls.spawn(async move {
-                let result = set_keyspace_events(&addr, &flags, timeout, auth.as_deref()).await;
-                (addr, required, result)
-            });
-        }
-    }
-    let mut failure = None;
-    while let Some(joined) = calls.join_next().await {
-        let Ok((addr, required, result)) = joined else { continue };
-        match result {
-            Ok(()) => {}
-            Err(e) if required => {
-                failure.get_or_insert(e);
-            }
-            Err(e) => tracing::warn!(node = %addr, "cannot set notify-keyspace-events on a replica: {e}"),
-        }
-    }
-    failure.map_or(Ok(()), Err)
 }
 
 /// The running relay; dropping it stops following the shards.
@@ -244,15 +192,12 @@ async fn follow_shard(hub: Weak<Hub>, shard: usize, count: Arc<watch::Sender<usi
 
 /// Follows `shard`'s current primary until the connection fails or the primary changes.
 async fn follow_primary(hub: &Weak<Hub>, shard: usize, count: &Arc<watch::Sender<usize>>) -> Result<Ended, RelayError> {
-    let Some((addr, timeout, flags, auth)) =
-        hub.upgrade().map(|hub| (hub.shards[shard].primary(), hub.timeout, hub.keyspace_events(), hub.auth.clone()))
+    let Some((addr, timeout, auth)) =
+        hub.upgrade().map(|hub| (hub.shards[shard].primary(), hub.timeout, hub.auth.clone()))
     else {
         return Ok(Ended::ProxyGone);
     };
     let mut conn = NodeConn::connect(&addr, timeout, auth.as_deref()).await?;
-    if let Some(flags) = flags {
-        conn.call(&[b"CONFIG", b"SET", b"notify-keyspace-events", &flags], timeout).await?;
-    }
     let confirmation = conn.call(&[b"PSUBSCRIBE", RELAY_PATTERN], timeout).await?;
     if array_items(&confirmation).is_none_or(|items| items.len() != 3) {
         return Err(RelayError::BadReply { addr });
