@@ -80,7 +80,7 @@ pub(crate) async fn journal_on_every_shard(
     for shard in shards {
         let (reply, applied) = tokio::sync::oneshot::channel();
         let op = SequencerOp::Write { request: request.clone(), command: command.clone() };
-        shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply });
+        shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;
         waiting.push(applied);
     }
     let mut replies = Vec::with_capacity(waiting.len());
