@@ -155,6 +155,17 @@ impl FailoverCluster {
         all
     }
 
+    /// Waits until two snapshots of shard 0 are kept and every journal node truncated its
+    /// stream below the older one, so a rebuild cannot come from the journal alone.
+    fn wait_until_shard_0_truncated(&self) {
+        let shard_dir = self.dir.path().join("snapshots/shard-0");
+        let journal: Vec<SocketAddr> = self.journal.iter().map(|j| j.as_ref().unwrap().addr).collect();
+        self.wait_until("two snapshots of shard 0 kept and its journal truncated on every node", || {
+            std::fs::read_dir(&shard_dir).is_ok_and(|d| d.count() == 2)
+                && journal_first_lsns(&journal, "shard-0").iter().all(|&first| first > 1)
+        });
+    }
+
     fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + RECOVERY;
         while !done() {
@@ -628,12 +639,7 @@ fn kill9_primary_and_replica_after_the_journal_was_truncated_then_restart_empty(
     let checked = Checked::start(&cluster);
     // Snapshots of shard 0 (from its replica) until every journal node truncated its stream
     // below the older one, so the rebuild cannot come from the journal alone.
-    let shard_dir = cluster.dir.path().join("snapshots/shard-0");
-    let journal: Vec<SocketAddr> = cluster.journal.iter().map(|j| j.as_ref().unwrap().addr).collect();
-    cluster.wait_until("two snapshots of shard 0 kept and its journal truncated on every node", || {
-        std::fs::read_dir(&shard_dir).is_ok_and(|d| d.count() == 2)
-            && journal_first_lsns(&journal, "shard-0").iter().all(|&first| first > 1)
-    });
+    cluster.wait_until_shard_0_truncated();
     kill9_primary_and_replica_then_restart_both_empty(
         &mut cluster,
         checked,
@@ -922,12 +928,7 @@ fn a_node_rebuilt_from_a_snapshot_has_the_parameter_group() {
     let key = format!("{{{}}}h", tag_in_shard(0));
     assert_eq!(hash_of_200_fields(cluster.proxy_addr, &key), "hashtable");
     let checked = Checked::start(&cluster);
-    let shard_dir = cluster.dir.path().join("snapshots/shard-0");
-    let journal: Vec<SocketAddr> = cluster.journal.iter().map(|j| j.as_ref().unwrap().addr).collect();
-    cluster.wait_until("two snapshots of shard 0 kept and its journal truncated on every node", || {
-        std::fs::read_dir(&shard_dir).is_ok_and(|d| d.count() == 2)
-            && journal_first_lsns(&journal, "shard-0").iter().all(|&first| first > 1)
-    });
+    cluster.wait_until_shard_0_truncated();
     kill9_primary_and_replica_then_restart_both_empty(&mut cluster, checked, "rebuild-from-snapshot-with-parameters");
     assert!(cluster.event_kinds().iter().any(|e| e == "snapshot_restored"), "the rebuild did not use a snapshot");
     let primary = cluster.primary(0);

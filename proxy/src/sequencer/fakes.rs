@@ -286,3 +286,14 @@ impl StreamWriter for FakeWriter {
 pub(super) fn set(tag: &str) -> Bytes {
     encode_command(&["SET", tag, "v"])
 }
+
+/// A client's reply, within a minute of (paused) time: a stuck journaler or applier fails the
+/// test instead of hanging it.
+pub(super) async fn reply(rx: tokio::sync::oneshot::Receiver<crate::backend::ReplyResult>) -> String {
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(60), rx)
+        .await
+        .expect("an answer within a minute")
+        .expect("every client is answered")
+        .expect("a reply, not a connection error");
+    String::from_utf8_lossy(&reply).into_owned()
+}

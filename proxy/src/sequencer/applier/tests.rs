@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use tokio::sync::oneshot::error::TryRecvError;
 
-use super::super::fakes::{set, FakeJournal, FakePrimary, FakeRedis, Fault};
+use super::super::fakes::{reply, set, FakeJournal, FakePrimary, FakeRedis, Fault};
 use super::*;
 use crate::backend::ReplyResult;
 
@@ -70,16 +70,6 @@ impl Rig {
         let redis = self.redis.lock().unwrap();
         (redis.lsn, redis.applied.clone())
     }
-}
-
-/// A client's reply, within a minute of (paused) time: a stuck applier fails the test.
-async fn reply(rx: oneshot::Receiver<ReplyResult>) -> String {
-    let reply = tokio::time::timeout(Duration::from_secs(60), rx)
-        .await
-        .expect("the applier answers within a minute")
-        .expect("the applier answers every client")
-        .expect("a reply, not a connection error");
-    String::from_utf8_lossy(&reply).into_owned()
 }
 
 fn tags(range: std::ops::RangeInclusive<u64>, extra: &[&str]) -> Vec<String> {

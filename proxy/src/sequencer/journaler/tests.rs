@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use super::super::fakes::{set, FakeJournal, FakePrimary, FakeRedis, FakeStream, StreamScript};
+use super::super::fakes::{reply, set, FakeJournal, FakePrimary, FakeRedis, FakeStream, StreamScript};
 use super::*;
 use crate::backend::ReplyResult;
 use crate::resp::Request;
@@ -78,16 +78,6 @@ impl Rig {
     fn script(&self) -> std::sync::MutexGuard<'_, StreamScript> {
         self.stream.script.lock().unwrap()
     }
-}
-
-/// A client's reply, within a minute of (paused) time: a stuck journaler fails the test.
-async fn reply(rx: oneshot::Receiver<ReplyResult>) -> String {
-    let reply = tokio::time::timeout(Duration::from_secs(60), rx)
-        .await
-        .expect("an answer within a minute")
-        .expect("every client is answered")
-        .expect("a reply, not a connection error");
-    String::from_utf8_lossy(&reply).into_owned()
 }
 
 fn ok(tag: &str) -> String {
