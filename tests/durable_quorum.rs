@@ -124,3 +124,30 @@ fn a_write_larger_than_a_journal_entry_is_refused_and_the_shard_goes_on() {
         Value::Array(Some(vec![Value::Bulk(Some(b"1".to_vec())), Value::Bulk(Some(b"2".to_vec())),]))
     );
 }
+
+/// A transaction is one journal entry: queuing more than it holds is refused at once (not at
+/// EXEC, after the proxy held it all), EXEC answers EXECABORT, and nothing of it is applied.
+#[test]
+fn a_transaction_larger_than_a_journal_entry_is_refused_while_queuing() {
+    let cluster = DurableCluster::start(ClusterOptions::default());
+    let mut client = cluster.client();
+    assert_eq!(client.cmd(&["MULTI"]).unwrap(), Value::Simple("OK".into()));
+    let value = vec![b'z'; 16 * 1024 * 1024];
+    let mut replies = Vec::new();
+    for i in 0..5 {
+        replies.push(client.cmd(&[b"SET".as_slice(), format!("{{t}}k{i}").as_bytes(), &value]).unwrap());
+    }
+    assert_eq!(
+        replies[..3],
+        [Value::Simple("QUEUED".into()), Value::Simple("QUEUED".into()), Value::Simple("QUEUED".into())]
+    );
+    assert!(
+        matches!(&replies[3], Value::Error(e) if e.starts_with("ERR memlog: a transaction holds at most")),
+        "{:?}",
+        replies[3]
+    );
+    let exec = client.cmd(&["EXEC"]).unwrap();
+    assert!(matches!(&exec, Value::Error(e) if e.starts_with("EXECABORT")), "{exec:?}");
+    assert_eq!(client.cmd(&["EXISTS", "{t}k0"]).unwrap(), Value::Int(0));
+    assert_eq!(client.cmd(&["SET", "{t}after", "1"]).unwrap(), Value::Simple("OK".into()));
+}

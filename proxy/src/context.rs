@@ -86,6 +86,8 @@ impl Drop for ClientCtx {
 #[derive(Default)]
 pub(crate) struct Multi {
     pub(crate) queued: Vec<QueuedCommand>,
+    /// Bytes of the commands queued, bounded by what one journal entry takes.
+    pub(crate) queued_bytes: usize,
     /// A command was refused while queuing: EXEC answers EXECABORT.
     pub(crate) failed: bool,
     /// The shard every key so far lives on, and a key's slot (cluster-compatible mode: one slot).

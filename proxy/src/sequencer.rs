@@ -56,7 +56,7 @@ const MAX_BATCH: usize = 4096;
 /// The largest write (or transaction) memlog journals, and the size at which a batch's entry is
 /// closed: what an entry holds (`MAX_ENTRY_BODY`, 64 MiB less a header) less 1 MiB of room for
 /// normalization's rewrites and the pops of blocked clients served by the same batch.
-const MAX_WRITE_BYTES: usize = journal_service::quorum::MAX_ENTRY_BODY - 1024 * 1024;
+pub(crate) const MAX_WRITE_BYTES: usize = journal_service::quorum::MAX_ENTRY_BODY - 1024 * 1024;
 /// Requests a shard's queue holds. Beyond it, sessions wait to queue (and stop reading their
 /// clients), so a hold — a failover, a lost quorum — pushes back on clients instead of growing
 /// the proxy's memory; two batches' worth keeps the journaler fed.

@@ -19,7 +19,7 @@ use crate::keys::RESERVED_PREFIX;
 use crate::replies::Pending;
 use crate::resp::Request;
 use crate::routing::Placement;
-use crate::sequencer::{QueuedCommand, SequencerOp, Transaction, Watch};
+use crate::sequencer::{QueuedCommand, SequencerOp, Transaction, Watch, MAX_WRITE_BYTES};
 use crate::table::CommandInfo;
 
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
@@ -84,8 +84,22 @@ pub(crate) async fn queue(d: &mut ClientCtx, request: &Request, info: &Arc<Comma
     match queue_check(d, request, info).await {
         Ok((shard, queued)) => {
             let multi = d.multi.as_mut().expect("queue is only called in MULTI");
-            multi.shard = multi.shard.or(shard);
-            multi.queued.push(queued);
+            // A transaction is journaled as one entry: one that cannot fit is refused here,
+            // and nothing more of it is kept (EXEC answers EXECABORT), so a client cannot make
+            // the proxy hold an unbounded queue.
+            if multi.queued_bytes + request.raw.len() > MAX_WRITE_BYTES {
+                multi.failed = true;
+                multi.queued = Vec::new();
+                multi.queued_bytes = 0;
+                return Pending::error(&format!(
+                    "ERR memlog: a transaction holds at most {MAX_WRITE_BYTES} bytes of commands (one journal entry)"
+                ));
+            }
+            if !multi.failed {
+                multi.shard = multi.shard.or(shard);
+                multi.queued_bytes += request.raw.len();
+                multi.queued.push(queued);
+            }
             show_in_client_list(d);
             Pending::Ready(Bytes::from_static(b"+QUEUED\r\n"))
         }
