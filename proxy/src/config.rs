@@ -97,6 +97,9 @@ pub struct ProxyConfig {
     pub snapshot: Option<SnapshotConfig>,
     /// The shards: which slots each owns and its Redis nodes.
     pub shards: Vec<ShardConfig>,
+    /// The file this configuration was read from (INFO's `config_file`); not a key of it.
+    #[serde(skip)]
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -307,6 +310,7 @@ impl Default for ProxyConfig {
             failover: FailoverConfig::default(),
             snapshot: None,
             shards: Vec::new(),
+            config_file: None,
         }
     }
 }
@@ -327,8 +331,9 @@ impl ProxyConfig {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let cfg: ProxyConfig = builder.build()?.try_deserialize()?;
+        let mut cfg: ProxyConfig = builder.build()?.try_deserialize()?;
         cfg.validate()?;
+        cfg.config_file = path.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
         Ok(cfg)
     }
 

@@ -31,6 +31,7 @@ mod session;
 mod shard;
 mod snapshot;
 mod startup;
+mod stats;
 mod status;
 mod table;
 

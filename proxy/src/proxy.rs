@@ -13,14 +13,6 @@ use crate::router::SlotMap;
 use crate::shard::Shard;
 use crate::table::CommandTable;
 
-/// Counters INFO reports.
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub commands: AtomicU64,
-    pub connections: AtomicU64,
-    pub rejected_connections: AtomicU64,
-}
-
 pub(crate) struct Proxy {
     pub cfg: ProxyConfig,
     pub slots: SlotMap,
@@ -28,7 +20,12 @@ pub(crate) struct Proxy {
     pub shards: Vec<Shard>,
     pub clients: DashMap<u64, Arc<ClientHandle>>,
     pub next_client_id: AtomicU64,
-    pub stats: Stats,
+    /// What INFO, SLOWLOG and LATENCY report about the proxy's own work.
+    pub stats: crate::stats::ServerStats,
+    /// `run_id` of INFO: 40 random hex digits, new at every start, as Redis's.
+    pub run_id: String,
+    /// `CLIENT PAUSE`: held commands wait here.
+    pub pause: crate::clients::ClientPause,
     pub started: Instant,
     /// The Redis version of the backends, reported by HELLO and INFO.
     pub redis_version: String,

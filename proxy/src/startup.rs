@@ -16,7 +16,7 @@ use crate::backend::{BackendAuth, BackendConn, BackendOptions};
 use crate::config::ProxyConfig;
 use crate::failover::{self, FailoverSettings};
 use crate::prepare::NodePreparation;
-use crate::proxy::{Proxy, Stats};
+use crate::proxy::Proxy;
 use crate::pubsub::ShardNodes;
 use crate::resp::{decode_resp2, Proto};
 use crate::router::SlotMap;
@@ -80,7 +80,9 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         shards,
         clients: DashMap::new(),
         next_client_id: AtomicU64::new(1),
-        stats: Stats::default(),
+        stats: Default::default(),
+        run_id: crate::backend::random_secret()[..40].to_string(),
+        pause: Default::default(),
         started: Instant::now(),
         redis_version,
         node_id,

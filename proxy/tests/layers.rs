@@ -33,7 +33,7 @@ const LAYERS: &[&[&str]] = &[
     &["prepare"],
     &["backend"],
     // The pure core: no I/O.
-    &["normalize", "scripts", "resp", "keys", "table", "config", "router"],
+    &["normalize", "scripts", "resp", "keys", "table", "config", "router", "stats"],
 ];
 
 /// One reference from a top-level module to another.
