@@ -9,7 +9,6 @@ from resp import ErrorReply
 REFUSED = [
     ("CONFIG", "SET", "maxmemory", "1"),
     ("CONFIG", "REWRITE"),
-    ("CONFIG", "RESETSTAT"),
     ("DEBUG", "SLEEP", "0"),
     ("SHUTDOWN", "NOSAVE"),
     ("REPLICAOF", "127.0.0.1", "1"),

@@ -21,7 +21,7 @@ fn help(d: &ClientCtx, command: &str, lines: &[&str]) -> Pending {
         for line in lines {
             w.simple(line);
         }
-        w.simple("HELP").simple("    Print this help.");
+        w.simple("HELP").simple("    Prints this help.");
     }))
 }
 
@@ -135,6 +135,8 @@ pub(crate) fn latency(d: &ClientCtx, sub: &str, request: &Request) -> Pending {
             &[
                 "DOCTOR",
                 "    Return a human readable latency analysis report.",
+                "GRAPH <event>",
+                "    Return an ASCII latency graph for the <event> class.",
                 "HISTORY <event>",
                 "    Return time-latency samples for the <event> class.",
                 "LATEST",
