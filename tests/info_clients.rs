@@ -150,6 +150,11 @@ fn info_has_the_fields_of_stock_redis_section_by_section() {
         assert_eq!(names(&memlog), names(&stock), "INFO {request:?}:\n{memlog}\n--- stock ---\n{stock}");
         assert_eq!(memlog.matches("\r\n\r\n").count(), stock.matches("\r\n\r\n").count(), "INFO {request:?} layout");
     }
+    // What describes the Redis build the shards run is the stock server's.
+    let [stock, memlog] = [0, 1].map(|i| info(&mut conns[i], &["server", "memory"]));
+    for name in ["redis_version", "redis_git_sha1", "redis_build_id", "gcc_version", "arch_bits", "mem_allocator"] {
+        assert_eq!(field(&memlog, name), field(&stock, name), "{name}");
+    }
     // What the traffic counted, as stock Redis counts it.
     let [stock, memlog] = [0, 1].map(|i| info(&mut conns[i], &["commandstats", "errorstats"]));
     for line in ["cmdstat_get", "cmdstat_set", "cmdstat_lpush", "cmdstat_incr", "errorstat_ERR", "errorstat_WRONGTYPE"]

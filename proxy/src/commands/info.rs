@@ -183,9 +183,11 @@ fn combined(
             lists.iter().filter_map(|l| l.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())).collect();
         let value = if let Some(value) = proxy_value(name) {
             value
-        } else if let Ok(ints) = values.iter().map(|v| v.parse::<i64>()).collect::<Result<Vec<_>, _>>() {
+        } else if let Some(ints) = values.iter().map(|v| integer_text(v)).collect::<Option<Vec<_>>>() {
             ints.iter().sum::<i64>().to_string()
-        } else if let Ok(floats) = values.iter().map(|v| v.parse::<f64>()).collect::<Result<Vec<_>, _>>() {
+        } else if let Some(floats) =
+            values.iter().map(|v| v.contains('.').then(|| v.parse::<f64>().ok()).flatten()).collect::<Option<Vec<_>>>()
+        {
             let sum: f64 = floats.iter().sum();
             format!("{:.2}", if name.contains("perc") { sum / floats.len() as f64 } else { sum })
         } else {
@@ -194,6 +196,12 @@ fn combined(
         out.push((name.clone(), value));
     }
     out
+}
+
+/// A number written as Redis writes one (`0`, `-1`, `1234`), not text of digits such as
+/// `redis_git_sha1:00000000`.
+fn integer_text(value: &str) -> Option<i64> {
+    value.parse::<i64>().ok().filter(|n| n.to_string() == value)
 }
 
 fn get(fields: &[(String, String)], name: &str) -> f64 {
@@ -582,10 +590,10 @@ mod tests {
     #[test]
     fn node_fields_are_summed_averaged_or_taken_from_the_first() {
         let a = node(
-            "# Memory\r\nused_memory:100\r\nmaxmemory_policy:noeviction\r\nexpired_stale_perc:10.00\r\nrate:1.50\r\n",
+            "# Memory\r\nused_memory:100\r\nmaxmemory_policy:noeviction\r\nexpired_stale_perc:10.00\r\nrate:1.50\r\nsha:00000000\r\n",
         );
         let b = node(
-            "# Memory\r\nused_memory:50\r\nmaxmemory_policy:allkeys-lru\r\nexpired_stale_perc:20.00\r\nrate:2.00\r\n",
+            "# Memory\r\nused_memory:50\r\nmaxmemory_policy:allkeys-lru\r\nexpired_stale_perc:20.00\r\nrate:2.00\r\nsha:00000000\r\n",
         );
         let fields = combined(&[a, b], "memory", |name| (name == "rate").then(|| "own".to_string()));
         assert_eq!(
@@ -595,6 +603,7 @@ mod tests {
                 ("maxmemory_policy".to_string(), "noeviction".to_string()),
                 ("expired_stale_perc".to_string(), "15.00".to_string()),
                 ("rate".to_string(), "own".to_string()),
+                ("sha".to_string(), "00000000".to_string()),
             ]
         );
     }
