@@ -11,44 +11,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::cluster::{ClusterOptions, DurableCluster, CLIENT_TIMEOUT};
+use common::cluster::{ClusterOptions, DurableCluster};
+use common::pair::{cmd, connect, Pair};
 use common::resp::{Conn, Value};
-use common::{spawn_redis, Proc};
-
-/// A stock Redis and a one-shard memlog cluster, side by side.
-struct Pair {
-    redis: Proc,
-    memlog: DurableCluster,
-    _dir: tempfile::TempDir,
-}
-
-impl Pair {
-    fn start() -> Pair {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = spawn_redis(dir.path(), &[]);
-        let memlog = DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 1, ..Default::default() });
-        Pair { redis, memlog, _dir: dir }
-    }
-
-    /// Runs `scenario` against each and checks the replies agree.
-    fn same(&self, what: &str, scenario: impl Fn(SocketAddr) -> Vec<Value>) {
-        let expected = scenario(self.redis.addr);
-        let got = scenario(self.memlog.proxy_addr());
-        for (i, (e, g)) in expected.iter().zip(&got).enumerate() {
-            assert_eq!(g.text(), e.text(), "{what}: reply {i} differs");
-            assert_eq!(g, e, "{what}: reply {i} differs");
-        }
-        assert_eq!(got.len(), expected.len(), "{what}: reply counts differ");
-    }
-}
-
-fn connect(addr: SocketAddr) -> Conn {
-    Conn::connect(addr, CLIENT_TIMEOUT).expect("connect")
-}
-
-fn cmd(conn: &mut Conn, args: &[&str]) -> Value {
-    conn.cmd(args).expect("a reply")
-}
+use common::spawn_redis;
 
 /// A connection authenticated as `user`.
 fn login(addr: SocketAddr, user: &str, password: &str) -> Conn {

@@ -11,50 +11,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::cluster::{redis_conn, ClusterOptions, DurableCluster, CLIENT_TIMEOUT};
+use common::pair::{cmd, connect, Pair};
 use common::resp::{Conn, Value};
-use common::{spawn_redis, Proc};
-
-fn connect(addr: SocketAddr) -> Conn {
-    Conn::connect(addr, CLIENT_TIMEOUT).expect("connect")
-}
-
-fn cmd(conn: &mut Conn, args: &[&str]) -> Value {
-    conn.cmd(args).expect("a reply")
-}
 
 fn ok() -> Value {
     Value::Simple("OK".into())
-}
-
-/// A stock Redis (with an append-only file, as memlog journals every write) and a one-shard
-/// memlog cluster, side by side.
-struct Pair {
-    redis: Proc,
-    memlog: DurableCluster,
-    _dir: tempfile::TempDir,
-}
-
-impl Pair {
-    fn start() -> Pair {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = spawn_redis(dir.path(), &["--appendonly", "yes"]);
-        let memlog = DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 1, ..Default::default() });
-        Pair { redis, memlog, _dir: dir }
-    }
-
-    fn addrs(&self) -> [SocketAddr; 2] {
-        [self.redis.addr, self.memlog.proxy_addr()]
-    }
-
-    /// Runs `scenario` against each and checks the replies agree.
-    fn same(&self, what: &str, scenario: impl Fn(SocketAddr) -> Vec<Value>) {
-        let expected = scenario(self.redis.addr);
-        let got = scenario(self.memlog.proxy_addr());
-        for (i, (e, g)) in expected.iter().zip(&got).enumerate() {
-            assert_eq!(g, e, "{what}: reply {i} differs: {} vs stock {}", g.text(), e.text());
-        }
-        assert_eq!(got.len(), expected.len(), "{what}: reply counts differ");
-    }
 }
 
 /// INFO's text as (section title, [(field, value)]) in order.
@@ -119,7 +80,8 @@ fn names(text: &str) -> Vec<(String, Vec<String>)> {
 
 #[test]
 fn info_has_the_fields_of_stock_redis_section_by_section() {
-    let pair = Pair::start();
+    // With an append-only file, as memlog journals every write (`aof_enabled:1`).
+    let pair = Pair::start_with(&["--appendonly", "yes"]);
     let mut conns = pair.addrs().map(connect);
     for conn in &mut conns {
         traffic(conn);
@@ -260,7 +222,7 @@ fn info_values_describe_the_cluster() {
 
 #[test]
 fn client_reply_off_skip_and_on_as_stock() {
-    let pair = Pair::start();
+    let pair = Pair::start_with(&["--appendonly", "yes"]);
     pair.same("CLIENT REPLY", |addr| {
         let mut conn = connect(addr);
         for args in [
