@@ -304,6 +304,17 @@ fn client_pause_holds_writes_or_everything_until_unpaused_or_over() {
     let mut writer_late = Conn::connect(addr, CLIENT_TIMEOUT).unwrap();
     assert_eq!(cmd(&mut writer_late, &["GET", "pause:w"]).text(), "1");
 
+    // A transaction queued before the pause: its EXEC holds writes, so it waits.
+    let mut queuing = Conn::connect(addr, Duration::from_millis(500)).unwrap();
+    assert_eq!(cmd(&mut queuing, &["MULTI"]), ok());
+    assert_eq!(cmd(&mut queuing, &["SET", "pause:x", "1"]), Value::Simple("QUEUED".into()));
+    assert_eq!(cmd(&mut admin, &["CLIENT", "PAUSE", "20000", "WRITE"]), ok());
+    queuing.queue(&["EXEC"]);
+    queuing.flush().unwrap();
+    assert!(queuing.read().is_err(), "EXEC of a write ran during CLIENT PAUSE WRITE");
+    assert_eq!(cmd(&mut admin, &["CLIENT", "UNPAUSE"]), ok());
+    assert_eq!(queuing.read().expect("EXEC after UNPAUSE"), Value::Array(Some(vec![ok()])));
+
     // The pause ends by itself after its timeout.
     assert_eq!(cmd(&mut admin, &["CLIENT", "PAUSE", "700", "WRITE"]), ok());
     let started = Instant::now();
