@@ -140,8 +140,14 @@ fn info_has_the_fields_of_stock_redis_section_by_section() {
 
 #[test]
 fn info_values_describe_the_cluster() {
-    let cluster = DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 2, ..Default::default() });
+    let cluster = DurableCluster::start(ClusterOptions {
+        journal_nodes: 1,
+        shards: 2,
+        snapshot_every: Some(20),
+        ..Default::default()
+    });
     let mut conn = cluster.client();
+    assert_eq!(field(&info(&mut conn, &["persistence"]), "rdb_saves"), "0");
     assert_eq!(cmd(&mut conn, &["CONFIG", "RESETSTAT"]), ok());
     for i in 0..50 {
         assert_eq!(cmd(&mut conn, &["SET", &format!("key:{i}"), &"x".repeat(1000)]), ok());
@@ -179,6 +185,19 @@ fn info_values_describe_the_cluster() {
     assert_eq!(number(&text, "arch_bits"), 64);
     assert_eq!(field(&text, "aof_enabled"), "1");
     assert_eq!(field(&text, "role"), "master");
+    // Persistence: the journal, and the snapshots each shard took beyond 20 entries.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let persistence = loop {
+        let persistence = info(&mut conn, &["persistence"]);
+        if number(&persistence, "rdb_saves") >= 2 {
+            break persistence;
+        }
+        assert!(Instant::now() < deadline, "no snapshot of each shard: {persistence}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(field(&persistence, "rdb_last_bgsave_status"), "ok");
+    assert!(number(&persistence, "rdb_last_save_time") > 0);
+    assert!(number(&persistence, "rdb_changes_since_last_save") < 70, "{persistence}");
     // Nodes' figures summed over the primaries.
     let mut nodes: Vec<Conn> = (0..2).map(|s| redis_conn(cluster.redis_addr(s)).unwrap()).collect();
     for node in &mut nodes {
@@ -222,8 +241,9 @@ fn info_values_describe_the_cluster() {
         assert!(cmd(node, &["LPUSH", "node-local", "x"]).is_error());
     }
     assert_eq!(cmd(&mut conn, &["CONFIG", "RESETSTAT"]), ok());
-    let text = info(&mut conn, &["commandstats", "errorstats"]);
+    let text = info(&mut conn, &["commandstats", "errorstats", "persistence"]);
     assert!(!text.contains("cmdstat_set") && !text.contains("errorstat_"), "{text}");
+    assert_eq!(field(&text, "rdb_saves"), "0");
     for node in &mut nodes {
         let errors = info(node, &["errorstats"]);
         assert!(!errors.contains("errorstat_WRONGTYPE"), "{errors}");

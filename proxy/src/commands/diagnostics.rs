@@ -221,6 +221,10 @@ pub(crate) fn resetstat(d: &ClientCtx) -> Pending {
         for command in proxy.table.all() {
             command.stats.reset();
         }
+        // `rdb_saves`, which Redis's `resetServerStats` clears too.
+        for snapshots in proxy.shards.iter().filter_map(|shard| shard.snapshots.as_ref()) {
+            snapshots.activity.saves.store(0, Ordering::Relaxed);
+        }
         let mut calls = Vec::new();
         for shard in &proxy.shards {
             let nodes = std::iter::once((shard.current_primary(), true))
