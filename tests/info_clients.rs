@@ -353,6 +353,11 @@ fn client_pause_holds_writes_or_everything_until_unpaused_or_over() {
     let held = started.elapsed();
     assert!(held >= Duration::from_millis(500) && held < Duration::from_secs(5), "held {held:?}");
 
+    // A timeout as large as Redis takes is a pause, not a crash; UNPAUSE ends it.
+    assert_eq!(cmd(&mut admin, &["CLIENT", "PAUSE", &i64::MAX.to_string(), "WRITE"]), ok());
+    assert_eq!(cmd(&mut admin, &["CLIENT", "UNPAUSE"]), ok());
+    assert_eq!(cmd(&mut admin, &["SET", "pause:t", "2"]), ok());
+
     // ALL: reads wait too, the pausing client's own included.
     assert_eq!(cmd(&mut admin, &["CLIENT", "PAUSE", "700", "ALL"]), ok());
     let started = Instant::now();

@@ -294,7 +294,11 @@ fn pause(d: &ClientCtx, request: &Request) -> Pending {
     if timeout_ms < 0 {
         return Pending::error("ERR timeout is negative");
     }
-    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms as u64);
+    // A timeout past what an `Instant` holds pauses for ~30 years, as good as for ever.
+    let now = tokio::time::Instant::now();
+    let until = now
+        .checked_add(std::time::Duration::from_millis(timeout_ms as u64))
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(30 * 365 * 86_400));
     d.proxy.pause.pause(mode, until);
     ok(d)
 }
