@@ -11,30 +11,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::cluster::{ClusterOptions, DurableCluster, Pair, CLIENT_TIMEOUT};
+use common::cluster::{ClusterOptions, DurableCluster};
+use common::pair::{cmd, connect, Pair};
 use common::resp::{Conn, Value};
 use common::spawn_redis;
-
-impl Pair {
-    /// Runs `scenario` against each and checks the replies agree.
-    fn same(&self, what: &str, scenario: impl Fn(SocketAddr) -> Vec<Value>) {
-        let expected = scenario(self.redis.addr);
-        let got = scenario(self.memlog.proxy_addr());
-        for (i, (e, g)) in expected.iter().zip(&got).enumerate() {
-            assert_eq!(g.text(), e.text(), "{what}: reply {i} differs");
-            assert_eq!(g, e, "{what}: reply {i} differs");
-        }
-        assert_eq!(got.len(), expected.len(), "{what}: reply counts differ");
-    }
-}
-
-fn connect(addr: SocketAddr) -> Conn {
-    Conn::connect(addr, CLIENT_TIMEOUT).expect("connect")
-}
-
-fn cmd(conn: &mut Conn, args: &[&str]) -> Value {
-    conn.cmd(args).expect("a reply")
-}
 
 /// A connection authenticated as `user`.
 fn login(addr: SocketAddr, user: &str, password: &str) -> Conn {

@@ -10,7 +10,8 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::cluster::{redis_conn, ClusterOptions, DurableCluster, Pair, CLIENT_TIMEOUT};
+use common::cluster::{redis_conn, ClusterOptions, DurableCluster, CLIENT_TIMEOUT};
+use common::pair::{cmd, connect, Pair};
 use common::resp::{Conn, Value};
 
 /// The allowlist as the README documents it: every parameter an application may set.
@@ -82,14 +83,6 @@ const VALUES: &[&str] = &[
     "18446744073709551615",
     "2mb",
 ];
-
-fn connect(addr: SocketAddr) -> Conn {
-    Conn::connect(addr, CLIENT_TIMEOUT).expect("connect")
-}
-
-fn cmd(conn: &mut Conn, args: &[&str]) -> Value {
-    conn.cmd(args).expect("a reply")
-}
 
 fn ok() -> Value {
     Value::Simple("OK".into())

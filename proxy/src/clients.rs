@@ -31,8 +31,13 @@ pub(crate) struct ClientHandle {
     proto: AtomicU8,
     /// Cancelled by `CLIENT KILL`: the session stops at once.
     pub kill: CancellationToken,
-    /// True while the client waits in a blocking command (`flags=b`).
+    /// True while the client waits in a blocking command or a `CLIENT PAUSE` (`flags=b`).
     pub blocked: AtomicBool,
+    /// `CLIENT NO-EVICT ON` (`flags=e`). The proxy evicts no client for memory, so it is only
+    /// recorded, as on a Redis without `maxmemory-clients`.
+    pub no_evict: AtomicBool,
+    /// The connection's socket descriptor (`fd=`).
+    pub fd: i64,
     /// `multi=` of CLIENT LIST: commands queued since MULTI, -1 outside a transaction. A copy, for
     /// other clients' CLIENT LIST, of what the session's `ClientCtx` holds; written only through
     /// [`ClientHandle::show_queued`].
@@ -43,6 +48,8 @@ impl ClientHandle {
     pub(crate) fn new(id: u64, addr: SocketAddr, local_addr: SocketAddr, user: &str) -> ClientHandle {
         ClientHandle {
             id,
+            no_evict: AtomicBool::new(false),
+            fd: -1,
             addr,
             local_addr,
             connected_at: Instant::now(),
@@ -61,6 +68,11 @@ impl ClientHandle {
 }
 
 impl ClientHandle {
+    /// The handle of a connection whose socket is `fd`.
+    pub(crate) fn with_fd(self, fd: i64) -> ClientHandle {
+        ClientHandle { fd, ..self }
+    }
+
     pub(crate) fn proto(&self) -> Proto {
         if self.proto.load(Ordering::Relaxed) == 3 {
             Proto::Resp3
@@ -78,26 +90,37 @@ impl ClientHandle {
         self.proto.store(if proto == Proto::Resp3 { 3 } else { 2 }, Ordering::Relaxed);
     }
 
-    /// One `CLIENT LIST` / `CLIENT INFO` line, in Redis's format; `subscriptions` are the
-    /// client's pub/sub counts (the hub keeps them).
+    /// One `CLIENT LIST` / `CLIENT INFO` line, with Redis 7.0's fields in its order
+    /// (`catClientInfoString`); `subscriptions` are the client's pub/sub counts (the hub keeps
+    /// them).
     pub(crate) fn info_line(&self, subscriptions: &SubscriptionCounts) -> String {
         let now = Instant::now();
         let subscribed = subscriptions.channels + subscriptions.patterns + subscriptions.shard_channels > 0;
         let queued = self.multi.load(Ordering::Relaxed);
-        let flags = match (self.blocked.load(Ordering::Relaxed), subscribed, queued >= 0) {
-            (true, _, _) => "b",
-            (_, true, _) => "P",
-            (_, _, true) => "x",
-            _ => "N",
-        };
+        let mut flags = String::new();
+        for (set, flag) in [
+            (subscribed, 'P'),
+            (queued >= 0, 'x'),
+            (self.blocked.load(Ordering::Relaxed), 'b'),
+            (self.no_evict.load(Ordering::Relaxed), 'e'),
+        ] {
+            if set {
+                flags.push(flag);
+            }
+        }
+        if flags.is_empty() {
+            flags.push('N');
+        }
+        let age = now.duration_since(self.connected_at).as_secs();
         format!(
-            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={}",
             self.id,
             self.addr,
             self.local_addr,
+            self.fd,
             self.name.lock().unwrap().as_deref().unwrap_or(""),
-            now.duration_since(self.connected_at).as_secs(),
-            now.duration_since(self.connected_at).as_secs().saturating_sub(self.last_command_ms.load(Ordering::Relaxed) / 1000),
+            age,
+            age.saturating_sub(self.last_command_ms.load(Ordering::Relaxed) / 1000),
             flags,
             subscriptions.channels,
             subscriptions.patterns,
@@ -106,9 +129,88 @@ impl ClientHandle {
             self.last_command.load().as_ref().map(|c| c.name.as_str()).unwrap_or("NULL"),
             self.user.lock().unwrap(),
             if self.proto() == Proto::Resp3 { 3 } else { 2 },
-            self.lib_name.lock().unwrap().as_deref().unwrap_or(""),
-            self.lib_version.lock().unwrap().as_deref().unwrap_or(""),
         )
+    }
+}
+
+/// `CLIENT PAUSE` as Redis 7.0 keeps it (`pauseClients`): the most restrictive mode asked for
+/// and the latest end, until it ends or `CLIENT UNPAUSE`. Read on every command: the mode is
+/// an atomic, the end behind a lock taken only while a pause is on.
+#[derive(Default)]
+pub(crate) struct ClientPause {
+    /// 0: off; otherwise a `PauseMode`.
+    mode: AtomicU8,
+    until: Mutex<Option<tokio::time::Instant>>,
+    changed: tokio::sync::Notify,
+}
+
+/// What a pause holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PauseMode {
+    /// Commands that may write or propagate (Redis's `write` and `may-replicate`).
+    Write = 1,
+    /// Every command.
+    All = 2,
+}
+
+impl ClientPause {
+    /// Pauses until `until` (or later, if a pause already lasts longer), in `mode` or a more
+    /// restrictive one already on.
+    pub(crate) fn pause(&self, mode: PauseMode, until: tokio::time::Instant) {
+        let mut end = self.until.lock().unwrap();
+        let current = self.current_locked(&mut end);
+        *end = Some(end.map_or(until, |end| end.max(until)));
+        self.mode.store(current.map_or(mode, |m| m.max(mode)) as u8, Ordering::Release);
+        drop(end);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn unpause(&self) {
+        *self.until.lock().unwrap() = None;
+        self.mode.store(0, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// The pause on now, if any (one that ended is cleared here).
+    pub(crate) fn current(&self) -> Option<(PauseMode, tokio::time::Instant)> {
+        if self.mode.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut end = self.until.lock().unwrap();
+        let mode = self.current_locked(&mut end)?;
+        Some((mode, (*end)?))
+    }
+
+    fn current_locked(&self, end: &mut Option<tokio::time::Instant>) -> Option<PauseMode> {
+        let mode = match self.mode.load(Ordering::Acquire) {
+            1 => PauseMode::Write,
+            2 => PauseMode::All,
+            _ => return None,
+        };
+        if end.is_none_or(|end| end <= tokio::time::Instant::now()) {
+            *end = None;
+            self.mode.store(0, Ordering::Release);
+            return None;
+        }
+        Some(mode)
+    }
+
+    /// Waits while a pause holds a command of this kind (`holds` says which modes do).
+    pub(crate) async fn wait_while(&self, holds: impl Fn(PauseMode) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.current() {
+                Some((mode, until)) if holds(mode) => {
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep_until(until) => {}
+                    }
+                }
+                _ => return,
+            }
+        }
     }
 }
 

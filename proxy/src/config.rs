@@ -102,6 +102,9 @@ pub struct ProxyConfig {
     pub parameters: std::collections::BTreeMap<String, ParamValue>,
     /// The shards: which slots each owns and its Redis nodes.
     pub shards: Vec<ShardConfig>,
+    /// The file this configuration was read from (INFO's `config_file`); not a key of it.
+    #[serde(skip)]
+    pub config_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -334,6 +337,7 @@ impl Default for ProxyConfig {
             snapshot: None,
             parameters: Default::default(),
             shards: Vec::new(),
+            config_file: None,
         }
     }
 }
@@ -354,8 +358,9 @@ impl ProxyConfig {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let cfg: ProxyConfig = builder.build()?.try_deserialize()?;
+        let mut cfg: ProxyConfig = builder.build()?.try_deserialize()?;
         cfg.validate()?;
+        cfg.config_file = path.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
         Ok(cfg)
     }
 

@@ -32,6 +32,10 @@ pub(crate) struct ClientCtx {
     /// Set by a command that closes the client's own connection once its reply is written
     /// (`ACL DELUSER` of its own user, as Redis closes it after the command).
     pub(crate) close_after_reply: bool,
+    /// `CLIENT REPLY OFF`: no reply is sent until `CLIENT REPLY ON`.
+    pub(crate) replies_off: bool,
+    /// `CLIENT REPLY SKIP`: the next command's reply is not sent.
+    pub(crate) skip_next_reply: bool,
 }
 
 impl ClientCtx {
@@ -49,6 +53,8 @@ impl ClientCtx {
             watching: None,
             blocks: false,
             close_after_reply: false,
+            replies_off: false,
+            skip_next_reply: false,
         }
     }
 

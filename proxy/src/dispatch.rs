@@ -23,49 +23,71 @@ pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing 
     let started = Instant::now();
     ctx.proxy.stats.commands.fetch_add(1, Ordering::Relaxed);
     ctx.client.last_command_ms.store(ctx.client.connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);
+    // `CLIENT REPLY SKIP` silences the command after it (and `OFF` every one, until `ON`).
+    let skipped = std::mem::replace(&mut ctx.skip_next_reply, false);
     let info = match lookup(ctx, &request) {
         Ok(info) => info,
         Err(msg) => {
             commands::transaction::fail_queueing(ctx);
-            return Outgoing::new(Pending::error(&msg), None, started);
+            let silent = skipped || ctx.replies_off;
+            return Outgoing { silent, ..Outgoing::new(Pending::error(&msg), None, started) };
         }
     };
     ctx.client.last_command.store(Some(info.clone()));
     ctx.command = Some(info.clone());
-    let pending = if !info.arity_ok(request.args.len()) {
-        commands::transaction::fail_queueing(ctx);
-        Pending::error(&format!("ERR wrong number of arguments for '{}' command", info.name))
-    } else if !ctx.authenticated && !commands::allowed_before_auth(&info.name) {
-        commands::transaction::fail_queueing(ctx);
-        Pending::error("NOAUTH Authentication required.")
-    } else if let Some(denied) = acl_denial(ctx, &request) {
-        commands::transaction::fail_queueing(ctx);
-        Pending::error(&denied)
-    } else if let Some(refusal) = commands::pubsub::subscriber_mode_refusal(ctx, &info) {
-        Pending::error(&refusal)
-    } else if ctx.multi.is_some() && commands::transaction::is_queued(&info.name) {
-        ctx.proxy.monitors.feed(ctx.client.addr, &request, &info);
-        commands::transaction::queue(ctx, &request, &info).await
-    } else {
-        let route = commands::route(&info);
-        if matches!(route, CommandRoute::Forward | CommandRoute::Local) {
-            ctx.proxy.monitors.feed(ctx.client.addr, &request, &info);
-        }
-        match route {
-            CommandRoute::Forward => forward(ctx, &request, &info).await,
-            CommandRoute::Local => commands::run_local(ctx, &request, &info).await,
-            CommandRoute::Refused(why) => {
-                Pending::error(&format!("ERR memlog: '{}' is not allowed: {why}", display_name(&info.name)))
-            }
-            CommandRoute::NotYet => Pending::error(&format!(
-                "ERR memlog: '{}' is not supported by this version of memlog yet",
-                display_name(&info.name)
-            )),
+    let (pending, rejected) = match refusal(ctx, &request, &info) {
+        Some(refusal) => (refusal, true),
+        None => {
+            commands::client::hold_while_paused(ctx, &info).await;
+            run(ctx, &request, &info).await
         }
     };
     let barrier = matches!(pending, Pending::Deferred(_)) || std::mem::take(&mut ctx.blocks);
     let close = info.name == "quit" || std::mem::take(&mut ctx.close_after_reply);
-    Outgoing { close, barrier, ..Outgoing::new(pending, Some(info), started) }
+    let silent = skipped || ctx.replies_off;
+    Outgoing { close, barrier, rejected, silent, args: request.args, ..Outgoing::new(pending, Some(info), started) }
+}
+
+/// The error of a command refused before it runs (arity, authentication, ACL, subscriber
+/// mode), as Redis's `rejectCommand`.
+fn refusal(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Option<Pending> {
+    let refusal = if !info.arity_ok(request.args.len()) {
+        Pending::error(&format!("ERR wrong number of arguments for '{}' command", info.name))
+    } else if !ctx.authenticated && !commands::allowed_before_auth(&info.name) {
+        Pending::error("NOAUTH Authentication required.")
+    } else if let Some(denied) = acl_denial(ctx, request) {
+        Pending::error(&denied)
+    } else {
+        return commands::pubsub::subscriber_mode_refusal(ctx, info).map(|refusal| Pending::error(&refusal));
+    };
+    commands::transaction::fail_queueing(ctx);
+    Some(refusal)
+}
+
+/// Queues, runs, forwards or refuses a command that passed the checks; true if refused.
+async fn run(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> (Pending, bool) {
+    if ctx.multi.is_some() && commands::transaction::is_queued(&info.name) {
+        ctx.proxy.monitors.feed(ctx.client.addr, request, info);
+        return (commands::transaction::queue(ctx, request, info).await, false);
+    }
+    let route = commands::route(info);
+    if matches!(route, CommandRoute::Forward | CommandRoute::Local) {
+        ctx.proxy.monitors.feed(ctx.client.addr, request, info);
+    }
+    match route {
+        CommandRoute::Forward => (forward(ctx, request, info).await, false),
+        CommandRoute::Local => (commands::run_local(ctx, request, info).await, false),
+        CommandRoute::Refused(why) => {
+            (Pending::error(&format!("ERR memlog: '{}' is not allowed: {why}", display_name(&info.name))), true)
+        }
+        CommandRoute::NotYet => (
+            Pending::error(&format!(
+                "ERR memlog: '{}' is not supported by this version of memlog yet",
+                display_name(&info.name)
+            )),
+            true,
+        ),
+    }
 }
 
 /// The `NOPERM` error when the client's user may not run this request (logged to `ACL LOG`).

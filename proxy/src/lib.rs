@@ -32,6 +32,7 @@ mod session;
 mod shard;
 mod snapshot;
 mod startup;
+mod stats;
 mod status;
 mod table;
 

@@ -17,14 +17,6 @@ use crate::sequencer::{SequencerOp, SequencerRequest};
 use crate::shard::Shard;
 use crate::table::{CommandInfo, CommandTable};
 
-/// Counters INFO reports.
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub commands: AtomicU64,
-    pub connections: AtomicU64,
-    pub rejected_connections: AtomicU64,
-}
-
 pub(crate) struct Proxy {
     pub cfg: ProxyConfig,
     pub slots: SlotMap,
@@ -32,7 +24,12 @@ pub(crate) struct Proxy {
     pub shards: Vec<Shard>,
     pub clients: DashMap<u64, Arc<ClientHandle>>,
     pub next_client_id: AtomicU64,
-    pub stats: Stats,
+    /// What INFO, SLOWLOG and LATENCY report about the proxy's own work.
+    pub stats: crate::stats::ServerStats,
+    /// `run_id` of INFO: 40 random hex digits, new at every start, as Redis's.
+    pub run_id: String,
+    /// `CLIENT PAUSE`: held commands wait here.
+    pub pause: crate::clients::ClientPause,
     pub started: Instant,
     /// The Redis version of the backends, reported by HELLO and INFO.
     pub redis_version: String,
@@ -65,6 +62,26 @@ pub(crate) struct Parameters {
     pub(crate) changes: tokio::sync::Mutex<()>,
     /// The node preparation that applies the group (to the replicas, once a change is in).
     pub(crate) prepare: Arc<crate::prepare::NodePreparation>,
+}
+
+impl Proxy {
+    /// Puts `group` in force: the live group (node preparation, the proxy's own `timeout` and
+    /// `proto-max-bulk-len`) and the thresholds of SLOWLOG and LATENCY, which report what the
+    /// proxy measures (the nodes get the same values with the rest of the group).
+    pub(crate) fn put_parameters_in_force(&self, group: crate::params::Group) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let number = |name: &str| group.get(name).and_then(|v| v.parse::<i64>().ok());
+        if let Some(usec) = number("slowlog-log-slower-than") {
+            self.stats.slowlog.log_slower_than.store(usec, Relaxed);
+        }
+        if let Some(len) = number("slowlog-max-len") {
+            self.stats.slowlog.max_len.store(len.max(0) as u64, Relaxed);
+        }
+        if let Some(ms) = number("latency-monitor-threshold") {
+            self.stats.latency.threshold_ms.store(ms.max(0) as u64, Relaxed);
+        }
+        self.parameters.live.replace(group);
+    }
 }
 
 /// Journals `request` (a `CONFIG SET`) on every shard's stream through its sequencer, after

@@ -93,11 +93,26 @@ pub(crate) struct Outgoing {
     /// The reader waits until this reply was handed over before it dispatches the client's
     /// next command: for commands whose work runs in the writer (`Pending::Deferred`).
     pub barrier: bool,
+    /// Refused before it ran (INFO's `rejected_calls`).
+    pub rejected: bool,
+    /// `CLIENT REPLY OFF|SKIP`: the reply is awaited and counted but not sent.
+    pub silent: bool,
+    /// The command's arguments, for the slow log.
+    pub args: Vec<Bytes>,
 }
 
 impl Outgoing {
     pub(crate) fn new(pending: Pending, command: Option<Arc<CommandInfo>>, started: Instant) -> Outgoing {
-        Outgoing { pending, command, started, close: false, barrier: false }
+        Outgoing {
+            pending,
+            command,
+            started,
+            close: false,
+            barrier: false,
+            rejected: false,
+            silent: false,
+            args: Vec::new(),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub(crate) async fn accept_loop(
     let connected = metrics::gauge!("memlog_connected_clients");
     let accepted = metrics::counter!("memlog_connections_total");
     let rejected = metrics::counter!("memlog_rejected_connections_total");
+    tokio::spawn(sample_rates(Arc::downgrade(&proxy)));
     tokio::pin!(shutdown);
     loop {
         let (stream, addr) = tokio::select! {
@@ -54,7 +55,8 @@ pub(crate) async fn accept_loop(
         let local = stream.local_addr().unwrap_or(addr);
         let id = proxy.next_client_id.fetch_add(1, Ordering::Relaxed);
         let user = if proxy.access.auth_required() { "(unauthenticated)" } else { "default" };
-        let client = Arc::new(ClientHandle::new(id, addr, local, user));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream) as i64;
+        let client = Arc::new(ClientHandle::new(id, addr, local, user).with_fd(fd));
         proxy.clients.insert(id, client.clone());
         connected.set(proxy.clients.len() as f64);
         let (proxy, drain, tls, connected) = (proxy.clone(), drain.clone(), tls.clone(), connected.clone());
@@ -96,6 +98,18 @@ async fn serve_connection(
             Ok(Err(e)) => tracing::debug!(%addr, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
         },
+    }
+}
+
+/// Samples INFO's per-second rates every 100 ms, as Redis's `serverCron` does, for as long as
+/// the proxy lives.
+async fn sample_rates(proxy: std::sync::Weak<Proxy>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(proxy) = proxy.upgrade() else { return };
+        proxy.stats.sample_rates(proxy.started.elapsed().as_millis() as u64 + 1);
     }
 }
 

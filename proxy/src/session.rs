@@ -17,6 +17,7 @@ use crate::proxy::Proxy;
 use crate::pubsub::Subscriber;
 use crate::replies::{Outgoing, Pending};
 use crate::resp::{Limits, ProtocolError, RequestParser};
+use crate::stats::Reply;
 
 /// Replies awaited by the writer beyond which the reader stops reading, so one client cannot
 /// make the proxy hold unbounded work.
@@ -113,7 +114,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 gone.cancel();
                 return;
             }
-            Ok(_) => {}
+            Ok(read) => ctx.proxy.stats.count_read(read),
         }
         let limits = Limits { max_bulk_len: params.max_bulk_len(default_bulk_len), max_args };
         loop {
@@ -171,6 +172,7 @@ struct Output<W> {
     writer: W,
     out: BytesMut,
     client: Arc<ClientHandle>,
+    proxy: Arc<Proxy>,
 }
 
 impl<W: AsyncWrite + Unpin> Output<W> {
@@ -183,6 +185,7 @@ impl<W: AsyncWrite + Unpin> Output<W> {
             written = self.writer.write_all(&self.out) => written.is_ok(),
             _ = self.client.kill.cancelled() => false,
         };
+        self.proxy.stats.count_write(self.out.len());
         self.out.clear();
         written
     }
@@ -219,7 +222,8 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     gone: CancellationToken,
     _pending: Arc<tokio::sync::Semaphore>,
 ) {
-    let mut output = Output { writer, out: BytesMut::with_capacity(16 * 1024), client: client.clone() };
+    let mut output =
+        Output { writer, out: BytesMut::with_capacity(16 * 1024), client: client.clone(), proxy: proxy.clone() };
     let limit = proxy.cfg.client_output_buffer_limit;
     loop {
         let next = match rx.try_recv() {
@@ -251,7 +255,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             }
             Next::Reply(item) => item,
         };
-        let Outgoing { pending, command, started, close, .. } = item;
+        let Outgoing { pending, command, started, close, rejected, silent, args, .. } = item;
         let blocking = command.as_ref().is_some_and(|c| c.flags.blocking);
         let reply = tokio::select! {
             reply = pending.resolve() => reply,
@@ -262,11 +266,17 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             _ = gone.cancelled(), if blocking => return,
         };
         drop(permit);
+        let elapsed = started.elapsed();
         if let Some(cmd) = &command {
             let is_error = matches!(reply.first(), Some(b'-') | Some(b'!'));
             if is_error { &cmd.metrics.err } else { &cmd.metrics.ok }.increment(1);
-            cmd.metrics.latency.record(started.elapsed().as_secs_f64());
+            cmd.metrics.latency.record(elapsed.as_secs_f64());
         }
+        let counted =
+            Reply { command: command.as_deref().map(|c| (&c.stats, c.kind())), rejected, elapsed, bytes: &reply };
+        proxy.stats.count_reply(counted, || {
+            (&args[..], client.addr.to_string(), client.name.lock().unwrap().clone().unwrap_or_default())
+        });
         // Pub/sub frames queued before this reply was ready go first: a message published
         // before an UNSUBSCRIBE took effect precedes its confirmation, as in Redis.
         while let Some(frame) = pushes.try_recv() {
@@ -274,12 +284,12 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                 return;
             }
         }
-        if limit > 0 && output.out.len() + reply.len() > limit {
+        if !silent && limit > 0 && output.out.len() + reply.len() > limit {
             tracing::warn!(client = client.id, addr = %client.addr, "client output buffer limit ({limit} bytes) reached; closing the connection");
             client.kill.cancel();
             return;
         }
-        if !output.append(&reply).await {
+        if !silent && !output.append(&reply).await {
             return;
         }
         if let Some(done) = done {

@@ -17,7 +17,7 @@ use crate::config::ProxyConfig;
 use crate::failover::{self, FailoverSettings};
 use crate::params::{check_group, Group, LiveGroup};
 use crate::prepare::NodePreparation;
-use crate::proxy::{journal_on_every_shard, Parameters, Proxy, Stats};
+use crate::proxy::{journal_on_every_shard, Parameters, Proxy};
 use crate::pubsub::ShardNodes;
 use crate::resp::{decode_resp2, Proto};
 use crate::router::SlotMap;
@@ -77,14 +77,16 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         Duration::from_millis(cfg.backend_timeout_ms),
         opts.auth.clone(),
     ));
-    Ok(Proxy {
+    let proxy = Proxy {
         cfg,
         slots,
         table,
         shards,
         clients: DashMap::new(),
         next_client_id: AtomicU64::new(1),
-        stats: Stats::default(),
+        stats: Default::default(),
+        run_id: crate::backend::random_secret()[..40].to_string(),
+        pause: Default::default(),
         started: Instant::now(),
         redis_version,
         node_id,
@@ -96,7 +98,9 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         monitors: Default::default(),
         access,
         parameters: Parameters { live, store: journal.map(|j| j.meta), changes: Default::default(), prepare },
-    })
+    };
+    proxy.put_parameters_in_force((*proxy.parameters.live.get()).clone());
+    Ok(proxy)
 }
 
 /// The parameter group to start with: the metadata store's, with `[parameters]` applied over

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
+use crate::stats::{CommandKind, CommandStats};
+
 /// Per-command metric handles, made once so the hot path does no label lookups.
 #[derive(Clone)]
 pub(crate) struct CommandMetrics {
@@ -59,6 +61,8 @@ pub(crate) struct Flags {
     pub pubsub: bool,
     pub blocking: bool,
     pub movable_keys: bool,
+    pub fast: bool,
+    pub skip_slowlog: bool,
 }
 
 pub(crate) struct CommandInfo {
@@ -71,6 +75,8 @@ pub(crate) struct CommandInfo {
     pub needs_getkeys: bool,
     pub subcommands: HashMap<String, Arc<CommandInfo>>,
     pub metrics: CommandMetrics,
+    /// What INFO commandstats/latencystats report, counted at the proxy.
+    pub stats: CommandStats,
 }
 
 impl CommandInfo {
@@ -85,7 +91,13 @@ impl CommandInfo {
             needs_getkeys: false,
             subcommands: HashMap::new(),
             metrics: CommandMetrics::new(name),
+            stats: CommandStats::default(),
         }
+    }
+
+    /// The flags that decide where the command's time is recorded.
+    pub(crate) fn kind(&self) -> CommandKind {
+        CommandKind { fast: self.flags.fast, blocking: self.flags.blocking, skip_slowlog: self.flags.skip_slowlog }
     }
 
     pub(crate) fn arity_ok(&self, argc: usize) -> bool {
@@ -204,6 +216,17 @@ impl CommandTable {
     pub(crate) fn len(&self) -> usize {
         self.commands.len()
     }
+
+    /// Every command and subcommand, by name (`client|list` after `client`).
+    pub(crate) fn all(&self) -> Vec<Arc<CommandInfo>> {
+        let mut all = Vec::new();
+        for command in self.commands.values() {
+            all.push(command.clone());
+            all.extend(command.subcommands.values().cloned());
+        }
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
 }
 
 fn text(frame: &BytesFrame) -> Option<String> {
@@ -245,6 +268,8 @@ fn parse_entry(entry: &BytesFrame) -> anyhow::Result<CommandInfo> {
             "pubsub" => flags.pubsub = true,
             "blocking" => flags.blocking = true,
             "movablekeys" => flags.movable_keys = true,
+            "fast" => flags.fast = true,
+            "skip_slowlog" => flags.skip_slowlog = true,
             _ => {}
         }
     }
@@ -280,7 +305,16 @@ fn parse_entry(entry: &BytesFrame) -> anyhow::Result<CommandInfo> {
         }
     }
     let metrics = CommandMetrics::new(&name);
-    Ok(CommandInfo { name, arity, flags, key_specs, needs_getkeys, subcommands, metrics })
+    Ok(CommandInfo {
+        name,
+        arity,
+        flags,
+        key_specs,
+        needs_getkeys,
+        subcommands,
+        metrics,
+        stats: CommandStats::default(),
+    })
 }
 
 fn parse_key_spec(spec: &[BytesFrame]) -> KeySpec {

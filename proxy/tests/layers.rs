@@ -33,7 +33,7 @@ const LAYERS: &[&[&str]] = &[
     &["prepare"],
     &["backend"],
     // The pure core: no I/O.
-    &["normalize", "scripts", "resp", "keys", "table", "config", "router", "params"],
+    &["normalize", "scripts", "resp", "keys", "table", "config", "router", "params", "stats"],
 ];
 
 /// One reference from a top-level module to another.

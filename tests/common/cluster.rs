@@ -392,19 +392,3 @@ impl Snapshot {
         out
     }
 }
-
-/// A stock Redis and a one-shard memlog cluster, side by side, for tests that compare replies.
-pub struct Pair {
-    pub redis: Proc,
-    pub memlog: DurableCluster,
-    _dir: tempfile::TempDir,
-}
-
-impl Pair {
-    pub fn start() -> Pair {
-        let dir = tempfile::tempdir().unwrap();
-        let redis = super::spawn_redis(dir.path(), &[]);
-        let memlog = DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 1, ..Default::default() });
-        Pair { redis, memlog, _dir: dir }
-    }
-}

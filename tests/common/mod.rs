@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod cluster_tls;
 pub mod load;
+pub mod pair;
 pub mod ports;
 pub mod resp;
 

@@ -9,7 +9,6 @@ from resp import ErrorReply
 REFUSED = [
     ("CONFIG", "SET", "save", ""),
     ("CONFIG", "SET", "replicaof", "127.0.0.1 1"),
-    ("CONFIG", "RESETSTAT"),
     ("DEBUG", "SLEEP", "0"),
     ("SHUTDOWN", "NOSAVE"),
     ("REPLICAOF", "127.0.0.1", "1"),

@@ -54,7 +54,7 @@ async fn set(proxy: &Proxy, proto: Proto, request: &Request, command: Option<Arc
     // In force before it is journaled, so a node prepared meanwhile (a reconnect, a promotion)
     // gets it; the controllers bring every replica to it (Redis does not replicate CONFIG SET),
     // while each primary takes it from its journal below.
-    parameters.live.replace(group.clone());
+    proxy.put_parameters_in_force(group.clone());
     let mut node_args = vec![Bytes::from_static(b"CONFIG"), Bytes::from_static(b"SET")];
     for s in settings.iter().filter(|s| s.scope != Scope::Proxy) {
         node_args.push(Bytes::from_static(s.name.as_bytes()));
@@ -68,7 +68,7 @@ async fn set(proxy: &Proxy, proto: Proto, request: &Request, command: Option<Arc
         match first_error {
             // Refused everywhere (the same Redis refuses the same change): nothing changed.
             Some(e) if applied == 0 => {
-                parameters.live.replace((*before).clone());
+                proxy.put_parameters_in_force((*before).clone());
                 return error_reply(&e);
             }
             Some(e) => partial = Some(format!("applied on {applied} of {} shards ({e})", proxy.shards.len())),

@@ -37,6 +37,7 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
             set_proto(d, Proto::Resp2);
             *d.client.name.lock().unwrap() = None;
             *d.client.user.lock().unwrap() = "default".into();
+            (d.replies_off, d.skip_next_reply) = (false, false);
             d.authenticated = !d.proxy.access.auth_required();
             Pending::Ready(reply(Proto::Resp2, |w| {
                 w.simple("RESET");

@@ -1,10 +1,7 @@
 //! Whole-keyspace commands answered as one Redis would, over every shard: DBSIZE, KEYS, SCAN
-//! (a cursor that encodes the shard), RANDOMKEY, FLUSHALL/FLUSHDB (through the sequencers) and
-//! INFO. The internal key `__memlog:lsn` never shows. The read-only ones run when their reply
+//! (a cursor that encodes the shard), RANDOMKEY and FLUSHALL/FLUSHDB (through the sequencers).
+//! The internal key `__memlog:lsn` never shows. The read-only ones run when their reply
 //! is due (`Pending::Deferred`), so they see every earlier write of the same client.
-
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
@@ -12,7 +9,6 @@ use redis_protocol::resp2::types::BytesFrame;
 use crate::backend::BackendConn;
 use crate::context::ClientCtx;
 use crate::keys::LSN_KEY;
-use crate::proxy::Proxy;
 use crate::replies::Pending;
 use crate::resp::decode_resp2;
 use crate::resp::{reply, Proto, Request};
@@ -59,12 +55,11 @@ pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pen
             deferred(async move { scan(&conns, cursor, &args[2..], proto).await })
         }
         "randomkey" => deferred(async move { random_key(&conns, proto).await }),
-        "info" => deferred(async move { info(&proxy, &conns, &args[1..], proto).await }),
         _ => Pending::error(&format!("ERR memlog: no keyspace handler for '{name}'")),
     }
 }
 
-fn deferred(work: impl std::future::Future<Output = Result<Bytes, String>> + Send + 'static) -> Pending {
+pub(super) fn deferred(work: impl std::future::Future<Output = Result<Bytes, String>> + Send + 'static) -> Pending {
     Pending::Deferred(Box::pin(async move {
         match work.await {
             Ok(reply) => reply,
@@ -74,7 +69,7 @@ fn deferred(work: impl std::future::Future<Output = Result<Bytes, String>> + Sen
 }
 
 /// Sends one command; a Redis error reply comes back as `Err` with Redis's own text.
-async fn call(conn: &BackendConn, args: &[&[u8]]) -> Result<BytesFrame, String> {
+pub(super) async fn call(conn: &BackendConn, args: &[&[u8]]) -> Result<BytesFrame, String> {
     let raw = conn.call(args).await.map_err(|e| format!("ERR memlog: {e}"))?;
     match decode_resp2(&raw).map_err(|e| format!("ERR memlog: {e}"))? {
         BytesFrame::Error(msg) => Err(msg.to_string()),
@@ -95,7 +90,7 @@ fn bulk_array(frame: &BytesFrame) -> Result<Vec<Bytes>, String> {
     }
 }
 
-fn integer(frame: &BytesFrame) -> Result<i64, String> {
+pub(super) fn integer(frame: &BytesFrame) -> Result<i64, String> {
     match frame {
         BytesFrame::Integer(n) => Ok(*n),
         _ => Err("ERR memlog: unexpected reply from a shard".into()),
@@ -182,88 +177,5 @@ async fn random_key(conns: &[BackendConn], proto: Proto) -> Result<Bytes, String
     }
     Ok(reply(proto, |w| {
         w.null();
-    }))
-}
-
-/// INFO: the proxy's own sections plus the keyspace summed over the shards.
-async fn info(proxy: &Arc<Proxy>, conns: &[BackendConn], sections: &[Bytes], proto: Proto) -> Result<Bytes, String> {
-    let wanted: Vec<String> = sections.iter().map(|s| String::from_utf8_lossy(s).to_ascii_lowercase()).collect();
-    let all = wanted.is_empty() || wanted.iter().any(|s| matches!(s.as_str(), "all" | "default" | "everything"));
-    let want = |section: &str| all || wanted.iter().any(|s| s == section);
-    let mut text = String::new();
-    if want("server") {
-        let uptime = proxy.started.elapsed().as_secs();
-        text.push_str(&format!(
-            "# Server\r\nredis_version:{}\r\nmemlog_version:{}\r\nredis_mode:cluster\r\nos:{} {}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n\r\n",
-            proxy.redis_version,
-            env!("CARGO_PKG_VERSION"),
-            std::env::consts::OS,
-            std::env::consts::ARCH,
-            std::process::id(),
-            proxy.announce_port,
-            uptime / 86400
-        ));
-    }
-    if want("clients") {
-        text.push_str(&format!(
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
-            proxy.clients.len(),
-            proxy.cfg.maxclients
-        ));
-    }
-    if want("stats") {
-        text.push_str(&format!(
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
-            proxy.stats.connections.load(Ordering::Relaxed),
-            proxy.stats.commands.load(Ordering::Relaxed),
-            proxy.stats.rejected_connections.load(Ordering::Relaxed)
-        ));
-    }
-    if want("replication") {
-        text.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
-    }
-    if want("cluster") {
-        text.push_str("# Cluster\r\ncluster_enabled:1\r\n\r\n");
-    }
-    if want("memlog") {
-        text.push_str(&format!("# Memlog\r\nshards:{}\r\n", proxy.shards.len()));
-        for (i, shard) in proxy.shards.iter().enumerate() {
-            let slots: Vec<String> = proxy.slots.ranges(i).iter().map(|(lo, hi)| format!("{lo}-{hi}")).collect();
-            text.push_str(&format!(
-                "shard{i}:slots={},primary={},replicas={}\r\n",
-                slots.join(" "),
-                shard.current_primary(),
-                shard.current_replicas().join(" ")
-            ));
-        }
-        text.push_str("\r\n");
-    }
-    if want("keyspace") {
-        let (mut keys, mut expires, mut ttl_weighted) = (0i64, 0i64, 0i64);
-        for conn in conns {
-            let raw = conn.call(&[&b"INFO"[..], b"keyspace"]).await.map_err(|e| format!("ERR memlog: {e}"))?;
-            let internal = integer(&call(conn, &[b"EXISTS", LSN_KEY]).await?)?;
-            let raw = String::from_utf8_lossy(&raw).into_owned();
-            if let Some(db0) = raw.lines().find_map(|l| l.strip_prefix("db0:")) {
-                let field = |name: &str| -> i64 {
-                    db0.split(',')
-                        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0)
-                };
-                let shard_expires = field("expires");
-                keys += field("keys") - internal;
-                expires += shard_expires;
-                ttl_weighted += field("avg_ttl") * shard_expires;
-            }
-        }
-        text.push_str("# Keyspace\r\n");
-        if keys > 0 {
-            let avg_ttl = if expires > 0 { ttl_weighted / expires } else { 0 };
-            text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl={avg_ttl}\r\n"));
-        }
-    }
-    Ok(reply(proto, |w| {
-        w.verbatim(&text);
     }))
 }

@@ -8,6 +8,8 @@ pub(crate) mod client;
 pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod connection;
+pub(crate) mod diagnostics;
+pub(crate) mod info;
 pub(crate) mod keyspace;
 pub(crate) mod pubsub;
 pub(crate) mod replication;
@@ -50,8 +52,8 @@ pub(crate) fn route(info: &CommandInfo) -> CommandRoute {
             CommandRoute::Local
         }
         "client|id" | "client|setname" | "client|getname" | "client|info" | "client|list" | "client|kill"
-        | "client|setinfo" | "client|help" | "client|unblock" => CommandRoute::Local,
-        "client|pause" | "client|unpause" | "client|no-evict" => CommandRoute::Refused(MANAGED_NODES),
+        | "client|setinfo" | "client|help" | "client|unblock" | "client|reply" | "client|pause" | "client|unpause"
+        | "client|no-evict" => CommandRoute::Local,
         "client|tracking" | "client|trackinginfo" | "client|getredir" | "client|caching" => {
             CommandRoute::Refused(CLIENT_SIDE_CACHING)
         }
@@ -66,8 +68,9 @@ pub(crate) fn route(info: &CommandInfo) -> CommandRoute {
         | "cluster|getkeysinslot"
         | "cluster|help" => CommandRoute::Local,
         n if n.starts_with("cluster|") => CommandRoute::Refused(MANAGED_TOPOLOGY),
-        "config|set" | "config|get" | "config|rewrite" | "config|help" => CommandRoute::Local,
-        "config|resetstat" => CommandRoute::Refused(MANAGED_NODES),
+        "config|set" | "config|get" | "config|rewrite" | "config|help" | "config|resetstat" => CommandRoute::Local,
+        "latency|graph" => CommandRoute::NotYet,
+        n if n.starts_with("slowlog|") || n.starts_with("latency|") => CommandRoute::Local,
         "debug" | "shutdown" | "replicaof" | "slaveof" | "sync" | "psync" | "save" | "bgsave" | "bgrewriteaof"
         | "failover" | "pfdebug" | "pfselftest" => CommandRoute::Refused(MANAGED_NODES),
         n if n.starts_with("module") => CommandRoute::Refused(MANAGED_NODES),
@@ -106,6 +109,12 @@ pub(crate) async fn run_local(d: &mut ClientCtx, request: &Request, info: &Arc<C
     if let Some(sub) = name.strip_prefix("acl|") {
         return acl::run(d, sub, &request.args).await;
     }
+    if let Some(sub) = name.strip_prefix("slowlog|") {
+        return diagnostics::slowlog(d, sub, request);
+    }
+    if let Some(sub) = name.strip_prefix("latency|") {
+        return diagnostics::latency(d, sub, request);
+    }
     if name.starts_with("pubsub|") {
         return pubsub::run(d, name, request).await;
     }
@@ -129,9 +138,9 @@ pub(crate) async fn run_local(d: &mut ClientCtx, request: &Request, info: &Arc<C
             }
             None => Pending::error("ERR memlog: MONITOR needs a client connection"),
         },
-        "dbsize" | "keys" | "scan" | "randomkey" | "flushall" | "flushdb" | "info" => {
-            keyspace::run(d, name, request).await
-        }
+        "info" => info::run(d, request),
+        "config|resetstat" => diagnostics::resetstat(d),
+        "dbsize" | "keys" | "scan" | "randomkey" | "flushall" | "flushdb" => keyspace::run(d, name, request).await,
         _ => connection::run(d, name, request),
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +41,22 @@ pub(crate) struct ShardSnapshots {
     prepare: Arc<NodePreparation>,
     transport: Transport,
     busy: Mutex<()>,
+    /// What INFO persistence reports about this shard's snapshots.
+    pub(crate) activity: SnapshotActivity,
+}
+
+/// The snapshots taken since the proxy started, as INFO persistence reports them (`rdb_*`).
+#[derive(Default)]
+pub(crate) struct SnapshotActivity {
+    pub(crate) saves: AtomicU64,
+    /// The newest snapshot's LSN and unix time (0: none taken since start).
+    pub(crate) last_lsn: AtomicU64,
+    pub(crate) last_unix_s: AtomicU64,
+    /// How long the last one took, in seconds (-1: none yet).
+    pub(crate) last_duration_s: AtomicI64,
+    pub(crate) last_failed: AtomicBool,
+    /// Unix time the running snapshot started (0: none running).
+    pub(crate) running_since_unix_s: AtomicU64,
 }
 
 impl ShardSnapshots {
@@ -51,7 +68,8 @@ impl ShardSnapshots {
         prepare: Arc<NodePreparation>,
     ) -> ShardSnapshots {
         let dir = settings.dir.join(format!("shard-{shard}"));
-        ShardSnapshots { shard, dir, settings, meta, journal, transport, prepare, busy: Mutex::new(()) }
+        let activity = SnapshotActivity { last_duration_s: AtomicI64::new(-1), ..Default::default() };
+        ShardSnapshots { shard, dir, settings, meta, journal, transport, prepare, busy: Mutex::new(()), activity }
     }
 
     /// The catalog's snapshots of this shard, oldest first.
@@ -72,6 +90,22 @@ impl ShardSnapshots {
     /// RDB holds at least that prefix (a node's LSN only grows, and it is written in the same
     /// `MULTI` as the entry's commands). A restore reads the exact LSN back from the node.
     async fn take(&self, source: &str) -> anyhow::Result<SnapshotRecord> {
+        let started = Instant::now();
+        self.activity.running_since_unix_s.store(unix_now_s(), Ordering::Relaxed);
+        let taken = self.take_unrecorded(source).await;
+        let activity = &self.activity;
+        activity.running_since_unix_s.store(0, Ordering::Relaxed);
+        activity.last_duration_s.store(started.elapsed().as_secs() as i64, Ordering::Relaxed);
+        activity.last_failed.store(taken.is_err(), Ordering::Relaxed);
+        if let Ok(record) = &taken {
+            activity.saves.fetch_add(1, Ordering::Relaxed);
+            activity.last_lsn.store(record.lsn, Ordering::Relaxed);
+            activity.last_unix_s.store(record.timestamp_ms / 1000, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    async fn take_unrecorded(&self, source: &str) -> anyhow::Result<SnapshotRecord> {
         let _one_at_a_time = self.busy.lock().await;
         let started = Instant::now();
         let lsn = self.lsn_of(source).await?;
@@ -303,4 +337,8 @@ fn snapshot_source(status: &ShardStatus, primary: &str) -> Option<(String, u64)>
 /// and not the runtime's workers (which serve every client).
 async fn blocking<T: Send + 'static>(call: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
     tokio::task::spawn_blocking(call).await.map_err(std::io::Error::other)?
+}
+
+fn unix_now_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
