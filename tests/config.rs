@@ -112,6 +112,13 @@ fn every_allowlisted_parameter_answers_as_stock_redis() {
             "maxmemory" => &["abc", "-1", "1.5gb", "1gb", "0"],
             _ => VALUES,
         };
+        // memlog takes a maxmemory only with a policy that evicts from every key (its rule,
+        // checked below): compare the values under one, on both servers.
+        if *name == "maxmemory" {
+            for conn in [&mut redis, &mut memlog] {
+                assert_eq!(cmd(conn, &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]), ok());
+            }
+        }
         for value in values {
             let expected = cmd(&mut redis, &["CONFIG", "SET", name, value]);
             let got = cmd(&mut memlog, &["CONFIG", "SET", name, value]);
@@ -122,6 +129,11 @@ fn every_allowlisted_parameter_answers_as_stock_redis() {
             compared += 1;
         }
         // Back to a value the rest of the test lives with.
+        if *name == "maxmemory" {
+            for conn in [&mut redis, &mut memlog] {
+                assert_eq!(cmd(conn, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]), ok());
+            }
+        }
         if *name == "timeout" {
             for conn in [&mut redis, &mut memlog] {
                 assert_eq!(cmd(conn, &["CONFIG", "SET", "timeout", "0"]), ok());
@@ -199,6 +211,20 @@ fn memlogs_own_rules_are_stated_in_the_error() {
     let reply = cmd(&mut memlog, &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
     assert!(reply.text().contains("could evict memlog's own key __memlog:lsn"), "{reply:?}");
     assert_eq!(config_get(&mut memlog, &["maxmemory-policy"]), [("maxmemory-policy".into(), "noeviction".into())]);
+    // A primary that reaches maxmemory under noeviction or volatile-* aborts committed writes
+    // with -OOM, which memlog cannot journal yet: maxmemory needs allkeys-lru or allkeys-lfu.
+    for args in [
+        &["CONFIG", "SET", "maxmemory", "1gb"][..],
+        &["CONFIG", "SET", "maxmemory", "1gb", "maxmemory-policy", "volatile-lru"],
+    ] {
+        let reply = cmd(&mut memlog, args);
+        assert!(reply.text().contains("maxmemory needs maxmemory-policy allkeys-lru or allkeys-lfu"), "{reply:?}");
+    }
+    assert_eq!(config_get(&mut memlog, &["maxmemory"]), [("maxmemory".into(), "0".into())], "nothing changed");
+    assert_eq!(cmd(&mut memlog, &["CONFIG", "SET", "maxmemory", "1gb", "maxmemory-policy", "allkeys-lfu"]), ok());
+    let reply = cmd(&mut memlog, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    assert!(reply.text().contains("maxmemory needs"), "{reply:?}");
+    assert_eq!(cmd(&mut memlog, &["CONFIG", "SET", "maxmemory", "0", "maxmemory-policy", "noeviction"]), ok());
 }
 
 /// `CONFIG GET name` asked of a Redis node directly.

@@ -534,7 +534,33 @@ pub(crate) fn check_group(entries: &BTreeMap<String, String>, rules: Rules) -> R
             group.insert(s.canonical.to_string(), s.value);
         }
     }
+    check_combination(&group)?;
     Ok(group)
+}
+
+/// The policies under which a primary at `maxmemory` evicts from every key instead of refusing
+/// writes.
+const EVICTING_EVERY_KEY: [&str; 2] = ["allkeys-lru", "allkeys-lfu"];
+
+/// The rule a whole group follows once a change is merged into it: a `maxmemory` needs a policy
+/// that evicts from every key. Under `noeviction` or a `volatile-*` policy, a primary at its
+/// limit answers `-OOM` while queuing a committed batch, the EXEC aborts, and the shard cannot
+/// apply anything (not even a `DEL` that would free memory) until memory frees: the outcome
+/// record that would journal "aborted by Redis" and go on is not built yet
+/// (docs/parameters.md, "Eviction").
+pub(crate) fn check_combination(group: &Group) -> Result<(), ParamError> {
+    let maxmemory = group.get("maxmemory").and_then(|v| memory_value(v)).unwrap_or(0);
+    let policy = group.get("maxmemory-policy").map_or("noeviction", String::as_str);
+    if maxmemory > 0 && !EVICTING_EVERY_KEY.iter().any(|p| policy.eq_ignore_ascii_case(p)) {
+        return Err(refused(
+            "maxmemory",
+            format!(
+                "memlog: maxmemory needs maxmemory-policy allkeys-lru or allkeys-lfu (the group has {policy}): \
+                 under another policy a full primary aborts committed writes with -OOM, which memlog cannot journal yet"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The scope of a parameter of the group (by its current name).
@@ -648,6 +674,14 @@ mod tests {
         assert!(set(&["dynamic-hz", "1"]).unwrap_err().ends_with("argument must be 'yes' or 'no'"));
         assert!(set(&["maxmemory-policy", "ALLKEYS-LRU"]).is_ok());
         assert!(set(&["maxmemory-policy", "allkeys-random"]).unwrap_err().contains("could evict memlog's own key"));
+        let group = |pairs: &[(&str, &str)]| -> Result<Group, String> {
+            let entries = pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            check_group(&entries, RULES).map_err(|e| e.to_string())
+        };
+        assert!(group(&[("maxmemory", "1gb")]).unwrap_err().contains("maxmemory needs maxmemory-policy allkeys-lru"));
+        assert!(group(&[("maxmemory", "1gb"), ("maxmemory-policy", "volatile-lfu")]).is_err());
+        assert!(group(&[("maxmemory", "1gb"), ("maxmemory-policy", "allkeys-lfu")]).is_ok());
+        assert!(group(&[("maxmemory", "0"), ("maxmemory-policy", "volatile-lfu")]).is_ok());
         assert!(set(&["maxmemory-policy", "lru"]).unwrap_err().ends_with("allkeys-random, noeviction"));
         assert!(set(&["notify-keyspace-events", "KEA"]).is_ok());
         assert!(set(&["notify-keyspace-events", "kea"]).unwrap_err().ends_with("Use 'Ag$lshzxeKEtmdn'."));

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::context::ClientCtx;
-use crate::params::{check_set, Scope, HIDDEN};
+use crate::params::{check_combination, check_set, Scope, HIDDEN};
 use crate::proxy::{journal_on_every_shard, Proxy};
 use crate::replies::Pending;
 use crate::resp::{bulk_payload, error_reply, frame_len, reply, Proto, Request};
@@ -50,6 +50,9 @@ async fn set(proxy: &Proxy, proto: Proto, request: &Request, command: Option<Arc
     let mut group = (*before).clone();
     for s in &settings {
         group.insert(s.canonical.to_string(), s.value.clone());
+    }
+    if let Err(e) = check_combination(&group) {
+        return error_reply(&e.to_string());
     }
     // In force before it is journaled, so a node prepared meanwhile (a reconnect, a promotion)
     // gets it; the controllers bring every replica to it (Redis does not replicate CONFIG SET),
