@@ -458,10 +458,12 @@ mod tests {
         let shards = "[[shards]]\nslots = \"0-16383\"\nprimary = \"127.0.0.1:6379\"\n";
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memlog.toml");
-        let table = "[parameters]\nhash-max-listpack-entries = 64\nactivedefrag = false\nmaxmemory = \"1gb\"\n";
+        let table =
+            "[parameters]\nhash-max-listpack-entries = 64\nactivedefrag = false\nmaxmemory-policy = \"allkeys-lru\"\n";
         std::fs::write(&path, format!("{table}{shards}")).unwrap();
         let entries = ProxyConfig::load(Some(&path)).unwrap().parameter_entries();
-        let expected = [("activedefrag", "no"), ("hash-max-listpack-entries", "64"), ("maxmemory", "1gb")];
+        let expected =
+            [("activedefrag", "no"), ("hash-max-listpack-entries", "64"), ("maxmemory-policy", "allkeys-lru")];
         assert_eq!(entries.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>(), expected);
         for (entry, error) in [
             ("hz = -1", "argument must be between 0 and 2147483647 inclusive"),

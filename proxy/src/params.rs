@@ -538,26 +538,20 @@ pub(crate) fn check_group(entries: &BTreeMap<String, String>, rules: Rules) -> R
     Ok(group)
 }
 
-/// The policies under which a primary at `maxmemory` evicts from every key instead of refusing
-/// writes.
-const EVICTING_EVERY_KEY: [&str; 2] = ["allkeys-lru", "allkeys-lfu"];
-
-/// The rule a whole group follows once a change is merged into it: a `maxmemory` needs a policy
-/// that evicts from every key. Under `noeviction` or a `volatile-*` policy, a primary at its
-/// limit answers `-OOM` while queuing a committed batch, the EXEC aborts, and the shard cannot
-/// apply anything (not even a `DEL` that would free memory) until memory frees: the outcome
-/// record that would journal "aborted by Redis" and go on is not built yet
-/// (docs/parameters.md, "Eviction").
+/// The rule a whole group follows once a change is merged into it: no `maxmemory` yet.
+/// Under `noeviction` or a `volatile-*` policy a primary at its limit answers `-OOM` while
+/// queuing a committed batch, the EXEC aborts, and the shard cannot apply anything after it
+/// (not even a `DEL` that would free memory): the outcome record that would journal "aborted by
+/// Redis" and go on is not built yet. Under `allkeys-*` Redis may evict memlog's own
+/// `__memlog:lsn` (its LRU clock has a one-second resolution, so during a replay the key is no
+/// younger than the data around it). docs/parameters.md, "Eviction".
 pub(crate) fn check_combination(group: &Group) -> Result<(), ParamError> {
-    let maxmemory = group.get("maxmemory").and_then(|v| memory_value(v)).unwrap_or(0);
-    let policy = group.get("maxmemory-policy").map_or("noeviction", String::as_str);
-    if maxmemory > 0 && !EVICTING_EVERY_KEY.iter().any(|p| policy.eq_ignore_ascii_case(p)) {
+    if group.get("maxmemory").and_then(|v| memory_value(v)).unwrap_or(0) > 0 {
         return Err(refused(
             "maxmemory",
-            format!(
-                "memlog: maxmemory needs maxmemory-policy allkeys-lru or allkeys-lfu (the group has {policy}): \
-                 under another policy a full primary aborts committed writes with -OOM, which memlog cannot journal yet"
-            ),
+            "memlog: maxmemory is not taken yet: a full primary aborts committed writes with -OOM under \
+             noeviction and volatile-* policies, which memlog cannot journal yet, and allkeys-* policies can \
+             evict memlog's own key __memlog:lsn",
         ));
     }
     Ok(())
@@ -678,9 +672,8 @@ mod tests {
             let entries = pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
             check_group(&entries, RULES).map_err(|e| e.to_string())
         };
-        assert!(group(&[("maxmemory", "1gb")]).unwrap_err().contains("maxmemory needs maxmemory-policy allkeys-lru"));
-        assert!(group(&[("maxmemory", "1gb"), ("maxmemory-policy", "volatile-lfu")]).is_err());
-        assert!(group(&[("maxmemory", "1gb"), ("maxmemory-policy", "allkeys-lfu")]).is_ok());
+        assert!(group(&[("maxmemory", "1gb")]).unwrap_err().contains("maxmemory is not taken yet"));
+        assert!(group(&[("maxmemory", "1gb"), ("maxmemory-policy", "allkeys-lfu")]).is_err());
         assert!(group(&[("maxmemory", "0"), ("maxmemory-policy", "volatile-lfu")]).is_ok());
         assert!(set(&["maxmemory-policy", "lru"]).unwrap_err().ends_with("allkeys-random, noeviction"));
         assert!(set(&["notify-keyspace-events", "KEA"]).is_ok());
