@@ -109,8 +109,8 @@ fn every_allowlisted_parameter_answers_as_stock_redis() {
         // the journal's own writes (and every other), so it gets values in the gigabytes.
         let values: &[&str] = match *name {
             "busy-reply-threshold" | "lua-time-limit" => &["abc", "-1", "100", "1kb"],
-            // memlog takes no maxmemory yet (checked below): only the values refused or 0.
-            "maxmemory" => &["abc", "-1", "0"],
+            // Far above what the test stores: nothing is refused or evicted by it.
+            "maxmemory" => &["abc", "-1", "5gb", "0"],
             _ => VALUES,
         };
         for value in values {
@@ -196,21 +196,12 @@ fn memlogs_own_rules_are_stated_in_the_error() {
         assert!(reply.text().contains("must be between 1 and 500 ms, half the failover detection time"), "{reply:?}");
     }
     assert_eq!(config_get(&mut memlog, &["busy-reply-threshold"]), [("busy-reply-threshold".into(), "500".into())]);
-    // A random eviction could take __memlog:lsn; LRU, LFU and volatile policies cannot in practice.
-    let reply = cmd(&mut memlog, &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]);
-    assert!(reply.text().contains("could evict memlog's own key __memlog:lsn"), "{reply:?}");
-    assert_eq!(config_get(&mut memlog, &["maxmemory-policy"]), [("maxmemory-policy".into(), "noeviction".into())]);
-    // No maxmemory yet, whatever the policy: under noeviction/volatile-* a full primary aborts
-    // committed writes with -OOM (not journaled yet), under allkeys-* it may evict __memlog:lsn.
-    for args in [
-        &["CONFIG", "SET", "maxmemory", "1gb"][..],
-        &["CONFIG", "SET", "maxmemory", "1gb", "maxmemory-policy", "allkeys-lru"],
-    ] {
-        let reply = cmd(&mut memlog, args);
-        assert!(reply.text().contains("maxmemory is not taken yet"), "{reply:?}");
-    }
-    assert_eq!(config_get(&mut memlog, &["maxmemory"]), [("maxmemory".into(), "0".into())], "nothing changed");
-    assert_eq!(config_get(&mut memlog, &["maxmemory-policy"]), [("maxmemory-policy".into(), "noeviction".into())]);
+    // memlog enforces maxmemory itself: CONFIG GET answers memlog's limit, the node keeps none.
+    assert_eq!(cmd(&mut memlog, &["CONFIG", "SET", "maxmemory", "1gb", "maxmemory-policy", "allkeys-random"]), ok());
+    assert_eq!(config_get(&mut memlog, &["maxmemory"]), [("maxmemory".into(), (1u64 << 30).to_string())]);
+    let mut node = redis_conn(pair.memlog.redis_addr(0)).unwrap();
+    assert_eq!(config_get(&mut node, &["maxmemory"]), [("maxmemory".into(), "0".into())]);
+    assert_eq!(config_get(&mut node, &["maxmemory-policy"]), [("maxmemory-policy".into(), "allkeys-random".into())]);
 }
 
 /// `CONFIG GET name` asked of a Redis node directly.
@@ -338,4 +329,78 @@ fn node_value_lsn(addr: SocketAddr) -> u64 {
         Value::Bulk(None) => 0,
         other => panic!("__memlog:lsn: {other:?}"),
     }
+}
+
+/// `used_memory` of a Redis node, as its `INFO memory` says.
+fn used_memory(conn: &mut Conn) -> u64 {
+    let info = cmd(conn, &["INFO", "memory"]).text();
+    let field = info.lines().find_map(|l| l.strip_prefix("used_memory:")).expect("used_memory in INFO memory");
+    field.trim().parse().unwrap()
+}
+
+/// memlog's `maxmemory` under `noeviction` answers as a stock Redis at its limit does
+/// (docs/parameters.md, "Eviction"): what adds data gets `-OOM`, reads and `DEL` go on, `MULTI`
+/// refuses what it queues and `EXEC` aborts, `volatile-lru` with no key that has an expiry
+/// refuses too, and once `DEL`s free memory writes are taken again (every refused write is a
+/// 100 kB one: on the stock server the request's own buffer is what keeps it over). Nothing refused is
+/// journaled, and the node itself never runs out (it has no limit: memlog refuses first).
+#[test]
+fn over_maxmemory_writes_are_refused_as_stock_redis_refuses_them() {
+    let pair = Pair::start();
+    let node = pair.memlog.redis_addr(0);
+    let value = "v".repeat(100_000);
+    let scenario = |addr: SocketAddr, node: SocketAddr, lsn: &dyn Fn() -> String| -> Vec<Value> {
+        let mut client = connect(addr);
+        let used = used_memory(&mut redis_conn(node).unwrap());
+        let limit = (used + 2 * 1024 * 1024).to_string();
+        assert_eq!(cmd(&mut client, &["CONFIG", "SET", "maxmemory", &limit, "maxmemory-policy", "noeviction"]), ok());
+        let mut written = 0;
+        let first_refusal = loop {
+            let reply = cmd(&mut client, &["SET", &format!("big:{written}"), &value]);
+            if reply != ok() {
+                break reply;
+            }
+            written += 1;
+            assert!(written < 200, "{written} writes of 100 kB under a 2 MB margin were all taken");
+        };
+        assert!(written >= 10, "refused after {written} writes of 100 kB under a 2 MB margin");
+        let journaled = lsn();
+        let mut replies = vec![
+            first_refusal,
+            cmd(&mut client, &["SET", "another", &value]),
+            cmd(&mut client, &["STRLEN", "big:0"]),
+            cmd(&mut client, &["MULTI"]),
+            cmd(&mut client, &["SET", "in-multi", &value]),
+            cmd(&mut client, &["EXEC"]),
+        ];
+        assert_eq!(lsn(), journaled, "a refused write was journaled");
+        // Journaled itself (the policy reaches the nodes).
+        assert_eq!(cmd(&mut client, &["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]), ok());
+        let journaled = lsn();
+        // memlog's evictor finds there is nothing to evict at its next reading (every 100 ms);
+        // until then writes are taken, as under a policy that can still evict.
+        std::thread::sleep(Duration::from_millis(500));
+        replies.push(cmd(&mut client, &["SET", "volatile", &value]));
+        assert_eq!(lsn(), journaled, "a refused write was journaled");
+        for i in 0..written {
+            assert_eq!(cmd(&mut client, &["DEL", &format!("big:{i}")]), Value::Int(1), "DEL under maxmemory");
+        }
+        // memlog sees the memory freed at its next reading of the node (every 100 ms).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while cmd(&mut client, &["SET", "after", "1"]) != ok() {
+            assert!(std::time::Instant::now() < deadline, "writes still refused after the DELs");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(cmd(&mut client, &["CONFIG", "SET", "maxmemory", "0"]), ok());
+        replies
+    };
+    let expected = scenario(pair.redis.addr, pair.redis.addr, &|| String::new());
+    let lsn = || cmd(&mut redis_conn(node).unwrap(), &["GET", "__memlog:lsn"]).text();
+    let got = scenario(pair.memlog.proxy_addr(), node, &lsn);
+    assert_eq!(expected[0].text(), "OOM command not allowed when used memory > 'maxmemory'.");
+    for (i, (e, g)) in expected.iter().zip(&got).enumerate() {
+        assert_eq!(g, e, "reply {i}");
+    }
+    assert_eq!(got.len(), expected.len());
+    assert_eq!(config_get(&mut redis_conn(node).unwrap(), &["maxmemory"]), [("maxmemory".into(), "0".into())]);
 }

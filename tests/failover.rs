@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    backend_auth_toml, journal_first_lsns, redis_conn, spawn_redis_at, CLIENT_TIMEOUT, REDIS_PASSWORD,
+    backend_auth_toml, journal_first_lsns, redis_conn, spawn_redis_at, Snapshot, CLIENT_TIMEOUT, REDIS_PASSWORD,
 };
 use common::load::{lost_writes, Load, Outcome, Progress};
 use common::resp::{Conn, Value};
@@ -841,4 +841,98 @@ fn a_node_rebuilt_from_a_snapshot_has_the_parameter_group() {
         assert_eq!(node_param(node, "hash-max-listpack-entries"), "64", "{node}");
     }
     assert_eq!(encoding(cluster.proxy_addr, &key), "hashtable");
+}
+
+/// A numeric field of a node's `INFO section`.
+fn info_field(addr: SocketAddr, section: &str, field: &str) -> u64 {
+    let info = redis_cmd(addr, &["INFO", section]).text();
+    let prefix = format!("{field}:");
+    let value = info.lines().find_map(|l| l.strip_prefix(&prefix));
+    value.unwrap_or_else(|| panic!("{field} in {info}")).trim().parse().unwrap()
+}
+
+/// Eviction (docs/parameters.md, "Eviction"): with `allkeys-lru` and memlog's `maxmemory`,
+/// every write is acknowledged (never `-OOM`) while memlog evicts with journaled `DEL`s; the
+/// primary stays near the limit; the replica follows; and a rebuild of the whole shard from the
+/// journal ends with exactly the dataset the lost primary held (`DEBUG DIGEST`), since the
+/// evictions are in the journal and the nodes evict nothing on their own.
+#[test]
+fn evictions_are_journaled_and_a_rebuild_holds_exactly_what_the_primary_held() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start();
+    let tag = tag_in_shard(0);
+    let primary = cluster.primary(0);
+    let replica = cluster.partner(0, primary);
+    let limit = info_field(primary, "memory", "used_memory") + 4 * 1024 * 1024;
+    let mut client = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    let limit_text = limit.to_string();
+    let set = client.cmd(&["CONFIG", "SET", "maxmemory", &limit_text, "maxmemory-policy", "allkeys-lru"]).unwrap();
+    assert_eq!(set, Value::Simple("OK".into()));
+    const KEYS: usize = 12_000;
+    let value = |i: usize| format!("{i:0>1000}");
+    let mut highest = 0;
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(200) {
+        for i in chunk {
+            client.queue(&["SET".to_string(), format!("{{{tag}}}k{i}"), value(*i)]);
+        }
+        client.flush().unwrap();
+        let replies = client.read_n(chunk.len()).unwrap_or_else(|e| panic!("{e}\n{}", cluster.proxy_log()));
+        for reply in replies {
+            assert_eq!(reply, Value::Simple("OK".into()), "a write under allkeys-lru");
+        }
+        highest = highest.max(info_field(primary, "memory", "used_memory"));
+    }
+    assert_eq!(info_field(primary, "stats", "evicted_keys"), 0, "the node evicted on its own");
+    // What Redis and memlog count against maxmemory: used_memory less the replication buffers.
+    let counted =
+        |node| info_field(node, "memory", "used_memory") - info_field(node, "memory", "mem_not_counted_for_evict");
+    cluster.wait_until("memlog's evictions bring the primary under its limit", || counted(primary) <= limit);
+    let stats = client.cmd(&["INFO", "stats"]).unwrap().text();
+    let evicted: u64 = stats.lines().find_map(|l| l.strip_prefix("evicted_keys:")).unwrap().trim().parse().unwrap();
+    let kept = redis_cmd(primary, &["DBSIZE"]).text().parse::<u64>().unwrap() - 1;
+    println!("{KEYS} keys written, {evicted} evicted by memlog, {kept} kept; maxmemory {limit}, highest used_memory seen {highest}");
+    assert!(evicted > 0 && kept < KEYS as u64, "nothing was evicted");
+    assert_eq!(kept + evicted, KEYS as u64, "every key written is either kept or counted as evicted");
+    // No limit from here on, so the evictor stops (the node hovers around the limit, its client
+    // buffers coming and going) and the dataset at the kill is the one compared after the rebuild.
+    assert_eq!(client.cmd(&["CONFIG", "SET", "maxmemory", "0"]).unwrap(), Value::Simple("OK".into()));
+    let mut digest = redis_cmd(primary, &["DEBUG", "DIGEST"]);
+    cluster.wait_until("the primary's dataset settles", || {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = redis_cmd(primary, &["DEBUG", "DIGEST"]);
+        std::mem::replace(&mut digest, now.clone()) == now
+    });
+    let mut before = Snapshot::take(primary);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while redis_cmd(replica, &["DEBUG", "DIGEST"]) != digest {
+        if Instant::now() > deadline {
+            let diff = Snapshot::take(replica).diff(&before);
+            panic!(
+                "the replica differs from the primary in {} keys, e.g. {:?}\n{}\n{}",
+                diff.len(),
+                &diff[..diff.len().min(5)],
+                redis_cmd(replica, &["INFO", "replication"]).text(),
+                redis_cmd(primary, &["INFO", "replication"]).text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    cluster.kill_node(primary);
+    cluster.kill_node(replica);
+    cluster.restart_node(primary);
+    cluster.restart_node(replica);
+    cluster.wait_until("shard 0 is rebuilt", || {
+        cluster.event_kinds().iter().any(|e| e == "node_rebuilt")
+            && !cluster.topology()["shards"][0]["held"].as_bool().unwrap()
+    });
+    let rebuilt = cluster.primary(0);
+    // The node's journal position aside (a new epoch's barrier entries can advance it).
+    let mut after = Snapshot::take(rebuilt);
+    for snapshot in [&mut before, &mut after] {
+        snapshot.keys.remove(&b"__memlog:lsn"[..]);
+    }
+    assert_eq!(after.diff(&before), Vec::<String>::new(), "the rebuilt primary holds another dataset");
+    assert_eq!(node_param(rebuilt, "maxmemory"), "0", "memlog enforces the limit, not the node");
+    assert_eq!(info_field(rebuilt, "stats", "evicted_keys"), 0, "the rebuilt node evicted on its own");
 }

@@ -13,6 +13,7 @@ mod commands;
 pub mod config;
 mod context;
 mod dispatch;
+mod eviction;
 mod failover;
 mod keys;
 mod monitor;

@@ -35,8 +35,6 @@ enum Kind {
     Memory { min: i64, unsigned: bool },
     /// One of the names, any case.
     Enum(&'static [&'static str]),
-    /// `maxmemory-policy`: one of Redis's policies, except `allkeys-random` (memlog's rule).
-    EvictionPolicy,
     /// `notify-keyspace-events` flags.
     KeyspaceEvents,
     /// `latency-tracking-info-percentiles`: space-separated doubles in [0, 100].
@@ -103,8 +101,15 @@ const ALLOWED: &[Spec] = &[
     node("stream-node-max-entries", COUNT),
     node("hll-sparse-max-bytes", MEMORY),
     // Memory and eviction.
-    node("maxmemory", Kind::Memory { min: 0, unsigned: true }),
-    node("maxmemory-policy", Kind::EvictionPolicy),
+    // memlog enforces `maxmemory` itself and the nodes run without one (docs/parameters.md,
+    // "Eviction"); the policy also reaches the nodes, whose LFU counters follow it.
+    Spec {
+        name: "maxmemory",
+        canonical: "maxmemory",
+        kind: Kind::Memory { min: 0, unsigned: true },
+        scope: Scope::Proxy,
+    },
+    node("maxmemory-policy", Kind::Enum(POLICIES)),
     node("maxmemory-samples", int(1, I32_MAX)),
     node("maxmemory-eviction-tenacity", int(0, 100)),
     node("lfu-log-factor", int(0, I32_MAX)),
@@ -408,7 +413,6 @@ fn value_error(kind: Kind) -> String {
         Kind::Int { .. } | Kind::BusyThreshold => "argument couldn't be parsed into an integer".into(),
         Kind::Memory { .. } => "argument must be a memory value".into(),
         Kind::Enum(names) => format!("argument(s) must be one of the following: {}", names.join(", ")),
-        Kind::EvictionPolicy => value_error(Kind::Enum(POLICIES)),
         Kind::KeyspaceEvents => "Invalid event class character. Use 'Ag$lshzxeKEtmdn'.".into(),
         Kind::Percentiles => "Invalid latency-tracking-info-percentiles parameters".into(),
     }
@@ -431,15 +435,6 @@ fn check_value(spec: &Spec, value: &str, rules: Rules) -> Result<(), ParamError>
         Kind::Bool if value.eq_ignore_ascii_case("yes") || value.eq_ignore_ascii_case("no") => Ok(()),
         Kind::Enum(names) if names.iter().any(|n| n.eq_ignore_ascii_case(value)) => Ok(()),
         Kind::Bool | Kind::Enum(_) => bad(value_error(spec.kind)),
-        // `__memlog:lsn` has no TTL, so volatile policies never evict it; the controller reads
-        // it every check interval, so LRU and LFU rank it among the hottest keys; a random
-        // eviction could take it, and a node without it claims to hold no journal prefix
-        // (docs/parameters.md, "Eviction").
-        Kind::EvictionPolicy if value.eq_ignore_ascii_case("allkeys-random") => bad(format!(
-            "memlog: '{value}' could evict memlog's own key __memlog:lsn (which journal prefix a node holds); \
-             use allkeys-lru, allkeys-lfu or a volatile-* policy"
-        )),
-        Kind::EvictionPolicy => check_value(&Spec { kind: Kind::Enum(POLICIES), ..*spec }, value, rules),
         Kind::Int { min, max } => match redis_int(value) {
             None => bad(value_error(spec.kind)),
             Some(n) if n < min || n > max => bad(out_of_range(min, max)),
@@ -534,32 +529,34 @@ pub(crate) fn check_group(entries: &BTreeMap<String, String>, rules: Rules) -> R
             group.insert(s.canonical.to_string(), s.value);
         }
     }
-    check_combination(&group)?;
     Ok(group)
-}
-
-/// The rule a whole group follows once a change is merged into it: no `maxmemory` yet.
-/// Under `noeviction` or a `volatile-*` policy a primary at its limit answers `-OOM` while
-/// queuing a committed batch, the EXEC aborts, and the shard cannot apply anything after it
-/// (not even a `DEL` that would free memory): the outcome record that would journal "aborted by
-/// Redis" and go on is not built yet. Under `allkeys-*` Redis may evict memlog's own
-/// `__memlog:lsn` (its LRU clock has a one-second resolution, so during a replay the key is no
-/// younger than the data around it). docs/parameters.md, "Eviction".
-pub(crate) fn check_combination(group: &Group) -> Result<(), ParamError> {
-    if group.get("maxmemory").and_then(|v| memory_value(v)).unwrap_or(0) > 0 {
-        return Err(refused(
-            "maxmemory",
-            "memlog: maxmemory is not taken yet: a full primary aborts committed writes with -OOM under \
-             noeviction and volatile-* policies, which memlog cannot journal yet, and allkeys-* policies can \
-             evict memlog's own key __memlog:lsn",
-        ));
-    }
-    Ok(())
 }
 
 /// The scope of a parameter of the group (by its current name).
 pub(crate) fn scope_of(canonical: &str) -> Option<Scope> {
     spec(canonical).map(|s| s.scope)
+}
+
+/// What a shard over memlog's `maxmemory` does (Redis's `maxmemory-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Eviction {
+    /// `noeviction`: commands that may add data are refused with `-OOM`.
+    Refuse,
+    /// Evict keys — only those with an expiry (`volatile-*`) or any (`allkeys-*`) — chosen by `rank`.
+    Evict { volatile_only: bool, rank: Rank },
+}
+
+/// Which of the sampled keys goes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rank {
+    /// The longest idle (`OBJECT IDLETIME`).
+    Lru,
+    /// The least frequently used (`OBJECT FREQ`).
+    Lfu,
+    /// The nearest expiry (`PTTL`).
+    Ttl,
+    /// Any.
+    Random,
 }
 
 /// The group as it is shared: the proxy reads it, node preparation applies it, a change
@@ -607,6 +604,22 @@ impl LiveGroup {
     pub(crate) fn client_timeout(&self) -> Option<std::time::Duration> {
         let seconds: u64 = self.get().get("timeout")?.parse().ok()?;
         (seconds > 0).then(|| std::time::Duration::from_secs(seconds))
+    }
+
+    /// memlog's `maxmemory` for each shard (0: no limit) and what its evictor does at the limit.
+    pub(crate) fn memory_limit(&self) -> (u64, Eviction) {
+        let group = self.get();
+        let limit = group.get("maxmemory").and_then(|v| memory_value(v)).unwrap_or(0);
+        let policy = group.get("maxmemory-policy").map_or("noeviction", String::as_str).to_ascii_lowercase();
+        let Some((keys, rank)) = policy.split_once('-') else { return (limit, Eviction::Refuse) };
+        let rank = match rank {
+            "lru" => Rank::Lru,
+            "lfu" => Rank::Lfu,
+            "ttl" => Rank::Ttl,
+            "random" => Rank::Random,
+            _ => return (limit, Eviction::Refuse),
+        };
+        (limit, Eviction::Evict { volatile_only: keys == "volatile", rank })
     }
 
     /// The proxy's `proto-max-bulk-len`, or `default` when the group does not set it.
@@ -667,14 +680,7 @@ mod tests {
         assert!(set(&["dynamic-hz", "YES"]).is_ok());
         assert!(set(&["dynamic-hz", "1"]).unwrap_err().ends_with("argument must be 'yes' or 'no'"));
         assert!(set(&["maxmemory-policy", "ALLKEYS-LRU"]).is_ok());
-        assert!(set(&["maxmemory-policy", "allkeys-random"]).unwrap_err().contains("could evict memlog's own key"));
-        let group = |pairs: &[(&str, &str)]| -> Result<Group, String> {
-            let entries = pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-            check_group(&entries, RULES).map_err(|e| e.to_string())
-        };
-        assert!(group(&[("maxmemory", "1gb")]).unwrap_err().contains("maxmemory is not taken yet"));
-        assert!(group(&[("maxmemory", "1gb"), ("maxmemory-policy", "allkeys-lfu")]).is_err());
-        assert!(group(&[("maxmemory", "0"), ("maxmemory-policy", "volatile-lfu")]).is_ok());
+        assert!(set(&["maxmemory-policy", "allkeys-random"]).is_ok());
         assert!(set(&["maxmemory-policy", "lru"]).unwrap_err().ends_with("allkeys-random, noeviction"));
         assert!(set(&["notify-keyspace-events", "KEA"]).is_ok());
         assert!(set(&["notify-keyspace-events", "kea"]).unwrap_err().ends_with("Use 'Ag$lshzxeKEtmdn'."));
@@ -692,6 +698,21 @@ mod tests {
         assert!(set(&["latency-tracking-info-percentiles", "inf"]).unwrap_err().ends_with("[0.0,100.0]"));
         let long = "A".repeat(MAX_VALUE_LEN + 1);
         assert!(set(&["notify-keyspace-events", &long]).unwrap_err().contains("longer than 4096 bytes"));
+    }
+
+    #[test]
+    fn the_memory_limit_and_policy_come_from_the_group() {
+        let live = |pairs: &[(&str, &str)]| {
+            let entries = pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+            LiveGroup::new(check_group(&entries, RULES).unwrap()).memory_limit()
+        };
+        assert_eq!(live(&[("maxmemory", "2mb")]), (2 * 1024 * 1024, Eviction::Refuse));
+        let lru = Eviction::Evict { volatile_only: false, rank: Rank::Lru };
+        assert_eq!(live(&[("maxmemory", "1k"), ("maxmemory-policy", "ALLKEYS-LRU")]), (1000, lru));
+        let ttl = Eviction::Evict { volatile_only: true, rank: Rank::Ttl };
+        assert_eq!(live(&[("maxmemory", "1gb"), ("maxmemory-policy", "volatile-ttl")]), (1 << 30, ttl));
+        let random = Eviction::Evict { volatile_only: false, rank: Rank::Random };
+        assert_eq!(live(&[("maxmemory-policy", "allkeys-random")]), (0, random));
     }
 
     #[test]
@@ -715,6 +736,7 @@ mod tests {
         let live = LiveGroup::new(group);
         assert_eq!(live.node_command().unwrap(), ["CONFIG", "SET", "hash-max-listpack-entries", "64"]);
         assert_eq!(live.client_timeout(), Some(std::time::Duration::from_secs(5)));
+        assert_eq!(live.memory_limit(), (0, Eviction::Refuse));
         let before = live.generation();
         live.replace(Group::new());
         assert!(live.generation() > before && live.node_command().is_none());

@@ -9,7 +9,8 @@
 //! whichever node is primary. A snapshot load sets a one-time credential instead, which
 //! preparation replaces again once the load is over. Then it applies the parameter group in
 //! force (`params`; docs/parameters.md): Redis does not replicate `CONFIG SET`, so replicas,
-//! nodes restarted empty, promoted or rebuilt get the group here, before they replay or serve.
+//! nodes restarted empty, promoted or rebuilt get the group here, before they replay or serve;
+//! and `maxmemory 0`, since memlog's evictor enforces the limit.
 //! A change of the group makes the controllers prepare every node again.
 
 use std::sync::Arc;
@@ -74,9 +75,13 @@ impl NodePreparation {
         self.step(node, conn, "CONFIG SET masteruser/masterauth", &args).await
     }
 
-    /// The parameter group's node parameters, in one `CONFIG SET` (atomic on the node).
+    /// The parameter group's node parameters and `maxmemory 0`, in one `CONFIG SET` (atomic
+    /// on the node): memlog enforces `maxmemory` itself, so no node evicts or refuses on its own
+    /// what the journal committed (docs/parameters.md, "Eviction") — a node configured with a
+    /// limit before memlog fronted it included.
     async fn parameters(&self, node: &str, conn: &BackendConn) -> Result<(), PrepareError> {
-        let Some(args) = self.params.node_command() else { return Ok(()) };
+        let mut args = self.params.node_command().unwrap_or_else(|| vec!["CONFIG".into(), "SET".into()]);
+        args.extend(["maxmemory".to_string(), "0".to_string()]);
         self.step(node, conn, "CONFIG SET of the parameter group", &args).await
     }
 

@@ -81,6 +81,9 @@ impl Proxy {
             self.stats.latency.threshold_ms.store(ms.max(0) as u64, Relaxed);
         }
         self.parameters.live.replace(group);
+        // In force for the next write; each shard's evictor reads its primary's memory at once.
+        let (limit, eviction) = self.parameters.live.memory_limit();
+        self.shards.iter().for_each(|shard| shard.memory.set_limit(limit, eviction));
     }
 }
 

@@ -42,6 +42,7 @@ use crate::keys::LSN_KEY;
 use crate::normalize::{self, Plan, Resolved};
 use crate::resp::{encode_command, error_reply, Proto, Request, RequestParser};
 use crate::snapshot::ShardSnapshots;
+use crate::stats::ShardMemory;
 use crate::table::CommandInfo;
 use applier::Applier;
 use blocked::BlockedRegistry;
@@ -72,6 +73,9 @@ const APPENDS_IN_FLIGHT: usize = 2;
 const PARKED_RETRY: Duration = Duration::from_millis(100);
 /// Most entries replayed per read from the journal.
 const REPLAY_CHUNK: u64 = 2048;
+
+/// Redis 7.0's `-OOM` (`shared.oomerr`): what may add data, over memlog's `maxmemory`.
+pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
 
 /// Work waiting for its shard's order, from one client.
 pub(crate) struct SequencerRequest {
@@ -175,6 +179,7 @@ impl Sequencer {
         opts: BackendOptions,
         journal: Option<JournalSetup>,
         snapshots: Option<Arc<ShardSnapshots>>,
+        memory: Arc<ShardMemory>,
     ) -> anyhow::Result<Sequencer> {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         let apply = ApplyConns::new(primary.clone(), opts);
@@ -219,6 +224,7 @@ impl Sequencer {
             blocked: blocked.clone(),
             queue: queue.downgrade(),
             retry_scheduled: false,
+            memory,
         };
         tokio::spawn(journaler.run(rx));
         Ok(Sequencer { queue, primary, blocked })

@@ -12,6 +12,7 @@ use crate::prepare::NodePreparation;
 use crate::resp::Proto;
 use crate::sequencer::{JournalSetup, Sequencer};
 use crate::snapshot::ShardSnapshots;
+use crate::stats::ShardMemory;
 use crate::status::{NodeStatus, ShardStatus, ShardView};
 
 /// One shard: its sequencer, its read pools and its failover controller. Every connection of
@@ -27,6 +28,8 @@ pub(crate) struct Shard {
     pub switchover: mpsc::UnboundedSender<SwitchoverRequest>,
     /// The shard's snapshots, when `[snapshot]` is configured.
     pub snapshots: Option<Arc<ShardSnapshots>>,
+    /// The primary's memory against memlog's `maxmemory` (the evictor keeps it current).
+    pub memory: Arc<ShardMemory>,
     reads_resp2: Vec<BackendConn>,
     reads_resp3: OnceLock<Vec<BackendConn>>,
     opts: BackendOptions,
@@ -92,7 +95,9 @@ impl Shard {
         if let Err(e) = prepare.prepare_at(&primary).await {
             tracing::warn!(shard = id, "primary not prepared before the start-up catch-up: {e}");
         }
-        let sequencer = Sequencer::start(id, target.clone(), opts.clone(), journal, snapshots.clone()).await?;
+        let memory = Arc::new(ShardMemory::default());
+        let sequencer =
+            Sequencer::start(id, target.clone(), opts.clone(), journal, snapshots.clone(), memory.clone()).await?;
         started.send_replace(Some(sequencer.clone()));
         if let Some(snapshots) = &snapshots {
             snapshots.clone().spawn_scheduler(status.clone(), target.clone());
@@ -107,6 +112,7 @@ impl Shard {
             sequencer,
             switchover,
             snapshots,
+            memory,
             reads_resp3: OnceLock::new(),
             opts,
         })

@@ -14,6 +14,7 @@ use redis_protocol::resp2::types::BytesFrame;
 use crate::access::Access;
 use crate::backend::{BackendAuth, BackendConn, BackendOptions};
 use crate::config::ProxyConfig;
+use crate::eviction::Evictor;
 use crate::failover::{self, FailoverSettings};
 use crate::params::{check_group, Group, LiveGroup};
 use crate::prepare::NodePreparation;
@@ -100,6 +101,13 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         parameters: Parameters { live, store: journal.map(|j| j.meta), changes: Default::default(), prepare },
     };
     proxy.put_parameters_in_force((*proxy.parameters.live.get()).clone());
+    let del =
+        proxy.table.get("del").cloned().ok_or_else(|| anyhow::anyhow!("the backend's COMMAND table has no DEL"))?;
+    for shard in &proxy.shards {
+        let (target, sequencer, memory) = (shard.target.clone(), shard.sequencer.clone(), shard.memory.clone());
+        let live = proxy.parameters.live.clone();
+        Evictor::spawn(shard.id, target, proxy.backend.clone(), sequencer, memory, live, del.clone());
+    }
     Ok(proxy)
 }
 

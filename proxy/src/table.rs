@@ -57,6 +57,8 @@ pub(crate) struct KeySpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Flags {
     pub write: bool,
+    /// May add data: refused with `-OOM` over `maxmemory`.
+    pub denyoom: bool,
     pub admin: bool,
     pub pubsub: bool,
     pub blocking: bool,
@@ -264,6 +266,7 @@ fn parse_entry(entry: &BytesFrame) -> anyhow::Result<CommandInfo> {
     for flag in array(&items[2]).iter().filter_map(text) {
         match flag.as_str() {
             "write" => flags.write = true,
+            "denyoom" => flags.denyoom = true,
             "admin" => flags.admin = true,
             "pubsub" => flags.pubsub = true,
             "blocking" => flags.blocking = true,

@@ -26,6 +26,7 @@ const LAYERS: &[&[&str]] = &[
     &["access"],
     &["shard"],
     &["failover"],
+    &["eviction"],
     &["sequencer"],
     &["snapshot"],
     &["monitor", "pubsub", "clients"],

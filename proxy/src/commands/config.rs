@@ -5,7 +5,8 @@
 //!   LOAD` is), so replay applies it at the same point in history and a failover's catch-up
 //!   brings it to the new primary; then recorded in the metadata store. It is made the group
 //!   in force first, which makes every controller prepare its replicas again (Redis does not
-//!   replicate `CONFIG SET`). `timeout` is the proxy's alone and is not journaled.
+//!   replicate `CONFIG SET`). `timeout` and `maxmemory` are the proxy's alone and are not
+//!   journaled (evictions are: see `eviction`).
 //! - `CONFIG GET` is answered by shard 0's primary, with the proxy's own values for what the
 //!   proxy enforces and the nodes' credentials blanked.
 //! - `CONFIG REWRITE` answers OK: the group is already durable.
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::context::ClientCtx;
-use crate::params::{check_combination, check_set, Scope, HIDDEN};
+use crate::params::{check_set, Scope, HIDDEN};
 use crate::proxy::{journal_on_every_shard, Proxy};
 use crate::replies::Pending;
 use crate::resp::{bulk_payload, error_reply, frame_len, reply, Proto, Request};
@@ -50,9 +51,6 @@ async fn set(proxy: &Proxy, proto: Proto, request: &Request, command: Option<Arc
     let mut group = (*before).clone();
     for s in &settings {
         group.insert(s.canonical.to_string(), s.value.clone());
-    }
-    if let Err(e) = check_combination(&group) {
-        return error_reply(&e.to_string());
     }
     // In force before it is journaled, so a node prepared meanwhile (a reconnect, a promotion)
     // gets it; the controllers bring every replica to it (Redis does not replicate CONFIG SET),
@@ -133,7 +131,7 @@ async fn get(d: &mut ClientCtx, request: &Request) -> Pending {
 }
 
 /// The node's `CONFIG GET` reply (a RESP2 array of name/value pairs or a RESP3 map) with the
-/// proxy's values for `timeout` and `proto-max-bulk-len` and the credentials blanked; `None`
+/// proxy's values for `timeout`, `proto-max-bulk-len` and `maxmemory` and the credentials blanked; `None`
 /// when it is not such a reply (an error passes through).
 fn with_proxy_values(proxy: &Proxy, proto: Proto, node_reply: &[u8]) -> Option<Bytes> {
     let header_end = node_reply.windows(2).position(|w| w == b"\r\n")?;
@@ -158,6 +156,7 @@ fn with_proxy_values(proxy: &Proxy, proto: Proto, node_reply: &[u8]) -> Option<B
             let value = match name.as_ref() {
                 "timeout" => live.client_timeout().map_or(0, |t| t.as_secs()).to_string().into_bytes(),
                 "proto-max-bulk-len" => live.max_bulk_len(proxy.cfg.proto_max_bulk_len).to_string().into_bytes(),
+                "maxmemory" => live.memory_limit().0.to_string().into_bytes(),
                 hidden if HIDDEN.contains(&hidden) => Vec::new(),
                 _ => pair[1].clone(),
             };

@@ -225,6 +225,7 @@ pub(crate) fn resetstat(d: &ClientCtx) -> Pending {
         for snapshots in proxy.shards.iter().filter_map(|shard| shard.snapshots.as_ref()) {
             snapshots.activity.saves.store(0, Ordering::Relaxed);
         }
+        proxy.shards.iter().for_each(|shard| shard.memory.reset_stats());
         let mut calls = Vec::new();
         for shard in &proxy.shards {
             let nodes = std::iter::once((shard.current_primary(), true))

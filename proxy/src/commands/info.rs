@@ -289,7 +289,7 @@ fn clients(proxy: &Proxy, _: &[(NodeInfo, i64)], s: &mut Section) {
         .field("clients_in_timeout_table", 0);
 }
 
-fn memory(_: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
+fn memory(proxy: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
     let mut fields = combined(nodes, "memory", |_| None);
     // `total_system_memory` is each machine's: the largest, not a sum.
     let system = nodes
@@ -302,6 +302,9 @@ fn memory(_: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
     for (name, value) in fields.iter_mut() {
         let recomputed = match name.as_str() {
             "total_system_memory" => format!("{}", system as u64),
+            // memlog's limit, which applies to each shard's primary (the nodes run without one).
+            "maxmemory" => proxy.parameters.live.memory_limit().0.to_string(),
+            "maxmemory_human" => human(proxy.parameters.live.memory_limit().0 as f64),
             "total_system_memory_human" => human(system),
             "used_memory_peak_perc" => format!("{:.2}%", ratio(v("used_memory") * 100.0, v("used_memory_peak"))),
             "used_memory_dataset_perc" => {
@@ -418,6 +421,8 @@ fn stats(proxy: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
             "instantaneous_output_kbps" => format!("{:.2}", rates.output_kbps),
             "rejected_connections" => load(&st.rejected_connections),
             "evicted_clients" => "0".into(),
+            // memlog evicts (journaled DELs); the nodes run without a limit.
+            "evicted_keys" => proxy.shards.iter().map(|s| s.memory.evicted_keys()).sum::<u64>().to_string(),
             "pubsub_channels" => proxy.pubsub.active_channels(false, None).len().to_string(),
             "pubsub_patterns" => proxy.pubsub.pattern_count().to_string(),
             "pubsubshard_channels" => proxy.pubsub.active_channels(true, None).len().to_string(),

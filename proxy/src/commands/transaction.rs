@@ -19,7 +19,7 @@ use crate::keys::RESERVED_PREFIX;
 use crate::replies::Pending;
 use crate::resp::Request;
 use crate::routing::Placement;
-use crate::sequencer::{QueuedCommand, SequencerOp, Transaction, Watch, MAX_WRITE_BYTES};
+use crate::sequencer::{QueuedCommand, SequencerOp, Transaction, Watch, MAX_WRITE_BYTES, OOM};
 use crate::table::CommandInfo;
 
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
@@ -95,6 +95,13 @@ pub(crate) async fn queue(d: &mut ClientCtx, request: &Request, info: &Arc<Comma
                     "ERR memlog: a transaction holds at most {MAX_WRITE_BYTES} bytes of commands (one journal entry)"
                 ));
             }
+            // Over `maxmemory` Redis refuses every command queued (queuing takes memory too).
+            let memory_shard = multi.shard.or(shard);
+            if memory_shard.is_some_and(|s| d.proxy.shards[s].memory.refuses_growth()) {
+                fail_queueing(d);
+                return Pending::error(OOM);
+            }
+            let multi = d.multi.as_mut().expect("queue is only called in MULTI");
             if !multi.failed {
                 multi.shard = multi.shard.or(shard);
                 multi.queued_bytes += request.raw.len();

@@ -66,6 +66,8 @@ pub(super) struct Journaler<S: JournalStream = QuorumStream> {
     /// This sequencer's own queue, to retry parked clients later.
     pub(super) queue: mpsc::WeakSender<SequencerRequest>,
     pub(super) retry_scheduled: bool,
+    /// The shard's memory against memlog's `maxmemory`: over it, what may add data is refused.
+    pub(super) memory: Arc<ShardMemory>,
 }
 
 impl<S: JournalStream> Journaler<S> {
@@ -111,6 +113,9 @@ impl<S: JournalStream> Journaler<S> {
             };
             return write.refuse(error_reply(&refusal));
         }
+        if let Some(refusal) = self.out_of_memory(&write.op) {
+            return write.refuse(error_reply(refusal));
+        }
         // Close the entry before it would outgrow what one entry holds.
         if segment.payload.len() + len > MAX_WRITE_BYTES {
             self.flush(segment).await;
@@ -144,6 +149,19 @@ impl<S: JournalStream> Journaler<S> {
                 let live = self.journal.as_ref().map_or(0, |j| j.writer.live_nodes());
                 let _ = reply.send(Ok(Bytes::from(format!(":{live}\r\n"))));
             }
+        }
+    }
+
+    /// Redis's answer to a command that may add data while the shard is over `maxmemory` with
+    /// nothing to evict (docs/parameters.md, "Eviction"), decided before anything is journaled.
+    fn out_of_memory(&self, op: &SequencerOp) -> Option<&'static str> {
+        if !self.memory.refuses_growth() {
+            return None;
+        }
+        match op {
+            SequencerOp::Write { command: Some(command), .. } if may_add_data(command) => Some(OOM),
+            SequencerOp::Transaction(t) if t.commands.iter().any(|q| may_add_data(&q.command)) => Some(EXECABORT_OOM),
+            _ => None,
         }
     }
 
@@ -595,6 +613,7 @@ impl<S: JournalStream> Journaler<S> {
         }
         let items = std::mem::take(&mut segment.items);
         let payload = std::mem::take(&mut segment.payload).freeze();
+        self.memory.add_written(payload.len());
         let append = match &self.journal {
             Some(journal) if !payload.is_empty() => {
                 let permit = self.appends.clone().acquire_owned().await.expect("the semaphore is never closed");
@@ -683,6 +702,18 @@ impl<S: JournalStream> Journaler<S> {
             pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
+}
+
+/// Redis 7.0's EXEC of a transaction with such a command once memory ran out after it was queued.
+const EXECABORT_OOM: &str =
+    "EXECABORT Transaction discarded because of: OOM command not allowed when used memory > 'maxmemory'.";
+
+/// Whether Redis refuses `command` at its memory limit: its `denyoom` flag, or a script or
+/// function that may write (only those reach the journaler as writes). Redis refuses a script
+/// without a shebang only at its first write (`-OOM … script: …`); memlog cannot know in
+/// advance whether it writes and refuses it at the start.
+fn may_add_data(command: &CommandInfo) -> bool {
+    command.flags.denyoom || matches!(command.name.as_str(), "eval" | "evalsha" | "fcall")
 }
 
 /// Commands of one protocol gathered into one journal entry.

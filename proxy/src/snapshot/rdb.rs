@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::backend::{authenticate, random_secret, BackendAuth};
-use crate::resp::{encode_command, parse_int, Limits, RequestParser};
+use crate::resp::{encode_command, info_field, parse_int, Limits, RequestParser};
 
 /// `REDIS` + a 4-digit version: how every RDB starts.
 const HEADER_LEN: usize = 9;
@@ -693,11 +693,6 @@ async fn read_line(
 fn shown(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
     format!("{text:?}")
-}
-
-/// The value of `name` in an `INFO` reply.
-fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
-    info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim_end)
 }
 
 /// A reply on the control connection that is not an error.

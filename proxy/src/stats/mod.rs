@@ -7,6 +7,7 @@
 
 mod histogram;
 mod latency;
+mod memory;
 mod slowlog;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 
 pub(crate) use histogram::LatencyHistogram;
 pub(crate) use latency::{EventSeries, LatencyMonitor, Sample as LatencySample};
+pub(crate) use memory::ShardMemory;
 pub(crate) use slowlog::{unix_seconds, SlowLog};
 
 /// Distinct error prefixes `errorstats` keeps; later new ones are not added (Redis 7.2's

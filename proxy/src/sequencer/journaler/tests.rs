@@ -18,6 +18,7 @@ struct Rig {
     redis: Arc<Mutex<FakeRedis>>,
     health: Arc<ApplyHealth>,
     failed: Arc<AtomicBool>,
+    memory: Arc<ShardMemory>,
     /// The journaler and its queue's receiver, until `run` starts it (tests may queue first).
     idle: Option<(Journaler<FakeStream>, mpsc::Receiver<SequencerRequest>)>,
 }
@@ -41,6 +42,7 @@ impl Rig {
         let failed = Arc::new(AtomicBool::new(false));
         tokio::spawn(applier.run(applier_rx, failed.clone()));
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let memory = Arc::new(ShardMemory::default());
         let journaler = Journaler {
             shard: 0,
             journal: Some(Journal { stream: stream.clone(), write_wait: WRITE_WAIT, writer }),
@@ -53,8 +55,9 @@ impl Rig {
             blocked: BlockedClients::default(),
             queue: queue.downgrade(),
             retry_scheduled: false,
+            memory: memory.clone(),
         };
-        Rig { queue, stream, redis, health, failed, idle: Some((journaler, rx)) }
+        Rig { queue, stream, redis, health, failed, memory, idle: Some((journaler, rx)) }
     }
 
     fn run(&mut self) {
@@ -64,9 +67,17 @@ impl Rig {
 
     /// Queues `SET <tag> v`; returns where its reply arrives.
     fn write(&self, tag: &str) -> oneshot::Receiver<ReplyResult> {
-        let (reply, rx) = oneshot::channel();
+        self.write_as(tag, None)
+    }
+
+    /// Queues `SET <tag> v` with `command`'s table entry (its flags).
+    fn write_as(&self, tag: &str, command: Option<Arc<CommandInfo>>) -> oneshot::Receiver<ReplyResult> {
         let request = Request::from_args(&["SET", tag, "v"]);
-        let op = SequencerOp::Write { request, command: None };
+        self.submit(SequencerOp::Write { request, command })
+    }
+
+    fn submit(&self, op: SequencerOp) -> oneshot::Receiver<ReplyResult> {
+        let (reply, rx) = oneshot::channel();
         self.queue.try_send(SequencerRequest { proto: Proto::Resp2, op, reply }).expect("room in the queue");
         rx
     }
@@ -95,6 +106,37 @@ async fn writes_queued_together_are_one_journal_entry_applied_once() {
     let entry: Vec<u8> = ["a", "b", "c"].iter().flat_map(|tag| set(tag).to_vec()).collect();
     assert_eq!(rig.stream.journal.payloads(), [Bytes::from(entry)], "one entry: the three SETs in order");
     assert_eq!(rig.applied(), ["a", "b", "c"]);
+}
+
+/// A table entry named `name`, with Redis's `denyoom` flag or without.
+fn command(name: &str, denyoom: bool) -> Arc<CommandInfo> {
+    let mut info = CommandInfo::local(name, -2);
+    info.flags.denyoom = denyoom;
+    Arc::new(info)
+}
+
+#[tokio::test(start_paused = true)]
+async fn over_maxmemory_what_may_add_data_is_refused_before_the_journal_and_the_rest_goes_on() {
+    let mut rig = Rig::new(StreamScript::default()).await;
+    rig.memory.set_limit(1000, crate::params::Eviction::Refuse);
+    rig.memory.record_reading(1001);
+    rig.run();
+    let oom = "-OOM command not allowed when used memory > 'maxmemory'.\r\n";
+    assert_eq!(reply(rig.write_as("grows", Some(command("set", true)))).await, oom);
+    assert_eq!(reply(rig.write_as("script", Some(command("fcall", false)))).await, oom);
+    let request = Request::from_args(&["SET", "in-multi", "v"]);
+    let queued = QueuedCommand { request, command: command("set", true), write: true };
+    let exec = rig.submit(SequencerOp::Transaction(Transaction { commands: vec![queued], watch: None }));
+    assert_eq!(
+        reply(exec).await,
+        "-EXECABORT Transaction discarded because of: OOM command not allowed when used memory > 'maxmemory'.\r\n"
+    );
+    // Without `denyoom` (DEL, UNLINK, EXPIRE …) a write frees memory, as on Redis.
+    assert_eq!(reply(rig.write_as("frees", Some(command("del", false)))).await, ok("frees"));
+    rig.memory.record_reading(500);
+    assert_eq!(reply(rig.write_as("fits", Some(command("set", true)))).await, ok("fits"));
+    assert_eq!(rig.stream.journal.payloads(), [set("frees"), set("fits")], "nothing refused was journaled");
+    assert_eq!(rig.applied(), ["frees", "fits"]);
 }
 
 #[tokio::test(start_paused = true)]

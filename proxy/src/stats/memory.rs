@@ -1,0 +1,122 @@
+//! A shard's memory as memlog's `maxmemory` sees it (docs/parameters.md, "Eviction").
+//!
+//! memlog enforces `maxmemory` itself and runs the nodes without one: a Redis at its limit
+//! would refuse (`-OOM`) or evict on its own what the journal already committed, and a replay
+//! elsewhere would then build a different dataset. Here the journaler refuses what Redis would
+//! refuse before anything is journaled, and the evictor's choices are journaled `DEL`s, so every
+//! node and every replay hold the same keys.
+//!
+//! The estimate is the primary's `used_memory` (less what Redis does not count towards its
+//! limit) at the last reading, plus the bytes journaled since: a write burst between two
+//! readings counts at once, and a `DEL`'s bytes count as growth until the next reading.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use tokio::sync::Notify;
+
+use crate::params::Eviction;
+
+#[derive(Debug, Default)]
+pub(crate) struct ShardMemory {
+    /// Bytes the primary used at the last reading.
+    used: AtomicU64,
+    /// Bytes journaled since that reading.
+    written: AtomicU64,
+    /// memlog's `maxmemory` (0: none), as the evictor last read it from the group.
+    limit: AtomicU64,
+    /// The policy lets writes that add data proceed at the limit (keys are evicted for them).
+    evicts: AtomicBool,
+    /// The last eviction round found nothing its policy may take.
+    exhausted: AtomicBool,
+    /// Keys evicted (`evicted_keys`), since the proxy started or `CONFIG RESETSTAT`.
+    evicted: AtomicU64,
+    /// Wakes the evictor when the limit changes, so a new limit is read against at once.
+    pub(crate) limit_changed: Notify,
+}
+
+impl ShardMemory {
+    pub(crate) fn set_limit(&self, limit: u64, eviction: Eviction) {
+        let before = self.limit.swap(limit, Relaxed);
+        self.evicts.store(eviction != Eviction::Refuse, Relaxed);
+        if before != limit {
+            self.limit_changed.notify_one();
+        }
+    }
+
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit.load(Relaxed)
+    }
+
+    /// A new reading of the primary's memory; what was journaled before it is counted in it.
+    pub(crate) fn record_reading(&self, used: u64) {
+        self.used.store(used, Relaxed);
+        self.written.store(0, Relaxed);
+    }
+
+    /// An entry of `bytes` was journaled.
+    pub(crate) fn add_written(&self, bytes: usize) {
+        self.written.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Keys were evicted, freeing about `bytes` (`MEMORY USAGE`), until the next reading says.
+    pub(crate) fn evicted(&self, keys: u64, bytes: u64) {
+        self.evicted.fetch_add(keys, Relaxed);
+        let _ = self.used.fetch_update(Relaxed, Relaxed, |used| Some(used.saturating_sub(bytes)));
+    }
+
+    pub(crate) fn set_exhausted(&self, exhausted: bool) {
+        self.exhausted.store(exhausted, Relaxed);
+    }
+
+    /// The estimated use: the last reading plus what was journaled since.
+    pub(crate) fn estimate(&self) -> u64 {
+        self.used.load(Relaxed).saturating_add(self.written.load(Relaxed))
+    }
+
+    pub(crate) fn over_limit(&self) -> bool {
+        let limit = self.limit();
+        limit > 0 && self.estimate() > limit
+    }
+
+    /// Whether a command that may add data is refused with `-OOM` now: over the limit, and
+    /// either the policy is `noeviction` or it has nothing left to evict (as Redis answers when
+    /// `performEvictions` fails).
+    pub(crate) fn refuses_growth(&self) -> bool {
+        self.over_limit() && (!self.evicts.load(Relaxed) || self.exhausted.load(Relaxed))
+    }
+
+    pub(crate) fn evicted_keys(&self) -> u64 {
+        self.evicted.load(Relaxed)
+    }
+
+    pub(crate) fn reset_stats(&self) {
+        self.evicted.store(0, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::Rank;
+
+    #[test]
+    fn refuses_growth_over_the_limit_unless_the_policy_can_still_evict() {
+        let memory = ShardMemory::default();
+        memory.record_reading(900);
+        memory.add_written(200);
+        assert!(!memory.refuses_growth(), "no limit");
+        memory.set_limit(1000, Eviction::Refuse);
+        assert_eq!(memory.estimate(), 1100);
+        assert!(memory.refuses_growth(), "noeviction over the limit");
+        memory.record_reading(950);
+        assert!(!memory.refuses_growth(), "a reading replaces what was written before it");
+        memory.add_written(51);
+        memory.set_limit(1000, Eviction::Evict { volatile_only: true, rank: Rank::Ttl });
+        assert!(memory.over_limit() && !memory.refuses_growth(), "the evictor makes room");
+        memory.set_exhausted(true);
+        assert!(memory.refuses_growth(), "nothing left to evict");
+        memory.evicted(3, 2000);
+        assert_eq!((memory.estimate(), memory.evicted_keys()), (51, 3));
+        assert!(!memory.refuses_growth());
+    }
+}
