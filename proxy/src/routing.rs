@@ -133,10 +133,14 @@ impl ClientCtx {
         Pending::Backend { rx, _lane: Some(guard) }
     }
 
-    /// Hands `op` to the shard's sequencer, after this client's reads in flight there.
+    /// Hands `op` to the shard's sequencer, after this client's reads in flight there — and,
+    /// for what may add data, once the shard's evictor has made room (`ShardMemory::room`).
     pub(crate) async fn submit_to_sequencer(&mut self, shard: usize, op: SequencerOp) -> Pending {
         if self.lanes.in_flight(shard, Lane::Read) > 0 {
             self.lanes.wait_reads_done(shard).await;
+        }
+        if op.may_add_data() {
+            self.proxy.shards[shard].memory.room().await;
         }
         let guard = self.lanes.enter(shard, Lane::Apply);
         let (tx, rx) = oneshot::channel();

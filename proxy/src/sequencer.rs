@@ -85,6 +85,17 @@ pub(crate) struct SequencerRequest {
     pub reply: ReplySender,
 }
 
+impl SequencerOp {
+    /// A write or transaction with a command Redis refuses at its memory limit.
+    pub(crate) fn may_add_data(&self) -> bool {
+        match self {
+            SequencerOp::Write { command: Some(command), .. } => command.may_add_data(),
+            SequencerOp::Transaction(t) => t.commands.iter().any(|q| q.command.may_add_data()),
+            _ => false,
+        }
+    }
+}
+
 impl SequencerRequest {
     /// The bytes this request adds to a journal entry, before normalization (0: nothing).
     fn journaled_len(&self) -> usize {

@@ -102,6 +102,14 @@ impl CommandInfo {
         CommandKind { fast: self.flags.fast, blocking: self.flags.blocking, skip_slowlog: self.flags.skip_slowlog }
     }
 
+    /// Whether Redis refuses the command at its memory limit: its `denyoom` flag, or a script
+    /// or function call (those that reach the journal are the ones that may write). Redis refuses
+    /// a script without a shebang only at its first write (`-OOM … script: …`); memlog cannot
+    /// know in advance whether it writes and treats it as one that does.
+    pub(crate) fn may_add_data(&self) -> bool {
+        self.flags.denyoom || matches!(self.name.as_str(), "eval" | "evalsha" | "fcall")
+    }
+
     pub(crate) fn arity_ok(&self, argc: usize) -> bool {
         let argc = argc as i64;
         if self.arity >= 0 {

@@ -155,14 +155,10 @@ impl<S: JournalStream> Journaler<S> {
     /// Redis's answer to a command that may add data while the shard is over `maxmemory` with
     /// nothing to evict (docs/parameters.md, "Eviction"), decided before anything is journaled.
     fn out_of_memory(&self, op: &SequencerOp) -> Option<&'static str> {
-        if !self.memory.refuses_growth() {
+        if !op.may_add_data() || !self.memory.refuses_growth() {
             return None;
         }
-        match op {
-            SequencerOp::Write { command: Some(command), .. } if may_add_data(command) => Some(OOM),
-            SequencerOp::Transaction(t) if t.commands.iter().any(|q| may_add_data(&q.command)) => Some(EXECABORT_OOM),
-            _ => None,
-        }
+        Some(if matches!(op, SequencerOp::Transaction(_)) { EXECABORT_OOM } else { OOM })
     }
 
     /// Locates the keys a write touches, if anyone watches or blocks on this shard.
@@ -707,14 +703,6 @@ impl<S: JournalStream> Journaler<S> {
 /// Redis 7.0's EXEC of a transaction with such a command once memory ran out after it was queued.
 const EXECABORT_OOM: &str =
     "EXECABORT Transaction discarded because of: OOM command not allowed when used memory > 'maxmemory'.";
-
-/// Whether Redis refuses `command` at its memory limit: its `denyoom` flag, or a script or
-/// function that may write (only those reach the journaler as writes). Redis refuses a script
-/// without a shebang only at its first write (`-OOM … script: …`); memlog cannot know in
-/// advance whether it writes and refuses it at the start.
-fn may_add_data(command: &CommandInfo) -> bool {
-    command.flags.denyoom || matches!(command.name.as_str(), "eval" | "evalsha" | "fcall")
-}
 
 /// Commands of one protocol gathered into one journal entry.
 #[derive(Default)]

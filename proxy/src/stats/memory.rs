@@ -12,6 +12,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+use std::time::Duration;
+
 use tokio::sync::Notify;
 
 use crate::params::Eviction;
@@ -32,7 +34,17 @@ pub(crate) struct ShardMemory {
     evicted: AtomicU64,
     /// Wakes the evictor when the limit changes, so a new limit is read against at once.
     pub(crate) limit_changed: Notify,
+    /// Wakes the writers waiting in [`ShardMemory::room`] after each reading and eviction.
+    room_made: Notify,
 }
+
+/// How far past the limit writes may go before they wait for the evictor: a sixteenth of the
+/// limit, at least [`MIN_HEADROOM`].
+const HEADROOM_SHARE: u64 = 16;
+const MIN_HEADROOM: u64 = 1024 * 1024;
+/// Longest a write waits for room: an evictor that cannot keep up (its primary unreachable)
+/// must not stop the shard's writes.
+const MOST_ROOM_WAIT: Duration = Duration::from_secs(1);
 
 impl ShardMemory {
     pub(crate) fn set_limit(&self, limit: u64, eviction: Eviction) {
@@ -51,6 +63,7 @@ impl ShardMemory {
     pub(crate) fn record_reading(&self, used: u64) {
         self.used.store(used, Relaxed);
         self.written.store(0, Relaxed);
+        self.room_made.notify_waiters();
     }
 
     /// An entry of `bytes` was journaled.
@@ -62,6 +75,7 @@ impl ShardMemory {
     pub(crate) fn evicted(&self, keys: u64, bytes: u64) {
         self.evicted.fetch_add(keys, Relaxed);
         let _ = self.used.fetch_update(Relaxed, Relaxed, |used| Some(used.saturating_sub(bytes)));
+        self.room_made.notify_waiters();
     }
 
     pub(crate) fn set_exhausted(&self, exhausted: bool) {
@@ -83,6 +97,28 @@ impl ShardMemory {
     /// `performEvictions` fails).
     pub(crate) fn refuses_growth(&self) -> bool {
         self.over_limit() && (!self.evicts.load(Relaxed) || self.exhausted.load(Relaxed))
+    }
+
+    /// Under an evicting policy the evictor works beside the writes; once they outrun it by
+    /// the headroom, a write that may add data waits here (at most [`MOST_ROOM_WAIT`]) until the
+    /// evictor catches up, so a burst cannot take the primary far past its limit.
+    pub(crate) async fn room(&self) {
+        let deadline = tokio::time::Instant::now() + MOST_ROOM_WAIT;
+        while self.far_over() {
+            let made = self.room_made.notified();
+            tokio::pin!(made);
+            made.as_mut().enable();
+            if !self.far_over() || tokio::time::timeout_at(deadline, made).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn far_over(&self) -> bool {
+        let limit = self.limit();
+        let headroom = (limit / HEADROOM_SHARE).max(MIN_HEADROOM);
+        let evicting = self.evicts.load(Relaxed) && !self.exhausted.load(Relaxed);
+        limit > 0 && evicting && self.estimate() > limit.saturating_add(headroom)
     }
 
     pub(crate) fn evicted_keys(&self) -> u64 {
@@ -118,5 +154,32 @@ mod tests {
         memory.evicted(3, 2000);
         assert_eq!((memory.estimate(), memory.evicted_keys()), (51, 3));
         assert!(!memory.refuses_growth());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_far_past_the_limit_wait_for_the_evictor_but_not_for_ever() {
+        let memory = std::sync::Arc::new(ShardMemory::default());
+        memory.set_limit(16 * MIN_HEADROOM, Eviction::Evict { volatile_only: false, rank: Rank::Lru });
+        memory.record_reading(17 * MIN_HEADROOM);
+        let started = tokio::time::Instant::now();
+        memory.room().await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "within the headroom: no wait");
+        memory.add_written(1);
+        let waiting = tokio::spawn({
+            let memory = memory.clone();
+            async move { memory.room().await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "past the headroom: the write waits");
+        memory.evicted(10, MIN_HEADROOM);
+        waiting.await.unwrap();
+        memory.record_reading(100 * MIN_HEADROOM);
+        let started = tokio::time::Instant::now();
+        memory.room().await;
+        assert_eq!(started.elapsed(), MOST_ROOM_WAIT, "an evictor that cannot keep up holds writes at most this long");
+        memory.set_exhausted(true);
+        let started = tokio::time::Instant::now();
+        memory.room().await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "nothing to evict: refused at once, not held");
     }
 }
