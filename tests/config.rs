@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::cluster::{redis_conn, ClusterOptions, DurableCluster, CLIENT_TIMEOUT};
+use common::cluster::{redis_conn, ClusterOptions, DurableCluster, Snapshot, CLIENT_TIMEOUT};
 use common::pair::{cmd, connect, Pair};
 use common::resp::{Conn, Value};
 
@@ -343,10 +343,12 @@ fn used_memory(conn: &mut Conn) -> u64 {
 /// refuses what it queues and `EXEC` aborts, `volatile-lru` with no key that has an expiry
 /// refuses too, and once `DEL`s free memory writes are taken again (every refused write is a
 /// 100 kB one: on the stock server the request's own buffer is what keeps it over). Nothing refused is
-/// journaled, and the node itself never runs out (it has no limit: memlog refuses first).
+/// journaled, and the node itself never runs out (it has no limit: memlog refuses first). Then
+/// the primary is killed with `kill -9` and restarted empty: the rebuild from the journal holds
+/// exactly what it held (`DEBUG DIGEST`), none of the refused writes.
 #[test]
 fn over_maxmemory_writes_are_refused_as_stock_redis_refuses_them() {
-    let pair = Pair::start();
+    let mut pair = Pair::start();
     let node = pair.memlog.redis_addr(0);
     let value = "v".repeat(100_000);
     let scenario = |addr: SocketAddr, node: SocketAddr, lsn: &dyn Fn() -> String| -> Vec<Value> {
@@ -403,4 +405,20 @@ fn over_maxmemory_writes_are_refused_as_stock_redis_refuses_them() {
     }
     assert_eq!(got.len(), expected.len());
     assert_eq!(config_get(&mut redis_conn(node).unwrap(), &["maxmemory"]), [("maxmemory".into(), "0".into())]);
+
+    let before = Snapshot::take(node);
+    pair.memlog.kill_redis(0);
+    pair.memlog.restart_redis(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while Conn::connect(pair.memlog.proxy_addr(), CLIENT_TIMEOUT).and_then(|mut c| c.cmd(&["GET", "after"])).ok()
+        != Some(Value::Bulk(Some(b"1".to_vec())))
+    {
+        assert!(std::time::Instant::now() < deadline, "the shard was not rebuilt\n{}", pair.memlog.proxy_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let diff = Snapshot::take(node).data_diff(&before);
+    assert_eq!(diff, Vec::<String>::new(), "the primary rebuilt after kill -9 holds other data");
+    for key in ["another", "in-multi", "volatile"] {
+        assert_eq!(cmd(&mut pair.memlog.client(), &["EXISTS", key]), Value::Int(0), "{key}: a refused write came back");
+    }
 }

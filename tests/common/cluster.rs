@@ -377,6 +377,15 @@ impl Snapshot {
         Snapshot { digest, keys }
     }
 
+    /// The data keys that differ from `expected`, the node's journal position (`__memlog:lsn`)
+    /// aside: a rebuild journals a no-op barrier (and a new epoch may skip LSNs), so a rebuilt
+    /// node can hold the same data at a later position.
+    pub fn data_diff(&self, expected: &Snapshot) -> Vec<String> {
+        let mut diff = self.diff(expected);
+        diff.retain(|line| !line.starts_with("__memlog:lsn"));
+        diff
+    }
+
     /// The keys that differ from `expected`: missing, extra, or with another value or expiry.
     pub fn diff(&self, expected: &Snapshot) -> Vec<String> {
         let show = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
