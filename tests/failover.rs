@@ -932,3 +932,69 @@ fn evictions_are_journaled_and_a_rebuild_holds_exactly_what_the_primary_held() {
     assert_eq!(node_param(rebuilt, "maxmemory"), "0", "memlog enforces the limit, not the node");
     assert_eq!(info_field(rebuilt, "stats", "evicted_keys"), 0, "the rebuilt node evicted on its own");
 }
+
+/// A script that writes and then never returns (issue 11): the primary is busy for ever and
+/// every replay of its entry would hang again. The operator finds the entry the shard is stuck
+/// on (`MEMLOG ABORT` names it) and aborts it: the primary is stopped, the replica takes over
+/// without the entry, the script's client is not told it succeeded, nothing of the script stays,
+/// every acknowledged write is there and writes go on. Then both nodes are killed and the shard
+/// is rebuilt from the journal: the replay skips the entry instead of hanging, and holds exactly
+/// the data of before.
+#[test]
+fn a_script_that_never_returns_is_aborted_and_the_shard_rebuilt_without_it() {
+    let _one = one_at_a_time();
+    let mut cluster = FailoverCluster::start();
+    let tag = tag_in_shard(0);
+    let key = |name: &str| format!("{{{tag}}}{name}");
+    let mut client = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    for i in 0..50 {
+        assert_eq!(client.cmd(&["SET", &key(&format!("before{i}")), "v"]).unwrap(), Value::Simple("OK".into()));
+    }
+    let primary = cluster.primary(0);
+    let (proxy, looping_key) = (cluster.proxy_addr, key("loop"));
+    let script = std::thread::spawn(move || {
+        let mut conn = Conn::connect(proxy, Duration::from_secs(120)).unwrap();
+        conn.cmd(&["EVAL", "redis.call('SET', KEYS[1], 'partial') while true do end", "1", &looping_key])
+    });
+    // The applier gives up on the entry after a backend timeout (5 s) and says which it is.
+    let mut stuck_on = None;
+    cluster.wait_until("the shard is stuck on the script's entry", || {
+        let reply = client.cmd(&["MEMLOG", "ABORT", "0", "0"]).unwrap().text();
+        stuck_on = reply
+            .strip_prefix("ERR memlog: shard 0 is stuck on entry ")
+            .and_then(|r| r.split(',').next()?.parse::<u64>().ok());
+        stuck_on.is_some()
+    });
+    let lsn = stuck_on.unwrap().to_string();
+    let aborted = client.cmd(&["MEMLOG", "ABORT", "0", &lsn]).unwrap();
+    assert!(
+        aborted.text().contains(&format!("entry {lsn} of shard 0 aborted")),
+        "{aborted:?}\n{}",
+        cluster.proxy_log()
+    );
+    let heard = script.join().unwrap().unwrap();
+    assert!(heard.is_error(), "the aborted script's client heard {heard:?}");
+    let promoted = cluster.wait_for_new_primary(0, primary);
+    assert_eq!(client.cmd(&["GET", &key("loop")]).unwrap(), Value::Bulk(None), "the script's write stayed");
+    assert_eq!(client.cmd(&["SET", &key("after"), "v"]).unwrap(), Value::Simple("OK".into()));
+    for i in 0..50 {
+        let value = client.cmd(&["GET", &key(&format!("before{i}"))]).unwrap();
+        assert_eq!(value, Value::Bulk(Some(b"v".to_vec())), "before{i}");
+    }
+    let before = Snapshot::take(promoted);
+
+    // The stopped node back empty, then both nodes lost: the shard is rebuilt from the journal.
+    cluster.kill_node(primary);
+    cluster.restart_node(primary);
+    cluster.kill_node(promoted);
+    cluster.kill_node(primary);
+    cluster.restart_node(primary);
+    cluster.restart_node(promoted);
+    cluster.wait_until("shard 0 is rebuilt from the journal", || {
+        Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT)
+            .and_then(|mut c| c.cmd(&["GET", &key("after")]))
+            .is_ok_and(|v| v == Value::Bulk(Some(b"v".to_vec())))
+    });
+    let diff = Snapshot::take(cluster.primary(0)).data_diff(&before);
+    assert_eq!(diff, Vec::<String>::new(), "the rebuilt shard holds other data");
+}

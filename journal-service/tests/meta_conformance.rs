@@ -22,6 +22,7 @@ macro_rules! for_each_check {
         $run!(concurrent_topology_puts_have_one_winner);
         $run!(users_crud);
         $run!(parameter_group);
+        $run!(aborted_entries);
         $run!(snapshot_catalog);
         $run!(event_log);
         $run!(state_survives_reopen);
@@ -143,6 +144,18 @@ async fn parameter_group(url: String) {
     let replaced = std::collections::BTreeMap::from([("hz".to_string(), "20".to_string())]);
     store.put_parameters(&replaced).await.unwrap();
     assert_eq!(store.get_parameters().await.unwrap(), replaced);
+}
+
+async fn aborted_entries(url: String) {
+    let store = open(&url).await;
+    assert!(store.aborted_entries(0).await.unwrap().is_empty());
+    store.abort_entry(0, 17).await.unwrap();
+    store.abort_entry(0, 17).await.unwrap();
+    store.abort_entry(0, 5).await.unwrap();
+    store.abort_entry(2, 9).await.unwrap();
+    assert_eq!(open(&url).await.aborted_entries(0).await.unwrap(), [5, 17].into());
+    assert_eq!(store.aborted_entries(2).await.unwrap(), [9].into());
+    assert!(store.aborted_entries(1).await.unwrap().is_empty());
 }
 
 async fn users_crud(url: String) {
@@ -324,7 +337,7 @@ async fn postgres_schema_is_versioned_and_migrates_once() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, [1, 2], "each migration is recorded exactly once");
+    assert_eq!(versions, [1, 2, 3], "each migration is recorded exactly once");
 }
 
 #[tokio::test]

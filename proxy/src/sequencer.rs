@@ -19,6 +19,7 @@
 //!
 //! Without a journal the proxy only routes: batches go to the apply connection in order.
 
+mod abort;
 mod applier;
 mod blocked;
 #[cfg(test)]
@@ -44,6 +45,7 @@ use crate::resp::{encode_command, error_reply, Proto, Request, RequestParser};
 use crate::snapshot::ShardSnapshots;
 use crate::stats::ShardMemory;
 use crate::table::CommandInfo;
+use abort::{AbortRequest, Aborts};
 use applier::Applier;
 use blocked::BlockedRegistry;
 pub(crate) use blocked::{unblock, Blocked, BlockedClients};
@@ -174,7 +176,10 @@ pub(crate) struct JournalSetup {
 /// Handle to a shard's sequencer.
 #[derive(Clone)]
 pub(crate) struct Sequencer {
+    shard: usize,
     queue: mpsc::Sender<SequencerRequest>,
+    health: Arc<ApplyHealth>,
+    aborts: mpsc::UnboundedSender<AbortRequest>,
     /// The node the shard's connections follow (named in errors; it moves on failover).
     primary: Arc<crate::backend::NodeTarget>,
     /// This shard's blocked clients, for `CLIENT UNBLOCK`.
@@ -196,8 +201,14 @@ impl Sequencer {
         let apply = ApplyConns::new(primary.clone(), opts);
         let health = Arc::new(ApplyHealth::default());
         let reply_wait = journal.as_ref().map_or(Duration::ZERO, |setup| setup.write_wait);
+        let meta = journal.as_ref().map(|setup| setup.meta.clone());
+        let aborted = match &meta {
+            Some(meta) => aborted_entries(meta, shard).await,
+            None => Default::default(),
+        };
+        let (aborts, abort_requests) = Aborts::new(meta, aborted);
         let mut applier =
-            Applier { shard, apply, reader: None, snapshots, applied: 0, health: health.clone(), reply_wait };
+            Applier { shard, apply, reader: None, snapshots, applied: 0, health: health.clone(), reply_wait, aborts };
         let journal = match journal {
             None => None,
             Some(setup) => {
@@ -229,7 +240,7 @@ impl Sequencer {
             to_applier,
             failed,
             appends: Arc::new(Semaphore::new(APPENDS_IN_FLIGHT)),
-            health,
+            health: health.clone(),
             watches: WatchRegistry::default(),
             parked: BlockedRegistry::default(),
             blocked: blocked.clone(),
@@ -238,7 +249,17 @@ impl Sequencer {
             memory,
         };
         tokio::spawn(journaler.run(rx));
-        Ok(Sequencer { queue, primary, blocked })
+        Ok(Sequencer { shard, queue, health, aborts: abort_requests, primary, blocked })
+    }
+
+    /// `MEMLOG ABORT`: aborts entry `lsn`, which the applier must be stuck on (`abort.rs`);
+    /// `others` are the shard's nodes besides its primary.
+    pub(crate) async fn abort_stuck_entry(&self, lsn: u64, others: Vec<String>) -> Result<String, String> {
+        let stuck_on = match self.health.stuck_on.load(Ordering::Acquire) {
+            0 => None,
+            stuck => Some(stuck),
+        };
+        abort::request(self.shard, stuck_on, &self.aborts, lsn, others).await
     }
 
     /// Queues `write` once the shard's queue has room (see `QUEUE_CAPACITY`).
@@ -296,6 +317,22 @@ impl ApplyConns {
     }
 }
 
+/// The shard's aborted entries, retrying until the metadata store answers: replaying one of
+/// them would hang (or diverge) like the first time.
+async fn aborted_entries(meta: &MetaStore, shard: usize) -> std::collections::BTreeSet<u64> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match meta.aborted_entries(shard as u32).await {
+            Ok(entries) => return entries,
+            Err(e) => {
+                tracing::warn!(shard, "reading the aborted entries failed, retrying: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// Claims the shard's next epoch and recovers its stream, retrying until the journal and the
 /// metadata store answer: a shard is not served before its journal is recovered.
 async fn recover_until_done(stream: &QuorumStream) -> QuorumWriter {
@@ -344,6 +381,8 @@ type AppendFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u6
 struct ApplyHealth {
     failing: AtomicBool,
     recovered: Notify,
+    /// The entry the applier keeps failing to apply (0: none), for `MEMLOG ABORT`.
+    stuck_on: std::sync::atomic::AtomicU64,
 }
 
 impl ApplyHealth {

@@ -6,7 +6,7 @@
 //! compare-and-set sees the latest committed document, and a crash leaves either the old or the
 //! new document, never a torn one. The blocking file work runs on tokio's blocking pool.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{ErrorKind, Write};
 use std::os::fd::AsRawFd;
@@ -30,6 +30,9 @@ struct Document {
     parameters: BTreeMap<String, String>,
     #[serde(default)]
     snapshots: Vec<SnapshotRecord>,
+    /// Per shard, the committed entries no replay applies (`MetaStore::abort_entry`).
+    #[serde(default)]
+    aborted: BTreeMap<u32, BTreeSet<u64>>,
     #[serde(default)]
     events: Vec<EventRecord>,
     /// The id the next event gets minus one; kept apart from `events` so ids are never reused.
@@ -198,6 +201,21 @@ impl FileStore {
             Ok(if doc.snapshots.len() < before { Outcome::Changed(true) } else { Outcome::Unchanged(false) })
         })
         .await
+    }
+
+    pub async fn abort_entry(&self, shard: u32, lsn: u64) -> Result<(), MetaError> {
+        self.transact(move |doc| {
+            Ok(if doc.aborted.entry(shard).or_default().insert(lsn) {
+                Outcome::Changed(())
+            } else {
+                Outcome::Unchanged(())
+            })
+        })
+        .await
+    }
+
+    pub async fn aborted_entries(&self, shard: u32) -> Result<BTreeSet<u64>, MetaError> {
+        self.transact(move |doc| Ok(Outcome::Unchanged(doc.aborted.get(&shard).cloned().unwrap_or_default()))).await
     }
 
     pub async fn append_event(&self, kind: &str, body: &serde_json::Value) -> Result<u64, MetaError> {

@@ -231,6 +231,18 @@ impl MetaStore {
         dispatch!(self.remove_snapshot(shard, lsn))
     }
 
+    /// Records that the committed entry `lsn` of `shard` is not applied by any replay (an
+    /// operator's `MEMLOG ABORT` of an entry Redis never finished, e.g. a script that never
+    /// returns). Recording the same entry again changes nothing.
+    pub async fn abort_entry(&self, shard: u32, lsn: u64) -> Result<(), MetaError> {
+        dispatch!(self.abort_entry(shard, lsn))
+    }
+
+    /// The aborted entries of `shard`.
+    pub async fn aborted_entries(&self, shard: u32) -> Result<std::collections::BTreeSet<u64>, MetaError> {
+        dispatch!(self.aborted_entries(shard))
+    }
+
     /// Appends an event; returns its id.
     pub async fn append_event(&self, kind: &str, body: &serde_json::Value) -> Result<u64, MetaError> {
         dispatch!(self.append_event(kind, body))

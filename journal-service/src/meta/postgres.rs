@@ -11,7 +11,7 @@
 //! connection is replaced, and while Postgres is unreachable a call fails after
 //! [`CONNECT_TIMEOUT`] instead of holding anything else up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -61,6 +61,12 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE memlog_parameters (
          id INT PRIMARY KEY CHECK (id = 1),
          doc JSONB NOT NULL
+     );",
+    // 3: committed entries no replay applies (`MEMLOG ABORT`).
+    "CREATE TABLE memlog_aborted_entries (
+         shard BIGINT NOT NULL,
+         lsn BIGINT NOT NULL,
+         PRIMARY KEY (shard, lsn)
      );",
 ];
 
@@ -266,6 +272,28 @@ impl PostgresStore {
         let (shard, lsn) = (i64::from(shard), to_i64(lsn)?);
         self.with_client(async |c| {
             Ok(c.execute("DELETE FROM memlog_snapshots WHERE shard = $1 AND lsn = $2", &[&shard, &lsn]).await? > 0)
+        })
+        .await
+    }
+
+    pub async fn abort_entry(&self, shard: u32, lsn: u64) -> Result<(), MetaError> {
+        let (shard, lsn) = (i64::from(shard), to_i64(lsn)?);
+        self.with_client(async |c| {
+            c.execute(
+                "INSERT INTO memlog_aborted_entries (shard, lsn) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&shard, &lsn],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn aborted_entries(&self, shard: u32) -> Result<BTreeSet<u64>, MetaError> {
+        let shard = i64::from(shard);
+        self.with_client(async |c| {
+            let rows = c.query("SELECT lsn FROM memlog_aborted_entries WHERE shard = $1", &[&shard]).await?;
+            rows.iter().map(|row| to_u64(row.get(0))).collect()
         })
         .await
     }

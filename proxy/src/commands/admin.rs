@@ -4,7 +4,9 @@
 //!   as a JSON bulk string (read by `memlog status` and `memlog failover`);
 //! - `MEMLOG FAILOVER <shard> [TO <host:port>]`: a graceful, zero-loss switchover; `+OK` once done;
 //! - `MEMLOG SNAPSHOT <shard>`: a snapshot now (before maintenance, say), the journal truncated
-//!   below the oldest kept; answers the LSN the snapshot holds at least.
+//!   below the oldest kept; answers the LSN the snapshot holds at least;
+//! - `MEMLOG ABORT <shard> <lsn>`: aborts the committed entry the shard's applier is stuck on
+//!   (a script that never returns), stopping its primary (`sequencer/abort.rs`).
 
 use tokio::sync::oneshot;
 
@@ -15,8 +17,8 @@ use crate::resp::{error_reply, reply, Request};
 use crate::shard::Shard;
 use crate::status::topology_json;
 
-const USAGE: &str =
-    "ERR memlog: usage: MEMLOG TOPOLOGY | MEMLOG FAILOVER <shard> [TO <host:port>] | MEMLOG SNAPSHOT <shard>";
+const USAGE: &str = "ERR memlog: usage: MEMLOG TOPOLOGY | MEMLOG FAILOVER <shard> [TO <host:port>] | \
+                     MEMLOG SNAPSHOT <shard> | MEMLOG ABORT <shard> <lsn>";
 
 pub(crate) async fn run(d: &mut ClientCtx, request: &Request) -> Pending {
     let args = &request.args;
@@ -31,6 +33,7 @@ pub(crate) async fn run(d: &mut ClientCtx, request: &Request) -> Pending {
         }
         ("failover", 3 | 5) => failover(d, request),
         ("snapshot", 3) => snapshot(d, request),
+        ("abort", 4) => abort(d, request),
         _ => Pending::error(USAGE),
     }
 }
@@ -60,6 +63,26 @@ fn snapshot(d: &ClientCtx, request: &Request) -> Pending {
                 w.int(record.lsn as i64);
             }),
             Err(e) => error_reply(&format!("ERR memlog: snapshot failed: {e}")),
+        }
+    }))
+}
+
+/// `MEMLOG ABORT <shard> <lsn>`
+fn abort(d: &ClientCtx, request: &Request) -> Pending {
+    let shard = match named_shard(d, request) {
+        Ok(shard) => shard,
+        Err(error) => return error,
+    };
+    let Some(lsn) = std::str::from_utf8(&request.args[3]).ok().and_then(|s| s.parse::<u64>().ok()) else {
+        return Pending::error("ERR memlog: the entry to abort is a journal LSN (a positive integer)");
+    };
+    let (sequencer, others, proto) = (shard.sequencer.clone(), shard.current_replicas(), d.proto());
+    Pending::Deferred(Box::pin(async move {
+        match sequencer.abort_stuck_entry(lsn, others).await {
+            Ok(done) => reply(proto, |w| {
+                w.bulk(done.as_bytes());
+            }),
+            Err(e) => error_reply(&e),
         }
     }))
 }

@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use journal_service::quorum::{ReadError, Reader, WriteError};
 use tokio::sync::{mpsc, oneshot};
 
+use super::abort::Aborts;
 use super::seams::{CommittedJournal, Primary};
 use super::*;
 
@@ -27,6 +28,8 @@ pub(super) struct Applier<P = ApplyConns, J = Reader> {
     /// How long clients wait for a committed batch Redis cannot apply before they are told it
     /// is committed and will be applied later.
     pub(super) reply_wait: Duration,
+    /// Entries no replay applies, and the operator's requests to add one (`abort.rs`).
+    pub(super) aborts: Aborts,
 }
 
 impl<P: Primary, J: CommittedJournal> Applier<P, J> {
@@ -101,11 +104,14 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
         let started = tokio::time::Instant::now();
         let mut items = items;
         loop {
+            if self.aborts.entries.contains(&lsn) {
+                return self.skip_aborted(lsn, items).await;
+            }
             let result = self.apply.call_batch(proto, request.clone(), count).await;
             let exec = result.as_ref().ok().and_then(|replies| replies.last()).and_then(crate::resp::array_items);
             if let Some(replies) = exec.filter(|replies| replies.len() == items.len() + 1) {
                 self.applied = lsn;
-                self.health.set_failing(false);
+                self.recovered();
                 for (item, reply) in items.into_iter().zip(replies) {
                     if !item.silent {
                         let _ = item.reply.send(Ok(item.reply_override.unwrap_or(reply)));
@@ -118,6 +124,11 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             // to the entry before it, and apply it again, so its clients get their real replies
             // after a pause rather than errors.
             self.health.set_failing(true);
+            self.health.stuck_on.store(lsn, Ordering::Release);
+            self.serve_abort_requests(lsn).await;
+            if self.aborts.entries.contains(&lsn) {
+                continue;
+            }
             let reason = match &result {
                 Err(e) => e.to_string(),
                 Ok(replies) => {
@@ -126,7 +137,13 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             };
             // A new connection (e.g. to a new primary) is not a failure: check and catch up at once.
             if !matches!(result, Err(BackendError::Unverified { .. })) {
-                tracing::warn!(shard = self.shard, lsn, "applying a committed batch failed ({reason}); retrying");
+                tracing::warn!(
+                    shard = self.shard,
+                    lsn,
+                    "applying a committed batch failed ({reason}); retrying (if a script on the primary never \
+                     returns: MEMLOG ABORT {} {lsn})",
+                    self.shard
+                );
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
@@ -144,7 +161,7 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                 Ok(held) if held >= lsn => {
                     // Applied, but its replies were lost with the connection.
                     self.catch_up(lsn).await;
-                    self.health.set_failing(false);
+                    self.recovered();
                     let reply = error_reply(&format!(
                         "ERR memlog: the write is committed in the journal and was applied, but Redis's reply was lost ({reason}); its result is unknown"
                     ));
@@ -165,6 +182,78 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                 }
             }
         }
+    }
+
+    /// The batch is applying again (or was settled): new writes go on, and an abort asked for
+    /// meanwhile finds nothing stuck.
+    fn recovered(&mut self) {
+        self.health.set_failing(false);
+        self.health.stuck_on.store(0, Ordering::Release);
+        while let Ok(request) = self.aborts.requests.try_recv() {
+            let _ = request.done.send(Err(format!("entry {} is not stuck any more: nothing aborted", request.lsn)));
+        }
+    }
+
+    /// An aborted entry (`abort.rs`): its clients are told, and the primary only moves past it.
+    async fn skip_aborted(&mut self, lsn: u64, items: Vec<Item>) {
+        let reply = error_reply(&format!(
+            "ERR memlog: this write was aborted by an operator (MEMLOG ABORT {} {lsn}, entry {lsn} held a script that \
+             did not return); it was not applied",
+            self.shard
+        ));
+        for item in items.into_iter().filter(|item| !item.silent) {
+            let _ = item.reply.send(Ok(reply.clone()));
+        }
+        self.catch_up(lsn).await;
+        self.recovered();
+    }
+
+    /// Serves the operator's abort requests while stuck on `lsn`.
+    async fn serve_abort_requests(&mut self, lsn: u64) {
+        while let Ok(request) = self.aborts.requests.try_recv() {
+            let outcome = if request.lsn == lsn {
+                self.abort(lsn, &request.others).await
+            } else {
+                Err(format!("shard {} is stuck on entry {lsn}, not {}: nothing aborted", self.shard, request.lsn))
+            };
+            match &outcome {
+                Ok(done) => tracing::warn!(shard = self.shard, lsn, "{done}"),
+                Err(e) => tracing::warn!(shard = self.shard, lsn, "MEMLOG ABORT refused: {e}"),
+            }
+            let _ = request.done.send(outcome);
+        }
+    }
+
+    /// Stops the primary, checks that no other node finished the entry, and records the abort
+    /// (`abort.rs`).
+    async fn abort(&mut self, lsn: u64, others: &[String]) -> Result<String, String> {
+        let meta = self.aborts.meta.clone().ok_or("no metadata store to record the abort in")?;
+        self.apply.shut_down().await.map_err(|e| format!("the primary could not be stopped: {e}"))?;
+        for node in others {
+            match self.apply.lsn_of(node).await {
+                Ok(held) if held >= lsn => {
+                    return Err(format!(
+                        "entry {lsn} completed after all (node {node} holds lsn {held}); the primary was stopped \
+                         and is replaced, nothing aborted"
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "node {node} does not say which entries it holds ({e}), so whether entry {lsn} completed \
+                         there is unknown; the primary was stopped, nothing aborted (try again once it answers)"
+                    ))
+                }
+            }
+        }
+        meta.abort_entry(self.shard as u32, lsn)
+            .await
+            .map_err(|e| format!("the metadata store did not record the abort: {e}"))?;
+        self.aborts.entries.insert(lsn);
+        Ok(format!(
+            "entry {lsn} of shard {} aborted: its primary was stopped and is replaced or rebuilt without it",
+            self.shard
+        ))
     }
 
     /// Reads riding behind writes (nothing to journal), in order on the apply connection — as a
@@ -259,7 +348,9 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             let mut count = 0;
             let mut last = from;
             for entry in &entries {
-                let commands = split_commands(&entry.payload)?;
+                // An aborted entry only moves the node's position past it.
+                let commands =
+                    if self.aborts.entries.contains(&entry.lsn) { Vec::new() } else { split_commands(&entry.payload)? };
                 pipeline.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
                 for command in &commands {
                     pipeline.extend_from_slice(command);

@@ -161,6 +161,14 @@ impl Primary for FakePrimary {
     fn addr(&self) -> String {
         "fake:6379".into()
     }
+
+    async fn shut_down(&mut self) -> Result<(), String> {
+        Err("the fake primary is never shut down".into())
+    }
+
+    async fn lsn_of(&self, node: &str) -> Result<u64, String> {
+        Err(format!("the fake shard has no node {node}"))
+    }
 }
 
 /// The committed entries of a stream, shared by its fake writer and its readers.

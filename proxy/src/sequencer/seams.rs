@@ -10,7 +10,7 @@ use bytes::Bytes;
 use journal_service::quorum::{self, CommittedEntry, QuorumWriter, ReadError, Reader, WriteError};
 
 use super::{AppendFuture, ApplyConns, JournalSetup};
-use crate::backend::{BatchResult, ReplyResult, ReplySender};
+use crate::backend::{BackendConn, BatchResult, ReplyResult, ReplySender};
 use crate::keys::LSN_KEY;
 use crate::resp::Proto;
 
@@ -29,6 +29,13 @@ pub(super) trait Primary: Send + 'static {
 
     /// The node's address, to load a snapshot onto it.
     fn addr(&self) -> String;
+
+    /// Stops the node at once, discarding what it holds (`SHUTDOWN NOSAVE NOW`): the one way
+    /// to interrupt a script that wrote and never returns (`abort.rs`). Returns once it is gone.
+    fn shut_down(&mut self) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// The journal prefix another node of the shard holds (`GET __memlog:lsn` there).
+    fn lsn_of(&self, node: &str) -> impl Future<Output = Result<u64, String>> + Send;
 }
 
 /// The committed part of the shard's journal stream.
@@ -53,7 +60,33 @@ impl Primary for ApplyConns {
     fn addr(&self) -> String {
         self.primary.addr().to_string()
     }
+
+    async fn shut_down(&mut self) -> Result<(), String> {
+        let addr = self.addr();
+        let conn = BackendConn::spawn(&addr, Proto::Resp2, self.opts.clone());
+        // Redis closes the connection without a reply once it stops; a reply is a refusal.
+        if let Ok(reply) = conn.call(&["SHUTDOWN", "NOSAVE", "NOW"]).await {
+            return Err(String::from_utf8_lossy(&reply).trim().to_string());
+        }
+        let gone_by = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        while BackendConn::spawn(&addr, Proto::Resp2, self.opts.clone()).call(&["PING"]).await.is_ok() {
+            if tokio::time::Instant::now() > gone_by {
+                return Err(format!("{addr} still answers {SHUTDOWN_WAIT:?} after SHUTDOWN"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    async fn lsn_of(&self, node: &str) -> Result<u64, String> {
+        let conn = BackendConn::spawn(node, Proto::Resp2, self.opts.clone());
+        let reply = conn.call(&[&b"GET"[..], LSN_KEY]).await.map_err(|e| e.to_string())?;
+        crate::keys::parse_lsn(&reply).ok_or_else(|| String::from_utf8_lossy(&reply).trim().to_string())
+    }
 }
+
+/// How long a stopped primary may take to close its port.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl CommittedJournal for Reader {
     async fn read(&self, from: u64, to: u64) -> Result<Vec<CommittedEntry>, ReadError> {

@@ -25,6 +25,11 @@ const REPLY_WAIT: Duration = Duration::from_secs(2);
 
 impl Rig {
     fn start(journaled: u64, held: u64) -> Rig {
+        Rig::start_with_aborted(journaled, held, &[])
+    }
+
+    /// As `start`, with the entries `aborted` recorded as aborted (`MEMLOG ABORT`).
+    fn start_with_aborted(journaled: u64, held: u64, aborted: &[u64]) -> Rig {
         let redis =
             FakeRedis { lsn: held, applied: (1..=held).map(|lsn| format!("j{lsn}")).collect(), ..FakeRedis::default() };
         let redis = Arc::new(Mutex::new(redis));
@@ -37,6 +42,7 @@ impl Rig {
             applied: held,
             health: health.clone(),
             reply_wait: REPLY_WAIT,
+            aborts: Aborts::new(None, aborted.iter().copied().collect()).0,
         };
         let (inbox, rx) = mpsc::channel(APPLIER_CAPACITY);
         let failed = Arc::new(AtomicBool::new(false));
@@ -201,4 +207,24 @@ async fn a_batch_waits_for_its_append_and_nothing_is_answered_before_commit() {
     commit.send(1).unwrap();
     assert_eq!(reply(reply_rx).await, "$1\r\na\r\n");
     assert_eq!(rig.applied(), (1, vec!["a".to_string()]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn aborted_entries_are_never_applied_and_their_clients_are_told() {
+    let rig = Rig::start_with_aborted(4, 1, &[2, 4]);
+    let (done, caught_up) = oneshot::channel();
+    rig.inbox.send(ToApplier::CatchUp { lsn: 3, done }).await.unwrap();
+    caught_up.await.unwrap();
+    assert_eq!(rig.applied(), (3, tags(1..=1, &["j3"])), "entry 2 skipped, the node's position moved past it");
+    let replies = rig.batch(Ok(4), &["a", "b"]).await;
+    for rx in replies {
+        let heard = reply(rx).await;
+        assert!(heard.starts_with("-ERR memlog: this write was aborted by an operator (MEMLOG ABORT 0 4"), "{heard}");
+    }
+    // Clients are told first; the applier's next message waits for the node to move past it.
+    let (done, caught_up) = oneshot::channel();
+    rig.inbox.send(ToApplier::CatchUp { lsn: 4, done }).await.unwrap();
+    caught_up.await.unwrap();
+    assert_eq!(rig.applied(), (4, tags(1..=1, &["j3"])), "the aborted batch was not applied");
+    assert!(!rig.health.is_failing());
 }

@@ -37,6 +37,7 @@ impl Rig {
             applied: 0,
             health: health.clone(),
             reply_wait: WRITE_WAIT,
+            aborts: Aborts::new(None, Default::default()).0,
         };
         let (to_applier, applier_rx) = mpsc::channel(APPLIER_CAPACITY);
         let failed = Arc::new(AtomicBool::new(false));
