@@ -1,5 +1,10 @@
 //! memlog's journal: the per-shard, quorum-replicated, fenced, fsync'd log that makes a write
 //! durable before Redis sees it, plus the metadata store that holds epochs and topology.
+//!
+//! No length or offset is narrowed by an `as` cast (which would wrap silently and write a frame
+//! or record that lies about its size): conversions go through `try_from`, with the bound that
+//! makes them hold named where they cannot fail (tests' fixtures aside).
+#![cfg_attr(not(test), deny(clippy::cast_possible_truncation))]
 
 pub mod cluster_ca;
 pub mod cluster_tls;

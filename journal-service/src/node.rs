@@ -370,7 +370,7 @@ impl Connection {
             }
             Request::Read { stream, from_lsn, to_lsn, max_bytes } => {
                 let storage = Arc::clone(&self.storage);
-                let max_bytes = (max_bytes as usize).min(MAX_READ_BYTES);
+                let max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX).min(MAX_READ_BYTES);
                 let read = async move {
                     tokio::task::spawn_blocking(move || storage.read(&stream, from_lsn, to_lsn, max_bytes))
                         .await

@@ -223,12 +223,12 @@ pub fn encode_response(request_id: u64, response: &Response, out: &mut BytesMut)
             status::TAIL
         }
         Response::Entries(entries) => {
-            out.put_u32_le(entries.len() as u32);
+            out.put_u32_le(len_u32(entries.len()));
             entries.iter().for_each(|e| put_entry(out, e));
             status::ENTRIES
         }
         Response::Status(node) => {
-            out.put_u32_le(node.streams.len() as u32);
+            out.put_u32_le(len_u32(node.streams.len()));
             for (name, tail) in &node.streams {
                 put_str(out, name);
                 put_tail(out, tail);
@@ -293,12 +293,19 @@ fn begin_frame(request_id: u64, out: &mut BytesMut) -> (usize, usize) {
 
 fn finish_frame(out: &mut BytesMut, start: usize, tag_at: usize, tag: u8) {
     out[tag_at] = tag;
-    let len = (out.len() - start - 4) as u32;
+    let len = len_u32(out.len() - start - 4);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
+/// A length field. Every frame is at most `MAX_FRAME_LEN` (64 MiB and a little), which the
+/// senders keep to (the quorum writer refuses larger entries, reads stop at `MAX_READ_BYTES`), so
+/// every part of one fits in a u32; one that does not is a bug here, and stops rather than wraps.
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).expect("a frame part is shorter than MAX_FRAME_LEN")
+}
+
 fn put_str(out: &mut BytesMut, s: &str) {
-    out.put_u32_le(s.len() as u32);
+    out.put_u32_le(len_u32(s.len()));
     out.put_slice(s.as_bytes());
 }
 
@@ -307,7 +314,7 @@ fn put_entry(out: &mut BytesMut, e: &Entry) {
     out.put_u64_le(e.lsn);
     out.put_u64_le(e.timestamp_ms);
     out.put_u64_le(e.commit_lsn);
-    out.put_u32_le(e.payload.len() as u32);
+    out.put_u32_le(len_u32(e.payload.len()));
     out.put_slice(&e.payload);
 }
 

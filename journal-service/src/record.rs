@@ -59,7 +59,7 @@ pub fn encoded_len(entry: &Entry) -> usize {
 pub fn encode(entry: &Entry, out: &mut Vec<u8>) {
     assert!(entry.payload.len() <= MAX_PAYLOAD_LEN, "payload over MAX_PAYLOAD_LEN");
     let start = out.len();
-    let len = (FIXED_BODY_LEN + entry.payload.len()) as u32;
+    let len = u32::try_from(FIXED_BODY_LEN + entry.payload.len()).expect("checked against MAX_PAYLOAD_LEN above");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     for v in [entry.epoch, entry.lsn, entry.timestamp_ms, entry.commit_lsn] {

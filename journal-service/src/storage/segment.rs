@@ -114,14 +114,14 @@ impl Segment {
     /// as long as their payloads fit in `budget` bytes — but always one record if `out` is empty.
     /// Returns the payload bytes read; stops early when the budget is spent.
     pub fn read(&self, from: u64, to: u64, budget: usize, out: &mut Vec<Entry>) -> Result<usize, String> {
-        let first = (from - self.first_lsn) as usize;
-        let last = (to - self.first_lsn) as usize;
+        let first = index(from - self.first_lsn);
+        let last = index(to - self.first_lsn);
         let end_of = |i: usize| self.offsets.get(i + 1).copied().unwrap_or(self.len);
         let mut count = 0;
         let mut payload_bytes = 0usize;
         while first + count <= last {
             let i = first + count;
-            let size = (end_of(i) - self.offsets[i]) as usize - record::HEADER_LEN;
+            let size = index(end_of(i) - self.offsets[i]) - record::HEADER_LEN;
             if (count > 0 || !out.is_empty()) && payload_bytes + size > budget {
                 break;
             }
@@ -132,7 +132,7 @@ impl Segment {
             return Ok(0);
         }
         let start = self.offsets[first];
-        let mut buf = vec![0u8; (end_of(first + count - 1) - start) as usize];
+        let mut buf = vec![0u8; index(end_of(first + count - 1) - start)];
         self.file
             .read_exact_at(&mut buf, start)
             .map_err(|e| format!("{}: read at {start}: {e}", self.path.display()))?;
@@ -152,6 +152,13 @@ impl Segment {
 /// The offset of the first valid record at or after `from`, if any.
 fn next_valid_record(data: &[u8], from: usize) -> Option<usize> {
     (from..data.len()).find(|&at| record::decode(&data[at..]).is_ok())
+}
+
+/// A position within a segment (a record index or a byte count) as an index into memory. A
+/// segment's records and bytes are held in memory (`offsets`) and read into one buffer, so they
+/// fit a `usize`; on the 64-bit targets memlog runs on, so does every u64.
+pub(crate) fn index(n: u64) -> usize {
+    usize::try_from(n).expect("a segment position fits in memory")
 }
 
 #[cfg(test)]

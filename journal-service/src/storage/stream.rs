@@ -83,7 +83,7 @@ impl StreamState {
             let before = out.len();
             let used = seg.read(start, end, budget, &mut out).map_err(NodeError::Storage)?;
             budget = budget.saturating_sub(used);
-            if out.len() - before < (end - start + 1) as usize {
+            if out.len() - before < segment::index(end - start + 1) {
                 break;
             }
         }
@@ -448,7 +448,7 @@ impl Writer {
                 fs::remove_file(&seg.path)?;
             }
             let seg = &state.segments[keep];
-            let new_len = seg.offsets[(lsn + 1 - seg.first_lsn) as usize];
+            let new_len = seg.offsets[segment::index(lsn + 1 - seg.first_lsn)];
             seg.file.set_len(new_len)?;
             seg.file.sync_all()?;
             fsync_dir(&self.dir)?;
@@ -463,7 +463,7 @@ impl Writer {
         };
         state.segments.truncate(keep + 1);
         let seg = state.segments.last_mut().expect("kept a segment");
-        seg.offsets.truncate((lsn + 1 - seg.first_lsn) as usize);
+        seg.offsets.truncate(segment::index(lsn + 1 - seg.first_lsn));
         seg.len = new_len;
         let last = if lsn >= state.first_lsn() { state.read(&self.name, lsn, lsn, 0)? } else { Vec::new() };
         (state.last_epoch, state.commit_lsn) = last.first().map_or((0, 0), |e| (e.epoch, e.commit_lsn));
