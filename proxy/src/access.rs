@@ -137,6 +137,27 @@ impl Access {
         }
     }
 
+    /// A TLS client certificate names `name` (`[tls] cert_user`): the certificate stands for the
+    /// password, so the user must exist and be on. A refusal is counted and logged to `ACL LOG`
+    /// as a failed `AUTH` (object `tls-client-certificate`).
+    pub(crate) fn certificate_login(&self, name: &[u8], client_info: &[u8]) -> Result<(), AuthError> {
+        let users = self.users.load();
+        match users.get(name) {
+            Some(user) if user.enabled() => Ok(()),
+            found => {
+                self.auth_failures.increment(1);
+                self.log_event(LogEvent {
+                    reason: LogReason::Auth,
+                    context: LogContext::Toplevel,
+                    object: b"tls-client-certificate".to_vec(),
+                    username: name.to_vec(),
+                    client_info: client_info.to_vec(),
+                });
+                Err(if found.is_some() { AuthError::Refused } else { AuthError::NoSuchUser })
+            }
+        }
+    }
+
     /// May `user` run this request (`args` from the command name on)? A command the catalog
     /// lacks (one the proxy serves itself that this Redis does not have) is held to its
     /// container's permissions. A user removed meanwhile may run nothing.
