@@ -324,3 +324,62 @@ fn unauthenticated_connections_are_limited_as_redis_limits_them() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(cmd(&mut conn, &["PING"]), Value::Simple("PONG".into()));
 }
+
+/// The `user=` field of every `CLIENT LIST` line, sorted.
+fn client_list_users(conn: &mut Conn) -> Value {
+    let list = cmd(conn, &["CLIENT", "LIST"]).text();
+    let mut users: Vec<String> = list
+        .lines()
+        .filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("user=")))
+        .map(str::to_string)
+        .collect();
+    users.sort();
+    Value::Simple(format!("users: {}", users.join(",")))
+}
+
+#[test]
+fn acl_load_and_client_list_users_match_redis() {
+    let acl_dir = tempfile::tempdir().unwrap();
+    let acl_file = acl_dir.path().join("users.acl");
+    std::fs::write(&acl_file, "").unwrap();
+    let pair = Pair::start_with(&["--aclfile", acl_file.to_str().unwrap()]);
+    pair.same("ACL LOAD closes the connections of every user but default", |addr| {
+        let mut admin = connect(addr);
+        let mut out = vec![];
+        for user in ["a", "b"] {
+            out.push(cmd(&mut admin, &["ACL", "SETUSER", user, "on", ">p", "~*", "&*", "+@all"]));
+        }
+        out.push(cmd(&mut admin, &["ACL", "SAVE"]));
+        let mut a = login(addr, "a", "p");
+        let mut b = login(addr, "b", "p");
+        let mut as_default = connect(addr);
+        out.push(cmd(&mut as_default, &["PING"]));
+        out.push(client_list_users(&mut admin));
+        // Unchanged users are reloaded too, and their connections closed; default's stay.
+        out.push(cmd(&mut admin, &["ACL", "LOAD"]));
+        out.push(Value::Simple(format!(
+            "closed: a={} b={} default={} admin={}",
+            closed(&mut a),
+            closed(&mut b),
+            closed(&mut as_default),
+            closed(&mut admin)
+        )));
+        // A user running ACL LOAD gets its reply, then its connection closes.
+        let mut own = login(addr, "a", "p");
+        out.push(cmd(&mut own, &["ACL", "LOAD"]));
+        out.push(Value::Simple(format!("own connection closed: {}", wait_closed(&mut own))));
+        out.push(cmd(&mut connect(addr), &["ACL", "USERS"]));
+        out
+    });
+    pair.same("CLIENT LIST names default before AUTH", |addr| {
+        let mut admin = connect(addr);
+        let mut out = vec![cmd(&mut admin, &["ACL", "SETUSER", "default", ">pw"])];
+        let mut anonymous = connect(addr);
+        out.push(cmd(&mut anonymous, &["PING"]));
+        let mut app = connect(addr);
+        out.push(cmd(&mut app, &["AUTH", "b", "p"]));
+        out.push(client_list_users(&mut admin));
+        out.push(cmd(&mut admin, &["ACL", "SETUSER", "default", "nopass"]));
+        out
+    });
+}

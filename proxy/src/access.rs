@@ -33,7 +33,7 @@ pub(crate) enum AccessError {
     Store(String),
 }
 
-/// What a change of users did, for the caller to close connections.
+/// The users a change removed or replaced: their connections must close.
 pub(crate) struct Removed(pub(crate) Vec<Vec<u8>>);
 
 pub(crate) struct Access {
@@ -229,15 +229,18 @@ impl Access {
     }
 
     /// `ACL LOAD`: the users of the store replace the compiled ones (without a store, the
-    /// configured ones are all there is: nothing changes). Returns the users that are gone.
+    /// configured ones are all there is: nothing changes). Returns every user replaced but
+    /// `default`: Redis 7.0 frees each user of the old set and closes its connections, except
+    /// `default`, whose rules it copies into the user its connections already hold
+    /// (`ACLLoadFromFile`, `ACLFreeUserAndKillClients` in src/acl.c).
     pub(crate) async fn load(&self) -> Result<Removed, AccessError> {
         let _change = self.changes.lock().await;
         let Some(store) = &self.store else { return Ok(Removed(Vec::new())) };
         let stored = store.list_users().await.map_err(|e| AccessError::Store(e.to_string()))?;
         let users = compile_stored(&self.catalog, &stored)?;
-        let gone = self.users.load().names().filter(|n| users.get(n).is_none()).map(<[u8]>::to_vec).collect();
+        let replaced = self.users.load().names().filter(|n| *n != b"default").map(<[u8]>::to_vec).collect();
         self.replace(users);
-        Ok(Removed(gone))
+        Ok(Removed(replaced))
     }
 }
 

@@ -61,9 +61,10 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(addr);
         let id = proxy.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let user = if proxy.access.auth_required() { "(unauthenticated)" } else { "default" };
+        // Every connection starts as `default`, authenticated or not, as in Redis (`createClient`):
+        // CLIENT LIST shows `user=default` before AUTH.
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream) as i64;
-        let client = Arc::new(ClientHandle::new(id, addr, local, user).with_fd(fd));
+        let client = Arc::new(ClientHandle::new(id, addr, local, "default").with_fd(fd));
         proxy.clients.insert(id, client.clone());
         connected.set(proxy.clients.len() as f64);
         let (proxy, drain, tls, connected) = (proxy.clone(), drain.clone(), tls.clone(), connected.clone());
