@@ -213,6 +213,29 @@ mod tests {
     }
 
     #[test]
+    fn credentials_come_from_a_file_or_the_password_and_need_both_halves() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\nsecond line\n").unwrap();
+        let args = |user: Option<&str>, password_file: Option<&Path>, password: Option<&str>| AuthArgs {
+            user: user.map(str::to_string),
+            password_file: password_file.map(Path::to_path_buf),
+            password: password.map(str::to_string),
+        };
+        let credentials =
+            |user: &str, password: &str| Some(Credentials { user: user.into(), password: password.into() });
+        assert_eq!(args(Some("ops"), Some(&file), None).credentials().unwrap(), credentials("ops", "from-file"));
+        assert_eq!(args(Some("ops"), None, Some("env")).credentials().unwrap(), credentials("ops", "env"));
+        assert_eq!(args(None, None, None).credentials().unwrap(), None);
+        let refused = |a: AuthArgs| a.credentials().unwrap_err().to_string();
+        assert!(refused(args(Some("ops"), None, None)).contains("needs a password"));
+        assert!(refused(args(None, None, Some("env"))).contains("no --user"));
+        assert!(refused(args(Some("ops"), Some(&dir.path().join("missing")), None)).contains("cannot read"));
+        std::fs::write(&file, "").unwrap();
+        assert!(refused(args(Some("ops"), Some(&file), None)).contains("holds no password"));
+    }
+
+    #[test]
     fn a_config_with_users_authenticates_as_the_first_unless_told_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("proxy.toml");

@@ -158,118 +158,100 @@ const CERT_USERS: &str = "[[users]]\nname = \"default\"\npassword = \"adminpw\"\
 [[users]]\nname = \"retired\"\nrules = \"off ~* +@all\"\n\
 [[users]]\nname = \"app\"\npassword = \"apppw\"\n";
 
-/// The Redis node's keys, read directly (not through the proxy).
-fn node_keys(redis: &Proc) -> String {
-    cli(redis.addr.port(), &["--no-raw", "KEYS", "*"])
+/// A proxy with [`CERT_USERS`] asking for client certificates of `client_ca`, in front of one
+/// Redis node; `stranger_ca` signs certificates the proxy does not trust.
+struct MutualTls {
+    client_ca: Authority,
+    stranger_ca: Authority,
+    /// The CA of the proxy's certificate, which clients trust.
+    server_ca_pem: String,
+    proxy: Proc,
+    redis: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl MutualTls {
+    fn start(client_auth: &str) -> MutualTls {
+        let dir = tempfile::tempdir().unwrap();
+        let server_ca = Authority::new(dir.path(), "server-ca");
+        let (client_ca, stranger_ca) =
+            (Authority::new(dir.path(), "client-ca"), Authority::new(dir.path(), "stranger-ca"));
+        let tls = tls_toml(&server_ca.server("proxy"), &client_ca.ca_pem(), client_auth);
+        let redis = spawn_redis(dir.path(), &[]);
+        let proxy = proxy_with(dir.path(), &redis, &format!("{tls}{CERT_USERS}"));
+        MutualTls { client_ca, stranger_ca, server_ca_pem: server_ca.ca_pem(), proxy, redis, _dir: dir }
+    }
+
+    /// `redis-cli` over TLS presenting `client`, if given.
+    fn cli(&self, client: Option<&(String, String)>, args: &[&str]) -> String {
+        tls_cli(self.proxy.addr.port(), &self.server_ca_pem, client, args)
+    }
+
+    /// The Redis node's keys, read directly (not through the proxy).
+    fn node_keys(&self) -> String {
+        cli(self.redis.addr.port(), &["--no-raw", "KEYS", "*"])
+    }
+}
+
+/// `redis-cli` arguments that AUTH as `user` before `args`.
+fn as_user<'a>(user: &'a str, password: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    [&["--user", user, "--pass", password, "--no-auth-warning"][..], args].concat()
 }
 
 #[test]
 fn a_client_certificate_logs_in_as_the_user_it_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server_ca, client_ca, stranger_ca) = (
-        Authority::new(dir.path(), "server-ca"),
-        Authority::new(dir.path(), "client-ca"),
-        Authority::new(dir.path(), "stranger-ca"),
-    );
-    let server = server_ca.server("proxy");
-    let redis = spawn_redis(dir.path(), &[]);
-    let proxy =
-        proxy_with(dir.path(), &redis, &format!("{}{CERT_USERS}", tls_toml(&server, &client_ca.ca_pem(), "required")));
-    let port = proxy.addr.port();
-    let ca = server_ca.ca_pem();
-    let svc = client_ca.client("svc", "svc");
+    let mtls = MutualTls::start("required");
+    let svc = mtls.client_ca.client("svc", "svc");
     // The certificate alone logs in: no AUTH, and `svc` has no password to give.
-    assert_eq!(tls_cli(port, &ca, Some(&svc), &["ACL", "WHOAMI"]), "svc");
-    assert_eq!(tls_cli(port, &ca, Some(&svc), &["SET", "svc:1", "v"]), "OK");
-    assert_eq!(tls_cli(port, &ca, Some(&svc), &["GET", "svc:1"]), "v");
+    assert_eq!(mtls.cli(Some(&svc), &["ACL", "WHOAMI"]), "svc");
+    assert_eq!(mtls.cli(Some(&svc), &["SET", "svc:1", "v"]), "OK");
+    assert_eq!(mtls.cli(Some(&svc), &["GET", "svc:1"]), "v");
     // ... and the user's rules hold.
     assert_eq!(
-        tls_cli(port, &ca, Some(&svc), &["SET", "other", "v"]),
+        mtls.cli(Some(&svc), &["SET", "other", "v"]),
         "NOPERM this user has no permissions to access one of the keys used as arguments"
     );
     assert_eq!(
-        tls_cli(port, &ca, Some(&svc), &["FLUSHALL"]),
+        mtls.cli(Some(&svc), &["FLUSHALL"]),
         "NOPERM this user has no permissions to run the 'flushall' command"
     );
-    assert_eq!(node_keys(&redis), "1) \"svc:1\"", "a refused command reached the node");
+    assert_eq!(mtls.node_keys(), "1) \"svc:1\"", "a refused command reached the node");
     // AUTH still switches to another user on the same connection.
-    assert_eq!(
-        tls_cli(port, &ca, Some(&svc), &["--user", "app", "--pass", "apppw", "--no-auth-warning", "ACL", "WHOAMI"]),
-        "app"
-    );
+    assert_eq!(mtls.cli(Some(&svc), &as_user("app", "apppw", &["ACL", "WHOAMI"])), "app");
 
     // Refused, and nothing written: a certificate naming no user, or a disabled one ...
-    for (file, cn) in [("nobody", "nobody"), ("retired", "retired")] {
-        let cert = client_ca.client(file, cn);
-        let refused = tls_cli(port, &ca, Some(&cert), &["SET", "svc:2", "x"]);
+    for cn in ["nobody", "retired"] {
+        let refused = mtls.cli(Some(&mtls.client_ca.client(cn, cn)), &["SET", "svc:2", "x"]);
         assert_eq!(
             refused,
             format!("WRONGPASS the TLS client certificate names user '{cn}', which does not exist or is disabled")
         );
     }
     // ... no certificate (client_auth = "required"), or one of another CA.
-    let stranger = stranger_ca.client("svc", "svc");
+    let stranger = mtls.stranger_ca.client("svc", "svc");
     for client in [None, Some(&stranger)] {
-        let refused = tls_cli(port, &ca, client, &["SET", "svc:2", "x"]);
+        let refused = mtls.cli(client, &["SET", "svc:2", "x"]);
         assert!(!refused.contains("OK"), "served without a certificate of the client CA: {refused}");
     }
-    assert_eq!(node_keys(&redis), "1) \"svc:1\"", "a refused connection wrote");
+    assert_eq!(mtls.node_keys(), "1) \"svc:1\"", "a refused connection wrote");
     // The refusals are counted as failed logins in ACL LOG, as failed AUTHs are.
-    let log = cli(
-        port,
-        &[
-            "--tls",
-            "--cacert",
-            &ca,
-            "--sni",
-            "localhost",
-            "--cert",
-            &svc.0,
-            "--key",
-            &svc.1,
-            "--user",
-            "default",
-            "--pass",
-            "adminpw",
-            "--no-auth-warning",
-            "ACL",
-            "LOG",
-        ],
-    );
+    let log = mtls.cli(Some(&svc), &as_user("default", "adminpw", &["ACL", "LOG"]));
     assert!(log.contains("tls-client-certificate") && log.contains("retired") && log.contains("nobody"), "{log}");
 }
 
 #[test]
 fn optional_client_certificates_leave_password_logins_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let (server_ca, client_ca, stranger_ca) = (
-        Authority::new(dir.path(), "server-ca"),
-        Authority::new(dir.path(), "client-ca"),
-        Authority::new(dir.path(), "stranger-ca"),
-    );
-    let server = server_ca.server("proxy");
-    let redis = spawn_redis(dir.path(), &[]);
-    let proxy =
-        proxy_with(dir.path(), &redis, &format!("{}{CERT_USERS}", tls_toml(&server, &client_ca.ca_pem(), "optional")));
-    let port = proxy.addr.port();
-    let ca = server_ca.ca_pem();
+    let mtls = MutualTls::start("optional");
     // Without a certificate the connection is served but must AUTH.
-    assert!(tls_cli(port, &ca, None, &["SET", "k", "v"]).starts_with("NOAUTH"));
-    assert_eq!(
-        tls_cli(port, &ca, None, &["--user", "app", "--pass", "apppw", "--no-auth-warning", "SET", "k", "v"]),
-        "OK"
-    );
+    assert!(mtls.cli(None, &["SET", "k", "v"]).starts_with("NOAUTH"));
+    assert_eq!(mtls.cli(None, &as_user("app", "apppw", &["SET", "k", "v"])), "OK");
     // With one, the certificate's user.
-    assert_eq!(tls_cli(port, &ca, Some(&client_ca.client("svc", "svc")), &["ACL", "WHOAMI"]), "svc");
+    assert_eq!(mtls.cli(Some(&mtls.client_ca.client("svc", "svc")), &["ACL", "WHOAMI"]), "svc");
     // A certificate of another CA is refused even though none is required.
-    let refused = tls_cli(
-        port,
-        &ca,
-        Some(&stranger_ca.client("svc", "svc")),
-        &["--user", "app", "--pass", "apppw", "--no-auth-warning", "SET", "k", "w"],
-    );
+    let stranger = mtls.stranger_ca.client("svc", "svc");
+    let refused = mtls.cli(Some(&stranger), &as_user("app", "apppw", &["SET", "k", "w"]));
     assert!(!refused.contains("OK"), "a certificate of another CA was accepted: {refused}");
-    assert_eq!(cli(redis.addr.port(), &["GET", "k"]), "v");
+    assert_eq!(cli(mtls.redis.addr.port(), &["GET", "k"]), "v");
 }
 
 /// A blocking TLS connection trusting `server_ca`, presenting `client`.
