@@ -28,6 +28,11 @@ pub enum LocalUserError {
          configuration, is the truth once it has users: add {user} with ACL SETUSER, or use a fresh --dir"
     )]
     StoreHasOthers { user: String, store: String, existing: String },
+    #[error(
+        "--user {user}: the metadata store {store} holds {user} without this password (the store is the truth \
+         once it has users): give the password it has, or change it with ACL SETUSER {user} >…"
+    )]
+    OtherPassword { user: String, store: String },
     #[error("metadata store {store}: {reason}")]
     Store { store: String, reason: String },
 }
@@ -52,8 +57,19 @@ impl LocalUser {
 
     /// The `[[users]]` entry: every permission, the password as its SHA-256 hash.
     pub fn config(&self) -> UserConfig {
-        let hash: String = Sha256::digest(self.password.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-        UserConfig { name: self.name.clone(), password: None, rules: Some(format!("on #{hash} ~* &* +@all")) }
+        UserConfig {
+            name: self.name.clone(),
+            password: None,
+            rules: Some(format!("on {} ~* &* +@all", self.hash_rule())),
+        }
+    }
+
+    /// `#<sha256 hex>`: the password as a rule, as `ACL LIST` shows it.
+    fn hash_rule(&self) -> String {
+        Sha256::digest(self.password.as_bytes()).iter().fold(String::from("#"), |mut rule, b| {
+            rule.push_str(&format!("{b:02x}"));
+            rule
+        })
     }
 
     /// What `cluster.json` records, for `memlog status --dir` to log in with.
@@ -61,8 +77,9 @@ impl LocalUser {
         AdminRecord { user: self.name.clone(), password_file: self.password_file.clone() }
     }
 
-    /// Refuses a store that already holds users other than this one (the configuration would
-    /// not be read); a store without users, or one this user is in, is fine.
+    /// Refuses a store that already holds users other than this one, or this one without this
+    /// password (the configuration would not be read, and the proxy would never let `up` in);
+    /// a store without users, or one this user is in with this password, is fine.
     pub async fn check_store(&self, metadata_url: &str) -> Result<(), LocalUserError> {
         let store_error = |e: journal_service::meta::MetaError| LocalUserError::Store {
             store: metadata_url.to_string(),
@@ -70,8 +87,15 @@ impl LocalUser {
         };
         let store = MetaStore::open(metadata_url).await.map_err(store_error)?;
         let users = store.list_users().await.map_err(store_error)?;
-        if users.is_empty() || users.iter().any(|(name, _)| *name == self.name) {
+        if users.is_empty() {
             return Ok(());
+        }
+        if let Some((_, record)) = users.iter().find(|(name, _)| *name == self.name) {
+            let rules = record.get("rules").and_then(|r| r.as_str()).unwrap_or_default();
+            if rules.split_whitespace().any(|rule| rule == self.hash_rule()) {
+                return Ok(());
+            }
+            return Err(LocalUserError::OtherPassword { user: self.name.clone(), store: metadata_url.to_string() });
         }
         Err(LocalUserError::StoreHasOthers {
             user: self.name.clone(),
@@ -113,7 +137,10 @@ mod tests {
         store.put_user("default", &serde_json::json!({ "rules": "on nopass ~* &* +@all" })).await.unwrap();
         let refused = user.check_store(&url).await.unwrap_err().to_string();
         assert!(refused.contains("already holds users (default)"), "{refused}");
-        store.put_user("admin", &serde_json::json!({ "rules": "on ~* &* +@all" })).await.unwrap();
+        store.put_user("admin", &serde_json::json!({ "rules": "on #00 ~* &* +@all" })).await.unwrap();
+        let refused = user.check_store(&url).await.unwrap_err().to_string();
+        assert!(refused.contains("holds admin without this password"), "{refused}");
+        store.put_user("admin", &serde_json::json!({ "rules": user.config().rules.unwrap() })).await.unwrap();
         user.check_store(&url).await.unwrap();
     }
 }

@@ -537,10 +537,26 @@ fn up_with_a_user_protects_the_cluster_and_the_operator_commands_log_in() {
     assert!(ok, "memlog status --config --password-file: {report}");
     let (ok, report) = memlog(&["status", "--config", config], &[]);
     assert!(!ok && report.contains("NOAUTH"), "memlog status without credentials: {report}");
+    let pids = recorded_pids(&cluster_json(tmp.path()));
+    sigterm_and_check_clean_stop(&mut up, &pids);
+
+    // The store holds the user now: another password is refused before anything starts, the
+    // same one starts the cluster again with its data.
+    let other = secrets.path().join("other.password");
+    std::fs::write(&other, "not-it\n").unwrap();
+    let refused = up_harness::up_command(tmp.path(), &ports, SMALL)
+        .args(["--user", "admin", "--password-file", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("holds admin without this password"), "{stderr}");
+    assert_eq!(cluster_json(tmp.path())["state"], "stopped", "the refused start started something");
+    let (mut up, _ready) = start_up_with(tmp.path(), &ports, SMALL, &user_args);
+    assert_eq!(admin(&["GET", "k"]), "v");
+    assert!(stdout_of(&redis_cli(ports.proxy, &["GET", "k"])).starts_with("NOAUTH"));
     let (ok, report) = memlog(&["failover", "--dir", dir, "--shard", "0"], &[]);
     assert!(ok && report.contains("switched over"), "memlog failover --dir: {report}");
     assert_eq!(admin(&["GET", "k"]), "v", "the write survived the switchover");
-
     let pids = recorded_pids(&cluster_json(tmp.path()));
     sigterm_and_check_clean_stop(&mut up, &pids);
 }
