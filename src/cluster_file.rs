@@ -66,6 +66,17 @@ pub struct ClusterFile {
     /// The Prometheus endpoint, if metrics are on.
     pub metrics_url: Option<String>,
     pub processes: Vec<ProcessRecord>,
+    /// The user `memlog up --user` created, for `memlog status`/`failover --dir` to log in as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminRecord>,
+}
+
+/// `memlog up --user NAME --password-file FILE`: the name and where its password is (never the
+/// password itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminRecord {
+    pub user: String,
+    pub password_file: PathBuf,
 }
 
 impl ClusterFile {
@@ -145,6 +156,7 @@ mod tests {
             up_pid: 1,
             url: "redis://127.0.0.1:6380".into(),
             metrics_url: None,
+            admin: None,
             processes: vec![
                 record("journal-7401", Role::Journal, 7401),
                 record("journal-7405", Role::Journal, 7405),

@@ -3,7 +3,7 @@
 //! a deployed one described by the proxy's TOML (`--config`), or just a proxy's address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,23 +13,46 @@ use memlog_proxy::BackendAuth;
 use crate::cluster_file::ClusterFile;
 use crate::probe::{ProbeError, Reply, Session};
 
-/// The `--user`/`--password` flags of the operator commands.
+/// The credentials flags of the operator commands. The password comes from a file or the
+/// environment: a command line is visible to every user of the machine.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthArgs {
-    /// User to AUTH as with the proxy; default: the first user of the proxy's config (none if it
-    /// has no users).
-    #[arg(long, requires = "password")]
+    /// User to AUTH as with the proxy; default: the user `memlog up --user` created (with
+    /// --dir), else the first user of the proxy's config with a `password` (none without).
+    #[arg(long, env = "MEMLOG_USER")]
     pub user: Option<String>,
-    /// Password of --user.
-    #[arg(long, requires = "user")]
+    /// A file whose first line is --user's password.
+    #[arg(long, value_name = "FILE", conflicts_with = "password")]
+    pub password_file: Option<PathBuf>,
+    /// --user's password, best given in the environment (MEMLOG_PASSWORD) or --password-file.
+    #[arg(long, env = "MEMLOG_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
 }
 
 impl AuthArgs {
-    /// The credentials the flags give, if any.
-    pub fn credentials(&self) -> Option<Credentials> {
-        Some(Credentials { user: self.user.clone()?, password: self.password.clone()? })
+    /// The credentials the flags and the environment give, if any.
+    pub fn credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        let password = match (&self.password_file, &self.password) {
+            (Some(file), _) => Some(read_password_file(file)?),
+            (None, password) => password.clone(),
+        };
+        match (&self.user, password) {
+            (Some(user), Some(password)) => Ok(Some(Credentials { user: user.clone(), password })),
+            (None, None) => Ok(None),
+            (Some(user), None) => {
+                anyhow::bail!("--user {user} needs a password: --password-file FILE or MEMLOG_PASSWORD")
+            }
+            (None, Some(_)) => anyhow::bail!("a password is given (--password-file, MEMLOG_PASSWORD) but no --user"),
+        }
     }
+}
+
+/// The first line of `path`, which must not be empty.
+pub fn read_password_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let password = text.lines().next().unwrap_or_default();
+    anyhow::ensure!(!password.is_empty(), "{} holds no password on its first line", path.display());
+    Ok(password.to_string())
 }
 
 /// A user and password to `AUTH` with.
@@ -66,10 +89,16 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// The cluster `memlog up --dir DIR` runs: `DIR/cluster.json` and `DIR/proxy.toml`.
+    /// The cluster `memlog up --dir DIR` runs: `DIR/cluster.json` and `DIR/proxy.toml`; admin
+    /// commands authenticate as the user of `memlog up --user`, if it made one.
     pub fn from_dir(dir: &Path) -> anyhow::Result<Deployment> {
         let cluster = ClusterFile::read(dir)?;
         let mut deployment = Deployment::from_config(&dir.join("proxy.toml"))?;
+        if let Some(admin) = &cluster.admin {
+            let password = read_password_file(&admin.password_file)
+                .map_err(|e| anyhow::anyhow!("the password of {} (memlog up --user): {e:#}", admin.user))?;
+            deployment.credentials = Some(Credentials { user: admin.user.clone(), password });
+        }
         deployment.cluster = Some(cluster);
         Ok(deployment)
     }
@@ -181,6 +210,29 @@ mod tests {
         assert_eq!(client_endpoint(&config), "10.0.0.5:6390");
         config.announce = Some("proxy.example:6390".into());
         assert_eq!(client_endpoint(&config), "proxy.example:6390");
+    }
+
+    #[test]
+    fn credentials_come_from_a_file_or_the_password_and_need_both_halves() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\nsecond line\n").unwrap();
+        let args = |user: Option<&str>, password_file: Option<&Path>, password: Option<&str>| AuthArgs {
+            user: user.map(str::to_string),
+            password_file: password_file.map(Path::to_path_buf),
+            password: password.map(str::to_string),
+        };
+        let credentials =
+            |user: &str, password: &str| Some(Credentials { user: user.into(), password: password.into() });
+        assert_eq!(args(Some("ops"), Some(&file), None).credentials().unwrap(), credentials("ops", "from-file"));
+        assert_eq!(args(Some("ops"), None, Some("env")).credentials().unwrap(), credentials("ops", "env"));
+        assert_eq!(args(None, None, None).credentials().unwrap(), None);
+        let refused = |a: AuthArgs| a.credentials().unwrap_err().to_string();
+        assert!(refused(args(Some("ops"), None, None)).contains("needs a password"));
+        assert!(refused(args(None, None, Some("env"))).contains("no --user"));
+        assert!(refused(args(Some("ops"), Some(&dir.path().join("missing")), None)).contains("cannot read"));
+        std::fs::write(&file, "").unwrap();
+        assert!(refused(args(Some("ops"), Some(&file), None)).contains("holds no password"));
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
         (_, _, Some(proxy)) => Deployment::from_proxy(proxy),
         (None, None, None) => anyhow::bail!("one of --dir, --config or --proxy is required"),
     }
-    .with_credentials(args.auth.credentials());
+    .with_credentials(args.auth.credentials()?);
     let timeout = Duration::from_secs(args.timeout);
     let mut session = deployment.admin_session(timeout).await?;
 

@@ -10,6 +10,7 @@ mod deployment;
 mod failover_cmd;
 mod import;
 mod journal_args;
+mod local_user;
 mod probe;
 mod redis_auth;
 mod signals;

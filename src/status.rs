@@ -154,7 +154,7 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
         Some(config) => Deployment::from_config(config)?,
         None => Deployment::from_dir(&args.dir)?,
     }
-    .with_credentials(args.auth.credentials());
+    .with_credentials(args.auth.credentials()?);
     let report = gather(&deployment).await;
     let mut problems = report.problems();
     if let Some(cluster) = &deployment.cluster {

@@ -32,6 +32,7 @@ use memlog_proxy::BackendAuth;
 
 use crate::children::{ChildSpec, Children};
 use crate::cluster_file::{up_alive, ClusterFile, ClusterState, ProcessRecord, Role};
+use crate::local_user::{LocalUser, LocalUserError};
 use crate::probe;
 use crate::redis_auth;
 use crate::supervisor::{empty_redis_dir, Prepare, RestartPlan, Restarted, Supervisor};
@@ -85,6 +86,15 @@ pub struct UpArgs {
     /// and journaled (docs/parameters.md).
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, String)>,
+    /// Protect the cluster: turn the `default` user off and create this user with every
+    /// permission (`on ~* &* +@all`), its password the first line of --password-file. Without
+    /// it `default` needs no password, as on a fresh Redis (the proxy listens on loopback only).
+    #[arg(long, value_name = "NAME", requires = "password_file")]
+    pub user: Option<String>,
+    /// The file whose first line is --user's password (kept in the proxy's configuration only
+    /// as its SHA-256 hash).
+    #[arg(long, value_name = "FILE", requires = "user")]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `NAME=VALUE` of `--param`.
@@ -119,6 +129,8 @@ pub enum UpError {
     ChildFailed { name: String, reason: String, log: PathBuf, tail: String },
     #[error("interrupted while starting; every child was stopped")]
     Interrupted,
+    #[error(transparent)]
+    User(#[from] LocalUserError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
 }
@@ -175,6 +187,10 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     unsafe { libc::umask(0o077) };
     let redis_server =
         find_executable(&args.redis_server).ok_or(UpError::RedisServerNotFound(args.redis_server.clone()))?;
+    let user = match (&args.user, &args.password_file) {
+        (Some(name), Some(file)) => Some(LocalUser::read(name, file)?),
+        _ => None,
+    };
     let (dir, previous) = prepare_dir(&args.dir)?;
     let metrics_port = (!args.no_metrics).then_some(args.metrics_port);
     let journal_ports = journal_ports(&args, &dir, previous.as_ref())?;
@@ -185,7 +201,17 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     let mut proxy_config = proxy_config(&args, metrics_port, &journal_stage, &redis_stage, &dir);
     proxy_config.validate().map_err(|e| UpError::Param(e.to_string()))?;
     proxy_config.cluster_tls = identity.map(|files| files.proxy);
-    let proxy_stage = vec![plan_proxy(&args, &dir, &proxy_config)?];
+    if let Some(user) = &user {
+        if let Some(journal) = &proxy_config.journal {
+            user.check_store(&journal.metadata).await?;
+        }
+        proxy_config.users = vec![user.config()];
+    }
+    let mut proxy_plan = plan_proxy(&args, &dir, &proxy_config)?;
+    // Its readiness probe logs in as the user, like any client.
+    proxy_plan.auth =
+        user.as_ref().map(|u| Arc::new(BackendAuth { user: Some(u.name.clone()), password: u.password.clone() }));
+    let proxy_stage = vec![proxy_plan];
     if journal_stage.is_empty() {
         tracing::warn!("--journal-nodes 0: no journal, writes are NOT durable and lost when Redis restarts");
     }
@@ -198,6 +224,8 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
         url: url.clone(),
         metrics_url: metrics_url.clone(),
         processes: Vec::new(),
+        // A later run without --user keeps the users the store holds, so their record stays.
+        admin: user.as_ref().map(LocalUser::record).or_else(|| previous.as_ref().and_then(|p| p.admin.clone())),
     };
     let mut children = Children::new();
     let restart_plans: Vec<RestartPlan> =
@@ -702,6 +730,8 @@ mod tests {
             journal_base_port: 7400,
             snapshot_every: 100_000,
             params: Vec::new(),
+            user: None,
+            password_file: None,
         }
     }
 
@@ -716,7 +746,14 @@ mod tests {
         processes.extend(
             (0..shards).map(|i| recorded("redis", Role::Primary { shard: i.into(), slots: String::new() }, 7000 + i)),
         );
-        ClusterFile { state: ClusterState::Running, up_pid: 1, url: String::new(), metrics_url: None, processes }
+        ClusterFile {
+            state: ClusterState::Running,
+            up_pid: 1,
+            url: String::new(),
+            metrics_url: None,
+            processes,
+            admin: None,
+        }
     }
 
     #[test]

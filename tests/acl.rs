@@ -6,6 +6,10 @@
 //! survive `kill -9` of the proxy, and the limits on unauthenticated connections.
 
 mod common;
+// The throwaway PostgreSQL of the metadata-store tests (not every helper of it is used here).
+#[allow(dead_code)]
+#[path = "../journal-service/tests/support/postgres.rs"]
+mod postgres;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -246,25 +250,50 @@ fn denied_requests_are_never_journaled_and_memlog_commands_need_admin() {
     assert_ne!(applied_lsn(&cluster), before, "an allowed write is journaled (the check above can fail)");
 }
 
-#[test]
-fn users_made_at_run_time_survive_kill_9_of_the_proxy() {
-    let mut cluster = DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 1, ..Default::default() });
+/// Users made and removed with `ACL SETUSER`/`DELUSER` are exactly what a cluster whose every
+/// process was killed with `kill -9` and restarted (its Redis nodes empty) enforces.
+fn users_made_at_run_time_survive_kill_9_of_everything(metadata: Option<String>) -> DurableCluster {
+    let opts = ClusterOptions { journal_nodes: 1, shards: 1, metadata, ..Default::default() };
+    let mut cluster = DurableCluster::start(opts);
     let addr = cluster.proxy_addr();
     let mut admin = connect(addr);
     cmd(&mut admin, &["ACL", "SETUSER", "svc", "on", ">pw1", ">pw2", "%R~r:*", "&ch", "+@read", "(~w:* +set)"]);
     cmd(&mut admin, &["ACL", "SETUSER", "temp", "on", ">x"]);
     cmd(&mut admin, &["ACL", "DELUSER", "temp"]);
+    // `default` itself changed at run time: the restarted cluster wants its password.
+    cmd(&mut admin, &["ACL", "SETUSER", "default", "resetpass", ">adminpw"]);
     let described = cmd(&mut admin, &["ACL", "GETUSER", "svc"]);
     let list = cmd(&mut admin, &["ACL", "LIST"]);
-    cluster.kill_proxy();
-    cluster.start_proxy();
-    let mut admin = connect(addr);
+    assert!(list.text().contains("user svc on"), "{}", list.text());
+    cluster.kill_everything();
+    cluster.restart_everything();
+    assert!(cmd(&mut connect(addr), &["GET", "k"]).text().starts_with("NOAUTH"), "default lost its password");
+    let mut admin = login(addr, "default", "adminpw");
     assert_eq!(cmd(&mut admin, &["ACL", "GETUSER", "svc"]), described);
     assert_eq!(cmd(&mut admin, &["ACL", "LIST"]), list);
     let mut svc = login(addr, "svc", "pw2");
     assert_eq!(cmd(&mut svc, &["SET", "w:1", "v"]), Value::Simple("OK".into()));
     assert!(cmd(&mut svc, &["SET", "r:1", "v"]).text().starts_with("NOPERM"));
     assert!(cmd(&mut connect(addr), &["AUTH", "temp", "x"]).text().starts_with("WRONGPASS"));
+    cluster
+}
+
+#[test]
+fn users_made_at_run_time_survive_kill_9_of_everything_on_a_file_store() {
+    let cluster = users_made_at_run_time_survive_kill_9_of_everything(None);
+    assert!(cluster.dir.path().join("metadata.json").exists());
+}
+
+#[test]
+fn users_made_at_run_time_survive_kill_9_of_everything_on_postgres() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let Some(postgres) = runtime.block_on(postgres::Postgres::start()) else { return };
+    let url = runtime.block_on(postgres.create_database("memlog_users"));
+    let cluster = users_made_at_run_time_survive_kill_9_of_everything(Some(url));
+    // The users came back from Postgres: there is no file store next to the cluster.
+    assert!(!cluster.dir.path().join("metadata.json").exists());
+    drop(cluster);
+    drop(postgres);
 }
 
 /// Writes raw bytes on a fresh connection and returns what comes back before the server closes
@@ -323,4 +352,63 @@ fn unauthenticated_connections_are_limited_as_redis_limits_them() {
     assert!(closed(&mut idle), "an unauthenticated connection outlived auth_timeout_ms");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(cmd(&mut conn, &["PING"]), Value::Simple("PONG".into()));
+}
+
+/// The `user=` field of every `CLIENT LIST` line, sorted.
+fn client_list_users(conn: &mut Conn) -> Value {
+    let list = cmd(conn, &["CLIENT", "LIST"]).text();
+    let mut users: Vec<String> = list
+        .lines()
+        .filter_map(|line| line.split(' ').find_map(|field| field.strip_prefix("user=")))
+        .map(str::to_string)
+        .collect();
+    users.sort();
+    Value::Simple(format!("users: {}", users.join(",")))
+}
+
+#[test]
+fn acl_load_and_client_list_users_match_redis() {
+    let acl_dir = tempfile::tempdir().unwrap();
+    let acl_file = acl_dir.path().join("users.acl");
+    std::fs::write(&acl_file, "").unwrap();
+    let pair = Pair::start_with(&["--aclfile", acl_file.to_str().unwrap()]);
+    pair.same("ACL LOAD closes the connections of every user but default", |addr| {
+        let mut admin = connect(addr);
+        let mut out = vec![];
+        for user in ["a", "b"] {
+            out.push(cmd(&mut admin, &["ACL", "SETUSER", user, "on", ">p", "~*", "&*", "+@all"]));
+        }
+        out.push(cmd(&mut admin, &["ACL", "SAVE"]));
+        let mut a = login(addr, "a", "p");
+        let mut b = login(addr, "b", "p");
+        let mut as_default = connect(addr);
+        out.push(cmd(&mut as_default, &["PING"]));
+        out.push(client_list_users(&mut admin));
+        // Unchanged users are reloaded too, and their connections closed; default's stay.
+        out.push(cmd(&mut admin, &["ACL", "LOAD"]));
+        out.push(Value::Simple(format!(
+            "closed: a={} b={} default={} admin={}",
+            closed(&mut a),
+            closed(&mut b),
+            closed(&mut as_default),
+            closed(&mut admin)
+        )));
+        // A user running ACL LOAD gets its reply, then its connection closes.
+        let mut own = login(addr, "a", "p");
+        out.push(cmd(&mut own, &["ACL", "LOAD"]));
+        out.push(Value::Simple(format!("own connection closed: {}", wait_closed(&mut own))));
+        out.push(cmd(&mut connect(addr), &["ACL", "USERS"]));
+        out
+    });
+    pair.same("CLIENT LIST names default before AUTH", |addr| {
+        let mut admin = connect(addr);
+        let mut out = vec![cmd(&mut admin, &["ACL", "SETUSER", "default", ">pw"])];
+        let mut anonymous = connect(addr);
+        out.push(cmd(&mut anonymous, &["PING"]));
+        let mut app = connect(addr);
+        out.push(cmd(&mut app, &["AUTH", "b", "p"]));
+        out.push(client_list_users(&mut admin));
+        out.push(cmd(&mut admin, &["ACL", "SETUSER", "default", "nopass"]));
+        out
+    });
 }

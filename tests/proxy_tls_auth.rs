@@ -84,3 +84,279 @@ fn tls_clients_are_served() {
     assert_ne!(plain, "PONG");
     assert_eq!(tls(&["PING"]), "PONG");
 }
+
+/// A certificate authority of the tests, with what it signs written as PEM files in `dir`.
+struct Authority {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    dir: std::path::PathBuf,
+}
+
+impl Authority {
+    fn new(dir: &Path, name: &str) -> Authority {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        Authority { cert, key, dir }
+    }
+
+    fn ca_pem(&self) -> String {
+        self.dir.join("ca.pem").display().to_string()
+    }
+
+    /// A leaf certificate with common name `cn` and DNS names `sans`, for a server or a client;
+    /// returns the paths of its certificate and key.
+    fn issue(&self, file: &str, cn: &str, sans: &[&str], usage: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (cert_path, key_path) = (self.dir.join(format!("{file}.pem")), self.dir.join(format!("{file}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path.display().to_string(), key_path.display().to_string())
+    }
+
+    fn server(&self, file: &str) -> (String, String) {
+        self.issue(file, "memlog proxy", &["localhost", "127.0.0.1"], rcgen::ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    fn client(&self, file: &str, cn: &str) -> (String, String) {
+        self.issue(file, cn, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+}
+
+/// `redis-cli` over TLS trusting `server_ca`, presenting `client` (certificate, key) if given.
+fn tls_cli(port: u16, server_ca: &str, client: Option<&(String, String)>, args: &[&str]) -> String {
+    let mut all = vec!["--tls", "--cacert", server_ca, "--sni", "localhost"];
+    if let Some((cert, key)) = client {
+        all.extend_from_slice(&["--cert", cert, "--key", key]);
+    }
+    all.extend_from_slice(args);
+    cli(port, &all)
+}
+
+/// The `[tls]` table of a proxy asking for client certificates of `client_ca`.
+fn tls_toml(server: &(String, String), client_ca: &str, client_auth: &str) -> String {
+    format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {client_ca:?}\nclient_auth = {client_auth:?}\ncert_user = \"cn\"\n",
+        server.0, server.1
+    )
+}
+
+/// Users of the mutual-TLS tests: `svc` has no password (only its certificate logs it in) and
+/// may read and write `svc:*` keys; `retired` is off.
+const CERT_USERS: &str = "[[users]]\nname = \"default\"\npassword = \"adminpw\"\n\
+[[users]]\nname = \"svc\"\nrules = \"on ~svc:* +@read +@write +acl|whoami -@dangerous\"\n\
+[[users]]\nname = \"retired\"\nrules = \"off ~* +@all\"\n\
+[[users]]\nname = \"app\"\npassword = \"apppw\"\n";
+
+/// A proxy with [`CERT_USERS`] asking for client certificates of `client_ca`, in front of one
+/// Redis node; `stranger_ca` signs certificates the proxy does not trust.
+struct MutualTls {
+    client_ca: Authority,
+    stranger_ca: Authority,
+    /// The CA of the proxy's certificate, which clients trust.
+    server_ca_pem: String,
+    proxy: Proc,
+    redis: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl MutualTls {
+    fn start(client_auth: &str) -> MutualTls {
+        let dir = tempfile::tempdir().unwrap();
+        let server_ca = Authority::new(dir.path(), "server-ca");
+        let (client_ca, stranger_ca) =
+            (Authority::new(dir.path(), "client-ca"), Authority::new(dir.path(), "stranger-ca"));
+        let tls = tls_toml(&server_ca.server("proxy"), &client_ca.ca_pem(), client_auth);
+        let redis = spawn_redis(dir.path(), &[]);
+        let proxy = proxy_with(dir.path(), &redis, &format!("{tls}{CERT_USERS}"));
+        MutualTls { client_ca, stranger_ca, server_ca_pem: server_ca.ca_pem(), proxy, redis, _dir: dir }
+    }
+
+    /// `redis-cli` over TLS presenting `client`, if given.
+    fn cli(&self, client: Option<&(String, String)>, args: &[&str]) -> String {
+        tls_cli(self.proxy.addr.port(), &self.server_ca_pem, client, args)
+    }
+
+    /// The Redis node's keys, read directly (not through the proxy).
+    fn node_keys(&self) -> String {
+        cli(self.redis.addr.port(), &["--no-raw", "KEYS", "*"])
+    }
+}
+
+/// `redis-cli` arguments that AUTH as `user` before `args`.
+fn as_user<'a>(user: &'a str, password: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    [&["--user", user, "--pass", password, "--no-auth-warning"][..], args].concat()
+}
+
+#[test]
+fn a_client_certificate_logs_in_as_the_user_it_names() {
+    let mtls = MutualTls::start("required");
+    let svc = mtls.client_ca.client("svc", "svc");
+    // The certificate alone logs in: no AUTH, and `svc` has no password to give.
+    assert_eq!(mtls.cli(Some(&svc), &["ACL", "WHOAMI"]), "svc");
+    assert_eq!(mtls.cli(Some(&svc), &["SET", "svc:1", "v"]), "OK");
+    assert_eq!(mtls.cli(Some(&svc), &["GET", "svc:1"]), "v");
+    // ... and the user's rules hold.
+    assert_eq!(
+        mtls.cli(Some(&svc), &["SET", "other", "v"]),
+        "NOPERM this user has no permissions to access one of the keys used as arguments"
+    );
+    assert_eq!(
+        mtls.cli(Some(&svc), &["FLUSHALL"]),
+        "NOPERM this user has no permissions to run the 'flushall' command"
+    );
+    assert_eq!(mtls.node_keys(), "1) \"svc:1\"", "a refused command reached the node");
+    // AUTH still switches to another user on the same connection.
+    assert_eq!(mtls.cli(Some(&svc), &as_user("app", "apppw", &["ACL", "WHOAMI"])), "app");
+
+    // Refused, and nothing written: a certificate naming no user, or a disabled one ...
+    for cn in ["nobody", "retired"] {
+        let refused = mtls.cli(Some(&mtls.client_ca.client(cn, cn)), &["SET", "svc:2", "x"]);
+        assert_eq!(
+            refused,
+            format!("WRONGPASS the TLS client certificate names user '{cn}', which does not exist or is disabled")
+        );
+    }
+    // ... no certificate (client_auth = "required"), or one of another CA.
+    let stranger = mtls.stranger_ca.client("svc", "svc");
+    for client in [None, Some(&stranger)] {
+        let refused = mtls.cli(client, &["SET", "svc:2", "x"]);
+        assert!(!refused.contains("OK"), "served without a certificate of the client CA: {refused}");
+    }
+    assert_eq!(mtls.node_keys(), "1) \"svc:1\"", "a refused connection wrote");
+    // The refusals are counted as failed logins in ACL LOG, as failed AUTHs are.
+    let log = mtls.cli(Some(&svc), &as_user("default", "adminpw", &["ACL", "LOG"]));
+    assert!(log.contains("tls-client-certificate") && log.contains("retired") && log.contains("nobody"), "{log}");
+}
+
+#[test]
+fn optional_client_certificates_leave_password_logins_open() {
+    let mtls = MutualTls::start("optional");
+    // Without a certificate the connection is served but must AUTH.
+    assert!(mtls.cli(None, &["SET", "k", "v"]).starts_with("NOAUTH"));
+    assert_eq!(mtls.cli(None, &as_user("app", "apppw", &["SET", "k", "v"])), "OK");
+    // With one, the certificate's user.
+    assert_eq!(mtls.cli(Some(&mtls.client_ca.client("svc", "svc")), &["ACL", "WHOAMI"]), "svc");
+    // A certificate of another CA is refused even though none is required.
+    let stranger = mtls.stranger_ca.client("svc", "svc");
+    let refused = mtls.cli(Some(&stranger), &as_user("app", "apppw", &["SET", "k", "w"]));
+    assert!(!refused.contains("OK"), "a certificate of another CA was accepted: {refused}");
+    assert_eq!(cli(mtls.redis.addr.port(), &["GET", "k"]), "v");
+}
+
+/// A blocking TLS connection trusting `server_ca`, presenting `client`.
+fn tls_connect(
+    addr: SocketAddr,
+    server_ca: &str,
+    client: &(String, String),
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(server_ca).unwrap()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_file(&client.0).unwrap()],
+                PrivateKeyDer::from_pem_file(&client.1).unwrap(),
+            )
+            .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let socket = std::net::TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(connection, socket)
+}
+
+/// Sends one command and reads a one-line reply (or a bulk string's first line).
+fn send<S: std::io::Read + std::io::Write>(stream: &mut S, args: &[&str]) -> String {
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes()).unwrap();
+    let line = |stream: &mut S| {
+        let mut bytes = Vec::new();
+        let mut byte = [0u8];
+        while !bytes.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).expect("a reply");
+            bytes.push(byte[0]);
+        }
+        String::from_utf8_lossy(&bytes[..bytes.len() - 2]).into_owned()
+    };
+    let first = line(stream);
+    if first.starts_with('$') && first != "$-1" {
+        line(stream)
+    } else {
+        first
+    }
+}
+
+#[test]
+fn sighup_reloads_the_certificates_and_keeps_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (Authority::new(dir.path(), "server-ca"), Authority::new(dir.path(), "client-ca"));
+    let server = server_ca.server("proxy");
+    // The proxy reads its files from paths of their own, rewritten to rotate.
+    let files = dir.path().join("tls");
+    std::fs::create_dir_all(&files).unwrap();
+    let (cert, key, clients) = (files.join("cert.pem"), files.join("key.pem"), files.join("clients.pem"));
+    let install = |server: &(String, String), client_ca: &Authority| {
+        std::fs::copy(&server.0, &cert).unwrap();
+        std::fs::copy(&server.1, &key).unwrap();
+        std::fs::copy(client_ca.ca_pem(), &clients).unwrap();
+    };
+    install(&server, &client_ca);
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    let redis = spawn_redis(dir.path(), &[]);
+    let toml = tls_toml(&(path(&cert), path(&key)), &path(&clients), "required");
+    let proxy = proxy_with(dir.path(), &redis, &format!("{toml}{CERT_USERS}"));
+    let port = proxy.addr.port();
+    let svc = client_ca.client("svc", "svc");
+    let mut old = tls_connect(proxy.addr, &server_ca.ca_pem(), &svc);
+    assert_eq!(send(&mut old, &["SET", "svc:old", "1"]), "+OK");
+
+    // New certificates from new CAs, then SIGHUP.
+    let (new_server_ca, new_client_ca) =
+        (Authority::new(dir.path(), "server-ca-2"), Authority::new(dir.path(), "client-ca-2"));
+    install(&new_server_ca.server("proxy"), &new_client_ca);
+    proxy.signal(libc::SIGHUP);
+    let new_svc = new_client_ca.client("svc", "svc");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tls_cli(port, &new_server_ca.ca_pem(), Some(&new_svc), &["ACL", "WHOAMI"]) != "svc" {
+        assert!(std::time::Instant::now() < deadline, "the new certificates are not served after SIGHUP");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // New connections get the new server certificate and need a certificate of the new client CA.
+    let old_server = tls_cli(port, &server_ca.ca_pem(), Some(&new_svc), &["ACL", "WHOAMI"]);
+    assert_ne!(old_server, "svc", "the old server certificate is still served");
+    let old_client = tls_cli(port, &new_server_ca.ca_pem(), Some(&svc), &["ACL", "WHOAMI"]);
+    assert_ne!(old_client, "svc", "a certificate of the replaced client CA is still accepted");
+    // The connection made before keeps working.
+    assert_eq!(send(&mut old, &["SET", "svc:old", "2"]), "+OK");
+    assert_eq!(send(&mut old, &["GET", "svc:old"]), "2");
+
+    // Files that do not load leave the certificates in use.
+    std::fs::write(&key, "not a key").unwrap();
+    proxy.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&proxy.log).unwrap().contains("client TLS certificates NOT reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no word of the failed reload in the log");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(tls_cli(port, &new_server_ca.ca_pem(), Some(&new_svc), &["GET", "svc:old"]), "2");
+    assert_eq!(send(&mut old, &["GET", "svc:old"]), "2");
+}

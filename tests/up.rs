@@ -482,3 +482,81 @@ fn params_reach_every_node_and_a_refused_one_starts_nothing() {
     let pids = recorded_pids(&cluster_json(tmp.path()));
     sigterm_and_check_clean_stop(&mut up, &pids);
 }
+
+#[test]
+fn up_with_a_user_protects_the_cluster_and_the_operator_commands_log_in() {
+    const SMALL: Shape = Shape { shards: 1, replicas: 1, journal_nodes: 1, snapshot_every: 100_000 };
+    let tmp = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let password_file = secrets.path().join("admin.password");
+    std::fs::write(&password_file, "adm1n-pw\n").unwrap();
+    let ports = up_harness::ports(SMALL);
+    let user_args = ["--user", "admin", "--password-file", password_file.to_str().unwrap()];
+    let (mut up, _ready) = start_up_with(tmp.path(), &ports, SMALL, &user_args);
+
+    // `default` is off: nothing is served, nor written, before AUTH.
+    assert!(stdout_of(&redis_cli(ports.proxy, &["SET", "k", "v"])).starts_with("NOAUTH"));
+    let admin = |args: &[&str]| {
+        stdout_of(&redis_cli(
+            ports.proxy,
+            &[&["--user", "admin", "--pass", "adm1n-pw", "--no-auth-warning"], args].concat(),
+        ))
+    };
+    assert_eq!(admin(&["EXISTS", "k"]), "0", "the refused SET wrote");
+    assert_eq!(admin(&["SET", "k", "v"]), "OK");
+    assert_eq!(admin(&["GET", "k"]), "v");
+    assert!(admin(&["ACL", "LIST"]).contains("user default off"), "{}", admin(&["ACL", "LIST"]));
+    let wrong = redis_cli(ports.proxy, &["--user", "admin", "--pass", "nope", "--no-auth-warning", "GET", "k"]);
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("WRONGPASS"), "{wrong:?}");
+    assert!(stdout_of(&wrong).starts_with("NOAUTH"), "{wrong:?}");
+    let config = std::fs::read_to_string(tmp.path().join("proxy.toml")).unwrap();
+    assert!(!config.contains("adm1n-pw"), "proxy.toml holds the password:\n{config}");
+    assert!(!cluster_json(tmp.path()).to_string().contains("adm1n-pw"), "cluster.json holds the password");
+
+    // The operator commands log in: with --dir as the user `up` made; with --config from the
+    // environment or a file; without credentials they cannot.
+    let memlog = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(memlog_bin()).args(args).envs(env.iter().copied()).output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let dir = tmp.path().to_str().unwrap();
+    let config = tmp.path().join("proxy.toml");
+    let config = config.to_str().unwrap();
+    let (ok, report) = memlog(&["status", "--dir", dir], &[]);
+    assert!(ok, "memlog status --dir: {report}");
+    let (ok, report) =
+        memlog(&["status", "--config", config], &[("MEMLOG_USER", "admin"), ("MEMLOG_PASSWORD", "adm1n-pw")]);
+    assert!(ok, "memlog status --config with MEMLOG_USER/MEMLOG_PASSWORD: {report}");
+    let (ok, report) = memlog(
+        &["status", "--config", config, "--user", "admin", "--password-file", password_file.to_str().unwrap()],
+        &[],
+    );
+    assert!(ok, "memlog status --config --password-file: {report}");
+    let (ok, report) = memlog(&["status", "--config", config], &[]);
+    assert!(!ok && report.contains("NOAUTH"), "memlog status without credentials: {report}");
+    let pids = recorded_pids(&cluster_json(tmp.path()));
+    sigterm_and_check_clean_stop(&mut up, &pids);
+
+    // The store holds the user now: another password is refused before anything starts, the
+    // same one starts the cluster again with its data.
+    let other = secrets.path().join("other.password");
+    std::fs::write(&other, "not-it\n").unwrap();
+    let refused = up_harness::up_command(tmp.path(), &ports, SMALL)
+        .args(["--user", "admin", "--password-file", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("holds admin without this password"), "{stderr}");
+    assert_eq!(cluster_json(tmp.path())["state"], "stopped", "the refused start started something");
+    let (mut up, _ready) = start_up_with(tmp.path(), &ports, SMALL, &user_args);
+    assert_eq!(admin(&["GET", "k"]), "v");
+    assert!(stdout_of(&redis_cli(ports.proxy, &["GET", "k"])).starts_with("NOAUTH"));
+    let (ok, report) = memlog(&["failover", "--dir", dir, "--shard", "0"], &[]);
+    assert!(ok && report.contains("switched over"), "memlog failover --dir: {report}");
+    assert_eq!(admin(&["GET", "k"]), "v", "the write survived the switchover");
+    let pids = recorded_pids(&cluster_json(tmp.path()));
+    sigterm_and_check_clean_stop(&mut up, &pids);
+}

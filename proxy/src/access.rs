@@ -33,7 +33,7 @@ pub(crate) enum AccessError {
     Store(String),
 }
 
-/// What a change of users did, for the caller to close connections.
+/// The users a change removed or replaced: their connections must close.
 pub(crate) struct Removed(pub(crate) Vec<Vec<u8>>);
 
 pub(crate) struct Access {
@@ -137,6 +137,27 @@ impl Access {
         }
     }
 
+    /// A TLS client certificate names `name` (`[tls] cert_user`): the certificate stands for the
+    /// password, so the user must exist and be on. A refusal is counted and logged to `ACL LOG`
+    /// as a failed `AUTH` (object `tls-client-certificate`).
+    pub(crate) fn certificate_login(&self, name: &[u8], client_info: &[u8]) -> Result<(), AuthError> {
+        let users = self.users.load();
+        match users.get(name) {
+            Some(user) if user.enabled() => Ok(()),
+            found => {
+                self.auth_failures.increment(1);
+                self.log_event(LogEvent {
+                    reason: LogReason::Auth,
+                    context: LogContext::Toplevel,
+                    object: b"tls-client-certificate".to_vec(),
+                    username: name.to_vec(),
+                    client_info: client_info.to_vec(),
+                });
+                Err(if found.is_some() { AuthError::Refused } else { AuthError::NoSuchUser })
+            }
+        }
+    }
+
     /// May `user` run this request (`args` from the command name on)? A command the catalog
     /// lacks (one the proxy serves itself that this Redis does not have) is held to its
     /// container's permissions. A user removed meanwhile may run nothing.
@@ -208,15 +229,18 @@ impl Access {
     }
 
     /// `ACL LOAD`: the users of the store replace the compiled ones (without a store, the
-    /// configured ones are all there is: nothing changes). Returns the users that are gone.
+    /// configured ones are all there is: nothing changes). Returns every user replaced but
+    /// `default`: Redis 7.0 frees each user of the old set and closes its connections, except
+    /// `default`, whose rules it copies into the user its connections already hold
+    /// (`ACLLoadFromFile`, `ACLFreeUserAndKillClients` in src/acl.c).
     pub(crate) async fn load(&self) -> Result<Removed, AccessError> {
         let _change = self.changes.lock().await;
         let Some(store) = &self.store else { return Ok(Removed(Vec::new())) };
         let stored = store.list_users().await.map_err(|e| AccessError::Store(e.to_string()))?;
         let users = compile_stored(&self.catalog, &stored)?;
-        let gone = self.users.load().names().filter(|n| users.get(n).is_none()).map(<[u8]>::to_vec).collect();
+        let replaced = self.users.load().names().filter(|n| *n != b"default").map(<[u8]>::to_vec).collect();
         self.replace(users);
-        Ok(Removed(gone))
+        Ok(Removed(replaced))
     }
 }
 

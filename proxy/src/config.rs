@@ -245,13 +245,72 @@ impl SnapshotConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// `[tls]`: TLS for client connections (README, "Security"). All files are read again on
+/// SIGHUP; connections made afterwards use them, open ones keep theirs.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.
     pub cert: String,
     /// PEM private key.
     pub key: String,
+    /// PEM certificates of the CA(s) that sign client certificates: a CA of its own, not the
+    /// cluster CA of `[cluster_tls]`, so a client certificate is never a cluster identity.
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// Whether clients present a certificate (Redis's `tls-auth-clients`).
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// Which name of a client certificate is a memlog user, so the connection starts
+    /// authenticated as that user; unset: a certificate only admits the connection, which
+    /// then authenticates with `AUTH` as any other.
+    #[serde(default)]
+    pub cert_user: Option<CertUser>,
+}
+
+/// Whether clients present a certificate, signed by `client_ca`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No certificate is asked for.
+    #[default]
+    None,
+    /// A certificate is asked for; a client without one is served, one with a certificate
+    /// `client_ca` did not sign is refused.
+    Optional,
+    /// A client without a certificate of `client_ca` fails the handshake.
+    Required,
+}
+
+/// The name of a client certificate that names its user.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CertUser {
+    /// The subject's common name (exactly one CN).
+    Cn,
+    /// The subjectAltName DNS name (exactly one).
+    San,
+}
+
+impl TlsConfig {
+    /// The settings agree: a client CA exactly when certificates are asked for, and a user
+    /// mapping only then.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match (self.client_auth, &self.client_ca) {
+            (ClientAuth::None, Some(_)) => {
+                anyhow::bail!("[tls] client_ca is set but client_auth is \"none\": say \"optional\" or \"required\"")
+            }
+            (ClientAuth::Optional | ClientAuth::Required, None) => {
+                anyhow::bail!("[tls] client_auth asks for client certificates: client_ca must name their CA")
+            }
+            _ => {}
+        }
+        anyhow::ensure!(
+            self.cert_user.is_none() || self.client_auth != ClientAuth::None,
+            "[tls] cert_user needs client certificates: set client_auth and client_ca"
+        );
+        Ok(())
+    }
 }
 
 /// The credentials the proxy presents to every Redis node, on every connection (data path,
@@ -388,6 +447,9 @@ impl ProxyConfig {
     /// Checks what serde cannot: the shards cover every slot exactly once; snapshots replace
     /// a prefix of the journal, so they need one.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
+        }
         crate::params::check_group(&self.parameter_entries(), self.param_rules())
             .map_err(|e| anyhow::anyhow!("[parameters]: {}", e.to_string().trim_start_matches("ERR ")))?;
         if let Some(snapshot) = &self.snapshot {
@@ -412,7 +474,7 @@ mod tests {
             announce: Some("a:1".into()),
             worker_threads: Some(1),
             metrics_listen: Some("m:1".into()),
-            tls: Some(TlsConfig { cert: "c".into(), key: "k".into() }),
+            tls: Some(TlsConfig { cert: "c".into(), key: "k".into(), ..TlsConfig::default() }),
             journal: Some(JournalConfig {
                 nodes: vec![],
                 metadata: "file:x".into(),
@@ -451,6 +513,29 @@ mod tests {
         std::fs::write(&path, format!("[failover]\ndetect = 300\n{shards}")).unwrap();
         let refused = ProxyConfig::load(Some(&path)).unwrap_err().to_string();
         assert!(refused.contains("detect"), "{refused}");
+    }
+
+    #[test]
+    fn client_certificate_settings_must_agree() {
+        let shards = "[[shards]]\nslots = \"0-16383\"\nprimary = \"127.0.0.1:6379\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memlog.toml");
+        let load = |tls: &str| {
+            std::fs::write(&path, format!("[tls]\ncert = \"c\"\nkey = \"k\"\n{tls}\n{shards}")).unwrap();
+            ProxyConfig::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        let tls = load("client_ca = \"ca\"\nclient_auth = \"required\"\ncert_user = \"san\"").unwrap().tls.unwrap();
+        assert_eq!((tls.client_auth, tls.cert_user), (ClientAuth::Required, Some(CertUser::San)));
+        assert_eq!(load("").unwrap().tls.unwrap().client_auth, ClientAuth::None);
+        for (tls, error) in [
+            ("client_ca = \"ca\"", "client_auth is \"none\""),
+            ("client_auth = \"optional\"", "client_ca must name"),
+            ("cert_user = \"cn\"", "cert_user needs client certificates"),
+            ("client_ca = \"ca\"\nclient_auth = \"sometimes\"", "sometimes"),
+        ] {
+            let refused = load(tls).unwrap_err();
+            assert!(refused.contains(error), "{tls}: {refused}");
+        }
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub(crate) struct ClientCtx {
     pub client: Arc<ClientHandle>,
     pub lanes: Arc<Lanes>,
     pub authenticated: bool,
+    /// The user the client's TLS certificate names (`[tls] cert_user`): the connection starts,
+    /// and `RESET` returns, logged in as that user.
+    pub(crate) certificate_user: Option<String>,
     /// The client's link to the pub/sub hub.
     pub pubsub: ClientPubSub,
     /// The command being dispatched: the sequencer locates the keys a write touches with it.
@@ -47,6 +50,7 @@ impl ClientCtx {
             client,
             lanes,
             authenticated,
+            certificate_user: None,
             pubsub: Default::default(),
             command: None,
             multi: None,

@@ -8,6 +8,7 @@
 // declared in tests/layers.rs (which checks it) and described in docs/architecture.md.
 mod access;
 mod backend;
+mod client_tls;
 mod clients;
 mod commands;
 pub mod config;

@@ -12,8 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_tls::{reload_on_sighup, ClientTls};
 use crate::clients::ClientHandle;
-use crate::config::TlsConfig;
 use crate::proxy::Proxy;
 
 pub(crate) async fn accept_loop(
@@ -21,7 +21,14 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let tls = proxy.cfg.tls.as_ref().map(tls_acceptor).transpose()?;
+    let tls = match &proxy.cfg.tls {
+        Some(cfg) => {
+            let tls = Arc::new(ClientTls::load(cfg).map_err(|e| anyhow::anyhow!("[tls]: {e}"))?);
+            reload_on_sighup(tls.clone())?;
+            Some(tls)
+        }
+        None => None,
+    };
     let drain = CancellationToken::new();
     let mut sessions = JoinSet::new();
     let connected = metrics::gauge!("memlog_connected_clients");
@@ -54,9 +61,10 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(addr);
         let id = proxy.next_client_id.fetch_add(1, Ordering::Relaxed);
-        let user = if proxy.access.auth_required() { "(unauthenticated)" } else { "default" };
+        // Every connection starts as `default`, authenticated or not, as in Redis (`createClient`):
+        // CLIENT LIST shows `user=default` before AUTH.
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream) as i64;
-        let client = Arc::new(ClientHandle::new(id, addr, local, user).with_fd(fd));
+        let client = Arc::new(ClientHandle::new(id, addr, local, "default").with_fd(fd));
         proxy.clients.insert(id, client.clone());
         connected.set(proxy.clients.len() as f64);
         let (proxy, drain, tls, connected) = (proxy.clone(), drain.clone(), tls.clone(), connected.clone());
@@ -82,18 +90,27 @@ async fn serve_connection(
     client: Arc<ClientHandle>,
     stream: TcpStream,
     addr: SocketAddr,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<ClientTls>>,
     drain: CancellationToken,
 ) {
     match tls {
         None => {
             let (reader, writer) = stream.into_split();
-            crate::session::run(proxy, client, reader, writer, drain).await;
+            crate::session::run(proxy, client, reader, writer, None, drain).await;
         }
-        Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-            Ok(Ok(tls_stream)) => {
+        Some(tls) => match tokio::time::timeout(Duration::from_secs(10), tls.acceptor().accept(stream)).await {
+            Ok(Ok(mut tls_stream)) => {
+                let certificate_user = match tls.certificate_user(tls_stream.get_ref().1.peer_certificates()) {
+                    Ok(user) => user,
+                    Err(e) => {
+                        tracing::warn!(%addr, "client certificate refused: {e}");
+                        let _ = tls_stream.write_all(format!("-ERR memlog: {e}\r\n").as_bytes()).await;
+                        let _ = tls_stream.shutdown().await;
+                        return;
+                    }
+                };
                 let (reader, writer) = tokio::io::split(tls_stream);
-                crate::session::run(proxy, client, reader, writer, drain).await;
+                crate::session::run(proxy, client, reader, writer, certificate_user, drain).await;
             }
             Ok(Err(e)) => tracing::debug!(%addr, "TLS handshake failed: {e}"),
             Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
@@ -116,20 +133,4 @@ async fn sample_rates(proxy: std::sync::Weak<Proxy>) {
 async fn refuse(mut stream: TcpStream) {
     let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
     let _ = stream.shutdown().await;
-}
-
-fn tls_acceptor(cfg: &TlsConfig) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(&cfg.cert)
-        .map_err(|e| anyhow::anyhow!("cannot read TLS certificate {}: {e}", cfg.cert))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("bad TLS certificate {}: {e}", cfg.cert))?;
-    let key =
-        PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| anyhow::anyhow!("cannot read TLS key {}: {e}", cfg.key))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

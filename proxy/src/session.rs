@@ -40,6 +40,7 @@ pub(crate) async fn run<R, W>(
     client: Arc<ClientHandle>,
     reader: R,
     writer: W,
+    certificate_user: Option<String>,
     drain: CancellationToken,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -55,6 +56,7 @@ pub(crate) async fn run<R, W>(
         tokio::spawn(write_replies(proxy.clone(), client.clone(), writer, rx, push_rx, gone.clone(), pending.clone()));
     let mut ctx = ClientCtx::new(proxy.clone(), client.clone());
     ctx.pubsub = ClientPubSub::new(subscriber.clone());
+    ctx.certificate_user = certificate_user;
     read_requests(ctx, reader, tx, pending, drain, gone).await;
     let _ = writer_task.await;
     // Nothing of this client runs any more: its subscriptions and MONITOR can go.
@@ -78,6 +80,16 @@ async fn read_requests<R: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let auth_timeout = std::time::Duration::from_millis(cfg.auth_timeout_ms);
     let auth_deadline = tokio::time::Instant::from_std(client.connected_at) + auth_timeout;
+    // A client certificate that names a user logs the connection in before it sends anything;
+    // one naming no enabled user gets an error and is closed, as a failed AUTH would leave it
+    // with nothing to do.
+    if let Err(message) = crate::commands::connection::certificate_login(&mut ctx) {
+        let refused = Outgoing { close: true, ..Outgoing::new(Pending::error(&message), None, Instant::now()) };
+        if let Ok(permit) = pending.clone().acquire_owned().await {
+            let _ = tx.send((refused, permit, None));
+        }
+        return;
+    }
     loop {
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);

@@ -15,6 +15,7 @@ use syn::visit::Visit;
 /// its own layer (as long as no cycle forms) and of every layer below it.
 const LAYERS: &[&[&str]] = &[
     &["server"],
+    &["client_tls"],
     &["session"],
     &["dispatch"],
     &["commands"],

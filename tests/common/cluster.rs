@@ -29,6 +29,9 @@ pub struct ClusterOptions {
     /// Top-level TOML lines added to the proxy's configuration (`auth_timeout_ms = …`,
     /// `[[users]]` tables go last).
     pub proxy_extra: String,
+    /// `[journal] metadata`: the metadata store's URL; a `file:` store in the cluster's dir
+    /// when None.
+    pub metadata: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -40,6 +43,7 @@ impl Default for ClusterOptions {
             journal_segment_bytes: None,
             snapshot_every: None,
             proxy_extra: String::new(),
+            metadata: None,
         }
     }
 }
@@ -106,10 +110,13 @@ impl DurableCluster {
         let quote = |addrs: &[SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
         let mut toml = format!("listen = \"{}\"\n{}\n", self.proxy_addr, opts.proxy_extra);
         toml += &backend_auth_toml(self.dir.path());
+        let metadata = opts
+            .metadata
+            .clone()
+            .unwrap_or_else(|| format!("file:{}", self.dir.path().join("metadata.json").display()));
         toml += &format!(
-            "[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\nwrite_wait_ms = {}\n",
+            "[journal]\nnodes = [{}]\nmetadata = \"{metadata}\"\nwrite_wait_ms = {}\n",
             quote(&self.journal_addrs),
-            self.dir.path().join("metadata.json").display(),
             opts.write_wait_ms
         );
         toml += &super::cluster_tls::proxy_toml();
@@ -256,6 +263,21 @@ impl DurableCluster {
 
     pub fn kill_journal(&mut self, node: usize) {
         self.journal[node].take().expect("the journal node is running").kill9();
+    }
+
+    /// `kill -9` of every process: the proxy, every Redis node, every journal node.
+    pub fn kill_everything(&mut self) {
+        self.kill_proxy();
+        (0..self.redis.len()).for_each(|shard| self.kill_redis(shard));
+        (0..self.journal.len()).for_each(|node| self.kill_journal(node));
+    }
+
+    /// Starts everything [`DurableCluster::kill_everything`] killed (the Redis nodes empty) and
+    /// waits until the proxy serves.
+    pub fn restart_everything(&mut self) {
+        (0..self.journal.len()).for_each(|node| self.restart_journal(node));
+        (0..self.redis.len()).for_each(|shard| self.restart_redis(shard));
+        self.start_proxy();
     }
 
     /// Restarts a journal node on its dir and port.

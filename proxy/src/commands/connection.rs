@@ -39,6 +39,10 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
             *d.client.user.lock().unwrap() = "default".into();
             (d.replies_off, d.skip_next_reply) = (false, false);
             d.authenticated = !d.proxy.access.auth_required();
+            if let Err(message) = certificate_login(d) {
+                d.close_after_reply = true;
+                return Pending::error(&message);
+            }
             Pending::Ready(reply(Proto::Resp2, |w| {
                 w.simple("RESET");
             }))
@@ -87,6 +91,19 @@ fn authenticate(d: &mut ClientCtx, user: &[u8], password: &[u8], command: &[u8])
     d.proxy.access.authenticate(user, password, command, &client_info).map_err(|_| AuthError::REPLY)?;
     d.authenticated = true;
     *d.client.user.lock().unwrap() = String::from_utf8_lossy(user).into_owned();
+    Ok(())
+}
+
+/// Logs the client in as the user its TLS certificate names, if it names one: refused (and
+/// counted and logged as a failed `AUTH`) when that user does not exist or is off.
+pub(crate) fn certificate_login(d: &mut ClientCtx) -> Result<(), String> {
+    let Some(user) = d.certificate_user.clone() else { return Ok(()) };
+    let client_info = d.client_info();
+    d.proxy.access.certificate_login(user.as_bytes(), &client_info).map_err(|_| {
+        format!("WRONGPASS the TLS client certificate names user '{user}', which does not exist or is disabled")
+    })?;
+    d.authenticated = true;
+    *d.client.user.lock().unwrap() = user;
     Ok(())
 }
 
