@@ -560,3 +560,35 @@ fn up_with_a_user_protects_the_cluster_and_the_operator_commands_log_in() {
     let pids = recorded_pids(&cluster_json(tmp.path()));
     sigterm_and_check_clean_stop(&mut up, &pids);
 }
+
+/// `memlog up` started again after a failover: it starts every Redis node in its first role, so
+/// the primary the failover recorded comes back as a replica of the old one (and read-only).
+/// The proxy makes it the primary again, the old primary follows it, and every acknowledged
+/// write is served.
+#[test]
+fn up_again_after_a_failover_serves_from_the_recorded_primary() {
+    const KEYS: usize = 300;
+    let tmp = tempfile::tempdir().unwrap();
+    let ports = ports();
+    let (mut up, _ready) = start_up(tmp.path(), &ports);
+    let proxy = format!("127.0.0.1:{}", ports.proxy).parse().unwrap();
+    let mut client = Conn::connect(proxy, Duration::from_secs(20)).unwrap();
+    for i in 0..KEYS {
+        assert_eq!(client.cmd(&["SET", &format!("k{i}"), &format!("v{i}")]).unwrap(), resp::Value::Simple("OK".into()));
+    }
+    drop(client);
+    let dir = tmp.path().to_str().unwrap();
+    let out = Command::new(memlog_bin()).args(["failover", "--dir", dir, "--shard", "0"]).output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.contains("switched over"), "memlog failover: {report}");
+    let pids = recorded_pids(&cluster_json(tmp.path()));
+    sigterm_and_check_clean_stop(&mut up, &pids);
+
+    let (_up, _ready) = start_up(tmp.path(), &ports);
+    let mut client = Conn::connect(proxy, Duration::from_secs(20)).unwrap();
+    for i in 0..KEYS {
+        let got = client.cmd(&["GET", &format!("k{i}")]).unwrap();
+        assert_eq!(got.text(), format!("v{i}"), "k{i} after the restart\n{}", up_log(tmp.path()));
+    }
+    assert_eq!(client.cmd(&["SET", "after", "1"]).unwrap(), resp::Value::Simple("OK".into()));
+}

@@ -36,6 +36,9 @@ pub(crate) enum Command {
     /// `node` answers but does not follow the primary (a returning old primary, a restarted
     /// empty node): `REPLICAOF primary` before anything else is sent to it.
     Demote { node: String, primary: String },
+    /// The primary answers as a replica (e.g. `memlog up` started again after a failover brings
+    /// every node back in its first role): `REPLICAOF NO ONE`, and the applier checks it again.
+    Reclaim { node: String },
 }
 
 /// Why a manual switchover cannot start.
@@ -155,7 +158,11 @@ impl ShardCore {
             return Vec::new();
         }
         let mut commands = Vec::new();
-        let primary_answering = self.nodes.iter().any(|n| n.addr == self.primary && n.answering);
+        let primary = self.nodes.iter().find(|n| n.addr == self.primary && n.answering);
+        if primary.and_then(|n| n.health.as_ref()).is_some_and(|h| matches!(h.role, NodeRole::Replica { .. })) {
+            commands.push(Command::Reclaim { node: self.primary.clone() });
+        }
+        let primary_answering = primary.is_some();
         if self.holding && primary_answering {
             commands.push(Command::Rebuild { node: self.primary.clone() });
         }
@@ -326,6 +333,23 @@ mod tests {
         assert_eq!(core.decide(t1 + DETECT), vec![Command::Demote { node: "p:1".into(), primary: "r:2".into() }]);
         core.demoted("p:1");
         assert_eq!(core.decide(t1 + DETECT), vec![]);
+    }
+
+    #[test]
+    fn a_primary_back_as_a_replica_is_made_primary_again_and_the_others_follow_it() {
+        let t0 = Instant::now();
+        let mut core = shard(t0);
+        // After a failover to r:2 and a restart in the first roles: r:2 replicates p:1.
+        core.promoted("r:2");
+        core.observe("p:1", primary(0), t0);
+        core.observe("r:2", replica("p:1", 0), t0);
+        core.observe("r:3", replica("p:1", 0), t0);
+        let demote = |node: &str| Command::Demote { node: node.into(), primary: "r:2".into() };
+        assert_eq!(core.decide(t0), vec![Command::Reclaim { node: "r:2".into() }, demote("p:1"), demote("r:3")]);
+        core.promoted("r:2");
+        core.demoted("p:1");
+        core.demoted("r:3");
+        assert_eq!(core.decide(t0), vec![]);
     }
 
     #[test]

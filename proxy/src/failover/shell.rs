@@ -164,6 +164,30 @@ impl Controller {
             Command::Promote { node } => self.fail_over(&node).await,
             Command::Rebuild { node } => self.rebuild(&node).await,
             Command::Demote { node, primary } => self.demote(&node, &primary).await,
+            Command::Reclaim { node } => self.reclaim(&node).await,
+        }
+    }
+
+    /// The recorded primary answers as a replica: it is made the primary again, and every
+    /// connection reconnects to it (so the applier reads its `__memlog:lsn` again: what it holds
+    /// may have changed while it replicated another node).
+    async fn reclaim(&mut self, node: &str) {
+        tracing::warn!(
+            shard = self.setup.shard,
+            node,
+            "the recorded primary answers as a replica: making it the primary again"
+        );
+        let reclaimed = match self.prepare(node).await {
+            Ok(()) => self.command(node, &["REPLICAOF", "NO", "ONE"]).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match reclaimed {
+            Ok(()) => {
+                self.setup.target.retarget(node);
+                self.core.promoted(node);
+                self.event("primary_reclaimed", json!({"shard": self.setup.shard, "node": node})).await;
+            }
+            Err(e) => tracing::warn!(shard = self.setup.shard, node, "cannot make the recorded primary a primary: {e}"),
         }
     }
 
