@@ -36,8 +36,9 @@ pub(crate) enum Command {
     /// `node` answers but does not follow the primary (a returning old primary, a restarted
     /// empty node): `REPLICAOF primary` before anything else is sent to it.
     Demote { node: String, primary: String },
-    /// The primary answers as a replica (e.g. `memlog up` started again after a failover brings
-    /// every node back in its first role): `REPLICAOF NO ONE`, and the applier checks it again.
+    /// The primary answers as a replica of another node of the shard (e.g. `memlog up` started
+    /// again after a failover brings every node back in its first role): `REPLICAOF NO ONE`, and
+    /// the applier checks it again.
     Reclaim { node: String },
 }
 
@@ -159,7 +160,13 @@ impl ShardCore {
         }
         let mut commands = Vec::new();
         let primary = self.nodes.iter().find(|n| n.addr == self.primary && n.answering);
-        if primary.and_then(|n| n.health.as_ref()).is_some_and(|h| matches!(h.role, NodeRole::Replica { .. })) {
+        // Only a replica of another node of the shard: while a snapshot is loaded into it, the
+        // primary replicates the proxy's snapshot-serving port, on purpose.
+        let replicates_a_shard_node = |h: &Health| match &h.role {
+            NodeRole::Replica { of } => self.nodes.iter().any(|n| n.addr == *of),
+            NodeRole::Primary => false,
+        };
+        if primary.and_then(|n| n.health.as_ref()).is_some_and(replicates_a_shard_node) {
             commands.push(Command::Reclaim { node: self.primary.clone() });
         }
         let primary_answering = primary.is_some();
@@ -349,6 +356,9 @@ mod tests {
         core.promoted("r:2");
         core.demoted("p:1");
         core.demoted("r:3");
+        assert_eq!(core.decide(t0), vec![]);
+        // Loading a snapshot, the primary replicates the proxy's serving port: left alone.
+        core.observe("r:2", replica("127.0.0.1:40000", 0), t0);
         assert_eq!(core.decide(t0), vec![]);
     }
 
