@@ -47,7 +47,7 @@ use applier::Applier;
 use blocked::BlockedRegistry;
 pub(crate) use blocked::{unblock, Blocked, BlockedClients};
 use journaler::{Journal, Journaler};
-use seams::{JournalStream, QuorumStream};
+use seams::{JournalStream, Primary, QuorumStream};
 pub(crate) use watch::Watch;
 use watch::WatchRegistry;
 
@@ -178,7 +178,7 @@ impl Sequencer {
     ) -> anyhow::Result<Sequencer> {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
         let apply = ApplyConns::new(primary.clone(), opts);
-        let health = Arc::new(ApplyHealth::default());
+        let health = Arc::new(ApplyHealth { published_to: Some(primary.clone()), ..ApplyHealth::default() });
         let reply_wait = journal.as_ref().map_or(Duration::ZERO, |setup| setup.write_wait);
         let mut applier =
             Applier { shard, apply, reader: None, snapshots, applied: 0, health: health.clone(), reply_wait };
@@ -192,6 +192,13 @@ impl Sequencer {
                 let writer = recover_until_done(&stream).await;
                 let started = Instant::now();
                 let replayed = applier.catch_up(writer.commit_lsn()).await;
+                // What the primary holds now (the last entry with a payload: barriers set no
+                // LSN) is what every read connection waits for from here on.
+                if let Some(held) =
+                    applier.apply.lsn_check().await.ok().and_then(|reply| crate::keys::parse_lsn(&reply))
+                {
+                    health.primary_holds(held);
+                }
                 tracing::info!(
                     shard,
                     epoch = writer.epoch(),
@@ -327,9 +334,22 @@ type AppendFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u6
 struct ApplyHealth {
     failing: AtomicBool,
     recovered: Notify,
+    /// The shard's target, where the journal prefix the primary holds is published for the read
+    /// connections (none in the sequencer's unit tests).
+    published_to: Option<Arc<crate::backend::NodeTarget>>,
 }
 
 impl ApplyHealth {
+    /// The primary holds the journal prefix up to `lsn` (an entry applied, or the start-up
+    /// catch-up done). Published before any client hears of it, so a read connection that
+    /// (re)connects from then on waits until its node holds at least every acknowledged write
+    /// (invariant I3 for reads), and the controller rebuilds a primary found behind it.
+    fn primary_holds(&self, lsn: u64) {
+        if let Some(target) = &self.published_to {
+            target.primary_holds(lsn);
+        }
+    }
+
     fn set_failing(&self, failing: bool) {
         if self.failing.swap(failing, Ordering::AcqRel) && !failing {
             self.recovered.notify_waiters();

@@ -254,6 +254,13 @@ impl DurableCluster {
         self.redis[shard] = Some(spawn_redis_at(self.dir.path(), self.redis_addrs[shard].port()));
     }
 
+    /// Starts Redis on the shard primary's port from the RDB it last saved (`SAVE`), as a node
+    /// with persistence comes back after a crash: holding less than it had.
+    pub fn restart_redis_from_its_rdb(&mut self, shard: usize) {
+        assert!(self.redis[shard].is_none(), "shard {shard}'s primary is running");
+        self.redis[shard] = Some(spawn_redis_node(self.dir.path(), self.redis_addrs[shard].port(), false));
+    }
+
     pub fn kill_journal(&mut self, node: usize) {
         self.journal[node].take().expect("the journal node is running").kill9();
     }
@@ -314,10 +321,17 @@ pub fn redis_conn(addr: SocketAddr) -> std::io::Result<Conn> {
 /// `DEBUG` from loopback and wants [`REDIS_PASSWORD`]; an RDB left there is removed, so it always
 /// starts empty.
 pub fn spawn_redis_at(dir: &Path, port: u16) -> Proc {
+    spawn_redis_node(dir, port, true)
+}
+
+/// [`spawn_redis_at`], which loads the RDB left in its dir unless `wipe`.
+fn spawn_redis_node(dir: &Path, port: u16, wipe: bool) -> Proc {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let node_dir = dir.join(format!("redis-{port}"));
     std::fs::create_dir_all(&node_dir).unwrap();
-    let _ = std::fs::remove_file(node_dir.join("dump.rdb"));
+    if wipe {
+        let _ = std::fs::remove_file(node_dir.join("dump.rdb"));
+    }
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
     // For DEBUG DIGEST / DIGEST-VALUE, which Redis 7 refuses by default.

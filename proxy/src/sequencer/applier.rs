@@ -105,6 +105,7 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             let exec = result.as_ref().ok().and_then(|replies| replies.last()).and_then(crate::resp::array_items);
             if let Some(replies) = exec.filter(|replies| replies.len() == items.len() + 1) {
                 self.applied = lsn;
+                self.health.primary_holds(lsn);
                 self.health.set_failing(false);
                 for (item, reply) in items.into_iter().zip(replies) {
                     if !item.silent {
