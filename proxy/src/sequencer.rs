@@ -41,7 +41,7 @@ use crate::backend::{BackendConn, BackendError, BackendOptions, ReplySender};
 use crate::keys::LSN_KEY;
 use crate::normalize::{self, Plan, Resolved};
 use crate::resp::{encode_command, error_reply, Proto, Request, RequestParser};
-use crate::snapshot::ShardSnapshots;
+use crate::snapshot::{adopt, ShardSnapshots};
 use crate::table::CommandInfo;
 use applier::Applier;
 use blocked::BlockedRegistry;
@@ -72,6 +72,8 @@ const APPENDS_IN_FLIGHT: usize = 2;
 const PARKED_RETRY: Duration = Duration::from_millis(100);
 /// Most entries replayed per read from the journal.
 const REPLAY_CHUNK: u64 = 2048;
+/// The key the entry journaled right after an adoption deletes (a no-op that sets the LSN).
+const ADOPTION_MARK_KEY: &[u8] = b"__memlog:adopted";
 
 /// Work waiting for its shard's order, from one client.
 pub(crate) struct SequencerRequest {
@@ -169,19 +171,23 @@ pub(crate) struct Sequencer {
 impl Sequencer {
     /// Starts the sequencer; with a journal, returns once the stream is recovered and the
     /// primary caught up, so nothing is served from a primary that misses committed writes.
+    /// A primary holding data the journal does not hold is adopted first (or refused:
+    /// [`adopt::settle`]); `slots` are the shard's, to report keys of other shards' slots.
     pub(crate) async fn start(
         shard: usize,
         primary: Arc<crate::backend::NodeTarget>,
         opts: BackendOptions,
         journal: Option<JournalSetup>,
         snapshots: Option<Arc<ShardSnapshots>>,
+        slots: &[(u16, u16)],
     ) -> anyhow::Result<Sequencer> {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let apply = ApplyConns::new(primary.clone(), opts);
+        let apply = ApplyConns::new(primary.clone(), opts.clone());
         let health = Arc::new(ApplyHealth { published_to: Some(primary.clone()), ..ApplyHealth::default() });
         let reply_wait = journal.as_ref().map_or(Duration::ZERO, |setup| setup.write_wait);
         let mut applier =
             Applier { shard, apply, reader: None, snapshots, applied: 0, health: health.clone(), reply_wait };
+        let mut adopted = false;
         let journal = match journal {
             None => None,
             Some(setup) => {
@@ -190,6 +196,9 @@ impl Sequencer {
                 applier.reader = Some(Arc::new(Reader::new(&stream.name, &setup.nodes, &setup.quorum.transport)));
                 let write_wait = setup.write_wait;
                 let writer = recover_until_done(&stream).await;
+                let reader = applier.reader.as_deref().expect("set above");
+                let snapshots = applier.snapshots.as_deref();
+                adopted = adopt::settle(shard, &primary, &opts, writer.commit_lsn(), reader, snapshots, slots).await?;
                 let started = Instant::now();
                 let replayed = applier.catch_up(writer.commit_lsn()).await;
                 // What the primary holds now (the last entry with a payload: barriers set no
@@ -228,7 +237,27 @@ impl Sequencer {
             retry_scheduled: false,
         };
         tokio::spawn(journaler.run(rx));
-        Ok(Sequencer { queue, primary, blocked })
+        let sequencer = Sequencer { queue, primary, blocked };
+        if adopted {
+            sequencer.journal_adoption_mark().await?;
+        }
+        Ok(sequencer)
+    }
+
+    /// Journals and applies a no-op as the first entry after an adoption, so the primary holds
+    /// an LSN: a node that comes back empty is then found behind the shard (and rebuilt from the
+    /// baseline and the journal) instead of being taken for the empty journal's state.
+    async fn journal_adoption_mark(&self) -> anyhow::Result<()> {
+        let (reply, applied) = oneshot::channel();
+        let request = Request::from_args(&[&b"DEL"[..], ADOPTION_MARK_KEY]);
+        let op = SequencerOp::Write { request, command: None };
+        self.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;
+        match applied.await {
+            Ok(Ok(reply)) if reply.starts_with(b":") => Ok(()),
+            Ok(Ok(reply)) => anyhow::bail!("the adoption mark was refused: {}", String::from_utf8_lossy(&reply).trim()),
+            Ok(Err(e)) => anyhow::bail!("the adoption mark was not applied: {e}"),
+            Err(_) => anyhow::bail!("the adoption mark was dropped"),
+        }
     }
 
     /// Queues `write` once the shard's queue has room (see `QUEUE_CAPACITY`).

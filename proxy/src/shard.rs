@@ -72,7 +72,7 @@ impl Shard {
         let (started, sequencer) = watch::channel(None);
         let switchover = Controller::spawn(ControllerSetup {
             shard: id,
-            slots,
+            slots: slots.clone(),
             nodes,
             target: target.clone(),
             sequencer,
@@ -92,7 +92,7 @@ impl Shard {
         if let Err(e) = prepare.prepare_at(&primary).await {
             tracing::warn!(shard = id, "primary not prepared before the start-up catch-up: {e}");
         }
-        let sequencer = Sequencer::start(id, target.clone(), opts.clone(), journal, snapshots.clone()).await?;
+        let sequencer = Sequencer::start(id, target.clone(), opts.clone(), journal, snapshots.clone(), &slots).await?;
         started.send_replace(Some(sequencer.clone()));
         if let Some(snapshots) = &snapshots {
             snapshots.clone().spawn_scheduler(status.clone(), target.clone());

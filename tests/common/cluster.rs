@@ -66,6 +66,15 @@ pub struct DurableCluster {
 impl DurableCluster {
     /// Starts everything and waits until the proxy serves.
     pub fn start(opts: ClusterOptions) -> DurableCluster {
+        let mut cluster = DurableCluster::start_without_proxy(opts);
+        cluster.start_proxy();
+        cluster
+    }
+
+    /// Starts the journal nodes and the Redis nodes, and writes the proxy's configuration; the
+    /// proxy is started later ([`DurableCluster::start_proxy`]), e.g. in front of data put
+    /// into the nodes directly.
+    pub fn start_without_proxy(opts: ClusterOptions) -> DurableCluster {
         let dir = tempfile::tempdir().unwrap();
         let journal_args: Vec<String> =
             opts.journal_segment_bytes.iter().flat_map(|b| ["--segment-bytes".to_string(), b.to_string()]).collect();
@@ -77,10 +86,9 @@ impl DurableCluster {
             (0..opts.shards).map(|_| Some(spawn_redis_at(dir.path(), free_port()))).collect();
         let redis_addrs = redis.iter().map(|p| p.as_ref().unwrap().addr).collect();
         let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cluster =
+        let cluster =
             DurableCluster { dir, journal, journal_addrs, journal_args, redis, redis_addrs, proxy: None, proxy_addr };
         cluster.write_proxy_config(&opts);
-        cluster.start_proxy();
         cluster
     }
 
@@ -186,6 +194,38 @@ impl DurableCluster {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts the proxy expecting it to refuse to serve: waits until it exits (with a failure
+    /// status, or the test fails) and returns its log.
+    pub fn start_proxy_refused(&mut self) -> String {
+        assert!(self.proxy.is_none(), "the proxy is running");
+        let run = (0..).find(|run| !self.dir.path().join(format!("proxy-{run}.log")).exists()).unwrap();
+        let log = self.dir.path().join(format!("proxy-{run}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(memlog_bin())
+            .arg("proxy")
+            .arg("--config")
+            .arg(self.config_path())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start the proxy");
+        let deadline = Instant::now() + PROXY_READY_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the proxy did not refuse within {PROXY_READY_TIMEOUT:?}\n{}", self.proxy_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!status.success(), "the proxy exited with {status}\n{text}");
+        text
     }
 
     /// What every shard's primary holds now.
