@@ -135,6 +135,14 @@ fn a_redis_with_200k_keys_of_every_type_is_adopted_and_survives_being_wiped() {
     let baseline = cluster.snapshot_dir().join("shard-0").join(format!("{:020}.rdb", 0));
     assert!(baseline.exists(), "no baseline snapshot at {}", baseline.display());
     assert_same_data(&Snapshot::take(node), &before, "after adoption", &log);
+    let status = std::process::Command::new(common::memlog_bin())
+        .args(["status", "--config"])
+        .arg(cluster.dir.path().join("proxy.toml"))
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    let adopted = format!("shard 0 adopted {KEYS} keys from {node} (its baseline snapshot, lsn 0)");
+    assert!(status.contains(&adopted), "memlog status:\n{status}");
 
     // Writes after the adoption: journaled on top of the baseline.
     let mut client = cluster.client();

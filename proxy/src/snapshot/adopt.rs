@@ -124,13 +124,13 @@ pub(crate) async fn settle(
                 keys = held.keys,
                 "the primary holds data no journal holds: adopting it (a baseline snapshot at lsn 0) before the shard serves"
             );
-            if !slots.iter().any(|&(lo, hi)| lo == 0 && usize::from(hi) == crate::router::SLOTS - 1) {
-                report_other_shards_keys(shard, node, &conn, slots).await.map_err(failed)?;
-            }
-            snapshots
-                .adopt(node, held.keys)
-                .await
-                .map_err(|e| failed(format!("adopting {node}'s data failed: {e}")))?;
+            let others = if slots.iter().any(|&(lo, hi)| lo == 0 && usize::from(hi) == crate::router::SLOTS - 1) {
+                0
+            } else {
+                report_other_shards_keys(shard, node, &conn, slots).await.map_err(failed)?
+            };
+            let adopted = snapshots.adopt(node, held.keys, others).await;
+            adopted.map_err(|e| failed(format!("adopting {node}'s data failed: {e}")))?;
             Ok(true)
         }
     }
@@ -188,14 +188,15 @@ async fn has_writes(journal: &Reader, commit: u64) -> Result<bool, String> {
     Ok(false)
 }
 
-/// Logs (and records as an event) the keys on `node` whose slots another shard owns: they stay
-/// in the node and the baseline, but clients reach them through the shard owning their slot.
+/// Logs the keys on `node` whose slots another shard owns and returns how many there are (the
+/// adoption's events record the count, `memlog status` shows it): they stay in the node and the
+/// baseline, but clients reach their slots through the shard owning them.
 async fn report_other_shards_keys(
     shard: usize,
     node: &str,
     conn: &BackendConn,
     slots: &[(u16, u16)],
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let owns = |key: &[u8]| {
         let slot = crate::router::key_slot(key);
         slots.iter().any(|&(lo, hi)| (lo..=hi).contains(&slot))
@@ -226,7 +227,7 @@ async fn report_other_shards_keys(
             "the primary holds keys whose slots other shards own: they are kept (in the node and the baseline) but not served through this shard; move them (MIGRATE, or memlog import) to reach them"
         );
     }
-    Ok(())
+    Ok(others)
 }
 
 #[cfg(test)]

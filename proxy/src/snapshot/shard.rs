@@ -159,13 +159,15 @@ impl ShardSnapshots {
         Ok(self.catalog().await?.first().is_some_and(|s| s.lsn == 0))
     }
 
-    /// Adopts the data `node` holds (`keys` keys, no journal entry): fetches its RDB as the
-    /// baseline snapshot at LSN 0, verified and recorded before the shard serves (so before its
-    /// first write is journaled), logging the progress of a large dataset.
-    pub(crate) async fn adopt(&self, node: &str, keys: u64) -> anyhow::Result<()> {
+    /// Adopts the data `node` holds (`keys` keys, `other_shards_keys` of them in other shards'
+    /// slots, no journal entry): fetches its RDB as the baseline snapshot at LSN 0, verified and
+    /// recorded before the shard serves (so before its first write is journaled), logging the
+    /// progress of a large dataset. `memlog status` reads the two events.
+    pub(crate) async fn adopt(&self, node: &str, keys: u64, other_shards_keys: u64) -> anyhow::Result<()> {
         let _one_at_a_time = self.busy.lock().await;
         let started = Instant::now();
-        self.event("adoption_started", json!({"shard": self.shard, "node": node, "keys": keys})).await;
+        let body = json!({"shard": self.shard, "node": node, "keys": keys, "other_shards_keys": other_shards_keys});
+        self.event("adoption_started", body).await;
         let partial = self.dir.join(format!(".{:020}.rdb.partial", 0));
         let progress = tokio::spawn(log_progress(self.shard, node.to_string(), keys, partial));
         let fetched = self.fetch_and_record(node, 0).await;
@@ -181,18 +183,19 @@ impl ShardSnapshots {
             elapsed_ms,
             "adopted: the primary's data is now the shard's baseline snapshot (lsn 0); the shard serves"
         );
-        let body = json!({"shard": self.shard, "node": node, "keys": keys, "bytes": bytes,
-                          "location": record.location, "duration_ms": elapsed_ms});
+        let body = json!({"shard": self.shard, "node": node, "keys": keys, "other_shards_keys": other_shards_keys,
+                          "bytes": bytes, "location": record.location, "duration_ms": elapsed_ms});
         self.event("adoption_completed", body).await;
         Ok(())
     }
 
-    /// Loads the baseline (or a newer snapshot) into `node` when it holds nothing at all: an
-    /// adopted shard's data before its first journal entry is in no entry, so replaying the
-    /// journal alone would not bring it back. False when there is no baseline or the node holds
-    /// something.
-    pub(crate) async fn restore_if_empty_and_adopted(&self, node: &str) -> anyhow::Result<bool> {
-        if !self.has_baseline().await? {
+    /// Loads the newest snapshot into `node` when it holds nothing at all and there is one: an
+    /// adopted shard's data from before its first entry is in snapshots only (and the journal's
+    /// first segment may outlive the baseline's pruning, so a replay from the start would find
+    /// it and miss that data); for any shard it leaves less to replay. False when the node holds
+    /// something or there is no snapshot.
+    pub(crate) async fn restore_if_empty(&self, node: &str) -> anyhow::Result<bool> {
+        if self.catalog().await?.is_empty() {
             return Ok(false);
         }
         let conn = BackendConn::spawn(node, Proto::Resp2, self.prepare.opts().clone());
@@ -202,7 +205,7 @@ impl ShardSnapshots {
         if &reply[..] != b":0\r\n" {
             return Ok(false);
         }
-        tracing::info!(shard = self.shard, node, "the node is empty and the shard was adopted: loading its snapshot");
+        tracing::info!(shard = self.shard, node, "the node is empty: loading the newest snapshot before the replay");
         self.restore(node).await?;
         Ok(true)
     }
