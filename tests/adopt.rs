@@ -100,6 +100,16 @@ fn assert_same_data(got: &Snapshot, want: &Snapshot, what: &str, log: &str) {
     );
 }
 
+/// What `memlog status --config` prints about the cluster.
+fn memlog_status(cluster: &DurableCluster) -> String {
+    let status = std::process::Command::new(common::memlog_bin())
+        .args(["status", "--config"])
+        .arg(cluster.dir.path().join("proxy.toml"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&status.stdout).into_owned()
+}
+
 /// Reads `key` through the proxy until it reads as `value` (the shard rebuilt), up to a minute.
 fn wait_until_reads(cluster: &DurableCluster, key: &str, value: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -135,12 +145,7 @@ fn a_redis_with_200k_keys_of_every_type_is_adopted_and_survives_being_wiped() {
     let baseline = cluster.snapshot_dir().join("shard-0").join(format!("{:020}.rdb", 0));
     assert!(baseline.exists(), "no baseline snapshot at {}", baseline.display());
     assert_same_data(&Snapshot::take(node), &before, "after adoption", &log);
-    let status = std::process::Command::new(common::memlog_bin())
-        .args(["status", "--config"])
-        .arg(cluster.dir.path().join("proxy.toml"))
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&status.stdout);
+    let status = memlog_status(&cluster);
     let adopted = format!("shard 0 adopted {KEYS} keys from {node} (its baseline snapshot, lsn 0)");
     assert!(status.contains(&adopted), "memlog status:\n{status}");
 
@@ -209,4 +214,30 @@ fn adoption_without_a_snapshot_table_is_refused_naming_the_table() {
     let log = cluster.start_proxy_refused();
     assert!(log.contains(&format!("shard 0: its primary {node} holds 1 keys that no journal holds")), "{log}");
     assert!(log.contains("no [snapshot] table is configured: add one"), "{log}");
+}
+
+#[test]
+fn keys_of_other_shards_slots_on_an_adopted_node_are_reported_and_kept() {
+    let mut cluster = DurableCluster::start_without_proxy(ClusterOptions { shards: 2, ..options() });
+    let node = cluster.redis_addr(0);
+    let mut direct = redis_conn(node).unwrap();
+    // Shard 0 owns slots 0-8191: `{a}` hashes to slot 15495 (shard 1's), `{b}` to 3300 (its own).
+    for i in 0..30 {
+        assert_eq!(direct.cmd(&["SET", &format!("{{a}}:{i}"), "elsewhere"]).unwrap(), Value::Simple("OK".into()));
+        assert_eq!(direct.cmd(&["SET", &format!("{{b}}:{i}"), "here"]).unwrap(), Value::Simple("OK".into()));
+    }
+    cluster.start_proxy();
+    let log = cluster.proxy_log();
+    assert!(log.contains("the primary holds keys whose slots other shards own"), "{log}");
+    assert!(log.contains("keys=30"), "{log}");
+    let status = memlog_status(&cluster);
+    let line = format!(
+        "shard 0 adopted 60 keys from {node} (its baseline snapshot, lsn 0); 30 of them in other shards' slots"
+    );
+    assert!(status.contains(&line), "memlog status:\n{status}");
+    // Kept on the node, not served through shard 0: the proxy routes `{a}` to shard 1.
+    assert_eq!(direct.cmd(&["GET", "{a}:0"]).unwrap(), Value::Bulk(Some(b"elsewhere".to_vec())));
+    let mut client = cluster.client();
+    assert_eq!(client.cmd(&["GET", "{a}:0"]).unwrap(), Value::Bulk(None));
+    assert_eq!(client.cmd(&["GET", "{b}:0"]).unwrap(), Value::Bulk(Some(b"here".to_vec())));
 }
