@@ -187,7 +187,7 @@ impl Sequencer {
         let reply_wait = journal.as_ref().map_or(Duration::ZERO, |setup| setup.write_wait);
         let mut applier =
             Applier { shard, apply, reader: None, snapshots, applied: 0, health: health.clone(), reply_wait };
-        let mut adopted = false;
+        let mut needs_adoption_mark = false;
         let journal = match journal {
             None => None,
             Some(setup) => {
@@ -198,7 +198,8 @@ impl Sequencer {
                 let writer = recover_until_done(&stream).await;
                 let reader = applier.reader.as_deref().expect("set above");
                 let snapshots = applier.snapshots.as_deref();
-                adopted = adopt::settle(shard, &primary, &opts, writer.commit_lsn(), reader, snapshots, slots).await?;
+                needs_adoption_mark =
+                    adopt::settle(shard, &primary, &opts, writer.commit_lsn(), reader, snapshots, slots).await?;
                 let started = Instant::now();
                 let replayed = applier.catch_up(writer.commit_lsn()).await;
                 // What the primary holds now (the last entry with a payload: barriers set no
@@ -238,7 +239,7 @@ impl Sequencer {
         };
         tokio::spawn(journaler.run(rx));
         let sequencer = Sequencer { queue, primary, blocked };
-        if adopted {
+        if needs_adoption_mark {
             sequencer.journal_adoption_mark().await?;
         }
         Ok(sequencer)

@@ -236,7 +236,8 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                 "the primary holds lsn {from}, beyond the journal's commit point {lsn}: it was written by someone else"
             );
         }
-        // An adopted shard's data from before its first entry is in snapshots only.
+        // A node holding nothing is loaded from the newest snapshot first: an adopted shard's
+        // data from before its first entry is in snapshots only.
         if let Some(snapshots) = self.snapshots.as_ref().filter(|_| from == 0) {
             if snapshots.restore_if_empty(&self.apply.addr()).await? {
                 from = self.held_lsn().await?;

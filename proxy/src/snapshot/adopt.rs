@@ -89,7 +89,9 @@ fn verdict(
 /// Checks what shard `shard`'s primary (`target`: it moves if the failover controller replaces
 /// a primary found dead) holds against the journal (committed up to `commit`), and adopts its
 /// data when the journal holds no write yet. Returns once the shard may be caught up and served
-/// — true when it adopted just now; an error refuses the shard.
+/// — true when the shard holds adopted data and no journal write yet (adopted now, or at a start
+/// that ended before its first write), so its first entry must be journaled before it serves;
+/// an error refuses the shard.
 pub(crate) async fn settle(
     shard: usize,
     target: &NodeTarget,
@@ -112,7 +114,7 @@ pub(crate) async fn settle(
         Verdict::Serve => Ok(false),
         Verdict::AlreadyAdopted => {
             tracing::info!(shard, node, keys = held.keys, "the primary holds the data adopted at an earlier start");
-            Ok(false)
+            Ok(true)
         }
         Verdict::Adopt => {
             let Some(snapshots) = snapshots else {
