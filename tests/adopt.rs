@@ -231,13 +231,20 @@ fn keys_of_other_shards_slots_on_an_adopted_node_are_reported_and_kept() {
         assert_eq!(direct.cmd(&["SET", &format!("{{a}}:{i}"), "elsewhere"]).unwrap(), Value::Simple("OK".into()));
         assert_eq!(direct.cmd(&["SET", &format!("{{b}}:{i}"), "here"]).unwrap(), Value::Simple("OK".into()));
     }
+    // And one in a database memlog does not serve (SELECT is refused, as in Redis Cluster).
+    for (command, reply) in
+        [(&["SELECT", "1"][..], "OK"), (&["SET", "{b}:db1", "kept"][..], "OK"), (&["SELECT", "0"][..], "OK")]
+    {
+        assert_eq!(direct.cmd(command).unwrap(), Value::Simple(reply.into()));
+    }
     cluster.start_proxy();
     let log = cluster.proxy_log();
     assert!(log.contains("the primary holds keys whose slots other shards own"), "{log}");
     assert!(log.contains("keys=30"), "{log}");
+    assert!(log.contains("the primary holds keys in databases other than 0"), "{log}");
     let status = memlog_status(&cluster);
     let line = format!(
-        "shard 0 adopted 60 keys from {node} (its baseline snapshot, lsn 0); 30 of them in other shards' slots"
+        "shard 0 adopted 61 keys from {node} (its baseline snapshot, lsn 0); 30 of them in other shards' slots"
     );
     assert!(status.contains(&line), "memlog status:\n{status}");
     // Kept on the node, not served through shard 0: the proxy routes `{a}` to shard 1.
@@ -245,4 +252,12 @@ fn keys_of_other_shards_slots_on_an_adopted_node_are_reported_and_kept() {
     let mut client = cluster.client();
     assert_eq!(client.cmd(&["GET", "{a}:0"]).unwrap(), Value::Bulk(None));
     assert_eq!(client.cmd(&["GET", "{b}:0"]).unwrap(), Value::Bulk(Some(b"here".to_vec())));
+    // Both kinds are in the baseline: a wiped node gets them back.
+    cluster.kill_redis(0);
+    cluster.restart_redis(0);
+    wait_until_reads(&cluster, "{b}:1", "here");
+    let mut direct = redis_conn(node).unwrap();
+    assert_eq!(direct.cmd(&["GET", "{a}:0"]).unwrap(), Value::Bulk(Some(b"elsewhere".to_vec())));
+    assert_eq!(direct.cmd(&["SELECT", "1"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(direct.cmd(&["GET", "{b}:db1"]).unwrap(), Value::Bulk(Some(b"kept".to_vec())));
 }

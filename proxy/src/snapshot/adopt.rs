@@ -49,8 +49,11 @@ pub(crate) enum AdoptionError {
 struct Holdings {
     /// Its `__memlog:lsn` (0: none).
     lsn: u64,
-    /// `DBSIZE`.
+    /// Keys in every database (`INFO keyspace`): the baseline holds them all.
     keys: u64,
+    /// Of them, keys in databases other than 0, which memlog does not serve (`SELECT` is
+    /// refused as in cluster mode).
+    other_db_keys: u64,
 }
 
 /// What start-up must do about the data a shard's primary holds.
@@ -126,6 +129,14 @@ pub(crate) async fn settle(
                 keys = held.keys,
                 "the primary holds data no journal holds: adopting it (a baseline snapshot at lsn 0) before the shard serves"
             );
+            if held.other_db_keys > 0 {
+                tracing::warn!(
+                    shard,
+                    node,
+                    keys = held.other_db_keys,
+                    "the primary holds keys in databases other than 0: they are kept in the baseline but not served (memlog serves database 0 only, as Redis Cluster)"
+                );
+            }
             let others = if slots.iter().any(|&(lo, hi)| lo == 0 && usize::from(hi) == crate::router::SLOTS - 1) {
                 0
             } else {
@@ -138,9 +149,9 @@ pub(crate) async fn settle(
     }
 }
 
-/// The primary's address, a connection to it, and its `GET __memlog:lsn` and `DBSIZE`: asked
-/// again (of wherever the target then points) until it answers, as the start-up catch-up
-/// waits for a primary that is not up yet or still loading its dataset.
+/// The primary's address, a connection to it, its `GET __memlog:lsn` and its keys (`INFO
+/// keyspace`): asked again (of wherever the target then points) until it answers, as the
+/// start-up catch-up waits for a primary that is not up yet or still loading its dataset.
 async fn holdings(shard: usize, target: &NodeTarget, opts: &BackendOptions) -> (String, BackendConn, Holdings) {
     let mut attempt = 0u64;
     loop {
@@ -149,9 +160,9 @@ async fn holdings(shard: usize, target: &NodeTarget, opts: &BackendOptions) -> (
         let asked = async {
             let lsn = conn.call(&[&b"GET"[..], LSN_KEY]).await.map_err(|e| e.to_string())?;
             let lsn = parse_lsn(&lsn).ok_or_else(|| answer("GET __memlog:lsn", &lsn))?;
-            let keys = conn.call(&["DBSIZE"]).await.map_err(|e| e.to_string())?;
-            let keys = integer(&keys).ok_or_else(|| answer("DBSIZE", &keys))?;
-            Ok::<_, String>(Holdings { lsn, keys })
+            let info = conn.call(&["INFO", "keyspace"]).await.map_err(|e| e.to_string())?;
+            let (keys, other_db_keys) = keyspace_keys(&info).ok_or_else(|| answer("INFO keyspace", &info))?;
+            Ok::<_, String>(Holdings { lsn, keys, other_db_keys })
         };
         match asked.await {
             Ok(held) => return (node, conn, held),
@@ -170,8 +181,20 @@ fn answer(what: &str, reply: &[u8]) -> String {
     format!("{what} answered {}", String::from_utf8_lossy(reply).trim())
 }
 
-fn integer(reply: &[u8]) -> Option<u64> {
-    std::str::from_utf8(reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?).ok()?.parse().ok()
+/// The keys of every database and of those other than 0, from `INFO keyspace`'s bulk reply
+/// (`db0:keys=12,expires=1,avg_ttl=0` lines; none when the node holds nothing).
+fn keyspace_keys(reply: &[u8]) -> Option<(u64, u64)> {
+    let text = std::str::from_utf8(bulk_payload(reply)?).ok()?;
+    let (mut all, mut others) = (0, 0);
+    for line in text.lines().filter(|l| l.starts_with("db")) {
+        let (db, fields) = line.split_once(':')?;
+        let keys: u64 = fields.split(',').find_map(|f| f.strip_prefix("keys="))?.parse().ok()?;
+        all += keys;
+        if db != "db0" {
+            others += keys;
+        }
+    }
+    Some((all, others))
 }
 
 /// True when the journal holds an entry with a payload (a write) up to `commit`. Recoveries
@@ -237,7 +260,7 @@ mod tests {
     use super::*;
 
     fn held(lsn: u64, keys: u64) -> Holdings {
-        Holdings { lsn, keys }
+        Holdings { lsn, keys, other_db_keys: 0 }
     }
 
     #[test]
@@ -258,8 +281,11 @@ mod tests {
     }
 
     #[test]
-    fn replies_are_read_strictly() {
-        assert_eq!(integer(b":19771\r\n"), Some(19771));
-        assert_eq!(integer(b"-LOADING\r\n"), None);
+    fn keys_are_counted_in_every_database() {
+        let info = "# Keyspace\r\ndb0:keys=19771,expires=3,avg_ttl=0\r\ndb5:keys=2,expires=0,avg_ttl=0\r\n";
+        let reply = format!("${}\r\n{info}\r\n", info.len());
+        assert_eq!(keyspace_keys(reply.as_bytes()), Some((19773, 2)));
+        assert_eq!(keyspace_keys(b"$12\r\n# Keyspace\r\n\r\n"), Some((0, 0)));
+        assert_eq!(keyspace_keys(b"-LOADING Redis is loading\r\n"), None);
     }
 }
