@@ -43,8 +43,9 @@ pub struct StatusArgs {
     /// shards, journal nodes and metadata store).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print JSON instead of a table: `shards` (each with `id`, `slots`, `epoch`, `primary` and
-    /// `replicas`, a node being `{addr, pid, lsn}`) and `journal` (`{addr, healthy, streams}`);
+    /// Print JSON instead of a table: `shards` (each with `id`, `slots`, `epoch`, `primary`,
+    /// `replicas`, a node being `{addr, pid, lsn}`, `snapshot` and `adoption`) and `journal`
+    /// (`{addr, healthy, streams}`);
     /// `pid` is null for processes `memlog up` did not start, `lsn` null for a node that does
     /// not answer. Printed even when the exit status says the cluster is not healthy.
     #[arg(long)]
@@ -89,6 +90,55 @@ pub struct ShardReport {
     /// The newest snapshot in the metadata store's catalog; `None` without one (or without a
     /// metadata store that answers).
     pub snapshot: Option<SnapshotReport>,
+    /// The shard's adoption of the data its primary held before memlog fronted it (the
+    /// metadata store's latest `adoption_*` event); `None` when it never adopted any.
+    pub adoption: Option<AdoptionReport>,
+}
+
+/// A shard's adoption (docs/adoption.md), as its events in the metadata store tell it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdoptionReport {
+    /// False while the baseline snapshot is being taken (the shard is not served yet).
+    pub done: bool,
+    pub node: String,
+    pub keys: u64,
+    /// Keys in other shards' slots: kept in the node and the baseline, not served by this shard.
+    pub other_shards_keys: u64,
+}
+
+impl AdoptionReport {
+    /// The latest `adoption_started` / `adoption_completed` event of `shard`.
+    fn from_events(events: &[EventRecord], shard: u32) -> Option<AdoptionReport> {
+        let event = events.iter().rfind(|e| {
+            (e.kind == "adoption_started" || e.kind == "adoption_completed")
+                && e.body.get("shard").and_then(|s| s.as_u64()) == Some(shard.into())
+        })?;
+        let number = |field: &str| event.body.get(field).and_then(|v| v.as_u64()).unwrap_or(0);
+        Some(AdoptionReport {
+            done: event.kind == "adoption_completed",
+            node: event.body.get("node").and_then(|n| n.as_str()).unwrap_or_default().to_string(),
+            keys: number("keys"),
+            other_shards_keys: number("other_shards_keys"),
+        })
+    }
+
+    fn line(&self, shard: u32) -> String {
+        let others = match self.other_shards_keys {
+            0 => String::new(),
+            n => format!("; {n} of them in other shards' slots: kept, not served by this shard"),
+        };
+        if self.done {
+            format!(
+                "shard {shard} adopted {} keys from {} (its baseline snapshot, lsn 0){others}",
+                self.keys, self.node
+            )
+        } else {
+            format!(
+                "shard {shard} ADOPTING {} keys from {}: not served until its baseline snapshot is taken (progress in the proxy's log){others}",
+                self.keys, self.node
+            )
+        }
+    }
 }
 
 /// A shard's newest snapshot.
@@ -193,13 +243,14 @@ pub async fn gather(deployment: &Deployment) -> Report {
         },
     };
     let mut nodes = probe_redis_nodes(layout.iter().flat_map(|s| s.nodes()), deployment.backend_auth.clone()).await;
-    let mut snapshots = newest_snapshots(deployment, layout.iter().map(|s| s.id)).await;
+    let (mut snapshots, events) = newest_snapshots_and_events(deployment, layout.iter().map(|s| s.id)).await;
     let shards = layout
         .into_iter()
         .map(|shard| {
             let shard = if source == Source::Proxy { shard } else { shard.corrected_by_roles(&nodes) };
             let snapshot = snapshots.remove(&shard.id);
-            ShardReport { snapshot, ..shard.report(deployment, &mut nodes) }
+            let adoption = AdoptionReport::from_events(&events, shard.id);
+            ShardReport { snapshot, adoption, ..shard.report(deployment, &mut nodes) }
         })
         .collect();
     let journal = probe_journal(deployment).await;
@@ -256,6 +307,7 @@ impl Layout {
             primary: node(self.primary),
             replicas: self.replicas.into_iter().map(node).collect(),
             snapshot: None,
+            adoption: None,
         }
     }
 }
@@ -318,11 +370,14 @@ async fn layout_from_metadata(deployment: &Deployment) -> Result<Vec<Layout>, St
     }
 }
 
-/// Each shard's newest snapshot in the metadata store's catalog (none when it cannot be read:
-/// the topology source already says why).
-async fn newest_snapshots(deployment: &Deployment, shards: impl Iterator<Item = u32>) -> BTreeMap<u32, SnapshotReport> {
+/// Each shard's newest snapshot in the metadata store's catalog, and the store's event log
+/// (none when they cannot be read: the topology source already says why).
+async fn newest_snapshots_and_events(
+    deployment: &Deployment,
+    shards: impl Iterator<Item = u32>,
+) -> (BTreeMap<u32, SnapshotReport>, Vec<EventRecord>) {
     let Some(url) = deployment.config.as_ref().and_then(|c| c.journal.as_ref()).map(|j| j.metadata.clone()) else {
-        return BTreeMap::new();
+        return Default::default();
     };
     let shards: Vec<u32> = shards.collect();
     let read = async {
@@ -333,11 +388,11 @@ async fn newest_snapshots(deployment: &Deployment, shards: impl Iterator<Item = 
                 newest.insert(shard, SnapshotReport { lsn: s.lsn, location: s.location, timestamp_ms: s.timestamp_ms });
             }
         }
-        Ok::<_, MetaError>(newest)
+        Ok::<_, MetaError>((newest, all_events(&store).await?))
     };
     match tokio::time::timeout(META_TIMEOUT, read).await {
-        Ok(Ok(newest)) => newest,
-        _ => BTreeMap::new(),
+        Ok(Ok(read)) => read,
+        _ => Default::default(),
     }
 }
 
@@ -495,6 +550,9 @@ impl Report {
                     problems.push(format!("shard {} node {}: {problem}", shard.id, node.addr));
                 }
             }
+            if shard.adoption.as_ref().is_some_and(|a| !a.done) {
+                problems.push(format!("shard {} is adopting its primary's data (not served yet)", shard.id));
+            }
         }
         for node in self.journal.iter().filter(|j| !j.healthy) {
             problems.push(format!("journal node {}: {}", node.addr, node.error.as_deref().unwrap_or("unhealthy")));
@@ -558,7 +616,12 @@ impl Report {
                 );
             }
         }
-        if self.shards.iter().any(|s| s.snapshot.is_some()) {
+        for shard in &self.shards {
+            if let Some(adoption) = &shard.adoption {
+                out += &format!("\n{}", adoption.line(shard.id));
+            }
+        }
+        if self.shards.iter().any(|s| s.snapshot.is_some() || s.adoption.is_some()) {
             out += "\n";
         }
         out += &format!(
@@ -622,6 +685,25 @@ mod tests {
     }
 
     #[test]
+    fn a_shards_adoption_is_its_latest_adoption_event() {
+        let event = |id: u64, kind: &str, body: serde_json::Value| EventRecord { id, kind: kind.into(), body };
+        let started = serde_json::json!({"shard": 1, "node": "n:1", "keys": 19771, "other_shards_keys": 3});
+        let mut events =
+            vec![event(1, "epoch_bumped", serde_json::json!({"epoch": 1})), event(2, "adoption_started", started)];
+        let adopting = AdoptionReport::from_events(&events, 1).unwrap();
+        assert!(!adopting.done && adopting.keys == 19771 && adopting.other_shards_keys == 3);
+        assert!(
+            adopting.line(1).starts_with("shard 1 ADOPTING 19771 keys from n:1: not served"),
+            "{}",
+            adopting.line(1)
+        );
+        assert_eq!(AdoptionReport::from_events(&events, 0), None);
+        events.push(event(3, "adoption_completed", serde_json::json!({"shard": 1, "node": "n:1", "keys": 19771})));
+        let adopted = AdoptionReport::from_events(&events, 1).unwrap();
+        assert_eq!(adopted.line(1), "shard 1 adopted 19771 keys from n:1 (its baseline snapshot, lsn 0)");
+    }
+
+    #[test]
     fn slot_ranges_use_the_config_notation() {
         assert_eq!(slot_ranges(&[(0, 99), (200, 200), (300, 16383)]), "0-99,200,300-16383");
         assert_eq!(slot_ranges(&[]), "");
@@ -671,7 +753,7 @@ mod tests {
             serde_json::json!({"shards":[{"id":0,"slots":"0-16383","epoch":2,
                 "primary":{"addr":"127.0.0.1:7000","pid":null,"lsn":42},
                 "replicas":[{"addr":"127.0.0.1:7001","pid":null,"lsn":40},{"addr":"127.0.0.1:7002","pid":null,"lsn":0}],
-                "snapshot":null}],
+                "snapshot":null,"adoption":null}],
                 "journal":[]})
         );
         let table = report.table(&deployment);

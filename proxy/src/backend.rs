@@ -172,7 +172,8 @@ pub(crate) struct NodeTarget {
     apply_checked: AtomicBool,
     /// Batches sent on apply connections whose replies have not come back.
     applies_in_flight: AtomicU64,
-    /// The highest `__memlog:lsn` the primary was seen with; reads wait for a node below it.
+    /// The highest journal prefix the primary was seen with or the applier applied (so at least
+    /// every acknowledged write); reads wait for a node below it.
     lsn_floor: AtomicU64,
 }
 
@@ -243,6 +244,11 @@ impl NodeTarget {
     /// journal's commit point, which is at least this, so the floor only rises.)
     pub(crate) fn primary_holds(&self, lsn: u64) {
         self.lsn_floor.fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    /// The highest journal prefix the primary was known to hold: every acknowledged write is in it.
+    pub(crate) fn lsn_floor(&self) -> u64 {
+        self.lsn_floor.load(Ordering::Acquire)
     }
 
     fn batch_answered(&self, role: Role) {

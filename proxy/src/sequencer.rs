@@ -42,7 +42,7 @@ use crate::backend::{BackendConn, BackendError, BackendOptions, ReplySender};
 use crate::keys::LSN_KEY;
 use crate::normalize::{self, Plan, Resolved};
 use crate::resp::{encode_command, error_reply, Proto, Request, RequestParser};
-use crate::snapshot::ShardSnapshots;
+use crate::snapshot::{adopt, ShardSnapshots};
 use crate::stats::ShardMemory;
 use crate::table::CommandInfo;
 use abort::{AbortRequest, Aborts};
@@ -50,7 +50,7 @@ use applier::Applier;
 use blocked::BlockedRegistry;
 pub(crate) use blocked::{unblock, Blocked, BlockedClients};
 use journaler::{Journal, Journaler};
-use seams::{JournalStream, QuorumStream};
+use seams::{JournalStream, Primary, QuorumStream};
 pub(crate) use watch::Watch;
 use watch::WatchRegistry;
 
@@ -75,6 +75,8 @@ const APPENDS_IN_FLIGHT: usize = 2;
 const PARKED_RETRY: Duration = Duration::from_millis(100);
 /// Most entries replayed per read from the journal.
 const REPLAY_CHUNK: u64 = 2048;
+/// The key the entry journaled right after an adoption deletes (a no-op that sets the LSN).
+const ADOPTION_MARK_KEY: &[u8] = b"__memlog:adopted";
 
 /// Redis 7.0's `-OOM` (`shared.oomerr`): what may add data, over memlog's `maxmemory`.
 pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
@@ -189,17 +191,20 @@ pub(crate) struct Sequencer {
 impl Sequencer {
     /// Starts the sequencer; with a journal, returns once the stream is recovered and the
     /// primary caught up, so nothing is served from a primary that misses committed writes.
+    /// A primary holding data the journal does not hold is adopted first (or refused:
+    /// [`adopt::settle`]); `slots` are the shard's, to report keys of other shards' slots.
     pub(crate) async fn start(
         shard: usize,
         primary: Arc<crate::backend::NodeTarget>,
         opts: BackendOptions,
         journal: Option<JournalSetup>,
         snapshots: Option<Arc<ShardSnapshots>>,
+        slots: &[(u16, u16)],
         memory: Arc<ShardMemory>,
     ) -> anyhow::Result<Sequencer> {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let apply = ApplyConns::new(primary.clone(), opts);
-        let health = Arc::new(ApplyHealth::default());
+        let apply = ApplyConns::new(primary.clone(), opts.clone());
+        let health = Arc::new(ApplyHealth { published_to: Some(primary.clone()), ..ApplyHealth::default() });
         let reply_wait = journal.as_ref().map_or(Duration::ZERO, |setup| setup.write_wait);
         let meta = journal.as_ref().map(|setup| setup.meta.clone());
         let aborted = match &meta {
@@ -209,6 +214,7 @@ impl Sequencer {
         let (aborts, abort_requests) = Aborts::new(meta, aborted);
         let mut applier =
             Applier { shard, apply, reader: None, snapshots, applied: 0, health: health.clone(), reply_wait, aborts };
+        let mut needs_adoption_mark = false;
         let journal = match journal {
             None => None,
             Some(setup) => {
@@ -217,8 +223,19 @@ impl Sequencer {
                 applier.reader = Some(Arc::new(Reader::new(&stream.name, &setup.nodes, &setup.quorum.transport)));
                 let write_wait = setup.write_wait;
                 let writer = recover_until_done(&stream).await;
+                let reader = applier.reader.as_deref().expect("set above");
+                let snapshots = applier.snapshots.as_deref();
+                needs_adoption_mark =
+                    adopt::settle(shard, &primary, &opts, writer.commit_lsn(), reader, snapshots, slots).await?;
                 let started = Instant::now();
                 let replayed = applier.catch_up(writer.commit_lsn()).await;
+                // What the primary holds now (the last entry with a payload: barriers set no
+                // LSN) is what every read connection waits for from here on.
+                if let Some(held) =
+                    applier.apply.lsn_check().await.ok().and_then(|reply| crate::keys::parse_lsn(&reply))
+                {
+                    health.primary_holds(held);
+                }
                 tracing::info!(
                     shard,
                     epoch = writer.epoch(),
@@ -249,7 +266,27 @@ impl Sequencer {
             memory,
         };
         tokio::spawn(journaler.run(rx));
-        Ok(Sequencer { shard, queue, health, aborts: abort_requests, primary, blocked })
+        let sequencer = Sequencer { shard, queue, health, aborts: abort_requests, primary, blocked };
+        if needs_adoption_mark {
+            sequencer.journal_adoption_mark().await?;
+        }
+        Ok(sequencer)
+    }
+
+    /// Journals and applies a no-op as the first entry after an adoption, so the primary holds
+    /// an LSN: a node that comes back empty is then found behind the shard (and rebuilt from the
+    /// baseline and the journal) instead of being taken for the empty journal's state.
+    async fn journal_adoption_mark(&self) -> anyhow::Result<()> {
+        let (reply, applied) = oneshot::channel();
+        let request = Request::from_args(&[&b"DEL"[..], ADOPTION_MARK_KEY]);
+        let op = SequencerOp::Write { request, command: None };
+        self.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;
+        match applied.await {
+            Ok(Ok(reply)) if reply.starts_with(b":") => Ok(()),
+            Ok(Ok(reply)) => anyhow::bail!("the adoption mark was refused: {}", String::from_utf8_lossy(&reply).trim()),
+            Ok(Err(e)) => anyhow::bail!("the adoption mark was not applied: {e}"),
+            Err(_) => anyhow::bail!("the adoption mark was dropped"),
+        }
     }
 
     /// `MEMLOG ABORT`: aborts entry `lsn`, which the applier must be stuck on (`abort.rs`);
@@ -383,9 +420,22 @@ struct ApplyHealth {
     recovered: Notify,
     /// The entry the applier keeps failing to apply (0: none), for `MEMLOG ABORT`.
     stuck_on: std::sync::atomic::AtomicU64,
+    /// The shard's target, where the journal prefix the primary holds is published for the read
+    /// connections (none in the sequencer's unit tests).
+    published_to: Option<Arc<crate::backend::NodeTarget>>,
 }
 
 impl ApplyHealth {
+    /// The primary holds the journal prefix up to `lsn` (an entry applied, or the start-up
+    /// catch-up done). Published before any client hears of it, so a read connection that
+    /// (re)connects from then on waits until its node holds at least every acknowledged write
+    /// (invariant I3 for reads), and the controller rebuilds a primary found behind it.
+    fn primary_holds(&self, lsn: u64) {
+        if let Some(target) = &self.published_to {
+            target.primary_holds(lsn);
+        }
+    }
+
     fn set_failing(&self, failing: bool) {
         if self.failing.swap(failing, Ordering::AcqRel) && !failing {
             self.recovered.notify_waiters();

@@ -75,7 +75,7 @@ impl Shard {
         let (started, sequencer) = watch::channel(None);
         let switchover = Controller::spawn(ControllerSetup {
             shard: id,
-            slots,
+            slots: slots.clone(),
             nodes,
             target: target.clone(),
             sequencer,
@@ -97,7 +97,8 @@ impl Shard {
         }
         let memory = Arc::new(ShardMemory::default());
         let sequencer =
-            Sequencer::start(id, target.clone(), opts.clone(), journal, snapshots.clone(), memory.clone()).await?;
+            Sequencer::start(id, target.clone(), opts.clone(), journal, snapshots.clone(), &slots, memory.clone())
+                .await?;
         started.send_replace(Some(sequencer.clone()));
         if let Some(snapshots) = &snapshots {
             snapshots.clone().spawn_scheduler(status.clone(), target.clone());

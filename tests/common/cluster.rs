@@ -70,6 +70,15 @@ pub struct DurableCluster {
 impl DurableCluster {
     /// Starts everything and waits until the proxy serves.
     pub fn start(opts: ClusterOptions) -> DurableCluster {
+        let mut cluster = DurableCluster::start_without_proxy(opts);
+        cluster.start_proxy();
+        cluster
+    }
+
+    /// Starts the journal nodes and the Redis nodes, and writes the proxy's configuration; the
+    /// proxy is started later ([`DurableCluster::start_proxy`]), e.g. in front of data put
+    /// into the nodes directly.
+    pub fn start_without_proxy(opts: ClusterOptions) -> DurableCluster {
         let dir = tempfile::tempdir().unwrap();
         let journal_args: Vec<String> =
             opts.journal_segment_bytes.iter().flat_map(|b| ["--segment-bytes".to_string(), b.to_string()]).collect();
@@ -81,10 +90,9 @@ impl DurableCluster {
             (0..opts.shards).map(|_| Some(spawn_redis_at(dir.path(), free_port()))).collect();
         let redis_addrs = redis.iter().map(|p| p.as_ref().unwrap().addr).collect();
         let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cluster =
+        let cluster =
             DurableCluster { dir, journal, journal_addrs, journal_args, redis, redis_addrs, proxy: None, proxy_addr };
         cluster.write_proxy_config(&opts);
-        cluster.start_proxy();
         cluster
     }
 
@@ -195,6 +203,38 @@ impl DurableCluster {
         }
     }
 
+    /// Starts the proxy expecting it to refuse to serve: waits until it exits (with a failure
+    /// status, or the test fails) and returns its log.
+    pub fn start_proxy_refused(&mut self) -> String {
+        assert!(self.proxy.is_none(), "the proxy is running");
+        let run = (0..).find(|run| !self.dir.path().join(format!("proxy-{run}.log")).exists()).unwrap();
+        let log = self.dir.path().join(format!("proxy-{run}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(memlog_bin())
+            .arg("proxy")
+            .arg("--config")
+            .arg(self.config_path())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start the proxy");
+        let deadline = Instant::now() + PROXY_READY_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the proxy did not refuse within {PROXY_READY_TIMEOUT:?}\n{}", self.proxy_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!status.success(), "the proxy exited with {status}\n{text}");
+        text
+    }
+
     /// What every shard's primary holds now.
     pub fn snapshots(&self) -> Vec<Snapshot> {
         (0..self.shards()).map(|shard| Snapshot::take(self.redis_addr(shard))).collect()
@@ -259,6 +299,13 @@ impl DurableCluster {
     pub fn restart_redis(&mut self, shard: usize) {
         assert!(self.redis[shard].is_none(), "shard {shard}'s primary is running");
         self.redis[shard] = Some(spawn_redis_at(self.dir.path(), self.redis_addrs[shard].port()));
+    }
+
+    /// Starts Redis on the shard primary's port from the RDB it last saved (`SAVE`), as a node
+    /// with persistence comes back after a crash: holding less than it had.
+    pub fn restart_redis_from_its_rdb(&mut self, shard: usize) {
+        assert!(self.redis[shard].is_none(), "shard {shard}'s primary is running");
+        self.redis[shard] = Some(spawn_redis_node(self.dir.path(), self.redis_addrs[shard].port(), false));
     }
 
     pub fn kill_journal(&mut self, node: usize) {
@@ -336,10 +383,17 @@ pub fn redis_conn(addr: SocketAddr) -> std::io::Result<Conn> {
 /// `DEBUG` from loopback and wants [`REDIS_PASSWORD`]; an RDB left there is removed, so it always
 /// starts empty.
 pub fn spawn_redis_at(dir: &Path, port: u16) -> Proc {
+    spawn_redis_node(dir, port, true)
+}
+
+/// [`spawn_redis_at`], which loads the RDB left in its dir unless `wipe`.
+fn spawn_redis_node(dir: &Path, port: u16, wipe: bool) -> Proc {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let node_dir = dir.join(format!("redis-{port}"));
     std::fs::create_dir_all(&node_dir).unwrap();
-    let _ = std::fs::remove_file(node_dir.join("dump.rdb"));
+    if wipe {
+        let _ = std::fs::remove_file(node_dir.join("dump.rdb"));
+    }
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
     // For DEBUG DIGEST / DIGEST-VALUE, which Redis 7 refuses by default.

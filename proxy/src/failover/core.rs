@@ -121,6 +121,12 @@ impl ShardCore {
         }
     }
 
+    /// The primary answered with less than the shard's applied journal prefix (which the core
+    /// does not see): it lost data and will be rebuilt, as when it went back.
+    pub(crate) fn primary_behind(&mut self) {
+        self.holding = true;
+    }
+
     /// Records a check of `addr` answered `-BUSY`: the node is running a long script or
     /// function, so it is alive, and still what it last said it was (nothing is known of it if
     /// it never said: it is then neither promoted nor demoted, only not taken for dead).
@@ -390,6 +396,19 @@ mod tests {
         // Restarted empty, so it reports itself as a primary holding nothing: the journal fills it.
         core.observe("r:3", primary(0), t1 + DETECT);
         assert_eq!(core.decide(t1 + DETECT), vec![Command::Promote { node: "r:3".into() }]);
+    }
+
+    #[test]
+    fn a_primary_behind_the_applied_prefix_is_rebuilt_even_if_no_check_saw_it_ahead() {
+        let t0 = Instant::now();
+        let mut core = shard(t0);
+        core.observe("p:1", primary(0), t0);
+        assert_eq!(core.decide(t0), vec![], "an lsn no lower than the last check's is no loss by itself");
+        core.primary_behind();
+        core.observe("p:1", primary(0), t0);
+        assert_eq!(core.decide(t0), vec![Command::Rebuild { node: "p:1".into() }]);
+        core.rebuilt();
+        assert_eq!(core.decide(t0), vec![]);
     }
 
     #[test]

@@ -103,6 +103,9 @@ impl Controller {
     /// Checks every node at once; each gets the check timeout to answer.
     async fn check_all(&mut self) {
         let deadline = tokio::time::Instant::now() + self.setup.settings.check_timeout;
+        // Read before the checks go out: the primary held this much before it was asked, so a
+        // smaller answer means it lost data (an answer racing a newer apply is never below it).
+        let floor = self.setup.target.lsn_floor();
         let lsn_get = encode_command(&[&b"GET"[..], LSN_KEY]);
         let sent: Vec<_> = self
             .checks
@@ -144,6 +147,11 @@ impl Controller {
                 }
             }
             if let Some(health) = health.as_ref().filter(|_| addr == self.core.primary()) {
+                if health.lsn < floor {
+                    // Restarted empty (or from an old file) before any check saw it holding
+                    // more: it is rebuilt all the same, not served as it is.
+                    self.core.primary_behind();
+                }
                 self.setup.target.primary_holds(health.lsn);
             }
             self.core.observe(&addr, health, Instant::now());

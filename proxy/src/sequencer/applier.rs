@@ -111,6 +111,7 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             let exec = result.as_ref().ok().and_then(|replies| replies.last()).and_then(crate::resp::array_items);
             if let Some(replies) = exec.filter(|replies| replies.len() == items.len() + 1) {
                 self.applied = lsn;
+                self.health.primary_holds(lsn);
                 self.recovered();
                 for (item, reply) in items.into_iter().zip(replies) {
                     if !item.silent {
@@ -323,6 +324,13 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             anyhow::bail!(
                 "the primary holds lsn {from}, beyond the journal's commit point {lsn}: it was written by someone else"
             );
+        }
+        // A node holding nothing is loaded from the newest snapshot first: an adopted shard's
+        // data from before its first entry is in snapshots only.
+        if let Some(snapshots) = self.snapshots.as_ref().filter(|_| from == 0) {
+            if snapshots.restore_if_empty(&self.apply.addr()).await? {
+                from = self.held_lsn().await?;
+            }
         }
         let mut replayed = 0;
         while from < lsn {

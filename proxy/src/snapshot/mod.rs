@@ -5,8 +5,10 @@
 //! A snapshot is an RDB of one of the shard's Redis nodes, fetched and loaded over Redis's own
 //! replication protocol (`rdb`), so it needs nothing but stock Redis reachable over the network.
 //! The files are kept in a directory and listed in the metadata store's catalog; the journal is
-//! truncated below the oldest snapshot kept (`shard`).
+//! truncated below the oldest snapshot kept (`shard`). A shard whose primary held data before
+//! memlog fronted it starts from a baseline snapshot at LSN 0 (`adopt`).
 
+pub(crate) mod adopt;
 pub(crate) mod rdb;
 mod shard;
 

@@ -26,6 +26,8 @@ const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 /// How long the metadata store and the source's `GET __memlog:lsn` may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an adoption logs how far its fetch got.
+const ADOPTION_PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// A shard's snapshots. The files live in `<dir>/shard-N/`, named by the LSN they hold at
 /// least; the catalog is the metadata store's. One operation at a time, so a restore never
@@ -110,20 +112,7 @@ impl ShardSnapshots {
         let started = Instant::now();
         let lsn = self.lsn_of(source).await?;
         anyhow::ensure!(lsn > 0, "{source} holds no journal entry yet");
-        let dir = self.dir.clone();
-        blocking(move || std::fs::create_dir_all(dir)).await?;
-        let path = self.dir.join(format!("{lsn:020}.rdb"));
-        let partial = self.dir.join(format!(".{lsn:020}.rdb.partial"));
-        let bytes = self.fetch_durably(source, &partial, &path).await?;
-        let record = SnapshotRecord {
-            shard: self.shard as u32,
-            lsn,
-            location: path.display().to_string(),
-            timestamp_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        };
-        tokio::time::timeout(CALL_TIMEOUT, self.meta.add_snapshot(&record))
-            .await
-            .map_err(|_| anyhow::anyhow!("the metadata store did not answer"))??;
+        let (record, bytes) = self.fetch_and_record(source, lsn).await?;
         let elapsed = started.elapsed();
         let shard = self.shard.to_string();
         metrics::counter!("memlog_snapshots_total", "shard" => shard.clone()).increment(1);
@@ -142,6 +131,83 @@ impl ShardSnapshots {
         self.event("snapshot_taken", body).await;
         self.prune_and_truncate().await?;
         Ok(record)
+    }
+
+    /// Fetches `source`'s RDB (which holds the journal up to `lsn`) into the shard's directory
+    /// and records it in the catalog; returns the record and the file's size.
+    async fn fetch_and_record(&self, source: &str, lsn: u64) -> anyhow::Result<(SnapshotRecord, u64)> {
+        let dir = self.dir.clone();
+        blocking(move || std::fs::create_dir_all(dir)).await?;
+        let path = self.dir.join(format!("{lsn:020}.rdb"));
+        let partial = self.dir.join(format!(".{lsn:020}.rdb.partial"));
+        let bytes = self.fetch_durably(source, &partial, &path).await?;
+        let record = SnapshotRecord {
+            shard: self.shard as u32,
+            lsn,
+            location: path.display().to_string(),
+            timestamp_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        };
+        tokio::time::timeout(CALL_TIMEOUT, self.meta.add_snapshot(&record))
+            .await
+            .map_err(|_| anyhow::anyhow!("the metadata store did not answer"))??;
+        Ok((record, bytes))
+    }
+
+    /// True when the catalog holds this shard's baseline: the snapshot at LSN 0 taken when the
+    /// shard adopted the data its primary held (`adopt`).
+    pub(crate) async fn has_baseline(&self) -> anyhow::Result<bool> {
+        Ok(self.catalog().await?.first().is_some_and(|s| s.lsn == 0))
+    }
+
+    /// Adopts the data `node` holds (`keys` keys, `other_shards_keys` of them in other shards'
+    /// slots, no journal entry): fetches its RDB as the baseline snapshot at LSN 0, verified and
+    /// recorded before the shard serves (so before its first write is journaled), logging the
+    /// progress of a large dataset. `memlog status` reads the two events.
+    pub(crate) async fn adopt(&self, node: &str, keys: u64, other_shards_keys: u64) -> anyhow::Result<()> {
+        let _one_at_a_time = self.busy.lock().await;
+        let started = Instant::now();
+        let body = json!({"shard": self.shard, "node": node, "keys": keys, "other_shards_keys": other_shards_keys});
+        self.event("adoption_started", body).await;
+        let partial = self.dir.join(format!(".{:020}.rdb.partial", 0));
+        let progress = tokio::spawn(log_progress(self.shard, node.to_string(), keys, partial));
+        let fetched = self.fetch_and_record(node, 0).await;
+        progress.abort();
+        let (record, bytes) = fetched?;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            shard = self.shard,
+            node,
+            keys,
+            bytes,
+            location = %record.location,
+            elapsed_ms,
+            "adopted: the primary's data is now the shard's baseline snapshot (lsn 0); the shard serves"
+        );
+        let body = json!({"shard": self.shard, "node": node, "keys": keys, "other_shards_keys": other_shards_keys,
+                          "bytes": bytes, "location": record.location, "duration_ms": elapsed_ms});
+        self.event("adoption_completed", body).await;
+        Ok(())
+    }
+
+    /// Loads the newest snapshot into `node` when it holds nothing at all and there is one: an
+    /// adopted shard's data from before its first entry is in snapshots only (and the journal's
+    /// first segment may outlive the baseline's pruning, so a replay from the start would find
+    /// it and miss that data); for any shard it leaves less to replay. False when the node holds
+    /// something or there is no snapshot.
+    pub(crate) async fn restore_if_empty(&self, node: &str) -> anyhow::Result<bool> {
+        if self.catalog().await?.is_empty() {
+            return Ok(false);
+        }
+        let conn = BackendConn::spawn(node, Proto::Resp2, self.prepare.opts().clone());
+        let reply = tokio::time::timeout(CALL_TIMEOUT, conn.call(&["DBSIZE"]))
+            .await
+            .map_err(|_| anyhow::anyhow!("{node} did not answer DBSIZE"))??;
+        if &reply[..] != b":0\r\n" {
+            return Ok(false);
+        }
+        tracing::info!(shard = self.shard, node, "the node is empty: loading the newest snapshot before the replay");
+        self.restore(node).await?;
+        Ok(true)
     }
 
     /// Fetches the RDB into `partial`, makes it durable and only then gives it its name.
@@ -331,6 +397,25 @@ fn snapshot_source(status: &ShardStatus, primary: &str) -> Option<(String, u64)>
     let nodes = std::iter::once(&view.primary).chain(&view.replicas);
     let replica = nodes.clone().filter(|n| n.addr != primary).filter_map(answering).max_by_key(|(_, lsn)| *lsn);
     replica.or_else(|| nodes.filter(|n| n.addr == primary).find_map(answering))
+}
+
+/// Logs every few seconds how much of the adopted node's RDB has arrived (the partial file's size).
+async fn log_progress(shard: usize, node: String, keys: u64, partial: PathBuf) {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(ADOPTION_PROGRESS_EVERY).await;
+        let bytes = tokio::fs::metadata(&partial).await.map_or(0, |m| m.len());
+        let mib_s = bytes as f64 / (1 << 20) as f64 / started.elapsed().as_secs_f64().max(0.001);
+        tracing::info!(
+            shard,
+            node = %node,
+            keys,
+            fetched_bytes = bytes,
+            mib_s = format!("{mib_s:.1}"),
+            elapsed_s = started.elapsed().as_secs(),
+            "adopting: fetching the primary's RDB"
+        );
+    }
 }
 
 /// Runs a blocking filesystem call on tokio's blocking pool, so a slow disk stalls this snapshot
