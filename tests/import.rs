@@ -483,8 +483,8 @@ fn import_live_from_an_elasticache_like_cluster_under_load_then_cut_over_verifie
     args.extend(source_args);
     args.extend(["--to", &to]);
     let out = import(&args);
-    assert!(out.status.success(), "verify after the cut-over must find no difference");
-    assert!(String::from_utf8_lossy(&out.stderr).contains(", 0 differences"));
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && report.contains(", 0 differences"), "verify after the cut-over: {report}");
 }
 
 #[test]

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use super::conn::Conn;
 use super::feed::{Feed, PROBE_PREFIX};
 use super::progress::{Progress, Total};
+use super::rdb::now_ms;
 use super::source::{scan_page, Nodes};
 use super::{show, SourceArgs, TargetArgs};
 
@@ -45,7 +46,7 @@ pub struct LiveArgs {
     json: bool,
 }
 
-/// A key read from the source: its payload and TTL (0 = none), or gone.
+/// A key read from the source: its absolute expiry in Unix ms (0 = none) and payload, or gone.
 type KeyState = (Bytes, Option<(i64, Bytes)>);
 
 /// Where a batch comes from: the pass (the last batch of a node's pass says so) or the feed.
@@ -256,7 +257,9 @@ async fn read_node(
     }
 }
 
-/// Each key's DUMP and PTTL, pipelined.
+/// Each key's DUMP and PTTL, pipelined. The TTL is made absolute at the moment its reply is
+/// read, so the time until the writer's RESTORE (seconds, for a busy memlog) does not lengthen
+/// it: a relative TTL restored later expires that much later than on the source.
 async fn read_keys(conn: &mut Conn, keys: &[Bytes]) -> anyhow::Result<Vec<KeyState>> {
     for key in keys {
         conn.queue(&[b"DUMP", key]);
@@ -269,8 +272,8 @@ async fn read_keys(conn: &mut Conn, keys: &[Bytes]) -> anyhow::Result<Vec<KeySta
         let ttl = conn.reply().await?;
         let state = match (dump, ttl) {
             (BytesFrame::BulkString(payload), BytesFrame::Integer(ttl)) if ttl != -2 => {
-                // PTTL -1: no expiry (RESTORE's 0); 0 ms left rounds up, since 0 would mean none.
-                Some((if ttl == -1 { 0 } else { ttl.max(1) }, payload))
+                // PTTL -1: no expiry (RESTORE's 0).
+                Some((if ttl == -1 { 0 } else { now_ms() + ttl }, payload))
             }
             (BytesFrame::Null | BytesFrame::BulkString(_), BytesFrame::Integer(_)) => None,
             (dump, ttl) => anyhow::bail!("{}: key {}: DUMP {dump:?}, PTTL {ttl:?}", conn.addr(), show(key)),
@@ -289,8 +292,9 @@ async fn write_node(
     while let Some((origin, batch)) = batches.recv().await {
         for (key, state) in &batch {
             match state {
-                Some((ttl, payload)) => {
-                    conn.queue(&[b"RESTORE", key, ttl.to_string().as_bytes(), payload, b"REPLACE"]);
+                Some((expire_at, payload)) => {
+                    // An expiry already past: RESTORE … ABSTTL creates nothing, as the key is gone.
+                    conn.queue(&[b"RESTORE", key, expire_at.to_string().as_bytes(), payload, b"REPLACE", b"ABSTTL"]);
                 }
                 None => conn.queue(&[b"DEL", key]),
             }
