@@ -378,15 +378,7 @@ fn up_again_after_kill_9_of_everything_brings_back_every_acknowledged_write() {
     let ports = ports();
     let (mut up, _ready) = start_up(tmp.path(), &ports);
     let proxy = format!("127.0.0.1:{}", ports.proxy).parse().unwrap();
-    let mut client = Conn::connect(proxy, Duration::from_secs(20)).unwrap();
-    for i in 0..KEYS {
-        client.queue(&["SET".to_string(), format!("durable:{i}"), format!("value-{i}")]);
-    }
-    client.flush().unwrap();
-    for (i, reply) in client.read_n(KEYS).unwrap().into_iter().enumerate() {
-        assert_eq!(reply, resp::Value::Simple("OK".into()), "SET durable:{i}\n{}", up_log(tmp.path()));
-    }
-    drop(client);
+    write_durable_keys(proxy, KEYS, tmp.path());
     let pids = recorded_pids(&cluster_json(tmp.path()));
     kill_9_and_wait(&mut up, &pids);
     // The stale cluster.json (state running, every pid dead) must not block the re-run.
@@ -394,13 +386,30 @@ fn up_again_after_kill_9_of_everything_brings_back_every_acknowledged_write() {
 
     let (_up, ready) = start_up(tmp.path(), &ports);
     assert!(ready.contains("journal 3 nodes"), "{ready}");
+    assert_durable_keys(proxy, KEYS, tmp.path());
+}
+
+/// `SET durable:<i> value-<i>` for `i < keys`, pipelined through the proxy, each acknowledged.
+fn write_durable_keys(proxy: std::net::SocketAddr, keys: usize, dir: &Path) {
     let mut client = Conn::connect(proxy, Duration::from_secs(20)).unwrap();
-    for i in 0..KEYS {
+    for i in 0..keys {
+        client.queue(&["SET".to_string(), format!("durable:{i}"), format!("value-{i}")]);
+    }
+    client.flush().unwrap();
+    for (i, reply) in client.read_n(keys).unwrap().into_iter().enumerate() {
+        assert_eq!(reply, resp::Value::Simple("OK".into()), "SET durable:{i}\n{}", up_log(dir));
+    }
+}
+
+/// Every key `write_durable_keys` wrote reads back with its value.
+fn assert_durable_keys(proxy: std::net::SocketAddr, keys: usize, dir: &Path) {
+    let mut client = Conn::connect(proxy, Duration::from_secs(20)).unwrap();
+    for i in 0..keys {
         client.queue(&["GET".to_string(), format!("durable:{i}")]);
     }
     client.flush().unwrap();
     let lost: Vec<String> = client
-        .read_n(KEYS)
+        .read_n(keys)
         .unwrap()
         .into_iter()
         .enumerate()
@@ -409,10 +418,10 @@ fn up_again_after_kill_9_of_everything_brings_back_every_acknowledged_write() {
         .collect();
     assert!(
         lost.is_empty(),
-        "{} of {KEYS} acknowledged writes lost, e.g. {:?}\n{}",
+        "{} of {keys} acknowledged writes lost, e.g. {:?}\n{}",
         lost.len(),
         &lost[..lost.len().min(10)],
-        up_log(tmp.path())
+        up_log(dir)
     );
 }
 
@@ -572,11 +581,7 @@ fn up_again_after_a_failover_serves_from_the_recorded_primary() {
     let ports = ports();
     let (mut up, _ready) = start_up(tmp.path(), &ports);
     let proxy = format!("127.0.0.1:{}", ports.proxy).parse().unwrap();
-    let mut client = Conn::connect(proxy, Duration::from_secs(20)).unwrap();
-    for i in 0..KEYS {
-        assert_eq!(client.cmd(&["SET", &format!("k{i}"), &format!("v{i}")]).unwrap(), resp::Value::Simple("OK".into()));
-    }
-    drop(client);
+    write_durable_keys(proxy, KEYS, tmp.path());
     let dir = tmp.path().to_str().unwrap();
     let out = Command::new(memlog_bin()).args(["failover", "--dir", dir, "--shard", "0"]).output().unwrap();
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -585,10 +590,7 @@ fn up_again_after_a_failover_serves_from_the_recorded_primary() {
     sigterm_and_check_clean_stop(&mut up, &pids);
 
     let (_up, _ready) = start_up(tmp.path(), &ports);
+    assert_durable_keys(proxy, KEYS, tmp.path());
     let mut client = Conn::connect(proxy, Duration::from_secs(20)).unwrap();
-    for i in 0..KEYS {
-        let got = client.cmd(&["GET", &format!("k{i}")]).unwrap();
-        assert_eq!(got.text(), format!("v{i}"), "k{i} after the restart\n{}", up_log(tmp.path()));
-    }
     assert_eq!(client.cmd(&["SET", "after", "1"]).unwrap(), resp::Value::Simple("OK".into()));
 }
