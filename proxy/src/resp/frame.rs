@@ -40,7 +40,7 @@ impl FrameScanner {
                 b'$' | b'!' | b'=' => match count(line)? {
                     -1 if kind == b'$' => 0,
                     len if len >= 0 => {
-                        let end = next + len as usize;
+                        let end = usize::try_from(len).ok().and_then(|len| next.checked_add(len)).ok_or(BadFrame)?;
                         if buf.len() < end + 2 {
                             return Ok(None);
                         }

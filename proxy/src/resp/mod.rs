@@ -3,6 +3,10 @@
 //! are zero-copy slices of those bytes. Parsing is resumable, so a huge request arriving in
 //! many reads is scanned once, and limits are checked before anything is buffered.
 
+// Lengths here come from peers' bytes: a narrowing `as` would wrap a huge one into a small
+// one, so conversions go through `try_from` (a length that does not fit is a protocol error).
+#![deny(clippy::cast_possible_truncation)]
+
 mod frame;
 pub use frame::{frame_len, BadFrame, FrameScanner};
 
@@ -179,7 +183,7 @@ impl RequestParser {
                 if argc <= 0 {
                     return Ok(Parsed::Skip(line_end + 2));
                 }
-                let argc = argc as usize;
+                let argc = usize::try_from(argc).map_err(|_| ProtocolError::MultibulkLength)?;
                 Partial { argc, args: Vec::with_capacity(argc.min(1024)), pos: line_end + 2 }
             }
         };
@@ -202,11 +206,12 @@ impl RequestParser {
                 return Ok(Parsed::Incomplete(need));
             };
             let len = parse_int(&buf[pos + 1..line_end]).ok_or(ProtocolError::BulkLength)?;
-            if len < 0 || len as usize > limits.max_bulk_len {
+            let len = usize::try_from(len).map_err(|_| ProtocolError::BulkLength)?;
+            if len > limits.max_bulk_len {
                 return Err(ProtocolError::BulkLength);
             }
             let start = line_end + 2;
-            let end = start + len as usize;
+            let end = start + len;
             if buf.len() < end + 2 {
                 let need = end + 2;
                 self.partial = Some(state);
@@ -562,7 +567,8 @@ pub fn array_items(reply: &Bytes) -> Option<Vec<Bytes>> {
         b'%' => parse_int(&reply[1..header_end])? * 2,
         _ => return None,
     };
-    let mut items = Vec::with_capacity(count.max(0) as usize);
+    // Every item takes at least three bytes of the reply: a count beyond that is not believed.
+    let mut items = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(reply.len() / 3));
     let mut pos = header_end + 2;
     for _ in 0..count.max(0) {
         let len = frame_len(&reply[pos..]).ok()??;
@@ -587,6 +593,14 @@ mod tests {
             out.push(req.args.iter().map(|a| a.to_vec()).collect());
         }
         Ok(out)
+    }
+
+    #[test]
+    fn an_array_count_larger_than_the_reply_allocates_nothing_for_it() {
+        // Taken at its word, the count asked for 2^63 slots: a capacity-overflow panic.
+        assert_eq!(array_items(&Bytes::from_static(b"*9223372036854775807\r\n:1\r\n")), None);
+        let two = array_items(&Bytes::from_static(b"*2\r\n:1\r\n$1\r\na\r\n")).unwrap();
+        assert_eq!(two, [Bytes::from_static(b":1\r\n"), Bytes::from_static(b"$1\r\na\r\n")]);
     }
 
     #[test]
