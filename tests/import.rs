@@ -166,9 +166,16 @@ fn redis_cluster(dir: &Path) -> Vec<Proc> {
 }
 
 fn redis_cluster_with(dir: &Path, extra: &[&str]) -> Vec<Proc> {
-    let mut args = vec!["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"];
-    args.extend_from_slice(extra);
-    let nodes: Vec<Proc> = (0..3).map(|_| spawn_source(dir, &args)).collect();
+    let nodes: Vec<Proc> = (0..3)
+        .map(|_| {
+            // The bus port is chosen like every other test port: Redis's default (port + 10000)
+            // can land in the ephemeral range, where a client's local port may already hold it.
+            let bus = common::ports::free_port().to_string();
+            let mut args = vec!["--cluster-enabled", "yes", "--cluster-node-timeout", "5000", "--cluster-port", &bus];
+            args.extend_from_slice(extra);
+            spawn_source(dir, &args)
+        })
+        .collect();
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
     let status = Command::new("redis-cli")
         .args(["--cluster", "create"])
