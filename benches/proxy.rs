@@ -46,8 +46,14 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for (workload, requests) in &workloads {
         let targets = [
-            Target { name: "direct", addr: redis_addr, requests: *requests, pids: vec![redis.pid()] },
-            Target { name: "proxy", addr: proxy_addr, requests: *requests, pids: vec![proxy.pid(), redis.pid()] },
+            Target { name: "direct", addr: redis_addr, requests: *requests, pids: vec![redis.pid()], login: None },
+            Target {
+                name: "proxy",
+                addr: proxy_addr,
+                requests: *requests,
+                pids: vec![proxy.pid(), redis.pid()],
+                login: None,
+            },
         ];
         let medians = support::interleaved(workload, &targets, rounds)?;
         rows.push((workload, medians[0], medians[1]));
