@@ -25,6 +25,8 @@
 
 #[path = "support/fsync.rs"]
 mod fsync;
+// This bench starts a whole cluster, not the routing-only proxy of benches/proxy*.rs.
+#[allow(dead_code)]
 #[path = "support/mod.rs"]
 mod support;
 

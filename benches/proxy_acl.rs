@@ -14,12 +14,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Result};
 
-use support::{Guard, Settings, Target, Workload};
+use support::{Settings, Target, Workload};
 
 /// The user with many patterns, and its (throwaway) password.
 const USER: &str = "tenant";
@@ -37,7 +36,12 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let redis_addr = support::free_addr();
     let redis = support::start_redis(redis_addr, dir.path(), support::NO_PERSISTENCE)?;
-    let (proxy_addr, proxy) = start_proxy(dir.path(), redis_addr)?;
+    // `default` open, and the tenant.
+    let users = format!(
+        "[[users]]\nname = \"default\"\nrules = \"on nopass ~* &* +@all\"\n[[users]]\nname = \"{USER}\"\nrules = \"{}\"\n",
+        tenant_rules()
+    );
+    let (proxy_addr, proxy) = support::start_routing_proxy(dir.path(), redis_addr, &users)?;
     check_login(proxy_addr)?;
     println!("memlog proxy {proxy_addr} in front of {redis_addr}; {rounds} interleaved rounds, quick={quick}");
     println!("user {USER}: {}", tenant_rules().replace(PASSWORD, "…"));
@@ -74,22 +78,6 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `memlog proxy` routing to `redis`, with `default` open and the tenant user.
-fn start_proxy(dir: &Path, redis: SocketAddr) -> Result<(SocketAddr, Guard)> {
-    let addr = support::free_addr();
-    let config = dir.join("proxy.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"{addr}\"\n\n[[users]]\nname = \"default\"\nrules = \"on nopass ~* &* +@all\"\n\n\
-             [[users]]\nname = \"{USER}\"\nrules = \"{}\"\n\n[[shards]]\nslots = \"0-16383\"\nprimary = \"{redis}\"\n",
-            tenant_rules()
-        ),
-    )?;
-    let guard = support::start_proxy(&config, addr, &dir.join("proxy.log"))?;
-    Ok((addr, guard))
 }
 
 /// The tenant may SET and GET redis-benchmark's keys, and no other (so its runs measure served

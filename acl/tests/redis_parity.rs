@@ -7,10 +7,10 @@ mod support;
 use std::cell::RefCell;
 use std::time::Instant;
 
-use memlog_acl::{category_commands, category_names, Catalog, DryRun, Users, CATEGORY_NAMES};
+use memlog_acl::{category_commands, category_names, Catalog, Users, CATEGORY_NAMES};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use support::generators::{command_strategy, rule_pools, rules_strategy};
+use support::generators::{command_strategy, dryrun_reply, rule_pools, rules_strategy, Outcomes};
 use support::resp::{Conn, Value as Resp};
 use support::{to_resp2, Redis};
 
@@ -164,25 +164,6 @@ fn auth_accepts_and_refuses_as_redis() {
     assert!(users.authenticate(b"nosuch", b"x").is_err());
 }
 
-fn dryrun_reply(reply: Resp) -> DryRun {
-    match reply {
-        Resp::Simple(ok) if ok == "OK" => DryRun::Allowed,
-        Resp::Bulk(Some(text)) => DryRun::Denied(text),
-        Resp::Error(text) => DryRun::Error(text.into_bytes()),
-        other => panic!("unexpected DRYRUN reply {other:?}"),
-    }
-}
-
-#[derive(Default, Debug)]
-struct Outcomes {
-    allowed: u32,
-    denied_command: u32,
-    denied_key: u32,
-    denied_channel: u32,
-    command_errors: u32,
-    rule_errors: u32,
-}
-
 fn cases() -> u32 {
     std::env::var("ACL_PARITY_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(10_000)
 }
@@ -206,11 +187,7 @@ fn random_rules_and_commands_match_acl_dryrun() {
     let outcomes = outcomes.into_inner();
     let total = cases();
     println!("{total} cases in {:.1} s: {outcomes:?}", started.elapsed().as_secs_f64());
-    let denied = outcomes.denied_command + outcomes.denied_key + outcomes.denied_channel;
-    assert!(outcomes.allowed >= total / 5, "too few allowed: {outcomes:?}");
-    assert!(denied >= total / 5, "too few denied: {outcomes:?}");
-    assert!(outcomes.denied_key >= total / 20, "too few key denials: {outcomes:?}");
-    assert!(outcomes.denied_channel >= total / 200, "too few channel denials: {outcomes:?}");
+    outcomes.assert_balanced(total);
 }
 
 fn compare_one(
@@ -243,14 +220,6 @@ fn compare_one(
     let theirs = dryrun_reply(conn.cmd(&dryrun).unwrap());
     let ours = users.dryrun(catalog, b"u", request);
     prop_assert_eq!(&ours, &theirs, "rules {:?} request {:?}", rules, request);
-    match ours {
-        DryRun::Allowed => outcomes.allowed += 1,
-        DryRun::Denied(text) if text.starts_with(b"This user has no permissions to run") => {
-            outcomes.denied_command += 1
-        }
-        DryRun::Denied(text) if text.ends_with(b"' key") => outcomes.denied_key += 1,
-        DryRun::Denied(_) => outcomes.denied_channel += 1,
-        DryRun::Error(_) => outcomes.command_errors += 1,
-    }
+    outcomes.count(&ours);
     Ok(())
 }

@@ -170,6 +170,19 @@ pub fn start_proxy(config: &Path, addr: SocketAddr, log: &Path) -> Result<Guard>
     Ok(guard)
 }
 
+/// `memlog proxy` (no journal: routing only) in front of the one Redis at `redis`, with `extra`
+/// TOML (e.g. `[[users]]` tables) in its config, written to `dir`.
+pub fn start_routing_proxy(dir: &Path, redis: SocketAddr, extra: &str) -> Result<(SocketAddr, Guard)> {
+    let addr = free_addr();
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"{addr}\"\n{extra}\n[[shards]]\nslots = \"0-16383\"\nprimary = \"{redis}\"\n"),
+    )?;
+    let guard = start_proxy(&config, addr, &dir.join("proxy.log"))?;
+    Ok((addr, guard))
+}
+
 /// Polls `ready` until it holds; fails if `process` exits first or after [`READY_TIMEOUT`].
 pub fn wait_until(what: &str, process: &mut Guard, mut ready: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;

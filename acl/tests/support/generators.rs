@@ -1,9 +1,11 @@
 //! Random ACL rules and random requests for the parity tests: the crate's against stock Redis
 //! (`acl/tests/redis_parity.rs`) and the proxy's (`tests/acl_property.rs`), so both draw from
-//! the same rules and commands.
+//! the same rules and commands and count their outcomes alike.
 
-use memlog_acl::{Catalog, CATEGORY_NAMES};
+use memlog_acl::{Catalog, DryRun, CATEGORY_NAMES};
 use proptest::prelude::*;
+
+use super::resp::Value as Resp;
 
 /// What random rules are made of, by kind.
 pub struct RulePools {
@@ -116,4 +118,48 @@ pub fn command_strategy(catalog: &Catalog) -> impl Strategy<Value = Vec<String>>
             request
         })
     })
+}
+
+/// Stock Redis's `ACL DRYRUN` reply as the crate's answer.
+pub fn dryrun_reply(reply: Resp) -> DryRun {
+    match reply {
+        Resp::Simple(ok) if ok == "OK" => DryRun::Allowed,
+        Resp::Bulk(Some(text)) => DryRun::Denied(text),
+        Resp::Error(text) => DryRun::Error(text.into_bytes()),
+        other => panic!("unexpected DRYRUN reply {other:?}"),
+    }
+}
+
+/// How the random cases turned out.
+#[derive(Default, Debug)]
+pub struct Outcomes {
+    pub allowed: u32,
+    pub denied_command: u32,
+    pub denied_key: u32,
+    pub denied_channel: u32,
+    pub command_errors: u32,
+    pub rule_errors: u32,
+}
+
+impl Outcomes {
+    pub fn count(&mut self, dryrun: &DryRun) {
+        match dryrun {
+            DryRun::Allowed => self.allowed += 1,
+            DryRun::Denied(text) if text.starts_with(b"This user has no permissions to run") => {
+                self.denied_command += 1
+            }
+            DryRun::Denied(text) if text.ends_with(b"' key") => self.denied_key += 1,
+            DryRun::Denied(_) => self.denied_channel += 1,
+            DryRun::Error(_) => self.command_errors += 1,
+        }
+    }
+
+    /// Both outcomes well represented among `total` cases, every kind of denial among them.
+    pub fn assert_balanced(&self, total: u32) {
+        let denied = self.denied_command + self.denied_key + self.denied_channel;
+        assert!(self.allowed >= total / 5, "too few allowed: {self:?}");
+        assert!(denied >= total / 5, "too few denied: {self:?}");
+        assert!(self.denied_key >= total / 20, "too few key denials: {self:?}");
+        assert!(self.denied_channel >= total / 200, "too few channel denials: {self:?}");
+    }
 }
