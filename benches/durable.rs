@@ -25,6 +25,8 @@
 
 #[path = "support/fsync.rs"]
 mod fsync;
+// This bench starts a whole cluster, not the routing-only proxy of benches/proxy*.rs.
+#[allow(dead_code)]
 #[path = "support/mod.rs"]
 mod support;
 
@@ -102,7 +104,7 @@ fn main() -> Result<()> {
             (NO_PERSISTENCE_NAME, no_persistence_addr),
         ] {
             let requests = requests_for(addr, &workload, seconds)?;
-            targets.push(Target { name, addr, requests, pids: Vec::new() });
+            targets.push(Target { name, addr, requests, pids: Vec::new(), login: None });
         }
         targets[0].pids = memlog.pids();
         targets[1].pids = vec![fsync_always.pid()];
@@ -151,12 +153,12 @@ fn compare_rebuilds(dir: &Path, quick: bool) -> Result<()> {
     let mut ready = Vec::new();
     for (name, snapshots) in [("whole journal", None), ("snapshots", Some(snapshots))] {
         let mut cluster = MemlogCluster::start(&dir.join(name.replace(' ', "-")), snapshots)?;
-        support::redis_benchmark(cluster.proxy_addr, &workload, sets)?;
+        support::redis_benchmark(cluster.proxy_addr, &workload, sets, None)?;
         if snapshots.is_some() {
             cluster.wait_for_truncation()?;
         }
         // Writes after the snapshot: the tail a rebuild replays on top of it.
-        support::redis_benchmark(cluster.proxy_addr, &workload, sets / 10)?;
+        support::redis_benchmark(cluster.proxy_addr, &workload, sets / 10, None)?;
         cluster.check_applied(sets + sets / 10)?;
         let journal_bytes = cluster.journal_bytes()?;
         let replay = cluster.restart_on_empty_redis()?;
@@ -196,7 +198,7 @@ struct Row {
 /// the target up: connections, journal segments, Redis's hash table).
 fn requests_for(addr: SocketAddr, workload: &Workload, seconds: f64) -> Result<u64> {
     let probe = probe_requests(workload);
-    let run = support::redis_benchmark(addr, workload, probe)?;
+    let run = support::redis_benchmark(addr, workload, probe, None)?;
     let requests = (run.ops_per_sec * seconds / 1000.0).round() as u64 * 1000;
     Ok(requests.max(probe))
 }

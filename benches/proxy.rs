@@ -16,12 +16,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::net::SocketAddr;
-use std::path::Path;
-
 use anyhow::Result;
 
-use support::{Guard, Measurement, Settings, Target, Workload};
+use support::{Measurement, Settings, Target, Workload};
 
 /// Proxy/direct ops/s at pipeline 1 (GET and SET): a floor.
 const FLOOR_P1_RATIO: f64 = 0.9;
@@ -33,7 +30,7 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let redis_addr = support::free_addr();
     let redis = support::start_redis(redis_addr, dir.path(), support::NO_PERSISTENCE)?;
-    let (proxy_addr, proxy) = start_proxy(dir.path(), redis_addr)?;
+    let (proxy_addr, proxy) = support::start_routing_proxy(dir.path(), redis_addr, "")?;
     println!("redis-server {redis_addr}, memlog proxy {proxy_addr}; {rounds} interleaved rounds, quick={quick}");
 
     let scale = if quick { 10 } else { 1 };
@@ -46,26 +43,20 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for (workload, requests) in &workloads {
         let targets = [
-            Target { name: "direct", addr: redis_addr, requests: *requests, pids: vec![redis.pid()] },
-            Target { name: "proxy", addr: proxy_addr, requests: *requests, pids: vec![proxy.pid(), redis.pid()] },
+            Target { name: "direct", addr: redis_addr, requests: *requests, pids: vec![redis.pid()], login: None },
+            Target {
+                name: "proxy",
+                addr: proxy_addr,
+                requests: *requests,
+                pids: vec![proxy.pid(), redis.pid()],
+                login: None,
+            },
         ];
         let medians = support::interleaved(workload, &targets, rounds)?;
         rows.push((workload, medians[0], medians[1]));
     }
     print_table(&rows);
     Ok(())
-}
-
-/// `memlog proxy` (the binary cargo built for this bench) in front of `redis`, routing only.
-fn start_proxy(dir: &Path, redis: SocketAddr) -> Result<(SocketAddr, Guard)> {
-    let addr = support::free_addr();
-    let config = dir.join("proxy.toml");
-    std::fs::write(
-        &config,
-        format!("listen = \"{addr}\"\n\n[[shards]]\nslots = \"0-16383\"\nprimary = \"{redis}\"\n"),
-    )?;
-    let guard = support::start_proxy(&config, addr, &dir.join("proxy.log"))?;
-    Ok((addr, guard))
 }
 
 fn print_table(rows: &[(&Workload, Measurement, Measurement)]) {

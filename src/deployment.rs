@@ -10,8 +10,9 @@ use std::time::Duration;
 use memlog_proxy::config::ProxyConfig;
 use memlog_proxy::BackendAuth;
 
+use crate::admin_tls::{AdminTls, AdminTlsError, TlsArgs};
 use crate::cluster_file::ClusterFile;
-use crate::probe::{ProbeError, Reply, Session};
+use crate::probe::{self, ProbeError, Reply, Session};
 
 /// The credentials flags of the operator commands. The password comes from a file or the
 /// environment: a command line is visible to every user of the machine.
@@ -65,8 +66,11 @@ pub struct Credentials {
 /// Why an admin session with the proxy could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("proxy {addr} serves TLS only, which memlog's admin client does not speak")]
-    Tls { addr: String },
+    #[error(
+        "TLS handshake with the proxy at {addr} failed: {source} (its certificate was checked against the CA in \
+         {ca}; another CA: --tls-ca FILE or MEMLOG_TLS_CA)"
+    )]
+    TlsHandshake { addr: String, ca: String, source: std::io::Error },
     #[error("cannot reach the proxy at {addr}: {source}")]
     Unreachable { addr: String, source: ProbeError },
     #[error("the proxy at {addr} refused AUTH as {user}: {message}")]
@@ -86,14 +90,16 @@ pub struct Deployment {
     pub credentials: Option<Credentials>,
     /// What the proxy authenticates to the Redis nodes with (`[backend]`), for probing them.
     pub backend_auth: Option<Arc<BackendAuth>>,
+    /// TLS with the proxy, when it serves TLS.
+    pub tls: Option<AdminTls>,
 }
 
 impl Deployment {
     /// The cluster `memlog up --dir DIR` runs: `DIR/cluster.json` and `DIR/proxy.toml`; admin
     /// commands authenticate as the user of `memlog up --user`, if it made one.
-    pub fn from_dir(dir: &Path) -> anyhow::Result<Deployment> {
+    pub fn from_dir(dir: &Path, tls: &TlsArgs) -> anyhow::Result<Deployment> {
         let cluster = ClusterFile::read(dir)?;
-        let mut deployment = Deployment::from_config(&dir.join("proxy.toml"))?;
+        let mut deployment = Deployment::from_config(&dir.join("proxy.toml"), tls)?;
         if let Some(admin) = &cluster.admin {
             let password = read_password_file(&admin.password_file)
                 .map_err(|e| anyhow::anyhow!("the password of {} (memlog up --user): {e:#}", admin.user))?;
@@ -104,25 +110,41 @@ impl Deployment {
     }
 
     /// A deployed cluster, from its proxy's TOML (with `MEMLOG_…` overrides, as the proxy reads it).
-    /// Admin commands authenticate as the first configured user with a `password`, if there is one.
-    pub fn from_config(path: &Path) -> anyhow::Result<Deployment> {
+    /// Admin commands authenticate as the first configured user with a `password`, if there is one,
+    /// over TLS when the config has `[tls]`.
+    pub fn from_config(path: &Path, tls: &TlsArgs) -> anyhow::Result<Deployment> {
         let config = ProxyConfig::load(Some(path))
             .map_err(|e| anyhow::anyhow!("cannot read the proxy config {}: {e:#}", path.display()))?;
         let credentials =
             config.users.iter().find_map(|u| Some(Credentials { user: u.name.clone(), password: u.password.clone()? }));
         let backend_auth = BackendAuth::from_config(&config.backend)?;
-        Ok(Deployment {
+        let deployment = Deployment {
             proxy: client_endpoint(&config),
             cluster: None,
             config: Some(config),
             credentials,
             backend_auth,
-        })
+            tls: None,
+        };
+        Ok(deployment.with_tls(tls)?)
     }
 
     /// Only a proxy's address: what it reports is all there is to know.
     pub fn from_proxy(addr: &str) -> Deployment {
-        Deployment { proxy: addr.to_string(), cluster: None, config: None, credentials: None, backend_auth: None }
+        Deployment {
+            proxy: addr.to_string(),
+            cluster: None,
+            config: None,
+            credentials: None,
+            backend_auth: None,
+            tls: None,
+        }
+    }
+
+    /// Sets TLS with the proxy as its config says (`[tls]`), else as the flags say.
+    pub fn with_tls(mut self, args: &TlsArgs) -> Result<Deployment, AdminTlsError> {
+        self.tls = AdminTls::resolve(args, self.config.as_ref(), &self.proxy)?;
+        Ok(self)
     }
 
     /// Replaces the credentials (`--user`/`--password` on the command line win over the config).
@@ -146,11 +168,22 @@ impl Deployment {
     /// A connection to the proxy, authenticated if there are credentials; each call on it may
     /// take up to `timeout`.
     pub async fn admin_session(&self, timeout: Duration) -> Result<Session, SessionError> {
-        if self.config.as_ref().is_some_and(|c| c.tls.is_some()) {
-            return Err(SessionError::Tls { addr: self.proxy.clone() });
-        }
         let unreachable = |source| SessionError::Unreachable { addr: self.proxy.clone(), source };
-        let mut session = Session::connect(self.proxy.as_str(), timeout).await.map_err(unreachable)?;
+        let mut session = match &self.tls {
+            None => Session::connect(self.proxy.as_str(), timeout).await.map_err(unreachable)?,
+            Some(tls) => {
+                let tcp = probe::tcp_connect(self.proxy.as_str(), timeout).await.map_err(unreachable)?;
+                let stream = tokio::time::timeout(timeout, tls.handshake(tcp))
+                    .await
+                    .map_err(|_| unreachable(ProbeError::Timeout(timeout)))?
+                    .map_err(|source| SessionError::TlsHandshake {
+                        addr: self.proxy.clone(),
+                        ca: tls.ca().display().to_string(),
+                        source,
+                    })?;
+                Session::over(Box::new(stream), timeout)
+            }
+        };
         if let Some(credentials) = &self.credentials {
             match session.call(&["AUTH", &credentials.user, &credentials.password]).await.map_err(unreachable)? {
                 Reply::Simple(_) => {}
@@ -253,7 +286,7 @@ mod tests {
             ..ProxyConfig::default()
         };
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-        let deployment = Deployment::from_config(&path).unwrap();
+        let deployment = Deployment::from_config(&path, &TlsArgs::default()).unwrap();
         assert_eq!(deployment.proxy, "127.0.0.1:6380");
         assert_eq!(deployment.credentials, Some(Credentials { user: "ops".into(), password: "s3cret".into() }));
         let other = Some(Credentials { user: "app".into(), password: "x".into() });

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{ArgGroup, Args};
 
 use crate::admin_client::{self, ProxyShard};
+use crate::admin_tls::TlsArgs;
 use crate::deployment::{AuthArgs, Deployment};
 
 /// Flags of `memlog failover`.
@@ -36,6 +37,8 @@ pub struct FailoverArgs {
     pub timeout: u64,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Why the switchover did not happen.
@@ -50,9 +53,9 @@ pub enum FailoverError {
 /// Asks the proxy for the switchover and prints the shard before and after it.
 pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
     let deployment = match (&args.dir, &args.config, &args.proxy) {
-        (Some(dir), _, _) => Deployment::from_dir(dir)?,
-        (_, Some(config), _) => Deployment::from_config(config)?,
-        (_, _, Some(proxy)) => Deployment::from_proxy(proxy),
+        (Some(dir), _, _) => Deployment::from_dir(dir, &args.tls)?,
+        (_, Some(config), _) => Deployment::from_config(config, &args.tls)?,
+        (_, _, Some(proxy)) => Deployment::from_proxy(proxy).with_tls(&args.tls)?,
         (None, None, None) => anyhow::bail!("one of --dir, --config or --proxy is required"),
     }
     .with_credentials(args.auth.credentials()?);

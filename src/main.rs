@@ -4,6 +4,7 @@
 //! over to a replica.
 
 mod admin_client;
+mod admin_tls;
 mod children;
 mod cluster_file;
 mod deployment;
@@ -16,6 +17,7 @@ mod redis_auth;
 mod signals;
 mod status;
 mod supervisor;
+mod tls_client;
 mod up;
 
 use std::net::SocketAddr;

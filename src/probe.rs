@@ -11,6 +11,8 @@ use memlog_proxy::BackendAuth;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::tls_client::Stream;
+
 /// Largest reply a probe accepts; `INFO replication` is a few hundred bytes.
 const MAX_REPLY: usize = 1 << 20;
 
@@ -100,7 +102,7 @@ fn parse_role(info: &str) -> Result<NodeRole, ProbeError> {
 
 /// One connection for several commands in a row (e.g. `AUTH` before an admin command).
 pub struct Session {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     /// Bytes read but not yet parsed.
     buf: Vec<u8>,
     /// How long each call (and the connect) may take.
@@ -110,10 +112,12 @@ pub struct Session {
 impl Session {
     /// Connects to `addr` (an address, or `host:port` to resolve) within `timeout`.
     pub async fn connect(addr: impl tokio::net::ToSocketAddrs, timeout: Duration) -> Result<Session, ProbeError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| ProbeError::Timeout(timeout))??;
-        Ok(Session { stream, buf: Vec::new(), timeout })
+        Ok(Session::over(Box::new(tcp_connect(addr, timeout).await?), timeout))
+    }
+
+    /// A session on a connection already made (e.g. TLS over TCP).
+    pub fn over(stream: Box<dyn Stream>, timeout: Duration) -> Session {
+        Session { stream, buf: Vec::new(), timeout }
     }
 
     /// `AUTH [user] password` when credentials are given; an error reply is `Refused`. The
@@ -152,6 +156,11 @@ impl Session {
         .await
         .map_err(|_| ProbeError::Timeout(timeout))?
     }
+}
+
+/// A TCP connection to `addr` (an address, or `host:port` to resolve) within `timeout`.
+pub async fn tcp_connect(addr: impl tokio::net::ToSocketAddrs, timeout: Duration) -> Result<TcpStream, ProbeError> {
+    Ok(tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| ProbeError::Timeout(timeout))??)
 }
 
 /// True if something accepts a TCP connection on `addr` (a journal node, which does not speak RESP).

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::admin_client::{self, ProxyTopology};
+use crate::admin_tls::TlsArgs;
 use crate::cluster_file::{pid_alive, ClusterState};
 use crate::deployment::{AuthArgs, Deployment};
 use crate::probe::{self, NodeReport, NodeRole, Reply};
@@ -52,6 +53,8 @@ pub struct StatusArgs {
     pub json: bool,
     #[command(flatten)]
     pub auth: AuthArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Where the shard layout (which node is primary) came from.
@@ -201,8 +204,8 @@ impl From<StreamTail> for StreamReport {
 /// Prints the status; fails (after printing) unless every part of the cluster is healthy.
 pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
     let deployment = match &args.config {
-        Some(config) => Deployment::from_config(config)?,
-        None => Deployment::from_dir(&args.dir)?,
+        Some(config) => Deployment::from_config(config, &args.tls)?,
+        None => Deployment::from_dir(&args.dir, &args.tls)?,
     }
     .with_credentials(args.auth.credentials()?);
     let report = gather(&deployment).await;

@@ -164,6 +164,12 @@ fn exec_after_a_rule_change_and_closing_connections_match_redis() {
         out.push(cmd(&mut admin, &["ACL", "SETUSER", "t", "resetchannels", "-set", "resetkeys", "%R~*"]));
         out.push(cmd(&mut t, &["EXEC"]));
         out.push(cmd(&mut admin, &["EXISTS", "a"]));
+        // A denied EXEC answers EXECABORT and discards the transaction, in MULTI or not (Redis's
+        // rejectCommand → execCommandAbort): the second MULTI is not "nested".
+        out.push(cmd(&mut admin, &["ACL", "SETUSER", "t", "-exec"]));
+        for args in [&["EXEC"][..], &["MULTI"], &["GET", "a"], &["EXEC"], &["MULTI"], &["DISCARD"]] {
+            out.push(cmd(&mut t, args));
+        }
         out.push(acl_log(&mut admin));
         out
     });

@@ -187,6 +187,11 @@ impl MutualTls {
         tls_cli(self.proxy.addr.port(), &self.server_ca_pem, client, args)
     }
 
+    /// The proxy's configuration file.
+    fn config(&self) -> std::path::PathBuf {
+        self._dir.path().join("proxy.toml")
+    }
+
     /// The Redis node's keys, read directly (not through the proxy).
     fn node_keys(&self) -> String {
         cli(self.redis.addr.port(), &["--no-raw", "KEYS", "*"])
@@ -359,4 +364,58 @@ fn sighup_reloads_the_certificates_and_keeps_connections() {
     }
     assert_eq!(tls_cli(port, &new_server_ca.ca_pem(), Some(&new_svc), &["GET", "svc:old"]), "2");
     assert_eq!(send(&mut old, &["GET", "svc:old"]), "2");
+}
+
+/// `memlog ARGS` with `env` set and no TLS or credentials from the test's own environment.
+fn memlog(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(memlog_bin());
+    for var in ["MEMLOG_TLS_CA", "MEMLOG_TLS_CERT", "MEMLOG_TLS_KEY", "MEMLOG_USER", "MEMLOG_PASSWORD"] {
+        cmd.env_remove(var);
+    }
+    let out = cmd.args(args).envs(env.iter().copied()).output().expect("run memlog");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn status_and_failover_reach_a_proxy_that_requires_client_certificates() {
+    let mtls = MutualTls::start("required");
+    let config = mtls.config().display().to_string();
+    let (cert, key) = mtls.client_ca.client("ops", "app");
+    let proxy = mtls.proxy.addr.to_string();
+    let server_ca = mtls.server_ca_pem.clone();
+    let flags = ["--tls-ca", &server_ca, "--tls-cert", &cert, "--tls-key", &key];
+    let answered = "topology: from the proxy (MEMLOG TOPOLOGY)";
+
+    // The CA, the certificate and its key by flags, then from the environment.
+    let (_, table, stderr) = memlog(&[&["status", "--config", &config][..], &flags].concat(), &[]);
+    assert!(table.contains(answered) && table.contains(&mtls.redis.addr.to_string()), "{table}{stderr}");
+    assert!(table.contains(&format!("proxy {proxy}: ")) && !table.contains("NOT ANSWERING"), "{table}");
+    let env = [("MEMLOG_TLS_CA", server_ca.as_str()), ("MEMLOG_TLS_CERT", &cert), ("MEMLOG_TLS_KEY", &key)];
+    let (_, table, stderr) = memlog(&["status", "--config", &config], &env);
+    assert!(table.contains(answered), "{table}{stderr}");
+
+    // failover asks the proxy's topology over the same TLS (shard 9 does not exist, so nothing
+    // is switched): by the config, and by the address alone with --tls-ca turning TLS on.
+    let (ok, _, stderr) = memlog(&[&["failover", "--shard", "9", "--config", &config][..], &flags].concat(), &[]);
+    assert!(!ok && stderr.contains("the proxy knows no shard 9 (it has 0)"), "{stderr}");
+    let by_addr = [&["failover", "--shard", "9", "--proxy", &proxy, "--user", "default"][..], &flags].concat();
+    let (ok, _, stderr) = memlog(&by_addr, &[("MEMLOG_PASSWORD", "adminpw")]);
+    assert!(!ok && stderr.contains("the proxy knows no shard 9 (it has 0)"), "{stderr}");
+
+    // A CA that did not sign the proxy's certificate — the config's client CA (the default)
+    // or a stranger's — fails the handshake, with the CA named.
+    let client_only = ["--tls-cert", &cert, "--tls-key", &key];
+    let (ok, table, stderr) = memlog(&[&["status", "--config", &config][..], &client_only].concat(), &[]);
+    let refused = format!("TLS handshake with the proxy at {proxy} failed: invalid peer certificate: UnknownIssuer");
+    assert!(!ok && stderr.contains(&refused) && stderr.contains(&mtls.client_ca.ca_pem()), "{stderr}");
+    assert!(table.contains("NOT ANSWERING") && !table.contains(answered), "{table}");
+    let stranger = mtls.stranger_ca.ca_pem();
+    let wrong_ca = [&["failover", "--shard", "0", "--config", &config, "--tls-ca", &stranger][..], &client_only];
+    let (ok, stdout, stderr) = memlog(&wrong_ca.concat(), &[]);
+    assert!(!ok && stderr.contains(&refused) && stderr.contains(&stranger), "{stdout}{stderr}");
+
+    // Without a client certificate, the command says what the proxy requires before connecting.
+    let (ok, _, stderr) = memlog(&["status", "--config", &config, "--tls-ca", &server_ca], &[]);
+    assert!(!ok && stderr.contains("the proxy requires a client certificate"), "{stderr}");
 }

@@ -59,6 +59,8 @@ pub struct Target<'a> {
     pub requests: u64,
     /// The processes that serve it, whose CPU time each run charges to it (may be empty).
     pub pids: Vec<u32>,
+    /// The user and password redis-benchmark logs in with (`--user`, `-a`); none: `default`.
+    pub login: Option<(&'a str, &'a str)>,
 }
 
 /// What redis-benchmark's `--csv` line reports for one run, and the CPU its target spent.
@@ -168,6 +170,19 @@ pub fn start_proxy(config: &Path, addr: SocketAddr, log: &Path) -> Result<Guard>
     Ok(guard)
 }
 
+/// `memlog proxy` (no journal: routing only) in front of the one Redis at `redis`, with `extra`
+/// TOML (e.g. `[[users]]` tables) in its config, written to `dir`.
+pub fn start_routing_proxy(dir: &Path, redis: SocketAddr, extra: &str) -> Result<(SocketAddr, Guard)> {
+    let addr = free_addr();
+    let config = dir.join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!("listen = \"{addr}\"\n{extra}\n[[shards]]\nslots = \"0-16383\"\nprimary = \"{redis}\"\n"),
+    )?;
+    let guard = start_proxy(&config, addr, &dir.join("proxy.log"))?;
+    Ok((addr, guard))
+}
+
 /// Polls `ready` until it holds; fails if `process` exits first or after [`READY_TIMEOUT`].
 pub fn wait_until(what: &str, process: &mut Guard, mut ready: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -208,7 +223,7 @@ pub fn interleaved(workload: &Workload, targets: &[Target], rounds: usize) -> Re
             let index = (round + offset) % targets.len();
             let target = &targets[index];
             let cpu_before = cpu_seconds(&target.pids)?;
-            let mut run = redis_benchmark(target.addr, workload, target.requests)?;
+            let mut run = redis_benchmark(target.addr, workload, target.requests, target.login)?;
             run.cpu_us_per_request = (cpu_seconds(&target.pids)? - cpu_before) * 1e6 / target.requests as f64;
             println!(
                 "  {} -P {:<2} round {round} {:<width$} {:>9.0} ops/s  p50 {:.3}ms  p99 {:.3}ms  cpu {:.1} µs/req",
@@ -226,9 +241,19 @@ pub fn interleaved(workload: &Workload, targets: &[Target], rounds: usize) -> Re
     Ok(runs.iter().map(|r| median_of(r)).collect())
 }
 
-/// One redis-benchmark run of `requests` requests against `addr`.
-pub fn redis_benchmark(addr: SocketAddr, workload: &Workload, requests: u64) -> Result<Measurement> {
-    let output = Command::new("redis-benchmark")
+/// One redis-benchmark run of `requests` requests against `addr`, logged in as `login` if given.
+pub fn redis_benchmark(
+    addr: SocketAddr,
+    workload: &Workload,
+    requests: u64,
+    login: Option<(&str, &str)>,
+) -> Result<Measurement> {
+    let mut command = Command::new("redis-benchmark");
+    if let Some((user, password)) = login {
+        // A throwaway password of the bench's own proxy (redis-benchmark takes it no other way).
+        command.args(["--user", user, "-a", password]);
+    }
+    let output = command
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args(["-t", workload.test, "-c", &CLIENTS.to_string(), "-P", &workload.pipeline.to_string()])
         .args(["-d", &VALUE_SIZE.to_string(), "-r", &KEYSPACE.to_string(), "-n", &requests.to_string()])

@@ -49,19 +49,24 @@ pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing 
 }
 
 /// The error of a command refused before it runs (arity, authentication, ACL, subscriber
-/// mode), as Redis's `rejectCommand`.
+/// mode), as Redis's `rejectCommand`: a refused EXEC discards the transaction and answers
+/// `-EXECABORT Transaction discarded because of: <error>` (`execCommandAbort`), in MULTI or not.
 fn refusal(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Option<Pending> {
     let refusal = if !info.arity_ok(request.args.len()) {
-        Pending::error(&format!("ERR wrong number of arguments for '{}' command", info.name))
+        format!("ERR wrong number of arguments for '{}' command", info.name)
     } else if !ctx.authenticated && !commands::allowed_before_auth(&info.name) {
-        Pending::error("NOAUTH Authentication required.")
+        "NOAUTH Authentication required.".to_string()
     } else if let Some(denied) = acl_denial(ctx, request) {
-        Pending::error(&denied)
+        denied
     } else {
-        return commands::pubsub::subscriber_mode_refusal(ctx, info).map(|refusal| Pending::error(&refusal));
+        commands::pubsub::subscriber_mode_refusal(ctx, info)?
     };
+    if info.name == "exec" {
+        commands::transaction::reset(ctx);
+        return Some(Pending::error(&format!("EXECABORT Transaction discarded because of: {refusal}")));
+    }
     commands::transaction::fail_queueing(ctx);
-    Some(refusal)
+    Some(Pending::error(&refusal))
 }
 
 /// Queues, runs, forwards or refuses a command that passed the checks; true if refused.

@@ -7,18 +7,16 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use redis_protocol::resp2::types::BytesFrame;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::endpoint::Endpoint;
+use crate::tls_client::Stream;
 
 /// Largest reply accepted: a DUMP of Redis's largest string (512 MiB) and its framing.
 const MAX_REPLY: usize = 600 << 20;
 /// How long one reply (or the connect) may take before the peer is considered stuck.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -35,7 +33,7 @@ pub enum ConnError {
 }
 
 pub struct Conn {
-    stream: Box<dyn Io>,
+    stream: Box<dyn Stream>,
     addr: String,
     inbuf: BytesMut,
     outbuf: BytesMut,
@@ -51,7 +49,7 @@ impl Conn {
             .map_err(|_| ConnError::Timeout { addr: addr.clone() })?
             .map_err(io)?;
         tcp.set_nodelay(true).map_err(io)?;
-        let stream: Box<dyn Io> = match &endpoint.tls {
+        let stream: Box<dyn Stream> = match &endpoint.tls {
             None => Box::new(tcp),
             Some(config) => {
                 let name = endpoint.server_name().ok_or_else(|| ConnError::Malformed {

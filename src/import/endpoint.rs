@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
+
+use crate::tls_client::{client_config, TlsFileError};
 
 /// A parsed endpoint, ready to connect to (itself, or to other nodes of its cluster).
 #[derive(Clone)]
@@ -33,8 +34,8 @@ pub enum EndpointError {
     NoCa { url: String, flag: &'static str },
     #[error("cannot read {path}: {source}")]
     File { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {reason}")]
-    Ca { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsFileError),
 }
 
 /// The command-line names of one endpoint's password and CA options, for the messages.
@@ -91,7 +92,7 @@ impl Endpoint {
         let tls = match (tls, ca) {
             (false, _) => None,
             (true, None) => return Err(EndpointError::NoCa { url: url.to_string(), flag: flags.ca }),
-            (true, Some(ca)) => Some(client_config(ca)?),
+            (true, Some(ca)) => Some(client_config(ca, None)?),
         };
         Ok(Endpoint { host, port, user: userinfo.filter(|u| !u.is_empty()).map(str::to_string), password, tls })
     }
@@ -108,25 +109,6 @@ impl Endpoint {
     pub fn server_name(&self) -> Option<ServerName<'static>> {
         ServerName::try_from(self.host.clone()).ok()
     }
-}
-
-fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, EndpointError> {
-    let bad = |reason: String| EndpointError::Ca { path: ca.to_path_buf(), reason };
-    let pem = std::fs::read(ca).map_err(|source| EndpointError::File { path: ca.to_path_buf(), source })?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no PEM certificate in it".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! The RESP client and the port rule are the workspace's own (`tests/common`).
 #![allow(dead_code)]
 
+pub mod generators;
 #[path = "../../../tests/common/ports.rs"]
 pub mod ports;
 #[path = "../../../tests/common/resp.rs"]
