@@ -200,7 +200,12 @@ fn requests_for(addr: SocketAddr, workload: &Workload, seconds: f64) -> Result<u
     let probe = probe_requests(workload);
     let run = support::redis_benchmark(addr, workload, probe, None)?;
     let requests = (run.ops_per_sec * seconds / 1000.0).round() as u64 * 1000;
-    Ok(requests.max(probe))
+    // A whole number of pipelines: redis-benchmark sends `-P` commands per write and checks the
+    // count only before each write, so it overshoots to the next multiple (with -P 16, 8 more
+    // per run for an odd number of thousands), which the write check would count as applied
+    // SETs nobody sent.
+    let pipeline = u64::from(workload.pipeline);
+    Ok(requests.div_ceil(pipeline).saturating_mul(pipeline).max(probe))
 }
 
 /// The size of the probe run that sizes a measurement of `workload`.
