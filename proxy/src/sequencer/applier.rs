@@ -367,12 +367,12 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                 pipeline.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
                 count += commands.len() + 3;
                 last = entry.lsn;
+                if pipeline.len() >= REPLAY_PIPELINE_BYTES {
+                    self.replay(std::mem::take(&mut pipeline).freeze(), std::mem::take(&mut count)).await?;
+                }
             }
             if count > 0 {
-                let replies = self.apply.call_batch(Proto::Resp2, pipeline.freeze(), count).await?;
-                if let Some(bad) = replies.iter().find(|r| r.starts_with(b"-EXECABORT")) {
-                    anyhow::bail!("replay aborted: {}", String::from_utf8_lossy(bad).trim());
-                }
+                self.replay(pipeline.freeze(), count).await?;
             }
             replayed += entries.len() as u64;
             // Barrier entries carry no payload and are skipped by the reader: advance past them.
@@ -383,7 +383,21 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
         }
         Ok(replayed)
     }
+
+    /// Sends one replay pipeline of `count` commands (whole entries); fails if an entry aborted.
+    async fn replay(&mut self, pipeline: Bytes, count: usize) -> anyhow::Result<()> {
+        let replies = self.apply.call_batch(Proto::Resp2, pipeline, count).await?;
+        if let Some(bad) = replies.iter().find(|r| r.starts_with(b"-EXECABORT")) {
+            anyhow::bail!("replay aborted: {}", String::from_utf8_lossy(bad).trim());
+        }
+        Ok(())
+    }
 }
+
+/// The size at which a replay pipeline is sent before more entries are added to it. A chunk of
+/// `REPLAY_CHUNK` large entries in one pipeline was hundreds of MiB in the proxy's memory and
+/// one call that could outlast the backend timeout (and then be retried from the node's LSN).
+const REPLAY_PIPELINE_BYTES: usize = 4 * 1024 * 1024;
 
 /// `SET __memlog:lsn <lsn>`
 fn set_lsn(lsn: u64) -> Bytes {
