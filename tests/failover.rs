@@ -206,6 +206,15 @@ impl FailoverCluster {
         self.nodes[i].take().expect("the node is running").kill9();
     }
 
+    /// Both nodes of a shard lost: `kill -9` of each (one already stopped is only reaped), then
+    /// both restarted empty, so the shard can only be rebuilt from the journal.
+    fn lose_both_nodes(&mut self, a: SocketAddr, b: SocketAddr) {
+        self.kill_node(a);
+        self.kill_node(b);
+        self.restart_node(a);
+        self.restart_node(b);
+    }
+
     /// Starts an EMPTY Redis on the node's port, as `memlog up`'s supervision does.
     fn restart_node(&mut self, addr: SocketAddr) {
         let i = self.node_index(addr);
@@ -802,10 +811,7 @@ fn a_parameter_change_survives_kill9_a_freeze_and_a_rebuild() {
     cluster.wait_until("the resumed node is demoted", || role(promoted) == ("slave".into(), Some(first.to_string())));
 
     // Both nodes of the shard lost: rebuilt from the journal, prepared first.
-    cluster.kill_node(first);
-    cluster.kill_node(promoted);
-    cluster.restart_node(first);
-    cluster.restart_node(promoted);
+    cluster.lose_both_nodes(first, promoted);
     cluster.wait_until("shard 0 serves again", || {
         Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT)
             .and_then(|mut c| c.cmd(&["HLEN", &key("h3")]))
@@ -918,10 +924,7 @@ fn evictions_are_journaled_and_a_rebuild_holds_exactly_what_the_primary_held() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    cluster.kill_node(primary);
-    cluster.kill_node(replica);
-    cluster.restart_node(primary);
-    cluster.restart_node(replica);
+    cluster.lose_both_nodes(primary, replica);
     cluster.wait_until("shard 0 is rebuilt", || {
         cluster.event_kinds().iter().any(|e| e == "node_rebuilt")
             && !cluster.topology()["shards"][0]["held"].as_bool().unwrap()
@@ -983,13 +986,8 @@ fn a_script_that_never_returns_is_aborted_and_the_shard_rebuilt_without_it() {
     }
     let before = Snapshot::take(promoted);
 
-    // The stopped node back empty, then both nodes lost: the shard is rebuilt from the journal.
-    cluster.kill_node(primary);
-    cluster.restart_node(primary);
-    cluster.kill_node(promoted);
-    cluster.kill_node(primary);
-    cluster.restart_node(primary);
-    cluster.restart_node(promoted);
+    // Both nodes lost (the stopped one already gone): the shard is rebuilt from the journal.
+    cluster.lose_both_nodes(primary, promoted);
     cluster.wait_until("shard 0 is rebuilt from the journal", || {
         Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT)
             .and_then(|mut c| c.cmd(&["GET", &key("after")]))
