@@ -246,6 +246,11 @@ fn denied_requests_are_never_journaled_and_memlog_commands_need_admin() {
         cmd(&mut app, &["MEMLOG", "TOPOLOGY"]),
         Value::Error("NOPERM this user has no permissions to run the 'memlog|topology' command".into())
     );
+    // Stopping a primary (MEMLOG ABORT) is as much an admin's as the rest.
+    assert_eq!(
+        cmd(&mut app, &["MEMLOG", "ABORT", "0", "1"]),
+        Value::Error("NOPERM this user has no permissions to run the 'memlog|abort' command".into())
+    );
     assert_eq!(applied_lsn(&cluster), before, "a denied request reached the journal");
     assert_eq!(
         cmd(&mut common::cluster::redis_conn(cluster.redis_addr(0)).unwrap(), &["EXISTS", "other", "app:1"]),

@@ -364,6 +364,7 @@ pub fn memlog_command() -> CommandSpec {
             command("memlog|topology", 2, vec![]),
             command("memlog|failover", -3, vec![]),
             command("memlog|snapshot", 3, vec![]),
+            command("memlog|abort", 4, vec![]),
         ],
     )
 }
