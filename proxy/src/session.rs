@@ -98,7 +98,10 @@ async fn read_requests<R: AsyncRead + Unpin>(
         // is closed, unless it listens for pushes (pub/sub, MONITOR), as Redis exempts them.
         let idle_limit =
             params.client_timeout().filter(|_| !ctx.pubsub.subscribed() && !ctx.proxy.monitors.has(client.id));
+        // Biased: a client killed (CLIENT KILL, ACL LOAD) while its next command was arriving
+        // is closed without running it, as Redis frees a client marked close-asap first.
         let read = tokio::select! {
+            biased;
             _ = client.kill.cancelled() => return,
             _ = tokio::time::sleep(idle_limit.unwrap_or_default()), if idle_limit.is_some() => {
                 // Waiting for a reply (a write held by a failover, say) is not idleness.
@@ -130,6 +133,9 @@ async fn read_requests<R: AsyncRead + Unpin>(
         }
         let limits = Limits { max_bulk_len: params.max_bulk_len(default_bulk_len), max_args };
         loop {
+            if client.kill.is_cancelled() {
+                return;
+            }
             let authenticated = ctx.authenticated;
             let outgoing = match parser.next(&mut buf, if authenticated { limits } else { UNAUTHENTICATED }) {
                 Ok(Some(request)) => crate::dispatch::dispatch(&mut ctx, request).await,
@@ -194,8 +200,9 @@ impl<W: AsyncWrite + Unpin> Output<W> {
             return true;
         }
         let written = tokio::select! {
-            written = self.writer.write_all(&self.out) => written.is_ok(),
+            biased;
             _ = self.client.kill.cancelled() => false,
+            written = self.writer.write_all(&self.out) => written.is_ok(),
         };
         self.proxy.stats.count_write(self.out.len());
         self.out.clear();
@@ -270,8 +277,9 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         let Outgoing { pending, command, started, close, rejected, silent, args, .. } = item;
         let blocking = command.as_ref().is_some_and(|c| c.flags.blocking);
         let reply = tokio::select! {
-            reply = pending.resolve() => reply,
+            biased;
             _ = client.kill.cancelled() => return,
+            reply = pending.resolve() => reply,
             // A blocked client that went away waits for nothing: dropping its pending reply
             // ends the wait, as Redis unblocks a client it frees. Replies of other commands are
             // still written, for a client that only shut down its sending side.
