@@ -7,13 +7,16 @@
 //! It sets the credentials the node presents to its primary (`masteruser`/`masterauth`): the
 //! proxy's own `[backend]` credentials, which every node accepts, so a replica can sync from
 //! whichever node is primary. A snapshot load sets a one-time credential instead, which
-//! preparation replaces again once the load is over. Then it applies the parameter group in
+//! preparation replaces again once the load is over; while a load holds a node
+//! (`hold_for_load`), preparation leaves its credentials alone, so a controller preparing a node
+//! it sees (re)appear mid-load does not lock the node out of the load. Then it applies the parameter group in
 //! force (`params`; docs/parameters.md): Redis does not replicate `CONFIG SET`, so replicas,
 //! nodes restarted empty, promoted or rebuilt get the group here, before they replay or serve;
 //! and `maxmemory 0`, since memlog's evictor enforces the limit.
 //! A change of the group makes the controllers prepare every node again.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::{BackendAuth, BackendConn, BackendOptions};
 use crate::params::LiveGroup;
@@ -27,15 +30,41 @@ pub(crate) enum PrepareError {
 }
 
 /// The preparation every node of the cluster gets, and the connection options it uses.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct NodePreparation {
     opts: BackendOptions,
     params: Arc<LiveGroup>,
+    /// Nodes a snapshot load holds: they present its one-time credential until it is over.
+    loading: Mutex<HashSet<String>>,
+    /// Held (shared) by a credentials step from its check of `loading` until its reply, and
+    /// (exclusive) by `hold_for_load` while it adds a node: a step already sent cannot land
+    /// after the load's one-time credential.
+    credential_gate: tokio::sync::RwLock<()>,
+}
+
+/// A snapshot load's hold on a node; dropping it gives the node back to preparation.
+pub(crate) struct LoadHold {
+    preparation: Arc<NodePreparation>,
+    node: String,
+}
+
+impl Drop for LoadHold {
+    fn drop(&mut self) {
+        self.preparation.loading.lock().unwrap().remove(&self.node);
+    }
 }
 
 impl NodePreparation {
     pub(crate) fn new(opts: BackendOptions, params: Arc<LiveGroup>) -> Arc<NodePreparation> {
-        Arc::new(NodePreparation { opts, params })
+        Arc::new(NodePreparation { opts, params, loading: Mutex::default(), credential_gate: tokio::sync::RwLock::new(()) })
+    }
+
+    /// Marks `node` as being loaded from a snapshot until the hold is dropped: preparation
+    /// meanwhile applies the parameter group but keeps the credential the load set.
+    pub(crate) async fn hold_for_load(self: &Arc<Self>, node: &str) -> LoadHold {
+        let _no_step_in_flight = self.credential_gate.write().await;
+        self.loading.lock().unwrap().insert(node.to_string());
+        LoadHold { preparation: self.clone(), node: node.to_string() }
     }
 
     /// The version of what preparation applies: it changes when the parameter group does.
@@ -67,6 +96,11 @@ impl NodePreparation {
     /// `masteruser`/`masterauth`: what the node sends its primary's replication port. Set even
     /// without credentials (to empty), so a one-time credential of a snapshot load never stays.
     async fn credentials(&self, node: &str, conn: &BackendConn) -> Result<(), PrepareError> {
+        let _gate = self.credential_gate.read().await;
+        if self.loading.lock().unwrap().contains(node) {
+            tracing::debug!(node, "a snapshot load holds the node; its credentials are left to the load");
+            return Ok(());
+        }
         let (user, password) = match self.auth() {
             Some(auth) => (auth.user.as_deref().unwrap_or_default(), auth.password.as_str()),
             None => ("", ""),

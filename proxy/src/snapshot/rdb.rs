@@ -762,22 +762,22 @@ impl Control {
 mod ports;
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::process::{Child, Command, Stdio};
 
     use super::*;
 
-    const T: Duration = Duration::from_secs(10);
+    pub(in crate::snapshot) const T: Duration = Duration::from_secs(10);
 
     /// A `redis-server` on a free loopback port in its own temp dir, killed by pid on drop.
-    struct Node {
+    pub(in crate::snapshot) struct Node {
         child: Child,
         port: u16,
         dir: tempfile::TempDir,
     }
 
     impl Node {
-        fn start(extra: &[&str]) -> Node {
+        pub(in crate::snapshot) fn start(extra: &[&str]) -> Node {
             let dir = tempfile::tempdir().unwrap();
             let port = ports::free_port();
             let log = std::fs::File::create(dir.path().join("redis.log")).unwrap();
@@ -803,7 +803,7 @@ mod tests {
             node
         }
 
-        fn addr(&self) -> String {
+        pub(in crate::snapshot) fn addr(&self) -> String {
             format!("127.0.0.1:{}", self.port)
         }
 
@@ -816,7 +816,7 @@ mod tests {
         }
 
         /// A status, integer or bulk reply as text.
-        async fn cmd(&self, args: &[&str]) -> String {
+        pub(in crate::snapshot) async fn cmd(&self, args: &[&str]) -> String {
             match self.control().await.call(args).await {
                 Ok(Reply::Line(line)) => line,
                 Ok(Reply::Bulk(bulk)) => String::from_utf8(bulk.unwrap_or_default()).unwrap(),
@@ -834,7 +834,7 @@ mod tests {
         }
 
         /// Sends `commands` in one pipeline and checks none failed.
-        async fn pipeline(&self, commands: &[Vec<String>]) {
+        pub(in crate::snapshot) async fn pipeline(&self, commands: &[Vec<String>]) {
             let mut control = self.control().await;
             let batch: Vec<u8> = commands.iter().flat_map(|c| encode_command(c).to_vec()).collect();
             control.conn.get_mut().write_all(&batch).await.unwrap();
@@ -855,7 +855,7 @@ mod tests {
 
     /// `keys` keys of every common type under `prefix`, some with expiries, and one value big
     /// enough to span many reads.
-    fn dataset(prefix: &str, keys: usize) -> Vec<Vec<String>> {
+    pub(in crate::snapshot) fn dataset(prefix: &str, keys: usize) -> Vec<Vec<String>> {
         let mut commands: Vec<Vec<String>> = (0..keys)
             .map(|i| {
                 let words = match i % 7 {
@@ -879,7 +879,7 @@ mod tests {
         commands
     }
 
-    async fn fetch_to(node: &Node, path: &Path) -> Result<u64, RdbError> {
+    pub(in crate::snapshot) async fn fetch_to(node: &Node, path: &Path) -> Result<u64, RdbError> {
         let mut file = tokio::fs::File::create(path).await.unwrap();
         fetch(&node.addr(), &mut file, T, None).await
     }

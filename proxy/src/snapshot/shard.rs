@@ -299,12 +299,7 @@ impl ShardSnapshots {
         for snapshot in self.catalog().await?.iter().rev() {
             let started = Instant::now();
             let path = PathBuf::from(&snapshot.location);
-            // `load` checks the file before the node sees any of it.
-            let loaded =
-                rdb::load(node, &path, self.settings.serve_ip, self.settings.timeout, self.prepare.auth()).await;
-            // The load left the node with its one-time credential: prepare it again (also after
-            // a failed load), before it replays or serves.
-            self.prepare.prepare_at(node).await?;
+            let loaded = load_then_prepare(&self.prepare, node, &path, &self.settings).await?;
             if let Err(e) = loaded {
                 tracing::error!(shard = self.shard, node, location = %snapshot.location, "cannot restore this snapshot, trying an older one: {e}");
                 problems.push(format!("{}: {e}", snapshot.location));
@@ -426,4 +421,78 @@ async fn blocking<T: Send + 'static>(call: impl FnOnce() -> std::io::Result<T> +
 
 fn unix_now_s() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Loads the RDB at `path` into `node` while holding the node against concurrent preparation
+/// (the failover controller prepares a node it sees restart, which would replace the load's
+/// one-time credential and lock the node out of the serving port), then prepares the node:
+/// the load left it with its one-time credential, also when it failed. The outer error is the
+/// preparation's: the node must then not replay or serve.
+async fn load_then_prepare(
+    prepare: &Arc<NodePreparation>,
+    node: &str,
+    path: &Path,
+    settings: &SnapshotSettings,
+) -> Result<Result<(), rdb::RdbError>, crate::prepare::PrepareError> {
+    let loaded = {
+        let _held = prepare.hold_for_load(node).await;
+        // `load` checks the file before the node sees any of it.
+        rdb::load(node, path, settings.serve_ip, settings.timeout, prepare.auth()).await
+    };
+    prepare.prepare_at(node).await?;
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BackendAuth, BackendOptions};
+    use crate::params::{Group, LiveGroup};
+    use crate::snapshot::rdb::tests::{dataset, fetch_to, Node, T};
+
+    /// One command on `node` over an authenticated connection: the raw reply.
+    async fn call(prepare: &NodePreparation, node: &str, args: &[&str]) -> Vec<u8> {
+        BackendConn::spawn(node, Proto::Resp2, prepare.opts().clone()).call(args).await.unwrap().to_vec()
+    }
+
+    /// The failover controller prepares a node it sees (re)appear, and may see it while a
+    /// snapshot is being loaded into it: the load must still get through (the one-time
+    /// credential stays) and the node end up prepared.
+    #[tokio::test]
+    async fn a_node_prepared_again_and_again_during_its_load_still_loads() {
+        let source = Node::start(&[]);
+        source.pipeline(&dataset("src", 5_000)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshot.rdb");
+        fetch_to(&source, &path).await.unwrap();
+        let digest = source.cmd(&["DEBUG", "DIGEST"]).await;
+
+        let target = Node::start(&["--requirepass", "node-password"]);
+        let auth = BackendAuth { user: None, password: "node-password".into() };
+        let opts = BackendOptions { connect_timeout: T, request_timeout: T, auth: Some(Arc::new(auth)) };
+        let prepare = NodePreparation::new(opts, LiveGroup::new(Group::new()));
+        let settings = SnapshotSettings {
+            dir: dir.path().to_path_buf(),
+            every_entries: 1,
+            keep: 1,
+            serve_ip: "127.0.0.1".parse().unwrap(),
+            timeout: T,
+        };
+        let (node, load_prepare) = (target.addr(), prepare.clone());
+        let load = tokio::spawn(async move { load_then_prepare(&load_prepare, &node, &path, &settings).await });
+        // As fast as one connection goes, so a preparation lands between the load's one-time
+        // credential and the node's handshake.
+        let conn = BackendConn::spawn(&target.addr(), Proto::Resp2, prepare.opts().clone());
+        let mut prepared_meanwhile = 0;
+        while !load.is_finished() {
+            prepare.prepare(&target.addr(), &conn).await.unwrap();
+            prepared_meanwhile += 1;
+        }
+        load.await.unwrap().expect("prepared after the load").expect("the load got through");
+        assert!(prepared_meanwhile > 0);
+        let digest_after = call(&prepare, &target.addr(), &["DEBUG", "DIGEST"]).await;
+        assert_eq!(digest_after, format!("+{digest}\r\n").into_bytes());
+        let masterauth = call(&prepare, &target.addr(), &["CONFIG", "GET", "masterauth"]).await;
+        assert!(masterauth.ends_with(b"node-password\r\n"), "{}", String::from_utf8_lossy(&masterauth));
+    }
 }
