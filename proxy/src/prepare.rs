@@ -56,7 +56,12 @@ impl Drop for LoadHold {
 
 impl NodePreparation {
     pub(crate) fn new(opts: BackendOptions, params: Arc<LiveGroup>) -> Arc<NodePreparation> {
-        Arc::new(NodePreparation { opts, params, loading: Mutex::default(), credential_gate: tokio::sync::RwLock::new(()) })
+        Arc::new(NodePreparation {
+            opts,
+            params,
+            loading: Mutex::default(),
+            credential_gate: tokio::sync::RwLock::new(()),
+        })
     }
 
     /// Marks `node` as being loaded from a snapshot until the hold is dropped: preparation
