@@ -181,6 +181,19 @@ impl Access {
         }
     }
 
+    /// The rules a script or function called by `user` runs with on the node
+    /// (`crate::sequencer::run_as`): `None` for a user who may do everything. A user that no
+    /// longer exists gets no rules at all, so its call is denied rather than run unrestricted.
+    pub(crate) fn script_rules(&self, user: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let users = self.users.load();
+        // The nodes have no `MEMLOG` command: rules naming it would be refused there.
+        let node_has = |name: &str| name != memlog_command().name;
+        match users.get(user) {
+            Some(user) => user.node_rules(&self.catalog, node_has),
+            None => Some(Vec::new()),
+        }
+    }
+
     pub(crate) fn log_denial(&self, denial: &Denial, context: LogContext, user: &[u8], client_info: &[u8]) {
         self.log_event(LogEvent::denied(denial, context, user, client_info));
     }

@@ -25,6 +25,7 @@ mod blocked;
 #[cfg(test)]
 mod fakes;
 mod journaler;
+mod run_as;
 mod seams;
 mod watch;
 
@@ -50,6 +51,7 @@ use applier::Applier;
 use blocked::BlockedRegistry;
 pub(crate) use blocked::{unblock, Blocked, BlockedClients};
 use journaler::{Journal, Journaler};
+pub(crate) use run_as::run_as;
 use seams::{JournalStream, Primary, QuorumStream};
 pub(crate) use watch::Watch;
 use watch::WatchRegistry;
@@ -212,8 +214,17 @@ impl Sequencer {
             None => Default::default(),
         };
         let (aborts, abort_requests) = Aborts::new(meta, aborted);
-        let mut applier =
-            Applier { shard, apply, reader: None, snapshots, applied: 0, health: health.clone(), reply_wait, aborts };
+        let mut applier = Applier {
+            shard,
+            run_as: run_as::RunAs::new(opts.auth.as_deref()),
+            apply,
+            reader: None,
+            snapshots,
+            applied: 0,
+            health: health.clone(),
+            reply_wait,
+            aborts,
+        };
         let mut needs_adoption_mark = false;
         let journal = match journal {
             None => None,

@@ -130,7 +130,8 @@ async fn queue_check(
             crate::commands::scripting::prepare_call(&d.proxy.scripts, &info.name, request).map_err(|reply| {
                 String::from_utf8_lossy(reply.strip_prefix(b"-").unwrap_or(&reply)).trim_end().to_string()
             })?;
-        let queued = QueuedCommand { request: call.request, command: info.clone(), write: call.write };
+        let (request, _) = crate::commands::scripting::as_caller(d, call.request);
+        let queued = QueuedCommand { request, command: info.clone(), write: call.write };
         let shard = call.slot.map(|slot| d.proxy.slots.shard_of_slot(slot));
         return same_shard(d, shard, None).map(|shard| (shard, queued));
     }

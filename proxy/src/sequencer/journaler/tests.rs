@@ -30,6 +30,7 @@ impl Rig {
         let redis = Arc::new(Mutex::new(FakeRedis::default()));
         let health = Arc::new(ApplyHealth::default());
         let applier = Applier {
+            run_as: crate::sequencer::run_as::RunAs::new(None),
             shard: 0,
             apply: FakePrimary(redis.clone()),
             reader: Some(Arc::new(stream.journal.clone())),
