@@ -1,8 +1,8 @@
 //! Scripts and functions run on the node with their caller's permissions (README, "Scripts and
-//! functions run with their caller's permissions"). Redis checks every `redis.call` of a script against the user who called it; the
-//! node, though, only knows memlog's own `[backend]` user, which may do everything. So a call by
-//! a restricted user is journaled in a form that carries the caller's rules as they were when
-//! it ran:
+//! functions run with their caller's permissions"). Redis checks every `redis.call` of a script
+//! against the user who called it; the node, though, only knows memlog's own `[backend]` user,
+//! which may do everything. So a call by a restricted user is journaled in a form that carries
+//! the caller's rules as they were when it ran:
 //!
 //! ```text
 //! __MEMLOG_RUN_AS <n> <rule 1> … <rule n> EVAL <script> <numkeys> <key>… <arg>…
