@@ -219,7 +219,7 @@ def test_watch_aborted_by_expiry(target, protocol):
     k, out = tx_keys("k", "out")
     with target.raw() as conn:
         conn.call("HELLO", protocol)
-        assert conn.call("SET", k, "v", "PX", "300") == "OK"
+        assert conn.call("SET", k, "v", "PX", "2000") == "OK"
         assert conn.call("WATCH", k) == "OK"
         remaining_ms = conn.call("PTTL", k)
         assert remaining_ms > 0, f"{k} already expired when WATCHed ({remaining_ms}): the server is too slow"
