@@ -124,7 +124,7 @@ async fn queue_check(
     request: &Request,
     info: &Arc<CommandInfo>,
 ) -> Result<(Option<usize>, QueuedCommand), String> {
-    if is_script_call(&info.name) {
+    if crate::table::is_script_call(&info.name) {
         // Scripts are checked and put in their journaled form (EVALSHA → EVAL) now.
         let call =
             crate::commands::scripting::prepare_call(&d.proxy.scripts, &info.name, request).map_err(|reply| {
@@ -176,10 +176,6 @@ fn same_shard(d: &mut ClientCtx, shard: Option<usize>, key: Option<&Bytes>) -> R
 /// same way inside the transaction (applications put a `PING` in a pipeline as a marker).
 fn shard_answers_in_multi(name: &str) -> bool {
     matches!(name, "ping" | "echo" | "time")
-}
-
-fn is_script_call(name: &str) -> bool {
-    matches!(name, "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro")
 }
 
 async fn exec(d: &mut ClientCtx) -> Pending {

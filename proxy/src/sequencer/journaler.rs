@@ -393,24 +393,30 @@ impl<S: JournalStream> Journaler<S> {
         now: u64,
     ) {
         let mut written: Vec<Bytes> = Vec::new();
+        // The earlier writes as they will be journaled, for a probe that must see them
+        // (`normalize::after_earlier_writes`); `None` once one may touch keys it does not name.
+        let mut earlier: Option<Vec<Vec<Bytes>>> = Some(Vec::new());
         let mut plans = Vec::with_capacity(commands.len());
         for QueuedCommand { request, command, write } in &commands {
-            let keys: Vec<Bytes> = command
-                .key_positions(&request.args)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| request.args[p].clone())
-                .collect();
+            let positions = command.key_positions(&request.args);
+            let keys: Vec<Bytes> =
+                positions.clone().unwrap_or_default().into_iter().map(|p| request.args[p].clone()).collect();
             let plan = if *write || command.flags.blocking { normalize::plan(&request.args, now) } else { Plan::AsIs };
             let plan = match plan {
-                Plan::Probe { .. } if keys.iter().any(|k| written.contains(k)) => {
-                    let msg = format!(
-                        "EXECABORT Transaction discarded: memlog cannot journal '{}' after a write to the same key in one transaction (its outcome depends on the data); run it outside the MULTI",
-                        crate::table::display_name(&command.name)
-                    );
-                    let _ = reply.send(Ok(error_reply(&msg)));
-                    return;
-                }
+                Plan::Probe { probe, resolve } if keys.iter().any(|k| written.contains(k)) => match &earlier {
+                    Some(earlier) => normalize::after_earlier_writes(earlier, &written, probe, resolve),
+                    None => {
+                        let msg = format!(
+                            "EXECABORT Transaction discarded: memlog cannot journal '{}' after a script, or a command without named keys, wrote in the same transaction (its outcome depends on the data); run it outside the MULTI",
+                            crate::table::display_name(&command.name)
+                        );
+                        let _ = reply.send(Ok(error_reply(&msg)));
+                        return;
+                    }
+                },
+                plan => plan,
+            };
+            let plan = match plan {
                 Plan::Probe { probe, resolve } => match self.probe(segment, probe).await {
                     Ok(replies) => Prepared::Resolved(resolve(&replies)),
                     Err(e) => {
@@ -422,7 +428,20 @@ impl<S: JournalStream> Journaler<S> {
                 Plan::AsIs => Prepared::AsSent,
             };
             if *write {
-                written.extend(keys);
+                // A script may write keys it does not declare: the probe could not put them back.
+                let names_its_keys = positions.is_some() && !crate::table::is_script_call(&command.name);
+                match (&mut earlier, &plan) {
+                    (Some(_), _) if !names_its_keys => earlier = None,
+                    (Some(earlier), Prepared::Resolved(resolved)) => earlier.extend(resolved.commands.iter().cloned()),
+                    (Some(earlier), Prepared::Rewritten(rewritten)) => earlier.push(rewritten.clone()),
+                    (Some(earlier), Prepared::AsSent) => earlier.push(request.args.clone()),
+                    (None, _) => {}
+                }
+                for key in keys {
+                    if !written.contains(&key) {
+                        written.push(key);
+                    }
+                }
             }
             plans.push(plan);
         }
