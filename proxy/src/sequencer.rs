@@ -25,6 +25,7 @@ mod blocked;
 #[cfg(test)]
 mod fakes;
 mod journaler;
+mod parts;
 mod run_as;
 mod seams;
 mod watch;
@@ -173,6 +174,8 @@ pub(crate) struct JournalSetup {
     pub quorum: QuorumConfig,
     pub writer_id: String,
     pub write_wait: Duration,
+    /// The largest write (or transaction's writes) journaled; larger ones are refused.
+    pub max_write_bytes: usize,
     /// Snapshots of the shards, when configured.
     pub snapshots: Option<Arc<crate::snapshot::SnapshotSettings>>,
 }
@@ -232,7 +235,7 @@ impl Sequencer {
                 let stream = QuorumStream { shard, name: format!("shard-{shard}"), setup };
                 let setup = &stream.setup;
                 applier.reader = Some(Arc::new(Reader::new(&stream.name, &setup.nodes, &setup.quorum.transport)));
-                let write_wait = setup.write_wait;
+                let (write_wait, max_write_bytes) = (setup.write_wait, setup.max_write_bytes);
                 let writer = recover_until_done(&stream).await;
                 let reader = applier.reader.as_deref().expect("set above");
                 let snapshots = applier.snapshots.as_deref();
@@ -255,7 +258,7 @@ impl Sequencer {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "shard recovered and primary caught up"
                 );
-                Some(Journal { stream, write_wait, writer })
+                Some(Journal { stream, write_wait, max_write_bytes, writer })
             }
         };
         let (to_applier, applier_rx) = mpsc::channel(APPLIER_CAPACITY);

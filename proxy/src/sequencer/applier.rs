@@ -11,6 +11,7 @@ use journal_service::quorum::{ReadError, Reader, WriteError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::abort::Aborts;
+use super::parts::{Assembler, Piece};
 use super::run_as::{own_replies, RunAs};
 use super::seams::{CommittedJournal, Primary};
 use super::*;
@@ -310,8 +311,8 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
         let mut pause = Duration::from_millis(50);
         loop {
             match self.try_catch_up(lsn).await {
-                Ok(replayed) => {
-                    self.applied = lsn;
+                Ok((replayed, held)) => {
+                    self.applied = held;
                     return replayed;
                 }
                 Err(e) => {
@@ -323,10 +324,12 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
         }
     }
 
-    async fn try_catch_up(&mut self, lsn: u64) -> anyhow::Result<u64> {
+    /// Returns how many entries were replayed and the LSN the primary then holds: `lsn`, or
+    /// the entry before a write whose parts end at `lsn` unfinished (`parts.rs`).
+    async fn try_catch_up(&mut self, lsn: u64) -> anyhow::Result<(u64, u64)> {
         // Asking the LSN also marks the connection checked, with or without a journal.
         let mut from = self.held_lsn().await?;
-        let Some(reader) = self.reader.clone() else { return Ok(0) };
+        let Some(reader) = self.reader.clone() else { return Ok((0, lsn)) };
         if from > lsn {
             anyhow::bail!(
                 "the primary holds lsn {from}, beyond the journal's commit point {lsn}: it was written by someone else"
@@ -340,6 +343,8 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             }
         }
         let mut replayed = 0;
+        let mut parts = Assembler::default();
+        let mut held = from;
         while from < lsn {
             let to = lsn.min(from + REPLAY_CHUNK);
             let entries = match reader.read(from + 1, to).await {
@@ -355,6 +360,8 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                         "the newest snapshot holds lsn {restored}, but the journal starts at {first}"
                     );
                     from = self.held_lsn().await?;
+                    held = from;
+                    parts = Assembler::default();
                     continue;
                 }
                 read => read?,
@@ -363,15 +370,24 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             let mut count = 0;
             let mut last = from;
             for entry in &entries {
-                // An aborted entry only moves the node's position past it.
-                let commands =
-                    if self.aborts.entries.contains(&entry.lsn) { Vec::new() } else { split_commands(&entry.payload)? };
+                last = entry.lsn;
+                // An aborted entry (a whole write, or its last part) only moves the node's
+                // position past it.
+                let commands = if self.aborts.entries.contains(&entry.lsn) {
+                    parts.drop_orphans(entry.lsn);
+                    Vec::new()
+                } else {
+                    match parts.push(entry.lsn, &entry.payload) {
+                        Piece::Pending => continue,
+                        Piece::Whole(payload) => split_commands(&payload)?,
+                    }
+                };
+                held = entry.lsn;
                 pipeline.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
                 let sent = self.run_as.append_all(&commands, &mut pipeline);
                 pipeline.extend_from_slice(&set_lsn(entry.lsn));
                 pipeline.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
                 count += sent.iter().map(|s| s.count).sum::<usize>() + 3;
-                last = entry.lsn;
                 if pipeline.len() >= REPLAY_PIPELINE_BYTES {
                     self.replay(std::mem::take(&mut pipeline).freeze(), std::mem::take(&mut count)).await?;
                 }
@@ -386,7 +402,8 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
         if replayed > 0 {
             metrics::counter!("memlog_replayed_entries_total", "shard" => self.shard.to_string()).increment(replayed);
         }
-        Ok(replayed)
+        // Without parts pending, everything up to `lsn` is held (barriers carry no LSN of their own).
+        Ok((replayed, if parts.is_empty() { lsn } else { held }))
     }
 
     /// Sends one replay pipeline of `count` commands (whole entries); fails if an entry aborted.

@@ -19,6 +19,8 @@ pub(super) struct Journal<S: JournalStream> {
     pub(super) stream: S,
     /// How long writes wait for a quorum (or for the primary) before they fail with `-TRYAGAIN`.
     pub(super) write_wait: Duration,
+    /// The largest write journaled (`[journal] max_write_bytes`).
+    pub(super) max_write_bytes: usize,
     pub(super) writer: S::Writer,
 }
 
@@ -104,12 +106,12 @@ impl<S: JournalStream> Journaler<S> {
 
     async fn sequence(&mut self, segment: &mut EntryBuilder, write: SequencerRequest, now: u64) {
         let len = write.journaled_len();
-        if self.journal.is_some() && len > MAX_WRITE_BYTES {
+        if let Some(max) = self.journal.as_ref().map(|j| j.max_write_bytes).filter(|&max| len > max) {
             let refusal = match &write.op {
                 SequencerOp::Transaction(_) => format!(
-                    "EXECABORT Transaction discarded: memlog journals at most {MAX_WRITE_BYTES} bytes of writes per transaction; this one has {len}"
+                    "EXECABORT Transaction discarded: memlog journals at most {max} bytes of writes per transaction (max_write_bytes); this one has {len}"
                 ),
-                _ => format!("ERR memlog: the write is {len} bytes; memlog journals writes of at most {MAX_WRITE_BYTES} bytes; it was not applied"),
+                _ => format!("ERR memlog: the write is {len} bytes; memlog journals writes of at most {max} bytes (max_write_bytes); it was not applied"),
             };
             return write.refuse(error_reply(&refusal));
         }
@@ -632,7 +634,21 @@ impl<S: JournalStream> Journaler<S> {
         let append = match &self.journal {
             Some(journal) if !payload.is_empty() => {
                 let permit = self.appends.clone().acquire_owned().await.expect("the semaphore is never closed");
-                let append = journal.writer.append(payload);
+                // A write larger than an entry: its parts are appended together, in order, and
+                // the batch commits with the last one (`parts.rs`).
+                let mut appends: Vec<AppendFuture> =
+                    super::parts::split(payload).into_iter().map(|part| journal.writer.append(part)).collect();
+                let append = if appends.len() == 1 {
+                    appends.remove(0)
+                } else {
+                    Box::pin(async move {
+                        let mut last = 0;
+                        for append in appends {
+                            last = append.await?;
+                        }
+                        Ok(last)
+                    })
+                };
                 Some((append, permit))
             }
             _ => None,
