@@ -17,6 +17,10 @@ pub(crate) fn parse_lsn(reply: &[u8]) -> Option<u64> {
     std::str::from_utf8(bulk_payload(reply)?).ok()?.parse().ok()
 }
 
+/// The node user that scripts of restricted callers run as (`sequencer::run_as`); node
+/// preparation creates it disabled.
+pub(crate) const SCRIPT_CALLER_USER: &str = "__memlog_script_caller";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,9 @@
 //! it sees (re)appear mid-load does not lock the node out of the load. Then it applies the parameter group in
 //! force (`params`; docs/parameters.md): Redis does not replicate `CONFIG SET`, so replicas,
 //! nodes restarted empty, promoted or rebuilt get the group here, before they replay or serve;
-//! and `maxmemory 0`, since memlog's evictor enforces the limit.
+//! and `maxmemory 0`, since memlog's evictor enforces the limit. It also creates the (disabled)
+//! user scripts of restricted callers run as (README, "Scripts and functions run with their
+//! caller's permissions").
 //! A change of the group makes the controllers prepare every node again.
 
 use std::collections::HashSet;
@@ -89,7 +91,17 @@ impl NodePreparation {
     /// Prepares `node` over `conn` (a connection to that node): every step, in order.
     pub(crate) async fn prepare(&self, node: &str, conn: &BackendConn) -> Result<(), PrepareError> {
         self.credentials(node, conn).await?;
+        self.script_caller(node, conn).await?;
         self.parameters(node, conn).await
+    }
+
+    /// The user scripts of restricted callers run as (`crate::sequencer::run_as`), created
+    /// disabled and with no permission. Its applies redefine it each time; creating it here
+    /// proves the `[backend]` user may run `ACL SETUSER` before the node serves — without that
+    /// right a restricted caller's script could not be switched to its caller's rules.
+    async fn script_caller(&self, node: &str, conn: &BackendConn) -> Result<(), PrepareError> {
+        let args = ["ACL", "SETUSER", crate::keys::SCRIPT_CALLER_USER, "reset"];
+        self.step(node, conn, "ACL SETUSER of the script caller (the [backend] user needs +acl|setuser)", &args).await
     }
 
     /// Prepares `node` over a connection of its own.

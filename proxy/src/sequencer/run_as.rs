@@ -30,14 +30,12 @@ use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use crate::backend::BackendAuth;
+use crate::keys::SCRIPT_CALLER_USER as CALLER;
 use crate::resp::{encode_command, Limits, Request, RequestParser};
 
 /// The journaled form's command name. No client can send it: the proxy refuses commands its
 /// table does not know before they reach a sequencer.
 const RUN_AS: &[u8] = b"__MEMLOG_RUN_AS";
-
-/// The node user scripts of restricted callers run as.
-const CALLER: &str = "__memlog_script_caller";
 
 /// Commands a run-as call is sent as, and which of them is the call.
 const SENT: usize = 5;
