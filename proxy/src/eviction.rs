@@ -25,6 +25,7 @@ use crate::backend::{BackendConn, BackendOptions, NodeTarget, Role};
 use crate::keys::RESERVED_PREFIX;
 use crate::normalize::integer_reply as integer;
 use crate::params::{Eviction, LiveGroup, Rank};
+use crate::pubsub::tracking::{Change, Tracker};
 use crate::resp::{array_items, bulk_bytes, encode_command, info_field, Proto, Request};
 use crate::sequencer::{Sequencer, SequencerOp, SequencerRequest};
 use crate::stats::ShardMemory;
@@ -59,6 +60,8 @@ pub(crate) struct Evictor {
     del: Arc<CommandInfo>,
     /// Where the search for keys with an expiry goes on (`volatile-*`).
     cursor: Bytes,
+    /// An evicted key is invalidated for the clients tracking it, as Redis's eviction does.
+    tracker: Arc<Tracker>,
 }
 
 /// Why an eviction round stopped early.
@@ -79,10 +82,11 @@ impl Evictor {
         memory: Arc<ShardMemory>,
         params: Arc<LiveGroup>,
         del: Arc<CommandInfo>,
+        tracker: Arc<Tracker>,
     ) {
         let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, opts);
         let cursor = Bytes::from_static(b"0");
-        let evictor = Evictor { shard, conn, target, sequencer, memory, params, del, cursor };
+        let evictor = Evictor { shard, conn, target, sequencer, memory, params, del, cursor, tracker };
         tokio::spawn(evictor.run());
     }
 
@@ -246,12 +250,15 @@ impl Evictor {
     /// `DEL key…` through the sequencer; how many keys went.
     async fn delete(&self, keys: Vec<Bytes>) -> Result<u64, EvictError> {
         let mut args = vec![Bytes::from_static(b"DEL")];
-        args.extend(keys);
+        args.extend(keys.iter().cloned());
         let request = Request::from_args(&args);
         let (reply, answer) = oneshot::channel();
         let op = SequencerOp::Write { request, command: Some(self.del.clone()) };
         self.sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;
-        match answer.await {
+        let answer = answer.await;
+        // Told whatever the answer: an outcome that is unknown may have evicted them.
+        self.tracker.changed(Change::Keys { writer: None, keys });
+        match answer {
             Ok(Ok(reply)) => match integer(&reply) {
                 Some(n) => Ok(n.max(0) as u64),
                 None => Err(EvictError::Refused(shown(&reply))),

@@ -41,6 +41,8 @@ pub(crate) struct Proxy {
     pub backend: crate::backend::BackendOptions,
     /// Pub/sub: subscriptions, delivery, the shards' keyspace notifications.
     pub pubsub: Arc<crate::pubsub::Hub>,
+    /// Client-side caching: the tracking table and the delivery of invalidations.
+    pub tracker: Arc<crate::pubsub::tracking::Tracker>,
     /// Scripts loaded through this proxy (EVALSHA is journaled as EVAL with their body).
     pub scripts: Arc<crate::scripts::ScriptCache>,
     /// Clients in MONITOR mode.
@@ -77,6 +79,9 @@ impl Proxy {
         if let Some(len) = number("slowlog-max-len") {
             self.stats.slowlog.max_len.store(len.max(0) as u64, Relaxed);
         }
+        // Redis's default `tracking-table-max-keys` is 1,000,000.
+        let max_keys = number("tracking-table-max-keys").unwrap_or(1_000_000);
+        self.tracker.set_max_keys(usize::try_from(max_keys).unwrap_or(0));
         if let Some(ms) = number("latency-monitor-threshold") {
             self.stats.latency.threshold_ms.store(ms.max(0) as u64, Relaxed);
         }
@@ -84,6 +89,21 @@ impl Proxy {
         // In force for the next write; each shard's evictor reads its primary's memory at once.
         let (limit, eviction) = self.parameters.live.memory_limit();
         self.shards.iter().for_each(|shard| shard.memory.set_limit(limit, eviction));
+    }
+}
+
+/// Waits until every write queued on any shard before this call was applied: a read queued
+/// behind them through each sequencer is answered only then.
+pub(crate) async fn after_queued_writes(shards: &[Shard]) {
+    let mut waiting = Vec::with_capacity(shards.len());
+    for shard in shards {
+        let (reply, applied) = tokio::sync::oneshot::channel();
+        let op = SequencerOp::Read(Request::from_args(&[&b"PING"[..]]));
+        shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;
+        waiting.push(applied);
+    }
+    for applied in waiting {
+        let _ = applied.await;
     }
 }
 

@@ -94,6 +94,7 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         announce_host: host,
         announce_port,
         pubsub,
+        tracker: Default::default(),
         backend: opts,
         scripts: Default::default(),
         monitors: Default::default(),
@@ -106,7 +107,8 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     for shard in &proxy.shards {
         let (target, sequencer, memory) = (shard.target.clone(), shard.sequencer.clone(), shard.memory.clone());
         let live = proxy.parameters.live.clone();
-        Evictor::spawn(shard.id, target, proxy.backend.clone(), sequencer, memory, live, del.clone());
+        let tracker = proxy.tracker.clone();
+        Evictor::spawn(shard.id, target, proxy.backend.clone(), sequencer, memory, live, del.clone(), tracker);
     }
     Ok(proxy)
 }
