@@ -47,6 +47,14 @@ const DEFAULT_SAMPLES: usize = 5;
 /// Keys one `SCAN` step asks for when looking for keys with an expiry.
 const SCAN_COUNT: &str = "128";
 
+/// Where an evictor's `DEL`s go: the shard's sequencer (with `DEL`'s table entry), then the
+/// clients tracking the keys.
+pub(crate) struct Deletes {
+    pub(crate) sequencer: Sequencer,
+    pub(crate) del: Arc<CommandInfo>,
+    pub(crate) tracker: Arc<Tracker>,
+}
+
 /// One shard's evictor.
 pub(crate) struct Evictor {
     shard: usize,
@@ -78,12 +86,11 @@ impl Evictor {
         shard: usize,
         target: Arc<NodeTarget>,
         opts: BackendOptions,
-        sequencer: Sequencer,
+        deletes: Deletes,
         memory: Arc<ShardMemory>,
         params: Arc<LiveGroup>,
-        del: Arc<CommandInfo>,
-        tracker: Arc<Tracker>,
     ) {
+        let Deletes { sequencer, del, tracker } = deletes;
         let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, opts);
         let cursor = Bytes::from_static(b"0");
         let evictor = Evictor { shard, conn, target, sequencer, memory, params, del, cursor, tracker };

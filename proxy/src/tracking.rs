@@ -458,6 +458,11 @@ mod tests {
         table.enable(id, options)
     }
 
+    fn only(mut new: Vec<(Bytes, u64)>) -> (Bytes, u64) {
+        assert_eq!(new.len(), 1, "{new:?}");
+        new.remove(0)
+    }
+
     fn keys(keys: &[&str]) -> Message {
         Message::Keys(keys.iter().map(|k| b(k)).collect())
     }
@@ -606,16 +611,16 @@ mod tests {
     fn an_expiry_invalidates_only_the_entry_it_was_read_for() {
         let mut t = Table::default();
         on(&mut t, 1, "client tracking on").unwrap();
-        let [(key, generation)] = t.remember(1, &[b("a")])[..] else { panic!() };
+        let (key, generation) = only(t.remember(1, &[b("a")]));
         t.schedule_expiry(key.clone(), generation, 1_000);
         assert_eq!(t.next_expiry(), Some(1_000));
         assert!(t.expire_due(999).is_empty());
         assert_eq!(t.expire_due(1_000), vec![Delivery { client: 1, redirect: 0, message: keys(&["a"]) }]);
         // Written (entry ended) and read again: the old expire time no longer applies.
-        let [(key, generation)] = t.remember(1, &[b("a")])[..] else { panic!() };
+        let (key, generation) = only(t.remember(1, &[b("a")]));
         t.schedule_expiry(key.clone(), generation, 2_000);
         t.invalidate(Some(2), &[b("a")]);
-        let [(key, new_generation)] = t.remember(1, &[b("a")])[..] else { panic!() };
+        let (key, new_generation) = only(t.remember(1, &[b("a")]));
         assert_ne!(generation, new_generation);
         assert!(t.expire_due(3_000).is_empty());
         t.schedule_expiry(key, generation, 4_000);

@@ -139,8 +139,11 @@ impl Tracker {
         new
     }
 
-    /// `key`'s entry `generation` expires at `at_ms` (Unix ms; the key's `PEXPIRETIME`).
+    /// `key`'s entry `generation` expires at `at_ms` (Unix ms; the key's `PEXPIRETIME`). Redis
+    /// takes a key as expired once its clock is past that millisecond, so the clients are told
+    /// a millisecond later: a read they send on being told then finds the key gone.
     pub(crate) fn expires_at(&self, key: Bytes, generation: u64, at_ms: u64) {
+        let at_ms = at_ms + 1;
         let mut table = lock(&self.table);
         let earlier = table.next_expiry().is_none_or(|next| at_ms < next);
         table.schedule_expiry(key, generation, at_ms);
