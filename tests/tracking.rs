@@ -28,8 +28,10 @@ fn client_id(conn: &mut Conn) -> i64 {
     }
 }
 
+/// The next frame: an invalidation the test waits for (a missing one fails it after the client's
+/// read timeout).
 fn read(conn: &mut Conn) -> Value {
-    conn.read().expect("a frame")
+    conn.read().expect("an invalidation, within the read timeout")
 }
 
 /// `value` with the client id `id` written as `ID` (in integers and in text).
@@ -85,6 +87,13 @@ fn client_side_caching_answers_as_stock_redis() {
         out.push(cmd(&mut b, &["INCR", "n"]));
         out.push(cmd(&mut b, &["APPEND", "k1", "+"]));
         out.push(cmd(&mut b, &["EXEC"]));
+        out.push(read(&mut a));
+        // A script that writes tells its declared keys; one that reads remembers them.
+        out.push(cmd(&mut a, &["GET", "k1"]));
+        out.push(cmd(&mut b, &["EVAL", "return redis.call('SET', KEYS[1], 'script')", "1", "k1"]));
+        out.push(read(&mut a));
+        out.push(cmd(&mut a, &["EVAL_RO", "return redis.call('GET', KEYS[1])", "1", "k1"]));
+        out.push(cmd(&mut b, &["SET", "k1", "after"]));
         out.push(read(&mut a));
         out.push(cmd(&mut a, &["CLIENT", "TRACKING", "OFF"]));
         out.push(cmd(&mut a, &["GET", "k1"]));
