@@ -193,6 +193,40 @@ fn client_side_caching_answers_as_stock_redis() {
         out
     });
 
+    pair.same("over tracking-table-max-keys, a key is dropped from the table and its client told", |addr| {
+        // The clients of the scenarios before are gone (their tracking ends with them).
+        pause();
+        let (mut a, mut b) = (resp3(addr), connect(addr));
+        let mut out = vec![cmd(&mut a, &["CLIENT", "TRACKING", "ON"])];
+        // Emptied first: clients of the scenarios before left keys in the table.
+        out.push(cmd(&mut b, &["FLUSHALL"]));
+        out.push(read(&mut a));
+        out.push(cmd(&mut b, &["CONFIG", "SET", "tracking-table-max-keys", "2"]));
+        out.push(cmd(&mut b, &["CONFIG", "GET", "tracking-table-max-keys"]));
+        for key in ["m1", "m2", "m3"] {
+            out.push(cmd(&mut a, &["GET", key]));
+        }
+        // Which key goes is chosen at random (Redis walks its table randomly).
+        let dropped = match read(&mut a) {
+            Value::Push(items) if items.len() == 2 => match &items[1] {
+                Value::Array(Some(keys)) if keys.len() == 1 && keys[0].text().starts_with('m') => "one of m1..m3",
+                other => panic!("dropped keys: {other:?}"),
+            },
+            other => panic!("not an invalidation: {other:?}"),
+        };
+        out.push(Value::Simple(dropped.into()));
+        out.push(cmd(&mut a, &["PING"]));
+        // INFO counts the table: one tracking client, two keys left, no prefix.
+        let info = cmd(&mut b, &["INFO", "everything"]).text();
+        let fields = ["tracking_clients", "tracking_total_keys", "tracking_total_items", "tracking_total_prefixes"];
+        for field in fields {
+            let line = info.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("{field}"));
+            out.push(Value::Simple(line.to_string()));
+        }
+        out.push(cmd(&mut b, &["CONFIG", "SET", "tracking-table-max-keys", "1000000"]));
+        out
+    });
+
     pair.same("errors and replies of CLIENT TRACKING, CACHING, GETREDIR, TRACKINGINFO", |addr| {
         let mut a = connect(addr);
         let id = client_id(&mut a).to_string();

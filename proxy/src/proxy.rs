@@ -79,13 +79,12 @@ impl Proxy {
         if let Some(len) = number("slowlog-max-len") {
             self.stats.slowlog.max_len.store(len.max(0) as u64, Relaxed);
         }
-        // Redis's default `tracking-table-max-keys` is 1,000,000.
-        let max_keys = number("tracking-table-max-keys").unwrap_or(1_000_000);
-        self.tracker.set_max_keys(usize::try_from(max_keys).unwrap_or(0));
         if let Some(ms) = number("latency-monitor-threshold") {
             self.stats.latency.threshold_ms.store(ms.max(0) as u64, Relaxed);
         }
         self.parameters.live.replace(group);
+        let max_keys = self.parameters.live.tracking_max_keys();
+        self.tracker.set_max_keys(usize::try_from(max_keys).unwrap_or(usize::MAX));
         // In force for the next write; each shard's evictor reads its primary's memory at once.
         let (limit, eviction) = self.parameters.live.memory_limit();
         self.shards.iter().for_each(|shard| shard.memory.set_limit(limit, eviction));

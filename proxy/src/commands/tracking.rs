@@ -100,6 +100,8 @@ pub(crate) struct Tracked {
     reads: Vec<Bytes>,
     /// What the command changes once applied.
     change: Option<Change>,
+    /// Some client tracked when the command was looked at.
+    in_use: bool,
 }
 
 impl Tracked {
@@ -111,13 +113,14 @@ impl Tracked {
         if !tracker.in_use() {
             return Tracked::default();
         }
+        let mut tracked = Tracked { in_use: true, ..Tracked::default() };
         let writer = Some(d.client.id);
         let name = info.name.as_str();
         if matches!(name, "flushall" | "flushdb") {
-            return Tracked { reads: Vec::new(), change: Some(Change::All) };
+            tracked.change = Some(Change::All);
+            return tracked;
         }
         let tracking = tracker.is_tracking(d.client.id);
-        let mut tracked = Tracked::default();
         let mut written = Vec::new();
         if name == "exec" {
             for queued in d.multi.iter().flat_map(|m| &m.queued) {
@@ -165,8 +168,17 @@ impl Tracked {
     /// The command's reply, which tells the clients holding its keys once it arrives (the write
     /// is then applied) and before the writing client hears it. Done in a task of its own, so
     /// they are told even if the writing client's session ends first.
-    pub(crate) fn invalidate_when_applied(self, d: &ClientCtx, pending: Pending) -> Pending {
-        let Some(change) = self.change else { return pending };
+    ///
+    /// A write looked at before the first client tracked and sent after (so perhaps queued
+    /// behind the barrier that client's `CLIENT TRACKING ON` waits for) has no keys found: it
+    /// tells every tracking client with a null, once, when it is applied.
+    pub(crate) fn invalidate_when_applied(self, d: &ClientCtx, info: &CommandInfo, pending: Pending) -> Pending {
+        let may_write = info.flags.write || matches!(info.name.as_str(), "exec" | "eval" | "evalsha" | "fcall");
+        let change = match self.change {
+            Some(change) => change,
+            None if !self.in_use && may_write && d.proxy.tracker.in_use() => Change::All,
+            None => return pending,
+        };
         let tracker = d.proxy.tracker.clone();
         match pending {
             // The client's next command waits for this one (a blocking pop): keep it so.
