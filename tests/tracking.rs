@@ -180,6 +180,37 @@ fn client_side_caching_answers_as_stock_redis() {
         out
     });
 
+    pair.same("an eviction invalidates", |addr| {
+        let (mut a, mut b) = (resp3(addr), connect(addr));
+        let used: u64 = {
+            let info = cmd(&mut b, &["INFO", "memory"]).text();
+            let line = info.lines().find(|l| l.starts_with("used_memory:")).expect("used_memory");
+            line["used_memory:".len()..].trim().parse().unwrap()
+        };
+        let limit = (used + 2 * 1024 * 1024).to_string();
+        let mut out = vec![cmd(&mut a, &["CLIENT", "TRACKING", "ON"])];
+        out.push(cmd(&mut b, &["SET", "evictme", "v"]));
+        out.push(cmd(&mut a, &["GET", "evictme"]));
+        out.push(cmd(&mut b, &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"]));
+        out.push(cmd(&mut b, &["CONFIG", "SET", "maxmemory", &limit]));
+        let filler = "x".repeat(10_000);
+        let mut evicted = false;
+        for i in 0..5_000 {
+            assert_eq!(cmd(&mut b, &["SET", &format!("filler:{i}"), &filler]), Value::Simple("OK".into()));
+            if i % 50 == 49 && cmd(&mut b, &["EXISTS", "evictme"]) == Value::Int(0) {
+                evicted = true;
+                break;
+            }
+        }
+        assert!(evicted, "{addr}: the tracked key was never evicted");
+        out.push(read(&mut a));
+        drop(a);
+        out.push(cmd(&mut b, &["CONFIG", "SET", "maxmemory", "0"]));
+        out.push(cmd(&mut b, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]));
+        out.push(cmd(&mut b, &["FLUSHALL"]));
+        out
+    });
+
     pair.same("FLUSHALL tells every tracking client with a null", |addr| {
         let (mut a, mut c, mut b) = (resp3(addr), resp3(addr), connect(addr));
         let mut out = vec![cmd(&mut a, &["CLIENT", "TRACKING", "ON"]), cmd(&mut a, &["GET", "f"])];

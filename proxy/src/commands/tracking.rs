@@ -134,16 +134,18 @@ impl Tracked {
             }
         } else {
             let script = matches!(name, "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro");
-            if !(script || info.flags.write || info.flags.readonly) || info.flags.pubsub {
+            // A script that reads remembers all its declared keys, as Redis does.
+            let reads = tracking && (info.flags.readonly || script) && !info.flags.pubsub;
+            let writes = info.flags.write || matches!(name, "eval" | "evalsha" | "fcall");
+            if !reads && !writes {
                 return tracked;
             }
             let keys = d.key_positions(request, info).await.unwrap_or_default();
             let keys: Vec<Bytes> = keys.into_iter().map(|k| request.args[k].clone()).collect();
-            // A script that reads remembers all its declared keys, as Redis does.
-            if tracking && (info.flags.readonly || script) {
+            if reads {
                 tracked.reads.clone_from(&keys);
             }
-            if info.flags.write || matches!(name, "eval" | "evalsha" | "fcall") {
+            if writes {
                 written = keys;
             }
         }
