@@ -301,3 +301,35 @@ fn client_side_caching_answers_as_stock_redis() {
         out.into_iter().map(|v| naming(v, id)).collect()
     });
 }
+
+/// A write answered before it was applied (its shard's only Redis node is down past
+/// `write_wait_ms`: "committed … it will be applied from the journal") is told twice: when the
+/// client hears it, and again once the node is back and the write applied, since a tracking
+/// client told the first time may have read the old value again in between.
+#[test]
+fn a_write_applied_after_its_reply_is_told_again_once_applied() {
+    use common::cluster::{ClusterOptions, DurableCluster};
+    let mut cluster =
+        DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 1, write_wait_ms: 300, ..Default::default() });
+    let addr = cluster.proxy_addr();
+    let (mut a, mut b) = (resp3(addr), connect(addr));
+    assert_eq!(cmd(&mut a, &["CLIENT", "TRACKING", "ON"]), Value::Simple("OK".into()));
+    assert_eq!(cmd(&mut b, &["SET", "k", "old"]), Value::Simple("OK".into()));
+    assert_eq!(cmd(&mut a, &["GET", "k"]), Value::Bulk(Some(b"old".to_vec())));
+    cluster.kill_redis(0);
+    let reply = cmd(&mut b, &["SET", "k", "new"]);
+    assert!(reply.text().contains("it will be applied from the journal"), "{reply:?}");
+    let invalidation = Value::Push(vec![
+        Value::Bulk(Some(b"invalidate".to_vec())),
+        Value::Array(Some(vec![Value::Bulk(Some(b"k".to_vec()))])),
+    ]);
+    assert_eq!(read(&mut a), invalidation, "told when the writer heard");
+    // Read again before the write is applied (the read waits for the node): remembered again.
+    a.queue(&["GET", "k"]);
+    a.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    cluster.restart_redis(0);
+    assert_eq!(read(&mut a), Value::Bulk(Some(b"new".to_vec())));
+    assert_eq!(read(&mut a), invalidation, "told again once applied");
+    assert_eq!(cmd(&mut a, &["PING"]), Value::Simple("PONG".into()));
+}

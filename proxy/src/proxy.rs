@@ -92,8 +92,9 @@ impl Proxy {
 }
 
 /// Waits until every write queued on any shard before this call was applied: a read queued
-/// behind them through each sequencer is answered only then.
-pub(crate) async fn after_queued_writes(shards: &[Shard]) {
+/// behind them through each sequencer is answered only then. False if a shard refused the read
+/// (it is not applying: its writes wait, or were refused).
+pub(crate) async fn after_queued_writes(shards: &[Shard]) -> bool {
     let mut waiting = Vec::with_capacity(shards.len());
     for shard in shards {
         let (reply, applied) = tokio::sync::oneshot::channel();
@@ -101,9 +102,11 @@ pub(crate) async fn after_queued_writes(shards: &[Shard]) {
         shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;
         waiting.push(applied);
     }
+    let mut all = true;
     for applied in waiting {
-        let _ = applied.await;
+        all &= matches!(applied.await, Ok(Ok(reply)) if !reply.starts_with(b"-"));
     }
+    all
 }
 
 /// Journals `request` (a `CONFIG SET`) on every shard's stream through its sequencer, after

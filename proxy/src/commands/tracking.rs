@@ -37,6 +37,8 @@ pub(crate) fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
                 Ok(true) => {
                     let proxy = d.proxy.clone();
                     Pending::Deferred(Box::pin(async move {
+                        // A shard that is not applying refuses the wait after `write_wait_ms`:
+                        // its writes wait too, or were refused.
                         crate::proxy::after_queued_writes(&proxy.shards).await;
                         ok_bytes(proto)
                     }))
@@ -181,7 +183,7 @@ impl Tracked {
             None if !self.in_use && may_write && d.proxy.tracker.in_use() => Change::All,
             None => return pending,
         };
-        let tracker = d.proxy.tracker.clone();
+        let (tracker, proxy) = (d.proxy.tracker.clone(), d.proxy.clone());
         match pending {
             // The client's next command waits for this one (a blocking pop): keep it so.
             Pending::Deferred(work) => Pending::Deferred(Box::pin(async move {
@@ -189,27 +191,43 @@ impl Tracked {
                 tracker.changed(change);
                 reply
             })),
-            Pending::Backend { rx, _lane } => Pending::Backend {
-                rx: told_when_answered(Pending::Backend { rx, _lane: None }, tracker, change),
-                _lane,
-            },
-            other => Pending::Backend { rx: told_when_answered(other, tracker, change), _lane: None },
+            Pending::Backend { rx, _lane } => {
+                Pending::Backend { rx: told_when_answered(Pending::Backend { rx, _lane: None }, proxy, change), _lane }
+            }
+            other => Pending::Backend { rx: told_when_answered(other, proxy, change), _lane: None },
         }
     }
 }
 
+/// The reply the applier gives a write it could not apply within `write_wait_ms`
+/// (`sequencer/applier.rs`): committed, and applied later from the journal.
+const APPLIED_LATER: &[u8] = b"-ERR memlog: the write is committed in the journal but Redis cannot apply it yet";
+
 /// Resolves `pending` in a task, tells the change, then hands the reply on.
 fn told_when_answered(
     pending: Pending,
-    tracker: Arc<crate::pubsub::tracking::Tracker>,
+    proxy: Arc<crate::proxy::Proxy>,
     change: Change,
 ) -> oneshot::Receiver<crate::backend::ReplyResult> {
     let (tx, rx) = oneshot::channel();
     tokio::spawn(async move {
         let reply = pending.resolve().await;
+        let later = reply.starts_with(APPLIED_LATER);
         // Told whatever the reply: an error may leave the outcome unknown (applied after all).
-        tracker.changed(change);
+        let again = later.then(|| change.clone());
+        proxy.tracker.changed(change);
         let _ = tx.send(Ok(reply));
+        // Answered before it was applied (its primary is lost or failing over): a client told
+        // now may read the old value again before the write lands, so it is told once more when
+        // every write queued on the shards so far — this one included — was applied.
+        if let Some(change) = again {
+            let mut pause = std::time::Duration::from_millis(100);
+            while !crate::proxy::after_queued_writes(&proxy.shards).await {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            proxy.tracker.changed(change);
+        }
     });
     rx
 }

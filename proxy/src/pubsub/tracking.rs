@@ -42,6 +42,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// What a write changed.
+#[derive(Clone)]
 pub(crate) enum Change {
     /// These keys (by the client `writer`, if a client made it).
     Keys { writer: Option<u64>, keys: Vec<Bytes> },
