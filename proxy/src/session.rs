@@ -371,3 +371,27 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     let _ = output.flush().await;
     let _ = output.writer.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &'static str) -> Bytes {
+        Bytes::from_static(text.as_bytes())
+    }
+
+    #[test]
+    fn a_push_waits_for_the_replies_sent_before_it_and_keeps_its_order() {
+        let mut held = HeldPushes::default();
+        assert_eq!(held.admit((frame("pubsub"), 0)), Some(frame("pubsub")), "unstamped: at once");
+        // Queued while commands 1 and 2 were in flight.
+        assert_eq!(held.admit((frame("a"), 2)), None);
+        // Free to go on its own, but behind a held frame.
+        assert_eq!(held.admit((frame("b"), 0)), None);
+        assert!(held.answered_one().is_empty(), "reply 1 written: `a` still waits for reply 2");
+        assert_eq!(held.answered_one(), vec![frame("a"), frame("b")]);
+        assert_eq!(held.admit((frame("c"), 2)), Some(frame("c")), "its replies are out");
+        assert_eq!(held.admit((frame("d"), 3)), None);
+        assert_eq!(held.answered_one(), vec![frame("d")]);
+    }
+}
