@@ -63,6 +63,7 @@ const ALLOWED: &[&str] = &[
     "lua-time-limit",
     "proto-max-bulk-len",
     "timeout",
+    "tracking-table-max-keys",
 ];
 
 /// Values every allowlisted parameter is tried with: valid for some, each kind of refusal for

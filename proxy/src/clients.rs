@@ -42,6 +42,12 @@ pub(crate) struct ClientHandle {
     /// other clients' CLIENT LIST, of what the session's `ClientCtx` holds; written only through
     /// [`ClientHandle::show_queued`].
     multi: AtomicI64,
+    /// Commands the session's reader has handed to its writer so far: a frame queued with
+    /// [`PushSender::push_after_dispatched`] is written after all of them were answered.
+    pub dispatched: AtomicU64,
+    /// What `CLIENT LIST` shows of its tracking (`flags=t/R/B`, `redir=`); the tracking table
+    /// (`pubsub::tracking`) keeps it current.
+    pub tracking: Mutex<crate::tracking::Shown>,
 }
 
 impl ClientHandle {
@@ -63,6 +69,8 @@ impl ClientHandle {
             kill: CancellationToken::new(),
             blocked: AtomicBool::new(false),
             multi: AtomicI64::new(-1),
+            dispatched: AtomicU64::new(0),
+            tracking: Mutex::new(Default::default()),
         }
     }
 }
@@ -97,11 +105,15 @@ impl ClientHandle {
         let now = Instant::now();
         let subscribed = subscriptions.channels + subscriptions.patterns + subscriptions.shard_channels > 0;
         let queued = self.multi.load(Ordering::Relaxed);
+        let tracking = *self.tracking.lock().unwrap();
         let mut flags = String::new();
         for (set, flag) in [
             (subscribed, 'P'),
             (queued >= 0, 'x'),
             (self.blocked.load(Ordering::Relaxed), 'b'),
+            (tracking.on, 't'),
+            (tracking.broken_redirect, 'R'),
+            (tracking.bcast, 'B'),
             (self.no_evict.load(Ordering::Relaxed), 'e'),
         ] {
             if set {
@@ -113,7 +125,7 @@ impl ClientHandle {
         }
         let age = now.duration_since(self.connected_at).as_secs();
         format!(
-            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir={} resp={}",
             self.id,
             self.addr,
             self.local_addr,
@@ -128,6 +140,7 @@ impl ClientHandle {
             queued,
             self.last_command.load().as_ref().map(|c| c.name.as_str()).unwrap_or("NULL"),
             self.user.lock().unwrap(),
+            if tracking.on { tracking.redirect as i64 } else { -1 },
             if self.proto() == Proto::Resp3 { 3 } else { 2 },
         )
     }
@@ -232,7 +245,7 @@ const DEFAULT_PUSH_LIMIT: usize = 32 * 1024 * 1024;
 /// end.
 #[derive(Clone)]
 pub(crate) struct PushSender {
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<(Bytes, u64)>,
     queued: Arc<AtomicUsize>,
     limit: usize,
     client: Arc<ClientHandle>,
@@ -242,6 +255,17 @@ impl PushSender {
     /// Queues `frame` for the client, unless the client is gone or this frame takes it over its
     /// limit: it is then disconnected, as Redis closes a pub/sub client over its hard limit.
     pub(crate) fn push(&self, frame: Bytes) {
+        self.push_stamped(frame, 0);
+    }
+
+    /// Queues `frame` to be written only after the replies of every command the client sent so
+    /// far: an invalidation must not overtake the reply of a read that may have read the value
+    /// it invalidates, or the client would cache that value after being told to drop it.
+    pub(crate) fn push_after_dispatched(&self, frame: Bytes) {
+        self.push_stamped(frame, self.client.dispatched.load(Ordering::Acquire));
+    }
+
+    fn push_stamped(&self, frame: Bytes, after: u64) {
         if self.client.kill.is_cancelled() {
             return;
         }
@@ -257,7 +281,7 @@ impl PushSender {
             return;
         }
         // The writer is gone only when the session ends; the frame has nobody to go to.
-        let _ = self.tx.send(frame);
+        let _ = self.tx.send((frame, after));
     }
 
     /// The client the frames go to (its id, and its protocol, which frames are encoded in).
@@ -267,22 +291,24 @@ impl PushSender {
 }
 
 /// The writer's side of a client's `PushSender`.
+/// Each frame comes with the number of the client's commands whose replies must be written
+/// before it (0: none).
 pub(crate) struct PushReceiver {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<(Bytes, u64)>,
     queued: Arc<AtomicUsize>,
 }
 
 impl PushReceiver {
-    fn taken(&self, frame: Bytes) -> Bytes {
+    fn taken(&self, (frame, after): (Bytes, u64)) -> (Bytes, u64) {
         self.queued.fetch_sub(frame.len(), Ordering::AcqRel);
-        frame
+        (frame, after)
     }
 
-    pub(crate) fn try_recv(&mut self) -> Option<Bytes> {
+    pub(crate) fn try_recv(&mut self) -> Option<(Bytes, u64)> {
         self.rx.try_recv().ok().map(|frame| self.taken(frame))
     }
 
-    pub(crate) async fn recv(&mut self) -> Option<Bytes> {
+    pub(crate) async fn recv(&mut self) -> Option<(Bytes, u64)> {
         let frame = self.rx.recv().await?;
         Some(self.taken(frame))
     }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use memlog_acl::LogContext;
 
+use crate::commands::tracking::Tracked;
 use crate::commands::{self, CommandRoute};
 use crate::context::ClientCtx;
 use crate::keys::RESERVED_PREFIX;
@@ -39,7 +40,22 @@ pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing 
         Some(refusal) => (refusal, true),
         None => {
             commands::client::hold_while_paused(ctx, &info).await;
-            run(ctx, &request, &info).await
+            // A command queued in MULTI does nothing yet: EXEC stands for it.
+            let queued = ctx.multi.is_some() && commands::transaction::is_queued(&info.name);
+            let tracked = if queued { None } else { Some(Tracked::of(ctx, &request, &info).await) };
+            if let Some(tracked) = &tracked {
+                tracked.remember(ctx);
+            }
+            let (pending, refused) = run(ctx, &request, &info).await;
+            // `CLIENT CACHING` holds for the next command (or the transaction) only.
+            if ctx.proxy.tracker.in_use() {
+                let keep = info.name.starts_with("client|") || ctx.multi.is_some();
+                ctx.proxy.tracker.command_done(ctx.client.id, keep);
+            }
+            match tracked {
+                Some(tracked) => (tracked.invalidate_when_applied(ctx, &info, pending), refused),
+                None => (pending, refused),
+            }
         }
     };
     let barrier = matches!(pending, Pending::Deferred(_)) || std::mem::take(&mut ctx.blocks);

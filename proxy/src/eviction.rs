@@ -25,6 +25,7 @@ use crate::backend::{BackendConn, BackendOptions, NodeTarget, Role};
 use crate::keys::RESERVED_PREFIX;
 use crate::normalize::integer_reply as integer;
 use crate::params::{Eviction, LiveGroup, Rank};
+use crate::pubsub::tracking::{Change, Tracker};
 use crate::resp::{array_items, bulk_bytes, encode_command, info_field, Proto, Request};
 use crate::sequencer::{Sequencer, SequencerOp, SequencerRequest};
 use crate::stats::ShardMemory;
@@ -46,6 +47,14 @@ const DEFAULT_SAMPLES: usize = 5;
 /// Keys one `SCAN` step asks for when looking for keys with an expiry.
 const SCAN_COUNT: &str = "128";
 
+/// Where an evictor's `DEL`s go: the shard's sequencer (with `DEL`'s table entry), then the
+/// clients tracking the keys.
+pub(crate) struct Deletes {
+    pub(crate) sequencer: Sequencer,
+    pub(crate) del: Arc<CommandInfo>,
+    pub(crate) tracker: Arc<Tracker>,
+}
+
 /// One shard's evictor.
 pub(crate) struct Evictor {
     shard: usize,
@@ -59,6 +68,8 @@ pub(crate) struct Evictor {
     del: Arc<CommandInfo>,
     /// Where the search for keys with an expiry goes on (`volatile-*`).
     cursor: Bytes,
+    /// An evicted key is invalidated for the clients tracking it, as Redis's eviction does.
+    tracker: Arc<Tracker>,
 }
 
 /// Why an eviction round stopped early.
@@ -75,14 +86,14 @@ impl Evictor {
         shard: usize,
         target: Arc<NodeTarget>,
         opts: BackendOptions,
-        sequencer: Sequencer,
+        deletes: Deletes,
         memory: Arc<ShardMemory>,
         params: Arc<LiveGroup>,
-        del: Arc<CommandInfo>,
     ) {
+        let Deletes { sequencer, del, tracker } = deletes;
         let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, opts);
         let cursor = Bytes::from_static(b"0");
-        let evictor = Evictor { shard, conn, target, sequencer, memory, params, del, cursor };
+        let evictor = Evictor { shard, conn, target, sequencer, memory, params, del, cursor, tracker };
         tokio::spawn(evictor.run());
     }
 
@@ -246,12 +257,15 @@ impl Evictor {
     /// `DEL key…` through the sequencer; how many keys went.
     async fn delete(&self, keys: Vec<Bytes>) -> Result<u64, EvictError> {
         let mut args = vec![Bytes::from_static(b"DEL")];
-        args.extend(keys);
+        args.extend(keys.iter().cloned());
         let request = Request::from_args(&args);
         let (reply, answer) = oneshot::channel();
         let op = SequencerOp::Write { request, command: Some(self.del.clone()) };
         self.sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;
-        match answer.await {
+        let answer = answer.await;
+        // Told whatever the answer: an outcome that is unknown may have evicted them.
+        self.tracker.changed(Change::Keys { writer: None, keys });
+        match answer {
             Ok(Ok(reply)) => match integer(&reply) {
                 Some(n) => Ok(n.max(0) as u64),
                 None => Err(EvictError::Refused(shown(&reply))),

@@ -37,6 +37,7 @@ mod startup;
 mod stats;
 mod status;
 mod table;
+mod tracking;
 
 /// What the `memlog` binary needs to reach Redis nodes the way the proxy does (`memlog up`, `memlog status`).
 pub use backend::{random_secret, AuthConfigError, BackendAuth};

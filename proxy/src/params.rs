@@ -150,6 +150,8 @@ const ALLOWED: &[Spec] = &[
         scope: Scope::Both,
     },
     Spec { name: "timeout", canonical: "timeout", kind: int(0, I32_MAX), scope: Scope::Proxy },
+    // The proxy is the endpoint clients track keys at: the table is the proxy's (`tracking`).
+    Spec { name: "tracking-table-max-keys", canonical: "tracking-table-max-keys", kind: COUNT, scope: Scope::Proxy },
 ];
 
 /// Parameters Redis 7.0 refuses to change at run time: refused with its own error.
@@ -294,7 +296,6 @@ const OWNED: &[(&str, &str)] = &[
     ("maxmemory-clients", NODE_CLIENTS),
     ("client-output-buffer-limit", NODE_CLIENTS),
     ("client-query-buffer-limit", NODE_CLIENTS),
-    ("tracking-table-max-keys", NODE_CLIENTS),
     ("port", PROCESS),
     ("bind", PROCESS),
     ("bind-source-addr", PROCESS),
@@ -620,6 +621,11 @@ impl LiveGroup {
             _ => return (limit, Eviction::Refuse),
         };
         (limit, Eviction::Evict { volatile_only: keys == "volatile", rank })
+    }
+
+    /// The proxy's `tracking-table-max-keys` (0: no limit; Redis's default is 1,000,000).
+    pub(crate) fn tracking_max_keys(&self) -> u64 {
+        self.get().get("tracking-table-max-keys").and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
     }
 
     /// The proxy's `proto-max-bulk-len`, or `default` when the group does not set it.

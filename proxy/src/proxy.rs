@@ -41,6 +41,8 @@ pub(crate) struct Proxy {
     pub backend: crate::backend::BackendOptions,
     /// Pub/sub: subscriptions, delivery, the shards' keyspace notifications.
     pub pubsub: Arc<crate::pubsub::Hub>,
+    /// Client-side caching: the tracking table and the delivery of invalidations.
+    pub tracker: Arc<crate::pubsub::tracking::Tracker>,
     /// Scripts loaded through this proxy (EVALSHA is journaled as EVAL with their body).
     pub scripts: Arc<crate::scripts::ScriptCache>,
     /// Clients in MONITOR mode.
@@ -81,10 +83,30 @@ impl Proxy {
             self.stats.latency.threshold_ms.store(ms.max(0) as u64, Relaxed);
         }
         self.parameters.live.replace(group);
+        let max_keys = self.parameters.live.tracking_max_keys();
+        self.tracker.set_max_keys(usize::try_from(max_keys).unwrap_or(usize::MAX));
         // In force for the next write; each shard's evictor reads its primary's memory at once.
         let (limit, eviction) = self.parameters.live.memory_limit();
         self.shards.iter().for_each(|shard| shard.memory.set_limit(limit, eviction));
     }
+}
+
+/// Waits until every write queued on any shard before this call was applied: a read queued
+/// behind them through each sequencer is answered only then. False if a shard refused the read
+/// (it is not applying: its writes wait, or were refused).
+pub(crate) async fn after_queued_writes(shards: &[Shard]) -> bool {
+    let mut waiting = Vec::with_capacity(shards.len());
+    for shard in shards {
+        let (reply, applied) = tokio::sync::oneshot::channel();
+        let op = SequencerOp::Read(Request::from_args(&[&b"PING"[..]]));
+        shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;
+        waiting.push(applied);
+    }
+    let mut all = true;
+    for applied in waiting {
+        all &= matches!(applied.await, Ok(Ok(reply)) if !reply.starts_with(b"-"));
+    }
+    all
 }
 
 /// Journals `request` (a `CONFIG SET`) on every shard's stream through its sequencer, after

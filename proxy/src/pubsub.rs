@@ -12,6 +12,7 @@
 
 pub(crate) mod glob;
 mod relay;
+pub(crate) mod tracking;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -3,6 +3,7 @@
 //! replies. The two halves run concurrently, so a client that pipelines without reading
 //! replies is still served as Redis serves it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,6 +51,7 @@ pub(crate) async fn run<R, W>(
     let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING));
     let (push_tx, push_rx) = push_channel(proxy.cfg.client_output_buffer_limit, &client);
     let subscriber = Arc::new(Subscriber::new(push_tx));
+    proxy.tracker.connected(subscriber.clone());
     // Cancelled when the client closed its connection.
     let gone = CancellationToken::new();
     let writer_task =
@@ -61,6 +63,7 @@ pub(crate) async fn run<R, W>(
     let _ = writer_task.await;
     // Nothing of this client runs any more: its subscriptions and MONITOR can go.
     proxy.pubsub.remove_client(&subscriber);
+    proxy.tracker.disconnected(client.id);
     proxy.monitors.remove(client.id);
 }
 
@@ -137,7 +140,12 @@ async fn read_requests<R: AsyncRead + Unpin>(
                 return;
             }
             let authenticated = ctx.authenticated;
-            let outgoing = match parser.next(&mut buf, if authenticated { limits } else { UNAUTHENTICATED }) {
+            let parsed = parser.next(&mut buf, if authenticated { limits } else { UNAUTHENTICATED });
+            if !matches!(parsed, Ok(None)) {
+                // Counted before it runs: an invalidation queued while it runs waits for its reply.
+                client.dispatched.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
+            let outgoing = match parsed {
                 Ok(Some(request)) => crate::dispatch::dispatch(&mut ctx, request).await,
                 Ok(None) => break,
                 Err(e) => {
@@ -229,7 +237,38 @@ impl<W: AsyncWrite + Unpin> Output<W> {
 /// What the writer handles next.
 enum Next {
     Reply(QueuedReply),
-    Push(Bytes),
+    Push((Bytes, u64)),
+}
+
+/// Pushed frames that wait for the replies of commands sent before they were queued
+/// ([`crate::clients::PushSender::push_after_dispatched`]), in the order they came.
+#[derive(Default)]
+struct HeldPushes {
+    frames: VecDeque<(Bytes, u64)>,
+    /// Replies handed over so far (the writer's count of the reader's `dispatched`).
+    answered: u64,
+}
+
+impl HeldPushes {
+    /// `frame` if it may be written now; otherwise it is held (and so is everything after a
+    /// held frame, to keep the order).
+    fn admit(&mut self, (frame, after): (Bytes, u64)) -> Option<Bytes> {
+        if self.frames.is_empty() && after <= self.answered {
+            return Some(frame);
+        }
+        self.frames.push_back((frame, after));
+        None
+    }
+
+    /// One more reply was handed over: the frames it held back that may go now.
+    fn answered_one(&mut self) -> Vec<Bytes> {
+        self.answered += 1;
+        let mut ready = Vec::new();
+        while self.frames.front().is_some_and(|(_, after)| *after <= self.answered) {
+            ready.extend(self.frames.pop_front().map(|(frame, _)| frame));
+        }
+        ready
+    }
 }
 
 async fn write_replies<W: AsyncWrite + Unpin>(
@@ -244,6 +283,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     let mut output =
         Output { writer, out: BytesMut::with_capacity(16 * 1024), client: client.clone(), proxy: proxy.clone() };
     let limit = proxy.cfg.client_output_buffer_limit;
+    let mut held = HeldPushes::default();
     loop {
         let next = match rx.try_recv() {
             Ok(item) => Next::Reply(item),
@@ -267,8 +307,10 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         };
         let (item, permit, done) = match next {
             Next::Push(frame) => {
-                if !output.append(&frame).await {
-                    return;
+                if let Some(frame) = held.admit(frame) {
+                    if !output.append(&frame).await {
+                        return;
+                    }
                 }
                 continue;
             }
@@ -300,8 +342,10 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         // Pub/sub frames queued before this reply was ready go first: a message published
         // before an UNSUBSCRIBE took effect precedes its confirmation, as in Redis.
         while let Some(frame) = pushes.try_recv() {
-            if !output.append(&frame).await {
-                return;
+            if let Some(frame) = held.admit(frame) {
+                if !output.append(&frame).await {
+                    return;
+                }
             }
         }
         if !silent && limit > 0 && output.out.len() + reply.len() > limit {
@@ -312,6 +356,11 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         if !silent && !output.append(&reply).await {
             return;
         }
+        for frame in held.answered_one() {
+            if !output.append(&frame).await {
+                return;
+            }
+        }
         if let Some(done) = done {
             let _ = done.send(());
         }
@@ -321,4 +370,28 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     }
     let _ = output.flush().await;
     let _ = output.writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &'static str) -> Bytes {
+        Bytes::from_static(text.as_bytes())
+    }
+
+    #[test]
+    fn a_push_waits_for_the_replies_sent_before_it_and_keeps_its_order() {
+        let mut held = HeldPushes::default();
+        assert_eq!(held.admit((frame("pubsub"), 0)), Some(frame("pubsub")), "unstamped: at once");
+        // Queued while commands 1 and 2 were in flight.
+        assert_eq!(held.admit((frame("a"), 2)), None);
+        // Free to go on its own, but behind a held frame.
+        assert_eq!(held.admit((frame("b"), 0)), None);
+        assert!(held.answered_one().is_empty(), "reply 1 written: `a` still waits for reply 2");
+        assert_eq!(held.answered_one(), vec![frame("a"), frame("b")]);
+        assert_eq!(held.admit((frame("c"), 2)), Some(frame("c")), "its replies are out");
+        assert_eq!(held.admit((frame("d"), 3)), None);
+        assert_eq!(held.answered_one(), vec![frame("d")]);
+    }
 }

@@ -14,7 +14,7 @@ use redis_protocol::resp2::types::BytesFrame;
 use crate::access::Access;
 use crate::backend::{BackendAuth, BackendConn, BackendOptions};
 use crate::config::ProxyConfig;
-use crate::eviction::Evictor;
+use crate::eviction::{Deletes, Evictor};
 use crate::failover::{self, FailoverSettings};
 use crate::params::{check_group, Group, LiveGroup};
 use crate::prepare::NodePreparation;
@@ -94,6 +94,7 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         announce_host: host,
         announce_port,
         pubsub,
+        tracker: Default::default(),
         backend: opts,
         scripts: Default::default(),
         monitors: Default::default(),
@@ -106,7 +107,8 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     for shard in &proxy.shards {
         let (target, sequencer, memory) = (shard.target.clone(), shard.sequencer.clone(), shard.memory.clone());
         let live = proxy.parameters.live.clone();
-        Evictor::spawn(shard.id, target, proxy.backend.clone(), sequencer, memory, live, del.clone());
+        let deletes = Deletes { sequencer, del: del.clone(), tracker: proxy.tracker.clone() };
+        Evictor::spawn(shard.id, target, proxy.backend.clone(), deletes, memory, live);
     }
     Ok(proxy)
 }

@@ -57,6 +57,8 @@ pub(crate) struct KeySpec {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Flags {
     pub write: bool,
+    /// Reads keys without changing them: a tracking client's keys are remembered (`tracking`).
+    pub readonly: bool,
     /// May add data: refused with `-OOM` over `maxmemory`.
     pub denyoom: bool,
     pub admin: bool,
@@ -275,6 +277,7 @@ fn parse_entry(entry: &BytesFrame) -> anyhow::Result<CommandInfo> {
         match flag.as_str() {
             "write" => flags.write = true,
             "denyoom" => flags.denyoom = true,
+            "readonly" => flags.readonly = true,
             "admin" => flags.admin = true,
             "pubsub" => flags.pubsub = true,
             "blocking" => flags.blocking = true,

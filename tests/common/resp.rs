@@ -1,6 +1,7 @@
 //! A tiny synchronous RESP2 client over `std::net::TcpStream` for the durability tests:
 //! pipelining (send many, then read as many replies), nothing else. Every read has a timeout,
-//! so a stuck proxy fails the test instead of hanging it.
+//! so a stuck proxy fails the test instead of hanging it. After `HELLO 3` it reads RESP3 too:
+//! pushes as [`Value::Push`], maps and sets as flat arrays, a null as a null bulk.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -14,6 +15,8 @@ pub enum Value {
     Int(i64),
     Bulk(Option<Vec<u8>>),
     Array(Option<Vec<Value>>),
+    /// A RESP3 push (`>`): invalidations, pub/sub messages.
+    Push(Vec<Value>),
 }
 
 impl Value {
@@ -25,6 +28,7 @@ impl Value {
             Value::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
             Value::Bulk(None) | Value::Array(None) => "nil".into(),
             Value::Array(Some(items)) => format!("{:?}", items.iter().map(Value::text).collect::<Vec<_>>()),
+            Value::Push(items) => format!("push {:?}", items.iter().map(Value::text).collect::<Vec<_>>()),
         }
     }
 
@@ -98,12 +102,27 @@ impl Conn {
                     Value::Bulk(Some(data))
                 }
             },
-            b'*' => match usize::try_from(number()?) {
+            b'*' | b'~' => match usize::try_from(number()?) {
                 Err(_) => Value::Array(None),
-                Ok(len) => Value::Array(Some((0..len).map(|_| self.read()).collect::<io::Result<_>>()?)),
+                Ok(len) => Value::Array(Some(self.read_items(len)?)),
             },
+            b'%' => Value::Array(Some(self.read_items(2 * usize::try_from(number()?).map_err(|_| bad("bad map"))?)?)),
+            b'>' => Value::Push(self.read_items(usize::try_from(number()?).map_err(|_| bad("bad push"))?)?),
+            b'_' => Value::Bulk(None),
+            // A verbatim string (`=len`, then `txt:` and the text): the text, as RESP2 sends it.
+            b'=' => {
+                let len = usize::try_from(number()?).map_err(|_| bad("bad verbatim string"))?;
+                let mut data = vec![0; len + 2];
+                self.reader.read_exact(&mut data)?;
+                data.truncate(len);
+                Value::Bulk(Some(data.split_off(4.min(len))))
+            }
             _ => return Err(bad("unknown reply type")),
         })
+    }
+
+    fn read_items(&mut self, len: usize) -> io::Result<Vec<Value>> {
+        (0..len).map(|_| self.read()).collect()
     }
 
     fn line(&mut self) -> io::Result<Vec<u8>> {

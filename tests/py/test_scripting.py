@@ -1,7 +1,7 @@
 """Scripts and functions (EVAL*, SCRIPT, FUNCTION, FCALL*) against the memlog proxy and stock
 Redis: the same replies, error texts and RESP3 conversions on both. Proxy-only tests cover what
 memlog adds: CROSSSLOT, libraries on every shard, the script cache behind EVALSHA, refused
-non-deterministic scripts, SCRIPT KILL of journaled scripts, and CLIENT TRACKING's refusal."""
+non-deterministic scripts, and SCRIPT KILL of journaled scripts."""
 
 import hashlib
 import threading
@@ -12,7 +12,7 @@ import redis
 
 from conftest import TARGETS
 from harness import key_per_shard, wait_until
-from resp import ErrorReply, RespMap
+from resp import RespMap
 
 LIBRARY = """#!lua name=sclib
 redis.register_function('sc_set', function(keys, args) return redis.call('SET', keys[1], args[1]) end)
@@ -453,15 +453,3 @@ def _is_busy(client, key):
     except redis.ResponseError as e:
         assert "busy running a script" in str(e), e
         return True
-
-
-@pytest.mark.parametrize(
-    "command",
-    [("CLIENT", "TRACKING", "ON"), ("CLIENT", "TRACKINGINFO"), ("CLIENT", "GETREDIR"), ("CLIENT", "CACHING", "YES")],
-)
-def test_client_side_caching_is_refused(proxy, command):
-    with proxy.raw() as conn:
-        reply = conn.call(*command)
-        assert isinstance(reply, ErrorReply), reply
-        assert reply.startswith(f"ERR memlog: '{command[0]} {command[1]}' is not allowed: client-side caching"), reply
-        assert conn.call("PING") == "PONG"

@@ -96,6 +96,8 @@ pub fn to_acl_value(value: resp::Value) -> Value {
         resp::Value::Bulk(Some(b)) => Value::Bulk(b),
         resp::Value::Bulk(None) | resp::Value::Array(None) => Value::Null,
         resp::Value::Array(Some(items)) => Value::Array(items.into_iter().map(to_acl_value).collect()),
+        // These tests speak RESP2, which has no pushes.
+        resp::Value::Push(items) => panic!("a RESP3 push in a RESP2 test: {items:?}"),
     }
 }
 

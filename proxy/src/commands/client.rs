@@ -66,6 +66,7 @@ pub(crate) fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
             None => Pending::error("ERR syntax error"),
         },
         "pause" => pause(d, request),
+        "tracking" | "caching" | "getredir" | "trackinginfo" => super::tracking::run(d, sub, request),
         "unpause" => {
             d.proxy.pause.unpause();
             ok(d)
@@ -73,6 +74,9 @@ pub(crate) fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
         "help" => Pending::Ready(reply(proto, |w| {
             let lines = [
                 "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+                "CACHING (YES|NO)",
+                "    Enable/disable tracking of the keys for next command in OPTIN/OPTOUT modes.",
+                "GETREDIR", "    Return the client ID we are redirecting to when tracking is enabled.",
                 "ID", "    Return the ID of the current connection.",
                 "GETNAME", "    Return the name of the current connection.",
                 "SETNAME <name>", "    Assign the name <name> to the current connection.",
@@ -85,6 +89,10 @@ pub(crate) fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
                 "PAUSE <timeout> [WRITE|ALL]",
                 "    Suspend all, or just write, clients for <timeout> milliseconds.",
                 "REPLY (ON|OFF|SKIP)", "    Control the replies sent to the current connection.",
+                "TRACKING (ON|OFF) [REDIRECT <id>] [BCAST] [PREFIX <prefix> [...]]",
+                "         [OPTIN] [OPTOUT] [NOLOOP]",
+                "    Control server assisted client side caching.",
+                "TRACKINGINFO", "    Report tracking status for the current connection.",
                 "UNBLOCK <clientid> [TIMEOUT|ERROR]", "    Unblock the specified blocked client.",
                 "UNPAUSE", "    Stop the current client pause, resuming traffic.",
             ];

@@ -131,7 +131,7 @@ async fn get(d: &mut ClientCtx, request: &Request) -> Pending {
 }
 
 /// The node's `CONFIG GET` reply (a RESP2 array of name/value pairs or a RESP3 map) with the
-/// proxy's values for `timeout`, `proto-max-bulk-len` and `maxmemory` and the credentials blanked; `None`
+/// proxy's values for `timeout`, `proto-max-bulk-len`, `maxmemory` and `tracking-table-max-keys` and the credentials blanked; `None`
 /// when it is not such a reply (an error passes through).
 fn with_proxy_values(proxy: &Proxy, proto: Proto, node_reply: &[u8]) -> Option<Bytes> {
     let header_end = node_reply.windows(2).position(|w| w == b"\r\n")?;
@@ -157,6 +157,7 @@ fn with_proxy_values(proxy: &Proxy, proto: Proto, node_reply: &[u8]) -> Option<B
                 "timeout" => live.client_timeout().map_or(0, |t| t.as_secs()).to_string().into_bytes(),
                 "proto-max-bulk-len" => live.max_bulk_len(proxy.cfg.proto_max_bulk_len).to_string().into_bytes(),
                 "maxmemory" => live.memory_limit().0.to_string().into_bytes(),
+                "tracking-table-max-keys" => live.tracking_max_keys().to_string().into_bytes(),
                 hidden if HIDDEN.contains(&hidden) => Vec::new(),
                 _ => pair[1].clone(),
             };

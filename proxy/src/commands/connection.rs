@@ -34,6 +34,8 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
             d.proxy.monitors.remove(d.client.id);
             crate::commands::transaction::reset(d);
             super::pubsub::reset(d);
+            // RESET ends tracking too, as Redis's `clearClientConnectionState`.
+            d.proxy.tracker.disable(d.client.id);
             set_proto(d, Proto::Resp2);
             *d.client.name.lock().unwrap() = None;
             *d.client.user.lock().unwrap() = "default".into();

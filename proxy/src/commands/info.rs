@@ -285,7 +285,7 @@ fn clients(proxy: &Proxy, _: &[(NodeInfo, i64)], s: &mut Section) {
         .field("client_recent_max_input_buffer", 0)
         .field("client_recent_max_output_buffer", 0)
         .field("blocked_clients", blocked)
-        .field("tracking_clients", 0)
+        .field("tracking_clients", proxy.tracker.totals().0)
         .field("clients_in_timeout_table", 0);
 }
 
@@ -430,9 +430,11 @@ fn stats(proxy: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
                 let latest = nodes.iter().filter_map(|(info, _)| info.get("stats"));
                 (latest.map(|f| get(f, "latest_fork_usec") as u64).max().unwrap_or(0)).to_string()
             }
-            "migrate_cached_sockets" | "tracking_total_keys" | "tracking_total_items" | "tracking_total_prefixes" => {
-                "0".into()
-            }
+            "migrate_cached_sockets" => "0".into(),
+            // The proxy is the endpoint: its tracking table is the one clients use.
+            "tracking_total_keys" => proxy.tracker.totals().1.to_string(),
+            "tracking_total_items" => proxy.tracker.totals().2.to_string(),
+            "tracking_total_prefixes" => proxy.tracker.totals().3.to_string(),
             "unexpected_error_replies" | "io_threaded_reads_processed" | "io_threaded_writes_processed" => "0".into(),
             "reply_buffer_shrinks" | "reply_buffer_expands" => "0".into(),
             "total_error_replies" => load(&st.error_replies),

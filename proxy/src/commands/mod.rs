@@ -14,6 +14,7 @@ pub(crate) mod keyspace;
 pub(crate) mod pubsub;
 pub(crate) mod replication;
 pub(crate) mod scripting;
+pub(crate) mod tracking;
 pub(crate) mod transaction;
 
 use std::sync::Arc;
@@ -38,11 +39,6 @@ pub(crate) enum CommandRoute {
 
 const MANAGED_NODES: &str = "memlog manages the Redis nodes";
 const MANAGED_TOPOLOGY: &str = "memlog manages the cluster topology";
-/// Client-side caching needs every shard's invalidations relayed to each tracking client as
-/// RESP3 pushes (or to its redirect client); memlog does not relay them, so it refuses to
-/// start tracking rather than let a client cache values that are never invalidated.
-const CLIENT_SIDE_CACHING: &str =
-    "client-side caching is not supported: memlog does not relay the shards' invalidation messages";
 
 pub(crate) fn route(info: &CommandInfo) -> CommandRoute {
     let name = info.name.as_str();
@@ -51,12 +47,23 @@ pub(crate) fn route(info: &CommandInfo) -> CommandRoute {
         | "time" | "role" | "dbsize" | "keys" | "scan" | "randomkey" | "flushall" | "flushdb" | "info" => {
             CommandRoute::Local
         }
-        "client|id" | "client|setname" | "client|getname" | "client|info" | "client|list" | "client|kill"
-        | "client|setinfo" | "client|help" | "client|unblock" | "client|reply" | "client|pause" | "client|unpause"
-        | "client|no-evict" => CommandRoute::Local,
-        "client|tracking" | "client|trackinginfo" | "client|getredir" | "client|caching" => {
-            CommandRoute::Refused(CLIENT_SIDE_CACHING)
-        }
+        "client|id"
+        | "client|setname"
+        | "client|getname"
+        | "client|info"
+        | "client|list"
+        | "client|kill"
+        | "client|setinfo"
+        | "client|help"
+        | "client|unblock"
+        | "client|reply"
+        | "client|pause"
+        | "client|unpause"
+        | "client|no-evict"
+        | "client|tracking"
+        | "client|trackinginfo"
+        | "client|getredir"
+        | "client|caching" => CommandRoute::Local,
         n if n.starts_with("client|") => CommandRoute::NotYet,
         "cluster|slots"
         | "cluster|shards"
