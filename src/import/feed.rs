@@ -183,6 +183,12 @@ impl Feed {
         Ok(keys)
     }
 
+    /// Stops collecting changes: at the cut-over, once everything before it was copied. What the
+    /// source does after it (its own expiries: memlog holds the same expiry times) is not lag.
+    pub fn close(&self) {
+        self.subscriber.abort();
+    }
+
     /// Keys waiting to be copied, and how long the oldest of them has waited.
     pub fn lag(&self) -> (usize, Duration) {
         let pending = self.pending();

@@ -273,6 +273,7 @@ async fn read_node(
                 loop {
                     let changed = feed.take(BATCH)?;
                     if changed.is_empty() {
+                        feed.close();
                         return Ok(());
                     }
                     send((Origin::Change, read_keys(&mut conn, &changed).await?)).await?;
