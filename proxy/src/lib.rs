@@ -39,7 +39,10 @@ mod status;
 mod table;
 
 /// What the `memlog` binary needs to reach Redis nodes the way the proxy does (`memlog up`, `memlog status`).
-pub use backend::{random_secret, AuthConfigError, BackendAuth};
+pub use backend::{
+    random_secret, AuthConfigError, BackendAuth, BackendConfigError, BackendTls, BackendTlsError, NodeAccess,
+    NodeStream,
+};
 
 use std::future::Future;
 use std::sync::Arc;
