@@ -7,9 +7,12 @@
 //! node at a listener of its own with `REPLICAOF`, hands it the file as the full-sync payload,
 //! and once the node has loaded it, detaches it with `REPLICAOF NO ONE`. That listener serves
 //! only the node being loaded: the node is given a one-time credential (`masteruser`/
-//! `masterauth`) first, and a peer that does not present it gets nothing. Every RDB is checked
-//! ([`verify`]: magic, version, CRC-64 trailer) before it is trusted or sent, because a node that
-//! loads a corrupt RDB from its primary exits.
+//! `masterauth`) first, and a peer that does not present it gets nothing. Under `[backend] tls`
+//! every connection to the node is TLS (`crate::backend::NodeAccess`) and so is the listener,
+//! with the proxy's `[backend] cert`: a node run with `tls-replication yes` reaches its primary
+//! over TLS and checks its certificate; a node's own certificate, if it presents one, must be
+//! signed by `[backend] ca`. Every RDB is checked ([`verify`]: magic, version, CRC-64 trailer)
+//! before it is trusted or sent, because a node that loads a corrupt RDB from its primary exits.
 
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
@@ -1238,6 +1241,85 @@ pub(super) mod tests {
         };
         assert_eq!(digest_after, digest);
         assert_eq!(info_field(&control.info().await.unwrap(), "role"), Some("master"));
+    }
+
+    /// The serving port's TLS side as `load` runs it under `[backend] tls`: a peer in plain TCP
+    /// and a TLS peer presenting a certificate of another CA get no session, so nothing they send
+    /// is read; a TLS peer without a certificate (a node with none configured) is read, and still
+    /// needs the one-time credential.
+    #[tokio::test]
+    async fn under_tls_the_serving_port_refuses_plain_peers_and_other_cas_and_still_wants_the_credential() {
+        use crate::backend::BackendTls;
+        use crate::config::BackendConfig;
+        use journal_service::cluster_ca::ClusterCa;
+
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Some(path.display().to_string())
+        };
+        let names = || vec!["127.0.0.1".to_string()];
+        let (nodes_ca, other_ca) =
+            (ClusterCa::generate_named("nodes").unwrap(), ClusterCa::generate_named("other").unwrap());
+        let (proxy, stranger) =
+            (nodes_ca.issue_for_names(names()).unwrap(), other_ca.issue_for_names(names()).unwrap());
+        let ca = write("ca.pem", nodes_ca.cert_pem());
+        let tls = |cert, key| {
+            let cfg = BackendConfig { tls: true, ca: ca.clone(), cert, key, ..BackendConfig::default() };
+            BackendTls::from_config(&cfg).unwrap().unwrap()
+        };
+        let serving = tls(write("proxy.pem", proxy.cert), write("proxy.key", proxy.key));
+        let acceptor = serving.serving_acceptor().unwrap();
+        let anonymous = tls(None, None);
+        let strange = tls(write("stranger.pem", stranger.cert), write("stranger.key", stranger.key));
+        let listener = TcpListener::bind(("127.0.0.1", ports::free_port())).await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+
+        let (listener, acceptor) = (&listener, &acceptor);
+        let serve_one = || async move {
+            let (tcp, _) = listener.accept().await?;
+            let mut peer = accept(tcp, Some(acceptor.clone()), T).await?;
+            replica_handshake(&mut peer, "s3cret", T).await
+        };
+        let sync = b"AUTH memlog-snapshot-load s3cret\r\nSYNC\r\n";
+        // What a peer gets back for `sent`, and its TLS error if the session never came up.
+        let talk = |via: Option<&BackendTls>, sent: &'static [u8]| {
+            let via = via.map(|tls| (tls.connector(), tls.name_for(&addr).unwrap()));
+            let addr = addr.clone();
+            async move {
+                let tcp = TcpStream::connect(&addr).await.unwrap();
+                let mut got = Vec::new();
+                match via {
+                    None => {
+                        let mut tcp = tcp;
+                        tcp.write_all(sent).await.unwrap();
+                        let _ = tcp.read_to_end(&mut got).await;
+                    }
+                    Some((connector, name)) => {
+                        if let Ok(mut tls) = connector.connect(name, tcp).await {
+                            let _ = tls.write_all(sent).await;
+                            let _ = tls.read_to_end(&mut got).await;
+                        }
+                    }
+                }
+                got
+            }
+        };
+
+        let (served, got) = tokio::join!(serve_one(), talk(None, sync));
+        assert!(matches!(served, Err(RdbError::Io(_))), "a plain peer: {served:?}");
+        assert!(!got.windows(3).any(|w| w == b"+OK"), "a plain peer got {:?}", shown(&got));
+        let (served, got) = tokio::join!(serve_one(), talk(Some(&strange), sync));
+        assert!(matches!(served, Err(RdbError::Io(_))), "another CA's certificate: {served:?}");
+        assert!(got.is_empty(), "a peer with another CA's certificate got {:?}", shown(&got));
+        let (served, got) =
+            tokio::join!(serve_one(), talk(Some(&anonymous), b"AUTH memlog-snapshot-load guess\r\nSYNC\r\n"));
+        assert!(matches!(served, Err(RdbError::Redis(_))), "a wrong credential over TLS: {served:?}");
+        assert!(got.is_empty(), "a wrong credential over TLS got {:?}", shown(&got));
+        let (served, got) = tokio::join!(serve_one(), talk(Some(&anonymous), sync));
+        assert_eq!(served.unwrap(), SyncRequest::Sync);
+        assert_eq!(got, b"+OK\r\n");
     }
 
     /// A fake node on a free port that answers `SYNC` with `pieces`, written one by one, then
