@@ -540,7 +540,8 @@ fn kill9_primary() {
 
 /// The same with nodes that accept only TLS (`[backend] tls`): the replica synced over TLS
 /// (`tls-replication yes`) takes over, and the old primary, back empty, replicates the new one
-/// over TLS. Peers without the nodes' CA get nothing from a node.
+/// over TLS. Peers without the nodes' CA get nothing from a node; keyspace notifications are
+/// relayed over TLS.
 #[test]
 fn kill9_primary_of_nodes_that_accept_only_tls() {
     let _one = one_at_a_time();
@@ -549,6 +550,15 @@ fn kill9_primary_of_nodes_that_accept_only_tls() {
     let before = Snapshot::take(primary);
     common::redis_tls::assert_refuses_peers_without_the_ca(primary);
     assert_eq!(Snapshot::take(primary), before, "a refused peer changed the node");
+    // Keyspace notifications reach a subscriber through the relay's TLS connection to a node.
+    let mut client = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    assert_eq!(client.cmd(&["CONFIG", "SET", "notify-keyspace-events", "KA"]).unwrap(), Value::Simple("OK".into()));
+    let mut subscriber = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    let confirmed = subscriber.cmd(&["PSUBSCRIBE", "__keyspace@0__:*"]).unwrap();
+    assert!(confirmed.text().contains("psubscribe"), "{confirmed:?}");
+    assert_eq!(client.cmd(&["SET", "noted", "1"]).unwrap(), Value::Simple("OK".into()));
+    let note = subscriber.read().unwrap();
+    assert!(note.text().contains("__keyspace@0__:noted") && note.text().contains("set"), "{note:?}");
     kill9_primary_fails_over_to_the_replica(cluster, "kill9-primary-tls");
 }
 
