@@ -795,6 +795,11 @@ mod tests {
         assert_eq!(cfg.backend.cert, Some(tls.proxy_cert.display().to_string()));
     }
 
+    /// `plan_redis` of nodes without TLS, as `memlog up` without `--redis-tls` plans them.
+    fn plan_plain_redis(args: &UpArgs, dir: &Path) -> Result<Vec<NodePlan>, UpError> {
+        plan_redis(args, Path::new("/usr/bin/redis-server"), dir, &backend_config(dir, None), None)
+    }
+
     fn recorded(name: &str, role: Role, port: u16) -> ProcessRecord {
         ProcessRecord { name: name.into(), role, port, pid: 1, log: PathBuf::from("x.log"), restarts: 0 }
     }
@@ -819,14 +824,7 @@ mod tests {
     #[test]
     fn plans_consecutive_ports_primary_first_and_a_config_covering_every_slot() {
         let dir = tempfile::tempdir().unwrap();
-        let nodes = plan_redis(
-            &args(3, 2),
-            Path::new("/usr/bin/redis-server"),
-            dir.path(),
-            &backend_config(dir.path(), None),
-            None,
-        )
-        .unwrap();
+        let nodes = plan_plain_redis(&args(3, 2), dir.path()).unwrap();
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
         assert_eq!(ports, (7000..7009).collect::<Vec<_>>());
         assert!(matches!(nodes[3].role, Role::Primary { shard: 1, .. }));
@@ -870,14 +868,7 @@ mod tests {
         assert!(dir.path().join("journal-7401").is_dir());
         assert_eq!(journal[1].spec.log, dir.path().join("journal-7401/journal.log"));
         assert_eq!(journal[1].role, Role::Journal);
-        let nodes = plan_redis(
-            &args(1, 0),
-            Path::new("/usr/bin/redis-server"),
-            dir.path(),
-            &backend_config(dir.path(), None),
-            None,
-        )
-        .unwrap();
+        let nodes = plan_plain_redis(&args(1, 0), dir.path()).unwrap();
         let unjournaled = proxy_config(&args(1, 0), None, &[], &nodes, dir.path(), backend_config(dir.path(), None));
         assert!(unjournaled.journal.is_none());
         assert!(unjournaled.snapshot.is_none(), "snapshots replace a journal prefix: none without a journal");
@@ -910,14 +901,7 @@ mod tests {
     #[test]
     fn a_replica_replicates_from_its_first_start_but_every_restart_is_empty_and_unattached() {
         let dir = tempfile::tempdir().unwrap();
-        let nodes = plan_redis(
-            &args(1, 1),
-            Path::new("/usr/bin/redis-server"),
-            dir.path(),
-            &backend_config(dir.path(), None),
-            None,
-        )
-        .unwrap();
+        let nodes = plan_plain_redis(&args(1, 1), dir.path()).unwrap();
         let has_replicaof = |spec: &ChildSpec| spec.args.iter().any(|a| a == "--replicaof");
         assert!(!has_replicaof(&nodes[0].spec));
         assert!(has_replicaof(&nodes[1].spec));
@@ -938,14 +922,7 @@ mod tests {
         std::fs::create_dir_all(&node_dir).unwrap();
         std::fs::write(node_dir.join("dump.rdb"), b"stale").unwrap();
         std::fs::write(node_dir.join("redis.log"), b"old log").unwrap();
-        plan_redis(
-            &args(1, 0),
-            Path::new("/usr/bin/redis-server"),
-            dir.path(),
-            &backend_config(dir.path(), None),
-            None,
-        )
-        .unwrap();
+        plan_plain_redis(&args(1, 0), dir.path()).unwrap();
         assert!(!node_dir.join("dump.rdb").exists());
         assert!(node_dir.join("redis.log").exists());
     }
@@ -953,14 +930,7 @@ mod tests {
     #[test]
     fn generated_config_reads_back_identically() {
         let dir = tempfile::tempdir().unwrap();
-        let nodes = plan_redis(
-            &args(2, 1),
-            Path::new("/usr/bin/redis-server"),
-            dir.path(),
-            &backend_config(dir.path(), None),
-            None,
-        )
-        .unwrap();
+        let nodes = plan_plain_redis(&args(2, 1), dir.path()).unwrap();
         let journal = plan_journal(&[7400, 7401, 7402], dir.path(), None).unwrap();
         let cfg = proxy_config(&args(2, 1), None, &journal, &nodes, dir.path(), backend_config(dir.path(), None));
         plan_proxy(&args(2, 1), dir.path(), &cfg).unwrap();
@@ -974,10 +944,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(3, 1);
         a.redis_base_port = 65533;
-        let err =
-            plan_redis(&a, Path::new("/usr/bin/redis-server"), dir.path(), &backend_config(dir.path(), None), None)
-                .err()
-                .unwrap();
+        let err = plan_plain_redis(&a, dir.path()).err().unwrap();
         assert!(matches!(err, UpError::PortRangeOverflow { base: 65533, count: 6, .. }), "{err}");
         assert!(err.to_string().starts_with("--redis-base-port 65533"), "{err}");
         let mut a = args(3, 1);
@@ -991,9 +958,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(2, 1);
         a.port = 7002;
-        let nodes =
-            plan_redis(&a, Path::new("/usr/bin/redis-server"), dir.path(), &backend_config(dir.path(), None), None)
-                .unwrap();
+        let nodes = plan_plain_redis(&a, dir.path()).unwrap();
         let err = check_ports_free(&a, None, nodes.iter()).err().unwrap();
         assert!(
             matches!(&err, UpError::PortConflict { port: 7002, first, second } if first == "proxy" && second == "redis-7002"),
