@@ -135,3 +135,29 @@ fn read_back_again_and_again(cluster: &DurableCluster, keys: std::ops::Range<usi
     );
     assert!(complete_rounds > 0, "the rebuilt primary never served every key\n{}", cluster.proxy_log());
 }
+
+/// Issue 11: a write larger than one journal entry holds (64 MiB) is journaled as several
+/// entries that commit and apply as one; the primary killed and rebuilt from the journal holds
+/// it whole (the refusal past `max_write_bytes` is in the journaler's unit tests).
+#[test]
+fn a_write_over_one_journal_entry_is_journaled_in_parts_and_rebuilt_whole() {
+    let mut cluster = DurableCluster::start(ClusterOptions { shards: 1, ..Default::default() });
+    let mut client = cluster.client();
+    let value: Vec<u8> = (0..70usize << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    assert_eq!(client.cmd(&[&b"SET"[..], b"big", &value]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(client.cmd(&["SET", "after", "1"]).unwrap(), Value::Simple("OK".into()));
+    cluster.kill_redis(0);
+    cluster.restart_redis(0);
+    let started = Instant::now();
+    loop {
+        if matches!(cluster.client().cmd(&["GET", "after"]), Ok(Value::Bulk(Some(v))) if v == b"1") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "not rebuilt\n{}", cluster.proxy_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut client = cluster.client();
+    assert_eq!(client.cmd(&["STRLEN", "big"]).unwrap(), Value::Int(70 << 20));
+    let Value::Bulk(Some(back)) = client.cmd(&["GET", "big"]).unwrap() else { panic!("GET big") };
+    assert!(back == value, "the rebuilt value differs");
+}

@@ -38,7 +38,8 @@ impl Rng {
 /// One random write of a random type; stream ids read by XREADGROUP earlier get acknowledged.
 /// A transaction on one slot, sometimes guarded by WATCH (which other connections' writes may
 /// abort: an aborted EXEC must leave no trace in the journal either). Includes commands the
-/// sequencer resolves by probing (SPOP, INCRBYFLOAT) and a blocking pop, which in MULTI never blocks.
+/// sequencer resolves by probing (SPOP, INCRBYFLOAT) and a blocking pop, which in MULTI never blocks,
+/// each also after a write to its key in the same transaction.
 fn random_transaction(rng: &mut Rng) -> Vec<Vec<String>> {
     let k = rng.below(KEYS_PER_TYPE / 4);
     let v = rng.below(1_000_000).to_string();
@@ -55,6 +56,11 @@ fn random_transaction(rng: &mut Rng) -> Vec<Vec<String>> {
     commands.push(s(&["SADD", &format!("{{tx:{k}}}set"), &v]));
     commands.push(s(&["INCRBYFLOAT", &format!("{{tx:{k}}}f"), "0.5"]));
     commands.push(s(&["EXPIRE", &format!("{{tx:{k}}}n"), &TTL_S.to_string()]));
+    // Probed again after the writes above to the same keys: resolved against the state those
+    // writes leave (`normalize::after_earlier_writes`), and journaled as that outcome.
+    commands.push(s(&["SPOP", &format!("{{tx:{k}}}set")]));
+    commands.push(s(&["INCRBYFLOAT", &format!("{{tx:{k}}}f"), "0.25"]));
+    commands.push(s(&["BLPOP", &format!("{{tx:{k}}}l"), "1"]));
     commands.push(s(&["EXEC"]));
     commands
 }

@@ -494,6 +494,54 @@ fn import_live_from_an_elasticache_like_cluster_under_load_then_cut_over_verifie
     assert!(out.status.success() && report.contains(", 0 differences"), "verify after the cut-over: {report}");
 }
 
+/// A self-managed Redis Cluster: PSYNC allowed, no notifications configured, an ACL user.
+const SELF_MANAGED: &[&str] = &["--user", "migrator", "on", ">migrator-secret", "~*", "&*", "+@all"];
+
+#[test]
+fn import_live_by_replication_from_a_cluster_under_load_then_cut_over_verifies_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = redis_cluster_with(dir.path(), SELF_MANAGED);
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut send = cluster_sender(&nodes);
+    for prefix in ["a", "b", "c"] {
+        populate(prefix, &mut send);
+    }
+    let password = dir.path().join("source-password");
+    std::fs::write(&password, "migrator-secret\n").unwrap();
+    let cluster = memlog_cluster();
+    let to = redis_url(cluster.proxy_addr());
+    let source_url = format!("redis://migrator@{}", addrs[2]);
+    let source_args = [source_url.as_str(), "--cluster", "--source-password-file", password.to_str().unwrap()];
+
+    let (running, load) = start_write_load(addrs.clone());
+    let mut args = source_args.to_vec();
+    args.extend(["--to", &to]);
+    // --mode auto: the source allows PSYNC, so it is followed as a replica (no notifications
+    // are configured: the notification mode would refuse this source).
+    let mut live = LiveImport::start(&args);
+    let restored =
+        live.wait_for("the RDBs restored", Duration::from_secs(120), |l| l["phase"] == "restore" && l["done"] == true);
+    assert!(restored["keys"].as_u64().unwrap() > 1000, "{restored}");
+    live.wait_for("the stream applied", Duration::from_secs(60), |l| {
+        l["phase"] == "sync" && l["keys"].as_u64() > Some(5000)
+    });
+    running.store(false, Ordering::Relaxed);
+    let commands = load.join().unwrap();
+    // The cut-over: everything the sources ran before it is applied, then the import exits.
+    let status = live.interrupt(Duration::from_secs(60));
+    assert!(status.success(), "import live must end cleanly at the cut-over: {status}");
+    let last = live.wait_for("the final line", Duration::from_secs(5), |l| l["done"] == true);
+    assert_eq!((last["phase"].as_str(), last["lag_bytes"].as_u64()), (Some("sync"), Some(0)), "{last}");
+    eprintln!("load: {commands} commands during the import; {last}");
+
+    let mut args = vec!["verify"];
+    args.extend(source_args);
+    args.extend(["--to", &to]);
+    let out = import(&args);
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && report.contains(", 0 differences"), "verify after the cut-over: {report}");
+}
+
 #[test]
 fn import_live_refuses_a_source_without_notifications_naming_the_parameter() {
     let dir = tempfile::tempdir().unwrap();
@@ -504,7 +552,8 @@ fn import_live_refuses_a_source_without_notifications_naming_the_parameter() {
     let cluster = memlog_cluster();
     let to = redis_url(cluster.proxy_addr());
 
-    let out = import(&["live", &redis_url(off.addr), "--to", &to]);
+    // A stock Redis allows PSYNC: the notification mode is asked for by name.
+    let out = import(&["live", "--mode", "notifications", &redis_url(off.addr), "--to", &to]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -512,7 +561,7 @@ fn import_live_refuses_a_source_without_notifications_naming_the_parameter() {
         "{stderr}"
     );
 
-    let out = import(&["live", &redis_url(partial.addr), "--to", &to]);
+    let out = import(&["live", "--mode", "notifications", &redis_url(partial.addr), "--to", &to]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

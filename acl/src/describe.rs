@@ -100,7 +100,56 @@ fn describe_selector(catalog: &Catalog, selector: &Selector) -> Vec<u8> {
     out
 }
 
+/// A selector's rules as separate `ACL SETUSER` arguments, without the command rules `keep`
+/// refuses.
+fn selector_rules(catalog: &Catalog, selector: &Selector, keep: &impl Fn(&str) -> bool) -> Vec<Vec<u8>> {
+    let mut rules = Vec::new();
+    if selector.all_keys {
+        rules.push(b"~*".to_vec());
+    } else {
+        rules.extend(selector.keys.iter().map(|key| key.rule()));
+    }
+    rules.push(b"resetchannels".to_vec());
+    if selector.all_channels {
+        rules.push(b"&*".to_vec());
+    } else {
+        rules.extend(selector.channels.iter().map(|channel| [b"&", channel.as_slice()].concat()));
+    }
+    let commands = command_rules(catalog, selector);
+    for rule in commands.split(' ') {
+        let named = rule.get(1..).filter(|_| !rule[1..].starts_with('@'));
+        if named.is_none_or(|name| keep(name.split('|').next().unwrap_or_default())) {
+            rules.push(rule.as_bytes().to_vec());
+        }
+    }
+    rules
+}
+
 impl User {
+    /// Rules that give another user this user's permissions, for running a script as its caller
+    /// on a Redis node: the payload-sanitizing flags, the root selector's rules one argument each
+    /// and every other selector as one `(...)` argument — no `on`/`off`, `nopass` or passwords.
+    /// Command rules naming a command `keep` refuses (memlog's own, which nodes do not have) are
+    /// left out. `None` when the user may run every command on every key and channel: its
+    /// scripts need no restriction.
+    pub fn node_rules(&self, catalog: &Catalog, keep: impl Fn(&str) -> bool) -> Option<Vec<Vec<u8>>> {
+        let root = self.selectors.first()?;
+        if root.all_commands && root.all_keys && root.all_channels {
+            return None;
+        }
+        let mut rules: Vec<Vec<u8>> = FLAG_NAMES
+            .iter()
+            .filter(|(name, flag)| name.ends_with("sanitize-payload") && self.flags & flag != 0)
+            .map(|(name, _)| name.as_bytes().to_vec())
+            .collect();
+        rules.extend(selector_rules(catalog, root, &keep));
+        for selector in &self.selectors[1..] {
+            let inner = selector_rules(catalog, selector, &keep).join(&b' ');
+            rules.push([b"(", inner.as_slice(), b")"].concat());
+        }
+        Some(rules)
+    }
+
     /// The user's rules as `ACL LIST` shows them after `user <name> `.
     pub fn describe(&self, catalog: &Catalog) -> Vec<u8> {
         let mut out = Vec::new();
@@ -165,4 +214,41 @@ fn selector_fields(catalog: &Catalog, selector: &Selector) -> Vec<(Value, Value)
         (Value::bulk("keys"), Value::Bulk(keys)),
         (Value::bulk("channels"), Value::Bulk(channels)),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_catalog::catalog;
+    use crate::user::User;
+
+    fn user(rules: &[&str]) -> User {
+        let mut user = User::new(&catalog(), b"u");
+        user.apply_rules(&catalog(), rules).unwrap();
+        user
+    }
+
+    #[test]
+    fn node_rules_give_another_user_the_same_permissions() {
+        for rules in [
+            &["on", ">p", "~app:*", "&news", "+@all", "-@dangerous"][..],
+            &["on", "%R~r:*", "%W~w:*", "resetchannels", "+@read", "+set"],
+            &["allkeys", "allchannels", "-@all", "+get", "(~x:* +set)", "(%R~y:* +@read -get)"],
+            &["on", "nopass", "skip-sanitize-payload", "~*", "&*", "+@all", "-get"],
+            &["reset"],
+        ] {
+            let original = user(rules);
+            let node_rules = original.node_rules(&catalog(), |_| true).unwrap();
+            let mut copy = User::new(&catalog(), b"copy");
+            copy.apply_rules(&catalog(), &[&b"reset"[..]]).unwrap();
+            copy.apply_rules(&catalog(), &node_rules).unwrap();
+            assert_eq!(copy.selectors, original.selectors, "{rules:?} -> {node_rules:?}");
+            assert!(!node_rules
+                .iter()
+                .any(|r| r.starts_with(b">") || r.starts_with(b"#") || r == b"on" || r == b"nopass"));
+        }
+        // A user who may do everything needs no restriction; one without a command is restricted.
+        assert_eq!(user(&["on", "nopass", "~*", "&*", "+@all"]).node_rules(&catalog(), |_| true), None);
+        let without_get = user(&["~*", "&*", "+@all", "-get"]).node_rules(&catalog(), |name| name != "get").unwrap();
+        assert!(!without_get.iter().any(|r| r.ends_with(b"get")), "{without_get:?}");
+    }
 }

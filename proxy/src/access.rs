@@ -8,6 +8,7 @@
 //! compiled copy changes; the compiled copy keeps being enforced while the store is
 //! unreachable (a change is then refused).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -46,7 +47,13 @@ pub(crate) struct Access {
     auth_failures: metrics::Counter,
     /// Bumped by every change of users, so a transaction can tell its rules changed.
     generation: AtomicU64,
+    /// `script_rules` of each user that called a script, for the users in force: computing them
+    /// walks the whole catalog, and a script may be called thousands of times a second.
+    script_rules: Mutex<HashMap<Vec<u8>, ScriptRules>>,
 }
+
+/// A user's rules for the scripts it calls (`None`: unrestricted).
+type ScriptRules = Option<Arc<[Vec<u8>]>>;
 
 impl Access {
     /// The catalog of `command_reply` (a `COMMAND` reply) and the users: those in `store` if it
@@ -82,6 +89,7 @@ impl Access {
             changes: tokio::sync::Mutex::new(()),
             auth_failures: metrics::counter!("memlog_auth_failures_total"),
             generation: AtomicU64::new(0),
+            script_rules: Mutex::default(),
         })
     }
 
@@ -101,8 +109,10 @@ impl Access {
 
     /// Puts `users` in force.
     fn replace(&self, users: Users) {
+        let mut script_rules = self.script_rules.lock().unwrap();
         self.users.store(Arc::new(users));
         self.generation.fetch_add(1, Ordering::AcqRel);
+        script_rules.clear();
     }
 
     /// A new connection must authenticate unless `default` is on with no password (Redis).
@@ -179,6 +189,26 @@ impl Access {
                 object: command.name.clone().into_bytes(),
             }),
         }
+    }
+
+    /// The rules a script or function called by `user` runs with on the node
+    /// (`crate::sequencer::run_as`): `None` for a user who may do everything. A user that no
+    /// longer exists gets no rules at all, so its call is denied rather than run unrestricted.
+    pub(crate) fn script_rules(&self, user: &[u8]) -> ScriptRules {
+        // Held while computing, so a change of users (which clears the cache) cannot slip in
+        // between reading the users and caching what they gave.
+        let mut cached = self.script_rules.lock().unwrap();
+        if let Some(rules) = cached.get(user) {
+            return rules.clone();
+        }
+        // The nodes have no `MEMLOG` command: rules naming it would be refused there.
+        let node_has = |name: &str| name != memlog_command().name;
+        let rules: ScriptRules = match self.users.load().get(user) {
+            Some(found) => found.node_rules(&self.catalog, node_has).map(Arc::from),
+            None => Some(Arc::from(Vec::new())),
+        };
+        cached.insert(user.to_vec(), rules.clone());
+        rules
     }
 
     pub(crate) fn log_denial(&self, denial: &Denial, context: LogContext, user: &[u8], client_info: &[u8]) {

@@ -124,6 +124,16 @@ pub struct JournalConfig {
     /// `-TRYAGAIN` (milliseconds).
     #[serde(default = "default_write_wait_ms")]
     pub write_wait_ms: u64,
+    /// The largest write, or transaction's writes, memlog journals (bytes); a larger one gets
+    /// an error and nothing is applied. One over 63 MiB is journaled as several entries.
+    #[serde(default = "default_max_write_bytes")]
+    pub max_write_bytes: usize,
+}
+
+/// Redis's own ceiling for what one client may send before a command runs
+/// (`client-query-buffer-limit`, 1 GiB by default).
+fn default_max_write_bytes() -> usize {
+    1 << 30
 }
 
 fn default_append_timeout_ms() -> u64 {
@@ -143,6 +153,7 @@ impl JournalConfig {
             ack_quorum: None,
             append_timeout_ms: default_append_timeout_ms(),
             write_wait_ms: default_write_wait_ms(),
+            max_write_bytes: default_max_write_bytes(),
         }
     }
 
@@ -496,6 +507,7 @@ mod tests {
                 ack_quorum: Some(1),
                 append_timeout_ms: 1,
                 write_wait_ms: 1,
+                max_write_bytes: 1,
             }),
             snapshot: Some(SnapshotConfig::new("d".into())),
             cluster_tls: Some(journal_service::cluster_tls::TlsFiles {

@@ -25,6 +25,8 @@ mod blocked;
 #[cfg(test)]
 mod fakes;
 mod journaler;
+mod parts;
+mod run_as;
 mod seams;
 mod watch;
 
@@ -50,6 +52,7 @@ use applier::Applier;
 use blocked::BlockedRegistry;
 pub(crate) use blocked::{unblock, Blocked, BlockedClients};
 use journaler::{Journal, Journaler};
+pub(crate) use run_as::run_as;
 use seams::{JournalStream, Primary, QuorumStream};
 pub(crate) use watch::Watch;
 use watch::WatchRegistry;
@@ -171,6 +174,8 @@ pub(crate) struct JournalSetup {
     pub quorum: QuorumConfig,
     pub writer_id: String,
     pub write_wait: Duration,
+    /// The largest write (or transaction's writes) journaled; larger ones are refused.
+    pub max_write_bytes: usize,
     /// Snapshots of the shards, when configured.
     pub snapshots: Option<Arc<crate::snapshot::SnapshotSettings>>,
 }
@@ -212,8 +217,17 @@ impl Sequencer {
             None => Default::default(),
         };
         let (aborts, abort_requests) = Aborts::new(meta, aborted);
-        let mut applier =
-            Applier { shard, apply, reader: None, snapshots, applied: 0, health: health.clone(), reply_wait, aborts };
+        let mut applier = Applier {
+            shard,
+            run_as: run_as::RunAs::new(opts.access.auth.as_deref()),
+            apply,
+            reader: None,
+            snapshots,
+            applied: 0,
+            health: health.clone(),
+            reply_wait,
+            aborts,
+        };
         let mut needs_adoption_mark = false;
         let journal = match journal {
             None => None,
@@ -221,7 +235,7 @@ impl Sequencer {
                 let stream = QuorumStream { shard, name: format!("shard-{shard}"), setup };
                 let setup = &stream.setup;
                 applier.reader = Some(Arc::new(Reader::new(&stream.name, &setup.nodes, &setup.quorum.transport)));
-                let write_wait = setup.write_wait;
+                let (write_wait, max_write_bytes) = (setup.write_wait, setup.max_write_bytes);
                 let writer = recover_until_done(&stream).await;
                 let reader = applier.reader.as_deref().expect("set above");
                 let snapshots = applier.snapshots.as_deref();
@@ -244,7 +258,7 @@ impl Sequencer {
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "shard recovered and primary caught up"
                 );
-                Some(Journal { stream, write_wait, writer })
+                Some(Journal { stream, write_wait, max_write_bytes, writer })
             }
         };
         let (to_applier, applier_rx) = mpsc::channel(APPLIER_CAPACITY);

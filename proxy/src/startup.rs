@@ -235,6 +235,7 @@ async fn journal_setup(
         quorum,
         writer_id: format!("{host}:{}:{}", std::process::id(), proxy.listen),
         write_wait: Duration::from_millis(cfg.write_wait_ms),
+        max_write_bytes: cfg.max_write_bytes,
         snapshots: proxy.snapshot.as_ref().map(|s| Arc::new(SnapshotSettings::from(s))),
     })
 }

@@ -363,6 +363,11 @@ pub(crate) fn add_local_commands(table: &mut CommandTable) {
     table.insert_local(CommandInfo::local("memlog", -2));
 }
 
+/// A script or function call (by the table's name): it may touch keys it does not declare.
+pub(crate) fn is_script_call(name: &str) -> bool {
+    matches!(name, "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro")
+}
+
 /// `client|kill` → `CLIENT KILL`, as users type it.
 pub(crate) fn display_name(name: &str) -> String {
     name.replace('|', " ").to_uppercase()

@@ -106,25 +106,72 @@ impl Conn {
     }
 
     async fn read_frame(&mut self) -> Result<BytesFrame, ConnError> {
+        Ok(self.read_sized_frame().await?.0)
+    }
+
+    /// The next frame and how many bytes of the stream it took (a replica's offset counts them).
+    pub async fn read_sized_frame(&mut self) -> Result<(BytesFrame, usize), ConnError> {
         loop {
             match redis_protocol::resp2::decode::decode_bytes_mut(&mut self.inbuf) {
-                Ok(Some((frame, _, _))) => return Ok(frame),
+                Ok(Some((frame, len, _))) => return Ok((frame, len)),
                 Ok(None) => {}
                 Err(e) => return Err(ConnError::Malformed { addr: self.addr.clone(), reason: e.to_string() }),
             }
             if self.inbuf.len() > MAX_REPLY {
                 return Err(ConnError::Malformed { addr: self.addr.clone(), reason: "reply too large".into() });
             }
-            self.inbuf.reserve(64 * 1024);
-            let n = self
-                .stream
-                .read_buf(&mut self.inbuf)
-                .await
-                .map_err(|source| ConnError::Io { addr: self.addr.clone(), source })?;
-            if n == 0 {
-                return Err(ConnError::Closed { addr: self.addr.clone() });
-            }
+            self.fill().await?;
         }
+    }
+
+    /// Reads more of the stream into the input buffer.
+    async fn fill(&mut self) -> Result<(), ConnError> {
+        self.inbuf.reserve(64 * 1024);
+        let n = self
+            .stream
+            .read_buf(&mut self.inbuf)
+            .await
+            .map_err(|source| ConnError::Io { addr: self.addr.clone(), source })?;
+        if n == 0 {
+            return Err(ConnError::Closed { addr: self.addr.clone() });
+        }
+        Ok(())
+    }
+
+    /// The next line, without its CRLF, skipping the empty lines a primary sends to keep a
+    /// replica's link alive while it prepares the RDB (the `+FULLRESYNC` and `$<len>` headers).
+    pub async fn read_line(&mut self) -> Result<Vec<u8>, ConnError> {
+        loop {
+            while self.inbuf.first() == Some(&b'\n') {
+                let _ = self.inbuf.split_to(1);
+            }
+            if let Some(end) = self.inbuf.iter().position(|&b| b == b'\n') {
+                let line = self.inbuf.split_to(end + 1);
+                return Ok(line.strip_suffix(b"\r\n").unwrap_or(&line[..end]).to_vec());
+            }
+            if self.inbuf.len() > 4096 {
+                return Err(ConnError::Malformed {
+                    addr: self.addr.clone(),
+                    reason: "a header line over 4 KiB".into(),
+                });
+            }
+            self.flush().await?;
+            tokio::time::timeout(REPLY_TIMEOUT, self.fill())
+                .await
+                .map_err(|_| ConnError::Timeout { addr: self.addr.clone() })??;
+        }
+    }
+
+    /// Up to `max` bytes of the stream: what was already received, else the next read (a
+    /// payload, such as the RDB, streamed out of the connection).
+    pub async fn read_some(&mut self, max: usize) -> Result<BytesMut, ConnError> {
+        if self.inbuf.is_empty() {
+            tokio::time::timeout(REPLY_TIMEOUT, self.fill())
+                .await
+                .map_err(|_| ConnError::Timeout { addr: self.addr.clone() })??;
+        }
+        let n = self.inbuf.len().min(max);
+        Ok(self.inbuf.split_to(n))
     }
 
     /// Sends one command and returns its reply; an error reply is an error.

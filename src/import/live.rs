@@ -9,7 +9,8 @@
 //! source's latest state. On SIGINT/SIGTERM (the cut-over) the feed catches up with the source,
 //! every pending key is copied, and the import exits 0.
 //!
-//! The exact replication mode (PSYNC, where the source allows it) is not built.
+//! Where the source allows PSYNC, the default (`--mode auto`) follows it as a replica
+//! instead (`replication.rs`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +26,7 @@ use super::conn::Conn;
 use super::feed::{Feed, PROBE_PREFIX};
 use super::progress::{Progress, Total};
 use super::rdb::now_ms;
+use super::replication;
 use super::source::{scan_page, Nodes};
 use super::{show, SourceArgs, TargetArgs};
 
@@ -35,12 +37,26 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often progress is reported.
 const TICK: Duration = Duration::from_millis(250);
 
+/// How a live import follows the source.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Replication where the source allows PSYNC, else keyspace notifications.
+    Auto,
+    /// As a replica (PSYNC): the source's RDB, then every write it runs, in its order.
+    Replication,
+    /// SCAN/DUMP/PTTL plus keyspace notifications: needs no SYNC, PSYNC or CONFIG (ElastiCache).
+    Notifications,
+}
+
 #[derive(clap::Args)]
 pub struct LiveArgs {
     #[command(flatten)]
     source: SourceArgs,
     #[command(flatten)]
     target: TargetArgs,
+    /// How the source is followed.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    mode: Mode,
     /// Progress as JSON lines on stdout (for scripts) instead of progress bars.
     #[arg(long)]
     json: bool,
@@ -70,6 +86,15 @@ pub async fn run(args: LiveArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let seed = args.source.endpoint()?;
     let source = if args.source.cluster { Nodes::cluster(seed).await? } else { Nodes::single(seed) };
     let target = args.target.endpoint()?;
+    if args.mode != Mode::Notifications {
+        match replication::resync_all(&source.endpoints).await {
+            Ok(links) => return replication::follow(links, &source.endpoints, &target, args.json, shutdown).await,
+            Err(e) if args.mode == Mode::Auto && e.downcast_ref::<replication::PsyncRefused>().is_some() => {
+                tracing::warn!("{e:#}: following the source by keyspace notifications instead");
+            }
+            Err(e) => return Err(e),
+        }
+    }
     // Every node subscribed and probed before anything is written to memlog.
     let mut readers = Vec::new();
     let mut total_keys = 0;

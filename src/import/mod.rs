@@ -9,6 +9,7 @@ mod feed;
 mod live;
 mod progress;
 mod rdb;
+mod replication;
 mod source;
 mod verify;
 
@@ -35,10 +36,12 @@ enum ImportCommand {
     /// exits 0 only when there is none.
     Verify(verify::VerifyArgs),
     /// Copy a running Redis or ElastiCache (≤ 7.0) into memlog while it keeps taking writes, and
-    /// keep memlog in sync until SIGINT/SIGTERM (the cut-over). Needs no SYNC, PSYNC or CONFIG:
-    /// SCAN/DUMP/PTTL per source primary, plus the changes seen through keyspace notifications
-    /// (the source's notify-keyspace-events must include E and A, e.g. "KEA"; checked at the
-    /// start by a probe write on a scratch key). The exact PSYNC mode is not built.
+    /// keep memlog in sync until SIGINT/SIGTERM (the cut-over). Where the source allows PSYNC
+    /// (a self-managed Redis), as a replica: its RDB, then every write it runs, in order (exact).
+    /// Otherwise (ElastiCache) it needs no SYNC, PSYNC or CONFIG: SCAN/DUMP/PTTL per source
+    /// primary, plus the changes seen through keyspace notifications (the source's
+    /// notify-keyspace-events must include E and A, e.g. "KEA"; checked at the start by a probe
+    /// write on a scratch key). --mode chooses.
     Live(live::LiveArgs),
 }
 

@@ -16,6 +16,7 @@ use memlog_rdb::{Checksum, Item, RdbReader};
 use tokio::sync::mpsc;
 
 use super::conn::Conn;
+use super::endpoint::Endpoint;
 use super::progress::{Progress, Total};
 use super::{show, TargetArgs};
 
@@ -49,13 +50,24 @@ type Restore = (Vec<u8>, i64, Vec<u8>);
 
 pub async fn run(args: RdbArgs) -> anyhow::Result<()> {
     let target = args.target.endpoint()?;
-    let total_bytes: u64 = args.files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
-    let files = args.files.clone();
-    let json = args.json;
-    let checks = tokio::task::spawn_blocking(move || check_all(&files, total_bytes, json)).await??;
+    import_files(&args.files, &target, args.connections, args.pipeline as usize, args.json).await
+}
+
+/// Checks `files` whole, then restores every key into `target` over `connections` connections,
+/// `pipeline` RESTOREs at a time (also the first step of `import live`'s replication mode).
+pub(super) async fn import_files(
+    files: &[PathBuf],
+    target: &Endpoint,
+    connections: u16,
+    pipeline: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let total_bytes: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
+    let checked = files.to_vec();
+    let checks = tokio::task::spawn_blocking(move || check_all(&checked, total_bytes, json)).await??;
     let keys: u64 = checks.iter().map(|c| c.keys).sum();
     let functions: u64 = checks.iter().map(|c| c.functions).sum();
-    for (file, check) in args.files.iter().zip(&checks) {
+    for (file, check) in files.iter().zip(&checks) {
         if check.checksum == Checksum::Absent {
             tracing::warn!(
                 "{}: no CRC-64 trailer (written with rdbchecksum no): checked by structure only",
@@ -69,8 +81,8 @@ pub async fn run(args: RdbArgs) -> anyhow::Result<()> {
 
     // Every connection is opened (and authenticated) before the first key is sent.
     let mut conns = Vec::new();
-    for _ in 0..args.connections {
-        conns.push(Conn::connect(&target).await?);
+    for _ in 0..connections {
+        conns.push(Conn::connect(target).await?);
     }
     let restored = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
@@ -80,8 +92,7 @@ pub async fn run(args: RdbArgs) -> anyhow::Result<()> {
         senders.push(tx);
         workers.push(tokio::spawn(restore_batches(conn, rx, restored.clone())));
     }
-    let files = args.files.clone();
-    let pipeline = args.pipeline as usize;
+    let files = files.to_vec();
     let counted = restored.clone();
     let reading =
         tokio::task::spawn_blocking(move || send_all(&files, senders, pipeline, total_bytes, keys, json, &counted));

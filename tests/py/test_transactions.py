@@ -82,6 +82,45 @@ def test_exec_replies_byte_exact(target, protocol):
         assert conn.call("GET", k) == b"2"
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_commands_whose_outcome_depends_on_earlier_writes_of_the_transaction(target, protocol):
+    """SPOP, INCRBYFLOAT, HINCRBYFLOAT, XADD *, a blocking pop and SPOP with a count after
+    writes to the same keys inside one MULTI: each answers what Redis answers after those
+    writes (memlog works the outcome out on the primary without changing it, then journals it)."""
+    s, f, h, x, l, many = tx_keys("s", "f", "h", "x", "l", "many")
+    with target.raw() as conn:
+        conn.call("HELLO", protocol)
+        assert conn.call("MULTI") == "OK"
+        for command in [
+            ("SADD", s, "only"),
+            ("SPOP", s),
+            ("SET", f, "1.5"),
+            ("INCRBYFLOAT", f, "1"),
+            ("INCRBYFLOAT", f, "0.25"),
+            ("HSET", h, "n", "10"),
+            ("HINCRBYFLOAT", h, "n", "0.5"),
+            ("XADD", x, "5-1", "a", "1"),
+            ("XADD", x, "*", "b", "2"),
+            ("RPUSH", l, "a", "b"),
+            ("BLPOP", l, "1"),
+            ("SADD", many, "m1", "m2"),
+            ("SPOP", many, "5"),
+            ("SCARD", many),
+        ]:
+            queue(conn, *command)
+        replies = conn.call("EXEC")
+        assert replies[:8] == [1, b"only", "OK", b"2.5", b"2.75", 1, b"10.5", b"5-1"], replies
+        assert tuple(map(int, replies[8].decode().split("-"))) > (5, 1), replies[8]
+        assert replies[9:12] == [2, [l.encode(), b"a"], 2], replies
+        assert sorted(replies[12]) == [b"m1", b"m2"] and replies[13] == 0, replies
+        # The transaction's effects are what Redis leaves.
+        assert conn.call("EXISTS", s, many) == 0
+        assert conn.call("GET", f) == b"2.75"
+        assert conn.call("HGET", h, "n") == b"10.5"
+        assert conn.call("XLEN", x) == 2
+        assert conn.call("LRANGE", l, "0", "-1") == [b"b"]
+
+
 def test_time_inside_multi_is_the_servers_clock(target):
     """TIME may be queued like any read; EXEC answers seconds and microseconds of now."""
     (k,) = tx_keys("k")
@@ -219,7 +258,7 @@ def test_watch_aborted_by_expiry(target, protocol):
     k, out = tx_keys("k", "out")
     with target.raw() as conn:
         conn.call("HELLO", protocol)
-        assert conn.call("SET", k, "v", "PX", "300") == "OK"
+        assert conn.call("SET", k, "v", "PX", "2000") == "OK"
         assert conn.call("WATCH", k) == "OK"
         remaining_ms = conn.call("PTTL", k)
         assert remaining_ms > 0, f"{k} already expired when WATCHed ({remaining_ms}): the server is too slow"

@@ -149,17 +149,33 @@ fn redis_int(text: &[u8]) -> Option<i64> {
     crate::resp::parse_int(text)
 }
 
+/// `call` as it runs on the node: for a caller who may not do everything, with the caller's
+/// rules (Redis checks each `redis.call` against the calling user; the node knows only memlog's
+/// own user, so the rules travel with the call: `crate::sequencer::run_as`). True when wrapped.
+pub(crate) fn as_caller(d: &ClientCtx, call: Request) -> (Request, bool) {
+    let rules = d.proxy.access.script_rules(d.client.user.lock().unwrap().as_bytes());
+    match rules {
+        Some(rules) => (crate::sequencer::run_as(call, &rules), true),
+        None => (call, false),
+    }
+}
+
 async fn call(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     let call = match prepare_call(&d.proxy.scripts, name, request) {
         Ok(call) => call,
         Err(reply) => return Pending::Ready(reply),
     };
     let shard = call.slot.map_or(0, |slot| d.proxy.slots.shard_of_slot(slot));
+    let (request, restricted) = as_caller(d, call.request);
+    if !call.write && restricted {
+        // Only the applier can switch users on the node: a restricted read goes its way.
+        return d.submit_to_sequencer(shard, crate::sequencer::SequencerOp::Read(request)).await;
+    }
     if !call.write {
-        return d.send_to_shard(shard, call.request, false).await;
+        return d.send_to_shard(shard, request, false).await;
     }
     let in_flight = d.proxy.scripts.journaled_started(shard);
-    let pending = d.send_to_shard(shard, call.request, true).await;
+    let pending = d.send_to_shard(shard, request, true).await;
     // The guard lives until the reply is handed back (the merge runs, or is dropped on an error).
     Pending::Merge {
         parts: vec![pending],

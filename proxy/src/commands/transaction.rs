@@ -19,7 +19,7 @@ use crate::keys::RESERVED_PREFIX;
 use crate::replies::Pending;
 use crate::resp::Request;
 use crate::routing::Placement;
-use crate::sequencer::{QueuedCommand, SequencerOp, Transaction, Watch, MAX_WRITE_BYTES, OOM};
+use crate::sequencer::{QueuedCommand, SequencerOp, Transaction, Watch, OOM};
 use crate::table::CommandInfo;
 
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
@@ -84,15 +84,16 @@ pub(crate) async fn queue(d: &mut ClientCtx, request: &Request, info: &Arc<Comma
     match queue_check(d, request, info).await {
         Ok((shard, queued)) => {
             let multi = d.multi.as_mut().expect("queue is only called in MULTI");
-            // A transaction is journaled as one entry: one that cannot fit is refused here,
-            // and nothing more of it is kept (EXEC answers EXECABORT), so a client cannot make
-            // the proxy hold an unbounded queue.
-            if multi.queued_bytes + request.raw.len() > MAX_WRITE_BYTES {
+            // A transaction larger than memlog journals is refused here, and nothing more of it
+            // is kept (EXEC answers EXECABORT), so a client cannot make the proxy hold an
+            // unbounded queue.
+            let max = d.proxy.cfg.journal.as_ref().map_or(usize::MAX, |j| j.max_write_bytes);
+            if multi.queued_bytes + request.raw.len() > max {
                 multi.failed = true;
                 multi.queued = Vec::new();
                 multi.queued_bytes = 0;
                 return Pending::error(&format!(
-                    "ERR memlog: a transaction holds at most {MAX_WRITE_BYTES} bytes of commands (one journal entry)"
+                    "ERR memlog: a transaction holds at most {max} bytes of commands (max_write_bytes)"
                 ));
             }
             // Over `maxmemory` Redis refuses every command queued (queuing takes memory too).
@@ -124,13 +125,14 @@ async fn queue_check(
     request: &Request,
     info: &Arc<CommandInfo>,
 ) -> Result<(Option<usize>, QueuedCommand), String> {
-    if is_script_call(&info.name) {
+    if crate::table::is_script_call(&info.name) {
         // Scripts are checked and put in their journaled form (EVALSHA → EVAL) now.
         let call =
             crate::commands::scripting::prepare_call(&d.proxy.scripts, &info.name, request).map_err(|reply| {
                 String::from_utf8_lossy(reply.strip_prefix(b"-").unwrap_or(&reply)).trim_end().to_string()
             })?;
-        let queued = QueuedCommand { request: call.request, command: info.clone(), write: call.write };
+        let (request, _) = crate::commands::scripting::as_caller(d, call.request);
+        let queued = QueuedCommand { request, command: info.clone(), write: call.write };
         let shard = call.slot.map(|slot| d.proxy.slots.shard_of_slot(slot));
         return same_shard(d, shard, None).map(|shard| (shard, queued));
     }
@@ -175,10 +177,6 @@ fn same_shard(d: &mut ClientCtx, shard: Option<usize>, key: Option<&Bytes>) -> R
 /// same way inside the transaction (applications put a `PING` in a pipeline as a marker).
 fn shard_answers_in_multi(name: &str) -> bool {
     matches!(name, "ping" | "echo" | "time")
-}
-
-fn is_script_call(name: &str) -> bool {
-    matches!(name, "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro")
 }
 
 async fn exec(d: &mut ClientCtx) -> Pending {

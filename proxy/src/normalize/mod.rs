@@ -105,6 +105,7 @@
 mod args;
 mod blocking;
 mod float;
+mod prefix;
 mod replies;
 mod spop;
 mod stream;
@@ -116,6 +117,7 @@ use bytes::Bytes;
 pub use args::timeout_ms;
 use args::word;
 use blocking::Pop;
+pub use prefix::after_earlier_writes;
 pub use replies::{bulk as bulk_reply, integer as integer_reply, NIL_ARRAY};
 
 /// What the sequencer must do with a write before journaling it.

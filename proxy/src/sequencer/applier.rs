@@ -11,12 +11,16 @@ use journal_service::quorum::{ReadError, Reader, WriteError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::abort::Aborts;
+use super::parts::{Assembler, Piece};
+use super::run_as::{own_replies, RunAs};
 use super::seams::{CommittedJournal, Primary};
 use super::*;
 
 /// Applies committed entries to the primary, in LSN order.
 pub(super) struct Applier<P = ApplyConns, J = Reader> {
     pub(super) shard: usize,
+    /// Sends scripts of restricted callers as their caller (`run_as.rs`).
+    pub(super) run_as: RunAs,
     pub(super) apply: P,
     /// Reads committed entries to catch the primary up; None when only routing.
     pub(super) reader: Option<Arc<J>>,
@@ -85,6 +89,10 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             if self.reader.is_some() {
                 return self.apply_reads(proto, items).await;
             }
+            // A script run as its caller is several commands: sent as a batch.
+            if items.iter().any(|item| RunAs::is_run_as(&item.command)) {
+                return self.apply_reads(proto, items).await;
+            }
             // Only routing: each command in order on the apply connection.
             for item in items {
                 self.apply.forward(proto, item.command, item.reply).await;
@@ -93,12 +101,11 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
         };
         let mut request = BytesMut::with_capacity(64 + items.iter().map(|i| i.command.len()).sum::<usize>());
         request.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
-        for item in &items {
-            request.extend_from_slice(&item.command);
-        }
+        let sent = self.run_as.append_all(items.iter().map(|item| &item.command), &mut request);
+        let queued: usize = sent.iter().map(|s| s.count).sum();
         request.extend_from_slice(&set_lsn(lsn));
         request.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-        let (request, count) = (request.freeze(), items.len() + 3);
+        let (request, count) = (request.freeze(), queued + 3);
         let mut pause = Duration::from_millis(20);
         // tokio's clock (the same as std's outside tests): the unit tests run this wait in paused time.
         let started = tokio::time::Instant::now();
@@ -109,11 +116,12 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             }
             let result = self.apply.call_batch(proto, request.clone(), count).await;
             let exec = result.as_ref().ok().and_then(|replies| replies.last()).and_then(crate::resp::array_items);
-            if let Some(replies) = exec.filter(|replies| replies.len() == items.len() + 1) {
+            if let Some(mut replies) = exec.filter(|replies| replies.len() == queued + 1) {
                 self.applied = lsn;
                 self.health.primary_holds(lsn);
                 self.recovered();
-                for (item, reply) in items.into_iter().zip(replies) {
+                replies.truncate(queued);
+                for (item, reply) in items.into_iter().zip(own_replies(&sent, replies)) {
                     if !item.silent {
                         let _ = item.reply.send(Ok(item.reply_override.unwrap_or(reply)));
                     }
@@ -262,16 +270,16 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
     /// never reaches a new primary before it is caught up.
     async fn apply_reads(&mut self, proto: Proto, items: Vec<Item>) {
         let mut request = BytesMut::with_capacity(items.iter().map(|i| i.command.len()).sum::<usize>());
-        items.iter().for_each(|item| request.extend_from_slice(&item.command));
-        let request = request.freeze();
+        let sent = self.run_as.append_all(items.iter().map(|item| &item.command), &mut request);
+        let (request, count) = (request.freeze(), sent.iter().map(|s| s.count).sum());
         loop {
-            match self.apply.call_batch(proto, request.clone(), items.len()).await {
+            match self.apply.call_batch(proto, request.clone(), count).await {
                 Err(BackendError::Unverified { .. }) => {
                     let applied = self.applied;
                     self.catch_up(applied).await;
                 }
                 Ok(replies) => {
-                    for (item, reply) in items.into_iter().zip(replies) {
+                    for (item, reply) in items.into_iter().zip(own_replies(&sent, replies)) {
                         let _ = item.reply.send(Ok(item.reply_override.unwrap_or(reply)));
                     }
                     return;
@@ -303,8 +311,8 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
         let mut pause = Duration::from_millis(50);
         loop {
             match self.try_catch_up(lsn).await {
-                Ok(replayed) => {
-                    self.applied = lsn;
+                Ok((replayed, held)) => {
+                    self.applied = held;
                     return replayed;
                 }
                 Err(e) => {
@@ -316,10 +324,12 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
         }
     }
 
-    async fn try_catch_up(&mut self, lsn: u64) -> anyhow::Result<u64> {
+    /// Returns how many entries were replayed and the LSN the primary then holds: `lsn`, or
+    /// the entry before a write whose parts end at `lsn` unfinished (`parts.rs`).
+    async fn try_catch_up(&mut self, lsn: u64) -> anyhow::Result<(u64, u64)> {
         // Asking the LSN also marks the connection checked, with or without a journal.
         let mut from = self.held_lsn().await?;
-        let Some(reader) = self.reader.clone() else { return Ok(0) };
+        let Some(reader) = self.reader.clone() else { return Ok((0, lsn)) };
         if from > lsn {
             anyhow::bail!(
                 "the primary holds lsn {from}, beyond the journal's commit point {lsn}: it was written by someone else"
@@ -333,6 +343,8 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             }
         }
         let mut replayed = 0;
+        let mut parts = Assembler::default();
+        let mut held = from;
         while from < lsn {
             let to = lsn.min(from + REPLAY_CHUNK);
             let entries = match reader.read(from + 1, to).await {
@@ -348,6 +360,8 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                         "the newest snapshot holds lsn {restored}, but the journal starts at {first}"
                     );
                     from = self.held_lsn().await?;
+                    held = from;
+                    parts = Assembler::default();
                     continue;
                 }
                 read => read?,
@@ -356,17 +370,24 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             let mut count = 0;
             let mut last = from;
             for entry in &entries {
-                // An aborted entry only moves the node's position past it.
-                let commands =
-                    if self.aborts.entries.contains(&entry.lsn) { Vec::new() } else { split_commands(&entry.payload)? };
+                last = entry.lsn;
+                // An aborted entry (a whole write, or its last part) only moves the node's
+                // position past it.
+                let commands = if self.aborts.entries.contains(&entry.lsn) {
+                    parts.drop_orphans(entry.lsn);
+                    Vec::new()
+                } else {
+                    match parts.push(entry.lsn, &entry.payload) {
+                        Piece::Pending => continue,
+                        Piece::Whole(payload) => split_commands(&payload)?,
+                    }
+                };
+                held = entry.lsn;
                 pipeline.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
-                for command in &commands {
-                    pipeline.extend_from_slice(command);
-                }
+                let sent = self.run_as.append_all(&commands, &mut pipeline);
                 pipeline.extend_from_slice(&set_lsn(entry.lsn));
                 pipeline.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-                count += commands.len() + 3;
-                last = entry.lsn;
+                count += sent.iter().map(|s| s.count).sum::<usize>() + 3;
                 if pipeline.len() >= REPLAY_PIPELINE_BYTES {
                     self.replay(std::mem::take(&mut pipeline).freeze(), std::mem::take(&mut count)).await?;
                 }
@@ -381,7 +402,8 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
         if replayed > 0 {
             metrics::counter!("memlog_replayed_entries_total", "shard" => self.shard.to_string()).increment(replayed);
         }
-        Ok(replayed)
+        // Without parts pending, everything up to `lsn` is held (barriers carry no LSN of their own).
+        Ok((replayed, if parts.is_empty() { lsn } else { held }))
     }
 
     /// Sends one replay pipeline of `count` commands (whole entries); fails if an entry aborted.

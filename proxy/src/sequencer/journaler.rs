@@ -19,6 +19,8 @@ pub(super) struct Journal<S: JournalStream> {
     pub(super) stream: S,
     /// How long writes wait for a quorum (or for the primary) before they fail with `-TRYAGAIN`.
     pub(super) write_wait: Duration,
+    /// The largest write journaled (`[journal] max_write_bytes`).
+    pub(super) max_write_bytes: usize,
     pub(super) writer: S::Writer,
 }
 
@@ -104,12 +106,12 @@ impl<S: JournalStream> Journaler<S> {
 
     async fn sequence(&mut self, segment: &mut EntryBuilder, write: SequencerRequest, now: u64) {
         let len = write.journaled_len();
-        if self.journal.is_some() && len > MAX_WRITE_BYTES {
+        if let Some(max) = self.journal.as_ref().map(|j| j.max_write_bytes).filter(|&max| len > max) {
             let refusal = match &write.op {
                 SequencerOp::Transaction(_) => format!(
-                    "EXECABORT Transaction discarded: memlog journals at most {MAX_WRITE_BYTES} bytes of writes per transaction; this one has {len}"
+                    "EXECABORT Transaction discarded: memlog journals at most {max} bytes of writes per transaction (max_write_bytes); this one has {len}"
                 ),
-                _ => format!("ERR memlog: the write is {len} bytes; memlog journals writes of at most {MAX_WRITE_BYTES} bytes; it was not applied"),
+                _ => format!("ERR memlog: the write is {len} bytes; memlog journals writes of at most {max} bytes (max_write_bytes); it was not applied"),
             };
             return write.refuse(error_reply(&refusal));
         }
@@ -393,24 +395,30 @@ impl<S: JournalStream> Journaler<S> {
         now: u64,
     ) {
         let mut written: Vec<Bytes> = Vec::new();
+        // The earlier writes as they will be journaled, for a probe that must see them
+        // (`normalize::after_earlier_writes`); `None` once one may touch keys it does not name.
+        let mut earlier: Option<Vec<Vec<Bytes>>> = Some(Vec::new());
         let mut plans = Vec::with_capacity(commands.len());
         for QueuedCommand { request, command, write } in &commands {
-            let keys: Vec<Bytes> = command
-                .key_positions(&request.args)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| request.args[p].clone())
-                .collect();
+            let positions = command.key_positions(&request.args);
+            let keys: Vec<Bytes> =
+                positions.clone().unwrap_or_default().into_iter().map(|p| request.args[p].clone()).collect();
             let plan = if *write || command.flags.blocking { normalize::plan(&request.args, now) } else { Plan::AsIs };
             let plan = match plan {
-                Plan::Probe { .. } if keys.iter().any(|k| written.contains(k)) => {
-                    let msg = format!(
-                        "EXECABORT Transaction discarded: memlog cannot journal '{}' after a write to the same key in one transaction (its outcome depends on the data); run it outside the MULTI",
-                        crate::table::display_name(&command.name)
-                    );
-                    let _ = reply.send(Ok(error_reply(&msg)));
-                    return;
-                }
+                Plan::Probe { probe, resolve } if keys.iter().any(|k| written.contains(k)) => match &earlier {
+                    Some(earlier) => normalize::after_earlier_writes(earlier, &written, probe, resolve),
+                    None => {
+                        let msg = format!(
+                            "EXECABORT Transaction discarded: memlog cannot journal '{}' after a script, or a command without named keys, wrote in the same transaction (its outcome depends on the data); run it outside the MULTI",
+                            crate::table::display_name(&command.name)
+                        );
+                        let _ = reply.send(Ok(error_reply(&msg)));
+                        return;
+                    }
+                },
+                plan => plan,
+            };
+            let plan = match plan {
                 Plan::Probe { probe, resolve } => match self.probe(segment, probe).await {
                     Ok(replies) => Prepared::Resolved(resolve(&replies)),
                     Err(e) => {
@@ -422,7 +430,20 @@ impl<S: JournalStream> Journaler<S> {
                 Plan::AsIs => Prepared::AsSent,
             };
             if *write {
-                written.extend(keys);
+                // A script may write keys it does not declare: the probe could not put them back.
+                let names_its_keys = positions.is_some() && !crate::table::is_script_call(&command.name);
+                match (&mut earlier, &plan) {
+                    (Some(_), _) if !names_its_keys => earlier = None,
+                    (Some(earlier), Prepared::Resolved(resolved)) => earlier.extend(resolved.commands.iter().cloned()),
+                    (Some(earlier), Prepared::Rewritten(rewritten)) => earlier.push(rewritten.clone()),
+                    (Some(earlier), Prepared::AsSent) => earlier.push(request.args.clone()),
+                    (None, _) => {}
+                }
+                for key in keys {
+                    if !written.contains(&key) {
+                        written.push(key);
+                    }
+                }
             }
             plans.push(plan);
         }
@@ -613,7 +634,21 @@ impl<S: JournalStream> Journaler<S> {
         let append = match &self.journal {
             Some(journal) if !payload.is_empty() => {
                 let permit = self.appends.clone().acquire_owned().await.expect("the semaphore is never closed");
-                let append = journal.writer.append(payload);
+                // A write larger than an entry: its parts are appended together, in order, and
+                // the batch commits with the last one (`parts.rs`).
+                let mut appends: Vec<AppendFuture> =
+                    super::parts::split(payload).into_iter().map(|part| journal.writer.append(part)).collect();
+                let append = if appends.len() == 1 {
+                    appends.remove(0)
+                } else {
+                    Box::pin(async move {
+                        let mut last = 0;
+                        for append in appends {
+                            last = append.await?;
+                        }
+                        Ok(last)
+                    })
+                };
                 Some((append, permit))
             }
             _ => None,

@@ -36,6 +36,7 @@ impl Rig {
         let health = Arc::new(ApplyHealth::default());
         let applier = Applier {
             shard: 0,
+            run_as: crate::sequencer::run_as::RunAs::new(None),
             apply: FakePrimary(redis.clone()),
             reader: Some(Arc::new(FakeJournal::with_entries(journaled))),
             snapshots: None,

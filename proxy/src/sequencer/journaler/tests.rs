@@ -10,6 +10,8 @@ use crate::backend::ReplyResult;
 use crate::resp::Request;
 
 const WRITE_WAIT: Duration = Duration::from_secs(2);
+/// The rig's `max_write_bytes`: two entries' worth.
+const MAX_JOURNALED: usize = 2 * MAX_WRITE_BYTES;
 
 /// A shard's journaler and applier over fakes, started on an empty journal and primary.
 struct Rig {
@@ -30,6 +32,7 @@ impl Rig {
         let redis = Arc::new(Mutex::new(FakeRedis::default()));
         let health = Arc::new(ApplyHealth::default());
         let applier = Applier {
+            run_as: crate::sequencer::run_as::RunAs::new(None),
             shard: 0,
             apply: FakePrimary(redis.clone()),
             reader: Some(Arc::new(stream.journal.clone())),
@@ -46,7 +49,12 @@ impl Rig {
         let memory = Arc::new(ShardMemory::default());
         let journaler = Journaler {
             shard: 0,
-            journal: Some(Journal { stream: stream.clone(), write_wait: WRITE_WAIT, writer }),
+            journal: Some(Journal {
+                stream: stream.clone(),
+                write_wait: WRITE_WAIT,
+                max_write_bytes: MAX_JOURNALED,
+                writer,
+            }),
             to_applier,
             failed: failed.clone(),
             appends: Arc::new(Semaphore::new(APPENDS_IN_FLIGHT)),
@@ -257,17 +265,66 @@ fn big_write(rig: &Rig, tag: &str, len: usize) -> oneshot::Receiver<ReplyResult>
     rx
 }
 
+/// An applier over `journal` and an empty primary, for replays.
+fn replayer(journal: &FakeJournal) -> (Applier<FakePrimary, FakeJournal>, Arc<Mutex<FakeRedis>>) {
+    let redis = Arc::new(Mutex::new(FakeRedis::default()));
+    let applier = Applier {
+        run_as: crate::sequencer::run_as::RunAs::new(None),
+        shard: 0,
+        apply: FakePrimary(redis.clone()),
+        reader: Some(Arc::new(journal.clone())),
+        snapshots: None,
+        applied: 0,
+        health: Arc::new(ApplyHealth::default()),
+        reply_wait: WRITE_WAIT,
+        aborts: Aborts::new(None, Default::default()).0,
+    };
+    (applier, redis)
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_write_larger_than_an_entry_is_refused_and_the_shard_goes_on() {
+async fn a_write_larger_than_an_entry_is_journaled_in_parts_and_replayed_whole() {
     let mut rig = Rig::new(StreamScript::default()).await;
-    let too_big = big_write(&rig, "big", MAX_WRITE_BYTES);
+    let big = big_write(&rig, "big", MAX_WRITE_BYTES + 1);
     let after = rig.write("after");
+    let too_big = big_write(&rig, "too-big", MAX_JOURNALED);
+    let last = rig.write("last");
     rig.run();
+    assert_eq!(reply(big).await, ok("big"));
+    assert_eq!(reply(after).await, ok("after"));
     let refused = reply(too_big).await;
     assert!(refused.starts_with("-ERR memlog: the write is"), "{}", &refused[..refused.len().min(200)]);
-    assert_eq!(reply(after).await, ok("after"));
+    assert_eq!(reply(last).await, ok("last"));
     assert!(!rig.failed.load(Ordering::Acquire), "the writer was not stopped");
-    assert_eq!(rig.applied(), ["after"]);
+    let payloads = rig.stream.journal.payloads();
+    assert_eq!(payloads.len(), 3, "the big write in two parts, then one entry for the small ones");
+    assert!(payloads.iter().all(|p| p.len() <= journal_service::quorum::MAX_ENTRY_BODY));
+    assert_eq!(rig.applied(), ["big", "after", "last"]);
+    // From the journal alone, onto an empty primary: the parts make the one write again.
+    let (mut applier, redis) = replayer(&rig.stream.journal);
+    applier.catch_up(3).await;
+    assert_eq!(redis.lock().unwrap().applied, ["big", "after", "last"]);
+    assert_eq!(applier.applied, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn parts_of_a_write_never_finished_are_not_replayed() {
+    // The proxy stopped between the parts of a write: the first one committed, then the next
+    // proxy's writes. The unfinished write was never acknowledged and must not appear.
+    let payload = Request::from_args(&[b"SET".as_slice(), b"unfinished", &vec![b'x'; MAX_WRITE_BYTES + 1]]).raw;
+    let first_part = crate::sequencer::parts::split(payload).remove(0);
+    let journal = FakeJournal::default();
+    for (lsn, payload) in [(1, set("j1")), (2, first_part), (3, set("j3"))] {
+        journal.0.lock().unwrap().push(journal_service::quorum::CommittedEntry { lsn, timestamp_ms: 0, payload });
+    }
+    let (mut applier, redis) = replayer(&journal);
+    applier.catch_up(3).await;
+    assert_eq!(redis.lock().unwrap().applied, ["j1", "j3"]);
+    // Caught up to the unfinished part only, the primary holds the entry before it.
+    let (mut applier, redis) = replayer(&journal);
+    applier.catch_up(2).await;
+    assert_eq!(redis.lock().unwrap().applied, ["j1"]);
+    assert_eq!(applier.applied, 1);
 }
 
 #[tokio::test(start_paused = true)]
