@@ -2,9 +2,12 @@
 //! journals every write to 3 journal nodes, ack quorum 2, fsync on, before Redis sees it)
 //! against stock Redis with `appendfsync always` and stock Redis with no persistence at all.
 //! Then the replay rate: the memlog Redis is killed and replaced by an empty one, and the
-//! restarted proxy rebuilds it from the journal. Last, the same rebuild after the same writes
+//! restarted proxy rebuilds it from the journal. Then the same rebuild after the same writes
 //! into two fresh clusters, one keeping the whole journal and one snapshotting (the journal
 //! truncated below the snapshots): how long each takes and how much journal each keeps on disk.
+//! Last, what TLS costs: durable SET through a cluster with TLS on every hop (clients to the
+//! proxy, the proxy to the journal nodes, the proxy to a Redis node that accepts only TLS)
+//! against one with TLS on none (journal nodes run `--insecure-no-tls`), interleaved.
 //!
 //! ```text
 //! cargo bench --bench durable                        # ~3 s per measurement
@@ -38,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use support::{Guard, Measurement, Settings, Target, Workload};
+use support::{Client, Guard, Measurement, Settings, Target, Workload};
 
 /// Journal nodes, all on the same disk as the Redis AOF they are compared with.
 const JOURNAL_NODES: usize = 3;
@@ -79,7 +82,7 @@ fn main() -> Result<()> {
         raw.p50.as_secs_f64() * 1e3,
         raw.p99.as_secs_f64() * 1e3
     );
-    let mut memlog = MemlogCluster::start(&dir.path().join("memlog"), None)?;
+    let mut memlog = MemlogCluster::start(&dir.path().join("memlog"), None, Hops::Journal)?;
     let fsync_always_addr = support::free_addr();
     let fsync_always = support::start_redis(fsync_always_addr, &dir.path().join("fsync-always"), FSYNC_ALWAYS)?;
     let no_persistence_addr = support::free_addr();
@@ -103,8 +106,9 @@ fn main() -> Result<()> {
             (FSYNC_ALWAYS_NAME, fsync_always_addr),
             (NO_PERSISTENCE_NAME, no_persistence_addr),
         ] {
-            let requests = requests_for(addr, &workload, seconds)?;
-            targets.push(Target { name, addr, requests, pids: Vec::new(), login: None });
+            let requests = requests_for(addr, &workload, seconds, Client::default())?;
+            let client = Client::default();
+            targets.push(Target { name, addr, requests, pids: Vec::new(), client });
         }
         targets[0].pids = memlog.pids();
         targets[1].pids = vec![fsync_always.pid()];
@@ -136,7 +140,170 @@ fn main() -> Result<()> {
         replay.ready.as_millis()
     );
     drop(memlog);
-    compare_rebuilds(dir.path(), quick)
+    compare_rebuilds(dir.path(), quick)?;
+    compare_tls(dir.path(), quick, rounds)
+}
+
+/// Durable SET with TLS on every hop against TLS on none, interleaved rounds at each pipeline
+/// depth; the ratios of the medians.
+fn compare_tls(dir: &Path, quick: bool, rounds: usize) -> Result<()> {
+    let seconds = if quick { CELL_SECONDS / 10.0 } else { CELL_SECONDS };
+    let plain = MemlogCluster::start(&dir.join("tls-none"), None, Hops::None)?;
+    let tls = MemlogCluster::start(&dir.join("tls-every"), None, Hops::Every)?;
+    println!(
+        "
+TLS on every hop (clients, journal nodes, Redis) vs on none; {rounds} interleaved rounds:"
+    );
+    let mut rows = Vec::new();
+    // The SETs sent to each, all of which its Redis must have applied.
+    let mut sent = [0; 2];
+    for pipeline in PIPELINES {
+        let workload = Workload { test: "set", pipeline };
+        let mut targets = Vec::new();
+        for (name, cluster) in [("tls-none", &plain), ("tls-every-hop", &tls)] {
+            let client = cluster.client();
+            let requests = requests_for(cluster.proxy_addr, &workload, seconds, client)?;
+            targets.push(Target { name, addr: cluster.proxy_addr, requests, pids: cluster.pids(), client });
+        }
+        for (sent, target) in sent.iter_mut().zip(&targets) {
+            *sent += probe_requests(&workload) + rounds as u64 * target.requests;
+        }
+        let medians = support::interleaved(&workload, &targets, rounds)?;
+        rows.push((pipeline, medians[0], medians[1]));
+    }
+    plain.check_applied(sent[0])?;
+    tls.check_applied(sent[1])?;
+    println!(
+        "
+{:<8} {:>14} {:>14} {:>9} {:>11} {:>11} {:>11} {:>11}",
+        "pipeline", "none ops/s", "every ops/s", "ratio", "none p50", "every p50", "none p99", "every p99"
+    );
+    for (pipeline, none, every) in rows {
+        println!(
+            "{pipeline:<8} {:>14.0} {:>14.0} {:>9.2} {:>9.3}ms {:>9.3}ms {:>9.3}ms {:>9.3}ms",
+            none.ops_per_sec,
+            every.ops_per_sec,
+            every.ops_per_sec / none.ops_per_sec,
+            none.p50_ms,
+            every.p50_ms,
+            none.p99_ms,
+            every.p99_ms
+        );
+    }
+    Ok(())
+}
+
+/// Which hops of a memlog cluster are TLS.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hops {
+    /// The proxy to the journal nodes only (mutual TLS, what every deployment runs).
+    Journal,
+    /// None: the journal nodes run with `--insecure-no-tls`.
+    None,
+    /// Every hop: clients to the proxy (`[tls]`), the proxy to the journal nodes, and the proxy
+    /// to a Redis node that accepts only TLS (`[backend] tls`).
+    Every,
+}
+
+/// The certificates of a cluster with TLS on every hop besides the journal's: the clients' CA
+/// and the proxy's certificate for them, the Redis node's CA, its certificate and the proxy's.
+struct EdgeTls {
+    clients_ca: PathBuf,
+    proxy_cert: PathBuf,
+    proxy_key: PathBuf,
+    redis_ca: PathBuf,
+    node_cert: PathBuf,
+    node_key: PathBuf,
+    backend_cert: PathBuf,
+    backend_key: PathBuf,
+}
+
+impl EdgeTls {
+    fn generate(dir: &Path) -> Result<EdgeTls> {
+        use journal_service::cluster_ca::ClusterCa;
+        std::fs::create_dir_all(dir)?;
+        let names = || vec!["127.0.0.1".to_string(), "localhost".to_string()];
+        let files = EdgeTls {
+            clients_ca: dir.join("clients-ca.pem"),
+            proxy_cert: dir.join("proxy.pem"),
+            proxy_key: dir.join("proxy.key"),
+            redis_ca: dir.join("redis-ca.pem"),
+            node_cert: dir.join("node.pem"),
+            node_key: dir.join("node.key"),
+            backend_cert: dir.join("backend.pem"),
+            backend_key: dir.join("backend.key"),
+        };
+        let clients = ClusterCa::generate_named("bench clients CA")?;
+        let redis = ClusterCa::generate_named("bench Redis CA")?;
+        let (proxy, node, backend) =
+            (clients.issue_for_names(names())?, redis.issue_for_names(names())?, redis.issue_for_names(names())?);
+        for (path, text) in [
+            (&files.clients_ca, clients.cert_pem()),
+            (&files.proxy_cert, proxy.cert),
+            (&files.proxy_key, proxy.key),
+            (&files.redis_ca, redis.cert_pem()),
+            (&files.node_cert, node.cert),
+            (&files.node_key, node.key),
+            (&files.backend_cert, backend.cert),
+            (&files.backend_key, backend.key),
+        ] {
+            std::fs::write(path, text)?;
+        }
+        Ok(files)
+    }
+
+    /// `redis-server` flags of a node that accepts only TLS on `addr`.
+    fn node_args(&self, addr: SocketAddr) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        let port = addr.port().to_string();
+        [
+            ["--port", "0"],
+            ["--tls-port", &port],
+            ["--tls-cert-file", &path(&self.node_cert)],
+            ["--tls-key-file", &path(&self.node_key)],
+            ["--tls-ca-cert-file", &path(&self.redis_ca)],
+        ]
+        .concat()
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+    }
+
+    /// `redis-cli` flags that reach such a node as the proxy does.
+    fn node_cli_args(&self) -> Vec<String> {
+        let path = |p: &PathBuf| p.display().to_string();
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            path(&self.redis_ca),
+            "--cert".into(),
+            path(&self.backend_cert),
+            "--key".into(),
+            path(&self.backend_key),
+        ]
+    }
+
+    /// The proxy's `[tls]` and `[backend]` tables.
+    fn proxy_toml(&self) -> String {
+        format!(
+            "[tls]
+cert = \"{}\"
+key = \"{}\"
+
+[backend]
+tls = true
+ca = \"{}\"
+cert = \"{}\"
+key = \"{}\"
+
+",
+            self.proxy_cert.display(),
+            self.proxy_key.display(),
+            self.redis_ca.display(),
+            self.backend_cert.display(),
+            self.backend_key.display()
+        )
+    }
 }
 
 /// The same SETs into a cluster keeping its whole journal and into one snapshotting, then an
@@ -152,13 +319,13 @@ fn compare_rebuilds(dir: &Path, quick: bool) -> Result<()> {
     );
     let mut ready = Vec::new();
     for (name, snapshots) in [("whole journal", None), ("snapshots", Some(snapshots))] {
-        let mut cluster = MemlogCluster::start(&dir.join(name.replace(' ', "-")), snapshots)?;
-        support::redis_benchmark(cluster.proxy_addr, &workload, sets, None)?;
+        let mut cluster = MemlogCluster::start(&dir.join(name.replace(' ', "-")), snapshots, Hops::Journal)?;
+        support::redis_benchmark(cluster.proxy_addr, &workload, sets, Client::default())?;
         if snapshots.is_some() {
             cluster.wait_for_truncation()?;
         }
         // Writes after the snapshot: the tail a rebuild replays on top of it.
-        support::redis_benchmark(cluster.proxy_addr, &workload, sets / 10, None)?;
+        support::redis_benchmark(cluster.proxy_addr, &workload, sets / 10, Client::default())?;
         cluster.check_applied(sets + sets / 10)?;
         let journal_bytes = cluster.journal_bytes()?;
         let replay = cluster.restart_on_empty_redis()?;
@@ -196,9 +363,9 @@ struct Row {
 
 /// How many requests give `seconds` of load on `addr`, from a short probe run (which also warms
 /// the target up: connections, journal segments, Redis's hash table).
-fn requests_for(addr: SocketAddr, workload: &Workload, seconds: f64) -> Result<u64> {
+fn requests_for(addr: SocketAddr, workload: &Workload, seconds: f64, client: Client) -> Result<u64> {
     let probe = probe_requests(workload);
-    let run = support::redis_benchmark(addr, workload, probe, None)?;
+    let run = support::redis_benchmark(addr, workload, probe, client)?;
     let requests = (run.ops_per_sec * seconds / 1000.0).round() as u64 * 1000;
     // A whole number of pipelines: redis-benchmark sends `-P` commands per write and checks the
     // count only before each write, so it overshoots to the next multiple (with -P 16, 8 more
@@ -227,6 +394,8 @@ struct MemlogCluster {
     proxy: Option<Guard>,
     /// Proxy runs so far; each logs to its own file.
     proxy_runs: usize,
+    /// The client and Redis certificates with TLS on every hop.
+    edge: Option<EdgeTls>,
 }
 
 /// What a proxy restart onto an empty Redis reported.
@@ -238,11 +407,12 @@ struct Replay {
 }
 
 impl MemlogCluster {
-    fn start(dir: &Path, snapshots: Option<Snapshots>) -> Result<MemlogCluster> {
+    fn start(dir: &Path, snapshots: Option<Snapshots>, hops: Hops) -> Result<MemlogCluster> {
         let mut journal = Vec::new();
         let mut journal_addrs = Vec::new();
         let mut journal_metrics = Vec::new();
         let tls = journal_service::cluster_ca::ClusterCa::generate()?.write(&dir.join("cluster-tls"))?;
+        let edge = (hops == Hops::Every).then(|| EdgeTls::generate(&dir.join("edge-tls"))).transpose()?;
         for node in 0..JOURNAL_NODES {
             let addr = support::free_addr();
             let node_dir = dir.join(format!("journal-{node}"));
@@ -252,8 +422,12 @@ impl MemlogCluster {
             let metrics = support::free_addr();
             command.args(["--metrics-listen", &metrics.to_string()]);
             journal_metrics.push(metrics);
-            command.arg("--cluster-ca").arg(&tls.journal.ca);
-            command.arg("--cluster-cert").arg(&tls.journal.cert).arg("--cluster-key").arg(&tls.journal.key);
+            if hops == Hops::None {
+                command.arg("--insecure-no-tls");
+            } else {
+                command.arg("--cluster-ca").arg(&tls.journal.ca);
+                command.arg("--cluster-cert").arg(&tls.journal.cert).arg("--cluster-key").arg(&tls.journal.key);
+            }
             if let Some(snapshots) = snapshots {
                 command.args(["--segment-bytes", &snapshots.segment_bytes.to_string()]);
             }
@@ -265,7 +439,10 @@ impl MemlogCluster {
             journal_addrs.push(format!("\"{addr}\""));
         }
         let redis_addr = support::free_addr();
-        let redis = support::start_redis(redis_addr, &dir.join("memlog-redis-0"), support::NO_PERSISTENCE)?;
+        let redis = match &edge {
+            None => support::start_redis(redis_addr, &dir.join("memlog-redis-0"), support::NO_PERSISTENCE)?,
+            Some(edge) => start_tls_redis(redis_addr, &dir.join("memlog-redis-0"), edge)?,
+        };
         let proxy_addr = support::free_addr();
         let config = dir.join("proxy.toml");
         // One snapshot kept: the journal is truncated at the first one, however short the load.
@@ -276,17 +453,24 @@ impl MemlogCluster {
                 s.every_entries
             )
         });
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"{proxy_addr}\"\n\n[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\nack_quorum = {ACK_QUORUM}\n\n\
-                 {snapshot_table}[[shards]]\nslots = \"0-16383\"\nprimary = \"{redis_addr}\"\n\n\
-                 [cluster_tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                journal_addrs.join(", "),
-                dir.join("metadata.json").display(),
+        let cluster_tls = match hops {
+            Hops::None => String::new(),
+            Hops::Journal | Hops::Every => format!(
+                "[cluster_tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
                 tls.proxy.ca.display(),
                 tls.proxy.cert.display(),
                 tls.proxy.key.display()
+            ),
+        };
+        let edge_tls = edge.as_ref().map_or(String::new(), EdgeTls::proxy_toml);
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"{proxy_addr}\"\n\n{edge_tls}[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\n\
+                 ack_quorum = {ACK_QUORUM}\n\n{snapshot_table}[[shards]]\nslots = \"0-16383\"\n\
+                 primary = \"{redis_addr}\"\n\n{cluster_tls}",
+                journal_addrs.join(", "),
+                dir.join("metadata.json").display(),
             ),
         )?;
         let mut cluster = MemlogCluster {
@@ -299,6 +483,7 @@ impl MemlogCluster {
             redis: Some(redis),
             proxy: None,
             proxy_runs: 0,
+            edge,
         };
         cluster.start_proxy()?;
         Ok(cluster)
@@ -336,6 +521,7 @@ impl MemlogCluster {
     fn check_applied(&self, sent: u64) -> Result<()> {
         let output = Command::new("redis-cli")
             .args(["-h", &self.redis_addr.ip().to_string(), "-p", &self.redis_addr.port().to_string()])
+            .args(self.edge.as_ref().map(EdgeTls::node_cli_args).unwrap_or_default())
             .args(["INFO", "commandstats"])
             .output()
             .context("cannot run redis-cli")?;
@@ -388,17 +574,38 @@ impl MemlogCluster {
         Ok(total)
     }
 
+    /// How redis-benchmark reaches the proxy: over TLS with TLS on every hop.
+    fn client(&self) -> Client<'_> {
+        Client { login: None, tls_ca: self.edge.as_ref().map(|edge| edge.clients_ca.as_path()) }
+    }
+
     /// Starts the proxy with a fresh log file; returns the log's path.
     fn start_proxy(&mut self) -> Result<PathBuf> {
         let log = self.dir.join(format!("proxy-{}.log", self.proxy_runs));
         self.proxy_runs += 1;
-        self.proxy = Some(support::start_proxy(&self.config, self.proxy_addr, &log)?);
+        self.proxy = Some(match &self.edge {
+            None => support::start_proxy(&self.config, self.proxy_addr, &log)?,
+            Some(edge) => {
+                let mut command = support::memlog(&["proxy", "--config"]);
+                command.arg(&self.config);
+                let mut proxy = support::spawn_logged(command, &log)?;
+                let tls = ["--tls".to_string(), "--cacert".to_string(), edge.clients_ca.display().to_string()];
+                support::wait_until(
+                    &format!("the proxy {} answering PING over TLS", self.proxy_addr),
+                    &mut proxy,
+                    || redis_cli_pings(self.proxy_addr, &tls),
+                )
+                .with_context(|| format!("proxy log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))?;
+                proxy
+            }
+        });
         Ok(log)
     }
 
     /// `kill -9` the proxy and its Redis, start an empty Redis on the same port and the proxy
     /// again, which replays the whole journal before it serves.
     fn restart_on_empty_redis(&mut self) -> Result<Replay> {
+        anyhow::ensure!(self.edge.is_none(), "a restart onto an empty Redis is measured without TLS to it");
         drop(self.proxy.take());
         drop(self.redis.take());
         let redis_dir = self.dir.join(format!("memlog-redis-{}", self.proxy_runs));
@@ -420,6 +627,33 @@ impl MemlogCluster {
         };
         Ok(Replay { entries: field("replayed")?, elapsed_ms: field("elapsed_ms")?, ready })
     }
+}
+
+/// A Redis without persistence on `addr` that accepts only TLS, with `edge`'s certificates.
+fn start_tls_redis(addr: SocketAddr, dir: &Path, edge: &EdgeTls) -> Result<Guard> {
+    std::fs::create_dir_all(dir)?;
+    let mut command = Command::new("redis-server");
+    command
+        .args(edge.node_args(addr))
+        .args(["--bind", "127.0.0.1"])
+        .args(support::NO_PERSISTENCE)
+        .arg("--dir")
+        .arg(dir);
+    let mut redis = support::spawn_logged(command, &dir.join("redis.log"))?;
+    support::wait_until(&format!("redis {addr} answering PING over TLS"), &mut redis, || {
+        redis_cli_pings(addr, &edge.node_cli_args())
+    })?;
+    Ok(redis)
+}
+
+/// Whether `redis-cli <tls> PING` against `addr` answers PONG.
+fn redis_cli_pings(addr: SocketAddr, tls: &[String]) -> bool {
+    Command::new("redis-cli")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(tls)
+        .arg("PING")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "PONG")
 }
 
 fn print_table(rows: &[Row]) {

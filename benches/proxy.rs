@@ -18,7 +18,7 @@ mod support;
 
 use anyhow::Result;
 
-use support::{Measurement, Settings, Target, Workload};
+use support::{Client, Measurement, Settings, Target, Workload};
 
 /// Proxy/direct ops/s at pipeline 1 (GET and SET): a floor.
 const FLOOR_P1_RATIO: f64 = 0.9;
@@ -43,13 +43,19 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for (workload, requests) in &workloads {
         let targets = [
-            Target { name: "direct", addr: redis_addr, requests: *requests, pids: vec![redis.pid()], login: None },
+            Target {
+                name: "direct",
+                addr: redis_addr,
+                requests: *requests,
+                pids: vec![redis.pid()],
+                client: Client::default(),
+            },
             Target {
                 name: "proxy",
                 addr: proxy_addr,
                 requests: *requests,
                 pids: vec![proxy.pid(), redis.pid()],
-                login: None,
+                client: Client::default(),
             },
         ];
         let medians = support::interleaved(workload, &targets, rounds)?;

@@ -18,7 +18,7 @@ use std::process::Command;
 
 use anyhow::{ensure, Result};
 
-use support::{Settings, Target, Workload};
+use support::{Client, Settings, Target, Workload};
 
 /// The user with many patterns, and its (throwaway) password.
 const USER: &str = "tenant";
@@ -55,8 +55,14 @@ fn main() -> Result<()> {
         let workload = Workload { test, pipeline };
         let requests = requests / scale;
         let targets = [
-            Target { name: "default", addr: proxy_addr, requests, pids: pids.clone(), login: None },
-            Target { name: USER, addr: proxy_addr, requests, pids: pids.clone(), login: Some((USER, PASSWORD)) },
+            Target { name: "default", addr: proxy_addr, requests, pids: pids.clone(), client: Client::default() },
+            Target {
+                name: USER,
+                addr: proxy_addr,
+                requests,
+                pids: pids.clone(),
+                client: Client { login: Some((USER, PASSWORD)), ..Client::default() },
+            },
         ];
         let medians = support::interleaved(&workload, &targets, rounds)?;
         rows.push((test, pipeline, medians[0], medians[1]));

@@ -4,11 +4,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use memlog_proxy::config::ProxyConfig;
-use memlog_proxy::BackendAuth;
+use memlog_proxy::NodeAccess;
 
 use crate::admin_tls::{AdminTls, AdminTlsError, TlsArgs};
 use crate::cluster_file::ClusterFile;
@@ -88,8 +87,8 @@ pub struct Deployment {
     pub config: Option<ProxyConfig>,
     /// What to `AUTH` with before admin commands.
     pub credentials: Option<Credentials>,
-    /// What the proxy authenticates to the Redis nodes with (`[backend]`), for probing them.
-    pub backend_auth: Option<Arc<BackendAuth>>,
+    /// How the proxy reaches the Redis nodes (`[backend]`: TLS, credentials), for probing them.
+    pub backend: NodeAccess,
     /// TLS with the proxy, when it serves TLS.
     pub tls: Option<AdminTls>,
 }
@@ -117,13 +116,13 @@ impl Deployment {
             .map_err(|e| anyhow::anyhow!("cannot read the proxy config {}: {e:#}", path.display()))?;
         let credentials =
             config.users.iter().find_map(|u| Some(Credentials { user: u.name.clone(), password: u.password.clone()? }));
-        let backend_auth = BackendAuth::from_config(&config.backend)?;
+        let backend = NodeAccess::from_config(&config.backend)?;
         let deployment = Deployment {
             proxy: client_endpoint(&config),
             cluster: None,
             config: Some(config),
             credentials,
-            backend_auth,
+            backend,
             tls: None,
         };
         Ok(deployment.with_tls(tls)?)
@@ -136,7 +135,7 @@ impl Deployment {
             cluster: None,
             config: None,
             credentials: None,
-            backend_auth: None,
+            backend: NodeAccess::default(),
             tls: None,
         }
     }

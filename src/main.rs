@@ -14,6 +14,7 @@ mod journal_args;
 mod local_user;
 mod probe;
 mod redis_auth;
+mod redis_tls;
 mod signals;
 mod status;
 mod supervisor;

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use memlog_proxy::BackendAuth;
+use memlog_proxy::{BackendAuth, NodeAccess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -37,6 +37,8 @@ pub enum ProbeError {
     Malformed(&'static str),
     #[error("error reply: {0}")]
     Refused(String),
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// The key in which every Redis node of a memlog cluster holds the journal LSN it is at.
@@ -62,10 +64,9 @@ pub struct NodeReport {
 }
 
 /// Asks the Redis node at `addr` for its role (`INFO replication`, which carries `ROLE`'s answer
-/// as text) and its `__memlog:lsn`, on one connection, after `AUTH` if credentials are given.
-pub async fn redis_node(addr: &str, timeout: Duration, auth: Option<&BackendAuth>) -> Result<NodeReport, ProbeError> {
-    let mut session = Session::connect(addr, timeout).await?;
-    session.auth(auth).await?;
+/// as text) and its `__memlog:lsn`, on one connection reaching it as `access` says (TLS, `AUTH`).
+pub async fn redis_node(addr: &str, timeout: Duration, access: &NodeAccess) -> Result<NodeReport, ProbeError> {
+    let mut session = Session::to_redis_node(addr, timeout, access).await?;
     let role = match session.call(&["INFO", "replication"]).await? {
         Reply::Bulk(Some(info)) => parse_role(&String::from_utf8_lossy(&info))?,
         Reply::Error(message) => return Err(ProbeError::Refused(message)),
@@ -113,6 +114,15 @@ impl Session {
     /// Connects to `addr` (an address, or `host:port` to resolve) within `timeout`.
     pub async fn connect(addr: impl tokio::net::ToSocketAddrs, timeout: Duration) -> Result<Session, ProbeError> {
         Ok(Session::over(Box::new(tcp_connect(addr, timeout).await?), timeout))
+    }
+
+    /// A session with the Redis node at `addr`, opened as the proxy opens its own (TLS when
+    /// `access` has it) and authenticated with `access`'s credentials.
+    pub async fn to_redis_node(addr: &str, timeout: Duration, access: &NodeAccess) -> Result<Session, ProbeError> {
+        let stream = access.open(addr, timeout).await.map_err(ProbeError::Unreachable)?;
+        let mut session = Session::over(Box::new(stream), timeout);
+        session.auth(access.auth.as_deref()).await?;
+        Ok(session)
     }
 
     /// A session on a connection already made (e.g. TLS over TCP).
@@ -168,26 +178,19 @@ pub async fn accepts(addr: SocketAddr, timeout: Duration) -> bool {
     matches!(tokio::time::timeout(timeout, TcpStream::connect(addr)).await, Ok(Ok(_)))
 }
 
-/// Sends one command to `addr` on a fresh connection, after `AUTH password` if one is given.
-async fn command(
-    addr: SocketAddr,
-    auth: Option<&BackendAuth>,
-    args: &[&str],
-    timeout: Duration,
-) -> Result<Reply, ProbeError> {
-    let mut session = Session::connect(addr, timeout).await?;
-    session.auth(auth).await?;
-    session.call(args).await
+/// Sends one command to `addr` on a fresh connection made as `access` says (TLS, `AUTH`).
+async fn command(addr: SocketAddr, access: &NodeAccess, args: &[&str], timeout: Duration) -> Result<Reply, ProbeError> {
+    Session::to_redis_node(&addr.to_string(), timeout, access).await?.call(args).await
 }
 
-/// True if `addr` answers `PING` with `PONG` (after `AUTH password` if one is given).
-pub async fn pings(addr: SocketAddr, timeout: Duration, auth: Option<&BackendAuth>) -> bool {
-    matches!(command(addr, auth, &["PING"], timeout).await, Ok(Reply::Simple(s)) if s == "PONG")
+/// True if `addr` answers `PING` with `PONG` (reached as `access` says).
+pub async fn pings(addr: SocketAddr, timeout: Duration, access: &NodeAccess) -> bool {
+    matches!(command(addr, access, &["PING"], timeout).await, Ok(Reply::Simple(s)) if s == "PONG")
 }
 
 /// True if the replica at `addr` reports an established link to its primary.
-pub async fn replica_linked(addr: SocketAddr, timeout: Duration, auth: Option<&BackendAuth>) -> bool {
-    match command(addr, auth, &["INFO", "replication"], timeout).await {
+pub async fn replica_linked(addr: SocketAddr, timeout: Duration, access: &NodeAccess) -> bool {
+    match command(addr, access, &["INFO", "replication"], timeout).await {
         Ok(Reply::Bulk(Some(info))) => {
             String::from_utf8_lossy(&info).lines().any(|line| line.trim() == "master_link_status:up")
         }

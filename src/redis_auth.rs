@@ -14,7 +14,6 @@ const CONFIG_FILE: &str = "redis-auth.conf";
 
 /// Where a generated password went.
 pub struct NodePassword {
-    pub password: String,
     /// The `redis-server` config file holding `requirepass` and `masterauth`.
     pub config_file: PathBuf,
 }
@@ -30,7 +29,7 @@ pub fn generate(dir: &Path) -> std::io::Result<NodePassword> {
          requirepass {password}\nmasterauth {password}\n"
     );
     write_private(&config_file, &config)?;
-    Ok(NodePassword { password, config_file })
+    Ok(NodePassword { config_file })
 }
 
 /// The file `generate` writes the password to: the proxy's `[backend] password_file`.
@@ -59,17 +58,19 @@ mod tests {
     #[test]
     fn both_files_are_private_and_a_new_start_gets_a_new_password() {
         let dir = tempfile::tempdir().unwrap();
-        let first = generate(dir.path()).unwrap();
+        let password = || std::fs::read_to_string(password_file(dir.path())).unwrap().trim().to_string();
+        generate(dir.path()).unwrap();
+        let first = password();
         std::fs::set_permissions(password_file(dir.path()), std::fs::Permissions::from_mode(0o644)).unwrap();
         let second = generate(dir.path()).unwrap();
-        assert_ne!(first.password, second.password);
-        assert_eq!(second.password.len(), 48);
+        let second_password = password();
+        assert_ne!(first, second_password);
+        assert_eq!(second_password.len(), 48);
         for file in [&password_file(dir.path()), &second.config_file] {
             assert_eq!(std::fs::metadata(file).unwrap().permissions().mode() & 0o777, 0o600, "{}", file.display());
         }
-        assert_eq!(std::fs::read_to_string(password_file(dir.path())).unwrap().trim(), second.password);
         let config = std::fs::read_to_string(&second.config_file).unwrap();
-        assert!(config.contains(&format!("requirepass {}\n", second.password)), "{config}");
-        assert!(config.contains(&format!("masterauth {}\n", second.password)), "{config}");
+        assert!(config.contains(&format!("requirepass {}\n", second_password)), "{config}");
+        assert!(config.contains(&format!("masterauth {}\n", second_password)), "{config}");
     }
 }

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -18,7 +17,7 @@ use journal_service::cluster_tls::{Role, Transport};
 use journal_service::meta::{EventRecord, MetaError, MetaStore};
 use journal_service::{NodeClient, StreamTail};
 use memlog_proxy::config::ShardConfig;
-use memlog_proxy::BackendAuth;
+use memlog_proxy::NodeAccess;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
@@ -245,7 +244,7 @@ pub async fn gather(deployment: &Deployment) -> Report {
             Err(meta_error) => (layout_from_config(deployment), Source::Config { proxy_error, meta_error }),
         },
     };
-    let mut nodes = probe_redis_nodes(layout.iter().flat_map(|s| s.nodes()), deployment.backend_auth.clone()).await;
+    let mut nodes = probe_redis_nodes(layout.iter().flat_map(|s| s.nodes()), &deployment.backend).await;
     let (mut snapshots, events) = newest_snapshots_and_events(deployment, layout.iter().map(|s| s.id)).await;
     let shards = layout
         .into_iter()
@@ -448,13 +447,13 @@ fn slot_ranges(ranges: &[(u16, u16)]) -> String {
 /// Asks every node at once for its role and LSN.
 async fn probe_redis_nodes(
     addrs: impl Iterator<Item = String>,
-    auth: Option<Arc<BackendAuth>>,
+    access: &NodeAccess,
 ) -> BTreeMap<String, Result<NodeReport, String>> {
     let mut asks = JoinSet::new();
     for addr in addrs {
-        let auth = auth.clone();
+        let access = access.clone();
         asks.spawn(async move {
-            let report = probe::redis_node(&addr, PROBE_TIMEOUT, auth.as_deref()).await.map_err(|e| e.to_string());
+            let report = probe::redis_node(&addr, PROBE_TIMEOUT, &access).await.map_err(|e| e.to_string());
             (addr, report)
         });
     }

@@ -28,13 +28,14 @@ use journal_service::cluster_tls::TlsFiles;
 use journal_service::private_fs;
 use memlog_proxy::config::{BackendConfig, JournalConfig, ParamValue, ProxyConfig, ShardConfig, SnapshotConfig};
 use memlog_proxy::router::SlotMap;
-use memlog_proxy::BackendAuth;
+use memlog_proxy::{BackendAuth, NodeAccess};
 
 use crate::children::{ChildSpec, Children};
 use crate::cluster_file::{up_alive, ClusterFile, ClusterState, ProcessRecord, Role};
 use crate::local_user::{LocalUser, LocalUserError};
 use crate::probe;
 use crate::redis_auth;
+use crate::redis_tls::{self, RedisTlsFiles};
 use crate::supervisor::{empty_redis_dir, Prepare, RestartPlan, Restarted, Supervisor};
 
 /// Flags of `memlog up`.
@@ -95,6 +96,11 @@ pub struct UpArgs {
     /// as its SHA-256 hash).
     #[arg(long, value_name = "FILE", requires = "user")]
     pub password_file: Option<PathBuf>,
+    /// Run the Redis nodes with TLS only (`--port 0`, `--tls-port`, client certificates,
+    /// `--tls-replication yes`) and have the proxy reach them over TLS (`[backend] tls`). A CA
+    /// of the nodes and the certificates are generated anew on every start into DIR/redis-tls/.
+    #[arg(long)]
+    pub redis_tls: bool,
 }
 
 /// `NAME=VALUE` of `--param`.
@@ -131,6 +137,8 @@ pub enum UpError {
     Interrupted,
     #[error(transparent)]
     User(#[from] LocalUserError),
+    #[error("the proxy's [backend]: {0}")]
+    Backend(#[from] memlog_proxy::BackendConfigError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
 }
@@ -168,8 +176,9 @@ struct NodePlan {
     ready: Readiness,
     /// How long it may take to become ready before start-up fails.
     ready_within: Duration,
-    /// What its readiness probe authenticates with (a Redis node's generated password).
-    auth: Option<Arc<BackendAuth>>,
+    /// How its readiness probe reaches it: a Redis node's TLS and generated password, the
+    /// proxy's user.
+    access: NodeAccess,
 }
 
 impl NodePlan {
@@ -196,9 +205,13 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     let journal_ports = journal_ports(&args, &dir, previous.as_ref())?;
     let identity = (!journal_ports.is_empty()).then(|| cluster_identity(&dir)).transpose()?;
     let journal_stage = plan_journal(&journal_ports, &dir, identity.as_ref().map(|files| &files.journal))?;
-    let redis_stage = plan_redis(&args, &redis_server, &dir)?;
+    let redis_tls = args.redis_tls.then(|| redis_tls::generate(&dir)).transpose().map_err(|e| {
+        io_error(format!("cannot create the Redis certificates in {}", dir.display()), std::io::Error::other(e))
+    })?;
+    let backend = backend_config(&dir, redis_tls.as_ref());
+    let redis_stage = plan_redis(&args, &redis_server, &dir, &backend, redis_tls.as_ref())?;
     check_ports_free(&args, metrics_port, journal_stage.iter().chain(&redis_stage))?;
-    let mut proxy_config = proxy_config(&args, metrics_port, &journal_stage, &redis_stage, &dir);
+    let mut proxy_config = proxy_config(&args, metrics_port, &journal_stage, &redis_stage, &dir, backend);
     proxy_config.validate().map_err(|e| UpError::Param(e.to_string()))?;
     proxy_config.cluster_tls = identity.map(|files| files.proxy);
     if let Some(user) = &user {
@@ -209,7 +222,7 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     }
     let mut proxy_plan = plan_proxy(&args, &dir, &proxy_config)?;
     // Its readiness probe logs in as the user, like any client.
-    proxy_plan.auth =
+    proxy_plan.access.auth =
         user.as_ref().map(|u| Arc::new(BackendAuth { user: Some(u.name.clone()), password: u.password.clone() }));
     let proxy_stage = vec![proxy_plan];
     if journal_stage.is_empty() {
@@ -421,18 +434,37 @@ fn plan_journal(ports: &[u16], dir: &Path, tls: Option<&TlsFiles>) -> Result<Vec
                 port,
                 ready: Readiness::AcceptsTcp,
                 ready_within: JOURNAL_READY_TIMEOUT,
-                auth: None,
+                access: NodeAccess::default(),
             })
         })
         .collect()
 }
 
+/// The proxy's `[backend]`: the password file `plan_redis` writes, and TLS with `--redis-tls`.
+fn backend_config(dir: &Path, tls: Option<&RedisTlsFiles>) -> BackendConfig {
+    let mut backend = BackendConfig {
+        password_file: Some(redis_auth::password_file(dir).display().to_string()),
+        ..BackendConfig::default()
+    };
+    if let Some(tls) = tls {
+        tls.configure(&mut backend);
+    }
+    backend
+}
+
 /// The Redis nodes: shard by shard, the primary then its replicas, on consecutive ports, all
-/// with one password generated for this start (see `redis_auth`).
-fn plan_redis(args: &UpArgs, redis_server: &Path, dir: &Path) -> Result<Vec<NodePlan>, UpError> {
+/// with one password generated for this start (see `redis_auth`), TLS only with `tls`. Their
+/// readiness probes reach them as the proxy will, through `backend`.
+fn plan_redis(
+    args: &UpArgs,
+    redis_server: &Path,
+    dir: &Path,
+    backend: &BackendConfig,
+    tls: Option<&RedisTlsFiles>,
+) -> Result<Vec<NodePlan>, UpError> {
     let password = redis_auth::generate(dir)
         .map_err(|e| io_error(format!("cannot write the Redis password into {}", dir.display()), e))?;
-    let auth = Arc::new(BackendAuth { user: None, password: password.password.clone() });
+    let access = NodeAccess::from_config(backend)?;
     let per_shard = 1 + args.replicas as usize;
     let count = args.shards as usize * per_shard;
     let port_at = |i: usize| -> Result<u16, UpError> {
@@ -446,7 +478,7 @@ fn plan_redis(args: &UpArgs, redis_server: &Path, dir: &Path) -> Result<Vec<Node
     let mut nodes = Vec::with_capacity(count);
     for (shard, slots) in slots.into_iter().enumerate() {
         let primary = port_at(shard * per_shard)?;
-        let files = NodeFiles { dir, config: &password.config_file, auth: &auth };
+        let files = NodeFiles { dir, config: &password.config_file, access: &access, tls };
         nodes.push(redis_node(redis_server, &files, primary, None, Role::Primary { shard, slots })?);
         for r in 1..per_shard {
             let port = port_at(shard * per_shard + r)?;
@@ -479,10 +511,13 @@ fn redis_node(
     let node_dir = files.dir.join(&name);
     let log = node_dir.join("redis.log");
     empty_redis_dir(&node_dir, &log).map_err(|e| io_error(format!("cannot empty {}", node_dir.display()), e))?;
-    let args: Vec<std::ffi::OsString> = vec![
-        files.config.into(),
-        "--port".into(),
-        port.to_string().into(),
+    let listen = match files.tls {
+        Some(tls) => tls.node_args(port),
+        None => vec!["--port".into(), port.to_string().into()],
+    };
+    let mut args: Vec<std::ffi::OsString> = vec![files.config.into()];
+    args.extend(listen);
+    let settings: Vec<std::ffi::OsString> = vec![
         "--bind".into(),
         "127.0.0.1".into(),
         "--save".into(),
@@ -502,6 +537,7 @@ fn redis_node(
         "--dir".into(),
         node_dir.clone().into(),
     ];
+    args.extend(settings);
     let unattached = ChildSpec { name, program: redis_server.to_path_buf(), args, log };
     let restart = RestartPlan { spec: unattached.clone(), prepare: Prepare::EmptyRedisDir(node_dir) };
     let (spec, ready, ready_within) = match replica_of {
@@ -512,15 +548,16 @@ fn redis_node(
         }
         None => (unattached, Readiness::Pings, REDIS_READY_TIMEOUT),
     };
-    Ok(NodePlan { spec, restart, role, port, ready, ready_within, auth: Some(files.auth.clone()) })
+    Ok(NodePlan { spec, restart, role, port, ready, ready_within, access: files.access.clone() })
 }
 
 /// What every Redis node of the cluster shares: the cluster's dir, the config file with the
-/// password, and the password for readiness probes.
+/// password, how readiness probes reach it, and its TLS files.
 struct NodeFiles<'a> {
     dir: &'a Path,
     config: &'a Path,
-    auth: &'a Arc<BackendAuth>,
+    access: &'a NodeAccess,
+    tls: Option<&'a RedisTlsFiles>,
 }
 
 /// The proxy's configuration: the journal (if any), every shard with its nodes, slots split evenly.
@@ -530,6 +567,7 @@ fn proxy_config(
     journal: &[NodePlan],
     redis: &[NodePlan],
     dir: &Path,
+    backend: BackendConfig,
 ) -> ProxyConfig {
     let mut shards: Vec<ShardConfig> = Vec::new();
     for node in redis {
@@ -559,10 +597,7 @@ fn proxy_config(
         journal,
         snapshot,
         shards,
-        backend: BackendConfig {
-            user: None,
-            password_file: Some(redis_auth::password_file(dir).display().to_string()),
-        },
+        backend,
         parameters: args.params.iter().map(|(name, value)| (name.clone(), ParamValue::Text(value.clone()))).collect(),
         ..ProxyConfig::default()
     }
@@ -588,7 +623,7 @@ fn plan_proxy(args: &UpArgs, dir: &Path, config: &ProxyConfig) -> Result<NodePla
         port: args.port,
         ready: Readiness::Pings,
         ready_within: PROXY_READY_TIMEOUT,
-        auth: None,
+        access: NodeAccess::default(),
     })
 }
 
@@ -673,8 +708,8 @@ async fn wait_ready(children: &Children, node: &NodePlan) -> Result<(), UpError>
         }
         let ready = match node.ready {
             Readiness::AcceptsTcp => probe::accepts(node.addr(), PROBE_TIMEOUT).await,
-            Readiness::Pings => probe::pings(node.addr(), PROBE_TIMEOUT, node.auth.as_deref()).await,
-            Readiness::ReplicaLinked => probe::replica_linked(node.addr(), PROBE_TIMEOUT, node.auth.as_deref()).await,
+            Readiness::Pings => probe::pings(node.addr(), PROBE_TIMEOUT, &node.access).await,
+            Readiness::ReplicaLinked => probe::replica_linked(node.addr(), PROBE_TIMEOUT, &node.access).await,
         };
         if ready {
             tracing::info!(child = %node.spec.name, "ready");
@@ -732,7 +767,37 @@ mod tests {
             params: Vec::new(),
             user: None,
             password_file: None,
+            redis_tls: false,
         }
+    }
+
+    #[test]
+    fn with_redis_tls_every_node_listens_on_tls_only_and_the_proxy_reaches_it_over_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = redis_tls::generate(dir.path()).unwrap();
+        let backend = backend_config(dir.path(), Some(&tls));
+        let nodes =
+            plan_redis(&args(1, 1), Path::new("/usr/bin/redis-server"), dir.path(), &backend, Some(&tls)).unwrap();
+        for node in &nodes {
+            let args: Vec<String> = node.spec.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].as_str());
+            assert_eq!(flag("--port"), Some("0"), "{args:?}");
+            assert_eq!(flag("--tls-port"), Some(node.port.to_string().as_str()));
+            assert_eq!(flag("--tls-replication"), Some("yes"));
+            assert!(node.access.tls.is_some() && node.access.auth.is_some());
+            let restart: Vec<String> =
+                node.restart.spec.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            assert!(restart.windows(2).any(|w| w == ["--port", "0"]), "a restarted node is TLS-only too: {restart:?}");
+        }
+        let cfg = proxy_config(&args(1, 1), None, &[], &nodes, dir.path(), backend);
+        assert!(cfg.backend.tls);
+        assert_eq!(cfg.backend.ca, Some(tls.ca.display().to_string()));
+        assert_eq!(cfg.backend.cert, Some(tls.proxy_cert.display().to_string()));
+    }
+
+    /// `plan_redis` of nodes without TLS, as `memlog up` without `--redis-tls` plans them.
+    fn plan_plain_redis(args: &UpArgs, dir: &Path) -> Result<Vec<NodePlan>, UpError> {
+        plan_redis(args, Path::new("/usr/bin/redis-server"), dir, &backend_config(dir, None), None)
     }
 
     fn recorded(name: &str, role: Role, port: u16) -> ProcessRecord {
@@ -759,7 +824,7 @@ mod tests {
     #[test]
     fn plans_consecutive_ports_primary_first_and_a_config_covering_every_slot() {
         let dir = tempfile::tempdir().unwrap();
-        let nodes = plan_redis(&args(3, 2), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
+        let nodes = plan_plain_redis(&args(3, 2), dir.path()).unwrap();
         let ports: Vec<u16> = nodes.iter().map(|n| n.port).collect();
         assert_eq!(ports, (7000..7009).collect::<Vec<_>>());
         assert!(matches!(nodes[3].role, Role::Primary { shard: 1, .. }));
@@ -770,7 +835,7 @@ mod tests {
         let key = identity.journal.key.display().to_string();
         assert!(args_of_first.windows(2).any(|w| w[0] == "--cluster-key" && w[1] == key), "{args_of_first:?}");
         assert_eq!(cluster_identity(dir.path()).unwrap(), identity, "a second run reuses the identity");
-        let cfg = proxy_config(&args(3, 2), Some(9121), &journal, &nodes, dir.path());
+        let cfg = proxy_config(&args(3, 2), Some(9121), &journal, &nodes, dir.path(), backend_config(dir.path(), None));
         assert_eq!(cfg.shards.len(), 3);
         assert_eq!(cfg.shards[2].primary, "127.0.0.1:7006");
         assert_eq!(cfg.shards[2].replicas, vec!["127.0.0.1:7007", "127.0.0.1:7008"]);
@@ -803,8 +868,8 @@ mod tests {
         assert!(dir.path().join("journal-7401").is_dir());
         assert_eq!(journal[1].spec.log, dir.path().join("journal-7401/journal.log"));
         assert_eq!(journal[1].role, Role::Journal);
-        let nodes = plan_redis(&args(1, 0), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
-        let unjournaled = proxy_config(&args(1, 0), None, &[], &nodes, dir.path());
+        let nodes = plan_plain_redis(&args(1, 0), dir.path()).unwrap();
+        let unjournaled = proxy_config(&args(1, 0), None, &[], &nodes, dir.path(), backend_config(dir.path(), None));
         assert!(unjournaled.journal.is_none());
         assert!(unjournaled.snapshot.is_none(), "snapshots replace a journal prefix: none without a journal");
     }
@@ -836,7 +901,7 @@ mod tests {
     #[test]
     fn a_replica_replicates_from_its_first_start_but_every_restart_is_empty_and_unattached() {
         let dir = tempfile::tempdir().unwrap();
-        let nodes = plan_redis(&args(1, 1), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
+        let nodes = plan_plain_redis(&args(1, 1), dir.path()).unwrap();
         let has_replicaof = |spec: &ChildSpec| spec.args.iter().any(|a| a == "--replicaof");
         assert!(!has_replicaof(&nodes[0].spec));
         assert!(has_replicaof(&nodes[1].spec));
@@ -857,7 +922,7 @@ mod tests {
         std::fs::create_dir_all(&node_dir).unwrap();
         std::fs::write(node_dir.join("dump.rdb"), b"stale").unwrap();
         std::fs::write(node_dir.join("redis.log"), b"old log").unwrap();
-        plan_redis(&args(1, 0), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
+        plan_plain_redis(&args(1, 0), dir.path()).unwrap();
         assert!(!node_dir.join("dump.rdb").exists());
         assert!(node_dir.join("redis.log").exists());
     }
@@ -865,9 +930,9 @@ mod tests {
     #[test]
     fn generated_config_reads_back_identically() {
         let dir = tempfile::tempdir().unwrap();
-        let nodes = plan_redis(&args(2, 1), Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
+        let nodes = plan_plain_redis(&args(2, 1), dir.path()).unwrap();
         let journal = plan_journal(&[7400, 7401, 7402], dir.path(), None).unwrap();
-        let cfg = proxy_config(&args(2, 1), None, &journal, &nodes, dir.path());
+        let cfg = proxy_config(&args(2, 1), None, &journal, &nodes, dir.path(), backend_config(dir.path(), None));
         plan_proxy(&args(2, 1), dir.path(), &cfg).unwrap();
         let loaded = ProxyConfig::load(Some(&dir.path().join("proxy.toml"))).unwrap();
         // `config_file` is where it was read from, not a configuration key.
@@ -879,7 +944,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(3, 1);
         a.redis_base_port = 65533;
-        let err = plan_redis(&a, Path::new("/usr/bin/redis-server"), dir.path()).err().unwrap();
+        let err = plan_plain_redis(&a, dir.path()).err().unwrap();
         assert!(matches!(err, UpError::PortRangeOverflow { base: 65533, count: 6, .. }), "{err}");
         assert!(err.to_string().starts_with("--redis-base-port 65533"), "{err}");
         let mut a = args(3, 1);
@@ -893,7 +958,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut a = args(2, 1);
         a.port = 7002;
-        let nodes = plan_redis(&a, Path::new("/usr/bin/redis-server"), dir.path()).unwrap();
+        let nodes = plan_plain_redis(&a, dir.path()).unwrap();
         let err = check_ports_free(&a, None, nodes.iter()).err().unwrap();
         assert!(
             matches!(&err, UpError::PortConflict { port: 7002, first, second } if first == "proxy" && second == "redis-7002"),

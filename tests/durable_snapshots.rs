@@ -17,11 +17,13 @@ const SEGMENT_BYTES: u64 = 64 * 1024;
 const SNAPSHOT_EVERY: u64 = 1_500;
 const CONNECTIONS: usize = 4;
 
-fn snapshotting_cluster() -> DurableCluster {
+/// One shard snapshotted every `SNAPSHOT_EVERY` entries; its node accepts only TLS with `tls`.
+fn snapshotting_cluster(tls: bool) -> DurableCluster {
     DurableCluster::start(ClusterOptions {
         shards: 1,
         journal_segment_bytes: Some(SEGMENT_BYTES),
         snapshot_every: Some(SNAPSHOT_EVERY),
+        redis_tls: tls,
         ..Default::default()
     })
 }
@@ -86,7 +88,25 @@ fn write_varied_keys(cluster: &DurableCluster) {
 
 #[test]
 fn a_primary_killed_after_truncation_is_rebuilt_from_a_snapshot_under_load() {
-    let mut cluster = snapshotting_cluster();
+    rebuilt_from_a_snapshot_under_load(snapshotting_cluster(false));
+}
+
+/// The same with a node that accepts only TLS (`[backend] tls`): the snapshots are fetched
+/// (`SYNC`) and loaded over TLS — the node, run with `tls-replication yes`, reaches the proxy's
+/// snapshot-serving port over TLS — and the journal replayed over TLS.
+#[test]
+fn a_primary_that_accepts_only_tls_is_rebuilt_from_a_snapshot_over_tls_under_load() {
+    let cluster = snapshotting_cluster(true);
+    let before = cluster.snapshots();
+    common::redis_tls::assert_refuses_peers_without_the_ca(cluster.redis_addr(0));
+    assert_eq!(cluster.snapshots(), before, "a refused peer changed the node");
+    rebuilt_from_a_snapshot_under_load(cluster);
+}
+
+/// Varied keys and a write load until the journal is truncated below two snapshots; then the
+/// primary is killed (`kill -9`) and restarted empty: it is rebuilt from the newest snapshot and
+/// the journal's tail while writes go on, and no acknowledged write is lost.
+fn rebuilt_from_a_snapshot_under_load(mut cluster: DurableCluster) {
     // What a crash mid-fetch leaves behind: pruning deletes it.
     let shard_dir = cluster.snapshot_dir().join("shard-0");
     std::fs::create_dir_all(&shard_dir).unwrap();
@@ -121,7 +141,7 @@ fn a_primary_killed_after_truncation_is_rebuilt_from_a_snapshot_under_load() {
 
 #[test]
 fn a_damaged_newest_snapshot_falls_back_to_the_older_one_and_the_rebuild_is_identical() {
-    let mut cluster = snapshotting_cluster();
+    let mut cluster = snapshotting_cluster(false);
     write_varied_keys(&cluster);
     let load = Load::start(cluster.proxy_addr(), CONNECTIONS);
     wait_for_truncation(&cluster, &load);

@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    backend_auth_toml, journal_first_lsns, redis_conn, spawn_redis_at, Snapshot, CLIENT_TIMEOUT, REDIS_PASSWORD,
+    backend_toml, journal_first_lsns, redis_conn, spawn_redis_node, Snapshot, CLIENT_TIMEOUT, REDIS_PASSWORD,
 };
 use common::load::{lost_writes, Load, Outcome, Progress};
 use common::resp::{Conn, Value};
@@ -49,6 +49,8 @@ struct FailoverCluster {
     node_addrs: Vec<SocketAddr>,
     proxy: Option<Proc>,
     proxy_addr: SocketAddr,
+    /// Whether the nodes accept only TLS (and the proxy has `[backend] tls`).
+    tls: bool,
     /// Last, so the processes' logs are still there when they are dropped (and shown if the
     /// test failed).
     dir: tempfile::TempDir,
@@ -61,12 +63,12 @@ const SNAPSHOT_SEGMENT_BYTES: &str = "65536";
 
 impl FailoverCluster {
     fn start() -> FailoverCluster {
-        FailoverCluster::start_with(false)
+        FailoverCluster::start_with(false, false)
     }
 
     /// With `snapshots`, the proxy snapshots each shard every `SNAPSHOT_EVERY` entries and the
-    /// journal is truncated below them.
-    fn start_with(snapshots: bool) -> FailoverCluster {
+    /// journal is truncated below them; with `tls`, the nodes accept only TLS.
+    fn start_with(snapshots: bool, tls: bool) -> FailoverCluster {
         let dir = tempfile::tempdir().unwrap();
         let journal_args: Vec<String> =
             if snapshots { vec!["--segment-bytes".into(), SNAPSHOT_SEGMENT_BYTES.into()] } else { Vec::new() };
@@ -75,13 +77,13 @@ impl FailoverCluster {
             .collect();
         let mut nodes = Vec::new();
         for _ in 0..SHARDS {
-            let primary = spawn_node(dir.path(), free_port());
-            let replica = spawn_node(dir.path(), free_port());
+            let primary = spawn_node(dir.path(), free_port(), tls);
+            let replica = spawn_node(dir.path(), free_port(), tls);
             nodes.extend([Some(primary), Some(replica)]);
         }
         let node_addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.as_ref().unwrap().addr).collect();
         let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cluster = FailoverCluster { dir, journal, nodes, node_addrs, proxy: None, proxy_addr };
+        let mut cluster = FailoverCluster { dir, journal, nodes, node_addrs, proxy: None, proxy_addr, tls };
         cluster.write_config(snapshots);
         cluster.start_proxy();
         // The proxy makes each replica follow its primary, after preparing it (`masterauth`: the
@@ -108,7 +110,7 @@ impl FailoverCluster {
         let mut toml = format!(
             "listen = \"{}\"\n{}[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\n",
             self.proxy_addr,
-            backend_auth_toml(self.dir.path()),
+            backend_toml(self.dir.path(), self.tls),
             quote(journal),
             self.metadata_path().display()
         );
@@ -219,7 +221,7 @@ impl FailoverCluster {
     fn restart_node(&mut self, addr: SocketAddr) {
         let i = self.node_index(addr);
         assert!(self.nodes[i].is_none(), "{addr} is running");
-        self.nodes[i] = Some(spawn_node(self.dir.path(), addr.port()));
+        self.nodes[i] = Some(spawn_node(self.dir.path(), addr.port(), self.tls));
     }
 
     fn node(&self, addr: SocketAddr) -> &Proc {
@@ -266,9 +268,9 @@ impl FailoverCluster {
 /// default) waits 5 s for more replicas to share it, and then streams nothing to the replica
 /// until its first `REPLCONF ACK`, up to 1 s later, which a switchover would wait for. It answers
 /// `-BUSY` after 300 ms of a running script (as `memlog up` configures its nodes), which tells
-/// the controller a busy primary from a dead one.
-fn spawn_node(dir: &std::path::Path, port: u16) -> Proc {
-    let node = spawn_redis_at(dir, port);
+/// the controller a busy primary from a dead one. With `tls` it accepts only TLS.
+fn spawn_node(dir: &std::path::Path, port: u16, tls: bool) -> Proc {
+    let node = spawn_redis_node(dir, port, true, tls);
     redis_cmd(node.addr, &["CONFIG", "SET", "repl-diskless-sync", "no"]);
     redis_cmd(node.addr, &["CONFIG", "SET", "busy-reply-threshold", "300"]);
     node
@@ -533,7 +535,37 @@ impl Checked {
 #[test]
 fn kill9_primary() {
     let _one = one_at_a_time();
-    let mut cluster = FailoverCluster::start();
+    kill9_primary_fails_over_to_the_replica(FailoverCluster::start(), "kill9-primary");
+}
+
+/// The same with nodes that accept only TLS (`[backend] tls`): the replica synced over TLS
+/// (`tls-replication yes`) takes over, and the old primary, back empty, replicates the new one
+/// over TLS. Peers without the nodes' CA get nothing from a node; keyspace notifications are
+/// relayed over TLS.
+#[test]
+fn kill9_primary_of_nodes_that_accept_only_tls() {
+    let _one = one_at_a_time();
+    let cluster = FailoverCluster::start_with(false, true);
+    let primary = cluster.primary(0);
+    let before = Snapshot::take(primary);
+    common::redis_tls::assert_refuses_peers_without_the_ca(primary);
+    assert_eq!(Snapshot::take(primary), before, "a refused peer changed the node");
+    // Keyspace notifications reach a subscriber through the relay's TLS connection to a node.
+    let mut client = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    assert_eq!(client.cmd(&["CONFIG", "SET", "notify-keyspace-events", "KA"]).unwrap(), Value::Simple("OK".into()));
+    let mut subscriber = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
+    let confirmed = subscriber.cmd(&["PSUBSCRIBE", "__keyspace@0__:*"]).unwrap();
+    assert!(confirmed.text().contains("psubscribe"), "{confirmed:?}");
+    assert_eq!(client.cmd(&["SET", "noted", "1"]).unwrap(), Value::Simple("OK".into()));
+    let note = subscriber.read().unwrap();
+    assert!(note.text().contains("__keyspace@0__:noted") && note.text().contains("set"), "{note:?}");
+    kill9_primary_fails_over_to_the_replica(cluster, "kill9-primary-tls");
+}
+
+/// `kill -9` of shard 0's primary under the checker's load: its replica takes over within the
+/// hold time, nothing acknowledged is lost, and the old primary, restarted empty, becomes a
+/// replica of the new one.
+fn kill9_primary_fails_over_to_the_replica(mut cluster: FailoverCluster, case: &str) {
     let checked = Checked::start(&cluster);
     let reader = Reader::start(cluster.proxy_addr);
     let old = cluster.primary(0);
@@ -545,8 +577,8 @@ fn kill9_primary() {
     assert!(cluster.epoch(0) > epoch, "a failover bumps the shard's epoch");
     let refusals = cluster.refusals_after_failover(fault);
     checked.resumes(&cluster);
-    reader.check("kill9-primary");
-    checked.finish(&cluster, "kill9-primary", refusals);
+    reader.check(case);
+    checked.finish(&cluster, case, refusals);
     let events = cluster.event_kinds();
     for kind in ["failover_started", "failover_completed", "epoch_bumped"] {
         assert!(events.iter().any(|e| e == kind), "no {kind} event in {events:?}");
@@ -644,7 +676,7 @@ fn kill9_primary_and_replica_then_restart_empty() {
 #[test]
 fn kill9_primary_and_replica_after_the_journal_was_truncated_then_restart_empty() {
     let _one = one_at_a_time();
-    let mut cluster = FailoverCluster::start_with(true);
+    let mut cluster = FailoverCluster::start_with(true, false);
     let checked = Checked::start(&cluster);
     // Snapshots of shard 0 (from its replica) until every journal node truncated its stream
     // below the older one, so the rebuild cannot come from the journal alone.
@@ -832,7 +864,7 @@ fn a_parameter_change_survives_kill9_a_freeze_and_a_rebuild() {
 #[test]
 fn a_node_rebuilt_from_a_snapshot_has_the_parameter_group() {
     let _one = one_at_a_time();
-    let mut cluster = FailoverCluster::start_with(true);
+    let mut cluster = FailoverCluster::start_with(true, false);
     let mut client = Conn::connect(cluster.proxy_addr, CLIENT_TIMEOUT).unwrap();
     let set = client.cmd(&["CONFIG", "SET", "hash-max-listpack-entries", "64"]).unwrap();
     assert_eq!(set, Value::Simple("OK".into()));

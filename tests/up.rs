@@ -182,6 +182,43 @@ fn every_file_and_dir_up_creates_is_for_its_owner_only() {
     println!("{} dirs and {} files checked", checked.0, checked.1);
 }
 
+/// `memlog up --redis-tls`: every Redis node takes only TLS with a certificate of the nodes' CA.
+/// The cluster serves, the replica syncs over TLS, a snapshot is fetched over TLS and `memlog
+/// status` reaches the nodes; a plain client at a Redis port gets nothing and changes nothing.
+#[test]
+fn up_with_redis_tls_runs_every_redis_node_on_tls_only() {
+    const TLS_SHAPE: Shape = Shape { shards: 1, replicas: 1, journal_nodes: 3, snapshot_every: 100_000 };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ports = up_harness::ports(TLS_SHAPE);
+    let (_up, _ready) = start_up_with(dir, &ports, TLS_SHAPE, &["--redis-tls"]);
+    for i in 0..20 {
+        let set = redis_cli(ports.proxy, &["SET", &format!("tls-{i}"), "v"]);
+        assert_eq!(stdout_of(&set), "OK", "SET via proxy: {set:?}\n{}", up_log(dir));
+    }
+    let (primary, replica) = (ports.redis_base, ports.redis_base + 1);
+    wait_until(dir, Duration::from_secs(20), "the replica holds the writes, replicated over TLS", || {
+        stdout_of(&node_cli(dir, replica, &["EXISTS", "tls-19"])) == "1"
+    });
+    for port in [primary, replica] {
+        let set = redis_cli(port, &["SET", "bypass", "v"]);
+        assert!(!stdout_of(&set).contains("OK"), "a plain client at {port} got {set:?}");
+        assert_eq!(stdout_of(&node_cli(dir, port, &["EXISTS", "bypass"])), "0", "the plain SET wrote on {port}");
+    }
+    let snapshot = redis_cli(ports.proxy, &["MEMLOG", "SNAPSHOT", "0"]);
+    assert!(stdout_of(&snapshot).parse::<u64>().is_ok(), "MEMLOG SNAPSHOT 0: {snapshot:?}\n{}", up_log(dir));
+    let status = Command::new(memlog_bin()).arg("status").arg("--dir").arg(dir).output().unwrap();
+    let report = stdout_of(&status);
+    for port in [primary, replica] {
+        let line = report.lines().find(|l| l.contains(&format!("127.0.0.1:{port} "))).unwrap_or_default();
+        assert!(line.trim_end().ends_with("ok"), "memlog status on node {port}: {line:?}\n{report}");
+    }
+    for file in ["ca.pem", "node.pem", "node.key", "proxy.pem", "proxy.key"] {
+        let mode = std::fs::metadata(dir.join("redis-tls").join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "redis-tls/{file} has mode {mode:o}");
+    }
+}
+
 /// SIGTERM to `memlog up`: it exits successfully, having reaped every child in `pids`, so they
 /// are gone now, not eventually.
 fn sigterm_and_check_clean_stop(up: &mut Up, pids: &[(String, u32)]) {

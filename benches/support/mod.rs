@@ -59,8 +59,17 @@ pub struct Target<'a> {
     pub requests: u64,
     /// The processes that serve it, whose CPU time each run charges to it (may be empty).
     pub pids: Vec<u32>,
-    /// The user and password redis-benchmark logs in with (`--user`, `-a`); none: `default`.
+    /// How redis-benchmark connects and logs in.
+    pub client: Client<'a>,
+}
+
+/// How redis-benchmark reaches a target.
+#[derive(Clone, Copy, Default)]
+pub struct Client<'a> {
+    /// The user and password it logs in with (`--user`, `-a`); none: `default`.
     pub login: Option<(&'a str, &'a str)>,
+    /// TLS, the server's certificate checked against this CA file (`--tls --cacert`); none: plain.
+    pub tls_ca: Option<&'a Path>,
 }
 
 /// What redis-benchmark's `--csv` line reports for one run, and the CPU its target spent.
@@ -223,7 +232,7 @@ pub fn interleaved(workload: &Workload, targets: &[Target], rounds: usize) -> Re
             let index = (round + offset) % targets.len();
             let target = &targets[index];
             let cpu_before = cpu_seconds(&target.pids)?;
-            let mut run = redis_benchmark(target.addr, workload, target.requests, target.login)?;
+            let mut run = redis_benchmark(target.addr, workload, target.requests, target.client)?;
             run.cpu_us_per_request = (cpu_seconds(&target.pids)? - cpu_before) * 1e6 / target.requests as f64;
             println!(
                 "  {} -P {:<2} round {round} {:<width$} {:>9.0} ops/s  p50 {:.3}ms  p99 {:.3}ms  cpu {:.1} µs/req",
@@ -241,17 +250,15 @@ pub fn interleaved(workload: &Workload, targets: &[Target], rounds: usize) -> Re
     Ok(runs.iter().map(|r| median_of(r)).collect())
 }
 
-/// One redis-benchmark run of `requests` requests against `addr`, logged in as `login` if given.
-pub fn redis_benchmark(
-    addr: SocketAddr,
-    workload: &Workload,
-    requests: u64,
-    login: Option<(&str, &str)>,
-) -> Result<Measurement> {
+/// One redis-benchmark run of `requests` requests against `addr`, connecting as `client` says.
+pub fn redis_benchmark(addr: SocketAddr, workload: &Workload, requests: u64, client: Client) -> Result<Measurement> {
     let mut command = Command::new("redis-benchmark");
-    if let Some((user, password)) = login {
+    if let Some((user, password)) = client.login {
         // A throwaway password of the bench's own proxy (redis-benchmark takes it no other way).
         command.args(["--user", user, "-a", password]);
+    }
+    if let Some(ca) = client.tls_ca {
+        command.arg("--tls").arg("--cacert").arg(ca);
     }
     let output = command
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])

@@ -52,8 +52,14 @@ impl ClusterFiles {
 impl ClusterCa {
     /// A new CA with a fresh key.
     pub fn generate() -> Result<ClusterCa, rcgen::Error> {
+        ClusterCa::generate_named("memlog cluster CA")
+    }
+
+    /// A new CA with a fresh key and `common_name` as its subject (another CA than the cluster's,
+    /// e.g. the Redis nodes' of `memlog up --redis-tls`).
+    pub fn generate_named(common_name: &str) -> Result<ClusterCa, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "memlog cluster CA");
+        params.distinguished_name.push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate()?;

@@ -324,10 +324,11 @@ impl TlsConfig {
     }
 }
 
-/// The credentials the proxy presents to every Redis node, on every connection (data path,
-/// health checks, replication set-up, snapshots, keyspace relays). The password is read from
-/// `password_file`, else from the `MEMLOG_BACKEND_PASSWORD` environment variable; it has no
-/// key of its own, so it never sits in a configuration file or on a command line.
+/// How the proxy reaches every Redis node, on every connection (data path, health checks,
+/// replication set-up, snapshots, keyspace relays): the credentials it presents, and TLS. The
+/// password is read from `password_file`, else from the `MEMLOG_BACKEND_PASSWORD` environment
+/// variable; it has no key of its own, so it never sits in a configuration file or on a command
+/// line.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
@@ -336,6 +337,20 @@ pub struct BackendConfig {
     pub user: Option<String>,
     /// A file whose first line is the password (mode 0600).
     pub password_file: Option<String>,
+    /// Connect to the nodes over TLS only (nodes run with `tls-port`; `port 0` to refuse
+    /// plain TCP). Needs `ca`.
+    pub tls: bool,
+    /// PEM file of the CA that signs the nodes' certificates (with `tls`).
+    pub ca: Option<String>,
+    /// PEM certificate chain the proxy presents to the nodes (nodes run with
+    /// `tls-auth-clients yes` want one) and on the snapshot-serving port, where a node loading a
+    /// snapshot checks it against its `tls-ca-cert-file`: snapshot loads over TLS need it.
+    pub cert: Option<String>,
+    /// PEM private key of `cert`.
+    pub key: Option<String>,
+    /// The name every node's certificate must carry; unset: the host of each node's address
+    /// (an IP address or a DNS name).
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

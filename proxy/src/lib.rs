@@ -40,7 +40,10 @@ mod table;
 mod tracking;
 
 /// What the `memlog` binary needs to reach Redis nodes the way the proxy does (`memlog up`, `memlog status`).
-pub use backend::{random_secret, AuthConfigError, BackendAuth};
+pub use backend::{
+    random_secret, AuthConfigError, BackendAuth, BackendConfigError, BackendTls, BackendTlsError, NodeAccess,
+    NodeStream,
+};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use crate::backend::{BackendAuth, BackendConn, BackendOptions};
+use crate::backend::{BackendConn, BackendOptions, NodeAccess};
 use crate::params::LiveGroup;
 use crate::resp::Proto;
 
@@ -84,8 +84,9 @@ impl NodePreparation {
         &self.opts
     }
 
-    pub(crate) fn auth(&self) -> Option<&BackendAuth> {
-        self.opts.auth.as_deref()
+    /// How connections reach the nodes: TLS and credentials.
+    pub(crate) fn access(&self) -> &NodeAccess {
+        &self.opts.access
     }
 
     /// Prepares `node` over `conn` (a connection to that node): every step, in order.
@@ -118,7 +119,7 @@ impl NodePreparation {
             tracing::debug!(node, "a snapshot load holds the node; its credentials are left to the load");
             return Ok(());
         }
-        let (user, password) = match self.auth() {
+        let (user, password) = match self.opts.access.auth.as_deref() {
             Some(auth) => (auth.user.as_deref().unwrap_or_default(), auth.password.as_str()),
             None => ("", ""),
         };

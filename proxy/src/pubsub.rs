@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::backend::{BackendAuth, NodeTarget};
+use crate::backend::{NodeAccess, NodeTarget};
 use crate::clients::{PushSender, SubscriptionCounts};
 use crate::keys::RESERVED_PREFIX;
 use crate::resp::{Proto, ReplyWriter};
@@ -311,8 +311,8 @@ pub(crate) struct Hub {
     shards: Vec<ShardNodes>,
     /// How long a call to a shard's node may take.
     timeout: Duration,
-    /// The credentials of the relay's connections to the nodes.
-    auth: Option<Arc<BackendAuth>>,
+    /// How the relay's connections reach the nodes (TLS, credentials).
+    access: NodeAccess,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -320,8 +320,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub(crate) fn new(shards: Vec<ShardNodes>, timeout: Duration, auth: Option<Arc<BackendAuth>>) -> Hub {
-        Hub { state: Mutex::default(), shards, timeout, auth }
+    pub(crate) fn new(shards: Vec<ShardNodes>, timeout: Duration, access: NodeAccess) -> Hub {
+        Hub { state: Mutex::default(), shards, timeout, access }
     }
 
     /// Subscribes `sub` to `names` and queues one confirmation per name. When a name may

@@ -219,7 +219,7 @@ impl Sequencer {
         let (aborts, abort_requests) = Aborts::new(meta, aborted);
         let mut applier = Applier {
             shard,
-            run_as: run_as::RunAs::new(opts.auth.as_deref()),
+            run_as: run_as::RunAs::new(opts.access.auth.as_deref()),
             apply,
             reader: None,
             snapshots,

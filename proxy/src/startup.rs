@@ -12,7 +12,7 @@ use journal_service::meta::ShardTopology;
 use redis_protocol::resp2::types::BytesFrame;
 
 use crate::access::Access;
-use crate::backend::{BackendAuth, BackendConn, BackendOptions};
+use crate::backend::{BackendConn, BackendOptions, NodeAccess};
 use crate::config::ProxyConfig;
 use crate::eviction::{Deletes, Evictor};
 use crate::failover::{self, FailoverSettings};
@@ -33,7 +33,7 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     let opts = BackendOptions {
         connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
         request_timeout: Duration::from_millis(cfg.backend_timeout_ms),
-        auth: BackendAuth::from_config(&cfg.backend)?,
+        access: NodeAccess::from_config(&cfg.backend)?,
     };
     let connections = cfg.backend_connections.max(1);
     // The proxy's identity for the journal nodes; SIGHUP re-reads it (docs/cluster-tls.md).
@@ -76,7 +76,7 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     let pubsub = Arc::new(crate::pubsub::Hub::new(
         shards.iter().map(|s| ShardNodes::new(s.target.clone())).collect(),
         Duration::from_millis(cfg.backend_timeout_ms),
-        opts.auth.clone(),
+        opts.access.clone(),
     ));
     let proxy = Proxy {
         cfg,

@@ -32,6 +32,8 @@ pub struct ClusterOptions {
     /// `[journal] metadata`: the metadata store's URL; a `file:` store in the cluster's dir
     /// when None.
     pub metadata: Option<String>,
+    /// Redis nodes that accept only TLS, and `[backend] tls` (`super::redis_tls`).
+    pub redis_tls: bool,
 }
 
 impl Default for ClusterOptions {
@@ -44,6 +46,7 @@ impl Default for ClusterOptions {
             snapshot_every: None,
             proxy_extra: String::new(),
             metadata: None,
+            redis_tls: false,
         }
     }
 }
@@ -60,6 +63,7 @@ pub struct DurableCluster {
     journal_args: Vec<String>,
     redis: Vec<Option<Proc>>,
     redis_addrs: Vec<SocketAddr>,
+    redis_tls: bool,
     proxy: Option<Proc>,
     proxy_addr: SocketAddr,
     /// Last, so the processes' logs are still there when they are dropped (and shown if the
@@ -87,11 +91,20 @@ impl DurableCluster {
             .collect();
         let journal_addrs = journal.iter().map(|p| p.as_ref().unwrap().addr).collect();
         let redis: Vec<Option<Proc>> =
-            (0..opts.shards).map(|_| Some(spawn_redis_at(dir.path(), free_port()))).collect();
+            (0..opts.shards).map(|_| Some(spawn_redis_node(dir.path(), free_port(), true, opts.redis_tls))).collect();
         let redis_addrs = redis.iter().map(|p| p.as_ref().unwrap().addr).collect();
         let proxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let cluster =
-            DurableCluster { dir, journal, journal_addrs, journal_args, redis, redis_addrs, proxy: None, proxy_addr };
+        let cluster = DurableCluster {
+            dir,
+            journal,
+            journal_addrs,
+            journal_args,
+            redis,
+            redis_addrs,
+            redis_tls: opts.redis_tls,
+            proxy: None,
+            proxy_addr,
+        };
         cluster.write_proxy_config(&opts);
         cluster
     }
@@ -117,7 +130,7 @@ impl DurableCluster {
     fn write_proxy_config(&self, opts: &ClusterOptions) {
         let quote = |addrs: &[SocketAddr]| addrs.iter().map(|a| format!("\"{a}\"")).collect::<Vec<_>>().join(", ");
         let mut toml = format!("listen = \"{}\"\n{}\n", self.proxy_addr, opts.proxy_extra);
-        toml += &backend_auth_toml(self.dir.path());
+        toml += &backend_toml(self.dir.path(), opts.redis_tls);
         let metadata = opts
             .metadata
             .clone()
@@ -298,14 +311,16 @@ impl DurableCluster {
     /// Starts an EMPTY Redis on the shard primary's port.
     pub fn restart_redis(&mut self, shard: usize) {
         assert!(self.redis[shard].is_none(), "shard {shard}'s primary is running");
-        self.redis[shard] = Some(spawn_redis_at(self.dir.path(), self.redis_addrs[shard].port()));
+        self.redis[shard] =
+            Some(spawn_redis_node(self.dir.path(), self.redis_addrs[shard].port(), true, self.redis_tls));
     }
 
     /// Starts Redis on the shard primary's port from the RDB it last saved (`SAVE`), as a node
     /// with persistence comes back after a crash: holding less than it had.
     pub fn restart_redis_from_its_rdb(&mut self, shard: usize) {
         assert!(self.redis[shard].is_none(), "shard {shard}'s primary is running");
-        self.redis[shard] = Some(spawn_redis_node(self.dir.path(), self.redis_addrs[shard].port(), false));
+        self.redis[shard] =
+            Some(spawn_redis_node(self.dir.path(), self.redis_addrs[shard].port(), false, self.redis_tls));
     }
 
     pub fn kill_journal(&mut self, node: usize) {
@@ -361,16 +376,22 @@ fn journal_dir(dir: &Path, node: usize) -> PathBuf {
 pub const REDIS_PASSWORD: &str = "memlog-test-node-password";
 
 /// The proxy's `[backend]` table for nodes that want [`REDIS_PASSWORD`], with the password in a
-/// file in `dir`.
-pub fn backend_auth_toml(dir: &Path) -> String {
+/// file in `dir`, and the TLS keys for nodes that accept only TLS when `tls`.
+pub fn backend_toml(dir: &Path, tls: bool) -> String {
     let path = dir.join("redis.password");
     std::fs::write(&path, REDIS_PASSWORD).unwrap();
-    format!("[backend]\npassword_file = \"{}\"\n", path.display())
+    let tls = if tls { super::redis_tls::backend_toml() } else { String::new() };
+    format!("[backend]\npassword_file = \"{}\"\n{tls}", path.display())
 }
 
-/// A connection straight to a Redis node of these clusters, authenticated.
+/// A connection straight to a Redis node of these clusters (over TLS with the proxy's
+/// certificate to a node that accepts only TLS), authenticated.
 pub fn redis_conn(addr: SocketAddr) -> std::io::Result<Conn> {
-    let mut conn = Conn::connect(addr, CLIENT_TIMEOUT)?;
+    let mut conn = if super::redis_tls::is_tls_node(addr) {
+        super::redis_tls::connect(addr, CLIENT_TIMEOUT, super::redis_tls::proxy_client_config())?
+    } else {
+        Conn::connect(addr, CLIENT_TIMEOUT)?
+    };
     match conn.cmd(&["AUTH", REDIS_PASSWORD])? {
         Value::Simple(ok) if ok == "OK" => Ok(conn),
         // A node started without a password: the stock source Redis of the import tests.
@@ -383,11 +404,12 @@ pub fn redis_conn(addr: SocketAddr) -> std::io::Result<Conn> {
 /// `DEBUG` from loopback and wants [`REDIS_PASSWORD`]; an RDB left there is removed, so it always
 /// starts empty.
 pub fn spawn_redis_at(dir: &Path, port: u16) -> Proc {
-    spawn_redis_node(dir, port, true)
+    spawn_redis_node(dir, port, true, false)
 }
 
-/// [`spawn_redis_at`], which loads the RDB left in its dir unless `wipe`.
-fn spawn_redis_node(dir: &Path, port: u16, wipe: bool) -> Proc {
+/// [`spawn_redis_at`], which loads the RDB left in its dir unless `wipe`, and accepts only TLS
+/// with `tls` (`super::redis_tls`).
+pub fn spawn_redis_node(dir: &Path, port: u16, wipe: bool, tls: bool) -> Proc {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let node_dir = dir.join(format!("redis-{port}"));
     std::fs::create_dir_all(&node_dir).unwrap();
@@ -395,7 +417,12 @@ fn spawn_redis_node(dir: &Path, port: u16, wipe: bool) -> Proc {
         let _ = std::fs::remove_file(node_dir.join("dump.rdb"));
     }
     let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    if tls {
+        super::redis_tls::node_args(&mut cmd, port);
+    } else {
+        cmd.args(["--port", &port.to_string()]);
+    }
+    cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
     // For DEBUG DIGEST / DIGEST-VALUE, which Redis 7 refuses by default.
     cmd.args(["--enable-debug-command", "local"]);
     cmd.args(["--requirepass", REDIS_PASSWORD]);

@@ -8,6 +8,7 @@ pub mod cluster_tls;
 pub mod load;
 pub mod pair;
 pub mod ports;
+pub mod redis_tls;
 pub mod resp;
 
 pub use ports::free_port;

@@ -1,4 +1,4 @@
-//! A tiny synchronous RESP2 client over `std::net::TcpStream` for the durability tests:
+//! A tiny synchronous RESP2 client over TCP (or TLS over it) for the durability tests:
 //! pipelining (send many, then read as many replies), nothing else. Every read has a timeout,
 //! so a stuck proxy fails the test instead of hanging it. After `HELLO 3` it reads RESP3 too:
 //! pushes as [`Value::Push`], maps and sets as flat arrays, a null as a null bulk.
@@ -37,21 +37,26 @@ impl Value {
     }
 }
 
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait Duplex: Read + Write + Send {}
+impl<T: Read + Write + Send> Duplex for T {}
+
 /// One connection; replies are read in the order their commands were sent.
 pub struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    /// Writes go to the stream under the buffer (`get_mut`), which leaves buffered replies be.
+    reader: BufReader<Box<dyn Duplex>>,
     out: Vec<u8>,
 }
 
 impl Conn {
     /// Connects with `timeout` for the connect and for every read.
     pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-        Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream, out: Vec::new() })
+        Ok(Conn { reader: BufReader::new(Box::new(tcp(addr, timeout)?)), out: Vec::new() })
+    }
+
+    /// A connection over `stream` (e.g. TLS over [`tcp`]).
+    pub fn over(stream: impl Read + Write + Send + 'static) -> Conn {
+        Conn { reader: BufReader::new(Box::new(stream)), out: Vec::new() }
     }
 
     /// Queues a command; nothing is sent until [`Conn::flush`] (or a method that reads).
@@ -66,7 +71,7 @@ impl Conn {
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        self.writer.write_all(&self.out)?;
+        self.reader.get_mut().write_all(&self.out)?;
         self.out.clear();
         Ok(())
     }
@@ -134,6 +139,15 @@ impl Conn {
         line.truncate(line.len() - 2);
         Ok(line)
     }
+}
+
+/// A TCP connection with `timeout` for the connect and for every read and write.
+pub fn tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 fn bad(what: &str) -> io::Error {

@@ -165,11 +165,17 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Output {
 }
 
 /// `redis-cli` straight to a Redis node of the cluster in `dir`, authenticated with the password
-/// `memlog up` generated (given in the environment, as `redis-cli` allows, not on its command line).
+/// `memlog up` generated (given in the environment, as `redis-cli` allows, not on its command line),
+/// over TLS with the proxy's certificate when `up` ran with `--redis-tls`.
 pub fn node_cli(dir: &Path, port: u16, args: &[&str]) -> Output {
     let password = std::fs::read_to_string(dir.join("redis.password")).expect("memlog up wrote redis.password");
-    Command::new("redis-cli")
-        .env("REDISCLI_AUTH", password.trim())
+    let tls = dir.join("redis-tls");
+    let mut cmd = Command::new("redis-cli");
+    if tls.join("ca.pem").exists() {
+        cmd.arg("--tls").arg("--cacert").arg(tls.join("ca.pem"));
+        cmd.arg("--cert").arg(tls.join("proxy.pem")).arg("--key").arg(tls.join("proxy.key"));
+    }
+    cmd.env("REDISCLI_AUTH", password.trim())
         .args(["-p", &port.to_string()])
         .args(args)
         .output()

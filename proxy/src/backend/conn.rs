@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::setup::{connect, node_lsn};
 use super::target::{NodeTarget, Role, TargetState};
-use super::{BackendError, BackendOptions, BatchResult, BatchSender, ReplyResult, ReplySender};
+use super::{BackendError, BackendOptions, BatchResult, BatchSender, NodeStream, ReplyResult, ReplySender};
 use crate::resp::{encode_command, error_reply, BadFrame, FrameScanner, Proto};
 
 enum ConnOp {
@@ -205,7 +204,7 @@ impl Conn {
     /// Connects to `addr`. A read connection then checks that the node holds at least the
     /// journal prefix the primary was last seen with: a primary that restarted empty, or a new
     /// one, serves no read before the applier has caught it up.
-    async fn open(&self, addr: &str) -> Result<TcpStream, Unusable> {
+    async fn open(&self, addr: &str) -> Result<NodeStream, Unusable> {
         let mut stream = connect(addr, self.proto, &self.opts).await.map_err(Unusable::Unreachable)?;
         let floor = self.target.lsn_floor.load(Ordering::Acquire);
         if self.role == Role::Read && floor > 0 {
@@ -329,11 +328,11 @@ impl Conn {
         &mut self,
         addr: &str,
         generation: u64,
-        stream: TcpStream,
+        stream: NodeStream,
         ops: &mut mpsc::UnboundedReceiver<ConnOp>,
         state: &mut watch::Receiver<TargetState>,
     ) -> Option<()> {
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let inflight: Mutex<VecDeque<Waiter>> = Mutex::new(VecDeque::new());
         let request_timeout = self.opts.request_timeout;
         let (role, target) = (self.role, self.target.clone());
@@ -541,11 +540,15 @@ enum ReaderEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::NodeAccess;
     use crate::resp::{Limits, RequestParser};
     use tokio::net::TcpListener;
 
-    const OPTS: BackendOptions =
-        BackendOptions { connect_timeout: Duration::from_secs(1), request_timeout: Duration::from_secs(2), auth: None };
+    const OPTS: BackendOptions = BackendOptions {
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        access: NodeAccess { auth: None, tls: None },
+    };
 
     /// A stand-in Redis node: answers `GET` with nil and anything else with `+<its address>`,
     /// so a test sees which node served a request.

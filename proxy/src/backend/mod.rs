@@ -11,14 +11,16 @@
 //!
 //! Rooms: `target` (the node a shard's connections follow, and its hold), `conn` (the pipelined
 //! connection and its task), `setup` (a fresh connection's handshake: AUTH/HELLO, the LSN check),
-//! `auth` (the credentials the proxy presents).
+//! `link` (opening any connection to a node: TCP, TLS, `AUTH`), `tls` (`[backend] tls`), `auth`
+//! (the credentials the proxy presents).
 
 mod auth;
 mod conn;
+mod link;
 mod setup;
 mod target;
+mod tls;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,8 +28,9 @@ use tokio::sync::oneshot;
 
 pub use auth::{random_secret, AuthConfigError, BackendAuth};
 pub(crate) use conn::BackendConn;
-pub(crate) use setup::authenticate;
+pub use link::{BackendConfigError, NodeAccess, NodeStream};
 pub(crate) use target::{NodeTarget, Role};
+pub use tls::{BackendTls, BackendTlsError};
 
 /// Why a backend request produced no reply.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,11 +55,12 @@ pub(crate) type ReplySender = oneshot::Sender<ReplyResult>;
 pub(crate) type BatchResult = Result<Vec<Bytes>, BackendError>;
 pub(crate) type BatchSender = oneshot::Sender<BatchResult>;
 
-/// Timeouts and credentials of a backend connection.
+/// Timeouts, TLS and credentials of a backend connection.
 #[derive(Debug, Clone)]
 pub(crate) struct BackendOptions {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
-    /// Sent as `AUTH` (or in `HELLO 3 AUTH`) on every connection before anything else.
-    pub auth: Option<Arc<BackendAuth>>,
+    /// TLS, and the credentials sent as `AUTH` (or in `HELLO 3 AUTH`) on every connection
+    /// before anything else.
+    pub access: NodeAccess,
 }

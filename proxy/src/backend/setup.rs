@@ -1,16 +1,16 @@
-//! A fresh connection's set-up: `AUTH` or `HELLO 3`, and reading the node's `__memlog:lsn`.
+//! A fresh connection's set-up (after `link` opened it): `AUTH` or `HELLO 3`, and reading the
+//! node's `__memlog:lsn`.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use super::{BackendAuth, BackendOptions};
+use super::{BackendAuth, BackendOptions, NodeStream};
 use crate::resp::{encode_command, frame_len, Proto};
 
 /// `GET __memlog:lsn` on a fresh connection (RESP2 or RESP3): 0 when the key is missing.
-pub(super) async fn node_lsn(stream: &mut TcpStream, opts: &BackendOptions) -> Result<u64, String> {
+pub(super) async fn node_lsn(stream: &mut NodeStream, opts: &BackendOptions) -> Result<u64, String> {
     let get = encode_command(&[&b"GET"[..], crate::keys::LSN_KEY]);
     let reply = exchange(stream, &get, "GET __memlog:lsn", opts.request_timeout).await?;
     crate::keys::parse_lsn(&reply).ok_or_else(|| match reply.first() {
@@ -20,7 +20,7 @@ pub(super) async fn node_lsn(stream: &mut TcpStream, opts: &BackendOptions) -> R
 }
 
 /// Sends `request` on a fresh connection and reads its one reply frame, within `timeout` per read.
-async fn exchange(stream: &mut TcpStream, request: &[u8], what: &str, timeout: Duration) -> Result<BytesMut, String> {
+async fn exchange(stream: &mut NodeStream, request: &[u8], what: &str, timeout: Duration) -> Result<BytesMut, String> {
     stream.write_all(request).await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(1024);
     loop {
@@ -37,13 +37,11 @@ async fn exchange(stream: &mut TcpStream, request: &[u8], what: &str, timeout: D
     }
 }
 
-pub(super) async fn connect(addr: &str, proto: Proto, opts: &BackendOptions) -> Result<TcpStream, String> {
-    let mut stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("connect timed out after {:?}", opts.connect_timeout))?
-        .map_err(|e| e.to_string())?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    match (proto, opts.auth.as_deref()) {
+/// A connection to `addr` (TLS when configured) that spoke `HELLO 3` or authenticated, as
+/// `proto` and the credentials ask.
+pub(super) async fn connect(addr: &str, proto: Proto, opts: &BackendOptions) -> Result<NodeStream, String> {
+    let mut stream = opts.access.open(addr, opts.connect_timeout).await?;
+    match (proto, opts.access.auth.as_deref()) {
         (Proto::Resp3, Some(auth)) => {
             handshake(&mut stream, &auth.hello3_command(), "HELLO 3 AUTH", opts.connect_timeout).await?
         }
@@ -57,8 +55,8 @@ pub(super) async fn connect(addr: &str, proto: Proto, opts: &BackendOptions) -> 
 
 /// Sends `AUTH` on a fresh connection when there are credentials; an error reply (`-WRONGPASS`)
 /// is the error. The password is never part of an error.
-pub(crate) async fn authenticate(
-    stream: &mut TcpStream,
+pub(super) async fn authenticate(
+    stream: &mut NodeStream,
     auth: Option<&BackendAuth>,
     timeout: Duration,
 ) -> Result<(), String> {
@@ -69,7 +67,7 @@ pub(crate) async fn authenticate(
 }
 
 /// Sends one connection-set-up command and reads its one reply, which must not be an error.
-async fn handshake(stream: &mut TcpStream, command: &[u8], what: &str, timeout: Duration) -> Result<(), String> {
+async fn handshake(stream: &mut NodeStream, command: &[u8], what: &str, timeout: Duration) -> Result<(), String> {
     let reply = exchange(stream, command, what, timeout).await?;
     if reply.first() == Some(&b'-') {
         return Err(format!("{what} refused: {}", String::from_utf8_lossy(&reply).trim()));

@@ -64,7 +64,7 @@ impl Controller {
         let opts = BackendOptions {
             connect_timeout: setup.settings.check_timeout,
             request_timeout: setup.settings.check_timeout.max(Duration::from_secs(1)),
-            auth: setup.prepare.opts().auth.clone(),
+            access: setup.prepare.opts().access.clone(),
         };
         let primary = setup.target.addr().to_string();
         let checks = setup

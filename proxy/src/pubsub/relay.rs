@@ -12,12 +12,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Hub, RelayReady};
-use crate::backend::{authenticate, BackendAuth};
+use crate::backend::{NodeAccess, NodeStream};
 use crate::resp::{array_items, bulk_bytes, encode_command, frame_len};
 
 /// The one pattern the relay subscribes to on each shard: both notification families.
@@ -43,22 +42,17 @@ pub(crate) enum RelayError {
     Refused { addr: String, message: String },
 }
 
-/// One plain connection to a Redis node, outside the pooled backends: it ends up subscribed.
+/// One connection to a Redis node, outside the pooled backends: it ends up subscribed.
 struct NodeConn {
     addr: String,
-    stream: TcpStream,
+    stream: NodeStream,
     buf: BytesMut,
 }
 
 impl NodeConn {
-    async fn connect(addr: &str, timeout: Duration, auth: Option<&BackendAuth>) -> Result<NodeConn, RelayError> {
+    async fn connect(addr: &str, timeout: Duration, access: &NodeAccess) -> Result<NodeConn, RelayError> {
         let unreachable = |reason: String| RelayError::Unreachable { addr: addr.to_string(), reason };
-        let mut stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| unreachable(format!("connect timed out after {timeout:?}")))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        stream.set_nodelay(true).map_err(|e| unreachable(e.to_string()))?;
-        authenticate(&mut stream, auth, timeout).await.map_err(unreachable)?;
+        let stream = access.connect(addr, timeout).await.map_err(unreachable)?;
         Ok(NodeConn { addr: addr.to_string(), stream, buf: BytesMut::with_capacity(16 * 1024) })
     }
 
@@ -192,12 +186,12 @@ async fn follow_shard(hub: Weak<Hub>, shard: usize, count: Arc<watch::Sender<usi
 
 /// Follows `shard`'s current primary until the connection fails or the primary changes.
 async fn follow_primary(hub: &Weak<Hub>, shard: usize, count: &Arc<watch::Sender<usize>>) -> Result<Ended, RelayError> {
-    let Some((addr, timeout, auth)) =
-        hub.upgrade().map(|hub| (hub.shards[shard].primary(), hub.timeout, hub.auth.clone()))
+    let Some((addr, timeout, access)) =
+        hub.upgrade().map(|hub| (hub.shards[shard].primary(), hub.timeout, hub.access.clone()))
     else {
         return Ok(Ended::ProxyGone);
     };
-    let mut conn = NodeConn::connect(&addr, timeout, auth.as_deref()).await?;
+    let mut conn = NodeConn::connect(&addr, timeout, &access).await?;
     let confirmation = conn.call(&[b"PSUBSCRIBE", RELAY_PATTERN], timeout).await?;
     if array_items(&confirmation).is_none_or(|items| items.len() != 3) {
         return Err(RelayError::BadReply { addr });

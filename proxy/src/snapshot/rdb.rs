@@ -7,9 +7,12 @@
 //! node at a listener of its own with `REPLICAOF`, hands it the file as the full-sync payload,
 //! and once the node has loaded it, detaches it with `REPLICAOF NO ONE`. That listener serves
 //! only the node being loaded: the node is given a one-time credential (`masteruser`/
-//! `masterauth`) first, and a peer that does not present it gets nothing. Every RDB is checked
-//! ([`verify`]: magic, version, CRC-64 trailer) before it is trusted or sent, because a node that
-//! loads a corrupt RDB from its primary exits.
+//! `masterauth`) first, and a peer that does not present it gets nothing. Under `[backend] tls`
+//! every connection to the node is TLS (`crate::backend::NodeAccess`) and so is the listener,
+//! with the proxy's `[backend] cert`: a node run with `tls-replication yes` reaches its primary
+//! over TLS and checks its certificate; a node's own certificate, if it presents one, must be
+//! signed by `[backend] ca`. Every RDB is checked ([`verify`]: magic, version, CRC-64 trailer)
+//! before it is trusted or sent, because a node that loads a corrupt RDB from its primary exits.
 
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom};
@@ -18,12 +21,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use tokio::task::JoinSet;
 
-use crate::backend::{authenticate, random_secret, BackendAuth};
+use crate::backend::{random_secret, NodeAccess, NodeStream};
 use crate::resp::{encode_command, info_field, parse_int, Limits, RequestParser};
 
 /// `REDIS` + a 4-digit version: how every RDB starts.
@@ -67,7 +70,21 @@ pub(crate) enum RdbError {
     /// The RDB's bytes are not a whole, intact RDB.
     #[error("corrupt RDB: {reason}")]
     Corrupt { reason: String },
+    /// Connecting to the node (TCP, TLS or `AUTH`) failed.
+    #[error("cannot reach the node: {0}")]
+    Unreachable(String),
+    /// `[backend] tls` without a proxy certificate: a node run with `tls-replication yes`
+    /// would find no certificate at the serving port, so no load is tried.
+    #[error(
+        "a snapshot load over TLS needs [backend] cert and key: the node connects to the \
+         snapshot-serving port as a replica to its primary and checks its certificate"
+    )]
+    NoServingCertificate,
 }
+
+/// A connection the serving listener accepted, plain or TLS.
+trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> PeerStream for T {}
 
 /// Fetches a point-in-time RDB from the Redis node at `addr` (`host:port`) with the replication
 /// handshake, writing its bytes to `out`; returns the number of bytes written. The bytes are
@@ -83,10 +100,10 @@ pub(crate) async fn fetch(
     addr: &str,
     out: &mut (impl AsyncWrite + Unpin),
     timeout: Duration,
-    auth: Option<&BackendAuth>,
+    access: &NodeAccess,
 ) -> Result<u64, RdbError> {
     let started = Instant::now();
-    let mut conn = connect(addr, timeout, auth).await?;
+    let mut conn = connect(addr, timeout, access).await?;
     // Plain SYNC, without `REPLCONF capa eof`, so the node sends a sized, disk-based payload.
     within(timeout, "the node to take SYNC", conn.get_mut().write_all(&encode_command(&["SYNC"]))).await?;
     let payload = loop {
@@ -139,13 +156,17 @@ pub(crate) async fn load(
     path: &Path,
     serve_ip: IpAddr,
     timeout: Duration,
-    auth: Option<&BackendAuth>,
+    access: &NodeAccess,
 ) -> Result<(), RdbError> {
     let started = Instant::now();
+    let acceptor = match &access.tls {
+        Some(tls) => Some(tls.serving_acceptor().ok_or(RdbError::NoServingCertificate)?),
+        None => None,
+    };
     let (file, len) = open_verified(path).await?;
     let listener = TcpListener::bind((serve_ip, 0)).await?;
     let port = listener.local_addr()?.port();
-    let mut control = Control::connect(addr, timeout, auth).await?;
+    let mut control = Control::connect(addr, timeout, access).await?;
     let secret = random_secret();
     let one_time = ["CONFIG", "SET", "masteruser", LOAD_USER, "masterauth", &secret];
     if let Err(e) = control.expect_ok(&one_time).await {
@@ -158,7 +179,7 @@ pub(crate) async fn load(
         // The node refused: it still follows whatever it followed, leave it be.
         Err(RdbError::Redis(refused)) => return Err(RdbError::Redis(format!("REPLICAOF refused: {refused}"))),
         Err(e) => Err(e),
-        Ok(()) => serve_rdb(&mut control, listener, file, len, timeout, secret).await,
+        Ok(()) => serve_rdb(&mut control, Serving { listener, acceptor }, file, len, timeout, secret).await,
     };
     match result {
         Ok(()) => {
@@ -167,17 +188,23 @@ pub(crate) async fn load(
         }
         Err(e) => {
             tracing::warn!(addr, error = %e, "loading an RDB failed; detaching the node");
-            detach(addr, timeout, auth).await;
+            detach(addr, timeout, access).await;
             Err(e)
         }
     }
+}
+
+/// The listener a node being loaded connects to, and its TLS side under `[backend] tls`.
+struct Serving {
+    listener: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Everything `load` does once the node was told to follow `listener`: answer its handshake,
 /// send the file, wait until it has loaded it, and make it a primary again.
 async fn serve_rdb(
     control: &mut Control,
-    listener: TcpListener,
+    Serving { listener, acceptor }: Serving,
     file: tokio::fs::File,
     len: u64,
     timeout: Duration,
@@ -192,19 +219,23 @@ async fn serve_rdb(
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (mut peer, from) = accepted?;
+                    let (tcp, from) = accepted?;
                     if handshakes.len() >= MAX_HANDSHAKES {
                         tracing::warn!(%from, "too many peers at the snapshot-serving port; closed");
                         continue;
                     }
-                    let secret = secret.clone();
+                    let (secret, acceptor) = (secret.clone(), acceptor.clone());
                     handshakes.spawn(async move {
-                        let request = replica_handshake(&mut peer, &secret, timeout).await;
-                        (peer, from, request)
+                        let handshake = async {
+                            let mut peer = accept(tcp, acceptor, timeout).await?;
+                            let request = replica_handshake(&mut peer, &secret, timeout).await?;
+                            Ok::<_, RdbError>((peer, request))
+                        };
+                        (from, handshake.await)
                     });
                 }
-                Some(Ok((peer, from, request))) = handshakes.join_next(), if !handshakes.is_empty() => match request {
-                    Ok(request) => {
+                Some(Ok((from, handshake))) = handshakes.join_next(), if !handshakes.is_empty() => match handshake {
+                    Ok((peer, request)) => {
                         tracing::debug!(%from, "node connected for the RDB");
                         return Ok((peer, request));
                     }
@@ -232,7 +263,7 @@ async fn serve_rdb(
 /// primary again.
 async fn send_and_wait(
     control: &mut Control,
-    replica: &mut TcpStream,
+    replica: &mut Box<dyn PeerStream>,
     request: SyncRequest,
     mut file: tokio::fs::File,
     len: u64,
@@ -273,7 +304,11 @@ enum SyncRequest {
 /// `PSYNC`/`SYNC`. Before `AUTH <LOAD_USER> <secret>` the peer gets `-NOAUTH` to a `PING`
 /// (which a replica accepts and goes on to authenticate) and nothing else: anything other than
 /// `PING` or the right `AUTH` ends the connection.
-async fn replica_handshake(replica: &mut TcpStream, secret: &str, timeout: Duration) -> Result<SyncRequest, RdbError> {
+async fn replica_handshake(
+    replica: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    secret: &str,
+    timeout: Duration,
+) -> Result<SyncRequest, RdbError> {
     let mut buf = BytesMut::with_capacity(4096);
     let mut parser = RequestParser::default();
     let mut authenticated = false;
@@ -324,7 +359,7 @@ fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
 /// meanwhile discarding what it sends on the replication link (`REPLCONF ACK`s).
 async fn wait_until_loaded(
     control: &mut Control,
-    replica: &mut TcpStream,
+    replica: &mut Box<dyn PeerStream>,
     port: u16,
     timeout: Duration,
 ) -> Result<(), RdbError> {
@@ -361,8 +396,9 @@ async fn wait_until_loaded(
 
 /// Best effort after a failed load: make the node a primary again rather than leave it
 /// retrying a listener that is gone. A fresh connection, as the old one may be mid-reply.
-async fn detach(addr: &str, timeout: Duration, auth: Option<&BackendAuth>) {
-    let detached = async { Control::connect(addr, timeout, auth).await?.expect_ok(&["REPLICAOF", "NO", "ONE"]).await };
+async fn detach(addr: &str, timeout: Duration, access: &NodeAccess) {
+    let detached =
+        async { Control::connect(addr, timeout, access).await?.expect_ok(&["REPLICAOF", "NO", "ONE"]).await };
     if let Err(e) = detached.await {
         tracing::warn!(addr, error = %e, "could not send REPLICAOF NO ONE after a failed RDB load");
     }
@@ -661,16 +697,28 @@ async fn within<T>(
     }
 }
 
-async fn connect(addr: &str, timeout: Duration, auth: Option<&BackendAuth>) -> Result<BufReader<TcpStream>, RdbError> {
-    let mut stream = within(timeout, "the connection to the node", TcpStream::connect(addr)).await?;
-    stream.set_nodelay(true)?;
-    authenticate(&mut stream, auth, timeout).await.map_err(RdbError::Redis)?;
+async fn connect(addr: &str, timeout: Duration, access: &NodeAccess) -> Result<BufReader<NodeStream>, RdbError> {
+    let stream = access.connect(addr, timeout).await.map_err(RdbError::Unreachable)?;
     Ok(BufReader::with_capacity(CHUNK, stream))
+}
+
+/// A peer the serving listener accepted, after the TLS handshake when `acceptor` is set (the
+/// node's certificate, if it presents one, checked against `[backend] ca`).
+async fn accept(
+    tcp: TcpStream,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    timeout: Duration,
+) -> Result<Box<dyn PeerStream>, RdbError> {
+    tcp.set_nodelay(true)?;
+    Ok(match acceptor {
+        Some(acceptor) => Box::new(within(timeout, "the node's TLS handshake", acceptor.accept(tcp)).await?),
+        None => Box::new(tcp),
+    })
 }
 
 /// Reads one line, without its `\n` or `\r\n`; bounded in length.
 async fn read_line(
-    conn: &mut BufReader<TcpStream>,
+    conn: &mut BufReader<NodeStream>,
     timeout: Duration,
     waiting_for: &'static str,
 ) -> Result<Vec<u8>, RdbError> {
@@ -706,13 +754,13 @@ enum Reply {
 
 /// A plain client connection to the node, for the few commands `load` sends.
 struct Control {
-    conn: BufReader<TcpStream>,
+    conn: BufReader<NodeStream>,
     timeout: Duration,
 }
 
 impl Control {
-    async fn connect(addr: &str, timeout: Duration, auth: Option<&BackendAuth>) -> Result<Control, RdbError> {
-        Ok(Control { conn: connect(addr, timeout, auth).await?, timeout })
+    async fn connect(addr: &str, timeout: Duration, access: &NodeAccess) -> Result<Control, RdbError> {
+        Ok(Control { conn: connect(addr, timeout, access).await?, timeout })
     }
 
     async fn call(&mut self, args: &[&str]) -> Result<Reply, RdbError> {
@@ -766,6 +814,7 @@ pub(super) mod tests {
     use std::process::{Child, Command, Stdio};
 
     use super::*;
+    use crate::backend::BackendAuth;
 
     pub(in crate::snapshot) const T: Duration = Duration::from_secs(10);
 
@@ -812,7 +861,7 @@ pub(super) mod tests {
         }
 
         async fn control(&self) -> Control {
-            Control::connect(&self.addr(), T, None).await.unwrap()
+            Control::connect(&self.addr(), T, &NodeAccess::default()).await.unwrap()
         }
 
         /// A status, integer or bulk reply as text.
@@ -881,7 +930,7 @@ pub(super) mod tests {
 
     pub(in crate::snapshot) async fn fetch_to(node: &Node, path: &Path) -> Result<u64, RdbError> {
         let mut file = tokio::fs::File::create(path).await.unwrap();
-        fetch(&node.addr(), &mut file, T, None).await
+        fetch(&node.addr(), &mut file, T, &NodeAccess::default()).await
     }
 
     async fn wait_for(node: &Node, name: &str, value: &str) {
@@ -967,7 +1016,7 @@ pub(super) mod tests {
         verify(&path).unwrap();
 
         let started = Instant::now();
-        load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T, None).await.unwrap();
+        load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T, &NodeAccess::default()).await.unwrap();
         let loaded_in = started.elapsed();
         eprintln!("10k keys: {bytes} bytes of RDB, fetch {fetched_in:?}, load {loaded_in:?}");
 
@@ -1004,7 +1053,7 @@ pub(super) mod tests {
         assert_eq!(replica.info("master_link_status").await.as_deref(), Some("up"));
 
         let target = Node::start(&[]);
-        load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T, None).await.unwrap();
+        load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T, &NodeAccess::default()).await.unwrap();
         assert_eq!(target.cmd(&["DEBUG", "DIGEST"]).await, digest);
     }
 
@@ -1047,7 +1096,7 @@ pub(super) mod tests {
         let target = Node::start(&[]);
         target.pipeline(&dataset("old", 300)).await;
         let digest = target.cmd(&["DEBUG", "DIGEST"]).await;
-        let loaded = load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T, None).await;
+        let loaded = load(&target.addr(), &path, "127.0.0.1".parse().unwrap(), T, &NodeAccess::default()).await;
         assert_corrupt(loaded, "load of a corrupt file");
         assert_eq!(target.info("role").await.as_deref(), Some("master"));
         assert_eq!(target.cmd(&["DEBUG", "DIGEST"]).await, digest);
@@ -1064,7 +1113,7 @@ pub(super) mod tests {
         target.cmd(&["SET", "k", "v"]).await;
 
         let started = Instant::now();
-        let loaded = load(&target.addr(), path.path(), "127.0.0.1".parse().unwrap(), T, None).await;
+        let loaded = load(&target.addr(), path.path(), "127.0.0.1".parse().unwrap(), T, &NodeAccess::default()).await;
         let error = loaded.expect_err("a failed load returned Ok");
         eprintln!("failed load: {error}");
         assert!(target.log().contains("Can't handle RDB format version 99"), "{}", target.log());
@@ -1079,7 +1128,7 @@ pub(super) mod tests {
         let node = Node::start(&["--requirepass", "x"]);
         let mut out = Vec::new();
         let started = Instant::now();
-        match fetch(&node.addr(), &mut out, T, None).await {
+        match fetch(&node.addr(), &mut out, T, &NodeAccess::default()).await {
             Err(RdbError::Redis(reply)) => assert!(reply.starts_with("NOAUTH"), "{reply}"),
             other => panic!("expected a NOAUTH error, got {other:?}"),
         }
@@ -1087,7 +1136,7 @@ pub(super) mod tests {
         assert!(out.is_empty());
         let path = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(path.path(), synthetic_rdb("0010", b"")).unwrap();
-        match load(&node.addr(), path.path(), "127.0.0.1".parse().unwrap(), T, None).await {
+        match load(&node.addr(), path.path(), "127.0.0.1".parse().unwrap(), T, &NodeAccess::default()).await {
             Err(RdbError::Redis(reply)) => assert!(reply.contains("NOAUTH"), "{reply}"),
             other => panic!("expected a NOAUTH error, got {other:?}"),
         }
@@ -1155,7 +1204,8 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn a_probe_of_the_serving_port_during_a_load_gets_nothing_and_the_load_succeeds() {
-        let auth = BackendAuth { user: None, password: "node-password".into() };
+        let auth = Some(std::sync::Arc::new(BackendAuth { user: None, password: "node-password".into() }));
+        let access = NodeAccess { auth, tls: None };
         let source = Node::start(&[]);
         source.pipeline(&dataset("src", 20_000)).await;
         let dir = tempfile::tempdir().unwrap();
@@ -1166,10 +1216,9 @@ pub(super) mod tests {
         // The node wants a password; the proxy has it, the probe does not.
         let target = Node::start(&["--requirepass", "node-password"]);
         let addr = target.addr();
-        let load_auth = auth.clone();
-        let load =
-            tokio::spawn(async move { load(&addr, &path, "127.0.0.1".parse().unwrap(), T, Some(&load_auth)).await });
-        let mut control = Control::connect(&target.addr(), T, Some(&auth)).await.unwrap();
+        let load_access = access.clone();
+        let load = tokio::spawn(async move { load(&addr, &path, "127.0.0.1".parse().unwrap(), T, &load_access).await });
+        let mut control = Control::connect(&target.addr(), T, &access).await.unwrap();
         let started = Instant::now();
         let port = loop {
             let info = control.info().await.unwrap();
@@ -1192,6 +1241,85 @@ pub(super) mod tests {
         };
         assert_eq!(digest_after, digest);
         assert_eq!(info_field(&control.info().await.unwrap(), "role"), Some("master"));
+    }
+
+    /// The serving port's TLS side as `load` runs it under `[backend] tls`: a peer in plain TCP
+    /// and a TLS peer presenting a certificate of another CA get no session, so nothing they send
+    /// is read; a TLS peer without a certificate (a node with none configured) is read, and still
+    /// needs the one-time credential.
+    #[tokio::test]
+    async fn under_tls_the_serving_port_refuses_plain_peers_and_other_cas_and_still_wants_the_credential() {
+        use crate::backend::BackendTls;
+        use crate::config::BackendConfig;
+        use journal_service::cluster_ca::ClusterCa;
+
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Some(path.display().to_string())
+        };
+        let names = || vec!["127.0.0.1".to_string()];
+        let (nodes_ca, other_ca) =
+            (ClusterCa::generate_named("nodes").unwrap(), ClusterCa::generate_named("other").unwrap());
+        let (proxy, stranger) =
+            (nodes_ca.issue_for_names(names()).unwrap(), other_ca.issue_for_names(names()).unwrap());
+        let ca = write("ca.pem", nodes_ca.cert_pem());
+        let tls = |cert, key| {
+            let cfg = BackendConfig { tls: true, ca: ca.clone(), cert, key, ..BackendConfig::default() };
+            BackendTls::from_config(&cfg).unwrap().unwrap()
+        };
+        let serving = tls(write("proxy.pem", proxy.cert), write("proxy.key", proxy.key));
+        let acceptor = serving.serving_acceptor().unwrap();
+        let anonymous = tls(None, None);
+        let strange = tls(write("stranger.pem", stranger.cert), write("stranger.key", stranger.key));
+        let listener = TcpListener::bind(("127.0.0.1", ports::free_port())).await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+
+        let (listener, acceptor) = (&listener, &acceptor);
+        let serve_one = || async move {
+            let (tcp, _) = listener.accept().await?;
+            let mut peer = accept(tcp, Some(acceptor.clone()), T).await?;
+            replica_handshake(&mut peer, "s3cret", T).await
+        };
+        let sync = b"AUTH memlog-snapshot-load s3cret\r\nSYNC\r\n";
+        // What a peer gets back for `sent`, and its TLS error if the session never came up.
+        let talk = |via: Option<&BackendTls>, sent: &'static [u8]| {
+            let via = via.map(|tls| (tls.connector(), tls.name_for(&addr).unwrap()));
+            let addr = addr.clone();
+            async move {
+                let tcp = TcpStream::connect(&addr).await.unwrap();
+                let mut got = Vec::new();
+                match via {
+                    None => {
+                        let mut tcp = tcp;
+                        tcp.write_all(sent).await.unwrap();
+                        let _ = tcp.read_to_end(&mut got).await;
+                    }
+                    Some((connector, name)) => {
+                        if let Ok(mut tls) = connector.connect(name, tcp).await {
+                            let _ = tls.write_all(sent).await;
+                            let _ = tls.read_to_end(&mut got).await;
+                        }
+                    }
+                }
+                got
+            }
+        };
+
+        let (served, got) = tokio::join!(serve_one(), talk(None, sync));
+        assert!(matches!(served, Err(RdbError::Io(_))), "a plain peer: {served:?}");
+        assert!(!got.windows(3).any(|w| w == b"+OK"), "a plain peer got {:?}", shown(&got));
+        let (served, got) = tokio::join!(serve_one(), talk(Some(&strange), sync));
+        assert!(matches!(served, Err(RdbError::Io(_))), "another CA's certificate: {served:?}");
+        assert!(got.is_empty(), "a peer with another CA's certificate got {:?}", shown(&got));
+        let (served, got) =
+            tokio::join!(serve_one(), talk(Some(&anonymous), b"AUTH memlog-snapshot-load guess\r\nSYNC\r\n"));
+        assert!(matches!(served, Err(RdbError::Redis(_))), "a wrong credential over TLS: {served:?}");
+        assert!(got.is_empty(), "a wrong credential over TLS got {:?}", shown(&got));
+        let (served, got) = tokio::join!(serve_one(), talk(Some(&anonymous), sync));
+        assert_eq!(served.unwrap(), SyncRequest::Sync);
+        assert_eq!(got, b"+OK\r\n");
     }
 
     /// A fake node on a free port that answers `SYNC` with `pieces`, written one by one, then
@@ -1237,7 +1365,7 @@ pub(super) mod tests {
         }
         let (addr, serve) = fake_node(pieces, true).await;
         let mut out = Vec::new();
-        let bytes = fetch(&addr, &mut out, T, None).await.unwrap();
+        let bytes = fetch(&addr, &mut out, T, &NodeAccess::default()).await.unwrap();
         assert_eq!(bytes, rdb.len() as u64);
         assert!(out == rdb, "the fetched bytes differ from the RDB sent");
         serve.abort();
@@ -1251,13 +1379,16 @@ pub(super) mod tests {
         let mut corrupt = format!("${}\r\n", rdb.len()).into_bytes();
         corrupt.extend_from_slice(&rdb);
         let (addr, serve) = fake_node(vec![corrupt], true).await;
-        assert!(matches!(fetch(&addr, &mut Vec::new(), T, None).await, Err(RdbError::Corrupt { .. })));
+        assert!(matches!(
+            fetch(&addr, &mut Vec::new(), T, &NodeAccess::default()).await,
+            Err(RdbError::Corrupt { .. })
+        ));
         serve.abort();
 
         let mut short = format!("${}\r\n", rdb.len() + 100).into_bytes();
         short.extend_from_slice(&rdb);
         let (addr, serve) = fake_node(vec![short], false).await;
-        match fetch(&addr, &mut Vec::new(), T, None).await {
+        match fetch(&addr, &mut Vec::new(), T, &NodeAccess::default()).await {
             Err(RdbError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof),
             other => panic!("expected an I/O error, got {other:?}"),
         }
@@ -1268,7 +1399,7 @@ pub(super) mod tests {
     async fn fetch_from_a_silent_node_times_out() {
         let (addr, serve) = fake_node(Vec::new(), true).await;
         let started = Instant::now();
-        let fetched = fetch(&addr, &mut Vec::new(), Duration::from_millis(300), None).await;
+        let fetched = fetch(&addr, &mut Vec::new(), Duration::from_millis(300), &NodeAccess::default()).await;
         assert!(matches!(fetched, Err(RdbError::Timeout(_))), "{fetched:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
         serve.abort();

@@ -213,7 +213,7 @@ impl ShardSnapshots {
     /// Fetches the RDB into `partial`, makes it durable and only then gives it its name.
     async fn fetch_durably(&self, source: &str, partial: &Path, path: &Path) -> anyhow::Result<u64> {
         let mut file = tokio::fs::File::create(partial).await?;
-        let fetched = rdb::fetch(source, &mut file, self.settings.timeout, self.prepare.auth()).await;
+        let fetched = rdb::fetch(source, &mut file, self.settings.timeout, self.prepare.access()).await;
         let bytes = match fetched {
             Ok(bytes) => bytes,
             Err(e) => {
@@ -437,7 +437,7 @@ async fn load_then_prepare(
     let loaded = {
         let _held = prepare.hold_for_load(node).await;
         // `load` checks the file before the node sees any of it.
-        rdb::load(node, path, settings.serve_ip, settings.timeout, prepare.auth()).await
+        rdb::load(node, path, settings.serve_ip, settings.timeout, prepare.access()).await
     };
     prepare.prepare_at(node).await?;
     Ok(loaded)
@@ -446,7 +446,7 @@ async fn load_then_prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{BackendAuth, BackendOptions};
+    use crate::backend::{BackendAuth, BackendOptions, NodeAccess};
     use crate::params::{Group, LiveGroup};
     use crate::snapshot::rdb::tests::{dataset, fetch_to, Node, T};
 
@@ -469,7 +469,8 @@ mod tests {
 
         let target = Node::start(&["--requirepass", "node-password"]);
         let auth = BackendAuth { user: None, password: "node-password".into() };
-        let opts = BackendOptions { connect_timeout: T, request_timeout: T, auth: Some(Arc::new(auth)) };
+        let access = NodeAccess { auth: Some(Arc::new(auth)), tls: None };
+        let opts = BackendOptions { connect_timeout: T, request_timeout: T, access };
         let prepare = NodePreparation::new(opts, LiveGroup::new(Group::new()));
         let settings = SnapshotSettings {
             dir: dir.path().to_path_buf(),
