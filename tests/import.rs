@@ -441,23 +441,19 @@ fn start_write_load(nodes: Vec<SocketAddr>) -> (Arc<AtomicBool>, std::thread::Jo
     (running, thread)
 }
 
-#[test]
-fn import_live_from_an_elasticache_like_cluster_under_load_then_cut_over_verifies_clean() {
-    let dir = tempfile::tempdir().unwrap();
-    let nodes = redis_cluster_with(dir.path(), ELASTICACHE_LIKE);
+/// A live import from the cluster `nodes` (already populated) into a fresh memlog while a write
+/// load runs at the source: `under_load` follows the progress lines until the load may stop,
+/// `drained` until the cut-over may come; then SIGINT, `last` checks the final line, and verify
+/// must find no difference.
+fn live_import_under_load(
+    dir: &Path,
+    nodes: &[Proc],
+    under_load: impl FnOnce(&mut LiveImport),
+    drained: impl FnOnce(&mut LiveImport),
+    last: impl FnOnce(&serde_json::Value),
+) {
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let mut probe = Conn::connect(addrs[0], CLIENT_TIMEOUT).unwrap();
-    for refused in ["SYNC", "PSYNC", "CONFIG"] {
-        assert!(probe.cmd(&[refused, "GET", "x"]).unwrap().is_error(), "{refused} must be refused at the source");
-    }
-    let mut send = cluster_sender(&nodes);
-    for prefix in ["a", "b", "c"] {
-        populate(prefix, &mut send);
-    }
-    for i in 0..3000 {
-        send(&[b"SET", format!("bulk:{i}").as_bytes(), format!("value-{i}").as_bytes()]);
-    }
-    let password = dir.path().join("source-password");
+    let password = dir.join("source-password");
     std::fs::write(&password, "migrator-secret\n").unwrap();
     let cluster = memlog_cluster();
     let to = redis_url(cluster.proxy_addr());
@@ -468,23 +464,15 @@ fn import_live_from_an_elasticache_like_cluster_under_load_then_cut_over_verifie
     let mut args = source_args.to_vec();
     args.extend(["--to", &to]);
     let mut live = LiveImport::start(&args);
-    let copied =
-        live.wait_for("end of the first pass", Duration::from_secs(120), |l| l["phase"] == "copy" && l["done"] == true);
-    assert!(copied["keys"].as_u64().unwrap() > 3000, "{copied}");
-    // Stay in sync under the load for a while: changes are re-copied.
-    live.wait_for("changes re-copied", Duration::from_secs(60), |l| {
-        l["phase"] == "sync" && l["recopied"].as_u64() > Some(2000)
-    });
+    under_load(&mut live);
     running.store(false, Ordering::Relaxed);
     let commands = load.join().unwrap();
-    // Drained: nothing left to copy since the load stopped.
-    live.wait_for("a drained feed", Duration::from_secs(60), |l| l["phase"] == "sync" && l["lag_keys"] == 0);
+    drained(&mut live);
     let status = live.interrupt(Duration::from_secs(60));
     assert!(status.success(), "import live must end cleanly at the cut-over: {status}");
-    let last = live.wait_for("the final line", Duration::from_secs(5), |l| l["done"] == true);
-    assert_eq!((last["phase"].as_str(), last["lag_keys"].as_u64()), (Some("sync"), Some(0)), "{last}");
-    assert!(last["deleted"].as_u64().unwrap() > 0, "deletes and expiries reached memlog: {last}");
-    eprintln!("load: {commands} commands during the import");
+    let final_line = live.wait_for("the final line", Duration::from_secs(5), |l| l["done"] == true);
+    last(&final_line);
+    eprintln!("load: {commands} commands during the import; {final_line}");
 
     let mut args = vec!["verify"];
     args.extend(source_args);
@@ -494,6 +482,46 @@ fn import_live_from_an_elasticache_like_cluster_under_load_then_cut_over_verifie
     assert!(out.status.success() && report.contains(", 0 differences"), "verify after the cut-over: {report}");
 }
 
+#[test]
+fn import_live_from_an_elasticache_like_cluster_under_load_then_cut_over_verifies_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = redis_cluster_with(dir.path(), ELASTICACHE_LIKE);
+    let mut probe = Conn::connect(nodes[0].addr, CLIENT_TIMEOUT).unwrap();
+    for refused in ["SYNC", "PSYNC", "CONFIG"] {
+        assert!(probe.cmd(&[refused, "GET", "x"]).unwrap().is_error(), "{refused} must be refused at the source");
+    }
+    let mut send = cluster_sender(&nodes);
+    for prefix in ["a", "b", "c"] {
+        populate(prefix, &mut send);
+    }
+    for i in 0..3000 {
+        send(&[b"SET", format!("bulk:{i}").as_bytes(), format!("value-{i}").as_bytes()]);
+    }
+    // --mode auto falls back to notifications: the source refuses PSYNC.
+    live_import_under_load(
+        dir.path(),
+        &nodes,
+        |live| {
+            let copied = live.wait_for("end of the first pass", Duration::from_secs(120), |l| {
+                l["phase"] == "copy" && l["done"] == true
+            });
+            assert!(copied["keys"].as_u64().unwrap() > 3000, "{copied}");
+            // Stay in sync under the load for a while: changes are re-copied.
+            live.wait_for("changes re-copied", Duration::from_secs(60), |l| {
+                l["phase"] == "sync" && l["recopied"].as_u64() > Some(2000)
+            });
+        },
+        // Drained: nothing left to copy since the load stopped.
+        |live| {
+            live.wait_for("a drained feed", Duration::from_secs(60), |l| l["phase"] == "sync" && l["lag_keys"] == 0);
+        },
+        |last| {
+            assert_eq!((last["phase"].as_str(), last["lag_keys"].as_u64()), (Some("sync"), Some(0)), "{last}");
+            assert!(last["deleted"].as_u64().unwrap() > 0, "deletes and expiries reached memlog: {last}");
+        },
+    );
+}
+
 /// A self-managed Redis Cluster: PSYNC allowed, no notifications configured, an ACL user.
 const SELF_MANAGED: &[&str] = &["--user", "migrator", "on", ">migrator-secret", "~*", "&*", "+@all"];
 
@@ -501,45 +529,28 @@ const SELF_MANAGED: &[&str] = &["--user", "migrator", "on", ">migrator-secret", 
 fn import_live_by_replication_from_a_cluster_under_load_then_cut_over_verifies_clean() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = redis_cluster_with(dir.path(), SELF_MANAGED);
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
     let mut send = cluster_sender(&nodes);
     for prefix in ["a", "b", "c"] {
         populate(prefix, &mut send);
     }
-    let password = dir.path().join("source-password");
-    std::fs::write(&password, "migrator-secret\n").unwrap();
-    let cluster = memlog_cluster();
-    let to = redis_url(cluster.proxy_addr());
-    let source_url = format!("redis://migrator@{}", addrs[2]);
-    let source_args = [source_url.as_str(), "--cluster", "--source-password-file", password.to_str().unwrap()];
-
-    let (running, load) = start_write_load(addrs.clone());
-    let mut args = source_args.to_vec();
-    args.extend(["--to", &to]);
     // --mode auto: the source allows PSYNC, so it is followed as a replica (no notifications
     // are configured: the notification mode would refuse this source).
-    let mut live = LiveImport::start(&args);
-    let restored =
-        live.wait_for("the RDBs restored", Duration::from_secs(120), |l| l["phase"] == "restore" && l["done"] == true);
-    assert!(restored["keys"].as_u64().unwrap() > 1000, "{restored}");
-    live.wait_for("the stream applied", Duration::from_secs(60), |l| {
-        l["phase"] == "sync" && l["keys"].as_u64() > Some(5000)
-    });
-    running.store(false, Ordering::Relaxed);
-    let commands = load.join().unwrap();
-    // The cut-over: everything the sources ran before it is applied, then the import exits.
-    let status = live.interrupt(Duration::from_secs(60));
-    assert!(status.success(), "import live must end cleanly at the cut-over: {status}");
-    let last = live.wait_for("the final line", Duration::from_secs(5), |l| l["done"] == true);
-    assert_eq!((last["phase"].as_str(), last["lag_bytes"].as_u64()), (Some("sync"), Some(0)), "{last}");
-    eprintln!("load: {commands} commands during the import; {last}");
-
-    let mut args = vec!["verify"];
-    args.extend(source_args);
-    args.extend(["--to", &to]);
-    let out = import(&args);
-    let report = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && report.contains(", 0 differences"), "verify after the cut-over: {report}");
+    live_import_under_load(
+        dir.path(),
+        &nodes,
+        |live| {
+            let restored = live.wait_for("the RDBs restored", Duration::from_secs(120), |l| {
+                l["phase"] == "restore" && l["done"] == true
+            });
+            assert!(restored["keys"].as_u64().unwrap() > 1000, "{restored}");
+            live.wait_for("the stream applied", Duration::from_secs(60), |l| {
+                l["phase"] == "sync" && l["keys"].as_u64() > Some(5000)
+            });
+        },
+        // The cut-over itself waits until everything the sources ran before it is applied.
+        |_| {},
+        |last| assert_eq!((last["phase"].as_str(), last["lag_bytes"].as_u64()), (Some("sync"), Some(0)), "{last}"),
+    );
 }
 
 #[test]
