@@ -94,17 +94,21 @@ fn writes_survive_one_lost_node_stop_without_a_quorum_and_resume_after() {
     );
 }
 
-/// A write larger than one journal entry holds (64 MiB) is refused with a clear error before
-/// anything is journaled; the writer is not stopped, and writes around it are applied.
+/// `[journal] max_write_bytes` of the size tests: three 16 MiB writes fit, a fourth does not.
+const MAX_WRITE: usize = 56 * 1024 * 1024;
+
+/// A write larger than `[journal] max_write_bytes` is refused with a clear error before anything
+/// is journaled; the writer is not stopped, and writes around it are applied (writes over one
+/// entry but under the limit are journaled in parts: `tests/durable_crash.rs`).
 #[test]
-fn a_write_larger_than_a_journal_entry_is_refused_and_the_shard_goes_on() {
-    let cluster = DurableCluster::start(ClusterOptions::default());
+fn a_write_larger_than_max_write_bytes_is_refused_and_the_shard_goes_on() {
+    let cluster = DurableCluster::start(ClusterOptions { max_write_bytes: Some(MAX_WRITE), ..Default::default() });
     let mut client = cluster.client();
     assert_eq!(client.cmd(&["SET", "before", "1"]).unwrap(), Value::Simple("OK".into()));
-    let huge = vec![b'x'; 65 * 1024 * 1024];
+    let huge = vec![b'x'; MAX_WRITE + 1];
     let refused = client.cmd(&[b"SET".as_slice(), b"huge", &huge]).unwrap();
     assert!(
-        matches!(&refused, Value::Error(e) if e.starts_with("ERR memlog: the write is") && e.contains("at most")),
+        matches!(&refused, Value::Error(e) if e.starts_with("ERR memlog: the write is") && e.contains("(max_write_bytes)")),
         "{refused:?}"
     );
     // Two writes of 40 MiB at once go into two entries, both applied.
@@ -125,11 +129,11 @@ fn a_write_larger_than_a_journal_entry_is_refused_and_the_shard_goes_on() {
     );
 }
 
-/// A transaction is one journal entry: queuing more than it holds is refused at once (not at
+/// Queuing more than `[journal] max_write_bytes` in a transaction is refused at once (not at
 /// EXEC, after the proxy held it all), EXEC answers EXECABORT, and nothing of it is applied.
 #[test]
-fn a_transaction_larger_than_a_journal_entry_is_refused_while_queuing() {
-    let cluster = DurableCluster::start(ClusterOptions::default());
+fn a_transaction_larger_than_max_write_bytes_is_refused_while_queuing() {
+    let cluster = DurableCluster::start(ClusterOptions { max_write_bytes: Some(MAX_WRITE), ..Default::default() });
     let mut client = cluster.client();
     assert_eq!(client.cmd(&["MULTI"]).unwrap(), Value::Simple("OK".into()));
     let value = vec![b'z'; 16 * 1024 * 1024];

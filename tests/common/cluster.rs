@@ -34,6 +34,8 @@ pub struct ClusterOptions {
     pub metadata: Option<String>,
     /// Redis nodes that accept only TLS, and `[backend] tls` (`super::redis_tls`).
     pub redis_tls: bool,
+    /// `[journal] max_write_bytes` (the proxy's default when None).
+    pub max_write_bytes: Option<usize>,
 }
 
 impl Default for ClusterOptions {
@@ -47,6 +49,7 @@ impl Default for ClusterOptions {
             proxy_extra: String::new(),
             metadata: None,
             redis_tls: false,
+            max_write_bytes: None,
         }
     }
 }
@@ -140,6 +143,9 @@ impl DurableCluster {
             quote(&self.journal_addrs),
             opts.write_wait_ms
         );
+        if let Some(max) = opts.max_write_bytes {
+            toml += &format!("max_write_bytes = {max}\n");
+        }
         toml += &super::cluster_tls::proxy_toml();
         if let Some(every) = opts.snapshot_every {
             let dir = self.snapshot_dir();
