@@ -426,7 +426,7 @@ fn acl_load_and_client_list_users_match_redis() {
 
 /// The data a caller's scripts may and may not have written, read as the default user.
 fn script_targets(addr: SocketAddr) -> Value {
-    let keys = ["app:1", "other:1", "other:3", "app:4", "other:4", "app:5", "other:5"];
+    let keys = ["app:1", "other:1", "other:3", "app:4", "other:4", "app:5", "other:5", "other:9"];
     cmd(&mut connect(addr), &[&["MGET"][..], &keys].concat())
 }
 
@@ -463,6 +463,9 @@ fn scripts_and_functions_run_with_their_callers_permissions_and_a_rebuild_keeps_
         ] {
             out.push(cmd(&mut app, args));
         }
+        // The journal's own forms are no commands a client can send.
+        out.push(cmd(&mut app, &["__MEMLOG_RUN_AS", "0", "EVAL", "return redis.call('SET', 'other:9', 'v')", "0"]));
+        out.push(cmd(&mut app, &["__MEMLOG_PART", "0", "1", "SET other:9 v"]));
         // Read-only rights: reading anything works, writing through a script does not.
         let mut reader = login(addr, "reader", "r");
         out.push(cmd(&mut reader, &["EVAL_RO", "return redis.call('GET', 'other:3')", "0"]));
