@@ -22,6 +22,10 @@ pub struct ProxyShard {
     pub primary: ProxyNode,
     #[serde(default)]
     pub replicas: Vec<ProxyNode>,
+    /// Why the shard does not serve (its primary's data refused at start-up); absent while it
+    /// serves.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 /// One Redis node as the proxy last saw it.

@@ -2,6 +2,10 @@
 //! node, `memlog up` starts (and supervises) a whole local cluster on loopback, `memlog status`
 //! shows a cluster's roles, LSNs, epochs and journal health, `memlog failover` switches a shard
 //! over to a replica.
+//!
+//! No length, count or time is narrowed by an `as` cast, which would wrap silently: conversions
+//! go through `try_from` and say what happens past the range (tests' fixtures aside).
+#![cfg_attr(not(test), deny(clippy::cast_possible_truncation))]
 
 mod admin_client;
 mod admin_tls;
@@ -58,6 +62,11 @@ enum Command {
         /// snapshot deletes whole files, so this is also how finely disk space is given back.
         #[arg(long, default_value_t = journal_service::storage::DEFAULT_SEGMENT_BYTES, value_parser = clap::value_parser!(u64).range(4096..))]
         segment_bytes: u64,
+        /// Threads serving the network (each stream also has its own writer thread). One is
+        /// fastest while a node serves one proxy: every extra thread adds wake-ups per append
+        /// (README "Benchmarks"); raise it for a node serving many busy streams over TLS.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: u16,
         #[command(flatten)]
         security: journal_args::SecurityArgs,
         #[command(flatten)]
@@ -90,12 +99,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
-    // The proxy's configuration says how many threads it may use, so read it first.
+    // The proxy's configuration and the journal node's flags say how many threads they use.
     let proxy_config = match &cli.command {
         Command::Proxy { config } => {
             let cfg = memlog_proxy::config::ProxyConfig::load(config.as_deref())?;
             runtime.worker_threads(cfg.threads());
             Some(cfg)
+        }
+        Command::Journal { threads, .. } => {
+            runtime.worker_threads(usize::from(*threads));
+            None
         }
         _ => None,
     };
@@ -108,7 +121,7 @@ fn main() -> anyhow::Result<()> {
                 let cfg = proxy_config.expect("loaded above");
                 memlog_proxy::serve(cfg, shutdown_signal()).await
             }
-            Command::Journal { dir, listen, metrics_listen, segment_bytes, security, limits } => {
+            Command::Journal { dir, listen, metrics_listen, segment_bytes, threads: _, security, limits } => {
                 let opts = journal_service::node::NodeOptions {
                     dir,
                     listen,

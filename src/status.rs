@@ -95,6 +95,10 @@ pub struct ShardReport {
     /// The shard's adoption of the data its primary held before memlog fronted it (the
     /// metadata store's latest `adoption_*` event); `None` when it never adopted any.
     pub adoption: Option<AdoptionReport>,
+    /// Why the proxy does not serve the shard (its primary's data refused at start-up,
+    /// docs/adoption.md), as the proxy says; absent while it serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// A shard's adoption (docs/adoption.md), as its events in the metadata store tell it.
@@ -237,6 +241,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<()> {
 /// Asks the proxy, the metadata store, every Redis node and every journal node.
 pub async fn gather(deployment: &Deployment) -> Report {
     let (proxy, proxy_topology) = ask_proxy(deployment).await;
+    let mut refusals: BTreeMap<u32, String> = match &proxy_topology {
+        Ok(topology) => topology.shards.iter().filter_map(|s| Some((s.id, s.refused.clone()?))).collect(),
+        Err(_) => BTreeMap::new(),
+    };
     let (layout, source) = match proxy_topology {
         Ok(topology) => (layout_from_proxy(topology), Source::Proxy),
         Err(proxy_error) => match layout_from_metadata(deployment).await {
@@ -252,7 +260,8 @@ pub async fn gather(deployment: &Deployment) -> Report {
             let shard = if source == Source::Proxy { shard } else { shard.corrected_by_roles(&nodes) };
             let snapshot = snapshots.remove(&shard.id);
             let adoption = AdoptionReport::from_events(&events, shard.id);
-            ShardReport { snapshot, adoption, ..shard.report(deployment, &mut nodes) }
+            let refused = refusals.remove(&shard.id);
+            ShardReport { snapshot, adoption, refused, ..shard.report(deployment, &mut nodes) }
         })
         .collect();
     let journal = probe_journal(deployment).await;
@@ -310,6 +319,7 @@ impl Layout {
             replicas: self.replicas.into_iter().map(node).collect(),
             snapshot: None,
             adoption: None,
+            refused: None,
         }
     }
 }
@@ -429,7 +439,8 @@ fn shard_epoch(events: &[EventRecord], shard: u32) -> Option<u64> {
 fn layout_from_config(deployment: &Deployment) -> Vec<Layout> {
     let Some(config) = &deployment.config else { return Vec::new() };
     let shard = |(id, shard): (usize, &ShardConfig)| Layout {
-        id: id as u32,
+        // Shown only; a config cannot hold 2^32 shards (the slot map caps them far below).
+        id: u32::try_from(id).unwrap_or(u32::MAX),
         slots: shard.slots.clone(),
         epoch: None,
         primary: shard.primary.clone(),
@@ -555,6 +566,9 @@ impl Report {
             if shard.adoption.as_ref().is_some_and(|a| !a.done) {
                 problems.push(format!("shard {} is adopting its primary's data (not served yet)", shard.id));
             }
+            if shard.refused.is_some() {
+                problems.push(format!("shard {} is REFUSED: the proxy does not serve it", shard.id));
+            }
         }
         for node in self.journal.iter().filter(|j| !j.healthy) {
             problems.push(format!("journal node {}: {}", node.addr, node.error.as_deref().unwrap_or("unhealthy")));
@@ -610,7 +624,9 @@ impl Report {
         }
         for shard in &self.shards {
             if let Some(snapshot) = &shard.snapshot {
-                let age = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |now| now.as_millis() as u64);
+                let age = std::time::SystemTime::UNIX_EPOCH
+                    .elapsed()
+                    .map_or(0, |now| u64::try_from(now.as_millis()).unwrap_or(u64::MAX));
                 let age_s = age.saturating_sub(snapshot.timestamp_ms) / 1000;
                 out += &format!(
                     "\nshard {} newest snapshot: lsn {}, {age_s} s old, {}",
@@ -622,8 +638,11 @@ impl Report {
             if let Some(adoption) = &shard.adoption {
                 out += &format!("\n{}", adoption.line(shard.id));
             }
+            if let Some(refused) = &shard.refused {
+                out += &format!("\nshard {} REFUSED, not served: {refused}", shard.id);
+            }
         }
-        if self.shards.iter().any(|s| s.snapshot.is_some() || s.adoption.is_some()) {
+        if self.shards.iter().any(|s| s.snapshot.is_some() || s.adoption.is_some() || s.refused.is_some()) {
             out += "\n";
         }
         out += &format!(

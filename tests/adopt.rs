@@ -184,11 +184,28 @@ fn a_redis_with_200k_keys_of_every_type_is_adopted_and_survives_being_wiped() {
     assert!(after.keys.contains_key(LSN_KEY), "the rebuilt node holds its LSN");
 }
 
+/// The reply to `command` through the proxy must be the refusal of shard 0 containing `reason`.
+fn assert_refused(client: &mut Conn, command: &[&str], reason: &str) {
+    match client.cmd(command).unwrap() {
+        Value::Error(e) => {
+            assert!(e.starts_with("CLUSTERDOWN memlog: shard 0: ") && e.contains(reason), "{command:?}: {e}");
+            assert!(e.contains("adopt it anew") && e.contains("discard the node's data"), "{command:?}: {e}");
+        }
+        other => panic!("{command:?} on the refused shard answered {other:?}"),
+    }
+}
+
+/// Two shards: shard 0's node is replaced by one holding data the journal does not explain;
+/// that shard is refused (every command routed to it answered with the reason and the ways
+/// out, its node and journal left as they were) while shard 1 serves reads and writes. Shard 0
+/// owns slots 0-8191: `{b}` hashes to slot 3300, `{a}` to 15495 (shard 1).
 #[test]
 fn keys_without_an_lsn_on_a_journaled_shard_or_a_node_ahead_of_the_journal_are_refused() {
-    let mut cluster = DurableCluster::start(options());
+    let mut cluster = DurableCluster::start(ClusterOptions { shards: 2, ..options() });
     let mut client = cluster.client();
-    assert_eq!(client.cmd(&["SET", "journaled", "1"]).unwrap(), Value::Simple("OK".into()));
+    for key in ["{b}journaled", "{a}journaled"] {
+        assert_eq!(client.cmd(&["SET", key, "1"]).unwrap(), Value::Simple("OK".into()));
+    }
     cluster.kill_proxy();
     // The node is replaced by one holding other data, without memlog's LSN.
     cluster.kill_redis(0);
@@ -198,21 +215,64 @@ fn keys_without_an_lsn_on_a_journaled_shard_or_a_node_ahead_of_the_journal_are_r
     for i in 0..50 {
         assert_eq!(direct.cmd(&["SET", &format!("foreign:{i}"), "x"]).unwrap(), Value::Simple("OK".into()));
     }
-    let log = cluster.start_proxy_refused();
+    let before = Snapshot::take(node);
+    cluster.start_proxy();
+    let log = cluster.proxy_log();
     let refusal = format!("shard 0: its primary {node} holds 50 keys but no __memlog:lsn");
     assert!(log.contains(&refusal), "{log}");
     assert!(log.contains("adopt it anew") && log.contains("discard the node's data"), "{log}");
-    assert_eq!(direct.cmd(&["DBSIZE"]).unwrap(), Value::Int(50), "the refused node was left as it was");
+    let mut client = cluster.client();
+    for command in
+        [&["GET", "{b}journaled"][..], &["SET", "{b}refused-write", "x"], &["DEL", "{b}journaled"], &["DBSIZE"]]
+    {
+        assert_refused(&mut client, command, &refusal);
+    }
+    assert_eq!(client.cmd(&["MULTI"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(client.cmd(&["SET", "{b}in-a-transaction", "x"]).unwrap(), Value::Simple("QUEUED".into()));
+    assert_refused(&mut client, &["EXEC"], &refusal);
+    assert_refused(&mut client, &["MEMLOG", "SNAPSHOT", "0"], &refusal);
+    // The other shard serves.
+    assert_eq!(client.cmd(&["GET", "{a}journaled"]).unwrap(), Value::Bulk(Some(b"1".to_vec())));
+    assert_eq!(client.cmd(&["SET", "{a}new", "v"]).unwrap(), Value::Simple("OK".into()));
+    assert_eq!(client.cmd(&["GET", "{a}new"]).unwrap(), Value::Bulk(Some(b"v".to_vec())));
+    // INFO and `memlog status` say so.
+    let info = client.cmd(&["INFO", "memlog"]).unwrap().text();
+    assert!(info.contains(&format!("shard0_refused:{refusal}")) && !info.contains("shard1_refused"), "{info}");
+    let keyspace = client.cmd(&["INFO", "keyspace"]).unwrap();
+    assert!(!keyspace.is_error() && keyspace.text().contains("db0:keys=2,"), "{keyspace:?}");
+    let status = memlog_status(&cluster);
+    assert!(status.contains(&format!("shard 0 REFUSED, not served: {refusal}")), "memlog status:\n{status}");
+    // Past the failover controller's checks, the refused node is as it was.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(Snapshot::take(node), before, "the refused node was left as it was");
 
     // A node claiming more of the journal than was ever committed.
+    cluster.kill_proxy();
     assert_eq!(direct.cmd(&["SET", "__memlog:lsn", "999999"]).unwrap(), Value::Simple("OK".into()));
-    let log = cluster.start_proxy_refused();
-    assert!(log.contains("holds the journal up to lsn 999999, beyond the journal's commit point"), "{log}");
+    cluster.start_proxy();
+    let mut client = cluster.client();
+    assert_refused(
+        &mut client,
+        &["GET", "{b}journaled"],
+        "holds the journal up to lsn 999999, beyond the journal's commit point",
+    );
+    assert_eq!(client.cmd(&["GET", "{a}new"]).unwrap(), Value::Bulk(Some(b"v".to_vec())));
+    // WAIT counts the serving shards (the refused one holds no write), FLUSHALL answers the
+    // refusal (the serving shard is flushed).
+    assert!(matches!(client.cmd(&["WAIT", "1", "2000"]).unwrap(), Value::Int(n) if n >= 1));
+    assert_refused(&mut client, &["FLUSHALL"], "beyond the journal's commit point");
+    assert_eq!(client.cmd(&["GET", "{a}new"]).unwrap(), Value::Bulk(None));
 
-    // Discarding the node's data is the way out: the proxy then rebuilds it from the journal.
+    // Discarding the node's data is the way out: the proxy then rebuilds it from the journal,
+    // which holds no write made while the shard was refused.
+    cluster.kill_proxy();
     assert_eq!(direct.cmd(&["FLUSHALL"]).unwrap(), Value::Simple("OK".into()));
     cluster.start_proxy();
-    assert_eq!(cluster.client().cmd(&["GET", "journaled"]).unwrap(), Value::Bulk(Some(b"1".to_vec())));
+    let mut client = cluster.client();
+    assert_eq!(client.cmd(&["GET", "{b}journaled"]).unwrap(), Value::Bulk(Some(b"1".to_vec())));
+    for key in ["{b}refused-write", "{b}in-a-transaction"] {
+        assert_eq!(client.cmd(&["GET", key]).unwrap(), Value::Bulk(None), "{key} was journaled");
+    }
 }
 
 #[test]
@@ -221,9 +281,15 @@ fn adoption_without_a_snapshot_table_is_refused_naming_the_table() {
     let node = cluster.redis_addr(0);
     let mut direct = redis_conn(node).unwrap();
     assert_eq!(direct.cmd(&["SET", "existing", "1"]).unwrap(), Value::Simple("OK".into()));
-    let log = cluster.start_proxy_refused();
-    assert!(log.contains(&format!("shard 0: its primary {node} holds 1 keys that no journal holds")), "{log}");
+    cluster.start_proxy();
+    let log = cluster.proxy_log();
+    let refusal = format!("shard 0: its primary {node} holds 1 keys that no journal holds");
+    assert!(log.contains(&refusal), "{log}");
     assert!(log.contains("no [snapshot] table is configured: add one"), "{log}");
+    match cluster.client().cmd(&["GET", "existing"]).unwrap() {
+        Value::Error(e) => assert!(e.starts_with("CLUSTERDOWN memlog: ") && e.contains(&refusal), "{e}"),
+        other => panic!("GET on the refused shard answered {other:?}"),
+    }
 }
 
 #[test]
@@ -265,4 +331,40 @@ fn keys_of_other_shards_slots_on_an_adopted_node_are_reported_and_kept() {
     assert_eq!(direct.cmd(&["GET", "{a}:0"]).unwrap(), Value::Bulk(Some(b"elsewhere".to_vec())));
     assert_eq!(direct.cmd(&["SELECT", "1"]).unwrap(), Value::Simple("OK".into()));
     assert_eq!(direct.cmd(&["GET", "{b}:db1"]).unwrap(), Value::Bulk(Some(b"kept".to_vec())));
+}
+
+/// An adopted shard's primary that comes back holding keys only in a database memlog does not
+/// serve (here one in database 3, with no `__memlog:lsn`) gets the adopted data back: the
+/// baseline snapshot is loaded (over that key, with a warning), then the journal replayed.
+/// Taking such a node for the holder of the shard's data (counting every database as
+/// non-empty) loses the adopted keys: the journal never held them.
+#[test]
+fn an_adopted_node_back_with_keys_only_in_another_database_gets_its_baseline_back() {
+    let mut cluster = DurableCluster::start_without_proxy(options());
+    let node = cluster.redis_addr(0);
+    let mut direct = redis_conn(node).unwrap();
+    for i in 0..10 {
+        assert_eq!(direct.cmd(&["SET", &format!("adopted{i}"), "a"]).unwrap(), Value::Simple("OK".into()));
+    }
+    cluster.start_proxy();
+    let mut client = cluster.client();
+    assert_eq!(client.cmd(&["SET", "journaled", "j"]).unwrap(), Value::Simple("OK".into()));
+    // An RDB holding one key, in database 3, becomes the node's file.
+    let other = tempfile::tempdir().unwrap();
+    let stock = common::spawn_redis(other.path(), &[]);
+    let mut conn = Conn::connect(stock.addr, Duration::from_secs(5)).unwrap();
+    for command in [&["SELECT", "3"][..], &["SET", "only-in-db3", "x"], &["SAVE"]] {
+        assert_eq!(conn.cmd(command).unwrap(), Value::Simple("OK".into()));
+    }
+    cluster.kill_redis(0);
+    let rdb = |dir: &std::path::Path, port: u16| dir.join(format!("redis-{port}")).join("dump.rdb");
+    std::fs::copy(rdb(other.path(), stock.addr.port()), rdb(cluster.dir.path(), node.port())).unwrap();
+    cluster.restart_redis_from_its_rdb(0);
+    wait_until_reads(&cluster, "journaled", "j");
+    let warning = "the node holds keys only in databases other than 0, which memlog does not serve";
+    assert!(cluster.proxy_log().contains(warning), "{}", cluster.proxy_log());
+    for i in 0..10 {
+        let reply = client.cmd(&["GET", &format!("adopted{i}")]).unwrap();
+        assert_eq!(reply, Value::Bulk(Some(b"a".to_vec())), "adopted{i}\n{}", cluster.proxy_log());
+    }
 }

@@ -166,6 +166,51 @@ fn redis_cluster(dir: &Path) -> Vec<Proc> {
 }
 
 fn redis_cluster_with(dir: &Path, extra: &[&str]) -> Vec<Proc> {
+    redis_cluster_of(dir, extra, false)
+}
+
+/// A source Redis that accepts only TLS (`common::redis_tls`: its port is the TLS port, its
+/// certificate signed by the nodes' CA), as ElastiCache with in-transit encryption: clients
+/// are not asked for a certificate; the cluster bus runs over TLS too, so CLUSTER SLOTS names
+/// the TLS ports.
+fn spawn_tls_source(dir: &Path, extra: &[&str]) -> Proc {
+    let port = common::ports::free_port();
+    let node_dir = dir.join(format!("redis-{port}"));
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let mut cmd = Command::new("redis-server");
+    common::redis_tls::node_args(&mut cmd, port);
+    cmd.args(["--tls-auth-clients", "no", "--tls-cluster", "yes", "--enable-debug-command", "local"]);
+    cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+    cmd.arg("--dir").arg(&node_dir);
+    cmd.args(extra);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    common::spawn_listening(&format!("redis-{port}"), cmd, addr, &node_dir.join("redis.log"))
+}
+
+/// A connection to a source node: over TLS to one of [`spawn_tls_source`] (trusting the nodes'
+/// CA, without a client certificate).
+fn source_conn(addr: SocketAddr) -> Conn {
+    if common::redis_tls::is_tls_node(addr) {
+        let config = common::redis_tls::client_config(&common::redis_tls::files().ca, None);
+        common::redis_tls::connect(addr, CLIENT_TIMEOUT, config).unwrap()
+    } else {
+        Conn::connect(addr, CLIENT_TIMEOUT).unwrap()
+    }
+}
+
+/// The URL and arguments that reach the source node at `addr` as `user` (rediss:// and the
+/// nodes' CA for a TLS-only node).
+fn source_url(user: &str, addr: SocketAddr) -> (String, Vec<String>) {
+    if common::redis_tls::is_tls_node(addr) {
+        let ca = common::redis_tls::files().ca.display().to_string();
+        (format!("rediss://{user}@{addr}"), vec!["--source-ca".into(), ca])
+    } else {
+        (format!("redis://{user}@{addr}"), Vec::new())
+    }
+}
+
+/// Three Redis Cluster nodes as [`redis_cluster`], accepting only TLS with `tls`.
+fn redis_cluster_of(dir: &Path, extra: &[&str], tls: bool) -> Vec<Proc> {
     let nodes: Vec<Proc> = (0..3)
         .map(|_| {
             // The bus port is chosen like every other test port: Redis's default (port + 10000)
@@ -173,11 +218,19 @@ fn redis_cluster_with(dir: &Path, extra: &[&str]) -> Vec<Proc> {
             let bus = common::ports::free_port().to_string();
             let mut args = vec!["--cluster-enabled", "yes", "--cluster-node-timeout", "5000", "--cluster-port", &bus];
             args.extend_from_slice(extra);
-            spawn_source(dir, &args)
+            if tls {
+                spawn_tls_source(dir, &args)
+            } else {
+                spawn_source(dir, &args)
+            }
         })
         .collect();
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
-    let status = Command::new("redis-cli")
+    let mut create = Command::new("redis-cli");
+    if tls {
+        create.args(["--tls", "--cacert"]).arg(&common::redis_tls::files().ca);
+    }
+    let status = create
         .args(["--cluster", "create"])
         .args(&addrs)
         .args(["--cluster-replicas", "0", "--cluster-yes"])
@@ -187,7 +240,7 @@ fn redis_cluster_with(dir: &Path, extra: &[&str]) -> Vec<Proc> {
     assert!(status.success(), "redis-cli --cluster create");
     let deadline = Instant::now() + Duration::from_secs(30);
     for node in &nodes {
-        let mut conn = Conn::connect(node.addr, CLIENT_TIMEOUT).unwrap();
+        let mut conn = source_conn(node.addr);
         while !conn.cmd(&["CLUSTER", "INFO"]).unwrap().text().contains("cluster_state:ok") {
             assert!(Instant::now() < deadline, "the Redis Cluster did not become ok");
             std::thread::sleep(Duration::from_millis(100));
@@ -203,7 +256,7 @@ fn cluster_sender(nodes: &[Proc]) -> impl FnMut(&[&[u8]]) {
 }
 
 fn cluster_sender_at(nodes: &[SocketAddr]) -> impl FnMut(&[&[u8]]) {
-    let mut conns: Vec<Conn> = nodes.iter().map(|&n| Conn::connect(n, CLIENT_TIMEOUT).unwrap()).collect();
+    let mut conns: Vec<Conn> = nodes.iter().map(|&n| source_conn(n)).collect();
     let mut owner = vec![0usize; 16384];
     for (i, conn) in conns.iter_mut().enumerate() {
         let Value::Array(Some(ranges)) = conn.cmd(&["CLUSTER", "SLOTS"]).unwrap() else { panic!("CLUSTER SLOTS") };
@@ -457,8 +510,9 @@ fn live_import_under_load(
     std::fs::write(&password, "migrator-secret\n").unwrap();
     let cluster = memlog_cluster();
     let to = redis_url(cluster.proxy_addr());
-    let source_url = format!("redis://migrator@{}", addrs[1]);
-    let source_args = [source_url.as_str(), "--cluster", "--source-password-file", password.to_str().unwrap()];
+    let (source_url, tls_args) = source_url("migrator", addrs[1]);
+    let mut source_args = vec![source_url.as_str(), "--cluster", "--source-password-file", password.to_str().unwrap()];
+    source_args.extend(tls_args.iter().map(String::as_str));
 
     let (running, load) = start_write_load(addrs.clone());
     let mut args = source_args.to_vec();
@@ -475,21 +529,44 @@ fn live_import_under_load(
     eprintln!("load: {commands} commands during the import; {final_line}");
 
     let mut args = vec!["verify"];
-    args.extend(source_args);
+    args.extend(&source_args);
     args.extend(["--to", &to]);
     let out = import(&args);
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && report.contains(", 0 differences"), "verify after the cut-over: {report}");
 }
 
+/// `import live` and `verify` given `redis://` for a source that accepts only TLS: refused at
+/// once, saying to use rediss://, with nothing copied.
+fn assert_plain_import_refused(dir: &Path, addr: SocketAddr) {
+    let password = dir.join("plain-password");
+    std::fs::write(&password, "migrator-secret\n").unwrap();
+    let cluster = memlog_cluster();
+    let to = redis_url(cluster.proxy_addr());
+    let source = format!("redis://migrator@{addr}");
+    for command in ["live", "verify"] {
+        let started = Instant::now();
+        let out =
+            import(&[command, &source, "--cluster", "--source-password-file", password.to_str().unwrap(), "--to", &to]);
+        assert!(!out.status.success(), "import {command} over plain TCP to a TLS-only source must fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&addr.to_string()) && stderr.contains("rediss://"), "{stderr}");
+        assert!(started.elapsed() < Duration::from_secs(10), "refused after {:?}", started.elapsed());
+    }
+    assert_eq!(cluster.client().cmd(&["DBSIZE"]).unwrap(), Value::Int(0), "nothing was copied");
+}
+
+/// The ElastiCache-like source runs TLS only (in-transit encryption), reached with rediss://
+/// and `--source-ca`, discovery and change feed included.
 #[test]
 fn import_live_from_an_elasticache_like_cluster_under_load_then_cut_over_verifies_clean() {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = redis_cluster_with(dir.path(), ELASTICACHE_LIKE);
-    let mut probe = Conn::connect(nodes[0].addr, CLIENT_TIMEOUT).unwrap();
+    let nodes = redis_cluster_of(dir.path(), ELASTICACHE_LIKE, true);
+    let mut probe = source_conn(nodes[0].addr);
     for refused in ["SYNC", "PSYNC", "CONFIG"] {
         assert!(probe.cmd(&[refused, "GET", "x"]).unwrap().is_error(), "{refused} must be refused at the source");
     }
+    assert_plain_import_refused(dir.path(), nodes[1].addr);
     let mut send = cluster_sender(&nodes);
     for prefix in ["a", "b", "c"] {
         populate(prefix, &mut send);
@@ -583,4 +660,26 @@ fn import_live_refuses_a_source_without_notifications_naming_the_parameter() {
     assert_eq!(cluster.client().cmd(&["DBSIZE"]).unwrap(), Value::Int(0), "nothing was copied");
     let leftover = Conn::connect(partial.addr, CLIENT_TIMEOUT).unwrap().cmd(&["DBSIZE"]).unwrap();
     assert_eq!(leftover, Value::Int(0), "the probe's scratch key is gone");
+}
+
+/// A self-managed source that accepts only TLS and asks for a client certificate
+/// (`tls-auth-clients yes`) is read with --source-cert/--source-key; without them it is not.
+#[test]
+fn verify_reads_a_tls_source_that_wants_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = spawn_tls_source(dir.path(), &["--tls-auth-clients", "yes"]);
+    let tls = common::redis_tls::files();
+    let mut conn = common::redis_tls::connect(source.addr, CLIENT_TIMEOUT, common::redis_tls::proxy_client_config())
+        .expect("a client with a certificate of the nodes' CA");
+    ok(&mut conn, &[b"SET", b"k", b"v"]);
+    let cluster = memlog_cluster();
+    ok(&mut cluster.client(), &[b"SET", b"k", b"v"]);
+    let (url, ca) = (format!("rediss://{}", source.addr), tls.ca.to_str().unwrap());
+    let to = redis_url(cluster.proxy_addr());
+    let (cert, key) = (tls.proxy_cert.to_str().unwrap(), tls.proxy_key.to_str().unwrap());
+    let out = import(&["verify", &url, "--source-ca", ca, "--source-cert", cert, "--source-key", key, "--to", &to]);
+    assert!(out.status.success(), "verify with a client certificate");
+    let out = import(&["verify", &url, "--source-ca", ca, "--to", &to]);
+    assert!(!out.status.success(), "verify without a client certificate must fail");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&source.addr.to_string()));
 }

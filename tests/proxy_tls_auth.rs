@@ -366,6 +366,110 @@ fn sighup_reloads_the_certificates_and_keeps_connections() {
     assert_eq!(send(&mut old, &["GET", "svc:old"]), "2");
 }
 
+/// A Redis node on `port` that accepts only TLS: the certificate `node`, and clients with a
+/// certificate signed by `authority`.
+fn spawn_tls_redis(dir: &Path, port: u16, authority: &Authority, node: &(String, String)) -> Proc {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    cmd.args(["--tls-cert-file", &node.0, "--tls-key-file", &node.1, "--tls-ca-cert-file", &authority.ca_pem()]);
+    cmd.arg("--dir").arg(dir);
+    spawn_listening(&format!("redis-{port}"), cmd, addr, &dir.join(format!("redis-{port}.log")))
+}
+
+/// Waits until `log` holds `line`.
+fn wait_for_log(log: &Path, line: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(log).unwrap().contains(line) {
+        assert!(std::time::Instant::now() < deadline, "no {line:?} in the log");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// `SET key value` through the proxy until it answers OK (the proxy reconnects to a restarted
+/// node on its own); panics with the last answer after 20 s.
+fn set_until_served(port: u16, key: &str, value: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let reply = cli(port, &["SET", key, value]);
+        if reply == "OK" {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the proxy does not serve: {reply}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `[backend] tls` rotated by SIGHUP: the proxy's files for the nodes (their CA, its client
+/// certificate) are rewritten in place and reloaded; the connections it had keep going, the
+/// ones it opens to a node restarted with the new CA's certificates use the new files; files
+/// that do not load are refused with the file named, and the ones in use stay.
+#[test]
+fn sighup_reloads_the_backend_tls_files_for_new_node_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("backend-tls");
+    std::fs::create_dir_all(&files).unwrap();
+    let (ca, cert, key) = (files.join("ca.pem"), files.join("proxy.pem"), files.join("proxy.key"));
+    // Each CA signs a node's certificate and the proxy's; the proxy's are copied over its files.
+    let generation = |name: &str| {
+        let authority = Authority::new(dir.path(), name);
+        let (node, proxy) = (authority.server("node"), authority.client("proxy", "memlog proxy"));
+        (authority, node, proxy)
+    };
+    let install = |authority: &Authority, proxy: &(String, String)| {
+        std::fs::copy(authority.ca_pem(), &ca).unwrap();
+        std::fs::copy(&proxy.0, &cert).unwrap();
+        std::fs::copy(&proxy.1, &key).unwrap();
+    };
+    let (first, first_node, first_proxy) = generation("nodes-ca-1");
+    install(&first, &first_proxy);
+    let redis_port = free_port();
+    let mut redis = spawn_tls_redis(dir.path(), redis_port, &first, &first_node);
+    let backend = format!("[backend]\ntls = true\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}");
+    let proxy = proxy_with(dir.path(), &redis, &backend);
+    let port = proxy.addr.port();
+    assert_eq!(cli(port, &["SET", "k", "1"]), "OK");
+
+    // The second CA's files, then SIGHUP: the connections open to the node keep theirs.
+    let (second, second_node, second_proxy) = generation("nodes-ca-2");
+    install(&second, &second_proxy);
+    proxy.signal(libc::SIGHUP);
+    wait_for_log(&proxy.log, "SIGHUP: backend TLS certificates reloaded");
+    assert_eq!(cli(port, &["SET", "k", "2"]), "OK");
+    assert_eq!(cli(port, &["GET", "k"]), "2");
+
+    // The node restarted with the second CA's certificate, wanting client certificates of it:
+    // the proxy's new connections to it carry the reloaded files.
+    redis.kill9();
+    let redis = spawn_tls_redis(dir.path(), redis_port, &second, &second_node);
+    set_until_served(port, "k", "3");
+    assert_eq!(cli(port, &["GET", "k"]), "3");
+
+    // A key file that does not load: refused, named, and the second CA's files stay in use —
+    // the node restarted again is reached with them.
+    std::fs::write(&key, "not a key\n").unwrap();
+    proxy.signal(libc::SIGHUP);
+    wait_for_log(&proxy.log, "SIGHUP: backend TLS certificates NOT reloaded, the old ones stay");
+    let log = std::fs::read_to_string(&proxy.log).unwrap();
+    assert!(log.contains(&key.display().to_string()), "the failed reload does not name the file: {log}");
+    let mut redis = redis;
+    redis.kill9();
+    let _redis = spawn_tls_redis(dir.path(), redis_port, &second, &second_node);
+    set_until_served(port, "k", "4");
+    assert_eq!(cli(port, &["GET", "k"]), "4");
+}
+
 /// `memlog ARGS` with `env` set and no TLS or credentials from the test's own environment.
 fn memlog(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = Command::new(memlog_bin());

@@ -44,7 +44,11 @@ pub struct Category(u8);
 impl Category {
     /// The category of that name (case-insensitive, without the `@`), as `+@name` accepts it.
     pub fn by_name(name: &[u8]) -> Option<Category> {
-        CATEGORY_NAMES.iter().position(|c| c.as_bytes().eq_ignore_ascii_case(name)).map(|i| Category(i as u8))
+        CATEGORY_NAMES
+            .iter()
+            .position(|c| c.as_bytes().eq_ignore_ascii_case(name))
+            .and_then(|i| u8::try_from(i).ok())
+            .map(Category)
     }
 
     pub fn name(self) -> &'static str {
@@ -52,7 +56,7 @@ impl Category {
     }
 
     pub fn all() -> impl Iterator<Item = Category> {
-        (0..CATEGORY_NAMES.len() as u8).map(Category)
+        (0..=u8::MAX).take(CATEGORY_NAMES.len()).map(Category)
     }
 
     fn bit(self) -> u32 {
@@ -216,6 +220,8 @@ pub enum CatalogError {
     Malformed(String),
     #[error("command {0} is defined twice")]
     Duplicate(String),
+    #[error("COMMAND reply: more commands than a u32 numbers")]
+    TooMany,
 }
 
 /// Why a request names no command (the errors of Redis's `lookupCommand` callers).
@@ -259,7 +265,7 @@ impl Catalog {
         if self.by_name.contains_key(name.as_bytes()) {
             return Err(CatalogError::Duplicate(name));
         }
-        let id = CommandId(self.commands.len() as u32);
+        let id = CommandId(u32::try_from(self.commands.len()).map_err(|_| CatalogError::TooMany)?);
         let has = |flag: &str| spec.flags.iter().any(|f| f.eq_ignore_ascii_case(flag));
         self.commands.push(Command {
             id,

@@ -146,7 +146,7 @@ fn keys_from_specs<A: AsRef<[u8]>>(command: &Command, args: &[A]) -> Option<Vec<
         }
         let mut pos = first;
         while pos <= last {
-            keys.push(KeyRef { pos: pos as usize, flags: spec.flags });
+            keys.push(KeyRef { pos: usize::try_from(pos).ok()?, flags: spec.flags });
             pos += step;
         }
         if spec.flags.contains(KeyFlags::INCOMPLETE) {
@@ -167,7 +167,12 @@ fn find_keyword<A: AsRef<[u8]>>(args: &[A], keyword: &[u8], start_from: i64) -> 
         if i >= argc || i < 1 {
             return None;
         }
-        if args[i as usize].as_ref().eq_ignore_ascii_case(keyword) {
+        // 1 <= i < argc here.
+        if usize::try_from(i)
+            .ok()
+            .and_then(|i| args.get(i))
+            .is_some_and(|arg| arg.as_ref().eq_ignore_ascii_case(keyword))
+        {
             return Some(i);
         }
         i += if start <= end { 1 } else { -1 };
@@ -182,10 +187,10 @@ fn keys_from_fallback<A: AsRef<[u8]>>(fallback: KeysFallback, args: &[A]) -> Vec
     match fallback {
         KeysFallback::Counted { store, count, first } => {
             let num = c_atoi(arg(count));
-            if num < 1 || num > argc as i64 - first as i64 {
+            let Some(num) = usize::try_from(num).ok().filter(|n| (1..=argc.saturating_sub(first)).contains(n)) else {
                 return Vec::new();
-            }
-            let mut keys: Vec<KeyRef> = (0..num as usize).map(|i| key(first + i, KeyFlags::NONE)).collect();
+            };
+            let mut keys: Vec<KeyRef> = (0..num).map(|i| key(first + i, KeyFlags::NONE)).collect();
             if store > 0 {
                 keys.push(key(store, KeyFlags::NONE));
             }
@@ -356,5 +361,7 @@ fn c_atoi(s: &[u8]) -> i64 {
         (false, true) => -value,
         (false, false) => value,
     };
-    i64::from(long as i32)
+    // `(int)` of a long keeps its low 32 bits (two's complement, as gcc does).
+    let [a, b, c, d, ..] = long.to_le_bytes();
+    i64::from(i32::from_le_bytes([a, b, c, d]))
 }

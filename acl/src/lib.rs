@@ -12,6 +12,10 @@
 //! Behaviour follows Redis 7.0's `src/acl.c` and `src/db.c` (key extraction) rule for rule; the
 //! differences are listed in the crate's README.
 
+// No count or position is narrowed by an `as` cast, which would wrap silently (positions come
+// from clients' requests): conversions go through `try_from` (tests' fixtures aside).
+#![cfg_attr(not(test), deny(clippy::cast_possible_truncation))]
+
 mod catalog;
 mod check;
 mod describe;

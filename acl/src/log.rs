@@ -169,7 +169,7 @@ impl AclLog {
 
     /// `ACL LOG [count]` (10 when no count; a negative count shows none).
     pub fn reply(&self, count: Option<i64>, now_ms: u64) -> Value {
-        let count = count.unwrap_or(10).max(0) as usize;
+        let count = usize::try_from(count.unwrap_or(10).max(0)).unwrap_or(usize::MAX);
         Value::Array(self.entries.iter().take(count).map(|e| e.reply(now_ms)).collect())
     }
 }

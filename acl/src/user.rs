@@ -488,7 +488,7 @@ pub(crate) fn merge_selector_arguments<A: AsRef<[u8]>>(args: &[A]) -> Result<Vec
 pub(crate) fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
     let at = |i: usize| line.get(i).copied().unwrap_or(0);
     let is_space = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
-    let hex_value = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let hex_value = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
     let mut words = Vec::new();
     let mut i = 0;
     loop {

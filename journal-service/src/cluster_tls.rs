@@ -26,6 +26,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use serde::{Deserialize, Serialize};
 
+pub use crate::sighup::Reloaded;
+
 /// The DNS suffix under which certificates carry their role.
 pub const ROLE_DOMAIN: &str = "role.memlog";
 
@@ -245,35 +247,10 @@ impl Transport {
     }
 }
 
-/// What a reload did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reloaded {
-    /// The certificate files were read again and are in use for new connections.
-    Certificates,
-    /// The process runs without cluster certificates: there was nothing to read.
-    NothingConfigured,
-}
-
-/// Calls `reload` on every SIGHUP and logs the outcome: certificates are rotated without a
-/// restart (connections made afterwards use the new ones).
-///
-/// Install it whether or not the process has certificates: SIGHUP's default action ends the
-/// process, and a rotation that signals every member of a cluster must not stop one that
-/// runs without them.
+/// The cluster certificates' SIGHUP hook ([`crate::sighup::reload_on_sighup`]); installed
+/// whether or not the process has certificates, so a rotation's SIGHUP stops no member.
 pub fn reload_on_sighup(reload: impl Fn() -> Result<Reloaded, TlsError> + Send + 'static) -> std::io::Result<()> {
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            match reload() {
-                Ok(Reloaded::Certificates) => tracing::info!("SIGHUP: cluster certificates reloaded"),
-                Ok(Reloaded::NothingConfigured) => {
-                    tracing::info!("SIGHUP: no cluster certificates configured, nothing to reload")
-                }
-                Err(e) => tracing::error!("SIGHUP: cluster certificates NOT reloaded, the old ones stay: {e}"),
-            }
-        }
-    });
-    Ok(())
+    crate::sighup::reload_on_sighup("cluster certificates", reload)
 }
 
 /// The cluster CA's chain check, plus: the client certificate carries a role. A certificate

@@ -15,6 +15,7 @@ pub mod node_client;
 pub mod private_fs;
 pub mod protocol;
 pub mod record;
+pub mod sighup;
 pub mod storage;
 
 pub use entry::{Entry, NodeStatus, StreamId, StreamTail};

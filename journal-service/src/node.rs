@@ -1,7 +1,8 @@
 //! The journal node server (`memlog journal`): accepts pipelined connections and drives the
 //! storage engine. One task reads a connection's requests in order and queues each on the
 //! storage at once (so appends from one connection keep their order); replies go back through
-//! one writer task per connection, tagged with their request id.
+//! one writer task per connection, tagged with their request id. An append's reply is queued by
+//! the stream's writer thread itself, the moment the append is durable: no task in between.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -259,11 +260,13 @@ async fn serve_connection(
 ) {
     let (reader, writer) = tokio::io::split(stream);
     let (replies, queue) = mpsc::channel(REPLY_QUEUE);
-    let writer = tokio::spawn(write_replies(writer, queue));
+    let (acks, ack_queue) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_replies(writer, queue, ack_queue));
     let mut connection = Connection {
         storage,
         role,
         replies,
+        acks,
         subscriptions: HashMap::new(),
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         max_in_flight: limits.max_in_flight,
@@ -284,6 +287,10 @@ struct Connection {
     /// What the peer's certificate allows it.
     role: Role,
     replies: mpsc::Sender<Bytes>,
+    /// Append replies, queued by the streams' writer threads. Unbounded, as a thread cannot wait
+    /// on a slow peer, but each holds an in-flight permit until it is written: at most
+    /// `max_in_flight` of them.
+    acks: mpsc::UnboundedSender<Ack>,
     subscriptions: HashMap<u64, AbortHandle>,
     /// One permit per request being served.
     in_flight: Arc<Semaphore>,
@@ -357,7 +364,13 @@ impl Connection {
     async fn dispatch(&mut self, id: u64, request: Request) {
         match request {
             Request::Append { stream, entry } => {
-                self.reply_later(id, self.storage.append(&stream, entry), |()| Response::Done).await
+                let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else { return };
+                let acks = self.acks.clone();
+                let done = move |outcome: Result<(), NodeError>| {
+                    let response = outcome.map_or_else(Response::Error, |()| Response::Done);
+                    let _ = acks.send(Ack { frame: encode(id, &response), _permit: permit });
+                };
+                self.storage.append_then(&stream, entry, Box::new(done));
             }
             Request::Fence { stream, epoch } => {
                 self.reply_later(id, self.storage.fence(&stream, epoch), Response::Tail).await
@@ -477,15 +490,41 @@ fn encode(id: u64, response: &Response) -> Bytes {
     out.freeze()
 }
 
-/// Writes reply frames, coalescing whatever is queued into one write.
-async fn write_replies(mut writer: impl AsyncWrite + Unpin, mut queue: mpsc::Receiver<Bytes>) {
+/// An append's reply, with the in-flight permit it frees once written.
+struct Ack {
+    frame: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Writes reply frames, coalescing whatever is queued into one write, until both queues end.
+async fn write_replies(
+    mut writer: impl AsyncWrite + Unpin,
+    mut replies: mpsc::Receiver<Bytes>,
+    mut acks: mpsc::UnboundedReceiver<Ack>,
+) {
     let mut batch = BytesMut::with_capacity(64 * 1024);
-    while let Some(frame) = queue.recv().await {
-        protocol::coalesce(&mut batch, &frame, || queue.try_recv().ok());
+    // Append replies in `batch`, whose in-flight permits are freed once it is written.
+    let mut written_acks = Vec::new();
+    let (mut replies_open, mut acks_open) = (true, true);
+    while replies_open || acks_open {
+        let mut take_ack = |ack: Ack| {
+            let frame = ack.frame.clone();
+            written_acks.push(ack);
+            frame
+        };
+        let first = tokio::select! {
+            frame = replies.recv(), if replies_open => frame.or_else(|| { replies_open = false; None }),
+            ack = acks.recv(), if acks_open => ack.map(&mut take_ack).or_else(|| { acks_open = false; None }),
+        };
+        let Some(first) = first else { continue };
+        protocol::coalesce(&mut batch, &first, || {
+            acks.try_recv().ok().map(&mut take_ack).or_else(|| replies.try_recv().ok())
+        });
         if writer.write_all(&batch).await.is_err() {
             return;
         }
         batch.clear();
+        written_acks.clear();
     }
     let _ = writer.shutdown().await;
 }

@@ -440,7 +440,7 @@ impl Reader {
 const COALESCE_LIMIT: usize = 1024 * 1024;
 
 /// Appends `first` and then whatever `next` has ready to `batch`, up to about 1 MiB, so the
-/// server's replies and the client's requests each go out in as few writes as possible.
+/// client's requests and the server's replies each go out in as few writes as possible.
 pub fn coalesce(batch: &mut BytesMut, first: &[u8], mut next: impl FnMut() -> Option<Bytes>) {
     batch.extend_from_slice(first);
     while batch.len() < COALESCE_LIMIT {

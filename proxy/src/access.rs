@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -216,12 +215,12 @@ impl Access {
     }
 
     fn log_event(&self, event: LogEvent) {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).add(event, now_ms());
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).add(event, crate::units::unix_ms());
     }
 
     /// `ACL LOG [count]`.
     pub(crate) fn log_reply(&self, count: Option<i64>) -> Value {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).reply(count, now_ms())
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).reply(count, crate::units::unix_ms())
     }
 
     /// `ACL LOG RESET`.
@@ -327,8 +326,4 @@ async fn put(store: &MetaStore, catalog: &Catalog, user: &User) -> Result<(), Ac
     let rules = String::from_utf8_lossy(line.get(prefix..).unwrap_or_default()).into_owned();
     let name = String::from_utf8_lossy(user.name()).into_owned();
     store.put_user(&name, &serde_json::json!({ "rules": rules })).await.map_err(|e| AccessError::Store(e.to_string()))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use journal_service::sighup::{self, Reloaded};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
@@ -89,16 +90,7 @@ fn named_user(mapping: CertUser, leaf: &CertificateDer<'_>) -> Result<String, Ce
 /// Calls [`ClientTls::reload`] on every SIGHUP and logs the outcome, so certificates are
 /// rotated without a restart and without dropping a connection.
 pub(crate) fn reload_on_sighup(tls: Arc<ClientTls>) -> std::io::Result<()> {
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            match tls.reload() {
-                Ok(()) => tracing::info!("SIGHUP: client TLS certificates reloaded"),
-                Err(e) => tracing::error!("SIGHUP: client TLS certificates NOT reloaded, the old ones stay: {e}"),
-            }
-        }
-    });
-    Ok(())
+    sighup::reload_on_sighup("client TLS certificates", move || tls.reload().map(|()| Reloaded::Certificates))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

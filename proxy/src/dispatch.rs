@@ -23,7 +23,7 @@ use crate::table::{display_name, CommandInfo};
 pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing {
     let started = Instant::now();
     ctx.proxy.stats.commands.fetch_add(1, Ordering::Relaxed);
-    ctx.client.last_command_ms.store(ctx.client.connected_at.elapsed().as_millis() as u64, Ordering::Relaxed);
+    ctx.client.last_command_ms.store(crate::units::millis(ctx.client.connected_at.elapsed()), Ordering::Relaxed);
     // `CLIENT REPLY SKIP` silences the command after it (and `OFF` every one, until `ON`).
     let skipped = std::mem::replace(&mut ctx.skip_next_reply, false);
     let info = match lookup(ctx, &request) {

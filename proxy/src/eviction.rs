@@ -148,11 +148,11 @@ impl Evictor {
     /// evicts the best ones until what they use covers the excess, in one `DEL` (one journal
     /// entry): a `DEL` per key would wait for a journal commit per key, far slower than writes
     /// arrive.
-    async fn evict(&mut self, volatile_only: bool, rank: Rank) -> Result<usize, EvictError> {
+    async fn evict(&mut self, volatile_only: bool, rank: Rank) -> Result<u64, EvictError> {
         let samples: usize =
             self.params.get().get("maxmemory-samples").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SAMPLES);
         let wanted = samples.saturating_mul(MOST_PER_DEL).min(MOST_SAMPLED);
-        let mut evicted = 0;
+        let mut evicted = 0u64;
         for _ in 0..ROUNDS {
             let excess = self.memory.estimate().saturating_sub(self.memory.limit());
             if excess == 0 {
@@ -183,10 +183,10 @@ impl Evictor {
             let deleted = self.delete(victims).await?;
             tracing::debug!(shard = self.shard, excess, keys, deleted, freed, "evicted");
             self.memory.evicted(deleted, freed);
-            evicted += deleted as usize;
+            evicted += deleted;
         }
         if evicted > 0 {
-            metrics::counter!("memlog_evicted_keys_total", "shard" => self.shard.to_string()).increment(evicted as u64);
+            metrics::counter!("memlog_evicted_keys_total", "shard" => self.shard.to_string()).increment(evicted);
         }
         Ok(evicted)
     }

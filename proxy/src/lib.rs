@@ -3,6 +3,10 @@
 
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
+// No length, count or time is narrowed by an `as` cast, which would wrap silently: conversions
+// go through `try_from` and say what happens past the target's range — saturation where a value
+// is only reported, an error where a peer's bytes could cause it (tests' fixtures aside).
+#![cfg_attr(not(test), deny(clippy::cast_possible_truncation))]
 
 // Each module belongs to a layer and uses only its own layer and those below it: the order is
 // declared in tests/layers.rs (which checks it) and described in docs/architecture.md.
@@ -38,6 +42,7 @@ mod stats;
 mod status;
 mod table;
 mod tracking;
+mod units;
 
 /// What the `memlog` binary needs to reach Redis nodes the way the proxy does (`memlog up`, `memlog status`).
 pub use backend::{

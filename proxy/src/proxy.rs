@@ -93,10 +93,11 @@ impl Proxy {
 
 /// Waits until every write queued on any shard before this call was applied: a read queued
 /// behind them through each sequencer is answered only then. False if a shard refused the read
-/// (it is not applying: its writes wait, or were refused).
+/// (it is not applying: its writes wait, or were refused). A shard refused at start-up applies
+/// nothing, ever: it is not waited for.
 pub(crate) async fn after_queued_writes(shards: &[Shard]) -> bool {
     let mut waiting = Vec::with_capacity(shards.len());
-    for shard in shards {
+    for shard in shards.iter().filter(|shard| shard.refusal().is_none()) {
         let (reply, applied) = tokio::sync::oneshot::channel();
         let op = SequencerOp::Read(Request::from_args(&[&b"PING"[..]]));
         shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;

@@ -56,15 +56,17 @@ impl Pending {
         Box::pin(async move {
             match self {
                 Pending::Merge { parts, merge, .. } => {
+                    // Every part is awaited before any answer, an error included: the client
+                    // hears of a command split over shards only once every shard has done its
+                    // part (a FLUSHALL refused by one shard has still flushed the others).
                     let mut replies = Vec::with_capacity(parts.len());
                     for part in parts {
-                        let reply = part.resolve_boxed().await;
-                        if matches!(reply.first(), Some(b'-') | Some(b'!')) {
-                            return reply;
-                        }
-                        replies.push(reply);
+                        replies.push(part.resolve_boxed().await);
                     }
-                    merge(replies)
+                    match replies.iter().position(|reply| matches!(reply.first(), Some(b'-') | Some(b'!'))) {
+                        Some(error) => replies.swap_remove(error),
+                        None => merge(replies),
+                    }
                 }
                 Pending::Deferred(work) => work.await,
                 Pending::Due(work) => work(),

@@ -3,6 +3,15 @@
 //! owns the slot.
 
 pub const SLOTS: usize = 16384;
+/// A key's slot is the low 14 bits of its CRC16, as in Redis (`keyHashSlot`).
+const SLOT_MASK: u16 = 0x3FFF;
+const _: () = assert!(SLOT_MASK as usize + 1 == SLOTS);
+
+/// The metadata store's id of the shard at `index` in `[[shards]]`. [`SlotMap::from_slot_lists`]
+/// refuses more shards than a `u16` numbers, so the saturation never happens.
+pub(crate) fn shard_id(index: usize) -> u32 {
+    u32::try_from(index).unwrap_or(u32::MAX)
+}
 
 /// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.
 fn crc16(data: &[u8]) -> u16 {
@@ -26,7 +35,7 @@ pub fn key_slot(key: &[u8]) -> u16 {
         },
         None => key,
     };
-    crc16(hashed) % SLOTS as u16
+    crc16(hashed) & SLOT_MASK
 }
 
 /// Which shard owns each slot.
@@ -46,6 +55,10 @@ impl SlotMap {
         let mut owner = vec![UNOWNED; SLOTS];
         let mut ranges = Vec::with_capacity(shards.len());
         for (shard, slots) in shards.iter().map(AsRef::as_ref).enumerate() {
+            let owner_id = u16::try_from(shard)
+                .ok()
+                .filter(|id| *id != UNOWNED)
+                .ok_or_else(|| anyhow::anyhow!("{} shards: at most {UNOWNED} are supported", shards.len()))?;
             let mut own = Vec::new();
             for part in slots.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 let (lo, hi) = match part.split_once('-') {
@@ -66,7 +79,7 @@ impl SlotMap {
                         "slot {slot} is owned by shards {} and {shard}",
                         owner[slot as usize]
                     );
-                    owner[slot as usize] = shard as u16;
+                    owner[slot as usize] = owner_id;
                 }
                 own.push((lo, hi));
             }

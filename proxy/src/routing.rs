@@ -182,6 +182,13 @@ impl ClientCtx {
     }
 }
 
+/// The reply of a command sent to every shard: the first error (a shard that refused it, e.g. a
+/// shard refused at start-up), else shard 0's reply.
+pub(crate) fn first_error_else_first(replies: Vec<Bytes>) -> Bytes {
+    let error = replies.iter().position(|reply| reply.starts_with(b"-"));
+    replies.into_iter().nth(error.unwrap_or(0)).unwrap_or_else(|| crate::resp::error_reply("ERR memlog: no shards"))
+}
+
 /// Sums integer replies (`:n`).
 pub(crate) fn merge_counts(proto: Proto, replies: &[Bytes]) -> Bytes {
     let mut total = 0i64;

@@ -2,8 +2,9 @@
 //!
 //! Writes queued while the previous batch was being handed on form the next batch (group
 //! commit). With a journal configured, each batch is normalized into deterministic commands
-//! ([`crate::normalize`]), appended to the shard's journal stream (several appends in flight),
-//! and once committed on the ack quorum applied on the shard's one ordered apply connection as
+//! ([`crate::normalize`]), appended to the shard's journal stream (one append in flight, see
+//! `APPENDS_IN_FLIGHT`), and once committed on the ack quorum applied on the shard's one ordered
+//! apply connection as
 //! `MULTI <commands> SET __memlog:lsn <lsn> EXEC`; each client gets its reply from the EXEC array.
 //! That is the contract of docs/architecture.md ("Invariants"):
 //! - I1: Redis never holds what the journal has not committed (apply strictly after commit);
@@ -33,7 +34,7 @@ mod watch;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use journal_service::meta::MetaStore;
@@ -72,8 +73,12 @@ const QUEUE_CAPACITY: usize = 2 * MAX_BATCH;
 const APPLIER_CAPACITY: usize = 16;
 /// Journal appends in flight per shard. Capping them makes writes that arrive meanwhile wait
 /// in the queue and go out as one larger entry (group commit): a journal entry costs the nodes
-/// far more than its bytes, so fewer, fuller entries carry more writes per second.
-const APPENDS_IN_FLIGHT: usize = 2;
+/// and the proxy far more than its bytes, so fewer, fuller entries carry more writes per second.
+/// One, as Redis's `appendfsync always` has one fsync per event-loop turn: each node writes a
+/// stream's entries one after the other anyway, so a second append in flight only split the
+/// writes into twice the entries (README "Benchmarks": 28 SETs per entry instead of 14 at
+/// `-c 50`, and a quarter less CPU per SET).
+const APPENDS_IN_FLIGHT: usize = 1;
 /// How long parked clients wait before they are tried again when the primary could not be read.
 const PARKED_RETRY: Duration = Duration::from_millis(100);
 /// Most entries replayed per read from the journal.
@@ -191,13 +196,18 @@ pub(crate) struct Sequencer {
     primary: Arc<crate::backend::NodeTarget>,
     /// This shard's blocked clients, for `CLIENT UNBLOCK`.
     pub blocked: BlockedClients,
+    /// Why the shard does not serve (adoption refused its primary's data), and the error reply
+    /// every request gets instead of being journaled or applied. `None` while it serves.
+    refusal: Option<(Arc<str>, Bytes)>,
 }
 
 impl Sequencer {
     /// Starts the sequencer; with a journal, returns once the stream is recovered and the
     /// primary caught up, so nothing is served from a primary that misses committed writes.
-    /// A primary holding data the journal does not hold is adopted first (or refused:
-    /// [`adopt::settle`]); `slots` are the shard's, to report keys of other shards' slots.
+    /// A primary holding data the journal does not hold is adopted first, or the shard is
+    /// refused ([`adopt::settle`]): then the sequencer answers every request with the refusal
+    /// ([`Sequencer::refusing`]) and the other shards serve. `slots` are the shard's, to report
+    /// keys of other shards' slots.
     pub(crate) async fn start(
         shard: usize,
         primary: Arc<crate::backend::NodeTarget>,
@@ -240,7 +250,19 @@ impl Sequencer {
                 let reader = applier.reader.as_deref().expect("set above");
                 let snapshots = applier.snapshots.as_deref();
                 needs_adoption_mark =
-                    adopt::settle(shard, &primary, &opts, writer.commit_lsn(), reader, snapshots, slots).await?;
+                    match adopt::settle(shard, &primary, &opts, writer.commit_lsn(), reader, snapshots, slots).await {
+                        Ok(needs_mark) => needs_mark,
+                        Err(refused) if refused.refuses_the_shard() => {
+                            tracing::error!(
+                                shard,
+                                node = %primary.addr(),
+                                "{refused}. Until then every command routed to this shard is answered with this \
+                                 error; the other shards serve"
+                            );
+                            return Ok(Sequencer::refusing(shard, primary, &refused.to_string()));
+                        }
+                        Err(failed) => return Err(failed.into()),
+                    };
                 let started = Instant::now();
                 let replayed = applier.catch_up(writer.commit_lsn()).await;
                 // What the primary holds now (the last entry with a payload: barriers set no
@@ -255,7 +277,7 @@ impl Sequencer {
                     epoch = writer.epoch(),
                     lsn = writer.commit_lsn(),
                     replayed,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    elapsed_ms = crate::units::millis(started.elapsed()),
                     "shard recovered and primary caught up"
                 );
                 Some(Journal { stream, write_wait, max_write_bytes, writer })
@@ -280,11 +302,42 @@ impl Sequencer {
             memory,
         };
         tokio::spawn(journaler.run(rx));
-        let sequencer = Sequencer { shard, queue, health, aborts: abort_requests, primary, blocked };
+        let sequencer = Sequencer { shard, queue, health, aborts: abort_requests, primary, blocked, refusal: None };
         if needs_adoption_mark {
             sequencer.journal_adoption_mark().await?;
         }
         Ok(sequencer)
+    }
+
+    /// The sequencer of a refused shard: every request is answered `-CLUSTERDOWN memlog:
+    /// <refusal>` (a Redis Cluster client's word for a slot nobody serves), nothing is journaled
+    /// or sent to the node.
+    fn refusing(shard: usize, primary: Arc<crate::backend::NodeTarget>, refusal: &str) -> Sequencer {
+        let reply = error_reply(&format!("CLUSTERDOWN memlog: {refusal}"));
+        let refusal = Some((Arc::from(refusal), reply.clone()));
+        let (queue, mut requests) = mpsc::channel::<SequencerRequest>(QUEUE_CAPACITY);
+        let blocked = BlockedClients::default();
+        let registry = blocked.clone();
+        tokio::spawn(async move {
+            while let Some(request) = requests.recv().await {
+                if let SequencerOp::Block(parked) = &request.op {
+                    registry.remove_if(&parked.client.id, |_, b| Arc::ptr_eq(b, parked));
+                }
+                request.refuse(reply.clone());
+            }
+        });
+        let (aborts, _) = mpsc::unbounded_channel();
+        Sequencer { shard, queue, health: Arc::default(), aborts, primary, blocked, refusal }
+    }
+
+    /// Why the shard does not serve (`None` while it serves).
+    pub(crate) fn refusal(&self) -> Option<&str> {
+        self.refusal.as_ref().map(|(why, _)| &**why)
+    }
+
+    /// The error reply of a shard that does not serve.
+    pub(crate) fn refusal_reply(&self) -> Option<Bytes> {
+        self.refusal.as_ref().map(|(_, reply)| reply.clone())
     }
 
     /// Journals and applies a no-op as the first entry after an adoption, so the primary holds
@@ -373,7 +426,7 @@ impl ApplyConns {
 async fn aborted_entries(meta: &MetaStore, shard: usize) -> std::collections::BTreeSet<u64> {
     let mut pause = Duration::from_millis(50);
     loop {
-        match meta.aborted_entries(shard as u32).await {
+        match meta.aborted_entries(crate::router::shard_id(shard)).await {
             Ok(entries) => return entries,
             Err(e) => {
                 tracing::warn!(shard, "reading the aborted entries failed, retrying: {e}");
@@ -398,11 +451,6 @@ async fn recover_until_done(stream: &QuorumStream) -> QuorumWriter {
             }
         }
     }
-}
-
-/// The wall clock in Unix ms: relative times (TTLs, a script's TIME) are anchored to it.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 /// One command of a batch: what is journaled and applied, and where its reply goes.

@@ -126,7 +126,7 @@ async fn sample_rates(proxy: std::sync::Weak<Proxy>) {
     loop {
         tick.tick().await;
         let Some(proxy) = proxy.upgrade() else { return };
-        proxy.stats.sample_rates(proxy.started.elapsed().as_millis() as u64 + 1);
+        proxy.stats.sample_rates(crate::units::millis(proxy.started.elapsed()) + 1);
     }
 }
 

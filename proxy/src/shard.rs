@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::backend::{BackendConn, BackendOptions, NodeTarget, Role};
@@ -33,6 +34,23 @@ pub(crate) struct Shard {
     reads_resp2: Vec<BackendConn>,
     reads_resp3: OnceLock<Vec<BackendConn>>,
     opts: BackendOptions,
+}
+
+/// A shard's read connections: following the primary, or (a refused shard's) answering its
+/// refusal without a node.
+fn read_pool(
+    target: &Arc<NodeTarget>,
+    refusal: Option<&Bytes>,
+    connections: usize,
+    proto: Proto,
+    opts: &BackendOptions,
+) -> Vec<BackendConn> {
+    match refusal {
+        Some(reply) => vec![BackendConn::answering(&target.addr(), reply.clone())],
+        None => {
+            (0..connections).map(|_| BackendConn::follow(target.clone(), Role::Read, proto, opts.clone())).collect()
+        }
+    }
 }
 
 /// What a shard starts from.
@@ -68,6 +86,7 @@ impl Shard {
             held: false,
             primary: node(&primary),
             replicas: nodes.iter().filter(|n| **n != primary).map(|n| node(n)).collect(),
+            refused: None,
         }));
         metrics::gauge!("memlog_shard_epoch", "shard" => id.to_string()).set(epoch as f64);
         // The controller watches the nodes while the sequencer recovers and catches the primary
@@ -100,14 +119,17 @@ impl Shard {
             Sequencer::start(id, target.clone(), opts.clone(), journal, snapshots.clone(), &slots, memory.clone())
                 .await?;
         started.send_replace(Some(sequencer.clone()));
-        if let Some(snapshots) = &snapshots {
-            snapshots.clone().spawn_scheduler(status.clone(), target.clone());
+        let refusal = sequencer.refusal_reply();
+        status.update(|view| view.refused = sequencer.refusal().map(str::to_string));
+        // A refused shard's node stays as it is: no snapshot is taken of it.
+        match &snapshots {
+            Some(snapshots) if refusal.is_none() => snapshots.clone().spawn_scheduler(status.clone(), target.clone()),
+            _ => {}
         }
+        let reads = |proto| read_pool(&target, refusal.as_ref(), connections, proto, &opts);
         Ok(Shard {
             id,
-            reads_resp2: (0..connections)
-                .map(|_| BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, opts.clone()))
-                .collect(),
+            reads_resp2: reads(Proto::Resp2),
             target,
             status,
             sequencer,
@@ -125,12 +147,23 @@ impl Shard {
         let pool = match proto {
             Proto::Resp2 => &self.reads_resp2,
             Proto::Resp3 => self.reads_resp3.get_or_init(|| {
-                (0..self.reads_resp2.len())
-                    .map(|_| BackendConn::follow(self.target.clone(), Role::Read, Proto::Resp3, self.opts.clone()))
-                    .collect()
+                let refusal = self.refusal_reply();
+                read_pool(&self.target, refusal.as_ref(), self.reads_resp2.len(), Proto::Resp3, &self.opts)
             }),
         };
-        &pool[(client_id % pool.len() as u64) as usize]
+        // The remainder is below `pool.len()`, so it fits a usize.
+        &pool[usize::try_from(client_id % pool.len() as u64).unwrap_or_default()]
+    }
+
+    /// Why the shard does not serve (its primary's data refused at start-up). `None` while it
+    /// serves.
+    pub(crate) fn refusal(&self) -> Option<&str> {
+        self.sequencer.refusal()
+    }
+
+    /// The error every command routed to a shard that does not serve gets.
+    pub(crate) fn refusal_reply(&self) -> Option<Bytes> {
+        self.sequencer.refusal_reply()
     }
 
     /// The shard's primary now (it moves when the controller fails over).

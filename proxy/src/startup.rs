@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use journal_service::cluster_tls::{reload_on_sighup, Role, Transport};
 use journal_service::meta::ShardTopology;
+use journal_service::sighup::{self, Reloaded};
 use redis_protocol::resp2::types::BytesFrame;
 
 use crate::access::Access;
@@ -41,6 +42,10 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
         .map_err(|e| anyhow::anyhow!("[cluster_tls]: {e}"))?;
     let reloadable = transport.clone();
     reload_on_sighup(move || reloadable.reload())?;
+    // The nodes' CA and the proxy's certificate for them (`[backend] tls`): SIGHUP re-reads them too.
+    if let Some(tls) = opts.access.tls.clone() {
+        sighup::reload_on_sighup("backend TLS certificates", move || tls.reload().map(|()| Reloaded::Certificates))?;
+    }
     let journal = match &cfg.journal {
         Some(journal) => Some(journal_setup(&cfg, journal, transport).await?),
         None => {
@@ -104,7 +109,8 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     proxy.put_parameters_in_force((*proxy.parameters.live.get()).clone());
     let del =
         proxy.table.get("del").cloned().ok_or_else(|| anyhow::anyhow!("the backend's COMMAND table has no DEL"))?;
-    for shard in &proxy.shards {
+    // A refused shard's node is left as it is: no evictor deletes from it.
+    for shard in proxy.shards.iter().filter(|shard| shard.refusal().is_none()) {
         let (target, sequencer, memory) = (shard.target.clone(), shard.sequencer.clone(), shard.memory.clone());
         let live = proxy.parameters.live.clone();
         let deletes = Deletes { sequencer, del: del.clone(), tracker: proxy.tracker.clone() };
@@ -140,9 +146,10 @@ async fn starting_group(cfg: &ProxyConfig, journal: Option<&JournalSetup>) -> an
 async fn journal_starting_group(shards: &[Shard], live: &LiveGroup) -> anyhow::Result<()> {
     let Some(args) = live.node_command() else { return Ok(()) };
     let request = crate::resp::Request::from_args(&args);
-    for (shard, reply) in journal_on_every_shard(shards, &request, None).await.into_iter().enumerate() {
-        if let Err(e) = reply {
-            anyhow::bail!("shard {shard} refused the parameter group ({}): {e}", args[2..].join(" "));
+    for (shard, reply) in shards.iter().zip(journal_on_every_shard(shards, &request, None).await) {
+        // A refused shard takes the group when it next starts and serves.
+        if let (Err(e), None) = (reply, shard.refusal()) {
+            anyhow::bail!("shard {} refused the parameter group ({}): {e}", shard.id, args[2..].join(" "));
         }
     }
     Ok(())
@@ -177,7 +184,7 @@ async fn shard_starts(
         let entries: Vec<ShardTopology> = starts
             .iter()
             .map(|s| ShardTopology {
-                id: s.id as u32,
+                id: crate::router::shard_id(s.id),
                 slots: s.slots.clone(),
                 primary: s.primary.clone(),
                 replicas: s.nodes.iter().filter(|n| **n != s.primary).cloned().collect(),

@@ -27,6 +27,10 @@ pub(crate) struct ShardView {
     pub held: bool,
     pub primary: NodeStatus,
     pub replicas: Vec<NodeStatus>,
+    /// Why the shard does not serve: its primary's data was refused at start-up
+    /// (docs/adoption.md); absent while it serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The live view of a shard, kept by its controller.

@@ -135,7 +135,8 @@ impl CommandInfo {
                     let mut found = None;
                     let mut i = start;
                     while (step > 0 && i <= end) || (step < 0 && i >= end) {
-                        if i >= 0 && i < argc && args[i as usize].eq_ignore_ascii_case(keyword) {
+                        let arg = usize::try_from(i).ok().and_then(|i| args.get(i));
+                        if arg.is_some_and(|arg| arg.eq_ignore_ascii_case(keyword)) {
                             found = Some(i + 1);
                             break;
                         }
@@ -167,7 +168,7 @@ impl CommandInfo {
                     if idx >= argc {
                         return None;
                     }
-                    let num = crate::resp::parse_int(&args[idx as usize]).filter(|n| *n >= 0)?;
+                    let num = crate::resp::parse_int(args.get(usize::try_from(idx).ok()?)?).filter(|n| *n >= 0)?;
                     let first = first + first_key;
                     (first, first + num - 1, *key_step)
                 }
@@ -176,8 +177,8 @@ impl CommandInfo {
             let step = step.max(1);
             let mut i = first;
             while i <= last {
-                if i < argc && i >= 0 {
-                    keys.push(i as usize);
+                if let Some(key) = usize::try_from(i).ok().filter(|key| *key < args.len()) {
+                    keys.push(key);
                 }
                 i += step;
             }

@@ -28,6 +28,11 @@ pub enum ConnError {
     Closed { addr: String },
     #[error("{addr}: malformed reply: {reason}")]
     Malformed { addr: String, reason: String },
+    #[error(
+        "{addr} closed the connection at the first command, without a reply: if it accepts only TLS, give a \
+         rediss:// URL and the CA that signed its certificate"
+    )]
+    ClosedAtFirstCommand { addr: String },
     #[error("{addr}: {what} refused: {message}")]
     Refused { addr: String, what: String, message: String },
 }
@@ -40,7 +45,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects, with TLS if the endpoint says so, and authenticates.
+    /// Connects, with TLS if the endpoint says so, and authenticates (or PINGs: a first reply
+    /// proves the connection usable).
     pub async fn connect(endpoint: &Endpoint) -> Result<Conn, ConnError> {
         let addr = endpoint.addr();
         let io = |source| ConnError::Io { addr: addr.clone(), source };
@@ -61,11 +67,22 @@ impl Conn {
             }
         };
         let mut conn = Conn { stream, addr, inbuf: BytesMut::new(), outbuf: BytesMut::new() };
-        if let Some(password) = &endpoint.password {
-            let user = endpoint.user.as_deref().unwrap_or("default");
-            conn.call(&[b"AUTH", user.as_bytes(), password.as_bytes()]).await?;
+        let first = match &endpoint.password {
+            Some(password) => {
+                let user = endpoint.user.as_deref().unwrap_or("default");
+                conn.call(&[b"AUTH", user.as_bytes(), password.as_bytes()]).await
+            }
+            None => conn.call(&[b"PING"]).await,
+        };
+        match first {
+            // A server that accepts only TLS takes a plain command for a failed handshake and
+            // closes the connection without a reply.
+            Err(ConnError::Closed { addr } | ConnError::Io { addr, .. }) if endpoint.tls.is_none() => {
+                Err(ConnError::ClosedAtFirstCommand { addr })
+            }
+            Err(e) => Err(e),
+            Ok(_) => Ok(conn),
         }
-        Ok(conn)
     }
 
     pub fn addr(&self) -> &str {

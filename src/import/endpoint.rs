@@ -1,13 +1,13 @@
 //! Where `memlog import` connects: a `redis://` or `rediss://` URL with an optional user, the
 //! password from a file or an environment variable (never the command line, where `ps` shows
-//! it), and for TLS the CA to trust.
+//! it), and for TLS the CA to trust and the client certificate, for a server that asks for one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls_pki_types::ServerName;
 
-use crate::tls_client::{client_config, TlsFileError};
+use crate::tls_client::{client_config, Identity, TlsFileError};
 
 /// A parsed endpoint, ready to connect to (itself, or to other nodes of its cluster).
 #[derive(Clone)]
@@ -32,6 +32,8 @@ pub enum EndpointError {
     Database { url: String },
     #[error("{url} is TLS (rediss://): give the CA that signed its certificate with {flag}")]
     NoCa { url: String, flag: &'static str },
+    #[error("{flag} is a TLS client certificate, and {url} is not TLS: use rediss://")]
+    CertWithoutTls { url: String, flag: &'static str },
     #[error("cannot read {path}: {source}")]
     File { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -43,6 +45,7 @@ pub struct Flags {
     pub password_file: &'static str,
     pub password_env: &'static str,
     pub ca: &'static str,
+    pub cert: &'static str,
 }
 
 impl Endpoint {
@@ -51,6 +54,7 @@ impl Endpoint {
         password_file: Option<&Path>,
         password_env: Option<String>,
         ca: Option<&Path>,
+        identity: Option<Identity<'_>>,
         flags: &Flags,
     ) -> Result<Endpoint, EndpointError> {
         let syntax = || EndpointError::Syntax { url: url.to_string() };
@@ -90,9 +94,12 @@ impl Endpoint {
             None => password_env.filter(|p| !p.is_empty()),
         };
         let tls = match (tls, ca) {
+            (false, _) if identity.is_some() => {
+                return Err(EndpointError::CertWithoutTls { url: url.to_string(), flag: flags.cert })
+            }
             (false, _) => None,
             (true, None) => return Err(EndpointError::NoCa { url: url.to_string(), flag: flags.ca }),
-            (true, Some(ca)) => Some(client_config(ca, None)?),
+            (true, Some(ca)) => Some(client_config(ca, identity)?),
         };
         Ok(Endpoint { host, port, user: userinfo.filter(|u| !u.is_empty()).map(str::to_string), password, tls })
     }
@@ -115,21 +122,24 @@ impl Endpoint {
 mod tests {
     use super::*;
 
-    const FLAGS: Flags = Flags { password_file: "--password-file", password_env: "PW", ca: "--ca" };
+    const FLAGS: Flags = Flags { password_file: "--password-file", password_env: "PW", ca: "--ca", cert: "--cert" };
 
     #[test]
     fn parses_user_host_port_and_refuses_passwords_in_the_url() {
-        let ep = Endpoint::parse("redis://alice@10.0.0.1:6379", None, Some("pw".into()), None, &FLAGS).unwrap();
+        let ep = Endpoint::parse("redis://alice@10.0.0.1:6379", None, Some("pw".into()), None, None, &FLAGS).unwrap();
         assert_eq!(
             (ep.host.as_str(), ep.port, ep.user.as_deref(), ep.password.as_deref()),
             ("10.0.0.1", 6379, Some("alice"), Some("pw"))
         );
-        let err = Endpoint::parse("redis://alice:secret@h:1", None, None, None, &FLAGS).err().unwrap();
+        let err = Endpoint::parse("redis://alice:secret@h:1", None, None, None, None, &FLAGS).err().unwrap();
         assert!(err.to_string().contains("--password-file"), "{err}");
-        assert!(Endpoint::parse("http://h:1", None, None, None, &FLAGS).is_err());
-        assert!(Endpoint::parse("redis://h", None, None, None, &FLAGS).is_err());
-        assert!(Endpoint::parse("redis://h:1/2", None, None, None, &FLAGS).is_err());
-        let err = Endpoint::parse("rediss://h:1", None, None, None, &FLAGS).err().unwrap();
+        assert!(Endpoint::parse("http://h:1", None, None, None, None, &FLAGS).is_err());
+        assert!(Endpoint::parse("redis://h", None, None, None, None, &FLAGS).is_err());
+        assert!(Endpoint::parse("redis://h:1/2", None, None, None, None, &FLAGS).is_err());
+        let err = Endpoint::parse("rediss://h:1", None, None, None, None, &FLAGS).err().unwrap();
         assert!(err.to_string().contains("--ca"), "{err}");
+        let identity = Some(Identity { cert: Path::new("c.pem"), key: Path::new("k.pem") });
+        let err = Endpoint::parse("redis://h:1", None, None, None, identity, &FLAGS).err().unwrap();
+        assert!(err.to_string().contains("--cert") && err.to_string().contains("rediss://"), "{err}");
     }
 }

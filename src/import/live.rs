@@ -196,7 +196,7 @@ fn lag(feeds: &[Arc<Feed>]) -> (u64, u64) {
         keys += n as u64;
         oldest = oldest.max(age);
     }
-    (keys, oldest.as_millis() as u64)
+    (keys, u64::try_from(oldest.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Redis 7.2+ (and Valkey) write DUMP payloads of RDB version 11, which the Redis 7.0 behind

@@ -13,8 +13,9 @@ mod replication;
 mod source;
 mod verify;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use crate::tls_client::Identity;
 use endpoint::{Endpoint, Flags};
 
 #[derive(clap::Args)]
@@ -67,13 +68,21 @@ pub struct TargetArgs {
     /// CA certificate(s) (PEM) that signed the proxy's TLS certificate, for rediss://.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to a proxy that asks for one (`[tls] client_auth`).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 impl TargetArgs {
     fn endpoint(&self) -> anyhow::Result<Endpoint> {
-        let flags = Flags { password_file: "--password-file", password_env: "MEMLOG_PASSWORD", ca: "--ca" };
+        let flags =
+            Flags { password_file: "--password-file", password_env: "MEMLOG_PASSWORD", ca: "--ca", cert: "--cert" };
         let env = std::env::var("MEMLOG_PASSWORD").ok();
-        Ok(Endpoint::parse(&self.to, self.password_file.as_deref(), env, self.ca.as_deref(), &flags)?)
+        let identity = identity(self.cert.as_deref(), self.key.as_deref());
+        Ok(Endpoint::parse(&self.to, self.password_file.as_deref(), env, self.ca.as_deref(), identity, &flags)?)
     }
 }
 
@@ -95,6 +104,13 @@ pub struct SourceArgs {
     /// CA certificate(s) (PEM) that signed the source's TLS certificate, for rediss://.
     #[arg(long, value_name = "FILE")]
     source_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to a source that asks for one (a self-managed Redis
+    /// with `tls-auth-clients yes`; ElastiCache asks for none).
+    #[arg(long, value_name = "FILE", requires = "source_key")]
+    source_cert: Option<PathBuf>,
+    /// Private key (PEM) of --source-cert.
+    #[arg(long, value_name = "FILE", requires = "source_cert")]
+    source_key: Option<PathBuf>,
 }
 
 impl SourceArgs {
@@ -103,10 +119,18 @@ impl SourceArgs {
             password_file: "--source-password-file",
             password_env: "MEMLOG_SOURCE_PASSWORD",
             ca: "--source-ca",
+            cert: "--source-cert",
         };
         let env = std::env::var("MEMLOG_SOURCE_PASSWORD").ok();
-        Ok(Endpoint::parse(&self.source, self.source_password_file.as_deref(), env, self.source_ca.as_deref(), &flags)?)
+        let (password_file, ca) = (self.source_password_file.as_deref(), self.source_ca.as_deref());
+        let identity = identity(self.source_cert.as_deref(), self.source_key.as_deref());
+        Ok(Endpoint::parse(&self.source, password_file, env, ca, identity, &flags)?)
     }
+}
+
+/// A client certificate and its key, when both are given (clap requires one with the other).
+fn identity<'a>(cert: Option<&'a Path>, key: Option<&'a Path>) -> Option<Identity<'a>> {
+    Some(Identity { cert: cert?, key: key? })
 }
 
 /// A key as a person reads it: quoted, with non-printable bytes escaped.

@@ -48,8 +48,9 @@ impl Nodes {
                     endpoints.len() - 1
                 }
             };
-            for slot in (*start).max(0)..=(*end).min(16383) {
-                owner[slot as usize] = index;
+            // Clamped to 0..=16383 first, so the slot is a valid index.
+            for slot in (*start).clamp(0, 16383)..=(*end).min(16383) {
+                owner[usize::try_from(slot).expect("clamped to a slot")] = index;
             }
         }
         if let Some(slot) = owner.iter().position(|&o| o == usize::MAX) {

@@ -94,7 +94,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
             }
             let mut sample = HashSet::new();
             for i in 0..n {
-                let conn = &mut source_conns[i as usize % source.endpoints.len()];
+                let conn = &mut source_conns[usize::try_from(i).unwrap_or(usize::MAX) % source.endpoints.len()];
                 if let BytesFrame::BulkString(key) = conn.call(&[b"RANDOMKEY"]).await? {
                     sample.insert(key);
                 }

@@ -222,38 +222,6 @@ impl DurableCluster {
         }
     }
 
-    /// Starts the proxy expecting it to refuse to serve: waits until it exits (with a failure
-    /// status, or the test fails) and returns its log.
-    pub fn start_proxy_refused(&mut self) -> String {
-        assert!(self.proxy.is_none(), "the proxy is running");
-        let run = (0..).find(|run| !self.dir.path().join(format!("proxy-{run}.log")).exists()).unwrap();
-        let log = self.dir.path().join(format!("proxy-{run}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(memlog_bin())
-            .arg("proxy")
-            .arg("--config")
-            .arg(self.config_path())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("start the proxy");
-        let deadline = Instant::now() + PROXY_READY_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the proxy did not refuse within {PROXY_READY_TIMEOUT:?}\n{}", self.proxy_log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let text = std::fs::read_to_string(&log).unwrap();
-        assert!(!status.success(), "the proxy exited with {status}\n{text}");
-        text
-    }
-
     /// What every shard's primary holds now.
     pub fn snapshots(&self) -> Vec<Snapshot> {
         (0..self.shards()).map(|shard| Snapshot::take(self.redis_addr(shard))).collect()

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 use crate::entry::{validate_stream_name, Entry, NodeStatus, StreamTail};
 use crate::error::NodeError;
 
-pub use stream::Progress;
+pub use stream::{AppendDone, Progress};
 use stream::{Command, Control, Pending, Stream};
 
 /// The metric names the storage engine reports under.
@@ -187,19 +187,43 @@ impl Storage {
         let (reply, result) = oneshot::channel();
         let queued = self.stream(name, true).and_then(|stream| {
             let stream = stream.expect("created on demand");
-            stream.commands.send(command(reply)).map_err(|_| NodeError::Storage("stream writer stopped".into()))
+            stream.commands.send(command(reply)).map_err(|_| writer_stopped())
         });
         async move {
             queued?;
-            result.await.map_err(|_| NodeError::Storage("stream writer stopped".into()))?
+            result.await.map_err(|_| writer_stopped())?
         }
     }
 
     /// Appends `entry`; resolves once it is durable. Queued when called, so calls made in order
     /// are applied in order.
     pub fn append(&self, stream: &str, entry: Entry) -> impl Future<Output = Result<(), NodeError>> + Send + 'static {
+        let (reply, result) = oneshot::channel();
+        self.append_then(
+            stream,
+            entry,
+            Box::new(move |outcome| {
+                let _ = reply.send(outcome);
+            }),
+        );
+        async move { result.await.map_err(|_| writer_stopped())? }
+    }
+
+    /// Appends `entry` and calls `done` (on the stream's writer thread) once it is durable or
+    /// refused. Queued when called, so calls made in order are applied in order.
+    pub fn append_then(&self, stream: &str, entry: Entry, done: AppendDone) {
         let enqueued = Instant::now();
-        self.submit(stream, move |reply| Command::Append(Pending { entry, enqueued, reply }))
+        match self.stream(stream, true) {
+            Ok(stream) => {
+                let stream = stream.expect("created on demand");
+                if let Err(unsent) = stream.commands.send(Command::Append(Pending { entry, enqueued, done })) {
+                    if let Command::Append(pending) = unsent.0 {
+                        (pending.done)(Err(writer_stopped()));
+                    }
+                }
+            }
+            Err(error) => done(Err(error)),
+        }
     }
 
     /// Durably raises the fenced epoch to `epoch` (refused if it is already higher); returns the tail.
@@ -258,6 +282,10 @@ impl Storage {
             streams: streams.iter().map(|(name, s)| (name.clone(), s.lock().tail())).collect::<BTreeMap<_, _>>(),
         }
     }
+}
+
+fn writer_stopped() -> NodeError {
+    NodeError::Storage("stream writer stopped".into())
 }
 
 /// Makes a directory's entries (created, renamed, removed files) durable.

@@ -20,6 +20,9 @@ pub struct Segment {
     pub offsets: Vec<u64>,
     /// Bytes of durable records (where the next record goes).
     pub len: u64,
+    /// The file's zero-filled, durable length past `len`, made ready for appends (see
+    /// `Writer::prepare_ahead`); equal to `len` when nothing is prepared.
+    pub prepared: u64,
     /// Opened read/write; shared with readers so a segment deleted meanwhile stays readable.
     pub file: Arc<File>,
 }
@@ -51,7 +54,7 @@ impl Segment {
     pub fn create(dir: &Path, first_lsn: u64) -> std::io::Result<Segment> {
         let path = dir.join(file_name(first_lsn));
         let file = crate::private_fs::open_options().read(true).write(true).create_new(true).open(&path)?;
-        Ok(Segment { path, first_lsn, offsets: Vec::new(), len: 0, file: Arc::new(file) })
+        Ok(Segment { path, first_lsn, offsets: Vec::new(), len: 0, prepared: 0, file: Arc::new(file) })
     }
 
     /// The LSN after the last record (equal to `first_lsn` when empty).
@@ -59,15 +62,22 @@ impl Segment {
         self.first_lsn + self.offsets.len() as u64
     }
 
-    /// Opens and verifies a segment. In the last segment of a stream a torn tail — a bad or
-    /// partial record with nothing valid after it — is cut off (with a warning); any other damage
-    /// is an error naming the file and offset.
+    /// Opens and verifies a segment. Zeros after the last record are space prepared for appends
+    /// and kept. In the last segment of a stream a torn tail — a bad or partial record with
+    /// nothing valid after it — is cut off (with a warning); any other damage is an error naming
+    /// the file and offset.
     pub fn open(path: &Path, first_lsn: u64, is_last: bool) -> Result<(Segment, ScanSummary), OpenError> {
         let io_err = |source| OpenError::Io { path: path.to_path_buf(), source };
         let file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err)?;
         let data = fs::read(path).map_err(io_err)?;
-        let mut segment =
-            Segment { path: path.to_path_buf(), first_lsn, offsets: Vec::new(), len: 0, file: Arc::new(file) };
+        let mut segment = Segment {
+            path: path.to_path_buf(),
+            first_lsn,
+            offsets: Vec::new(),
+            len: 0,
+            prepared: 0,
+            file: Arc::new(file),
+        };
         let mut summary = ScanSummary::default();
         let mut offset = 0usize;
         while offset < data.len() {
@@ -84,6 +94,12 @@ impl Segment {
                     summary.max_epoch = summary.max_epoch.max(view.epoch);
                     summary.max_commit_lsn = summary.max_commit_lsn.max(view.commit_lsn);
                     offset += size;
+                }
+                Err(_) if data[offset..].iter().all(|&b| b == 0) => {
+                    // A zero-length record is impossible (`record::decode`), so zeros are never
+                    // a record: this is prepared space (or an append that never reached the disk).
+                    segment.prepared = data.len() as u64;
+                    break;
                 }
                 Err(error) => {
                     let what = match error {
@@ -107,6 +123,7 @@ impl Segment {
             }
         }
         segment.len = offset as u64;
+        segment.prepared = segment.prepared.max(segment.len);
         Ok((segment, summary))
     }
 

@@ -104,7 +104,11 @@ async fn a_torn_tail_is_cut_on_reopen() {
     append_range(&storage, 1, 1, 10).await;
     drop(storage);
     let last = segment_files(dir.path()).pop().unwrap();
-    let clean_len = fs::metadata(&last).unwrap().len();
+    // The records, without the zeros prepared after them (which the torn record follows here).
+    let clean_len = {
+        let data = fs::read(&last).unwrap();
+        (data.len() - data.iter().rev().take_while(|&&b| b == 0).count()) as u64
+    };
     let mut torn = Vec::new();
     crate::record::encode(&entry(1, 11), &mut torn);
     torn.truncate(torn.len() / 2);
@@ -118,7 +122,7 @@ async fn a_torn_tail_is_cut_on_reopen() {
 }
 
 #[tokio::test]
-async fn a_zero_filled_tail_is_cut_on_reopen() {
+async fn a_zero_filled_tail_is_space_for_appends() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(dir.path());
     append_range(&storage, 1, 1, 3).await;
@@ -127,6 +131,35 @@ async fn a_zero_filled_tail_is_cut_on_reopen() {
     OpenOptions::new().append(true).open(&last).unwrap().write_all(&[0u8; 300]).unwrap();
     let storage = open(dir.path());
     assert_holds(&storage, 1, 1, 3);
+    append_range(&storage, 1, 4, 20).await;
+    drop(storage);
+    let storage = open(dir.path());
+    assert_holds(&storage, 1, 1, 20);
+}
+
+#[tokio::test]
+async fn appends_go_into_space_prepared_ahead_and_segments_end_at_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage =
+        Storage::open(dir.path(), StorageOptions { segment_bytes: 8192, ..StorageOptions::default() }).unwrap();
+    append_range(&storage, 1, 1, 4).await;
+    let first = segment_files(dir.path()).pop().unwrap();
+    // The writer prepares the rest of the segment after acknowledging the batch; wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while fs::metadata(&first).unwrap().len() < 8192 {
+        assert!(std::time::Instant::now() < deadline, "no space prepared ahead");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    append_range(&storage, 1, 5, 200).await;
+    assert!(segment_files(dir.path()).len() > 2, "segments roll");
+    drop(storage);
+    let files = segment_files(dir.path());
+    for full in &files[..files.len() - 1] {
+        let data = fs::read(full).unwrap();
+        assert_ne!(data.last(), Some(&0), "{}: a rolled segment ends at its last record", full.display());
+    }
+    let storage = open(dir.path());
+    assert_holds(&storage, 1, 1, 200);
 }
 
 #[tokio::test]

@@ -68,6 +68,22 @@ impl BackendConn {
         BackendConn { ops, target, connects }
     }
 
+    /// A connection that reaches no node: every request is answered `reply` (an error reply),
+    /// as a refused shard's reads are.
+    pub(crate) fn answering(addr: &str, reply: Bytes) -> BackendConn {
+        let (ops, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(op) = rx.recv().await {
+                match op {
+                    ConnOp::Send(_, to) => drop(to.send(Ok(reply.clone()))),
+                    ConnOp::Batch(_, count, to) => drop(to.send(Ok(vec![reply.clone(); count]))),
+                    ConnOp::Barrier(done) => drop(done.send(())),
+                }
+            }
+        });
+        BackendConn { ops, target: NodeTarget::fixed(addr), connects: Arc::new(AtomicU64::new(0)) }
+    }
+
     /// How many times the connection was opened (each reconnect counts): whoever configured the
     /// node over it compares this to see whether it talks to the same node process still.
     pub(crate) fn connects(&self) -> u64 {
@@ -493,7 +509,7 @@ impl Conn {
         let error = match end {
             ReaderEnd::Lost => BackendError::Lost { addr: addr.to_string() },
             ReaderEnd::TimedOut => {
-                BackendError::Timeout { addr: addr.to_string(), ms: request_timeout.as_millis() as u64 }
+                BackendError::Timeout { addr: addr.to_string(), ms: crate::units::millis(request_timeout) }
             }
             ReaderEnd::BadReply => BackendError::BadReply { addr: addr.to_string() },
         };

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
@@ -28,15 +29,32 @@ pub enum BackendTlsError {
     Read { path: String, reason: String },
     #[error("[backend] {0} holds no certificate")]
     NoCertificate(String),
+    #[error("[backend] cert {cert} and key {key} cannot be used together: {reason}")]
+    Identity { cert: String, key: String, reason: rustls::Error },
     #[error("[backend] TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }
 
-/// What the proxy needs to reach nodes over TLS, loaded and checked once at start.
+/// What the proxy needs to reach nodes over TLS, checked at start. The PEM files are
+/// reloadable ([`BackendTls::reload`], on SIGHUP): connections opened afterwards — to the nodes
+/// and on the snapshot-serving port — use what they hold then, open ones keep theirs.
 pub struct BackendTls {
-    client: Arc<rustls::ClientConfig>,
+    files: Files,
     /// The name every node's certificate is checked against; each node's host when `None`.
     server_name: Option<ServerName<'static>>,
+    configs: ArcSwap<Configs>,
+}
+
+/// The paths of `[backend]`'s PEM files.
+struct Files {
+    ca: String,
+    /// The proxy's certificate and key.
+    identity: Option<(String, String)>,
+}
+
+/// What the files held when last read.
+struct Configs {
+    client: Arc<rustls::ClientConfig>,
     /// The snapshot-serving port's side: present only with a proxy certificate.
     serving: Option<Arc<rustls::ServerConfig>>,
 }
@@ -45,7 +63,7 @@ impl std::fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendTls")
             .field("server_name", &self.server_name)
-            .field("certificate", &self.serving.is_some())
+            .field("certificate", &self.files.identity.is_some())
             .finish()
     }
 }
@@ -60,47 +78,32 @@ impl BackendTls {
                 None => Ok(None),
             };
         }
-        let ca = cfg.ca.as_deref().ok_or(BackendTlsError::NoCa)?;
-        let mut roots = RootCertStore::empty();
-        for cert in read_certificates(ca)? {
-            roots.add(cert)?;
-        }
-        let roots = Arc::new(roots);
+        let ca = cfg.ca.clone().ok_or(BackendTlsError::NoCa)?;
+        let identity = match (&cfg.cert, &cfg.key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => return Err(BackendTlsError::HalfIdentity),
+        };
         let server_name = match &cfg.server_name {
             Some(name) => {
                 Some(ServerName::try_from(name.clone()).map_err(|_| BackendTlsError::BadServerName(name.clone()))?)
             }
             None => None,
         };
-        let client = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots.clone());
-        let (client, serving) = match (&cfg.cert, &cfg.key) {
-            (None, None) => (client.with_no_client_auth(), None),
-            (Some(cert), Some(key)) => {
-                let chain = read_certificates(cert)?;
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| BackendTlsError::Read { path: key.clone(), reason: e.to_string() })?;
-                // A node presents its certificate to the serving port only when it has one
-                // configured for it; whatever it presents must be signed by `ca`.
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| BackendTlsError::Rustls(rustls::Error::General(e.to_string())))?;
-                let serving = rustls::ServerConfig::builder_with_provider(provider())
-                    .with_safe_default_protocol_versions()?
-                    .with_client_cert_verifier(verifier)
-                    .with_single_cert(chain.clone(), key.clone_key())?;
-                (client.with_client_auth_cert(chain, key)?, Some(Arc::new(serving)))
-            }
-            _ => return Err(BackendTlsError::HalfIdentity),
-        };
-        Ok(Some(Arc::new(BackendTls { client: Arc::new(client), server_name, serving })))
+        let files = Files { ca, identity };
+        let configs = ArcSwap::from_pointee(files.load()?);
+        Ok(Some(Arc::new(BackendTls { files, server_name, configs })))
+    }
+
+    /// Re-reads the PEM files; on error the ones in use stay (the error names the file).
+    pub fn reload(&self) -> Result<(), BackendTlsError> {
+        self.configs.store(Arc::new(self.files.load()?));
+        Ok(())
     }
 
     /// A connector for the nodes.
     pub(crate) fn connector(&self) -> tokio_rustls::TlsConnector {
-        tokio_rustls::TlsConnector::from(self.client.clone())
+        tokio_rustls::TlsConnector::from(self.configs.load().client.clone())
     }
 
     /// The name the certificate of the node at `addr` (`host:port`) must carry: `server_name`
@@ -119,7 +122,40 @@ impl BackendTls {
 
     /// An acceptor for the snapshot-serving port; `None` without a proxy certificate.
     pub(crate) fn serving_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
-        self.serving.clone().map(tokio_rustls::TlsAcceptor::from)
+        self.configs.load().serving.clone().map(tokio_rustls::TlsAcceptor::from)
+    }
+}
+
+impl Files {
+    fn load(&self) -> Result<Configs, BackendTlsError> {
+        let mut roots = RootCertStore::empty();
+        for cert in read_certificates(&self.ca)? {
+            roots.add(cert).map_err(|e| BackendTlsError::Read { path: self.ca.clone(), reason: e.to_string() })?;
+        }
+        let roots = Arc::new(roots);
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots.clone());
+        let Some((cert, key)) = &self.identity else {
+            return Ok(Configs { client: Arc::new(client.with_no_client_auth()), serving: None });
+        };
+        let chain = read_certificates(cert)?;
+        let identity_err = |reason| BackendTlsError::Identity { cert: cert.clone(), key: key.clone(), reason };
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| BackendTlsError::Read { path: key.clone(), reason: e.to_string() })?;
+        // A node presents its certificate to the serving port only when it has one configured
+        // for it; whatever it presents must be signed by `ca`.
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| BackendTlsError::Rustls(rustls::Error::General(e.to_string())))?;
+        let serving = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(identity_err)?;
+        let client = client.with_client_auth_cert(chain, key).map_err(identity_err)?;
+        Ok(Configs { client: Arc::new(client), serving: Some(Arc::new(serving)) })
     }
 }
 
@@ -194,5 +230,64 @@ mod tests {
         let full = BackendTls::from_config(&full).unwrap().unwrap();
         assert!(full.serving_acceptor().is_some());
         assert_eq!(full.name_for("127.0.0.1:7000").unwrap(), ServerName::try_from("node.memlog").unwrap());
+    }
+
+    /// Whether a connection from `connector` to `acceptor` completes its handshake, on both sides.
+    async fn handshake(connector: tokio_rustls::TlsConnector, acceptor: tokio_rustls::TlsAcceptor) -> bool {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        let both = async { tokio::join!(connector.connect(name, client), acceptor.accept(server)) };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), both).await {
+            Ok((client, server)) => client.is_ok() && server.is_ok(),
+            Err(_) => panic!("the handshake hung"),
+        }
+    }
+
+    /// The files rewritten in place and reloaded: connectors and acceptors made afterwards use
+    /// them (the node side and the snapshot-serving side), ones made before keep the old files,
+    /// and files that do not load leave the ones in use, with an error naming the file.
+    #[tokio::test]
+    async fn reload_swaps_the_files_for_new_connections_and_keeps_them_when_new_ones_do_not_load() {
+        use journal_service::cluster_ca::ClusterCa;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let (ca, cert, key) = (path("ca.pem"), path("proxy.pem"), path("proxy.key"));
+        let install = |authority: &ClusterCa| {
+            let issued = authority.issue_for_names(vec!["127.0.0.1".to_string()]).unwrap();
+            std::fs::write(&ca, authority.cert_pem()).unwrap();
+            std::fs::write(&cert, issued.cert).unwrap();
+            std::fs::write(&key, issued.key).unwrap();
+        };
+        install(&ClusterCa::generate_named("first").unwrap());
+        let files =
+            BackendConfig { ca: Some(ca.clone()), cert: Some(cert.clone()), key: Some(key.clone()), ..cfg(true) };
+        let tls = BackendTls::from_config(&files).unwrap().unwrap();
+        let (old_connector, old_acceptor) = (tls.connector(), tls.serving_acceptor().unwrap());
+        assert!(handshake(old_connector.clone(), old_acceptor.clone()).await);
+
+        install(&ClusterCa::generate_named("second").unwrap());
+        tls.reload().unwrap();
+        let (connector, acceptor) = (tls.connector(), tls.serving_acceptor().unwrap());
+        assert!(handshake(connector.clone(), acceptor.clone()).await, "the new files do not work together");
+        assert!(!handshake(connector.clone(), old_acceptor.clone()).await, "the old CA is still trusted");
+        assert!(!handshake(old_connector.clone(), acceptor.clone()).await, "the serving side kept the old CA");
+        assert!(handshake(old_connector, old_acceptor.clone()).await, "what was made before the reload changed");
+
+        // Half a rotation (a new certificate, the key still the old one's) is refused too.
+        let second_key = std::fs::read_to_string(&key).unwrap();
+        install(&ClusterCa::generate_named("third").unwrap());
+        std::fs::write(&key, second_key).unwrap();
+        let err = tls.reload().unwrap_err().to_string();
+        assert!(err.contains(cert.as_str()) && err.contains(key.as_str()), "{err}");
+        assert!(handshake(tls.connector(), tls.serving_acceptor().unwrap()).await);
+        assert!(handshake(tls.connector(), acceptor.clone()).await, "the half rotation was put in use");
+        for (file, bad) in [(&key, "not a key\n"), (&ca, "not a certificate\n")] {
+            std::fs::write(file, bad).unwrap();
+            let err = tls.reload().unwrap_err().to_string();
+            assert!(err.contains(file.as_str()), "{err}");
+            assert!(handshake(tls.connector(), tls.serving_acceptor().unwrap()).await, "a bad {file} was put in use");
+            assert!(!handshake(tls.connector(), old_acceptor.clone()).await, "the first CA came back");
+        }
     }
 }

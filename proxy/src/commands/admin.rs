@@ -42,9 +42,14 @@ pub(crate) async fn run(d: &mut ClientCtx, request: &Request) -> Pending {
 fn named_shard<'a>(d: &'a ClientCtx, request: &Request) -> Result<&'a Shard, Pending> {
     let arg = &request.args[2];
     let shard = std::str::from_utf8(arg).ok().and_then(|s| s.parse::<usize>().ok());
-    shard
+    let shard = shard
         .and_then(|s| d.proxy.shards.get(s))
-        .ok_or_else(|| Pending::error(&format!("ERR memlog: no shard {}", String::from_utf8_lossy(arg))))
+        .ok_or_else(|| Pending::error(&format!("ERR memlog: no shard {}", String::from_utf8_lossy(arg))))?;
+    // A refused shard's node stays as the operator found it: no snapshot, abort or failover.
+    match shard.refusal_reply() {
+        Some(refusal) => Err(Pending::Ready(refusal)),
+        None => Ok(shard),
+    }
 }
 
 /// `MEMLOG SNAPSHOT <shard>`

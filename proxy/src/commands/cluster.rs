@@ -71,17 +71,19 @@ pub(crate) fn run(d: &mut ClientCtx, sub: &str, request: &Request) -> Pending {
             w.bulk(id.as_bytes());
         })),
         "countkeysinslot" | "getkeysinslot" => {
-            let Some(slot) = parse_int(&args[2]).filter(|s| (0..SLOTS as i64).contains(s)) else {
+            let Some(slot) =
+                parse_int(&args[2]).and_then(|s| u16::try_from(s).ok()).filter(|s| usize::from(*s) < SLOTS)
+            else {
                 return Pending::error("ERR Invalid slot");
             };
             let limit = match sub {
-                "getkeysinslot" => match parse_int(&args[3]).filter(|n| *n >= 0) {
-                    Some(n) => Some(n as usize),
+                "getkeysinslot" => match parse_int(&args[3]).and_then(|n| usize::try_from(n).ok()) {
+                    Some(n) => Some(n),
                     None => return Pending::error("ERR Invalid number of keys"),
                 },
                 _ => None,
             };
-            keys_in_slot(d, slot as u16, limit, proto)
+            keys_in_slot(d, slot, limit, proto)
         }
         "help" => Pending::Ready(reply(proto, |w| {
             let lines = [

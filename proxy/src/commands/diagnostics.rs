@@ -59,7 +59,8 @@ pub(crate) fn slowlog(d: &ClientCtx, sub: &str, request: &Request) -> Pending {
                 None => Some(10),
                 Some(count) => match crate::resp::parse_int(count) {
                     Some(-1) => None,
-                    Some(n) if n >= 0 => Some(n as usize),
+                    // A count past memory is as good as all of them.
+                    Some(n) if n >= 0 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
                     _ => return Pending::error("ERR count should be greater than or equal to -1"),
                 },
             };

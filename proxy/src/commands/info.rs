@@ -51,7 +51,9 @@ const PERCENTILES: &[f64] = &[50.0, 99.0, 99.9];
 pub(crate) fn run(d: &mut ClientCtx, request: &Request) -> Pending {
     let proto = d.proto();
     let proxy = d.proxy.clone();
-    let conns: Vec<BackendConn> = proxy.shards.iter().map(|s| s.read_conn(Proto::Resp2, d.client.id).clone()).collect();
+    // A refused shard's node is not read (its section `memlog` says why it does not serve).
+    let serving = proxy.shards.iter().filter(|s| s.refusal().is_none());
+    let conns: Vec<BackendConn> = serving.map(|s| s.read_conn(Proto::Resp2, d.client.id).clone()).collect();
     let selection = Selection::parse(&request.args[1..]);
     deferred(async move {
         let nodes = if NODE_SECTIONS.iter().any(|s| selection.wants(s)) { node_info(&conns).await? } else { vec![] };
@@ -226,14 +228,14 @@ fn human(bytes: f64) -> String {
         ("K", 1024.0),
     ];
     if bytes < 1024.0 {
-        return format!("{}B", bytes as u64);
+        return format!("{}B", crate::units::whole(bytes));
     }
     for (unit, size) in UNITS {
         if bytes >= size && bytes < size * 1024.0 {
             return format!("{:.2}{unit}", bytes / size);
         }
     }
-    format!("{}B", bytes as u64)
+    format!("{}B", crate::units::whole(bytes))
 }
 
 fn server(proxy: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
@@ -301,7 +303,7 @@ fn memory(proxy: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
     let v = |name: &str| get(&snapshot, name);
     for (name, value) in fields.iter_mut() {
         let recomputed = match name.as_str() {
-            "total_system_memory" => format!("{}", system as u64),
+            "total_system_memory" => format!("{}", crate::units::whole(system)),
             // memlog's limit, which applies to each shard's primary (the nodes run without one).
             "maxmemory" => proxy.parameters.live.memory_limit().0.to_string(),
             "maxmemory_human" => human(proxy.parameters.live.memory_limit().0 as f64),
@@ -317,7 +319,7 @@ fn memory(proxy: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
             // Scripts and functions are loaded on every node: one node's count is the cluster's.
             "number_of_cached_scripts" | "number_of_functions" | "number_of_libraries" => {
                 let first = nodes.first().and_then(|(info, _)| info.get("memory"));
-                format!("{}", first.map_or(0.0, |f| get(f, name)) as u64)
+                format!("{}", crate::units::whole(first.map_or(0.0, |f| get(f, name))))
             }
             human_field if human_field.ends_with("_human") => human(v(human_field.trim_end_matches("_human"))),
             _ => continue,
@@ -404,7 +406,7 @@ fn stats(proxy: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
     let rates = st.rates();
     let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed).to_string();
     let repl = |name: &str| -> u64 {
-        nodes.iter().filter_map(|(info, _)| info.get("stats")).map(|f| get(f, name) as u64).sum()
+        nodes.iter().filter_map(|(info, _)| info.get("stats")).map(|f| crate::units::whole(get(f, name))).sum()
     };
     let own = |name: &str| -> Option<String> {
         Some(match name {
@@ -428,7 +430,7 @@ fn stats(proxy: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
             "pubsubshard_channels" => proxy.pubsub.active_channels(true, None).len().to_string(),
             "latest_fork_usec" => {
                 let latest = nodes.iter().filter_map(|(info, _)| info.get("stats"));
-                (latest.map(|f| get(f, "latest_fork_usec") as u64).max().unwrap_or(0)).to_string()
+                (latest.map(|f| crate::units::whole(get(f, "latest_fork_usec"))).max().unwrap_or(0)).to_string()
             }
             "migrate_cached_sockets" => "0".into(),
             // The proxy is the endpoint: its tracking table is the one clients use.
@@ -571,6 +573,9 @@ fn memlog(proxy: &Proxy, _: &[(NodeInfo, i64)], s: &mut Section) {
                 shard.current_replicas().join(" ")
             ),
         );
+        if let Some(refusal) = shard.refusal() {
+            s.field(&format!("shard{i}_refused"), refusal);
+        }
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pen
             for shard in 0..proxy.shards.len() {
                 parts.push(d.send_to_shard(shard, request.clone(), true).await);
             }
-            Pending::Merge { parts, merge: Box::new(|mut replies| replies.swap_remove(0)) }
+            Pending::Merge { parts, merge: Box::new(crate::routing::first_error_else_first) }
         }
         "dbsize" => deferred(async move {
             let total = user_key_counts(&conns).await?.iter().sum::<i64>();

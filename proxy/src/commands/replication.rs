@@ -25,11 +25,14 @@ pub(crate) async fn wait(d: &mut ClientCtx, request: &Request) -> Pending {
         return Pending::error("ERR timeout is negative");
     }
     let deadline = (timeout > 0).then(|| Instant::now() + Duration::from_millis(timeout as u64));
-    let sequencers: Vec<Sequencer> = d.proxy.shards.iter().map(|s| s.sequencer.clone()).collect();
+    // A shard refused at start-up journals nothing, so it holds none of the client's writes.
+    let serving = d.proxy.shards.iter().filter(|s| s.refusal().is_none());
+    let sequencers: Vec<Sequencer> = serving.map(|s| s.sequencer.clone()).collect();
     let proto = d.proto();
     Pending::Deferred(Box::pin(async move {
         loop {
-            let mut least = i64::MAX;
+            // No shard serving: none holds a write of the client's.
+            let mut least = if sequencers.is_empty() { 0 } else { i64::MAX };
             for sequencer in &sequencers {
                 let (reply, count) = oneshot::channel();
                 sequencer.submit(SequencerRequest { proto, op: SequencerOp::Wait, reply }).await;

@@ -110,7 +110,7 @@ pub(crate) fn prepare_call(scripts: &ScriptCache, name: &str, request: &Request)
     let request = match journaled {
         Journaled::AsIs if !by_sha => request.clone(),
         Journaled::AsIs => eval_with(&args[0], script.body, &args[2..], None),
-        Journaled::PinnedTime(pinned) => eval_with(&args[0], pinned, &args[2..], Some(crate::sequencer::now_ms())),
+        Journaled::PinnedTime(pinned) => eval_with(&args[0], pinned, &args[2..], Some(crate::units::unix_ms())),
     };
     Ok(Call { request, write, slot })
 }
@@ -131,13 +131,14 @@ fn numkeys(args: &[Bytes]) -> Result<usize, String> {
     let Some(n) = args.get(2).and_then(|n| redis_int(n)) else {
         return Err("ERR value is not an integer or out of range".into());
     };
-    if n < 0 {
+    let Ok(n) = usize::try_from(n) else {
         return Err("ERR Number of keys can't be negative".into());
-    }
-    if n > args.len() as i64 - 3 {
+    };
+    // `args` holds the command, the script and `numkeys` (read above).
+    if n > args.len() - 3 {
         return Err("ERR Number of keys can't be greater than number of args".into());
     }
-    Ok(n as usize)
+    Ok(n)
 }
 
 /// An integer as Redis's `string2ll` reads it: optional `-`, no `+`, no leading zeros.
@@ -241,10 +242,7 @@ async fn every_shard(d: &mut ClientCtx, request: &Request, write: bool) -> Pendi
     for shard in 0..d.proxy.shards.len() {
         parts.push(d.send_to_shard(shard, request.clone(), write).await);
     }
-    Pending::Merge {
-        parts,
-        merge: Box::new(|replies| replies.into_iter().next().unwrap_or_else(|| error_reply("ERR memlog: no shards"))),
-    }
+    Pending::Merge { parts, merge: Box::new(crate::routing::first_error_else_first) }
 }
 
 /// SCRIPT KILL / FUNCTION KILL, run when the reply is due, on a connection of its own to each
@@ -296,7 +294,7 @@ mod tests {
     use super::*;
     use crate::scripts::body::sha1_hex;
     use crate::scripts::pin;
-    use crate::sequencer::now_ms;
+    use crate::units::unix_ms as now_ms;
 
     fn request(args: &[&str]) -> Request {
         Request::from_args(args)

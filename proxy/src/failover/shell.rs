@@ -92,6 +92,11 @@ impl Controller {
                     continue;
                 }
             }
+            if let Some(refusal) = self.setup.sequencer.borrow().as_ref().and_then(|s| s.refusal()) {
+                // Nothing of the shard may change its node: it stays as it was for the operator.
+                tracing::info!(shard = self.setup.shard, "the shard is refused ({refusal}): its controller stops");
+                return;
+            }
             self.check_all().await;
             for command in self.core.decide(Instant::now()) {
                 self.execute(command).await;
@@ -209,7 +214,7 @@ impl Controller {
             %from,
             to = node,
             lsn,
-            detect_ms = self.setup.settings.detect.as_millis() as u64,
+            detect_ms = crate::units::millis(self.setup.settings.detect),
             "the primary does not answer: failing over"
         );
         self.setup.target.hold();
@@ -278,7 +283,7 @@ impl Controller {
         target.retarget(to);
         target.release_applies();
         self.publish();
-        let switched_ms = started.elapsed().as_millis() as u64;
+        let switched_ms = crate::units::millis(started.elapsed());
         self.catch_up().await;
         self.setup.target.release();
         let elapsed = started.elapsed();
@@ -291,12 +296,12 @@ impl Controller {
             to,
             epoch,
             switched_ms,
-            elapsed_ms = elapsed.as_millis() as u64,
+            elapsed_ms = crate::units::millis(elapsed),
             "failover completed: the shard serves from its new primary"
         );
         self.event(
             "failover_completed",
-            json!({"shard": self.setup.shard, "from": from, "to": to, "epoch": epoch, "duration_ms": elapsed.as_millis() as u64}),
+            json!({"shard": self.setup.shard, "from": from, "to": to, "epoch": epoch, "duration_ms": crate::units::millis(elapsed)}),
         )
         .await;
         let others: Vec<String> = self.core.replicas().map(str::to_string).collect();
@@ -328,7 +333,7 @@ impl Controller {
         self.catch_up().await;
         self.setup.target.release();
         self.core.rebuilt();
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed_ms = crate::units::millis(started.elapsed());
         tracing::info!(
             shard = self.setup.shard,
             node,
@@ -388,7 +393,7 @@ impl Controller {
     async fn record(&mut self) -> u64 {
         let shard = self.setup.shard;
         let entry = ShardTopology {
-            id: shard as u32,
+            id: crate::router::shard_id(shard),
             slots: self.setup.slots.clone(),
             primary: self.core.primary().to_string(),
             replicas: self.core.replicas().map(str::to_string).collect(),

@@ -105,7 +105,7 @@ pub fn timeout_ms(arg: &[u8]) -> Option<u64> {
     }
     let t = text.parse::<f64>().ok().filter(|t| t.is_finite())?;
     let ms = (t * 1000.0).ceil();
-    (ms >= 0.0 && ms < i64::MAX as f64).then_some(ms as u64)
+    (ms >= 0.0 && ms < i64::MAX as f64).then_some(crate::units::whole(ms))
 }
 
 /// A constant argument.

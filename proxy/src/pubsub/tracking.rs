@@ -228,7 +228,7 @@ fn invalidation(proto: Proto, message: &Message, as_pubsub_message: bool) -> Byt
 }
 
 fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    crate::units::unix_ms()
 }
 
 /// Invalidates tracked keys as their expire times come, for as long as the proxy lives.

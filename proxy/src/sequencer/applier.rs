@@ -255,7 +255,7 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                 }
             }
         }
-        meta.abort_entry(self.shard as u32, lsn)
+        meta.abort_entry(crate::router::shard_id(self.shard), lsn)
             .await
             .map_err(|e| format!("the metadata store did not record the abort: {e}"))?;
         self.aborts.entries.insert(lsn);

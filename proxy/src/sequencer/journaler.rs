@@ -1,5 +1,5 @@
 //! The journaler: takes a shard's writes in order, normalizes them, appends them to the journal
-//! (grouped into entries, a few appends in flight) and hands each entry to the applier. Every
+//! (grouped into entries, one append in flight) and hands each entry to the applier. Every
 //! write passes here, so WATCHes and parked blocking commands are checked here too.
 
 use std::sync::atomic::Ordering;
@@ -90,7 +90,8 @@ impl<S: JournalStream> Journaler<S> {
             if self.health.is_failing() {
                 self.wait_for_applier(&mut queue, &mut batch).await;
             }
-            let now = now_ms();
+            // The wall clock: relative times (TTLs, a script's TIME) are anchored to it.
+            let now = crate::units::unix_ms();
             let mut segment = EntryBuilder::default();
             for write in batch.drain(..) {
                 self.sequence(&mut segment, write, now).await;

@@ -127,7 +127,7 @@ impl JournalStream for QuorumStream {
         let setup = &self.setup;
         quorum::recover(
             &setup.meta,
-            self.shard as u32,
+            crate::router::shard_id(self.shard),
             &self.name,
             &setup.nodes,
             setup.quorum.clone(),

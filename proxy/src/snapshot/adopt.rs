@@ -44,6 +44,14 @@ pub(crate) enum AdoptionError {
     Failed { shard: usize, reason: String },
 }
 
+impl AdoptionError {
+    /// A verdict on the node's data (the shard is refused, the others serve), rather than a
+    /// failure to reach a verdict or to adopt (which stops the start).
+    pub(crate) fn refuses_the_shard(&self) -> bool {
+        !matches!(self, AdoptionError::Failed { .. })
+    }
+}
+
 /// What the primary holds, as far as adoption cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Holdings {
@@ -183,7 +191,7 @@ fn answer(what: &str, reply: &[u8]) -> String {
 
 /// The keys of every database and of those other than 0, from `INFO keyspace`'s bulk reply
 /// (`db0:keys=12,expires=1,avg_ttl=0` lines; none when the node holds nothing).
-fn keyspace_keys(reply: &[u8]) -> Option<(u64, u64)> {
+pub(super) fn keyspace_keys(reply: &[u8]) -> Option<(u64, u64)> {
     let text = std::str::from_utf8(bulk_payload(reply)?).ok()?;
     let (mut all, mut others) = (0, 0);
     for line in text.lines().filter(|l| l.starts_with("db")) {
@@ -286,6 +294,10 @@ mod tests {
         let reply = format!("${}\r\n{info}\r\n", info.len());
         assert_eq!(keyspace_keys(reply.as_bytes()), Some((19773, 2)));
         assert_eq!(keyspace_keys(b"$12\r\n# Keyspace\r\n\r\n"), Some((0, 0)));
+        // Keys only in database 3: all of them in other databases.
+        let info = "# Keyspace\r\ndb3:keys=4,expires=0,avg_ttl=0\r\n";
+        let reply = format!("${}\r\n{info}\r\n", info.len());
+        assert_eq!(keyspace_keys(reply.as_bytes()), Some((4, 4)));
         assert_eq!(keyspace_keys(b"-LOADING Redis is loading\r\n"), None);
     }
 }

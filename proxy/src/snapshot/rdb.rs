@@ -42,7 +42,7 @@ const EOF_MARK_LEN: usize = 40;
 /// Longest reply line accepted, so garbage from the peer cannot grow memory.
 const MAX_LINE: u64 = 64 * 1024;
 /// Largest bulk reply accepted on the control connection (`INFO` is a few KiB).
-const MAX_BULK: i64 = 16 << 20;
+const MAX_BULK: usize = 16 << 20;
 /// How much of a file or stream is handled at once.
 const CHUNK: usize = 64 * 1024;
 /// How often `load` asks the node whether it has loaded the RDB.
@@ -120,7 +120,7 @@ pub(crate) async fn fetch(
     }
     sink.check.finish()?;
     sink.out.flush().await?;
-    tracing::info!(addr, bytes = sink.written, elapsed_ms = started.elapsed().as_millis() as u64, "fetched an RDB");
+    tracing::info!(addr, bytes = sink.written, elapsed_ms = crate::units::millis(started.elapsed()), "fetched an RDB");
     Ok(sink.written)
 }
 
@@ -183,7 +183,7 @@ pub(crate) async fn load(
     };
     match result {
         Ok(()) => {
-            tracing::info!(addr, bytes = len, elapsed_ms = started.elapsed().as_millis() as u64, "loaded an RDB");
+            tracing::info!(addr, bytes = len, elapsed_ms = crate::units::millis(started.elapsed()), "loaded an RDB");
             Ok(())
         }
         Err(e) => {
@@ -559,7 +559,8 @@ struct RdbCheck {
 impl RdbCheck {
     fn update(&mut self, data: &[u8]) -> Result<(), RdbError> {
         if self.version.is_none() {
-            let at = self.seen as usize;
+            // Below HEADER_LEN until the version is read.
+            let at = usize::try_from(self.seen).unwrap_or(HEADER_LEN);
             let n = (HEADER_LEN - at).min(data.len());
             self.header[at..at + n].copy_from_slice(&data[..n]);
             if at + n == HEADER_LEN {
@@ -774,16 +775,18 @@ impl Control {
         match line.split_first() {
             Some((b'+' | b':', text)) => Ok(Reply::Line(String::from_utf8_lossy(text).into_owned())),
             Some((b'-', error)) => Err(RdbError::Redis(String::from_utf8_lossy(error).into_owned())),
-            Some((b'$', len)) => match parse_int(len) {
-                Some(-1) => Ok(Reply::Bulk(None)),
-                Some(len @ 0..=MAX_BULK) => {
-                    let mut data = vec![0; len as usize + 2];
-                    within(self.timeout, "the node's reply", self.conn.read_exact(&mut data)).await?;
-                    data.truncate(len as usize);
-                    Ok(Reply::Bulk(Some(data)))
+            Some((b'$', len)) => {
+                match parse_int(len).map(|n| (n, usize::try_from(n).ok().filter(|n| *n <= MAX_BULK))) {
+                    Some((-1, _)) => Ok(Reply::Bulk(None)),
+                    Some((_, Some(len))) => {
+                        let mut data = vec![0; len + 2];
+                        within(self.timeout, "the node's reply", self.conn.read_exact(&mut data)).await?;
+                        data.truncate(len);
+                        Ok(Reply::Bulk(Some(data)))
+                    }
+                    _ => Err(RdbError::Redis(format!("unexpected bulk length in {}", shown(&line)))),
                 }
-                _ => Err(RdbError::Redis(format!("unexpected bulk length in {}", shown(&line)))),
-            },
+            }
             _ => Err(RdbError::Redis(format!("unexpected reply {}", shown(&line)))),
         }
     }

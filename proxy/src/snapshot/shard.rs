@@ -76,7 +76,8 @@ impl ShardSnapshots {
 
     /// The catalog's snapshots of this shard, oldest first.
     async fn catalog(&self) -> anyhow::Result<Vec<SnapshotRecord>> {
-        let listed = tokio::time::timeout(CALL_TIMEOUT, self.meta.list_snapshots(self.shard as u32)).await;
+        let listed =
+            tokio::time::timeout(CALL_TIMEOUT, self.meta.list_snapshots(crate::router::shard_id(self.shard))).await;
         Ok(listed.map_err(|_| anyhow::anyhow!("the metadata store did not answer"))??)
     }
 
@@ -123,11 +124,11 @@ impl ShardSnapshots {
             lsn,
             bytes,
             source,
-            elapsed_ms = elapsed.as_millis() as u64,
+            elapsed_ms = crate::units::millis(elapsed),
             "snapshot taken"
         );
         let body = json!({"shard": self.shard, "lsn": lsn, "bytes": bytes, "source": source,
-                          "duration_ms": elapsed.as_millis() as u64});
+                          "duration_ms": crate::units::millis(elapsed)});
         self.event("snapshot_taken", body).await;
         self.prune_and_truncate().await?;
         Ok(record)
@@ -142,10 +143,10 @@ impl ShardSnapshots {
         let partial = self.dir.join(format!(".{lsn:020}.rdb.partial"));
         let bytes = self.fetch_durably(source, &partial, &path).await?;
         let record = SnapshotRecord {
-            shard: self.shard as u32,
+            shard: crate::router::shard_id(self.shard),
             lsn,
             location: path.display().to_string(),
-            timestamp_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            timestamp_ms: crate::units::unix_ms(),
         };
         tokio::time::timeout(CALL_TIMEOUT, self.meta.add_snapshot(&record))
             .await
@@ -173,7 +174,7 @@ impl ShardSnapshots {
         let fetched = self.fetch_and_record(node, 0).await;
         progress.abort();
         let (record, bytes) = fetched?;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
+        let elapsed_ms = crate::units::millis(started.elapsed());
         tracing::info!(
             shard = self.shard,
             node,
@@ -199,11 +200,23 @@ impl ShardSnapshots {
             return Ok(false);
         }
         let conn = BackendConn::spawn(node, Proto::Resp2, self.prepare.opts().clone());
-        let reply = tokio::time::timeout(CALL_TIMEOUT, conn.call(&["DBSIZE"]))
+        let reply = tokio::time::timeout(CALL_TIMEOUT, conn.call(&["INFO", "keyspace"]))
             .await
-            .map_err(|_| anyhow::anyhow!("{node} did not answer DBSIZE"))??;
-        if &reply[..] != b":0\r\n" {
+            .map_err(|_| anyhow::anyhow!("{node} did not answer INFO keyspace"))??;
+        let Some((keys, other_db_keys)) = super::adopt::keyspace_keys(&reply) else { return Ok(false) };
+        if keys > other_db_keys {
             return Ok(false);
+        }
+        // Empty where memlog serves (database 0). Keys in other databases do not make it the
+        // holder of the shard's data: an adopted shard's data would then never come back (the
+        // baseline holds it, the journal does not). The snapshot replaces them: said, not silent.
+        if other_db_keys > 0 {
+            tracing::warn!(
+                shard = self.shard,
+                node,
+                keys = other_db_keys,
+                "the node holds keys only in databases other than 0, which memlog does not serve: loading the newest snapshot replaces them"
+            );
         }
         tracing::info!(shard = self.shard, node, "the node is empty: loading the newest snapshot before the replay");
         self.restore(node).await?;
@@ -256,7 +269,7 @@ impl ShardSnapshots {
         let stream = format!("shard-{}", self.shard);
         let below = oldest.lsn + 1;
         // Nodes refuse a truncation below their fenced epoch: the shard's current one.
-        let epoch = self.meta.epoch(self.shard as u32).await?.epoch;
+        let epoch = self.meta.epoch(crate::router::shard_id(self.shard)).await?.epoch;
         let client = |node: &SocketAddr| NodeClient::new(*node, self.transport.clone());
         let calls: Vec<_> =
             self.journal.iter().map(|node| client(node).truncate_below(&stream, epoch, below)).collect();
@@ -308,9 +321,15 @@ impl ShardSnapshots {
             let lsn = self.lsn_of(node).await?;
             let elapsed = started.elapsed();
             metrics::counter!("memlog_snapshot_restores_total", "shard" => self.shard.to_string()).increment(1);
-            tracing::info!(shard = self.shard, node, lsn, elapsed_ms = elapsed.as_millis() as u64, "snapshot restored");
+            tracing::info!(
+                shard = self.shard,
+                node,
+                lsn,
+                elapsed_ms = crate::units::millis(elapsed),
+                "snapshot restored"
+            );
             let body = json!({"shard": self.shard, "node": node, "lsn": lsn, "location": snapshot.location,
-                              "duration_ms": elapsed.as_millis() as u64});
+                              "duration_ms": crate::units::millis(elapsed)});
             self.event("snapshot_restored", body).await;
             return Ok(lsn);
         }

@@ -6,13 +6,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Values below this are their own bucket.
-const EXACT: u64 = 64;
+const EXACT: usize = 64;
 /// Sub-buckets per power of two above `EXACT` (5 bits after the leading one).
 const SUB_BITS: u32 = 5;
 const SUBS: usize = 1 << SUB_BITS;
 /// The largest power of two kept apart; larger values fall in its buckets (2^40 ns: 18 minutes).
 const TOP_EXPONENT: u32 = 40;
-const BUCKETS: usize = EXACT as usize + (TOP_EXPONENT as usize - 6) * SUBS;
+const BUCKETS: usize = EXACT + (TOP_EXPONENT as usize - 6) * SUBS;
 
 /// Counts of recorded nanosecond values.
 pub(crate) struct LatencyHistogram {
@@ -26,22 +26,27 @@ impl Default for LatencyHistogram {
 }
 
 fn bucket_of(value: u64) -> usize {
-    if value < EXACT {
-        return value as usize;
-    }
-    let exponent = (63 - value.leading_zeros()).min(TOP_EXPONENT - 1);
-    let value = value.min((1u64 << TOP_EXPONENT) - 1);
-    let sub = ((value >> (exponent - SUB_BITS)) as usize) & (SUBS - 1);
-    EXACT as usize + (exponent as usize - 6) * SUBS + sub
+    let (exact, subs) = (EXACT as u64, SUBS as u64);
+    let bucket = if value < exact {
+        value
+    } else {
+        let exponent = (63 - value.leading_zeros()).min(TOP_EXPONENT - 1);
+        let value = value.min((1u64 << TOP_EXPONENT) - 1);
+        let sub = (value >> (exponent - SUB_BITS)) & (subs - 1);
+        exact + u64::from(exponent - 6) * subs + sub
+    };
+    // Below BUCKETS, as the exponent is capped: it fits.
+    usize::try_from(bucket).unwrap_or(BUCKETS - 1)
 }
 
 /// The largest value that falls in `bucket` (HDR's "highest equivalent value").
 fn highest_in(bucket: usize) -> u64 {
-    if bucket < EXACT as usize {
+    if bucket < EXACT {
         return bucket as u64;
     }
-    let exponent = ((bucket - EXACT as usize) / SUBS + 6) as u32;
-    let sub = ((bucket - EXACT as usize) % SUBS) as u64;
+    // Below TOP_EXPONENT for every bucket there is.
+    let exponent = u32::try_from((bucket - EXACT) / SUBS + 6).unwrap_or(TOP_EXPONENT - 1);
+    let sub = ((bucket - EXACT) % SUBS) as u64;
     let width = 1u64 << (exponent - SUB_BITS);
     (1u64 << exponent) + sub * width + width - 1
 }
@@ -60,7 +65,7 @@ impl LatencyHistogram {
     pub(crate) fn value_at_percentile(&self, percentile: f64) -> u64 {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
         let total: u64 = counts.iter().sum();
-        let wanted = (((percentile / 100.0) * total as f64) + 0.5).max(1.0) as u64;
+        let wanted = crate::units::whole((((percentile / 100.0) * total as f64) + 0.5).max(1.0));
         let mut seen = 0;
         for (bucket, count) in counts.iter().enumerate() {
             seen += count;

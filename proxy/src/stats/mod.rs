@@ -130,7 +130,7 @@ impl ServerStats {
         if kind.blocking {
             return;
         }
-        let nanos = reply.elapsed.as_nanos().min(u64::MAX as u128) as u64;
+        let nanos = u64::try_from(reply.elapsed.as_nanos()).unwrap_or(u64::MAX);
         let usec = nanos / 1000;
         stats.usec.fetch_add(usec, Ordering::Relaxed);
         stats.histogram.get_or_init(LatencyHistogram::default).record(nanos);

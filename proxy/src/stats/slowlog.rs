@@ -63,7 +63,7 @@ impl SlowLog {
             client_addr,
             client_name,
         };
-        let max_len = self.max_len.load(Ordering::Relaxed) as usize;
+        let max_len = usize::try_from(self.max_len.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
         let mut entries = self.entries.lock().unwrap();
         entries.push_front(entry);
         entries.truncate(max_len);

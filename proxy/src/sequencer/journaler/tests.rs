@@ -164,7 +164,11 @@ async fn appends_in_flight_are_capped_and_what_waits_meanwhile_goes_out_together
         assert_eq!(reply(rx).await, ok(&format!("k{i}")));
     }
     assert_eq!(rig.script().most_in_flight, APPENDS_IN_FLIGHT);
-    assert_eq!(rig.stream.journal.payloads().len(), APPENDS_IN_FLIGHT + 1, "the 8 that waited went out as one entry");
+    assert_eq!(
+        rig.stream.journal.payloads().len(),
+        APPENDS_IN_FLIGHT + 1,
+        "the writes that waited went out as one entry"
+    );
     assert_eq!(rig.applied(), (0..10).map(|i| format!("k{i}")).collect::<Vec<_>>());
 }
 
