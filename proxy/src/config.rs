@@ -13,6 +13,7 @@ const KEYS: &[&str] = &[
     "listen",
     "announce",
     "metrics_listen",
+    "mode",
     "cluster_compat",
     "maxclients",
     "proto_max_bulk_len",
@@ -50,6 +51,9 @@ pub struct ProxyConfig {
     pub announce: Option<String>,
     /// Prometheus endpoint (`/metrics`); none when unset.
     pub metrics_listen: Option<String>,
+    /// What the endpoint presents itself as: a Redis Cluster (the default) or a standalone Redis
+    /// (one shard; `redis_mode:standalone`, `CLUSTER` refused as a non-cluster Redis does).
+    pub mode: Mode,
     /// Enforce Redis Cluster's rule exactly: every key of a multi-key command in one slot.
     /// When false, keys only need to share a shard (and MGET/DEL/EXISTS/UNLINK/TOUCH may span shards).
     pub cluster_compat: bool,
@@ -105,6 +109,44 @@ pub struct ProxyConfig {
     /// The file this configuration was read from (INFO's `config_file`); not a key of it.
     #[serde(skip)]
     pub config_file: Option<std::path::PathBuf>,
+}
+
+/// What the endpoint presents itself as (`mode`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A Redis Cluster of the configured shards: `redis_mode:cluster`, `CLUSTER SLOTS` and the
+    /// rest answered with the proxy as every slot's endpoint, `SELECT` of database 0 only.
+    #[default]
+    Cluster,
+    /// A standalone Redis (what ElastiCache calls cluster mode disabled) in front of one shard:
+    /// `redis_mode:standalone`, `cluster_enabled:0`, and `CLUSTER`, `READONLY`, `READWRITE`,
+    /// `ASKING` refused as a Redis without cluster support refuses them, so clients and
+    /// frameworks that look for a cluster do not switch to cluster behaviour.
+    Standalone,
+}
+
+impl Mode {
+    /// INFO's `redis_mode`.
+    pub fn redis_mode(self) -> &'static str {
+        match self {
+            Mode::Cluster => "cluster",
+            Mode::Standalone => "standalone",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    /// The spelling of the `mode` key (`memlog up --mode`).
+    fn from_str(text: &str) -> Result<Mode, String> {
+        match text {
+            "cluster" => Ok(Mode::Cluster),
+            "standalone" => Ok(Mode::Standalone),
+            _ => Err(format!("{text:?} is not a mode: say \"cluster\" or \"standalone\"")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -402,6 +444,7 @@ impl Default for ProxyConfig {
             listen: "127.0.0.1:6380".into(),
             announce: None,
             metrics_listen: None,
+            mode: Mode::Cluster,
             cluster_compat: false,
             maxclients: 10_000,
             proto_max_bulk_len: 512 * 1024 * 1024,
@@ -471,8 +514,21 @@ impl ProxyConfig {
     }
 
     /// Checks what serde cannot: the shards cover every slot exactly once; snapshots replace
-    /// a prefix of the journal, so they need one.
+    /// a prefix of the journal, so they need one; a standalone endpoint fronts one shard.
     pub fn validate(&self) -> anyhow::Result<()> {
+        if self.mode == Mode::Standalone {
+            // A standalone Redis has one keyspace: several shards would need keys routed by slot
+            // and multi-key commands refused across shards, which such a Redis never does.
+            anyhow::ensure!(
+                self.shards.len() == 1,
+                "mode = \"standalone\" serves one shard (owning every slot), but the configuration has {} [[shards]]: keep one, or use mode = \"cluster\"",
+                self.shards.len()
+            );
+            anyhow::ensure!(
+                !self.cluster_compat,
+                "cluster_compat enforces Redis Cluster's one-slot rule, which a standalone Redis does not have: drop it, or use mode = \"cluster\""
+            );
+        }
         if let Some(tls) = &self.tls {
             tls.validate()?;
         }
@@ -588,5 +644,30 @@ mod tests {
             let refused = ProxyConfig::load(Some(&path)).unwrap_err().to_string();
             assert!(refused.starts_with("[parameters]: ") && refused.contains(error), "{entry}: {refused}");
         }
+    }
+
+    #[test]
+    fn standalone_mode_fronts_one_shard_without_the_cluster_slot_rule() {
+        let shard =
+            |slots: &str, port: u16| format!("[[shards]]\nslots = \"{slots}\"\nprimary = \"127.0.0.1:{port}\"\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memlog.toml");
+        let load = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            ProxyConfig::load(Some(&path)).map_err(|e| e.to_string())
+        };
+        assert_eq!(load(shard("0-16383", 1)).unwrap().mode, Mode::Cluster);
+        assert_eq!(load(format!("mode = \"standalone\"\n{}", shard("0-16383", 1))).unwrap().mode, Mode::Standalone);
+        let two = format!("{}{}", shard("0-8191", 1), shard("8192-16383", 2));
+        assert_eq!(load(format!("mode = \"cluster\"\n{two}")).unwrap().shards.len(), 2);
+        let refused = load(format!("mode = \"standalone\"\n{two}")).unwrap_err();
+        assert!(refused.contains("serves one shard") && refused.contains("has 2 [[shards]]"), "{refused}");
+        let refused =
+            load(format!("mode = \"standalone\"\ncluster_compat = true\n{}", shard("0-16383", 1))).unwrap_err();
+        assert!(refused.contains("cluster_compat"), "{refused}");
+        let refused = load(format!("mode = \"sentinel\"\n{}", shard("0-16383", 1))).unwrap_err();
+        assert!(refused.contains("sentinel"), "{refused}");
+        assert_eq!("standalone".parse::<Mode>(), Ok(Mode::Standalone));
+        assert!("Standalone".parse::<Mode>().is_err());
     }
 }

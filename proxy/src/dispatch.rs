@@ -91,8 +91,8 @@ async fn run(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) ->
         ctx.proxy.monitors.feed(ctx.client.addr, request, info);
         return (commands::transaction::queue(ctx, request, info).await, false);
     }
-    let route = commands::route(info);
-    if matches!(route, CommandRoute::Forward | CommandRoute::Local) {
+    let route = commands::route(info, ctx.proxy.cfg.mode);
+    if matches!(route, CommandRoute::Forward | CommandRoute::Local | CommandRoute::Fails(_)) {
         ctx.proxy.monitors.feed(ctx.client.addr, request, info);
     }
     match route {
@@ -101,6 +101,7 @@ async fn run(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) ->
         CommandRoute::Refused(why) => {
             (Pending::error(&format!("ERR memlog: '{}' is not allowed: {why}", display_name(&info.name))), true)
         }
+        CommandRoute::Fails(error) => (Pending::error(error), false),
         CommandRoute::NotYet => (
             Pending::error(&format!(
                 "ERR memlog: '{}' is not supported by this version of memlog yet",

@@ -21,9 +21,24 @@ impl Pair {
 
     /// The stock server started with `redis_args` too.
     pub fn start_with(redis_args: &[&str]) -> Pair {
+        Pair::start_as(redis_args, "")
+    }
+
+    /// A stock server and memlog with `mode = "standalone"`: both are then standalone Redis.
+    pub fn standalone() -> Pair {
+        Pair::start_as(&[], "mode = \"standalone\"\n")
+    }
+
+    /// The stock server started with `redis_args`, memlog with `proxy_extra` in its configuration.
+    fn start_as(redis_args: &[&str], proxy_extra: &str) -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let redis = spawn_redis(dir.path(), redis_args);
-        let memlog = DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 1, ..Default::default() });
+        let memlog = DurableCluster::start(ClusterOptions {
+            journal_nodes: 1,
+            shards: 1,
+            proxy_extra: proxy_extra.into(),
+            ..Default::default()
+        });
         Pair { redis, memlog, _dir: dir }
     }
 

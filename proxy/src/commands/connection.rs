@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use memlog_acl::AuthError;
 
+use crate::config::Mode;
 use crate::context::ClientCtx;
 use crate::replies::Pending;
 use crate::resp::{reply, Proto, Request};
@@ -49,12 +50,11 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
                 w.simple("RESET");
             }))
         }
-        "select" => match crate::resp::parse_int(&args[1]) {
-            Some(0) => ready(&|w| {
+        "select" => match select(d.proxy.cfg.mode, &args[1]) {
+            Ok(()) => ready(&|w| {
                 w.simple("OK");
             }),
-            Some(_) => Pending::error("ERR SELECT is not allowed in cluster mode"),
-            None => Pending::error("ERR value is not an integer or out of range"),
+            Err(error) => Pending::error(error),
         },
         "time" => {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -83,6 +83,30 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
         }
         "hello" => hello(d, request),
         _ => Pending::error(&format!("ERR memlog: no local handler for '{name}'")),
+    }
+}
+
+/// `SELECT index`: database 0 is the only one served, in either mode; the errors are those of
+/// Redis 7.0 in the endpoint's mode.
+fn select(mode: Mode, index: &[u8]) -> Result<(), &'static str> {
+    const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
+    match mode {
+        Mode::Cluster => match crate::resp::parse_int(index).ok_or(NOT_AN_INTEGER)? {
+            0 => Ok(()),
+            _ => Err("ERR SELECT is not allowed in cluster mode"),
+        },
+        Mode::Standalone => {
+            // Redis reads the index as a `long long`, then wants a C `int`
+            // (`getIntFromObjectOrReply`).
+            let index = crate::normalize::string2ll(index).ok_or(NOT_AN_INTEGER)?;
+            let index = i32::try_from(index)
+                .map_err(|_| "ERR value is out of range, value must between -2147483648 and 2147483647")?;
+            match index {
+                0 => Ok(()),
+                1..=15 => Err("ERR memlog: databases other than 0 are not supported by this version of memlog yet"),
+                _ => Err("ERR DB index is out of range"),
+            }
+        }
     }
 }
 

@@ -22,6 +22,7 @@ use redis_protocol::resp2::types::BytesFrame;
 
 use super::keyspace::{call, deferred, integer};
 use crate::backend::BackendConn;
+use crate::config::Mode;
 use crate::context::ClientCtx;
 use crate::keys::LSN_KEY;
 use crate::proxy::Proxy;
@@ -150,8 +151,8 @@ fn render(proxy: &Proxy, selection: &Selection, nodes: &[(NodeInfo, i64)]) -> St
         ("commandstats", "Commandstats", commandstats),
         ("errorstats", "Errorstats", errorstats),
         ("latencystats", "Latencystats", latencystats),
-        ("cluster", "Cluster", |_, _, s| {
-            s.field("cluster_enabled", 1);
+        ("cluster", "Cluster", |proxy, _, s| {
+            s.field("cluster_enabled", u8::from(proxy.cfg.mode == Mode::Cluster));
         }),
         ("keyspace", "Keyspace", keyspace),
         ("memlog", "Memlog", memlog),
@@ -253,7 +254,7 @@ fn server(proxy: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
     let own = |name: &str| -> Option<String> {
         Some(match name {
             "redis_version" => proxy.redis_version.clone(),
-            "redis_mode" => "cluster".into(),
+            "redis_mode" => proxy.cfg.mode.redis_mode().into(),
             "os" => os.clone(),
             "arch_bits" => usize::BITS.to_string(),
             "process_id" => std::process::id().to_string(),

@@ -19,6 +19,7 @@ pub(crate) mod transaction;
 
 use std::sync::Arc;
 
+use crate::config::Mode;
 use crate::context::ClientCtx;
 use crate::replies::Pending;
 use crate::resp::Request;
@@ -35,13 +36,25 @@ pub(crate) enum CommandRoute {
     Refused(&'static str),
     /// Redis semantics the proxy does not provide yet (transactions, blocking, pub/sub, scripts).
     NotYet,
+    /// Answered with this error, which stock Redis gives in the endpoint's mode (e.g. `CLUSTER`
+    /// on a Redis without cluster support): an error of the command, not a refusal of it.
+    Fails(&'static str),
 }
 
 const MANAGED_NODES: &str = "memlog manages the Redis nodes";
 const MANAGED_TOPOLOGY: &str = "memlog manages the cluster topology";
 
-pub(crate) fn route(info: &CommandInfo) -> CommandRoute {
+/// What Redis 7.0 started without `cluster-enabled` answers to `CLUSTER …`, `READONLY`,
+/// `READWRITE` and `ASKING` (after the arity and subcommand checks).
+const CLUSTER_DISABLED: &str = "ERR This instance has cluster support disabled";
+
+pub(crate) fn route(info: &CommandInfo, mode: Mode) -> CommandRoute {
     let name = info.name.as_str();
+    if mode == Mode::Standalone {
+        if let Some(route) = standalone_route(name) {
+            return route;
+        }
+    }
     match name {
         "ping" | "echo" | "quit" | "reset" | "select" | "hello" | "auth" | "readonly" | "readwrite" | "asking"
         | "time" | "role" | "dbsize" | "keys" | "scan" | "randomkey" | "flushall" | "flushdb" | "info" => {
@@ -96,6 +109,17 @@ pub(crate) fn route(info: &CommandInfo) -> CommandRoute {
         // Blocking commands are parked in the shard's sequencer (see `dispatch`).
         _ if info.flags.pubsub => CommandRoute::NotYet,
         _ => CommandRoute::Forward,
+    }
+}
+
+/// Where a standalone endpoint differs from the cluster one.
+fn standalone_route(name: &str) -> Option<CommandRoute> {
+    match name {
+        n if n.starts_with("cluster|") => Some(CommandRoute::Fails(CLUSTER_DISABLED)),
+        "readonly" | "readwrite" | "asking" => Some(CommandRoute::Fails(CLUSTER_DISABLED)),
+        // Databases other than 0 are not served yet, so neither is moving keys between them.
+        "move" | "swapdb" => Some(CommandRoute::NotYet),
+        _ => None,
     }
 }
 

@@ -136,7 +136,7 @@ async fn queue_check(
         let shard = call.slot.map(|slot| d.proxy.slots.shard_of_slot(slot));
         return same_shard(d, shard, None).map(|shard| (shard, queued));
     }
-    if route(info) != CommandRoute::Forward && !shard_answers_in_multi(&info.name) {
+    if route(info, d.proxy.cfg.mode) != CommandRoute::Forward && !shard_answers_in_multi(&info.name) {
         return Err(format!("ERR memlog: '{}' cannot be used inside MULTI", crate::table::display_name(&info.name)));
     }
     let keys = d.key_positions(request, info).await.unwrap_or_default();

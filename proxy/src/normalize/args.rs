@@ -17,7 +17,7 @@ pub(super) fn is(arg: &[u8], word: &str) -> bool {
 
 /// Redis's `string2ll`: the strict integer syntax of `getLongLongFromObject` (no sign but
 /// `-`, no leading zeros, no spaces, fits in an i64).
-pub(super) fn int(arg: &[u8]) -> Option<i64> {
+pub(crate) fn int(arg: &[u8]) -> Option<i64> {
     // LONG_STR_SIZE: longer strings are refused before parsing.
     if arg.is_empty() || arg.len() >= 21 {
         return None;

@@ -114,6 +114,8 @@ mod xreadgroup;
 
 use bytes::Bytes;
 
+/// The integers of Redis's commands, for the proxy's own commands that read one as Redis does.
+pub(crate) use args::int as string2ll;
 pub use args::timeout_ms;
 use args::word;
 use blocking::Pop;
