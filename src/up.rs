@@ -26,7 +26,7 @@ use clap::Args;
 use journal_service::cluster_ca::{self, ClusterCa, ClusterFiles};
 use journal_service::cluster_tls::TlsFiles;
 use journal_service::private_fs;
-use memlog_proxy::config::{BackendConfig, JournalConfig, ParamValue, ProxyConfig, ShardConfig, SnapshotConfig};
+use memlog_proxy::config::{BackendConfig, JournalConfig, Mode, ParamValue, ProxyConfig, ShardConfig, SnapshotConfig};
 use memlog_proxy::router::SlotMap;
 use memlog_proxy::{BackendAuth, NodeAccess};
 
@@ -50,9 +50,16 @@ pub struct UpArgs {
     /// Port of the proxy, the endpoint clients connect to.
     #[arg(long, default_value_t = 6380)]
     pub port: u16,
-    /// Number of Redis shards; the 16384 slots are split evenly between them.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub shards: u16,
+    /// What the endpoint presents itself as: `cluster` (a Redis Cluster of --shards shards) or
+    /// `standalone` (a standalone Redis in front of one shard: `redis_mode:standalone`,
+    /// `CLUSTER` commands refused as a Redis without cluster support refuses them; database 0
+    /// only, for now).
+    #[arg(long, default_value = "cluster", value_parser = parse_mode)]
+    pub mode: Mode,
+    /// Number of Redis shards; the 16384 slots are split evenly between them. Default: 3, and
+    /// 1 with `--mode standalone`, which serves one shard only.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub shards: Option<u16>,
     /// Replicas per shard (stock Redis replication of the shard's primary).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=100))]
     pub replicas: u16,
@@ -103,6 +110,29 @@ pub struct UpArgs {
     pub redis_tls: bool,
 }
 
+impl UpArgs {
+    /// The shards to run (see `--shards`).
+    fn shard_count(&self) -> u16 {
+        self.shards.unwrap_or(match self.mode {
+            Mode::Cluster => 3,
+            Mode::Standalone => 1,
+        })
+    }
+
+    /// Refuses flags that contradict each other before anything is started.
+    fn check(&self) -> Result<(), UpError> {
+        match (self.mode, self.shards) {
+            (Mode::Standalone, Some(shards)) if shards != 1 => Err(UpError::StandaloneShards(shards)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `--mode`.
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    text.parse()
+}
+
 /// `NAME=VALUE` of `--param`.
 fn parse_param(text: &str) -> Result<(String, String), String> {
     let (name, value) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=VALUE"))?;
@@ -120,6 +150,10 @@ pub enum UpError {
     PortInUse { port: u16, what: String },
     #[error("--param: {0}")]
     Param(String),
+    #[error(
+        "--mode standalone serves one shard, but --shards {0} asks for more: drop --shards, or use --mode cluster"
+    )]
+    StandaloneShards(u16),
     #[error("port {port} is wanted twice, for {first} and for {second}: pick distinct ports")]
     PortConflict { port: u16, first: String, second: String },
     #[error("{flag} {base} leaves no room for {count} consecutive ports")]
@@ -194,6 +228,7 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     // files) is for its owner only, as the systemd units' UMask=0077 does in a deployment.
     // SAFETY: umask only sets the process's (and its future children's) file creation mask.
     unsafe { libc::umask(0o077) };
+    args.check()?;
     let redis_server =
         find_executable(&args.redis_server).ok_or(UpError::RedisServerNotFound(args.redis_server.clone()))?;
     let user = match (&args.user, &args.password_file) {
@@ -259,7 +294,12 @@ pub async fn run(args: UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Re
     record.state = ClusterState::Running;
     save(&record, &dir)?;
     // Nobody may be reading stdout any more (a closed pipe); the cluster serves regardless.
-    let shape = Shape { shards: args.shards, replicas: args.replicas, journal_nodes: journal_ports.len() };
+    let shape = Shape {
+        mode: args.mode,
+        shards: args.shard_count(),
+        replicas: args.replicas,
+        journal_nodes: journal_ports.len(),
+    };
     let _ = writeln!(std::io::stdout(), "{}", ready_line(&url, &shape, metrics_url.as_deref()));
     tracing::info!(dir = %dir.display(), "cluster running; Ctrl-C or SIGTERM stops it");
 
@@ -314,13 +354,15 @@ fn record_restart(record: &mut ClusterFile, restarted: &Restarted, dir: &Path) {
 
 /// What the ready line describes.
 struct Shape {
+    mode: Mode,
     shards: u16,
     replicas: u16,
     journal_nodes: usize,
 }
 
 /// The one line scripts and people wait for, e.g. `memlog ready: redis://127.0.0.1:6380
-/// (3 shards × 1 replica, journal 3 nodes, metrics http://127.0.0.1:9121/metrics)`.
+/// (3 shards × 1 replica, journal 3 nodes, metrics http://127.0.0.1:9121/metrics)`; a
+/// standalone endpoint says so first (`(standalone, 1 shard × 1 replica, …)`).
 fn ready_line(url: &str, shape: &Shape, metrics_url: Option<&str>) -> String {
     let plural = |n: usize, word: &str| if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") };
     let journal = match shape.journal_nodes {
@@ -331,8 +373,12 @@ fn ready_line(url: &str, shape: &Shape, metrics_url: Option<&str>) -> String {
         Some(m) => format!("metrics {m}"),
         None => "metrics off".to_string(),
     };
+    let mode = match shape.mode {
+        Mode::Cluster => "",
+        Mode::Standalone => "standalone, ",
+    };
     format!(
-        "memlog ready: {url} ({} × {}, {journal}, {metrics})",
+        "memlog ready: {url} ({mode}{} × {}, {journal}, {metrics})",
         plural(shape.shards.into(), "shard"),
         plural(shape.replicas.into(), "replica")
     )
@@ -378,8 +424,9 @@ fn journal_ports(args: &UpArgs, dir: &Path, previous: Option<&ClusterFile>) -> R
         return Err(changed(format!("{} journal nodes", recorded.len()), format!("--journal-nodes {count}")));
     }
     // No primary recorded: that run failed before its Redis stage, so nothing was ever journaled.
-    if previous.shard_count() != 0 && previous.shard_count() != args.shards as usize {
-        return Err(changed(format!("{} shards", previous.shard_count()), format!("--shards {}", args.shards)));
+    let shards = args.shard_count();
+    if previous.shard_count() != 0 && previous.shard_count() != shards as usize {
+        return Err(changed(format!("{} shards", previous.shard_count()), format!("--shards {shards}")));
     }
     tracing::info!(ports = ?recorded, "reusing the journal recorded in cluster.json");
     Ok(recorded)
@@ -466,7 +513,7 @@ fn plan_redis(
         .map_err(|e| io_error(format!("cannot write the Redis password into {}", dir.display()), e))?;
     let access = NodeAccess::from_config(backend)?;
     let per_shard = 1 + args.replicas as usize;
-    let count = args.shards as usize * per_shard;
+    let count = args.shard_count() as usize * per_shard;
     let port_at = |i: usize| -> Result<u16, UpError> {
         u16::try_from(args.redis_base_port as usize + i).map_err(|_| UpError::PortRangeOverflow {
             flag: "--redis-base-port",
@@ -474,7 +521,7 @@ fn plan_redis(
             count,
         })
     };
-    let slots = SlotMap::even_ranges(args.shards as usize);
+    let slots = SlotMap::even_ranges(args.shard_count() as usize);
     let mut nodes = Vec::with_capacity(count);
     for (shard, slots) in slots.into_iter().enumerate() {
         let primary = port_at(shard * per_shard)?;
@@ -593,6 +640,7 @@ fn proxy_config(
     });
     ProxyConfig {
         listen: loopback(args.port).to_string(),
+        mode: args.mode,
         metrics_listen: metrics_port.map(|p| loopback(p).to_string()),
         journal,
         snapshot,
@@ -755,7 +803,8 @@ mod tests {
         UpArgs {
             dir: PathBuf::from("unused"),
             port: 6380,
-            shards,
+            mode: Mode::Cluster,
+            shards: Some(shards),
             replicas,
             metrics_port: 9121,
             no_metrics: false,
@@ -968,16 +1017,49 @@ mod tests {
 
     #[test]
     fn ready_line_names_endpoint_shape_and_metrics() {
-        let shape = Shape { shards: 3, replicas: 1, journal_nodes: 3 };
+        let shape = Shape { mode: Mode::Cluster, shards: 3, replicas: 1, journal_nodes: 3 };
         assert_eq!(
             ready_line("redis://127.0.0.1:6380", &shape, Some("http://127.0.0.1:9121/metrics")),
             "memlog ready: redis://127.0.0.1:6380 (3 shards × 1 replica, journal 3 nodes, metrics http://127.0.0.1:9121/metrics)"
         );
-        let shape = Shape { shards: 1, replicas: 0, journal_nodes: 0 };
+        let shape = Shape { mode: Mode::Cluster, shards: 1, replicas: 0, journal_nodes: 0 };
         assert_eq!(
             ready_line("redis://x", &shape, None),
             "memlog ready: redis://x (1 shard × 0 replicas, no journal, writes not durable, metrics off)"
         );
+        let shape = Shape { mode: Mode::Standalone, shards: 1, replicas: 1, journal_nodes: 3 };
+        assert_eq!(
+            ready_line("redis://x", &shape, None),
+            "memlog ready: redis://x (standalone, 1 shard × 1 replica, journal 3 nodes, metrics off)"
+        );
+    }
+
+    #[test]
+    fn standalone_mode_runs_one_shard_and_refuses_more() {
+        let parse = |flags: &[&str]| {
+            #[derive(clap::Parser)]
+            struct Cli {
+                #[command(flatten)]
+                up: UpArgs,
+            }
+            <Cli as clap::Parser>::try_parse_from(std::iter::once("up").chain(flags.iter().copied())).map(|c| c.up)
+        };
+        let cluster = parse(&[]).unwrap();
+        assert_eq!((cluster.mode, cluster.shard_count()), (Mode::Cluster, 3));
+        let standalone = parse(&["--mode", "standalone"]).unwrap();
+        assert_eq!((standalone.mode, standalone.shard_count()), (Mode::Standalone, 1));
+        assert!(
+            standalone.check().is_ok() && parse(&["--mode", "standalone", "--shards", "1"]).unwrap().check().is_ok()
+        );
+        let refused = parse(&["--mode", "standalone", "--shards", "2"]).unwrap().check().unwrap_err().to_string();
+        assert!(refused.contains("--mode standalone serves one shard, but --shards 2"), "{refused}");
+        assert!(parse(&["--mode", "sentinel"]).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = plan_plain_redis(&standalone, dir.path()).unwrap();
+        let cfg = proxy_config(&standalone, None, &[], &nodes, dir.path(), backend_config(dir.path(), None));
+        assert_eq!((cfg.mode, cfg.shards.len()), (Mode::Standalone, 1));
+        cfg.validate().unwrap();
     }
 
     #[test]

@@ -529,6 +529,35 @@ fn params_reach_every_node_and_a_refused_one_starts_nothing() {
     sigterm_and_check_clean_stop(&mut up, &pids);
 }
 
+/// `--mode standalone` (issue 13): one shard behind a standalone endpoint; more shards are
+/// refused before anything starts.
+#[test]
+fn up_in_standalone_mode_serves_one_shard_as_a_standalone_redis() {
+    const TWO: Shape = Shape { shards: 2, replicas: 0, journal_nodes: 1, snapshot_every: 100_000 };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = up_harness::up_command(tmp.path(), &up_harness::ports(TWO), TWO)
+        .args(["--mode", "standalone"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--mode standalone serves one shard, but --shards 2 asks for more"), "{stderr}");
+    assert!(!tmp.path().join("cluster.json").exists(), "nothing may be started");
+
+    const ONE: Shape = Shape { shards: 1, replicas: 1, journal_nodes: 1, snapshot_every: 100_000 };
+    let ports = up_harness::ports(ONE);
+    let (mut up, ready) = start_up_with(tmp.path(), &ports, ONE, &["--mode", "standalone"]);
+    assert!(ready.contains("(standalone, 1 shard × 1 replica, journal 1 node"), "ready line: {ready}");
+    let cli = |args: &[&str]| stdout_of(&redis_cli(ports.proxy, args));
+    assert!(cli(&["INFO", "server"]).contains("redis_mode:standalone"));
+    assert!(cli(&["INFO", "cluster"]).contains("cluster_enabled:0"));
+    assert_eq!(cli(&["CLUSTER", "SLOTS"]), "ERR This instance has cluster support disabled");
+    assert_eq!(cli(&["MSET", "a", "1", "b", "2"]), "OK");
+    assert_eq!(cli(&["MGET", "a", "b"]), "1\n2");
+    let pids = recorded_pids(&cluster_json(tmp.path()));
+    sigterm_and_check_clean_stop(&mut up, &pids);
+}
+
 #[test]
 fn up_with_a_user_protects_the_cluster_and_the_operator_commands_log_in() {
     const SMALL: Shape = Shape { shards: 1, replicas: 1, journal_nodes: 1, snapshot_every: 100_000 };
