@@ -221,13 +221,14 @@ impl Conn {
     /// journal prefix the primary was last seen with: a primary that restarted empty, or a new
     /// one, serves no read before the applier has caught it up.
     async fn open(&self, addr: &str) -> Result<NodeStream, Unusable> {
-        let mut stream = connect(addr, self.proto, &self.opts).await.map_err(Unusable::Unreachable)?;
+        let stream = connect(addr, self.proto, &self.opts).await.map_err(Unusable::Unreachable)?;
         let floor = self.target.lsn_floor.load(Ordering::Acquire);
         if self.role == Role::Read && floor > 0 {
-            let held = node_lsn(&mut stream, &self.opts).await.map_err(Unusable::Unreachable)?;
+            let (stream, held) = node_lsn(stream, addr, &self.opts).await.map_err(Unusable::Unreachable)?;
             if held < floor {
                 return Err(Unusable::CatchingUp(format!("it holds lsn {held}, the shard is at {floor}")));
             }
+            return Ok(stream);
         }
         Ok(stream)
     }
@@ -425,7 +426,9 @@ impl Conn {
                         }
                     }
                 }
-                if !out.is_empty() && wr.write_all(&out).await.is_err() {
+                // Flushed, or a TLS stream may keep the batch's last records until the next one
+                // (`admin::AdminConn::send_raw`).
+                if !out.is_empty() && (wr.write_all(&out).await.is_err() || wr.flush().await.is_err()) {
                     return Some(());
                 }
             }
