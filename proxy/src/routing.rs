@@ -129,7 +129,7 @@ impl ClientCtx {
         }
         let guard = self.lanes.enter(shard, lane);
         let (tx, rx) = oneshot::channel();
-        self.proxy.shards[shard].read_conn(self.proto(), self.client.id).send_to(request.raw, tx);
+        self.proxy.shards[shard].read_conn(self.proto(), self.client.id).send_when_room(request.raw, tx).await;
         Pending::Backend { rx, _lane: Some(guard) }
     }
 
