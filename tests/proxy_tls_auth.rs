@@ -523,3 +523,49 @@ fn status_and_failover_reach_a_proxy_that_requires_client_certificates() {
     let (ok, _, stderr) = memlog(&["status", "--config", &config, "--tls-ca", &server_ca], &[]);
     assert!(!ok && stderr.contains("the proxy requires a client certificate"), "{stderr}");
 }
+
+/// Over TLS to a node, a 14 MiB pipeline written while the node is frozen (SIGSTOP, so the
+/// proxy's writes to it block mid-write) is answered in full, in order, once it resumes. (It
+/// passed here with and without the flush of 6557b0a too: loopback rarely leaves a write's last
+/// TLS records unsent; the flush itself is tested in `backend::admin`.)
+#[test]
+fn a_pipeline_to_a_frozen_tls_node_is_answered_in_full_once_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), "nodes-ca");
+    let (node, proxy_cert) = (authority.server("node"), authority.client("proxy", "memlog proxy"));
+    let redis = spawn_tls_redis(dir.path(), free_port(), &authority, &node);
+    let backend = format!(
+        "[backend]\ntls = true\nca = {:?}\ncert = {:?}\nkey = {:?}",
+        authority.ca_pem(),
+        proxy_cert.0,
+        proxy_cert.1
+    );
+    let proxy = proxy_with(dir.path(), &redis, &backend);
+    assert_eq!(cli(proxy.addr.port(), &["SET", "warm", "up"]), "OK");
+
+    const REQUESTS: usize = 300;
+    let value = "v".repeat(48 * 1024);
+    let mut pipeline = Vec::new();
+    for i in 0..REQUESTS {
+        let key = format!("frozen:{i}");
+        pipeline.extend_from_slice(
+            format!("*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n", key.len(), value.len()).as_bytes(),
+        );
+    }
+    let mut client = std::net::TcpStream::connect(proxy.addr).unwrap();
+    client.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    redis.stop();
+    let mut writer = client.try_clone().unwrap();
+    let writing = std::thread::spawn(move || std::io::Write::write_all(&mut writer, &pipeline).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    redis.cont();
+    writing.join().unwrap();
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 4096];
+    while replies.len() < REQUESTS * 5 {
+        let n = std::io::Read::read(&mut client, &mut buf).expect("every reply within 30 s");
+        assert!(n > 0, "the proxy closed the connection");
+        replies.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(String::from_utf8_lossy(&replies), "+OK\r\n".repeat(REQUESTS));
+}
