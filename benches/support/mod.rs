@@ -299,7 +299,7 @@ fn fields(line: &str) -> Vec<&str> {
 }
 
 /// The median of each metric on its own (with 2 rounds: their mean).
-fn median_of(runs: &[Measurement]) -> Measurement {
+pub fn median_of(runs: &[Measurement]) -> Measurement {
     let median = |pick: fn(&Measurement) -> f64| {
         let mut values: Vec<f64> = runs.iter().map(pick).collect();
         values.sort_by(f64::total_cmp);

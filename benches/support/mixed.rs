@@ -1,0 +1,153 @@
+//! A mixed load redis-benchmark cannot make: clients at pipeline 1 each sending GET and SET in a
+//! fixed 80/20 proportion (every fifth request a SET) over a fixed key space, the same against
+//! every target. Blocking sockets, one thread per client, each request timed from its write to
+//! the end of its reply. An error reply fails the run: errors are never throughput.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::support::{cpu_seconds, Measurement};
+
+/// One mixed load.
+#[derive(Clone, Copy)]
+pub struct MixedLoad {
+    pub clients: usize,
+    pub seconds: f64,
+    /// Keys `mixed:0` … `mixed:<keys-1>`, written once before the run so GETs find values.
+    pub keys: u64,
+    pub value_len: usize,
+}
+
+/// Every `SET_EVERY`th request of a client is a SET: 20% writes.
+const SET_EVERY: u64 = 5;
+
+/// Writes every key once (pipelined), so the load's GETs read values.
+pub fn populate(addr: SocketAddr, load: &MixedLoad) -> Result<()> {
+    let mut conn = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    let value = vec![b'v'; load.value_len];
+    let mut reader = ReplyReader::default();
+    for chunk in (0..load.keys).collect::<Vec<_>>().chunks(1000) {
+        let mut out = Vec::new();
+        for &key in chunk {
+            encode(&mut out, &[b"SET", format!("mixed:{key}").as_bytes(), &value]);
+        }
+        conn.write_all(&out)?;
+        for _ in chunk {
+            reader.next(&mut conn)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `load` against `addr`; CPU time is charged to `pids`.
+pub fn run(addr: SocketAddr, load: &MixedLoad, pids: &[u32]) -> Result<Measurement> {
+    let cpu_before = cpu_seconds(pids)?;
+    let deadline = Instant::now() + Duration::from_secs_f64(load.seconds);
+    let started = Instant::now();
+    let clients: Vec<_> = (0..load.clients)
+        .map(|client| {
+            let load = *load;
+            std::thread::spawn(move || one_client(addr, &load, client as u64, deadline))
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for client in clients {
+        latencies.extend(client.join().map_err(|_| anyhow::anyhow!("a load client panicked"))??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = latencies.len() as f64;
+    latencies.sort_unstable();
+    let percentile =
+        |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied();
+    Ok(Measurement {
+        ops_per_sec: requests / elapsed,
+        p50_ms: percentile(0.5).unwrap_or_default().as_secs_f64() * 1e3,
+        p99_ms: percentile(0.99).unwrap_or_default().as_secs_f64() * 1e3,
+        cpu_us_per_request: (cpu_seconds(pids)? - cpu_before) * 1e6 / requests.max(1.0),
+    })
+}
+
+/// One client's requests until `deadline`, with each one's latency.
+fn one_client(addr: SocketAddr, load: &MixedLoad, client: u64, deadline: Instant) -> Result<Vec<Duration>> {
+    let mut conn = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let value = vec![b'v'; load.value_len];
+    let mut reader = ReplyReader::default();
+    let mut latencies = Vec::new();
+    // A per-client xorshift, so clients touch different keys in a repeatable order.
+    let mut state = 0x9E37_79B9_7F4A_7C15 ^ (client + 1);
+    let mut out = Vec::new();
+    for request in 0.. {
+        if Instant::now() >= deadline {
+            break;
+        }
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let key = format!("mixed:{}", state % load.keys);
+        out.clear();
+        if request % SET_EVERY == 0 {
+            encode(&mut out, &[b"SET", key.as_bytes(), &value]);
+        } else {
+            encode(&mut out, &[b"GET", key.as_bytes()]);
+        }
+        let sent = Instant::now();
+        conn.write_all(&out)?;
+        reader.next(&mut conn)?;
+        latencies.push(sent.elapsed());
+    }
+    Ok(latencies)
+}
+
+fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Reads one reply at a time (status, nil or bulk: what GET and SET answer); an error reply or
+/// anything else fails.
+#[derive(Default)]
+struct ReplyReader {
+    buf: Vec<u8>,
+}
+
+impl ReplyReader {
+    fn next(&mut self, conn: &mut TcpStream) -> Result<()> {
+        loop {
+            if let Some(len) = self.whole_reply()? {
+                self.buf.drain(..len);
+                return Ok(());
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = conn.read(&mut chunk).context("reading a reply")?;
+            if n == 0 {
+                bail!("the server closed the connection");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The length of the first reply in the buffer, once it is all there.
+    fn whole_reply(&self) -> Result<Option<usize>> {
+        let Some(line_end) = self.buf.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+        let line = &self.buf[..line_end];
+        match line.first() {
+            Some(b'+') => Ok(Some(line_end + 2)),
+            Some(b'$') if line == b"$-1" => Ok(Some(line_end + 2)),
+            Some(b'$') => {
+                let len: usize = std::str::from_utf8(&line[1..])?.parse()?;
+                let total = line_end + 2 + len + 2;
+                Ok((self.buf.len() >= total).then_some(total))
+            }
+            _ => bail!("unexpected reply {:?}", String::from_utf8_lossy(line)),
+        }
+    }
+}
