@@ -245,7 +245,7 @@ async fn journal_setup(
         writer_id: format!("{host}:{}:{}", std::process::id(), proxy.listen),
         write_wait: Duration::from_millis(cfg.write_wait_ms),
         max_write_bytes: cfg.max_write_bytes,
-        snapshots: proxy.snapshot.as_ref().map(|s| Arc::new(SnapshotSettings::from(s))),
+        snapshots: proxy.snapshot.as_ref().map(|s| Arc::new(SnapshotSettings::new(s, proxy.mode))),
     })
 }
 

@@ -129,6 +129,28 @@ impl BackendConn {
         rx.await.unwrap_or_else(|_| Err(self.lost()))
     }
 
+    /// Queues `request` to run in database `db` (`databases::batch`: the connection is back in
+    /// database 0 right after it); its reply goes to `reply`. Database 0 is a plain `send_to`.
+    pub(crate) fn send_in_db(&self, db: u8, request: Bytes, reply: ReplySender) {
+        if db == 0 {
+            return self.send_to(request, reply);
+        }
+        let conn = self.clone();
+        tokio::spawn(async move {
+            let _ = reply.send(conn.call_in_db(db, &request).await);
+        });
+    }
+
+    /// Runs `request` in database `db` and waits for its reply.
+    pub(crate) async fn call_in_db(&self, db: u8, request: &[u8]) -> ReplyResult {
+        if db == 0 {
+            let rx = self.send(Bytes::copy_from_slice(request));
+            return rx.await.unwrap_or_else(|_| Err(self.lost()));
+        }
+        let mut replies = self.call_batch(crate::databases::batch(db, request), 3).await?;
+        Ok(std::mem::take(&mut replies[1]))
+    }
+
     /// Resolves once every reply to requests queued before it has arrived (or failed).
     pub(crate) fn barrier(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();

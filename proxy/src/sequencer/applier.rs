@@ -60,20 +60,36 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                     };
                     self.apply_batch(lsn, proto, items).await;
                 }
-                ToApplier::Probe { commands, done } => {
+                ToApplier::Probe { commands, db, done } => {
+                    // In another database, the whole probe runs there: it may be a MULTI (a dry
+                    // run), inside which a SELECT would only be queued.
                     let mut requests = BytesMut::new();
+                    if db != 0 {
+                        requests.extend_from_slice(&crate::databases::select(db));
+                    }
                     for command in &commands {
                         requests.extend_from_slice(&encode_command(command));
                     }
-                    let requests = requests.freeze();
-                    let mut replies = self.apply.call_batch(Proto::Resp2, requests.clone(), commands.len()).await;
+                    if db != 0 {
+                        requests.extend_from_slice(crate::databases::SELECT_0);
+                    }
+                    let selects = if db != 0 { 2 } else { 0 };
+                    let (requests, count) = (requests.freeze(), commands.len() + selects);
+                    let mut replies = self.apply.call_batch(Proto::Resp2, requests.clone(), count).await;
                     if matches!(replies, Err(BackendError::Unverified { .. })) {
                         // A new primary: catch it up to what was applied, then read it.
                         let applied = self.applied;
                         self.catch_up(applied).await;
-                        replies = self.apply.call_batch(Proto::Resp2, requests, commands.len()).await;
+                        replies = self.apply.call_batch(Proto::Resp2, requests, count).await;
                     }
-                    let _ = done.send(replies);
+                    let own = |mut replies: Vec<Bytes>| {
+                        if db != 0 {
+                            replies.pop();
+                            replies.remove(0);
+                        }
+                        replies
+                    };
+                    let _ = done.send(replies.map(own));
                 }
                 ToApplier::CatchUp { lsn, done } => {
                     self.catch_up(lsn).await;
@@ -89,8 +105,9 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             if self.reader.is_some() {
                 return self.apply_reads(proto, items).await;
             }
-            // A script run as its caller is several commands: sent as a batch.
-            if items.iter().any(|item| RunAs::is_run_as(&item.command)) {
+            // A script run as its caller, or a command of another database, is several
+            // commands: sent as a batch.
+            if items.iter().any(|item| RunAs::expands(&item.command)) {
                 return self.apply_reads(proto, items).await;
             }
             // Only routing: each command in order on the apply connection.

@@ -123,7 +123,8 @@ impl<S: JournalStream> Journaler<S> {
         if segment.payload.len() + len > MAX_WRITE_BYTES {
             self.flush(segment).await;
         }
-        let SequencerRequest { proto, op, reply } = write;
+        let SequencerRequest { proto, db, op, reply } = write;
+        segment.db = db;
         if segment.proto != Some(proto) && !segment.items.is_empty() {
             self.flush(segment).await;
         }
@@ -131,7 +132,7 @@ impl<S: JournalStream> Journaler<S> {
         match op {
             SequencerOp::Read(request) => segment.push(request.raw, false, reply, None, false),
             SequencerOp::Write { request, command } => {
-                let touched = self.touched(&request, command.as_deref());
+                let touched = self.touched(db, &request, command.as_deref());
                 let plan = if self.journal.is_some() { normalize::plan(&request.args, now) } else { Plan::AsIs };
                 self.journal_command(segment, proto, request, plan, reply, false).await;
                 self.after_write(segment, touched, now).await;
@@ -164,13 +165,22 @@ impl<S: JournalStream> Journaler<S> {
         Some(if matches!(op, SequencerOp::Transaction(_)) { EXECABORT_OOM } else { OOM })
     }
 
-    /// Locates the keys a write touches, if anyone watches or blocks on this shard.
-    fn touched(&self, request: &Request, command: Option<&CommandInfo>) -> Touched {
+    /// Locates the keys a write in database `db` touches, if anyone watches or blocks on this
+    /// shard. Watches and blocked clients are all in database 0 (`databases`: WATCH and blocking
+    /// commands are refused in the others), so a write elsewhere touches them only by moving
+    /// keys in or out of database 0.
+    fn touched(&self, db: u8, request: &Request, command: Option<&CommandInfo>) -> Touched {
         if self.watches.is_empty() && self.parked.is_empty() {
             return Touched::Unobserved;
         }
         let Some(command) = command else { return Touched::Everything };
-        if command.needs_getkeys || matches!(command.name.as_str(), "flushall" | "flushdb") {
+        if db != 0 {
+            return match command.name.as_str() {
+                "flushall" | "swapdb" | "move" => Touched::Everything,
+                _ => Touched::Unobserved,
+            };
+        }
+        if command.needs_getkeys || matches!(command.name.as_str(), "flushall" | "flushdb" | "swapdb") {
             return Touched::Everything;
         }
         match command.key_positions(&request.args) {
@@ -273,7 +283,9 @@ impl<S: JournalStream> Journaler<S> {
             tokio::time::sleep(PARKED_RETRY).await;
             if let Some(queue) = queue.upgrade() {
                 let reply = oneshot::channel().0;
-                let _ = queue.send(SequencerRequest { proto: Proto::Resp2, op: SequencerOp::RetryParked, reply }).await;
+                let _ = queue
+                    .send(SequencerRequest { proto: Proto::Resp2, db: 0, op: SequencerOp::RetryParked, reply })
+                    .await;
             }
         });
     }
@@ -286,7 +298,7 @@ impl<S: JournalStream> Journaler<S> {
     ) -> Result<Vec<Bytes>, BackendError> {
         self.flush(segment).await;
         let (done, replies) = oneshot::channel();
-        let _ = self.to_applier.send(ToApplier::Probe { commands, done }).await;
+        let _ = self.to_applier.send(ToApplier::Probe { commands, db: segment.db, done }).await;
         replies.await.unwrap_or_else(|_| Err(BackendError::Lost { addr: "the shard's applier".into() }))
     }
 
@@ -363,21 +375,28 @@ impl<S: JournalStream> Journaler<S> {
         let mut touched = Vec::new();
         let mut everything = false;
         for QueuedCommand { request, command, .. } in &commands {
-            match self.touched(request, Some(command)) {
+            match self.touched(segment.db, request, Some(command)) {
                 Touched::Keys(keys) => touched.extend(keys),
                 Touched::Everything => everything = true,
                 Touched::Unobserved => {}
             }
         }
         if self.journal.is_none() {
-            // Only routing: Redis runs the transaction itself, on the apply connection.
-            let (silent, _) = oneshot::channel();
-            segment.push(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"), false, silent, None, true);
+            // Only routing: Redis runs the transaction itself, on the apply connection, in the
+            // client's database (selected around it: inside, SELECT would be queued).
+            let db = std::mem::take(&mut segment.db);
+            let silent = || oneshot::channel().0;
+            if db != 0 {
+                segment.push(crate::databases::select(db), false, silent(), None, true);
+            }
+            segment.push(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"), false, silent(), None, true);
             for queued in commands {
-                let (silent, _) = oneshot::channel();
-                segment.push(queued.request.raw, false, silent, None, true);
+                segment.push(queued.request.raw, false, silent(), None, true);
             }
             segment.push(Bytes::from_static(b"*1\r\n$4\r\nEXEC\r\n"), false, reply, None, false);
+            if db != 0 {
+                segment.push(Bytes::from_static(crate::databases::SELECT_0), false, silent(), None, true);
+            }
         } else {
             self.journal_transaction(segment, proto, commands, reply, now).await;
         }
@@ -489,6 +508,8 @@ impl<S: JournalStream> Journaler<S> {
             return Touched::Unobserved;
         };
         let proto = blocked.proto;
+        // Blocked clients wait in database 0: a blocking command in another one is refused.
+        segment.db = 0;
         if segment.proto != Some(proto) && !segment.items.is_empty() {
             self.flush(segment).await;
         }
@@ -744,6 +765,9 @@ const EXECABORT_OOM: &str =
 #[derive(Default)]
 struct EntryBuilder {
     proto: Option<Proto>,
+    /// The database of the request being sequenced: what it pushes is put in that database's
+    /// journaled form (`databases`).
+    db: u8,
     payload: BytesMut,
     items: Vec<Item>,
 }
@@ -757,6 +781,7 @@ impl EntryBuilder {
         reply_override: Option<Bytes>,
         silent: bool,
     ) {
+        let command = crate::databases::in_db(&command, self.db);
         if journaled {
             self.payload.extend_from_slice(&command);
         }

@@ -87,7 +87,7 @@ impl Rig {
 
     fn submit(&self, op: SequencerOp) -> oneshot::Receiver<ReplyResult> {
         let (reply, rx) = oneshot::channel();
-        self.queue.try_send(SequencerRequest { proto: Proto::Resp2, op, reply }).expect("room in the queue");
+        self.queue.try_send(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply }).expect("room in the queue");
         rx
     }
 
@@ -248,7 +248,7 @@ async fn a_held_shard_pushes_back_once_its_queue_is_full() {
     }
     let (sender, _rx) = oneshot::channel();
     let op = SequencerOp::Write { request: Request::from_args(&["SET", "one-too-many", "v"]), command: None };
-    let refused = rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, op, reply: sender });
+    let refused = rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply: sender });
     assert!(refused.is_err(), "the queue is bounded");
     // write_wait passes: everything held is refused, nothing journaled, and the queue has room again.
     assert!(reply(first).await.starts_with("-TRYAGAIN"));
@@ -265,7 +265,7 @@ fn big_write(rig: &Rig, tag: &str, len: usize) -> oneshot::Receiver<ReplyResult>
     let (reply, rx) = oneshot::channel();
     let request = Request::from_args(&[b"SET".as_slice(), tag.as_bytes(), &vec![b'x'; len]]);
     let op = SequencerOp::Write { request, command: None };
-    rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, op, reply }).expect("room in the queue");
+    rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply }).expect("room in the queue");
     rx
 }
 
