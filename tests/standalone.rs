@@ -231,7 +231,7 @@ fn databases_answer_as_on_a_stock_redis() {
 
 /// What a standalone endpoint does not do in databases other than 0 yet, it refuses, naming
 /// the command, rather than doing it in database 0: WATCH, blocking commands, SELECT inside
-/// MULTI.
+/// MULTI; and no script may SWAPDB.
 #[test]
 fn what_databases_other_than_0_do_not_support_yet_is_refused() {
     let pair = Pair::standalone();
@@ -263,6 +263,9 @@ fn what_databases_other_than_0_do_not_support_yet_is_refused() {
     assert!(cmd(&mut conn, &["EXEC"]).text().starts_with("EXECABORT"));
     assert_eq!(cmd(&mut conn, &["SELECT", "0"]), Value::Simple("OK".into()));
     assert_eq!(cmd(&mut conn, &["WATCH", "k"]), Value::Simple("OK".into()));
+    // A script's SWAPDB would carry memlog's key out of database 0 unseen by the applier.
+    let reply = cmd(&mut conn, &["EVAL", "return redis.call('SWAPDB', 0, 1)", "0"]).text();
+    assert!(reply.starts_with("ERR memlog: this script calls SWAPDB"), "{reply}");
 }
 
 /// Writes in several databases, with SELECT, MOVE, SWAPDB (with database 0, which holds
