@@ -229,40 +229,92 @@ fn databases_answer_as_on_a_stock_redis() {
     });
 }
 
-/// What a standalone endpoint does not do in databases other than 0 yet, it refuses, naming
-/// the command, rather than doing it in database 0: WATCH, blocking commands, SELECT inside
-/// MULTI; and no script may SWAPDB.
+/// Waits until a client of `conn`'s server is blocked (`flags=b` in `CLIENT LIST`), so what is sent next
+/// is a write that wakes it, not one it finds on arrival. The deadline only keeps a client
+/// that never blocks from hanging the test.
+fn until_blocked(conn: &mut Conn) {
+    let started = Instant::now();
+    while !cmd(conn, &["CLIENT", "LIST"]).text().contains(" flags=b ") {
+        assert!(started.elapsed() < Duration::from_secs(30), "no client blocked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// WATCH and blocked clients per database, as on a stock Redis: a write to the same name in
+/// another database neither aborts a transaction nor serves a blocked client; one in the
+/// client's database, a MOVE into it or a SWAPDB does.
 #[test]
-fn what_databases_other_than_0_do_not_support_yet_is_refused() {
+fn watches_and_blocked_clients_are_per_database() {
+    let pair = Pair::standalone();
+    pair.same("watch and block per database", |addr| {
+        let (mut a, mut b) = (connect(addr), connect(addr));
+        let mut out = Vec::new();
+        for (client, args) in [
+            ('a', &["SELECT", "3"][..]),
+            ('a', &["SET", "w", "1"]),
+            ('a', &["WATCH", "w"]),
+            ('b', &["SET", "w", "in 0"]),
+            ('a', &["MULTI"]),
+            ('a', &["INCR", "w"]),
+            ('a', &["EXEC"]),
+            ('a', &["WATCH", "w"]),
+            ('b', &["SELECT", "3"]),
+            ('b', &["SET", "w", "10"]),
+            ('a', &["MULTI"]),
+            ('a', &["INCR", "w"]),
+            ('a', &["EXEC"]),
+            ('b', &["MOVE", "w", "4"]),
+            ('a', &["WATCH", "w"]),
+            ('b', &["SELECT", "4"]),
+            ('b', &["MOVE", "w", "3"]),
+            ('a', &["MULTI"]),
+            ('a', &["GET", "w"]),
+            ('a', &["EXEC"]),
+            ('a', &["WATCH", "w"]),
+            ('b', &["SWAPDB", "3", "6"]),
+            ('a', &["MULTI"]),
+            ('a', &["GET", "w"]),
+            ('a', &["EXEC"]),
+            ('b', &["SELECT", "0"]),
+        ] {
+            out.push(cmd(if client == 'a' { &mut a } else { &mut b }, args));
+        }
+        // A pop blocked in database 3 is served by a push there, not by one to database 0.
+        a.queue(&["BLPOP", "q", "0"]);
+        a.flush().unwrap();
+        until_blocked(&mut b);
+        out.push(cmd(&mut b, &["RPUSH", "q", "zero"]));
+        out.push(cmd(&mut b, &["SELECT", "3"]));
+        out.push(cmd(&mut b, &["RPUSH", "q", "three"]));
+        out.push(a.read().unwrap());
+        out.push(cmd(&mut b, &["SELECT", "0"]));
+        out.push(cmd(&mut b, &["LRANGE", "q", "0", "-1"]));
+        // XREAD … BLOCK in database 5, with `$`: an entry added to the same name elsewhere is
+        // not for it.
+        out.push(cmd(&mut a, &["SELECT", "5"]));
+        out.push(cmd(&mut a, &["XADD", "s", "1-1", "f", "v"]));
+        a.queue(&["XREAD", "BLOCK", "0", "STREAMS", "s", "$"]);
+        a.flush().unwrap();
+        until_blocked(&mut b);
+        out.push(cmd(&mut b, &["XADD", "s", "5-5", "f", "in 0"]));
+        out.push(cmd(&mut b, &["SELECT", "5"]));
+        out.push(cmd(&mut b, &["XADD", "s", "2-2", "f", "in 5"]));
+        out.push(a.read().unwrap());
+        out
+    });
+}
+
+/// What databases other than 0 do not support, the endpoint refuses, naming the command,
+/// rather than doing it in database 0: SELECT inside MULTI; and no script may SWAPDB.
+#[test]
+fn what_databases_do_not_support_is_refused() {
     let pair = Pair::standalone();
     let mut conn = connect(pair.memlog.proxy_addr());
     assert_eq!(cmd(&mut conn, &["SELECT", "2"]), Value::Simple("OK".into()));
-    for (request, name) in [
-        (&["WATCH", "k"][..], "'WATCH'"),
-        (&["BLPOP", "l", "0"], "'BLPOP'"),
-        (&["XREAD", "BLOCK", "0", "STREAMS", "s", "$"], "'XREAD'"),
-    ] {
-        let reply = cmd(&mut conn, request).text();
-        assert!(
-            reply.starts_with("ERR memlog: ") && reply.contains(name) && reply.contains("database other than 0"),
-            "{request:?}: {reply}"
-        );
-    }
-    // Even with data to serve at once (the proxy decides only in its sequencer whether a
-    // command blocks).
-    assert_eq!(cmd(&mut conn, &["RPUSH", "l", "x"]), Value::Int(1));
-    assert!(cmd(&mut conn, &["BLPOP", "l", "0"]).text().contains("'BLPOP'"));
-    // Inside MULTI a blocking command does not block: it runs in the database.
-    assert_eq!(cmd(&mut conn, &["MULTI"]), Value::Simple("OK".into()));
-    assert_eq!(cmd(&mut conn, &["BLPOP", "l", "0"]), Value::Simple("QUEUED".into()));
-    let popped = Value::Array(Some(vec![Value::Bulk(Some(b"l".to_vec())), Value::Bulk(Some(b"x".to_vec()))]));
-    assert_eq!(cmd(&mut conn, &["EXEC"]), Value::Array(Some(vec![popped])));
     assert_eq!(cmd(&mut conn, &["MULTI"]), Value::Simple("OK".into()));
     let reply = cmd(&mut conn, &["SELECT", "0"]).text();
     assert!(reply.contains("'SELECT' cannot be used inside MULTI"), "{reply}");
     assert!(cmd(&mut conn, &["EXEC"]).text().starts_with("EXECABORT"));
-    assert_eq!(cmd(&mut conn, &["SELECT", "0"]), Value::Simple("OK".into()));
-    assert_eq!(cmd(&mut conn, &["WATCH", "k"]), Value::Simple("OK".into()));
     // A script's SWAPDB would carry memlog's key out of database 0 unseen by the applier.
     let reply = cmd(&mut conn, &["EVAL", "return redis.call('SWAPDB', 0, 1)", "0"]).text();
     assert!(reply.starts_with("ERR memlog: this script calls SWAPDB"), "{reply}");

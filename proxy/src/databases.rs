@@ -35,6 +35,19 @@ const IN_DB: &[u8] = b"__MEMLOG_IN_DB";
 /// `SELECT 0`, sent after every command of another database.
 pub(crate) const SELECT_0: &[u8] = b"*2\r\n$6\r\nSELECT\r\n$1\r\n0\r\n";
 
+/// A key's name in the sequencer's registries of watched keys and blocked clients, which know
+/// names, not databases: the key itself in database 0 (so cluster mode is unchanged), else
+/// `__memlog:db:<n>:` and the key, a reserved name no client's key in database 0 can have.
+pub(crate) fn registered_key(db: u8, key: &Bytes) -> Bytes {
+    if db == 0 {
+        return key.clone();
+    }
+    let mut name = BytesMut::with_capacity(key.len() + 16);
+    name.extend_from_slice(format!("__memlog:db:{db}:").as_bytes());
+    name.extend_from_slice(key);
+    name.freeze()
+}
+
 /// `SELECT db`
 pub(crate) fn select(db: u8) -> Bytes {
     encode_command(&[&b"SELECT"[..], db.to_string().as_bytes()])
@@ -151,6 +164,15 @@ mod tests {
         assert_eq!(split(&encode_command(&["__MEMLOG_IN_DB", "0", "SET", "k", "v"])), None);
         assert_eq!(split(&encode_command(&["__MEMLOG_IN_DB", "16", "SET", "k", "v"])), None);
         assert_eq!(split(&encode_command(&["__MEMLOG_IN_DB", "3"])), None);
+    }
+
+    #[test]
+    fn a_key_is_registered_under_its_database() {
+        let key = Bytes::from_static(b"k");
+        assert_eq!(registered_key(0, &key), key);
+        assert_eq!(registered_key(7, &key), Bytes::from_static(b"__memlog:db:7:k"));
+        assert_ne!(registered_key(7, &key), registered_key(1, &Bytes::from_static(b"7:k")));
+        assert!(registered_key(3, &key).starts_with(crate::keys::RESERVED_PREFIX));
     }
 
     #[test]

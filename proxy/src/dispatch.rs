@@ -158,14 +158,6 @@ async fn forward(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>
     }
     match ctx.placement(request, &keys) {
         Placement::Keyless => return ctx.send_to_shard(0, request.clone(), info.flags.write).await,
-        Placement::Shard(_) if blocking_timeout(info, request).is_some() && ctx.client.db() != 0 => {
-            // Parked clients are served by writes to database 0 only (the sequencer's blocked
-            // registry knows keys, not databases): refused rather than left waiting for nothing.
-            return Pending::error(&format!(
-                "ERR memlog: '{}' blocking in a database other than 0 is not supported by this version of memlog yet",
-                display_name(&info.name)
-            ));
-        }
         Placement::Shard(shard) if blocking_timeout(info, request).is_some() => {
             return ctx.block(shard, request, info, &keys).await;
         }

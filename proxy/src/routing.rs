@@ -77,7 +77,12 @@ impl ClientCtx {
         self.blocks = true;
         // Known to CLIENT UNBLOCK from now on, before the sequencer first tries it.
         self.proxy.shards[shard].sequencer.blocked.insert(self.client.id, blocked.clone());
-        let write = SequencerRequest { proto: self.proto(), db: 0, op: SequencerOp::Block(blocked), reply: dropped() };
+        let write = SequencerRequest {
+            proto: self.proto(),
+            db: self.client.db(),
+            op: SequencerOp::Block(blocked),
+            reply: dropped(),
+        };
         self.proxy.shards[shard].sequencer.submit(write).await;
         let (client, lane) = (self.client.clone(), self.lanes.enter(shard, Lane::Apply));
         Pending::Deferred(Box::pin(async move {

@@ -263,13 +263,6 @@ fn splice_denials(reply: Bytes, denied: &[(usize, Bytes)]) -> Bytes {
 }
 
 async fn watch(d: &mut ClientCtx, request: &Request) -> Pending {
-    if d.client.db() != 0 {
-        // The sequencer's watch registry knows keys, not databases: a write to the same name in
-        // database 0 would fail the transaction, and a write in this one would not.
-        return Pending::error(
-            "ERR memlog: 'WATCH' in a database other than 0 is not supported by this version of memlog yet",
-        );
-    }
     let keys: Vec<usize> = (1..request.args.len()).collect();
     if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
         return Pending::error("ERR memlog: keys starting with '__memlog:' are reserved for memlog");

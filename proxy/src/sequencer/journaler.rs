@@ -165,28 +165,28 @@ impl<S: JournalStream> Journaler<S> {
         Some(if matches!(op, SequencerOp::Transaction(_)) { EXECABORT_OOM } else { OOM })
     }
 
-    /// Locates the keys a write in database `db` touches, if anyone watches or blocks on this
-    /// shard. Watches and blocked clients are all in database 0 (`databases`: WATCH and blocking
-    /// commands are refused in the others), so a write elsewhere touches them only by moving
-    /// keys in or out of database 0.
+    /// Locates the keys a write in database `db` touches, as the watch and blocked-client
+    /// registries know them (`databases::registered_key`), if anyone watches or blocks on this
+    /// shard. `MOVE` touches its key in both databases; emptying or swapping databases touches
+    /// everything.
     fn touched(&self, db: u8, request: &Request, command: Option<&CommandInfo>) -> Touched {
         if self.watches.is_empty() && self.parked.is_empty() {
             return Touched::Unobserved;
         }
         let Some(command) = command else { return Touched::Everything };
-        if db != 0 {
-            return match command.name.as_str() {
-                "flushall" | "swapdb" | "move" => Touched::Everything,
-                _ => Touched::Unobserved,
-            };
-        }
         if command.needs_getkeys || matches!(command.name.as_str(), "flushall" | "flushdb" | "swapdb") {
             return Touched::Everything;
         }
-        match command.key_positions(&request.args) {
-            Some(positions) => Touched::Keys(positions.into_iter().map(|p| request.args[p].clone()).collect()),
-            None => Touched::Everything,
+        let Some(positions) = command.key_positions(&request.args) else { return Touched::Everything };
+        let mut keys: Vec<Bytes> =
+            positions.into_iter().map(|p| crate::databases::registered_key(db, &request.args[p])).collect();
+        if command.name == "move" {
+            let target = request.args.get(2).and_then(|arg| normalize::string2ll(arg));
+            if let (Some(target), Some(key)) = (target.and_then(|t| u8::try_from(t).ok()), request.args.get(1)) {
+                keys.push(crate::databases::registered_key(target, key));
+            }
         }
+        Touched::Keys(keys)
     }
 
     /// Marks the watches of what a write touched and serves the clients blocked on it, in the
@@ -329,7 +329,8 @@ impl<S: JournalStream> Journaler<S> {
             segment.push(encode_command(&[&b"PEXPIRETIME"[..], key]), false, tx, None, false);
             expiry_replies.push(rx);
         }
-        self.watches.add(&watch, keys);
+        // Watched in the client's database (its PEXPIRETIMEs above run there too).
+        self.watches.add(&watch, keys.iter().map(|key| crate::databases::registered_key(segment.db, key)).collect());
         let (expiries, arrive) = oneshot::channel();
         watch.expect_expiries(arrive);
         tokio::spawn(async move {
@@ -508,8 +509,8 @@ impl<S: JournalStream> Journaler<S> {
             return Touched::Unobserved;
         };
         let proto = blocked.proto;
-        // Blocked clients wait in database 0: a blocking command in another one is refused.
-        segment.db = 0;
+        // Tried in the database it blocked in (whatever the write that woke it wrote in).
+        segment.db = blocked.db;
         if segment.proto != Some(proto) && !segment.items.is_empty() {
             self.flush(segment).await;
         }
@@ -569,7 +570,7 @@ impl<S: JournalStream> Journaler<S> {
                 if self.watches.is_empty() && self.parked.is_empty() {
                     Touched::Unobserved
                 } else {
-                    Touched::Keys(keys)
+                    Touched::Keys(keys.iter().map(|key| crate::databases::registered_key(blocked.db, key)).collect())
                 }
             }
         }
