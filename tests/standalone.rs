@@ -229,9 +229,9 @@ fn databases_answer_as_on_a_stock_redis() {
     });
 }
 
-/// Waits until a client of `conn`'s server is blocked (`flags=b` in `CLIENT LIST`), so what is sent next
-/// is a write that wakes it, not one it finds on arrival. The deadline only keeps a client
-/// that never blocks from hanging the test.
+/// Waits until a client of `conn`'s server is blocked (`flags=b` in `CLIENT LIST`), so what is
+/// sent next is a write that wakes it, not one it finds on arrival. The deadline only keeps a
+/// client that never blocks from hanging the test.
 fn until_blocked(conn: &mut Conn) {
     let started = Instant::now();
     while !cmd(conn, &["CLIENT", "LIST"]).text().contains(" flags=b ") {
@@ -304,24 +304,80 @@ fn watches_and_blocked_clients_are_per_database() {
     });
 }
 
-/// What databases other than 0 do not support, the endpoint refuses, naming the command,
-/// rather than doing it in database 0: SELECT inside MULTI; and no script may SWAPDB.
+/// `SELECT` inside `MULTI`, as on a stock Redis: the commands queued after it run in the
+/// database it selects, a bad index is an error in EXEC's array that selects nothing, the
+/// client stays in the database selected last once EXEC ran, and in its own when a WATCH
+/// aborted the transaction or it was discarded.
+#[test]
+fn select_inside_multi_answers_as_on_a_stock_redis() {
+    let pair = Pair::standalone();
+    pair.same("SELECT inside MULTI", |addr| {
+        let (mut a, mut b) = (connect(addr), connect(addr));
+        let mut out = Vec::new();
+        for (client, args) in [
+            ('a', &["MULTI"][..]),
+            ('a', &["SET", "k", "in 0"]),
+            ('a', &["SELECT", "4"]),
+            ('a', &["SET", "k", "in 4"]),
+            ('a', &["INCRBYFLOAT", "f", "2.5"]),
+            ('a', &["SELECT", "99"]),
+            ('a', &["SELECT", "x"]),
+            ('a', &["GET", "k"]),
+            ('a', &["SELECT", "6"]),
+            ('a', &["RPUSH", "l", "x"]),
+            ('a', &["EXEC"]),
+            ('a', &["GET", "k"]),
+            ('a', &["LRANGE", "l", "0", "-1"]),
+            ('a', &["SELECT", "4"]),
+            ('a', &["GET", "k"]),
+            ('a', &["GET", "f"]),
+            ('a', &["SELECT", "0"]),
+            ('a', &["GET", "k"]),
+            // Aborted by WATCH: nothing runs, the client stays in database 0.
+            ('a', &["WATCH", "k"]),
+            ('b', &["SET", "k", "changed"]),
+            ('a', &["MULTI"]),
+            ('a', &["SELECT", "7"]),
+            ('a', &["SET", "k", "in 7"]),
+            ('a', &["EXEC"]),
+            ('a', &["GET", "k"]),
+            ('a', &["MULTI"]),
+            ('a', &["SELECT", "7"]),
+            ('a', &["DISCARD"]),
+            ('a', &["GET", "k"]),
+            ('b', &["SELECT", "7"]),
+            ('b', &["DBSIZE"]),
+        ] {
+            out.push(cmd(if client == 'a' { &mut a } else { &mut b }, args));
+        }
+        out.push(client_db(&mut a));
+        out
+    });
+}
+
+/// What databases do not support, the endpoint refuses, naming it, rather than doing it in the
+/// wrong database: a script or function that calls SWAPDB, and in a transaction a write memlog
+/// resolves on the primary after writes in another database.
 #[test]
 fn what_databases_do_not_support_is_refused() {
     let pair = Pair::standalone();
     let mut conn = connect(pair.memlog.proxy_addr());
-    assert_eq!(cmd(&mut conn, &["SELECT", "2"]), Value::Simple("OK".into()));
-    assert_eq!(cmd(&mut conn, &["MULTI"]), Value::Simple("OK".into()));
-    let reply = cmd(&mut conn, &["SELECT", "0"]).text();
-    assert!(reply.contains("'SELECT' cannot be used inside MULTI"), "{reply}");
-    assert!(cmd(&mut conn, &["EXEC"]).text().starts_with("EXECABORT"));
     // A script's SWAPDB would carry memlog's key out of database 0 unseen by the applier.
     let reply = cmd(&mut conn, &["EVAL", "return redis.call('SWAPDB', 0, 1)", "0"]).text();
     assert!(reply.starts_with("ERR memlog: this script calls SWAPDB"), "{reply}");
+    // A write whose outcome memlog works out on the primary, after writes in another database
+    // of the same transaction: the dry run would replay those writes in the wrong database.
+    for request in [&["MULTI"][..], &["SET", "f", "1"], &["SELECT", "2"], &["INCRBYFLOAT", "f", "1"]] {
+        assert!(!cmd(&mut conn, request).is_error(), "{request:?}");
+    }
+    let reply = cmd(&mut conn, &["EXEC"]).text();
+    assert!(reply.starts_with("EXECABORT") && reply.contains("'INCRBYFLOAT'") && reply.contains("SELECT"), "{reply}");
+    assert_eq!(cmd(&mut conn, &["GET", "f"]), Value::Bulk(None), "nothing ran");
 }
 
 /// Writes in several databases, with SELECT, MOVE, SWAPDB (with database 0, which holds
-/// memlog's own key, and without), FLUSHDB, a transaction and a script, sent alike to a stock
+/// memlog's own key, and without), FLUSHDB, transactions (one with SELECTs) and a script, sent
+/// alike to a stock
 /// Redis and to memlog; each returns every reply.
 fn writes_in_several_databases(addr: SocketAddr) -> Vec<Value> {
     let mut conn = connect(addr);
@@ -358,6 +414,13 @@ fn writes_in_several_databases(addr: SocketAddr) -> Vec<Value> {
         &["SELECT", "9"],
         &["SET", "k", "9"],
         &["SWAPDB", "9", "0"],
+        &["MULTI"],
+        &["SELECT", "10"],
+        &["SET", "m", "1"],
+        &["SELECT", "11"],
+        &["INCRBYFLOAT", "g", "1.5"],
+        &["EXEC"],
+        &["SET", "in 11", "yes"],
         &["SELECT", "0"],
         &["SET", "after", "1"],
     ];

@@ -106,6 +106,8 @@ pub(crate) struct Multi {
     pub(crate) slot_key: Option<Bytes>,
     /// The ACL generation when MULTI began: EXEC checks the commands again if it changed.
     pub(crate) acl_generation: u64,
+    /// The database the next queued command runs in (a queued `SELECT` changes it).
+    pub(crate) db: u8,
 }
 
 /// The client's watch, on the shard its watched keys live on.

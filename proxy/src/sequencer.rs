@@ -172,6 +172,10 @@ pub(crate) struct QueuedCommand {
     pub command: Arc<CommandInfo>,
     /// Journaled (a write), or only applied in order (a read).
     pub write: bool,
+    /// The database it runs in: the client's, or the one a `SELECT` queued before it selects.
+    pub db: u8,
+    /// Answered by the proxy at EXEC, not sent (a `SELECT`, whose effect is `db`).
+    pub answer: Option<Bytes>,
 }
 
 /// What the sequencer needs to journal a shard.

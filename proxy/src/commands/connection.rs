@@ -92,7 +92,7 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
 
 /// `SELECT index`: the database selected, or the error of Redis 7.0 in the endpoint's mode (a
 /// Redis Cluster has database 0 only).
-fn select(mode: Mode, index: &[u8]) -> Result<u8, &'static str> {
+pub(super) fn select(mode: Mode, index: &[u8]) -> Result<u8, &'static str> {
     const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
     match mode {
         Mode::Cluster => match crate::resp::parse_int(index).ok_or(NOT_AN_INTEGER)? {

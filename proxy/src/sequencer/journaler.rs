@@ -375,8 +375,8 @@ impl<S: JournalStream> Journaler<S> {
         }
         let mut touched = Vec::new();
         let mut everything = false;
-        for QueuedCommand { request, command, .. } in &commands {
-            match self.touched(segment.db, request, Some(command)) {
+        for QueuedCommand { request, command, db, .. } in &commands {
+            match self.touched(*db, request, Some(command)) {
                 Touched::Keys(keys) => touched.extend(keys),
                 Touched::Everything => everything = true,
                 Touched::Unobserved => {}
@@ -415,12 +415,23 @@ impl<S: JournalStream> Journaler<S> {
         reply: ReplySender,
         now: u64,
     ) {
+        // Keys written so far (while `earlier` holds writes, all in the current database).
         let mut written: Vec<Bytes> = Vec::new();
         // The earlier writes as they will be journaled, for a probe that must see them
-        // (`normalize::after_earlier_writes`); `None` once one may touch keys it does not name.
+        // (`normalize::after_earlier_writes`); `None` once one may touch keys it does not name,
+        // or once a queued SELECT moved to another database (the probe replays the earlier
+        // writes in its own database).
         let mut earlier: Option<Vec<Vec<Bytes>>> = Some(Vec::new());
         let mut plans = Vec::with_capacity(commands.len());
-        for QueuedCommand { request, command, write } in &commands {
+        for QueuedCommand { request, command, write, db, answer } in &commands {
+            let previous = std::mem::replace(&mut segment.db, *db);
+            if let Some(answer) = answer {
+                if *db != previous && earlier.as_ref().is_some_and(|e| !e.is_empty()) {
+                    earlier = None;
+                }
+                plans.push(Prepared::Resolved(Resolved { commands: Vec::new(), reply: Some(answer.clone()) }));
+                continue;
+            }
             let positions = command.key_positions(&request.args);
             let keys: Vec<Bytes> =
                 positions.clone().unwrap_or_default().into_iter().map(|p| request.args[p].clone()).collect();
@@ -430,7 +441,7 @@ impl<S: JournalStream> Journaler<S> {
                     Some(earlier) => normalize::after_earlier_writes(earlier, &written, probe, resolve),
                     None => {
                         let msg = format!(
-                            "EXECABORT Transaction discarded: memlog cannot journal '{}' after a script, or a command without named keys, wrote in the same transaction (its outcome depends on the data); run it outside the MULTI",
+                            "EXECABORT Transaction discarded: memlog cannot journal '{}' after a script, or a command without named keys, wrote in the same transaction, or after writes and a SELECT of another database (its outcome depends on the data); run it outside the MULTI",
                             crate::table::display_name(&command.name)
                         );
                         let _ = reply.send(Ok(error_reply(&msg)));
@@ -469,7 +480,8 @@ impl<S: JournalStream> Journaler<S> {
             plans.push(plan);
         }
         let mut replies = Vec::with_capacity(commands.len());
-        for (QueuedCommand { request, write, .. }, plan) in commands.into_iter().zip(plans) {
+        for (QueuedCommand { request, write, db, .. }, plan) in commands.into_iter().zip(plans) {
+            segment.db = db;
             let (tx, rx) = oneshot::channel();
             replies.push(rx);
             match plan {

@@ -134,7 +134,7 @@ async fn over_maxmemory_what_may_add_data_is_refused_before_the_journal_and_the_
     assert_eq!(reply(rig.write_as("grows", Some(command("set", true)))).await, oom);
     assert_eq!(reply(rig.write_as("script", Some(command("fcall", false)))).await, oom);
     let request = Request::from_args(&["SET", "in-multi", "v"]);
-    let queued = QueuedCommand { request, command: command("set", true), write: true };
+    let queued = QueuedCommand { request, command: command("set", true), write: true, db: 0, answer: None };
     let exec = rig.submit(SequencerOp::Transaction(Transaction { commands: vec![queued], watch: None }));
     assert_eq!(
         reply(exec).await,
