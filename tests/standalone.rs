@@ -138,6 +138,14 @@ fn keyspace(conn: &mut Conn) -> Value {
     Value::Array(Some(lines.map(|l| Value::Simple(l.split(",avg_ttl").next().unwrap().into())).collect()))
 }
 
+/// A script that writes its key and reads it back.
+const SET_AND_GET: &str = "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])";
+
+/// Sends each request on client `a` or `b` as it names, in order; returns the replies.
+fn on_two(a: &mut Conn, b: &mut Conn, requests: &[(char, &[&str])]) -> Vec<Value> {
+    requests.iter().map(|(client, args)| cmd(if *client == 'a' { &mut *a } else { &mut *b }, args)).collect()
+}
+
 /// Databases 0–15 as on a stock Redis: SELECT, writes and reads per database (a second client
 /// in another database at the same time: the proxy's shared connections must not carry one
 /// client's database to the other), DBSIZE, KEYS, SCAN, RANDOMKEY, FLUSHDB, MOVE and SWAPDB
@@ -148,77 +156,72 @@ fn databases_answer_as_on_a_stock_redis() {
     let pair = Pair::standalone();
     pair.same("databases", |addr| {
         let (mut a, mut b) = (connect(addr), connect(addr));
-        let mut out = Vec::new();
-        let mut on = |conn: &mut Conn, args: &[&str]| out.push(cmd(conn, args));
-        on(&mut a, &["SET", "k", "in 0"]);
-        on(&mut a, &["SELECT", "3"]);
-        on(&mut a, &["GET", "k"]);
-        on(&mut a, &["SET", "k", "in 3"]);
-        on(&mut b, &["GET", "k"]);
-        on(&mut a, &["GET", "k"]);
-        on(&mut b, &["SELECT", "15"]);
-        on(&mut b, &["SET", "k", "in 15"]);
-        on(&mut a, &["GET", "k"]);
-        on(&mut b, &["GET", "k"]);
-        on(&mut a, &["RPUSH", "list", "x", "y"]);
-        on(&mut a, &["LRANGE", "list", "0", "-1"]);
-        // Written as a probe's outcome (INCRBYFLOAT, SPOP) or rewritten (a relative TTL).
-        on(&mut a, &["INCRBYFLOAT", "f", "1.5"]);
-        on(&mut a, &["INCRBYFLOAT", "f", "0.25"]);
-        on(&mut a, &["SADD", "set", "only"]);
-        on(&mut a, &["SPOP", "set"]);
-        on(&mut a, &["SET", "ttl", "v", "EX", "1000"]);
-        on(&mut a, &["TTL", "ttl"]);
-        on(&mut a, &["MULTI"]);
-        on(&mut a, &["INCR", "n"]);
-        on(&mut a, &["INCRBYFLOAT", "n", "0.5"]);
-        on(&mut a, &["GET", "k"]);
-        on(&mut a, &["EXEC"]);
-        on(
+        let mut out = on_two(
             &mut a,
+            &mut b,
             &[
-                "EVAL",
-                "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('GET', KEYS[1])",
-                "1",
-                "script",
-                "ran in 3",
+                ('a', &["SET", "k", "in 0"]),
+                ('a', &["SELECT", "3"]),
+                ('a', &["GET", "k"]),
+                ('a', &["SET", "k", "in 3"]),
+                ('b', &["GET", "k"]),
+                ('a', &["GET", "k"]),
+                ('b', &["SELECT", "15"]),
+                ('b', &["SET", "k", "in 15"]),
+                ('a', &["GET", "k"]),
+                ('b', &["GET", "k"]),
+                ('a', &["RPUSH", "list", "x", "y"]),
+                ('a', &["LRANGE", "list", "0", "-1"]),
+                // Written as a probe's outcome (INCRBYFLOAT, SPOP) or rewritten (a relative TTL).
+                ('a', &["INCRBYFLOAT", "f", "1.5"]),
+                ('a', &["INCRBYFLOAT", "f", "0.25"]),
+                ('a', &["SADD", "set", "only"]),
+                ('a', &["SPOP", "set"]),
+                ('a', &["SET", "ttl", "v", "EX", "1000"]),
+                ('a', &["TTL", "ttl"]),
+                ('a', &["MULTI"]),
+                ('a', &["INCR", "n"]),
+                ('a', &["INCRBYFLOAT", "n", "0.5"]),
+                ('a', &["GET", "k"]),
+                ('a', &["EXEC"]),
+                ('a', &["EVAL", SET_AND_GET, "1", "script", "ran in 3"]),
+                ('a', &["EVAL_RO", "return redis.call('GET', KEYS[1])", "1", "script"]),
+                // MOVE: to a database without the key, onto a key that exists, a missing key, errors.
+                ('a', &["MOVE", "list", "4"]),
+                ('a', &["SET", "clash", "3"]),
+                ('b', &["SET", "clash", "15"]),
+                ('a', &["MOVE", "clash", "15"]),
+                ('a', &["MOVE", "nosuch", "4"]),
+                ('a', &["MOVE", "k", "3"]),
+                ('a', &["MOVE", "k", "16"]),
+                ('a', &["MOVE", "k", "-1"]),
+                ('a', &["MOVE", "k", "x"]),
+                ('a', &["MOVE", "k", "01"]),
+                ('a', &["MOVE", "k"]),
+                ('a', &["SELECT", "4"]),
+                ('a', &["LRANGE", "list", "0", "-1"]),
+                // FLUSHDB empties the selected database only.
+                ('a', &["SET", "gone", "1"]),
+                ('a', &["FLUSHDB"]),
+                ('a', &["DBSIZE"]),
+                // SWAPDB: two other databases, database 0 with another (memlog's key stays in 0), errors.
+                ('a', &["SWAPDB", "3", "5"]),
+                ('a', &["SWAPDB", "0", "5"]),
+                ('a', &["SWAPDB", "7", "0"]),
+                ('a', &["SWAPDB", "0", "0"]),
+                ('a', &["SWAPDB", "0", "16"]),
+                ('a', &["SWAPDB", "x", "1"]),
+                ('a', &["SWAPDB", "1", "x"]),
+                ('a', &["SWAPDB", "-1", "1"]),
+                ('a', &["SWAPDB", "1"]),
+                ('a', &["SELECT", "0"]),
+                ('a', &["SET", "after", "swap"]),
+                ('a', &["FLUSHDB", "ASYNC"]),
+                ('a', &["SET", "k", "0 again"]),
+                ('b', &["SELECT", "3"]),
+                ('b', &["SET", "k", "3 again"]),
             ],
         );
-        on(&mut a, &["EVAL_RO", "return redis.call('GET', KEYS[1])", "1", "script"]);
-        // MOVE: to a database without the key, onto a key that exists, a missing key, errors.
-        on(&mut a, &["MOVE", "list", "4"]);
-        on(&mut a, &["SET", "clash", "3"]);
-        on(&mut b, &["SET", "clash", "15"]);
-        on(&mut a, &["MOVE", "clash", "15"]);
-        on(&mut a, &["MOVE", "nosuch", "4"]);
-        on(&mut a, &["MOVE", "k", "3"]);
-        on(&mut a, &["MOVE", "k", "16"]);
-        on(&mut a, &["MOVE", "k", "-1"]);
-        on(&mut a, &["MOVE", "k", "x"]);
-        on(&mut a, &["MOVE", "k", "01"]);
-        on(&mut a, &["MOVE", "k"]);
-        on(&mut a, &["SELECT", "4"]);
-        on(&mut a, &["LRANGE", "list", "0", "-1"]);
-        // FLUSHDB empties the selected database only.
-        on(&mut a, &["SET", "gone", "1"]);
-        on(&mut a, &["FLUSHDB"]);
-        on(&mut a, &["DBSIZE"]);
-        // SWAPDB: two other databases, database 0 with another (memlog's key stays in 0), errors.
-        on(&mut a, &["SWAPDB", "3", "5"]);
-        on(&mut a, &["SWAPDB", "0", "5"]);
-        on(&mut a, &["SWAPDB", "7", "0"]);
-        on(&mut a, &["SWAPDB", "0", "0"]);
-        on(&mut a, &["SWAPDB", "0", "16"]);
-        on(&mut a, &["SWAPDB", "x", "1"]);
-        on(&mut a, &["SWAPDB", "1", "x"]);
-        on(&mut a, &["SWAPDB", "-1", "1"]);
-        on(&mut a, &["SWAPDB", "1"]);
-        on(&mut a, &["SELECT", "0"]);
-        on(&mut a, &["SET", "after", "swap"]);
-        on(&mut a, &["FLUSHDB", "ASYNC"]);
-        on(&mut a, &["SET", "k", "0 again"]);
-        on(&mut b, &["SELECT", "3"]);
-        on(&mut b, &["SET", "k", "3 again"]);
         databases(&mut a, &mut out);
         out.push(keyspace(&mut a));
         out.push(client_db(&mut b));
@@ -248,37 +251,38 @@ fn watches_and_blocked_clients_are_per_database() {
     let pair = Pair::standalone();
     pair.same("watch and block per database", |addr| {
         let (mut a, mut b) = (connect(addr), connect(addr));
-        let mut out = Vec::new();
-        for (client, args) in [
-            ('a', &["SELECT", "3"][..]),
-            ('a', &["SET", "w", "1"]),
-            ('a', &["WATCH", "w"]),
-            ('b', &["SET", "w", "in 0"]),
-            ('a', &["MULTI"]),
-            ('a', &["INCR", "w"]),
-            ('a', &["EXEC"]),
-            ('a', &["WATCH", "w"]),
-            ('b', &["SELECT", "3"]),
-            ('b', &["SET", "w", "10"]),
-            ('a', &["MULTI"]),
-            ('a', &["INCR", "w"]),
-            ('a', &["EXEC"]),
-            ('b', &["MOVE", "w", "4"]),
-            ('a', &["WATCH", "w"]),
-            ('b', &["SELECT", "4"]),
-            ('b', &["MOVE", "w", "3"]),
-            ('a', &["MULTI"]),
-            ('a', &["GET", "w"]),
-            ('a', &["EXEC"]),
-            ('a', &["WATCH", "w"]),
-            ('b', &["SWAPDB", "3", "6"]),
-            ('a', &["MULTI"]),
-            ('a', &["GET", "w"]),
-            ('a', &["EXEC"]),
-            ('b', &["SELECT", "0"]),
-        ] {
-            out.push(cmd(if client == 'a' { &mut a } else { &mut b }, args));
-        }
+        let mut out = on_two(
+            &mut a,
+            &mut b,
+            &[
+                ('a', &["SELECT", "3"][..]),
+                ('a', &["SET", "w", "1"]),
+                ('a', &["WATCH", "w"]),
+                ('b', &["SET", "w", "in 0"]),
+                ('a', &["MULTI"]),
+                ('a', &["INCR", "w"]),
+                ('a', &["EXEC"]),
+                ('a', &["WATCH", "w"]),
+                ('b', &["SELECT", "3"]),
+                ('b', &["SET", "w", "10"]),
+                ('a', &["MULTI"]),
+                ('a', &["INCR", "w"]),
+                ('a', &["EXEC"]),
+                ('b', &["MOVE", "w", "4"]),
+                ('a', &["WATCH", "w"]),
+                ('b', &["SELECT", "4"]),
+                ('b', &["MOVE", "w", "3"]),
+                ('a', &["MULTI"]),
+                ('a', &["GET", "w"]),
+                ('a', &["EXEC"]),
+                ('a', &["WATCH", "w"]),
+                ('b', &["SWAPDB", "3", "6"]),
+                ('a', &["MULTI"]),
+                ('a', &["GET", "w"]),
+                ('a', &["EXEC"]),
+                ('b', &["SELECT", "0"]),
+            ],
+        );
         // A pop blocked in database 3 is served by a push there, not by one to database 0.
         a.queue(&["BLPOP", "q", "0"]);
         a.flush().unwrap();
@@ -313,43 +317,44 @@ fn select_inside_multi_answers_as_on_a_stock_redis() {
     let pair = Pair::standalone();
     pair.same("SELECT inside MULTI", |addr| {
         let (mut a, mut b) = (connect(addr), connect(addr));
-        let mut out = Vec::new();
-        for (client, args) in [
-            ('a', &["MULTI"][..]),
-            ('a', &["SET", "k", "in 0"]),
-            ('a', &["SELECT", "4"]),
-            ('a', &["SET", "k", "in 4"]),
-            ('a', &["INCRBYFLOAT", "f", "2.5"]),
-            ('a', &["SELECT", "99"]),
-            ('a', &["SELECT", "x"]),
-            ('a', &["GET", "k"]),
-            ('a', &["SELECT", "6"]),
-            ('a', &["RPUSH", "l", "x"]),
-            ('a', &["EXEC"]),
-            ('a', &["GET", "k"]),
-            ('a', &["LRANGE", "l", "0", "-1"]),
-            ('a', &["SELECT", "4"]),
-            ('a', &["GET", "k"]),
-            ('a', &["GET", "f"]),
-            ('a', &["SELECT", "0"]),
-            ('a', &["GET", "k"]),
-            // Aborted by WATCH: nothing runs, the client stays in database 0.
-            ('a', &["WATCH", "k"]),
-            ('b', &["SET", "k", "changed"]),
-            ('a', &["MULTI"]),
-            ('a', &["SELECT", "7"]),
-            ('a', &["SET", "k", "in 7"]),
-            ('a', &["EXEC"]),
-            ('a', &["GET", "k"]),
-            ('a', &["MULTI"]),
-            ('a', &["SELECT", "7"]),
-            ('a', &["DISCARD"]),
-            ('a', &["GET", "k"]),
-            ('b', &["SELECT", "7"]),
-            ('b', &["DBSIZE"]),
-        ] {
-            out.push(cmd(if client == 'a' { &mut a } else { &mut b }, args));
-        }
+        let mut out = on_two(
+            &mut a,
+            &mut b,
+            &[
+                ('a', &["MULTI"][..]),
+                ('a', &["SET", "k", "in 0"]),
+                ('a', &["SELECT", "4"]),
+                ('a', &["SET", "k", "in 4"]),
+                ('a', &["INCRBYFLOAT", "f", "2.5"]),
+                ('a', &["SELECT", "99"]),
+                ('a', &["SELECT", "x"]),
+                ('a', &["GET", "k"]),
+                ('a', &["SELECT", "6"]),
+                ('a', &["RPUSH", "l", "x"]),
+                ('a', &["EXEC"]),
+                ('a', &["GET", "k"]),
+                ('a', &["LRANGE", "l", "0", "-1"]),
+                ('a', &["SELECT", "4"]),
+                ('a', &["GET", "k"]),
+                ('a', &["GET", "f"]),
+                ('a', &["SELECT", "0"]),
+                ('a', &["GET", "k"]),
+                // Aborted by WATCH: nothing runs, the client stays in database 0.
+                ('a', &["WATCH", "k"]),
+                ('b', &["SET", "k", "changed"]),
+                ('a', &["MULTI"]),
+                ('a', &["SELECT", "7"]),
+                ('a', &["SET", "k", "in 7"]),
+                ('a', &["EXEC"]),
+                ('a', &["GET", "k"]),
+                ('a', &["MULTI"]),
+                ('a', &["SELECT", "7"]),
+                ('a', &["DISCARD"]),
+                ('a', &["GET", "k"]),
+                ('b', &["SELECT", "7"]),
+                ('b', &["DBSIZE"]),
+            ],
+        );
         out.push(client_db(&mut a));
         out
     });
