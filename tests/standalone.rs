@@ -65,7 +65,7 @@ const REQUESTS: &[&[&str]] = &[
 
 #[test]
 fn a_standalone_endpoint_answers_as_a_stock_redis_without_cluster_support() {
-    let pair = Pair::standalone();
+    let pair = Pair::standalone(None);
     pair.same("standalone requests", |addr| {
         let mut conn = connect(addr);
         REQUESTS.iter().map(|request| cmd(&mut conn, request)).collect()
@@ -153,7 +153,7 @@ fn on_two(a: &mut Conn, b: &mut Conn, requests: &[(char, &[&str])]) -> Vec<Value
 /// RESET, `CLIENT INFO`'s `db=` and `INFO keyspace`.
 #[test]
 fn databases_answer_as_on_a_stock_redis() {
-    let pair = Pair::standalone();
+    let pair = Pair::standalone(None);
     pair.same("databases", |addr| {
         let (mut a, mut b) = (connect(addr), connect(addr));
         let mut out = on_two(
@@ -248,7 +248,7 @@ fn until_blocked(conn: &mut Conn) {
 /// client's database, a MOVE into it or a SWAPDB does.
 #[test]
 fn watches_and_blocked_clients_are_per_database() {
-    let pair = Pair::standalone();
+    let pair = Pair::standalone(None);
     pair.same("watch and block per database", |addr| {
         let (mut a, mut b) = (connect(addr), connect(addr));
         let mut out = on_two(
@@ -314,7 +314,7 @@ fn watches_and_blocked_clients_are_per_database() {
 /// aborted the transaction or it was discarded.
 #[test]
 fn select_inside_multi_answers_as_on_a_stock_redis() {
-    let pair = Pair::standalone();
+    let pair = Pair::standalone(None);
     pair.same("SELECT inside MULTI", |addr| {
         let (mut a, mut b) = (connect(addr), connect(addr));
         let mut out = on_two(
@@ -365,7 +365,7 @@ fn select_inside_multi_answers_as_on_a_stock_redis() {
 /// resolves on the primary after writes in another database.
 #[test]
 fn what_databases_do_not_support_is_refused() {
-    let pair = Pair::standalone();
+    let pair = Pair::standalone(None);
     let mut conn = connect(pair.memlog.proxy_addr());
     // A script's SWAPDB would carry memlog's key out of database 0 unseen by the applier.
     let reply = cmd(&mut conn, &["EVAL", "return redis.call('SWAPDB', 0, 1)", "0"]).text();
@@ -381,12 +381,10 @@ fn what_databases_do_not_support_is_refused() {
 }
 
 /// Writes in several databases, with SELECT, MOVE, SWAPDB (with database 0, which holds
-/// memlog's own key, and without), FLUSHDB, transactions (one with SELECTs) and a script, sent
-/// alike to a stock
-/// Redis and to memlog; each returns every reply.
-fn writes_in_several_databases(addr: SocketAddr) -> Vec<Value> {
-    let mut conn = connect(addr);
-    let requests: &[&[&str]] = &[
+/// memlog's own key, and without), FLUSHDB, transactions (one with SELECTs) and a script; sent
+/// alike to a stock Redis and to memlog, in two parts (a snapshot may be taken in between).
+const WRITES_IN_SEVERAL_DATABASES: [&[&[&str]]; 2] = [
+    &[
         &["SET", "a", "0"],
         &["SET", "shared", "s0"],
         &["HSET", "h0", "f", "v"],
@@ -408,6 +406,8 @@ fn writes_in_several_databases(addr: SocketAddr) -> Vec<Value> {
         &["SELECT", "6"],
         &["SET", "gone", "1"],
         &["FLUSHDB"],
+    ],
+    &[
         &["SELECT", "7"],
         &["MULTI"],
         &["SET", "n", "1"],
@@ -428,8 +428,13 @@ fn writes_in_several_databases(addr: SocketAddr) -> Vec<Value> {
         &["SET", "in 11", "yes"],
         &["SELECT", "0"],
         &["SET", "after", "1"],
-    ];
-    requests.iter().map(|request| cmd(&mut conn, request)).collect()
+    ],
+];
+
+/// Sends part `part` of `WRITES_IN_SEVERAL_DATABASES` on a new connection; returns the replies.
+fn writes_in_several_databases(addr: SocketAddr, part: usize) -> Vec<Value> {
+    let mut conn = connect(addr);
+    WRITES_IN_SEVERAL_DATABASES[part].iter().map(|request| cmd(&mut conn, request)).collect()
 }
 
 /// What a Redis node holds, per database: each key's serialized value (`DUMP`; the stock server
@@ -456,28 +461,56 @@ fn without_expiry_times(held: &BTreeMap<(u8, String), (Vec<u8>, i64)>) -> BTreeM
     held.iter().map(|(key, (value, expiry))| (key.clone(), (value.clone(), *expiry > 0))).collect()
 }
 
-/// Every database survives the primary's `kill -9` and a restart empty: the node rebuilt from
-/// the journal holds, database by database, exactly what it held before, which is what a stock
-/// Redis given the same commands holds; memlog's own key is in database 0 only.
-#[test]
-fn every_database_is_rebuilt_from_the_journal() {
-    let mut pair = Pair::standalone();
-    pair.same("writes in several databases", writes_in_several_databases);
+/// What memlog's node and the stock Redis hold once both got every write; checks they agree.
+fn both_hold_the_same(pair: &Pair) -> BTreeMap<(u8, String), (Vec<u8>, i64)> {
     let stock = node_databases(pair.redis.addr);
-    let before = node_databases(pair.memlog.redis_addr(0));
-    assert_eq!(without_expiry_times(&before), without_expiry_times(&stock), "memlog's node before the crash");
+    let held = node_databases(pair.memlog.redis_addr(0));
+    assert_eq!(without_expiry_times(&held), without_expiry_times(&stock), "memlog's node before the crash");
     assert!(stock.keys().any(|(db, _)| *db == 9) && stock.len() > 10, "the scenario wrote several databases");
+    held
+}
 
+/// `kill -9` of the primary and a restart empty; returns once the proxy serves again (a read
+/// waits for the rebuild, or fails while the node is down). The deadline only keeps a broken
+/// rebuild from hanging the test.
+fn crash_and_rebuild(pair: &mut Pair) {
     pair.memlog.kill_redis(0);
     pair.memlog.restart_redis(0);
-    // Served again once rebuilt (a read waits for the rebuild, or fails while the node is down);
-    // the deadline only keeps a broken rebuild from hanging the test.
     let started = Instant::now();
     while cmd(&mut connect(pair.memlog.proxy_addr()), &["GET", "after"]) != Value::Bulk(Some(b"1".to_vec())) {
         assert!(started.elapsed() < Duration::from_secs(60), "the primary was not rebuilt");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(pair.memlog.proxy_log().contains("primary rebuilt from the journal"), "the node was rebuilt");
+}
+
+/// Every database survives the primary's `kill -9` and a restart empty: the node rebuilt from
+/// the journal holds, database by database, exactly what it held before, which is what a stock
+/// Redis given the same commands holds; memlog's own key is in database 0 only.
+#[test]
+fn every_database_is_rebuilt_from_the_journal() {
+    let mut pair = Pair::standalone(None);
+    for part in 0..2 {
+        pair.same("writes in several databases", |addr| writes_in_several_databases(addr, part));
+    }
+    let before = both_hold_the_same(&pair);
+    crash_and_rebuild(&mut pair);
+    assert_eq!(node_databases(pair.memlog.redis_addr(0)), before, "the rebuilt node");
+}
+
+/// The same from a snapshot (an RDB holds every database) taken halfway, and the journal's
+/// tail after it: an empty node is loaded from the snapshot, then replayed.
+#[test]
+fn every_database_is_rebuilt_from_a_snapshot_and_the_journal() {
+    // The scheduler would wait for a million entries: only MEMLOG SNAPSHOT takes one.
+    let mut pair = Pair::standalone(Some(1_000_000));
+    pair.same("writes in several databases", |addr| writes_in_several_databases(addr, 0));
+    let snapshot = cmd(&mut connect(pair.memlog.proxy_addr()), &["MEMLOG", "SNAPSHOT", "0"]);
+    assert!(matches!(snapshot, Value::Int(lsn) if lsn > 0), "{snapshot:?}");
+    pair.same("writes in several databases", |addr| writes_in_several_databases(addr, 1));
+    let before = both_hold_the_same(&pair);
+    crash_and_rebuild(&mut pair);
+    assert!(pair.memlog.proxy_log().contains("loading the newest snapshot before the replay"), "loaded the snapshot");
     assert_eq!(node_databases(pair.memlog.redis_addr(0)), before, "the rebuilt node");
 }
 
