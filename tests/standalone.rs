@@ -514,6 +514,34 @@ fn every_database_is_rebuilt_from_a_snapshot_and_the_journal() {
     assert_eq!(node_databases(pair.memlog.redis_addr(0)), before, "the rebuilt node");
 }
 
+/// memlog's evictor (`maxmemory` with an evicting policy, docs/parameters.md) takes keys from
+/// every database: an endpoint filled in database 3 only acknowledges every write (no `-OOM`,
+/// which a search of database 0 alone, holding nothing to evict, would end in) and evicts keys
+/// of database 3.
+#[test]
+fn evictions_reach_every_database() {
+    let pair = Pair::standalone(None);
+    let used: u64 =
+        info_field(&mut redis_conn(pair.memlog.redis_addr(0)).unwrap(), "memory", "used_memory").parse().unwrap();
+    let limit = (used + 2 * 1024 * 1024).to_string();
+    let mut client = connect(pair.memlog.proxy_addr());
+    let set = cmd(&mut client, &["CONFIG", "SET", "maxmemory", &limit, "maxmemory-policy", "allkeys-random"]);
+    assert_eq!(set, Value::Simple("OK".into()));
+    assert_eq!(cmd(&mut client, &["SELECT", "3"]), Value::Simple("OK".into()));
+    const KEYS: usize = 6_000;
+    for chunk in (0..KEYS).collect::<Vec<_>>().chunks(200) {
+        for i in chunk {
+            client.queue(&["SET".to_string(), format!("k{i}"), format!("{i:0>1000}")]);
+        }
+        client.flush().unwrap();
+        for reply in client.read_n(chunk.len()).unwrap() {
+            assert_eq!(reply, Value::Simple("OK".into()), "a write under allkeys-random");
+        }
+    }
+    let Value::Int(kept) = cmd(&mut client, &["DBSIZE"]) else { panic!("DBSIZE") };
+    assert!((kept as usize) < KEYS, "keys of database 3 were evicted: {kept} of {KEYS} kept");
+}
+
 #[test]
 fn a_cluster_endpoint_stays_a_cluster() {
     let cluster = DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 1, ..Default::default() });

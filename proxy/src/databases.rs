@@ -99,14 +99,27 @@ pub(crate) fn split(command: &Bytes) -> Option<(u8, Bytes)> {
     Some((db, inner.freeze()))
 }
 
-/// The batch that runs `command` in database `db` on a shared connection (its reply is the
-/// second of three).
-pub(crate) fn batch(db: u8, command: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(command.len() + 48);
+/// The batch that runs `commands` (back to back) in database `db` on a shared connection:
+/// `SELECT db` before them and `SELECT 0` after, as it is in database 0. Returns it and how many
+/// replies it adds (`batch_replies` leaves them out again).
+pub(crate) fn batch_in(db: u8, commands: Bytes) -> (Bytes, usize) {
+    if db == 0 {
+        return (commands, 0);
+    }
+    let mut out = BytesMut::with_capacity(commands.len() + 48);
     out.extend_from_slice(&select(db));
-    out.extend_from_slice(command);
+    out.extend_from_slice(&commands);
     out.extend_from_slice(SELECT_0);
-    out.freeze()
+    (out.freeze(), 2)
+}
+
+/// The replies of the commands of a `batch_in(db, …)` batch, out of all its replies.
+pub(crate) fn batch_replies(db: u8, mut replies: Vec<Bytes>) -> Vec<Bytes> {
+    if db != 0 && replies.len() >= 2 {
+        replies.pop();
+        replies.remove(0);
+    }
+    replies
 }
 
 /// For `SWAPDB 0 n` (or `SWAPDB n 0`) with `n` another database: `n`, which holds
@@ -164,6 +177,18 @@ mod tests {
         assert_eq!(split(&encode_command(&["__MEMLOG_IN_DB", "0", "SET", "k", "v"])), None);
         assert_eq!(split(&encode_command(&["__MEMLOG_IN_DB", "16", "SET", "k", "v"])), None);
         assert_eq!(split(&encode_command(&["__MEMLOG_IN_DB", "3"])), None);
+    }
+
+    #[test]
+    fn a_batch_runs_in_its_database_and_returns_to_0() {
+        let get = encode_command(&["GET", "k"]);
+        assert_eq!(batch_in(0, get.clone()), (get.clone(), 0), "database 0 as it is");
+        let (batch, added) = batch_in(5, get.clone());
+        assert_eq!(added, 2);
+        assert_eq!(batch, [&select(5)[..], &get[..], SELECT_0].concat());
+        let replies = |n: usize| (0..n).map(|i| Bytes::from(format!("r{i}"))).collect::<Vec<_>>();
+        assert_eq!(batch_replies(5, replies(3)), ["r1"]);
+        assert_eq!(batch_replies(0, replies(1)), ["r0"]);
     }
 
     #[test]

@@ -113,7 +113,8 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     for shard in proxy.shards.iter().filter(|shard| shard.refusal().is_none()) {
         let (target, sequencer, memory) = (shard.target.clone(), shard.sequencer.clone(), shard.memory.clone());
         let live = proxy.parameters.live.clone();
-        let deletes = Deletes { sequencer, del: del.clone(), tracker: proxy.tracker.clone() };
+        let databases = if proxy.cfg.mode == crate::config::Mode::Standalone { crate::databases::COUNT } else { 1 };
+        let deletes = Deletes { sequencer, del: del.clone(), tracker: proxy.tracker.clone(), databases };
         Evictor::spawn(shard.id, target, proxy.backend.clone(), deletes, memory, live);
     }
     Ok(proxy)

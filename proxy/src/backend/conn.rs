@@ -147,8 +147,9 @@ impl BackendConn {
             let rx = self.send(Bytes::copy_from_slice(request));
             return rx.await.unwrap_or_else(|_| Err(self.lost()));
         }
-        let mut replies = self.call_batch(crate::databases::batch(db, request), 3).await?;
-        Ok(std::mem::take(&mut replies[1]))
+        let (batch, added) = crate::databases::batch_in(db, Bytes::copy_from_slice(request));
+        let replies = self.call_batch(batch, 1 + added).await?;
+        Ok(crate::databases::batch_replies(db, replies).pop().unwrap_or_default())
     }
 
     /// Resolves once every reply to requests queued before it has arrived (or failed).

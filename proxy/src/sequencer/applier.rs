@@ -64,17 +64,11 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                     // In another database, the whole probe runs there: it may be a MULTI (a dry
                     // run), inside which a SELECT would only be queued.
                     let mut requests = BytesMut::new();
-                    if db != 0 {
-                        requests.extend_from_slice(&crate::databases::select(db));
-                    }
                     for command in &commands {
                         requests.extend_from_slice(&encode_command(command));
                     }
-                    if db != 0 {
-                        requests.extend_from_slice(crate::databases::SELECT_0);
-                    }
-                    let selects = if db != 0 { 2 } else { 0 };
-                    let (requests, count) = (requests.freeze(), commands.len() + selects);
+                    let (requests, added) = crate::databases::batch_in(db, requests.freeze());
+                    let count = commands.len() + added;
                     let mut replies = self.apply.call_batch(Proto::Resp2, requests.clone(), count).await;
                     if matches!(replies, Err(BackendError::Unverified { .. })) {
                         // A new primary: catch it up to what was applied, then read it.
@@ -82,14 +76,7 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                         self.catch_up(applied).await;
                         replies = self.apply.call_batch(Proto::Resp2, requests, count).await;
                     }
-                    let own = |mut replies: Vec<Bytes>| {
-                        if db != 0 {
-                            replies.pop();
-                            replies.remove(0);
-                        }
-                        replies
-                    };
-                    let _ = done.send(replies.map(own));
+                    let _ = done.send(replies.map(|replies| crate::databases::batch_replies(db, replies)));
                 }
                 ToApplier::CatchUp { lsn, done } => {
                     self.catch_up(lsn).await;
