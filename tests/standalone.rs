@@ -245,7 +245,7 @@ fn until_blocked(conn: &mut Conn) {
 
 /// WATCH and blocked clients per database, as on a stock Redis: a write to the same name in
 /// another database neither aborts a transaction nor serves a blocked client; one in the
-/// client's database, a MOVE into it or a SWAPDB does.
+/// client's database, a MOVE or COPY … DB into it or a SWAPDB does.
 #[test]
 fn watches_and_blocked_clients_are_per_database() {
     let pair = Pair::standalone(None);
@@ -281,6 +281,13 @@ fn watches_and_blocked_clients_are_per_database() {
                 ('a', &["GET", "w"]),
                 ('a', &["EXEC"]),
                 ('b', &["SELECT", "0"]),
+                // COPY … DB writes its destination in the database it names.
+                ('a', &["WATCH", "c"]),
+                ('b', &["SET", "src", "v"]),
+                ('b', &["COPY", "src", "c", "DB", "3"]),
+                ('a', &["MULTI"]),
+                ('a', &["GET", "c"]),
+                ('a', &["EXEC"]),
             ],
         );
         // A pop blocked in database 3 is served by a push there, not by one to database 0.

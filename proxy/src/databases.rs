@@ -48,6 +48,20 @@ pub(crate) fn registered_key(db: u8, key: &Bytes) -> Bytes {
     name.freeze()
 }
 
+/// The key a command writes in another database than the one it runs in, and that database:
+/// `MOVE key db`'s key, `COPY source destination DB db`'s destination.
+pub(crate) fn written_elsewhere<'a>(command: &str, args: &'a [Bytes]) -> Option<(u8, &'a Bytes)> {
+    let index = |arg: &Bytes| crate::normalize::string2ll(arg).and_then(|i| u8::try_from(i).ok());
+    match command {
+        "move" => Some((index(args.get(2)?)?, args.get(1)?)),
+        "copy" => {
+            let at = args.iter().skip(3).position(|a| a.eq_ignore_ascii_case(b"DB"))? + 3;
+            Some((index(args.get(at + 1)?)?, args.get(2)?))
+        }
+        _ => None,
+    }
+}
+
 /// `SELECT db`
 pub(crate) fn select(db: u8) -> Bytes {
     encode_command(&[&b"SELECT"[..], db.to_string().as_bytes()])
@@ -189,6 +203,17 @@ mod tests {
         let replies = |n: usize| (0..n).map(|i| Bytes::from(format!("r{i}"))).collect::<Vec<_>>();
         assert_eq!(batch_replies(5, replies(3)), ["r1"]);
         assert_eq!(batch_replies(0, replies(1)), ["r0"]);
+    }
+
+    #[test]
+    fn move_and_copy_write_in_another_database() {
+        let args = |a: &[&str]| a.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect::<Vec<_>>();
+        let (k, d) = (Bytes::from_static(b"k"), Bytes::from_static(b"d"));
+        assert_eq!(written_elsewhere("move", &args(&["MOVE", "k", "4"])), Some((4, &k)));
+        assert_eq!(written_elsewhere("move", &args(&["MOVE", "k", "x"])), None);
+        assert_eq!(written_elsewhere("copy", &args(&["COPY", "k", "d", "REPLACE", "db", "9"])), Some((9, &d)));
+        assert_eq!(written_elsewhere("copy", &args(&["COPY", "k", "d"])), None);
+        assert_eq!(written_elsewhere("set", &args(&["SET", "k", "DB", "3"])), None);
     }
 
     #[test]

@@ -167,8 +167,8 @@ impl<S: JournalStream> Journaler<S> {
 
     /// Locates the keys a write in database `db` touches, as the watch and blocked-client
     /// registries know them (`databases::registered_key`), if anyone watches or blocks on this
-    /// shard. `MOVE` touches its key in both databases; emptying or swapping databases touches
-    /// everything.
+    /// shard. `MOVE` and `COPY … DB` touch a key in the other database too; emptying or swapping
+    /// databases touches everything.
     fn touched(&self, db: u8, request: &Request, command: Option<&CommandInfo>) -> Touched {
         if self.watches.is_empty() && self.parked.is_empty() {
             return Touched::Unobserved;
@@ -180,11 +180,8 @@ impl<S: JournalStream> Journaler<S> {
         let Some(positions) = command.key_positions(&request.args) else { return Touched::Everything };
         let mut keys: Vec<Bytes> =
             positions.into_iter().map(|p| crate::databases::registered_key(db, &request.args[p])).collect();
-        if command.name == "move" {
-            let target = request.args.get(2).and_then(|arg| normalize::string2ll(arg));
-            if let (Some(target), Some(key)) = (target.and_then(|t| u8::try_from(t).ok()), request.args.get(1)) {
-                keys.push(crate::databases::registered_key(target, key));
-            }
+        if let Some((target, key)) = crate::databases::written_elsewhere(&command.name, &request.args) {
+            keys.push(crate::databases::registered_key(target, key));
         }
         Touched::Keys(keys)
     }
