@@ -180,7 +180,7 @@ impl Deployment {
                         ca: tls.ca().display().to_string(),
                         source,
                     })?;
-                Session::over(Box::new(stream), timeout)
+                Session::over(self.proxy.as_str(), Box::new(stream), timeout)
             }
         };
         if let Some(credentials) = &self.credentials {

@@ -1,14 +1,13 @@
-//! Health checks and admin calls: a minimal RESP client (`PING`, `INFO replication`,
-//! `GET __memlog:lsn`, `AUTH` then `MEMLOG …` on one connection), just enough to tell whether a
-//! Redis node or the proxy serves without pulling a full client into the binary, and a plain TCP
-//! connect for journal nodes.
-//! Replies are parsed defensively: a malformed or oversized reply is an error, never a panic.
+//! Health checks and admin calls (`PING`, `INFO replication`, `GET __memlog:lsn`, `AUTH` then
+//! `MEMLOG …` on one connection) over the proxy's one admin client (`memlog_proxy::AdminConn`,
+//! which reaches a node as the proxy does: TLS, `AUTH`), and a plain TCP connect for journal
+//! nodes. A malformed or oversized reply is an error, never a panic.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use memlog_proxy::{BackendAuth, NodeAccess};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use memlog_proxy::resp::{bulk_payload, line_payload};
+use memlog_proxy::{AdminConn, AdminError, BackendAuth, NodeAccess};
 use tokio::net::TcpStream;
 
 use crate::tls_client::Stream;
@@ -103,68 +102,76 @@ fn parse_role(info: &str) -> Result<NodeRole, ProbeError> {
 
 /// One connection for several commands in a row (e.g. `AUTH` before an admin command).
 pub struct Session {
-    stream: Box<dyn Stream>,
-    /// Bytes read but not yet parsed.
-    buf: Vec<u8>,
-    /// How long each call (and the connect) may take.
-    timeout: Duration,
+    conn: AdminConn<Box<dyn Stream>>,
 }
 
 impl Session {
-    /// Connects to `addr` (an address, or `host:port` to resolve) within `timeout`.
-    pub async fn connect(addr: impl tokio::net::ToSocketAddrs, timeout: Duration) -> Result<Session, ProbeError> {
-        Ok(Session::over(Box::new(tcp_connect(addr, timeout).await?), timeout))
+    /// Connects to `addr` (`host:port`) within `timeout`.
+    pub async fn connect(addr: &str, timeout: Duration) -> Result<Session, ProbeError> {
+        Ok(Session::over(addr, Box::new(tcp_connect(addr, timeout).await?), timeout))
     }
 
     /// A session with the Redis node at `addr`, opened as the proxy opens its own (TLS when
     /// `access` has it) and authenticated with `access`'s credentials.
     pub async fn to_redis_node(addr: &str, timeout: Duration, access: &NodeAccess) -> Result<Session, ProbeError> {
         let stream = access.open(addr, timeout).await.map_err(ProbeError::Unreachable)?;
-        let mut session = Session::over(Box::new(stream), timeout);
+        let mut session = Session::over(addr, Box::new(stream), timeout);
         session.auth(access.auth.as_deref()).await?;
         Ok(session)
     }
 
-    /// A session on a connection already made (e.g. TLS over TCP).
-    pub fn over(stream: Box<dyn Stream>, timeout: Duration) -> Session {
-        Session { stream, buf: Vec::new(), timeout }
+    /// A session on a connection already made (e.g. TLS over TCP) to `addr`.
+    pub fn over(addr: &str, stream: Box<dyn Stream>, timeout: Duration) -> Session {
+        Session { conn: AdminConn::over(addr, stream, timeout).with_max_reply(MAX_REPLY) }
     }
 
     /// `AUTH [user] password` when credentials are given; an error reply is `Refused`. The
     /// password is never part of an error.
     pub async fn auth(&mut self, auth: Option<&BackendAuth>) -> Result<(), ProbeError> {
-        let args = match auth {
-            None => return Ok(()),
-            Some(BackendAuth { user: Some(user), password }) => vec!["AUTH", user, password],
-            Some(BackendAuth { user: None, password }) => vec!["AUTH", password],
-        };
-        match self.call(&args).await? {
-            Reply::Simple(_) => Ok(()),
-            Reply::Error(message) => Err(ProbeError::Refused(message)),
-            _ => Err(ProbeError::Malformed("AUTH answered neither OK nor an error")),
-        }
+        Ok(self.conn.authenticate(auth).await?)
     }
 
-    /// Sends one command and reads its reply, within the session's timeout.
+    /// Sends one command and reads its reply (an error reply is `Reply::Error`), within the
+    /// session's timeout.
     pub async fn call(&mut self, args: &[&str]) -> Result<Reply, ProbeError> {
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, async {
-            self.stream.write_all(&encode(args)).await?;
-            loop {
-                if let Some((reply, used)) = parse(&self.buf)? {
-                    self.buf.drain(..used);
-                    return Ok(reply);
-                }
-                if self.buf.len() > MAX_REPLY {
-                    return Err(ProbeError::Malformed("reply too large"));
-                }
-                if self.stream.read_buf(&mut self.buf).await? == 0 {
-                    return Err(ProbeError::Closed);
-                }
+        match self.conn.call(args).await {
+            Ok(frame) => Reply::from_frame(&frame),
+            Err(AdminError::Refused { message, .. }) => Ok(Reply::Error(message)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Reply {
+    /// The reply a whole RESP frame carries; arrays and RESP3 types are not probe replies.
+    fn from_frame(frame: &[u8]) -> Result<Reply, ProbeError> {
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        match frame.first() {
+            Some(b'+') => {
+                line_payload(frame).map(|s| Reply::Simple(text(s))).ok_or(ProbeError::Malformed("bad status"))
             }
-        })
-        .await
-        .map_err(|_| ProbeError::Timeout(timeout))?
+            Some(b':') => line_payload(frame)
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+                .map(Reply::Integer)
+                .ok_or(ProbeError::Malformed("bad number")),
+            Some(b'$') if frame.starts_with(b"$-1\r\n") => Ok(Reply::Bulk(None)),
+            Some(b'$') => bulk_payload(frame)
+                .map(|b| Reply::Bulk(Some(b.to_vec())))
+                .ok_or(ProbeError::Malformed("bad bulk string")),
+            _ => Err(ProbeError::Malformed("unsupported reply type")),
+        }
+    }
+}
+
+impl From<AdminError> for ProbeError {
+    fn from(error: AdminError) -> Self {
+        match error {
+            AdminError::Unreachable { reason, .. } => ProbeError::Unreachable(reason),
+            AdminError::Lost { .. } => ProbeError::Closed,
+            AdminError::Timeout { timeout, .. } => ProbeError::Timeout(timeout),
+            AdminError::BadReply { .. } => ProbeError::Malformed("not RESP, or too large"),
+            AdminError::Refused { message, .. } => ProbeError::Refused(message),
+        }
     }
 }
 
@@ -198,79 +205,24 @@ pub async fn replica_linked(addr: SocketAddr, timeout: Duration, access: &NodeAc
     }
 }
 
-/// Encodes a command as a RESP array of bulk strings.
-fn encode(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
-/// Parses one reply from the start of `buf`, with the bytes it took; `None` while it is incomplete.
-fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProbeError> {
-    let Some(line_end) = buf.windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let Some((&kind, line)) = buf[..line_end].split_first() else {
-        return Err(ProbeError::Malformed("empty line"));
-    };
-    let text = || String::from_utf8_lossy(line).into_owned();
-    let after_line = line_end + 2;
-    let number = || -> Result<i64, ProbeError> {
-        std::str::from_utf8(line).ok().and_then(|s| s.parse().ok()).ok_or(ProbeError::Malformed("bad number"))
-    };
-    match kind {
-        b'+' => Ok(Some((Reply::Simple(text()), after_line))),
-        b'-' => Ok(Some((Reply::Error(text()), after_line))),
-        b':' => Ok(Some((Reply::Integer(number()?), after_line))),
-        b'$' => {
-            let len = number()?;
-            if len < 0 {
-                return Ok(Some((Reply::Bulk(None), after_line)));
-            }
-            let len = usize::try_from(len).map_err(|_| ProbeError::Malformed("bad length"))?;
-            if len > MAX_REPLY {
-                return Err(ProbeError::Malformed("bulk string too large"));
-            }
-            let start = after_line;
-            let end = start + len;
-            if buf.len() < end + 2 {
-                return Ok(None);
-            }
-            if &buf[end..end + 2] != b"\r\n" {
-                return Err(ProbeError::Malformed("bulk string not terminated"));
-            }
-            Ok(Some((Reply::Bulk(Some(buf[start..end].to_vec())), end + 2)))
-        }
-        _ => Err(ProbeError::Malformed("unsupported reply type")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_each_reply_kind_and_waits_for_complete_bulk() {
-        assert_eq!(parse(b"+PONG\r\n").unwrap(), Some((Reply::Simple("PONG".into()), 7)));
-        assert_eq!(parse(b"-ERR no\r\n").unwrap(), Some((Reply::Error("ERR no".into()), 9)));
-        assert_eq!(parse(b":42\r\n").unwrap(), Some((Reply::Integer(42), 5)));
-        assert_eq!(parse(b"$-1\r\n").unwrap(), Some((Reply::Bulk(None), 5)));
-        assert_eq!(parse(b"$5\r\nhel").unwrap(), None);
-        assert_eq!(parse(b"$5\r\nhello\r\n+OK\r\n").unwrap(), Some((Reply::Bulk(Some(b"hello".to_vec())), 11)));
-        assert_eq!(parse(b"+PON").unwrap(), None);
+    fn reads_each_reply_kind_from_a_whole_frame() {
+        assert_eq!(Reply::from_frame(b"+PONG\r\n").unwrap(), Reply::Simple("PONG".into()));
+        assert_eq!(Reply::from_frame(b":42\r\n").unwrap(), Reply::Integer(42));
+        assert_eq!(Reply::from_frame(b"$-1\r\n").unwrap(), Reply::Bulk(None));
+        assert_eq!(Reply::from_frame(b"$5\r\nhello\r\n").unwrap(), Reply::Bulk(Some(b"hello".to_vec())));
     }
 
     #[test]
-    fn refuses_malformed_replies_without_panicking() {
-        assert!(parse(b"\r\n").is_err());
-        assert!(parse(b"$x\r\n").is_err());
-        assert!(parse(b"$99999999999999999999\r\n").is_err());
-        assert!(parse(b"$2\r\nabXY").is_err());
-        assert!(parse(b"*1\r\n").is_err());
+    fn refuses_what_a_probe_does_not_understand_without_panicking() {
+        assert!(Reply::from_frame(b"").is_err());
+        assert!(Reply::from_frame(b":x\r\n").is_err());
+        assert!(Reply::from_frame(b"$5\r\nab").is_err());
+        assert!(Reply::from_frame(b"*1\r\n:1\r\n").is_err());
     }
 
     #[test]
@@ -280,10 +232,5 @@ mod tests {
         assert_eq!(parse_role(info).unwrap(), NodeRole::Replica { primary: "127.0.0.1:7000".into(), linked: false });
         assert!(parse_role("role:slave\r\n").is_err());
         assert!(parse_role("nothing").is_err());
-    }
-
-    #[test]
-    fn encodes_commands_as_bulk_arrays() {
-        assert_eq!(encode(&["INFO", "replication"]), b"*2\r\n$4\r\nINFO\r\n$11\r\nreplication\r\n".to_vec());
     }
 }

@@ -447,3 +447,47 @@ fn a_peer_not_authenticated_cannot_reset_stats_or_pause() {
     assert!(field(&stats, "cmdstat_set").starts_with("calls=2,"), "{stats}");
     assert!(field(&stats, "cmdstat_config|resetstat").contains("rejected_calls=2"), "{stats}");
 }
+
+/// `LATENCY GRAPH` against a stock `redis-server`: the same error for an event without samples,
+/// and for one slow command the same layout — header, rule, the four sparkline rows, the blank
+/// line and the age label written downwards — with only the numbers differing (each side
+/// measures its own latency).
+#[test]
+fn latency_graph_is_laid_out_as_stock_redis_lays_it_out() {
+    let pair = Pair::start();
+    let [stock, memlog] = pair.addrs().map(connect);
+    let graphs = [(stock, "stock"), (memlog, "memlog")].map(|(mut conn, side)| {
+        // Well above what a fast command takes on a loaded machine, well below the slow ones.
+        assert_eq!(cmd(&mut conn, &["CONFIG", "SET", "latency-monitor-threshold", "50"]), ok());
+        // The CONFIG SET itself may have been slow (memlog journals it on every shard).
+        cmd(&mut conn, &["LATENCY", "RESET"]);
+        let missing = cmd(&mut conn, &["LATENCY", "GRAPH", "command"]);
+        assert_eq!(missing, Value::Error("ERR No samples available for event 'command'".into()), "{side}");
+        let arity = cmd(&mut conn, &["LATENCY", "GRAPH"]);
+        assert_eq!(arity, Value::Error("ERR wrong number of arguments for 'latency|graph' command".into()), "{side}");
+        let busy = "local i = 0 while i < 20000000 do i = i + 1 end return i";
+        assert_eq!(cmd(&mut conn, &["EVAL", busy, "0"]), Value::Int(20_000_000), "{side}");
+        cmd(&mut conn, &["LATENCY", "GRAPH", "command"]).text()
+    });
+    // Each side's numbers are its own: compare with every run of digits read as one number.
+    let shape = |graph: &str| -> Vec<String> {
+        graph
+            .lines()
+            .map(|line| {
+                let mut out = String::new();
+                for c in line.chars() {
+                    match (c.is_ascii_digit(), out.ends_with('N')) {
+                        (true, true) => {}
+                        (true, false) => out.push('N'),
+                        (false, _) => out.push(c),
+                    }
+                }
+                out
+            })
+            .collect()
+    };
+    let [stock, memlog] = graphs.map(|graph| shape(&graph));
+    assert_eq!(memlog[0], "command - high N ms, low N ms (all time high N ms)");
+    assert_eq!(memlog[1], "-".repeat(80));
+    assert_eq!(memlog, stock);
+}

@@ -17,6 +17,8 @@ pub mod protocol;
 pub mod record;
 pub mod sighup;
 pub mod storage;
+#[cfg(test)]
+mod test_io;
 
 pub use entry::{Entry, NodeStatus, StreamId, StreamTail};
 pub use error::NodeError;

@@ -520,11 +520,34 @@ async fn write_replies(
         protocol::coalesce(&mut batch, &first, || {
             acks.try_recv().ok().map(&mut take_ack).or_else(|| replies.try_recv().ok())
         });
-        if writer.write_all(&batch).await.is_err() {
+        // A TLS stream may keep the last records of a write until it is flushed (tokio-rustls
+        // does when the socket would block mid-write), and the peer waits for them.
+        if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
             return;
         }
         batch.clear();
         written_acks.clear();
     }
     let _ = writer.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_io::{delivers, HeldUntilFlush};
+
+    /// As the client's requests (see `node_client`): a reply is flushed once written, so a TLS
+    /// stream cannot keep its last records until the next reply.
+    #[tokio::test]
+    async fn a_reply_reaches_the_peer_without_waiting_for_the_next_one() {
+        let stream = HeldUntilFlush::default();
+        let delivered = Arc::clone(&stream.delivered);
+        let (replies, queue) = mpsc::channel(1);
+        let (acks, ack_queue) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_replies(stream, queue, ack_queue));
+        replies.send(Bytes::from_static(b"4 MiB of entries")).await.expect("writer running");
+        assert!(delivers(&delivered, b"4 MiB of entries").await, "the reply stayed in the stream's buffer");
+        drop((replies, acks));
+        writer.await.expect("writer task");
+    }
 }

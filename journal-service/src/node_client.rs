@@ -413,10 +413,35 @@ async fn write_frames(writer: &mut (impl AsyncWrite + Unpin), mut frames: mpsc::
     let mut batch = BytesMut::with_capacity(64 * 1024);
     while let Some(frame) = frames.recv().await {
         crate::protocol::coalesce(&mut batch, &frame, || frames.try_recv().ok());
+        // Flushed: a TLS stream may keep the last records of a write until then (tokio-rustls
+        // does when the socket would block mid-write), and the node would never see the request.
         if let Err(e) = writer.write_all(&batch).await {
+            return format!("write: {e}");
+        }
+        if let Err(e) = writer.flush().await {
             return format!("write: {e}");
         }
         batch.clear();
     }
     "client dropped".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_io::{delivers, HeldUntilFlush};
+
+    /// The replay stall of 2026-12-05: over TLS, a request's last records stayed in the stream
+    /// until the next request was written, and a read waited out its 10 s timeout.
+    #[tokio::test]
+    async fn a_request_reaches_the_node_without_waiting_for_the_next_one() {
+        let mut stream = HeldUntilFlush::default();
+        let delivered = Arc::clone(&stream.delivered);
+        let (frames, queue) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(async move { write_frames(&mut stream, queue).await });
+        frames.send(Bytes::from_static(b"a read request")).expect("writer running");
+        assert!(delivers(&delivered, b"a read request").await, "the request stayed in the stream's buffer");
+        drop(frames);
+        assert_eq!(writer.await.expect("writer task"), "client dropped");
+    }
 }

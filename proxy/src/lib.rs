@@ -47,8 +47,8 @@ mod units;
 
 /// What the `memlog` binary needs to reach Redis nodes the way the proxy does (`memlog up`, `memlog status`).
 pub use backend::{
-    random_secret, AuthConfigError, BackendAuth, BackendConfigError, BackendTls, BackendTlsError, NodeAccess,
-    NodeStream,
+    random_secret, AdminConn, AdminError, AuthConfigError, BackendAuth, BackendConfigError, BackendTls,
+    BackendTlsError, NodeAccess, NodeStream,
 };
 
 use std::future::Future;

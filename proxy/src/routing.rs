@@ -134,7 +134,8 @@ impl ClientCtx {
         }
         let guard = self.lanes.enter(shard, lane);
         let (tx, rx) = oneshot::channel();
-        self.proxy.shards[shard].read_conn(self.proto(), self.client.id).send_in_db(self.client.db(), request.raw, tx);
+        let conn = self.proxy.shards[shard].read_conn(self.proto(), self.client.id);
+        conn.send_when_room_in_db(self.client.db(), request.raw, tx).await;
         Pending::Backend { rx, _lane: Some(guard) }
     }
 

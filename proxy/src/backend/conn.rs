@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use super::setup::{connect, node_lsn};
 use super::target::{NodeTarget, Role, TargetState};
@@ -15,7 +15,7 @@ use super::{BackendError, BackendOptions, BatchResult, BatchSender, NodeStream, 
 use crate::resp::{encode_command, error_reply, BadFrame, FrameScanner, Proto};
 
 enum ConnOp {
-    Send(Bytes, ReplySender),
+    Send(Bytes, ReplyTo),
     /// Several commands in one buffer; all `count` replies come back together.
     Batch(Bytes, usize, BatchSender),
     /// Fires once every reply to requests sent before it has arrived.
@@ -30,10 +30,10 @@ struct WaitingOp {
 
 enum Waiter {
     /// A reply awaited; the request and its deadline are kept when it may be sent again.
-    Reply(ReplySender, Instant, Option<(Bytes, Instant)>),
+    Reply(ReplyTo, Instant, Option<(Bytes, Instant)>),
     /// The reply to `GET __memlog:lsn` on an apply connection: once it reads as an LSN, the
     /// node's journal prefix is known and batches may go out on this connection.
-    LsnCheck(ReplySender, Instant),
+    LsnCheck(ReplyTo, Instant),
     Batch {
         replies: Vec<Bytes>,
         count: usize,
@@ -43,6 +43,26 @@ enum Waiter {
     Barrier(oneshot::Sender<()>),
 }
 
+/// Where one request's reply goes, with the room the request takes in its connection's queue
+/// (see [`BackendConn::send_when_room`]), freed once the reply is handed on.
+struct ReplyTo {
+    sender: ReplySender,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+impl ReplyTo {
+    fn send(self, reply: ReplyResult) -> Result<(), ReplyResult> {
+        self.sender.send(reply)
+    }
+}
+
+/// Client requests one connection holds, waiting or sent and not yet answered, before clients'
+/// sessions wait to queue more (and stop reading their clients). Each client's own pipeline is
+/// bounded too (the session's pending replies), but many clients share a connection; this bound
+/// is the connection's, so a node that stops answering, or a hold during a failover, costs at
+/// most this many requests per connection.
+const QUEUE_LIMIT: usize = 16 * 1024;
+
 /// A handle to one pipelined connection; clones share the connection.
 #[derive(Clone)]
 pub(crate) struct BackendConn {
@@ -50,6 +70,8 @@ pub(crate) struct BackendConn {
     target: Arc<NodeTarget>,
     /// Connections opened so far: a change means the node may have restarted since.
     connects: Arc<AtomicU64>,
+    /// Room for client requests (`QUEUE_LIMIT`).
+    room: Arc<Semaphore>,
 }
 
 impl BackendConn {
@@ -60,12 +82,22 @@ impl BackendConn {
 
     /// A connection that follows `target` wherever the failover controller points it.
     pub(crate) fn follow(target: Arc<NodeTarget>, role: Role, proto: Proto, opts: BackendOptions) -> BackendConn {
+        BackendConn::follow_with_room(target, role, proto, opts, QUEUE_LIMIT)
+    }
+
+    fn follow_with_room(
+        target: Arc<NodeTarget>,
+        role: Role,
+        proto: Proto,
+        opts: BackendOptions,
+        queue_limit: usize,
+    ) -> BackendConn {
         let (ops, rx) = mpsc::unbounded_channel();
         let connects = Arc::new(AtomicU64::new(0));
         let conn =
             Conn { target: target.clone(), role, proto, opts, waiting: VecDeque::new(), connects: connects.clone() };
         tokio::spawn(conn.drive(rx));
-        BackendConn { ops, target, connects }
+        BackendConn { ops, target, connects, room: Arc::new(Semaphore::new(queue_limit)) }
     }
 
     /// A connection that reaches no node: every request is answered `reply` (an error reply),
@@ -81,7 +113,8 @@ impl BackendConn {
                 }
             }
         });
-        BackendConn { ops, target: NodeTarget::fixed(addr), connects: Arc::new(AtomicU64::new(0)) }
+        let room = Arc::new(Semaphore::new(QUEUE_LIMIT));
+        BackendConn { ops, target: NodeTarget::fixed(addr), connects: Arc::new(AtomicU64::new(0)), room }
     }
 
     /// How many times the connection was opened (each reconnect counts): whoever configured the
@@ -99,8 +132,20 @@ impl BackendConn {
         BackendError::Lost { addr: self.target.addr().to_string() }
     }
 
-    /// Queues `request` (raw RESP bytes); its reply (or error) is sent to `reply`.
+    /// Queues `request` (raw RESP bytes); its reply (or error) is sent to `reply`. For the
+    /// proxy's own requests, one at a time per caller; a client's go through `send_when_room`.
     pub(crate) fn send_to(&self, request: Bytes, reply: ReplySender) {
+        self.queue(request, ReplyTo { sender: reply, _room: None });
+    }
+
+    /// A client's request: queued once the connection has room for it (`QUEUE_LIMIT`), which
+    /// it takes until its reply arrives.
+    pub(crate) async fn send_when_room(&self, request: Bytes, reply: ReplySender) {
+        let Ok(room) = Arc::clone(&self.room).acquire_owned().await else { return };
+        self.queue(request, ReplyTo { sender: reply, _room: Some(room) });
+    }
+
+    fn queue(&self, request: Bytes, reply: ReplyTo) {
         if let Err(mpsc::error::SendError(ConnOp::Send(_, reply))) = self.ops.send(ConnOp::Send(request, reply)) {
             let _ = reply.send(Err(self.lost()));
         }
@@ -129,15 +174,18 @@ impl BackendConn {
         rx.await.unwrap_or_else(|_| Err(self.lost()))
     }
 
-    /// Queues `request` to run in database `db` (`databases::batch`: the connection is back in
-    /// database 0 right after it); its reply goes to `reply`. Database 0 is a plain `send_to`.
-    pub(crate) fn send_in_db(&self, db: u8, request: Bytes, reply: ReplySender) {
+    /// A client's request in database `db`, as `send_when_room`: run in the database
+    /// (`databases::batch_in`: the connection is back in database 0 right after it), holding its
+    /// room until the reply arrives. Database 0 is a plain `send_when_room`.
+    pub(crate) async fn send_when_room_in_db(&self, db: u8, request: Bytes, reply: ReplySender) {
         if db == 0 {
-            return self.send_to(request, reply);
+            return self.send_when_room(request, reply).await;
         }
+        let Ok(room) = Arc::clone(&self.room).acquire_owned().await else { return };
         let conn = self.clone();
         tokio::spawn(async move {
             let _ = reply.send(conn.call_in_db(db, &request).await);
+            drop(room);
         });
     }
 
@@ -244,13 +292,14 @@ impl Conn {
     /// journal prefix the primary was last seen with: a primary that restarted empty, or a new
     /// one, serves no read before the applier has caught it up.
     async fn open(&self, addr: &str) -> Result<NodeStream, Unusable> {
-        let mut stream = connect(addr, self.proto, &self.opts).await.map_err(Unusable::Unreachable)?;
+        let stream = connect(addr, self.proto, &self.opts).await.map_err(Unusable::Unreachable)?;
         let floor = self.target.lsn_floor.load(Ordering::Acquire);
         if self.role == Role::Read && floor > 0 {
-            let held = node_lsn(&mut stream, &self.opts).await.map_err(Unusable::Unreachable)?;
+            let (stream, held) = node_lsn(stream, addr, &self.opts).await.map_err(Unusable::Unreachable)?;
             if held < floor {
                 return Err(Unusable::CatchingUp(format!("it holds lsn {held}, the shard is at {floor}")));
             }
+            return Ok(stream);
         }
         Ok(stream)
     }
@@ -448,7 +497,9 @@ impl Conn {
                         }
                     }
                 }
-                if !out.is_empty() && wr.write_all(&out).await.is_err() {
+                // Flushed, or a TLS stream may keep the batch's last records until the next one
+                // (`admin::AdminConn::send_raw`).
+                if !out.is_empty() && (wr.write_all(&out).await.is_err() || wr.flush().await.is_err()) {
                     return Some(());
                 }
             }
@@ -588,6 +639,50 @@ mod tests {
         request_timeout: Duration::from_secs(2),
         access: NodeAccess { auth: None, tls: None },
     };
+
+    /// A node that stops answering (or a hold) costs at most the connection's queue limit of
+    /// client requests: the next client waits for room instead of queuing without bound.
+    #[tokio::test]
+    async fn a_connection_takes_client_requests_only_while_it_has_room() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // A node that reads every request but answers one only when told to.
+        let (answer, mut answers) = mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            loop {
+                tokio::select! {
+                    read = socket.read(&mut buf) => if read.map_or(true, |n| n == 0) { return },
+                    told = answers.recv() => {
+                        if told.is_none() || socket.write_all(b"+OK\r\n").await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let conn = BackendConn::follow_with_room(NodeTarget::fixed(&addr), Role::Direct, Proto::Resp2, OPTS, 2);
+        let mut first_two = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = oneshot::channel();
+            conn.send_when_room(encode_command(&["PING"]), tx).await;
+            first_two.push(rx);
+        }
+        let (tx, third) = oneshot::channel();
+        let queuing = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send_when_room(encode_command(&["PING"]), tx).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!queuing.is_finished(), "a third request was queued on a connection with room for two");
+        answer.send(()).unwrap();
+        assert_eq!(&first_two.remove(0).await.unwrap().unwrap()[..], b"+OK\r\n");
+        tokio::time::timeout(Duration::from_secs(5), queuing).await.expect("room freed by the reply").unwrap();
+        answer.send(()).unwrap();
+        answer.send(()).unwrap();
+        assert_eq!(&third.await.unwrap().unwrap()[..], b"+OK\r\n");
+    }
 
     /// A stand-in Redis node: answers `GET` with nil and anything else with `+<its address>`,
     /// so a test sees which node served a request.

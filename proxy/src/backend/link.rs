@@ -1,7 +1,8 @@
 //! How every connection to a Redis node is opened — the data path, apply connections, health
 //! checks, node preparation, snapshots, the keyspace relay, and the `memlog` CLI's probes: TCP,
-//! then TLS when `[backend] tls` is set, then `AUTH` with the `[backend]` credentials. One
-//! place, so no connection to a node can skip either.
+//! then TLS when `[backend] tls` is set (here), then `AUTH` with the `[backend]` credentials
+//! (`admin::AdminConn`, which every connection's set-up speaks). One place, so no connection to
+//! a node can skip either.
 
 use std::io;
 use std::pin::Pin;
@@ -12,7 +13,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::setup::authenticate;
 use super::tls::{BackendTls, BackendTlsError};
 use super::{AuthConfigError, BackendAuth};
 use crate::config::BackendConfig;
@@ -61,13 +61,6 @@ impl NodeAccess {
             Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
             Err(_) => Err(format!("TLS handshake timed out after {timeout:?}")),
         }
-    }
-
-    /// [`NodeAccess::open`], then `AUTH` when there are credentials (RESP2).
-    pub async fn connect(&self, addr: &str, timeout: Duration) -> Result<NodeStream, String> {
-        let mut stream = self.open(addr, timeout).await?;
-        authenticate(&mut stream, self.auth.as_deref(), timeout).await?;
-        Ok(stream)
     }
 }
 

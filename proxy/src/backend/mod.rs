@@ -14,6 +14,7 @@
 //! `link` (opening any connection to a node: TCP, TLS, `AUTH`), `tls` (`[backend] tls`), `auth`
 //! (the credentials the proxy presents).
 
+mod admin;
 mod auth;
 mod conn;
 mod link;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+pub use admin::{AdminConn, AdminError};
 pub use auth::{random_secret, AuthConfigError, BackendAuth};
 pub(crate) use conn::BackendConn;
 pub use link::{BackendConfigError, NodeAccess, NodeStream};

@@ -123,6 +123,19 @@ pub(crate) fn latency(d: &ClientCtx, sub: &str, request: &Request) -> Pending {
                 w.int(resets as i64);
             }))
         }
+        ("graph", 3) => {
+            let name = String::from_utf8_lossy(&args[2]).into_owned();
+            let events = monitor.events();
+            match events.get(name.as_str()).filter(|series| !series.samples.is_empty()) {
+                Some(series) => {
+                    let graph = crate::stats::latency_graph(&name, series, crate::units::unix_ms() / 1000);
+                    Pending::Ready(reply(proto, |w| {
+                        w.verbatim(&graph);
+                    }))
+                }
+                None => Pending::error(&format!("ERR No samples available for event '{name}'")),
+            }
+        }
         ("doctor", 2) => {
             let report = doctor(&monitor.events(), monitor.threshold_ms.load(Ordering::Relaxed));
             Pending::Ready(reply(proto, |w| {

@@ -89,7 +89,6 @@ pub(crate) fn route(info: &CommandInfo, mode: Mode) -> CommandRoute {
         | "cluster|help" => CommandRoute::Local,
         n if n.starts_with("cluster|") => CommandRoute::Refused(MANAGED_TOPOLOGY),
         "config|set" | "config|get" | "config|rewrite" | "config|help" | "config|resetstat" => CommandRoute::Local,
-        "latency|graph" => CommandRoute::NotYet,
         n if n.starts_with("slowlog|") || n.starts_with("latency|") => CommandRoute::Local,
         "debug" | "shutdown" | "replicaof" | "slaveof" | "sync" | "psync" | "save" | "bgsave" | "bgrewriteaof"
         | "failover" | "pfdebug" | "pfselftest" => CommandRoute::Refused(MANAGED_NODES),

@@ -10,14 +10,13 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Hub, RelayReady};
-use crate::backend::{NodeAccess, NodeStream};
-use crate::resp::{array_items, bulk_bytes, encode_command, frame_len};
+use crate::backend::{AdminConn, AdminError};
+use crate::resp::{array_items, bulk_bytes};
 
 /// The one pattern the relay subscribes to on each shard: both notification families.
 const RELAY_PATTERN: &[u8] = b"__key*__:*";
@@ -25,73 +24,6 @@ const RELAY_PATTERN: &[u8] = b"__key*__:*";
 const PRIMARY_CHECK: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Why talking to a Redis node for pub/sub failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub(crate) enum RelayError {
-    #[error("Redis node {addr} is unreachable ({reason})")]
-    Unreachable { addr: String, reason: String },
-    #[error("connection to Redis node {addr} was lost")]
-    Lost { addr: String },
-    #[error("Redis node {addr} did not answer in time")]
-    Timeout { addr: String },
-    #[error("Redis node {addr} sent an unexpected reply")]
-    BadReply { addr: String },
-    /// Redis answered with an error.
-    #[error("Redis node {addr} refused: {message}")]
-    Refused { addr: String, message: String },
-}
-
-/// One connection to a Redis node, outside the pooled backends: it ends up subscribed.
-struct NodeConn {
-    addr: String,
-    stream: NodeStream,
-    buf: BytesMut,
-}
-
-impl NodeConn {
-    async fn connect(addr: &str, timeout: Duration, access: &NodeAccess) -> Result<NodeConn, RelayError> {
-        let unreachable = |reason: String| RelayError::Unreachable { addr: addr.to_string(), reason };
-        let stream = access.connect(addr, timeout).await.map_err(unreachable)?;
-        Ok(NodeConn { addr: addr.to_string(), stream, buf: BytesMut::with_capacity(16 * 1024) })
-    }
-
-    async fn send(&mut self, args: &[&[u8]]) -> Result<(), RelayError> {
-        let lost = |_| RelayError::Lost { addr: self.addr.clone() };
-        self.stream.write_all(&encode_command(args)).await.map_err(lost)
-    }
-
-    /// The next whole frame. Cancel-safe: bytes read stay buffered for the next call.
-    async fn read_frame(&mut self) -> Result<Bytes, RelayError> {
-        loop {
-            match frame_len(&self.buf) {
-                Ok(Some(len)) => return Ok(self.buf.split_to(len).freeze()),
-                Ok(None) => {}
-                Err(_) => return Err(RelayError::BadReply { addr: self.addr.clone() }),
-            }
-            if self.buf.capacity() - self.buf.len() < 4096 {
-                self.buf.reserve(16 * 1024);
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Err(RelayError::Lost { addr: self.addr.clone() }),
-                Ok(_) => {}
-            }
-        }
-    }
-
-    /// Sends one command and returns its reply, refusing an error reply.
-    async fn call(&mut self, args: &[&[u8]], timeout: Duration) -> Result<Bytes, RelayError> {
-        self.send(args).await?;
-        let reply = tokio::time::timeout(timeout, self.read_frame())
-            .await
-            .map_err(|_| RelayError::Timeout { addr: self.addr.clone() })??;
-        if let Some(message) = reply.strip_prefix(b"-") {
-            let message = String::from_utf8_lossy(message).trim_end().to_string();
-            return Err(RelayError::Refused { addr: self.addr.clone(), message });
-        }
-        Ok(reply)
-    }
-}
 
 /// `(channel, message)` of a `pmessage` frame.
 fn pmessage(frame: &Bytes) -> Option<(Bytes, Bytes)> {
@@ -185,16 +117,16 @@ async fn follow_shard(hub: Weak<Hub>, shard: usize, count: Arc<watch::Sender<usi
 }
 
 /// Follows `shard`'s current primary until the connection fails or the primary changes.
-async fn follow_primary(hub: &Weak<Hub>, shard: usize, count: &Arc<watch::Sender<usize>>) -> Result<Ended, RelayError> {
+async fn follow_primary(hub: &Weak<Hub>, shard: usize, count: &Arc<watch::Sender<usize>>) -> Result<Ended, AdminError> {
     let Some((addr, timeout, access)) =
         hub.upgrade().map(|hub| (hub.shards[shard].primary(), hub.timeout, hub.access.clone()))
     else {
         return Ok(Ended::ProxyGone);
     };
-    let mut conn = NodeConn::connect(&addr, timeout, &access).await?;
-    let confirmation = conn.call(&[b"PSUBSCRIBE", RELAY_PATTERN], timeout).await?;
+    let mut conn = AdminConn::connect(&addr, timeout, &access).await?;
+    let confirmation = conn.call(&[b"PSUBSCRIBE", RELAY_PATTERN]).await?;
     if array_items(&confirmation).is_none_or(|items| items.len() != 3) {
-        return Err(RelayError::BadReply { addr });
+        return Err(AdminError::BadReply { addr });
     }
     let _following = Following::new(count);
     let mut check = tokio::time::interval(PRIMARY_CHECK);

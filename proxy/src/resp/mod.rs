@@ -553,13 +553,19 @@ pub fn decode_resp2(raw: &Bytes) -> anyhow::Result<redis_protocol::resp2::types:
     }
 }
 
-/// The raw bytes of each element of an array reply (`*n` or RESP3 `~n`/`%n` flattened), or
-/// `None` if `reply` is not an array.
+/// The text of a status or integer reply (`+OK\r\n`, `:42\r\n`); `None` for anything else.
+pub fn line_payload(frame: &[u8]) -> Option<&[u8]> {
+    let rest = frame.strip_prefix(b"+").or_else(|| frame.strip_prefix(b":"))?;
+    rest.strip_suffix(b"\r\n")
+}
+
 /// The value of `name` in an `INFO` reply's text.
 pub fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
     info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim_end)
 }
 
+/// The raw bytes of each element of an array reply (`*n` or RESP3 `~n`/`%n` flattened), or
+/// `None` if `reply` is not an array.
 pub fn array_items(reply: &Bytes) -> Option<Vec<Bytes>> {
     let header_end = find_crlf(reply, 1)?;
     let count = match reply.first()? {

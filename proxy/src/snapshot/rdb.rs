@@ -26,8 +26,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use tokio::task::JoinSet;
 
-use crate::backend::{random_secret, NodeAccess, NodeStream};
-use crate::resp::{encode_command, info_field, parse_int, Limits, RequestParser};
+use crate::backend::{random_secret, AdminConn, AdminError, NodeAccess, NodeStream};
+use crate::resp::{bulk_payload, encode_command, info_field, line_payload, parse_int, Limits, RequestParser};
 
 /// `REDIS` + a 4-digit version: how every RDB starts.
 const HEADER_LEN: usize = 9;
@@ -41,8 +41,8 @@ const EOF_OPCODE: u8 = 0xFF;
 const EOF_MARK_LEN: usize = 40;
 /// Longest reply line accepted, so garbage from the peer cannot grow memory.
 const MAX_LINE: u64 = 64 * 1024;
-/// Largest bulk reply accepted on the control connection (`INFO` is a few KiB).
-const MAX_BULK: usize = 16 << 20;
+/// Largest reply accepted on the control connection (`INFO` is a few KiB).
+const MAX_CONTROL_REPLY: usize = 16 << 20;
 /// How much of a file or stream is handled at once.
 const CHUNK: usize = 64 * 1024;
 /// How often `load` asks the node whether it has loaded the RDB.
@@ -105,7 +105,7 @@ pub(crate) async fn fetch(
     let started = Instant::now();
     let mut conn = connect(addr, timeout, access).await?;
     // Plain SYNC, without `REPLCONF capa eof`, so the node sends a sized, disk-based payload.
-    within(timeout, "the node to take SYNC", conn.get_mut().write_all(&encode_command(&["SYNC"]))).await?;
+    within(timeout, "the node to take SYNC", send_all(conn.get_mut(), &encode_command(&["SYNC"]))).await?;
     let payload = loop {
         // Lone newlines keep the link alive while the node writes its RDB.
         let line = read_line(&mut conn, timeout, "the node to start sending its RDB").await?;
@@ -166,16 +166,16 @@ pub(crate) async fn load(
     let (file, len) = open_verified(path).await?;
     let listener = TcpListener::bind((serve_ip, 0)).await?;
     let port = listener.local_addr()?.port();
-    let mut control = Control::connect(addr, timeout, access).await?;
+    let mut control = AdminConn::connect(addr, timeout, access).await?.with_max_reply(MAX_CONTROL_REPLY);
     let secret = random_secret();
     let one_time = ["CONFIG", "SET", "masteruser", LOAD_USER, "masterauth", &secret];
-    if let Err(e) = control.expect_ok(&one_time).await {
+    if let Err(e) = expect_ok(&mut control, &one_time).await {
         return Err(match e {
             RdbError::Redis(refused) => RdbError::Redis(format!("setting the one-time credential refused: {refused}")),
             other => other,
         });
     }
-    let result = match control.expect_ok(&["REPLICAOF", &serve_ip.to_string(), &port.to_string()]).await {
+    let result = match expect_ok(&mut control, &["REPLICAOF", &serve_ip.to_string(), &port.to_string()]).await {
         // The node refused: it still follows whatever it followed, leave it be.
         Err(RdbError::Redis(refused)) => return Err(RdbError::Redis(format!("REPLICAOF refused: {refused}"))),
         Err(e) => Err(e),
@@ -203,7 +203,7 @@ struct Serving {
 /// Everything `load` does once the node was told to follow `listener`: answer its handshake,
 /// send the file, wait until it has loaded it, and make it a primary again.
 async fn serve_rdb(
-    control: &mut Control,
+    control: &mut AdminConn,
     Serving { listener, acceptor }: Serving,
     file: tokio::fs::File,
     len: u64,
@@ -262,7 +262,7 @@ async fn serve_rdb(
 /// Sends the RDB to the node that authenticated, waits until it has loaded it, and makes it a
 /// primary again.
 async fn send_and_wait(
-    control: &mut Control,
+    control: &mut AdminConn,
     replica: &mut Box<dyn PeerStream>,
     request: SyncRequest,
     mut file: tokio::fs::File,
@@ -276,6 +276,7 @@ async fn send_and_wait(
     }
     preamble.extend_from_slice(format!("${len}\r\n").as_bytes());
     within(timeout, "the node to take the RDB", replica.write_all(&preamble)).await?;
+    // Written on with the payload; flushed once it is all written.
     let mut buf = vec![0; CHUNK];
     let mut left = len;
     while left > 0 {
@@ -287,8 +288,9 @@ async fn send_and_wait(
         within(timeout, "the node to take the RDB", replica.write_all(&buf[..n])).await?;
         left -= n as u64;
     }
+    within(timeout, "the node to take the RDB", replica.flush()).await?;
     wait_until_loaded(control, replica, port, timeout).await?;
-    control.expect_ok(&["REPLICAOF", "NO", "ONE"]).await
+    expect_ok(control, &["REPLICAOF", "NO", "ONE"]).await
 }
 
 /// What the replica asked for at the end of its handshake.
@@ -342,7 +344,7 @@ async fn replica_handshake(
                 Some("replconf") => b"+OK\r\n",
                 _ => b"-ERR unknown command\r\n",
             };
-            within(timeout, "the node to read the handshake", replica.write_all(answer)).await?;
+            within(timeout, "the node to read the handshake", send_all(replica, answer)).await?;
         }
         if within(timeout, "the node's replication handshake", replica.read_buf(&mut buf)).await? == 0 {
             return Err(closed_early("the node closed the replication link during its handshake"));
@@ -358,7 +360,7 @@ fn same_secret(presented: &[u8], expected: &[u8]) -> bool {
 /// Waits until the node reports its link to us up, which it does once the RDB is loaded,
 /// meanwhile discarding what it sends on the replication link (`REPLCONF ACK`s).
 async fn wait_until_loaded(
-    control: &mut Control,
+    control: &mut AdminConn,
     replica: &mut Box<dyn PeerStream>,
     port: u16,
     timeout: Duration,
@@ -376,7 +378,7 @@ async fn wait_until_loaded(
                 }
             }
             _ = poll.tick() => {
-                let info = control.info().await?;
+                let info = info(control).await?;
                 if info_field(&info, "master_link_status") == Some("up") && info_field(&info, "master_port") == Some(&port) {
                     return Ok(());
                 }
@@ -398,7 +400,7 @@ async fn wait_until_loaded(
 /// retrying a listener that is gone. A fresh connection, as the old one may be mid-reply.
 async fn detach(addr: &str, timeout: Duration, access: &NodeAccess) {
     let detached =
-        async { Control::connect(addr, timeout, access).await?.expect_ok(&["REPLICAOF", "NO", "ONE"]).await };
+        async { expect_ok(&mut AdminConn::connect(addr, timeout, access).await?, &["REPLICAOF", "NO", "ONE"]).await };
     if let Err(e) = detached.await {
         tracing::warn!(addr, error = %e, "could not send REPLICAOF NO ONE after a failed RDB load");
     }
@@ -698,8 +700,9 @@ async fn within<T>(
     }
 }
 
+/// An authenticated connection for `SYNC`, whose reply is the replication stream.
 async fn connect(addr: &str, timeout: Duration, access: &NodeAccess) -> Result<BufReader<NodeStream>, RdbError> {
-    let stream = access.connect(addr, timeout).await.map_err(RdbError::Unreachable)?;
+    let stream = AdminConn::connect(addr, timeout, access).await?.into_stream();
     Ok(BufReader::with_capacity(CHUNK, stream))
 }
 
@@ -715,6 +718,13 @@ async fn accept(
         Some(acceptor) => Box::new(within(timeout, "the node's TLS handshake", acceptor.accept(tcp)).await?),
         None => Box::new(tcp),
     })
+}
+
+/// Writes `bytes` and flushes them: over TLS the last records of a write may otherwise stay in
+/// the stream until the next write, while the peer waits for them (`backend::admin`).
+async fn send_all(stream: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 /// Reads one line, without its `\n` or `\r\n`; bounded in length.
@@ -744,65 +754,33 @@ fn shown(bytes: &[u8]) -> String {
     format!("{text:?}")
 }
 
-/// A reply on the control connection that is not an error.
-#[derive(Debug)]
-enum Reply {
-    /// A status or integer reply, as text.
-    Line(String),
-    /// A bulk string (`None` for nil).
-    Bulk(Option<Vec<u8>>),
+/// Sends `args`, which the node must answer `+OK…` (`REPLICAOF` may say `+OK Already
+/// connected to specified master`).
+async fn expect_ok(control: &mut AdminConn, args: &[&str]) -> Result<(), RdbError> {
+    let reply = control.call(args).await?;
+    match line_payload(&reply) {
+        Some(status) if status.starts_with(b"OK") => Ok(()),
+        _ => Err(RdbError::Redis(format!("{} answered {}", args.join(" "), shown(&reply)))),
+    }
 }
 
-/// A plain client connection to the node, for the few commands `load` sends.
-struct Control {
-    conn: BufReader<NodeStream>,
-    timeout: Duration,
+/// The node's `INFO`, as text.
+async fn info(control: &mut AdminConn) -> Result<String, RdbError> {
+    let reply = control.call(&["INFO"]).await?;
+    match bulk_payload(&reply) {
+        Some(info) => Ok(String::from_utf8_lossy(info).into_owned()),
+        None => Err(RdbError::Redis(format!("INFO answered {}", shown(&reply)))),
+    }
 }
 
-impl Control {
-    async fn connect(addr: &str, timeout: Duration, access: &NodeAccess) -> Result<Control, RdbError> {
-        Ok(Control { conn: connect(addr, timeout, access).await?, timeout })
-    }
-
-    async fn call(&mut self, args: &[&str]) -> Result<Reply, RdbError> {
-        within(self.timeout, "the node to take a command", self.conn.get_mut().write_all(&encode_command(args)))
-            .await?;
-        self.read_reply().await
-    }
-
-    async fn read_reply(&mut self) -> Result<Reply, RdbError> {
-        let line = read_line(&mut self.conn, self.timeout, "the node's reply").await?;
-        match line.split_first() {
-            Some((b'+' | b':', text)) => Ok(Reply::Line(String::from_utf8_lossy(text).into_owned())),
-            Some((b'-', error)) => Err(RdbError::Redis(String::from_utf8_lossy(error).into_owned())),
-            Some((b'$', len)) => {
-                match parse_int(len).map(|n| (n, usize::try_from(n).ok().filter(|n| *n <= MAX_BULK))) {
-                    Some((-1, _)) => Ok(Reply::Bulk(None)),
-                    Some((_, Some(len))) => {
-                        let mut data = vec![0; len + 2];
-                        within(self.timeout, "the node's reply", self.conn.read_exact(&mut data)).await?;
-                        data.truncate(len);
-                        Ok(Reply::Bulk(Some(data)))
-                    }
-                    _ => Err(RdbError::Redis(format!("unexpected bulk length in {}", shown(&line)))),
-                }
-            }
-            _ => Err(RdbError::Redis(format!("unexpected reply {}", shown(&line)))),
-        }
-    }
-
-    async fn expect_ok(&mut self, args: &[&str]) -> Result<(), RdbError> {
-        match self.call(args).await? {
-            // `REPLICAOF` may say `+OK Already connected to specified master`.
-            Reply::Line(status) if status.starts_with("OK") => Ok(()),
-            other => Err(RdbError::Redis(format!("{} answered {other:?}", args.join(" ")))),
-        }
-    }
-
-    async fn info(&mut self) -> Result<String, RdbError> {
-        match self.call(&["INFO"]).await? {
-            Reply::Bulk(Some(info)) => Ok(String::from_utf8_lossy(&info).into_owned()),
-            other => Err(RdbError::Redis(format!("INFO answered {other:?}"))),
+impl From<AdminError> for RdbError {
+    fn from(error: AdminError) -> Self {
+        match error {
+            AdminError::Refused { message, .. } => RdbError::Redis(message),
+            AdminError::Timeout { .. } => RdbError::Timeout("the node's reply"),
+            AdminError::Unreachable { reason, .. } => RdbError::Unreachable(reason),
+            AdminError::Lost { .. } => closed_early("the node closed the connection"),
+            bad @ AdminError::BadReply { .. } => RdbError::Redis(bad.to_string()),
         }
     }
 }
@@ -820,6 +798,12 @@ pub(super) mod tests {
     use crate::backend::BackendAuth;
 
     pub(in crate::snapshot) const T: Duration = Duration::from_secs(10);
+
+    /// A status, integer or bulk reply as text.
+    fn reply_text(reply: &[u8]) -> String {
+        let text = line_payload(reply).or_else(|| bulk_payload(reply)).unwrap_or_default();
+        String::from_utf8_lossy(text).into_owned()
+    }
 
     /// A `redis-server` on a free loopback port in its own temp dir, killed by pid on drop.
     pub(in crate::snapshot) struct Node {
@@ -863,15 +847,14 @@ pub(super) mod tests {
             std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
         }
 
-        async fn control(&self) -> Control {
-            Control::connect(&self.addr(), T, &NodeAccess::default()).await.unwrap()
+        async fn control(&self) -> AdminConn {
+            AdminConn::connect(&self.addr(), T, &NodeAccess::default()).await.unwrap()
         }
 
         /// A status, integer or bulk reply as text.
         pub(in crate::snapshot) async fn cmd(&self, args: &[&str]) -> String {
             match self.control().await.call(args).await {
-                Ok(Reply::Line(line)) => line,
-                Ok(Reply::Bulk(bulk)) => String::from_utf8(bulk.unwrap_or_default()).unwrap(),
+                Ok(reply) => reply_text(&reply),
                 Err(e) => panic!("{args:?} on {}: {e}", self.port),
             }
         }
@@ -881,7 +864,7 @@ pub(super) mod tests {
         }
 
         async fn info(&self, name: &str) -> Option<String> {
-            let info = self.control().await.info().await.unwrap();
+            let info = info(&mut self.control().await).await.unwrap();
             info_field(&info, name).map(str::to_owned)
         }
 
@@ -889,9 +872,9 @@ pub(super) mod tests {
         pub(in crate::snapshot) async fn pipeline(&self, commands: &[Vec<String>]) {
             let mut control = self.control().await;
             let batch: Vec<u8> = commands.iter().flat_map(|c| encode_command(c).to_vec()).collect();
-            control.conn.get_mut().write_all(&batch).await.unwrap();
+            control.send_raw(&batch).await.unwrap();
             for command in commands {
-                if let Err(e) = control.read_reply().await {
+                if let Err(e) = control.reply().await {
                     panic!("{command:?}: {e}");
                 }
             }
@@ -1221,10 +1204,10 @@ pub(super) mod tests {
         let addr = target.addr();
         let load_access = access.clone();
         let load = tokio::spawn(async move { load(&addr, &path, "127.0.0.1".parse().unwrap(), T, &load_access).await });
-        let mut control = Control::connect(&target.addr(), T, &access).await.unwrap();
+        let mut control = AdminConn::connect(&target.addr(), T, &access).await.unwrap();
         let started = Instant::now();
         let port = loop {
-            let info = control.info().await.unwrap();
+            let info = info(&mut control).await.unwrap();
             if let Some(port) = info_field(&info, "master_port") {
                 break port.parse::<u16>().unwrap();
             }
@@ -1238,12 +1221,9 @@ pub(super) mod tests {
         let got = probed.expect("the probe reached the serving port while the load ran");
         assert!(got.is_empty() || got == b"-NOAUTH Authentication required.\r\n", "the probe got {:?}", shown(&got));
         drop(silent);
-        let digest_after = match control.call(&["DEBUG", "DIGEST"]).await.unwrap() {
-            Reply::Line(line) => line,
-            other => panic!("DEBUG DIGEST answered {other:?}"),
-        };
+        let digest_after = reply_text(&control.call(&["DEBUG", "DIGEST"]).await.unwrap());
         assert_eq!(digest_after, digest);
-        assert_eq!(info_field(&control.info().await.unwrap(), "role"), Some("master"));
+        assert_eq!(info_field(&info(&mut control).await.unwrap(), "role"), Some("master"));
     }
 
     /// The serving port's TLS side as `load` runs it under `[backend] tls`: a peer in plain TCP

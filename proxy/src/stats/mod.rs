@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub(crate) use histogram::LatencyHistogram;
-pub(crate) use latency::{EventSeries, LatencyMonitor, Sample as LatencySample};
+pub(crate) use latency::{graph as latency_graph, EventSeries, LatencyMonitor, Sample as LatencySample};
 pub(crate) use memory::ShardMemory;
 pub(crate) use slowlog::{unix_seconds, SlowLog};
 
