@@ -381,8 +381,10 @@ impl<S: JournalStream> Journaler<S> {
         }
         if self.journal.is_none() {
             // Only routing: Redis runs the transaction itself, on the apply connection, in the
-            // client's database (selected around it: inside, SELECT would be queued).
+            // client's database (selected before it: inside, SELECT would be queued), its own
+            // SELECTs included; the connection goes back to database 0 after it.
             let db = std::mem::take(&mut segment.db);
+            let selects = commands.iter().any(|queued| queued.answer.is_some());
             let silent = || oneshot::channel().0;
             if db != 0 {
                 segment.push(crate::databases::select(db), false, silent(), None, true);
@@ -392,7 +394,7 @@ impl<S: JournalStream> Journaler<S> {
                 segment.push(queued.request.raw, false, silent(), None, true);
             }
             segment.push(Bytes::from_static(b"*1\r\n$4\r\nEXEC\r\n"), false, reply, None, false);
-            if db != 0 {
+            if db != 0 || selects {
                 segment.push(Bytes::from_static(crate::databases::SELECT_0), false, silent(), None, true);
             }
         } else {
