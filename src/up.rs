@@ -52,8 +52,8 @@ pub struct UpArgs {
     pub port: u16,
     /// What the endpoint presents itself as: `cluster` (a Redis Cluster of --shards shards) or
     /// `standalone` (a standalone Redis in front of one shard: `redis_mode:standalone`,
-    /// `CLUSTER` commands refused as a Redis without cluster support refuses them; database 0
-    /// only, for now).
+    /// `CLUSTER` commands refused as a Redis without cluster support refuses them; databases
+    /// 0–15 with `SELECT`, `MOVE`, `SWAPDB`).
     #[arg(long, default_value = "cluster", value_parser = parse_mode)]
     pub mode: Mode,
     /// Number of Redis shards; the 16384 slots are split evenly between them. Default: 3, and

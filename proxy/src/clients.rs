@@ -29,6 +29,9 @@ pub(crate) struct ClientHandle {
     pub lib_name: Mutex<Option<String>>,
     pub lib_version: Mutex<Option<String>>,
     proto: AtomicU8,
+    /// The database the client selected (`SELECT`; always 0 in cluster mode), for `db=` and for
+    /// where its commands run.
+    db: AtomicU8,
     /// Cancelled by `CLIENT KILL`: the session stops at once.
     pub kill: CancellationToken,
     /// True while the client waits in a blocking command or a `CLIENT PAUSE` (`flags=b`).
@@ -66,6 +69,7 @@ impl ClientHandle {
             lib_name: Mutex::new(None),
             lib_version: Mutex::new(None),
             proto: AtomicU8::new(2),
+            db: AtomicU8::new(0),
             kill: CancellationToken::new(),
             blocked: AtomicBool::new(false),
             multi: AtomicI64::new(-1),
@@ -92,6 +96,15 @@ impl ClientHandle {
     /// Publishes how many commands the client has queued in MULTI (None: not in MULTI).
     pub(crate) fn show_queued(&self, queued: Option<usize>) {
         self.multi.store(queued.map_or(-1, |n| n as i64), Ordering::Relaxed);
+    }
+
+    /// The database the client's commands run in.
+    pub(crate) fn db(&self) -> u8 {
+        self.db.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_db(&self, db: u8) {
+        self.db.store(db, Ordering::Relaxed);
     }
 
     pub(crate) fn set_proto(&self, proto: Proto) {
@@ -125,7 +138,7 @@ impl ClientHandle {
         }
         let age = now.duration_since(self.connected_at).as_secs();
         format!(
-            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir={} resp={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir={} resp={}",
             self.id,
             self.addr,
             self.local_addr,
@@ -134,6 +147,7 @@ impl ClientHandle {
             age,
             age.saturating_sub(self.last_command_ms.load(Ordering::Relaxed) / 1000),
             flags,
+            self.db(),
             subscriptions.channels,
             subscriptions.patterns,
             subscriptions.shard_channels,

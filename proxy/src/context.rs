@@ -77,7 +77,8 @@ impl ClientCtx {
     pub(crate) fn unwatch(&mut self) {
         if let Some(watching) = self.watching.take() {
             let reply = tokio::sync::oneshot::channel().0;
-            let write = SequencerRequest { proto: self.proto(), op: SequencerOp::Unwatch(watching.watch), reply };
+            let write =
+                SequencerRequest { proto: self.proto(), db: 0, op: SequencerOp::Unwatch(watching.watch), reply };
             // A full queue drops it: the registry forgets a watch once its client dropped it.
             self.proxy.shards[watching.shard].sequencer.try_submit(write);
         }
@@ -105,6 +106,8 @@ pub(crate) struct Multi {
     pub(crate) slot_key: Option<Bytes>,
     /// The ACL generation when MULTI began: EXEC checks the commands again if it changed.
     pub(crate) acl_generation: u64,
+    /// The database the next queued command runs in (a queued `SELECT` changes it).
+    pub(crate) db: u8,
 }
 
 /// The client's watch, on the shard its watched keys live on.

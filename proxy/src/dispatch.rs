@@ -88,12 +88,12 @@ fn refusal(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> O
 /// Queues, runs, forwards or refuses a command that passed the checks; true if refused.
 async fn run(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> (Pending, bool) {
     if ctx.multi.is_some() && commands::transaction::is_queued(&info.name) {
-        ctx.proxy.monitors.feed(ctx.client.addr, request, info);
+        ctx.proxy.monitors.feed(ctx.client.db(), ctx.client.addr, request, info);
         return (commands::transaction::queue(ctx, request, info).await, false);
     }
     let route = commands::route(info, ctx.proxy.cfg.mode);
     if matches!(route, CommandRoute::Forward | CommandRoute::Local | CommandRoute::Fails(_)) {
-        ctx.proxy.monitors.feed(ctx.client.addr, request, info);
+        ctx.proxy.monitors.feed(ctx.client.db(), ctx.client.addr, request, info);
     }
     match route {
         CommandRoute::Forward => (forward(ctx, request, info).await, false),

@@ -13,7 +13,8 @@
 //! It is not Redis's eviction to the byte: the limit is checked against a reading at most
 //! [`READ_EVERY`] old plus what was journaled since, eviction runs beside the writes instead of
 //! before each one (a burst can pass the limit by what arrives while the evictor works), and a
-//! key written between its sampling and its `DEL` is evicted all the same.
+//! key written between its sampling and its `DEL` is evicted all the same. A standalone
+//! endpoint's databases are evicted from in turn, a round each (Redis samples them all at once).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub(crate) struct Deletes {
     pub(crate) sequencer: Sequencer,
     pub(crate) del: Arc<CommandInfo>,
     pub(crate) tracker: Arc<Tracker>,
+    /// The databases keys are evicted from: 1 (cluster mode), or 16 (standalone).
+    pub(crate) databases: u8,
 }
 
 /// One shard's evictor.
@@ -70,6 +73,9 @@ pub(crate) struct Evictor {
     cursor: Bytes,
     /// An evicted key is invalidated for the clients tracking it, as Redis's eviction does.
     tracker: Arc<Tracker>,
+    /// The database this round evicts from (`databases`: the next round takes the next one).
+    db: u8,
+    databases: u8,
 }
 
 /// Why an eviction round stopped early.
@@ -90,10 +96,11 @@ impl Evictor {
         memory: Arc<ShardMemory>,
         params: Arc<LiveGroup>,
     ) {
-        let Deletes { sequencer, del, tracker } = deletes;
+        let Deletes { sequencer, del, tracker, databases } = deletes;
         let conn = BackendConn::follow(target.clone(), Role::Read, Proto::Resp2, opts);
         let cursor = Bytes::from_static(b"0");
-        let evictor = Evictor { shard, conn, target, sequencer, memory, params, del, cursor, tracker };
+        let evictor =
+            Evictor { shard, conn, target, sequencer, memory, params, del, cursor, tracker, db: 0, databases };
         tokio::spawn(evictor.run());
     }
 
@@ -158,8 +165,16 @@ impl Evictor {
             if excess == 0 {
                 break;
             }
-            let mut candidates =
-                if volatile_only { self.volatile_keys(wanted).await? } else { self.any_keys(wanted).await? };
+            let mut candidates = Vec::new();
+            // The first database (from this round's on) that has keys the policy may take.
+            for _ in 0..self.databases {
+                candidates =
+                    if volatile_only { self.volatile_keys(wanted).await? } else { self.any_keys(wanted).await? };
+                if !candidates.is_empty() {
+                    break;
+                }
+                self.next_database();
+            }
             candidates.sort();
             candidates.dedup();
             self.memory.set_exhausted(candidates.is_empty());
@@ -181,14 +196,23 @@ impl Evictor {
             }
             let keys = victims.len();
             let deleted = self.delete(victims).await?;
-            tracing::debug!(shard = self.shard, excess, keys, deleted, freed, "evicted");
+            tracing::debug!(shard = self.shard, db = self.db, excess, keys, deleted, freed, "evicted");
             self.memory.evicted(deleted, freed);
             evicted += deleted;
+            self.next_database();
         }
         if evicted > 0 {
             metrics::counter!("memlog_evicted_keys_total", "shard" => self.shard.to_string()).increment(evicted);
         }
         Ok(evicted)
+    }
+
+    /// Moves the next round to the next database (a new search for keys with an expiry there).
+    fn next_database(&mut self) {
+        if self.databases > 1 {
+            self.db = (self.db + 1) % self.databases;
+            self.cursor = Bytes::from_static(b"0");
+        }
     }
 
     /// `samples` random keys (`RANDOMKEY`), memlog's own left out.
@@ -261,7 +285,7 @@ impl Evictor {
         let request = Request::from_args(&args);
         let (reply, answer) = oneshot::channel();
         let op = SequencerOp::Write { request, command: Some(self.del.clone()) };
-        self.sequencer.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;
+        self.sequencer.submit(SequencerRequest { proto: Proto::Resp2, db: self.db, op, reply }).await;
         let answer = answer.await;
         // Told whatever the answer: an outcome that is unknown may have evicted them.
         self.tracker.changed(Change::Keys { writer: None, keys });
@@ -275,22 +299,26 @@ impl Evictor {
         }
     }
 
+    /// One command, in this round's database.
     async fn call<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Bytes, EvictError> {
-        match self.conn.call(args).await {
+        match self.conn.call_in_db(self.db, &encode_command(args)).await {
             Ok(reply) if reply.starts_with(b"-") => Err(EvictError::Node(shown(&reply))),
             Ok(reply) => Ok(reply),
             Err(e) => Err(EvictError::Node(e.to_string())),
         }
     }
 
-    /// Several commands in one round trip; each reply, errors included.
+    /// Several commands in one round trip, in this round's database (selected around them, so
+    /// the connection is back in database 0 after); each reply, errors included.
     async fn batch(&self, commands: &[Vec<Bytes>]) -> Result<Vec<Bytes>, EvictError> {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
         let mut requests = BytesMut::new();
         commands.iter().for_each(|args| requests.extend_from_slice(&encode_command(args)));
-        self.conn.call_batch(requests.freeze(), commands.len()).await.map_err(|e| EvictError::Node(e.to_string()))
+        let (batch, added) = crate::databases::batch_in(self.db, requests.freeze());
+        let replies = self.conn.call_batch(batch, commands.len() + added).await;
+        Ok(crate::databases::batch_replies(self.db, replies.map_err(|e| EvictError::Node(e.to_string()))?))
     }
 }
 

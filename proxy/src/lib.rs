@@ -17,6 +17,7 @@ mod clients;
 mod commands;
 pub mod config;
 mod context;
+mod databases;
 mod dispatch;
 mod eviction;
 mod failover;

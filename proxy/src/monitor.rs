@@ -41,14 +41,14 @@ impl Monitors {
         self.count.load(Ordering::Acquire) > 0 && self.clients.contains_key(&client)
     }
 
-    /// Shows a command that `from` sent to every monitoring client. Admin commands are not
+    /// Shows a command that `from` sent in database `db` to every monitoring client. Admin commands are not
     /// shown, as in Redis (they may carry secrets), and the arguments of `AUTH` and `HELLO …
     /// AUTH` are redacted.
-    pub(crate) fn feed(&self, from: SocketAddr, request: &Request, info: &CommandInfo) {
+    pub(crate) fn feed(&self, db: u8, from: SocketAddr, request: &Request, info: &CommandInfo) {
         if self.count.load(Ordering::Acquire) == 0 || info.flags.admin {
             return;
         }
-        let line = monitor_line(SystemTime::now(), from, &request.args, redacted(&info.name, &request.args));
+        let line = monitor_line(SystemTime::now(), db, from, &request.args, redacted(&info.name, &request.args));
         for client in self.clients.iter() {
             client.push(line.clone());
         }
@@ -67,12 +67,12 @@ fn redacted(name: &str, args: &[Bytes]) -> Vec<usize> {
     }
 }
 
-/// One MONITOR line: `+<seconds>.<microseconds> [0 <ip:port>] "arg" …`, each argument quoted
+/// One MONITOR line: `+<seconds>.<microseconds> [<db> <ip:port>] "arg" …`, each argument quoted
 /// and escaped as Redis's `sdscatrepr` does.
-fn monitor_line(at: SystemTime, from: SocketAddr, args: &[Bytes], redacted: Vec<usize>) -> Bytes {
+fn monitor_line(at: SystemTime, db: u8, from: SocketAddr, args: &[Bytes], redacted: Vec<usize>) -> Bytes {
     let since_epoch = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut line = BytesMut::with_capacity(64 + args.iter().map(|a| a.len() + 3).sum::<usize>());
-    line.put_slice(format!("+{}.{:06} [0 {from}]", since_epoch.as_secs(), since_epoch.subsec_micros()).as_bytes());
+    line.put_slice(format!("+{}.{:06} [{db} {from}]", since_epoch.as_secs(), since_epoch.subsec_micros()).as_bytes());
     for (i, arg) in args.iter().enumerate() {
         line.put_u8(b' ');
         if redacted.contains(&i) {
@@ -118,7 +118,7 @@ mod tests {
     fn lines_are_redis_format_with_every_byte_escaped() {
         let at = UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_042);
         let from: SocketAddr = "127.0.0.1:50123".parse().unwrap();
-        let line = monitor_line(at, from, &args(&[b"SET", b"k \"q\"", b"a\\b\r\n\t\x07\x08\x00\xff"]), Vec::new());
+        let line = monitor_line(at, 0, from, &args(&[b"SET", b"k \"q\"", b"a\\b\r\n\t\x07\x08\x00\xff"]), Vec::new());
         assert_eq!(
             &line[..],
             &b"+1700000000.000042 [0 127.0.0.1:50123] \"SET\" \"k \\\"q\\\"\" \"a\\\\b\\r\\n\\t\\a\\b\\x00\\xff\"\r\n"
@@ -134,7 +134,9 @@ mod tests {
         assert_eq!(redacted("hello", &args(&[b"HELLO", b"3"])), Vec::<usize>::new());
         assert_eq!(redacted("get", &args(&[b"GET", b"auth"])), Vec::<usize>::new());
         let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let line = monitor_line(UNIX_EPOCH, from, &args(&[b"AUTH", b"secret"]), vec![1]);
+        let line = monitor_line(UNIX_EPOCH, 0, from, &args(&[b"AUTH", b"secret"]), vec![1]);
         assert_eq!(&line[..], &b"+0.000000 [0 127.0.0.1:1] \"AUTH\" \"(redacted)\"\r\n"[..]);
+        let line = monitor_line(UNIX_EPOCH, 12, from, &args(&[b"GET", b"k"]), Vec::new());
+        assert_eq!(&line[..], &b"+0.000000 [12 127.0.0.1:1] \"GET\" \"k\"\r\n"[..]);
     }
 }

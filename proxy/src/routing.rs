@@ -77,7 +77,12 @@ impl ClientCtx {
         self.blocks = true;
         // Known to CLIENT UNBLOCK from now on, before the sequencer first tries it.
         self.proxy.shards[shard].sequencer.blocked.insert(self.client.id, blocked.clone());
-        let write = SequencerRequest { proto: self.proto(), op: SequencerOp::Block(blocked), reply: dropped() };
+        let write = SequencerRequest {
+            proto: self.proto(),
+            db: self.client.db(),
+            op: SequencerOp::Block(blocked),
+            reply: dropped(),
+        };
         self.proxy.shards[shard].sequencer.submit(write).await;
         let (client, lane) = (self.client.clone(), self.lanes.enter(shard, Lane::Apply));
         Pending::Deferred(Box::pin(async move {
@@ -129,7 +134,8 @@ impl ClientCtx {
         }
         let guard = self.lanes.enter(shard, lane);
         let (tx, rx) = oneshot::channel();
-        self.proxy.shards[shard].read_conn(self.proto(), self.client.id).send_when_room(request.raw, tx).await;
+        let conn = self.proxy.shards[shard].read_conn(self.proto(), self.client.id);
+        conn.send_when_room_in_db(self.client.db(), request.raw, tx).await;
         Pending::Backend { rx, _lane: Some(guard) }
     }
 
@@ -144,7 +150,10 @@ impl ClientCtx {
         }
         let guard = self.lanes.enter(shard, Lane::Apply);
         let (tx, rx) = oneshot::channel();
-        self.proxy.shards[shard].sequencer.submit(SequencerRequest { proto: self.proto(), op, reply: tx }).await;
+        self.proxy.shards[shard]
+            .sequencer
+            .submit(SequencerRequest { proto: self.proto(), db: self.client.db(), op, reply: tx })
+            .await;
         Pending::Backend { rx, _lane: Some(guard) }
     }
 

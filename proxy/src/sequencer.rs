@@ -92,6 +92,9 @@ pub(crate) const OOM: &str = "OOM command not allowed when used memory > 'maxmem
 /// Work waiting for its shard's order, from one client.
 pub(crate) struct SequencerRequest {
     pub proto: Proto,
+    /// The client's database (`databases`): what it writes and reads runs there. 0 for the
+    /// proxy's own requests, and always in cluster mode.
+    pub db: u8,
     pub op: SequencerOp,
     /// Where the reply goes (an UNWATCH's is dropped: the proxy answers it itself).
     pub reply: ReplySender,
@@ -169,6 +172,10 @@ pub(crate) struct QueuedCommand {
     pub command: Arc<CommandInfo>,
     /// Journaled (a write), or only applied in order (a read).
     pub write: bool,
+    /// The database it runs in: the client's, or the one a `SELECT` queued before it selects.
+    pub db: u8,
+    /// Answered by the proxy at EXEC, not sent (a `SELECT`, whose effect is `db`).
+    pub answer: Option<Bytes>,
 }
 
 /// What the sequencer needs to journal a shard.
@@ -347,7 +354,7 @@ impl Sequencer {
         let (reply, applied) = oneshot::channel();
         let request = Request::from_args(&[&b"DEL"[..], ADOPTION_MARK_KEY]);
         let op = SequencerOp::Write { request, command: None };
-        self.submit(SequencerRequest { proto: Proto::Resp2, op, reply }).await;
+        self.submit(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply }).await;
         match applied.await {
             Ok(Ok(reply)) if reply.starts_with(b":") => Ok(()),
             Ok(Ok(reply)) => anyhow::bail!("the adoption mark was refused: {}", String::from_utf8_lossy(&reply).trim()),
@@ -467,8 +474,9 @@ struct Item {
 enum ToApplier {
     /// Apply `items` once `append` commits (no append: only reads riding behind writes).
     Batch { append: Option<(AppendFuture, OwnedSemaphorePermit)>, proto: Proto, items: Vec<Item> },
-    /// Run `commands` on the primary once everything before is applied; answer their replies.
-    Probe { commands: Vec<Vec<Bytes>>, done: oneshot::Sender<Result<Vec<Bytes>, BackendError>> },
+    /// Run `commands` on the primary, in database `db`, once everything before is applied;
+    /// answer their replies.
+    Probe { commands: Vec<Vec<Bytes>>, db: u8, done: oneshot::Sender<Result<Vec<Bytes>, BackendError>> },
     /// Replay the journal onto the primary up to `lsn`, then answer.
     CatchUp { lsn: u64, done: oneshot::Sender<()> },
 }

@@ -113,7 +113,8 @@ pub(crate) async fn start(cfg: ProxyConfig) -> anyhow::Result<Proxy> {
     for shard in proxy.shards.iter().filter(|shard| shard.refusal().is_none()) {
         let (target, sequencer, memory) = (shard.target.clone(), shard.sequencer.clone(), shard.memory.clone());
         let live = proxy.parameters.live.clone();
-        let deletes = Deletes { sequencer, del: del.clone(), tracker: proxy.tracker.clone() };
+        let databases = if proxy.cfg.mode == crate::config::Mode::Standalone { crate::databases::COUNT } else { 1 };
+        let deletes = Deletes { sequencer, del: del.clone(), tracker: proxy.tracker.clone(), databases };
         Evictor::spawn(shard.id, target, proxy.backend.clone(), deletes, memory, live);
     }
     Ok(proxy)
@@ -245,7 +246,7 @@ async fn journal_setup(
         writer_id: format!("{host}:{}:{}", std::process::id(), proxy.listen),
         write_wait: Duration::from_millis(cfg.write_wait_ms),
         max_write_bytes: cfg.max_write_bytes,
-        snapshots: proxy.snapshot.as_ref().map(|s| Arc::new(SnapshotSettings::from(s))),
+        snapshots: proxy.snapshot.as_ref().map(|s| Arc::new(SnapshotSettings::new(s, proxy.mode))),
     })
 }
 

@@ -35,7 +35,20 @@ const LAYERS: &[&[&str]] = &[
     &["prepare"],
     &["backend"],
     // The pure core: no I/O.
-    &["normalize", "scripts", "resp", "keys", "table", "config", "router", "params", "stats", "tracking", "units"],
+    &[
+        "normalize",
+        "scripts",
+        "resp",
+        "keys",
+        "databases",
+        "table",
+        "config",
+        "router",
+        "params",
+        "stats",
+        "tracking",
+        "units",
+    ],
 ];
 
 /// One reference from a top-level module to another.

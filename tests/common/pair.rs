@@ -21,24 +21,24 @@ impl Pair {
 
     /// The stock server started with `redis_args` too.
     pub fn start_with(redis_args: &[&str]) -> Pair {
-        Pair::start_as(redis_args, "")
+        Pair::start_as(redis_args, ClusterOptions::default())
     }
 
-    /// A stock server and memlog with `mode = "standalone"`: both are then standalone Redis.
-    pub fn standalone() -> Pair {
-        Pair::start_as(&[], "mode = \"standalone\"\n")
+    /// A stock server and memlog with `mode = "standalone"`: both are then standalone Redis;
+    /// memlog snapshots its shard every `snapshot_every` entries when set.
+    pub fn standalone(snapshot_every: Option<u64>) -> Pair {
+        Pair::start_as(
+            &[],
+            ClusterOptions { proxy_extra: "mode = \"standalone\"\n".into(), snapshot_every, ..Default::default() },
+        )
     }
 
-    /// The stock server started with `redis_args`, memlog with `proxy_extra` in its configuration.
-    fn start_as(redis_args: &[&str], proxy_extra: &str) -> Pair {
+    /// The stock server started with `redis_args`, memlog with `options` (one journal node, one
+    /// shard).
+    fn start_as(redis_args: &[&str], options: ClusterOptions) -> Pair {
         let dir = tempfile::tempdir().unwrap();
         let redis = spawn_redis(dir.path(), redis_args);
-        let memlog = DurableCluster::start(ClusterOptions {
-            journal_nodes: 1,
-            shards: 1,
-            proxy_extra: proxy_extra.into(),
-            ..Default::default()
-        });
+        let memlog = DurableCluster::start(ClusterOptions { journal_nodes: 1, shards: 1, ..options });
         Pair { redis, memlog, _dir: dir }
     }
 

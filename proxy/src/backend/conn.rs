@@ -174,6 +174,32 @@ impl BackendConn {
         rx.await.unwrap_or_else(|_| Err(self.lost()))
     }
 
+    /// A client's request in database `db`, as `send_when_room`: run in the database
+    /// (`databases::batch_in`: the connection is back in database 0 right after it), holding its
+    /// room until the reply arrives. Database 0 is a plain `send_when_room`.
+    pub(crate) async fn send_when_room_in_db(&self, db: u8, request: Bytes, reply: ReplySender) {
+        if db == 0 {
+            return self.send_when_room(request, reply).await;
+        }
+        let Ok(room) = Arc::clone(&self.room).acquire_owned().await else { return };
+        let conn = self.clone();
+        tokio::spawn(async move {
+            let _ = reply.send(conn.call_in_db(db, &request).await);
+            drop(room);
+        });
+    }
+
+    /// Runs `request` in database `db` and waits for its reply.
+    pub(crate) async fn call_in_db(&self, db: u8, request: &[u8]) -> ReplyResult {
+        if db == 0 {
+            let rx = self.send(Bytes::copy_from_slice(request));
+            return rx.await.unwrap_or_else(|_| Err(self.lost()));
+        }
+        let (batch, added) = crate::databases::batch_in(db, Bytes::copy_from_slice(request));
+        let replies = self.call_batch(batch, 1 + added).await?;
+        Ok(crate::databases::batch_replies(db, replies).pop().unwrap_or_default())
+    }
+
     /// Resolves once every reply to requests queued before it has arrived (or failed).
     pub(crate) fn barrier(&self) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();

@@ -38,6 +38,7 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
             // RESET ends tracking too, as Redis's `clearClientConnectionState`.
             d.proxy.tracker.disable(d.client.id);
             set_proto(d, Proto::Resp2);
+            d.client.set_db(0);
             *d.client.name.lock().unwrap() = None;
             *d.client.user.lock().unwrap() = "default".into();
             (d.replies_off, d.skip_next_reply) = (false, false);
@@ -51,9 +52,12 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
             }))
         }
         "select" => match select(d.proxy.cfg.mode, &args[1]) {
-            Ok(()) => ready(&|w| {
-                w.simple("OK");
-            }),
+            Ok(db) => {
+                d.client.set_db(db);
+                ready(&|w| {
+                    w.simple("OK");
+                })
+            }
             Err(error) => Pending::error(error),
         },
         "time" => {
@@ -86,13 +90,13 @@ pub(crate) fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     }
 }
 
-/// `SELECT index`: database 0 is the only one served, in either mode; the errors are those of
-/// Redis 7.0 in the endpoint's mode.
-fn select(mode: Mode, index: &[u8]) -> Result<(), &'static str> {
+/// `SELECT index`: the database selected, or the error of Redis 7.0 in the endpoint's mode (a
+/// Redis Cluster has database 0 only).
+pub(super) fn select(mode: Mode, index: &[u8]) -> Result<u8, &'static str> {
     const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
     match mode {
         Mode::Cluster => match crate::resp::parse_int(index).ok_or(NOT_AN_INTEGER)? {
-            0 => Ok(()),
+            0 => Ok(0),
             _ => Err("ERR SELECT is not allowed in cluster mode"),
         },
         Mode::Standalone => {
@@ -101,11 +105,7 @@ fn select(mode: Mode, index: &[u8]) -> Result<(), &'static str> {
             let index = crate::normalize::string2ll(index).ok_or(NOT_AN_INTEGER)?;
             let index = i32::try_from(index)
                 .map_err(|_| "ERR value is out of range, value must between -2147483648 and 2147483647")?;
-            match index {
-                0 => Ok(()),
-                1..=15 => Err("ERR memlog: databases other than 0 are not supported by this version of memlog yet"),
-                _ => Err("ERR DB index is out of range"),
-            }
+            u8::try_from(index).ok().filter(|&db| db < crate::databases::COUNT).ok_or("ERR DB index is out of range")
         }
     }
 }

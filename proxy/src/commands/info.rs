@@ -10,7 +10,8 @@
 //!   snapshots (`rdb_*`); fork and copy-on-write figures are 0, as memlog forks nothing;
 //! - `replication`: the endpoint is a primary; its replicas are the shards' replicas that
 //!   answer, their offsets the journal positions they applied;
-//! - `keyspace`: `db0` summed over the primaries, without memlog's own key.
+//! - `keyspace`: `db0` (a standalone endpoint: every non-empty `dbN`) summed over the primaries,
+//!   without memlog's own key.
 //!
 //! `INFO memlog` adds the proxy's own section (version, shards), which no default set includes.
 
@@ -539,26 +540,42 @@ fn latencystats(proxy: &Proxy, _: &[(NodeInfo, i64)], s: &mut Section) {
     }
 }
 
-fn keyspace(_: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
-    let (mut keys, mut expires, mut ttl_weighted) = (0i64, 0i64, 0i64);
-    for (info, internal) in nodes {
-        let Some(db0) = info.get("keyspace").and_then(|f| f.iter().find(|(n, _)| n == "db0")) else { continue };
-        let field = |name: &str| -> i64 {
-            db0.1
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        let shard_expires = field("expires");
-        keys += field("keys") - internal;
-        expires += shard_expires;
-        ttl_weighted += field("avg_ttl") * shard_expires;
+fn keyspace(proxy: &Proxy, nodes: &[(NodeInfo, i64)], s: &mut Section) {
+    // A Redis Cluster has database 0 only; a standalone Redis lists each non-empty database.
+    let databases = if proxy.cfg.mode == Mode::Standalone { crate::databases::COUNT } else { 1 };
+    for (name, value) in keyspace_lines(databases, nodes) {
+        s.field(&name, value);
     }
-    if keys > 0 || expires > 0 {
-        let avg_ttl = if expires > 0 { ttl_weighted / expires } else { 0 };
-        s.field("db0", format!("keys={keys},expires={expires},avg_ttl={avg_ttl}"));
+}
+
+/// `dbN:keys=…,expires=…,avg_ttl=…` of the first `databases` databases, summed over the
+/// primaries, without memlog's own key (in database 0); empty databases are left out, as Redis
+/// leaves them out.
+fn keyspace_lines(databases: u8, nodes: &[(NodeInfo, i64)]) -> Vec<(String, String)> {
+    let mut lines = Vec::new();
+    for db in 0..databases {
+        let name = format!("db{db}");
+        let (mut keys, mut expires, mut ttl_weighted) = (0i64, 0i64, 0i64);
+        for (info, internal) in nodes {
+            let Some(line) = info.get("keyspace").and_then(|f| f.iter().find(|(n, _)| *n == name)) else { continue };
+            let field = |field: &str| -> i64 {
+                line.1
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(field).and_then(|v| v.strip_prefix('=')))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let shard_expires = field("expires");
+            keys += field("keys") - if db == 0 { *internal } else { 0 };
+            expires += shard_expires;
+            ttl_weighted += field("avg_ttl") * shard_expires;
+        }
+        if keys > 0 || expires > 0 {
+            let avg_ttl = if expires > 0 { ttl_weighted / expires } else { 0 };
+            lines.push((name, format!("keys={keys},expires={expires},avg_ttl={avg_ttl}")));
+        }
     }
+    lines
 }
 
 fn memlog(proxy: &Proxy, _: &[(NodeInfo, i64)], s: &mut Section) {
@@ -619,6 +636,27 @@ mod tests {
                 ("sha".to_string(), "00000000".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn keyspace_lists_every_non_empty_database_without_memlogs_key() {
+        let (mut a, b) = (
+            node("# Keyspace\r\ndb0:keys=3,expires=1,avg_ttl=100\r\ndb3:keys=2,expires=0,avg_ttl=0\r\n"),
+            node("# Keyspace\r\ndb0:keys=1,expires=1,avg_ttl=300\r\ndb15:keys=4,expires=2,avg_ttl=10\r\n"),
+        );
+        a.1 = 1;
+        let line = |name: &str, value: &str| (name.to_string(), value.to_string());
+        assert_eq!(
+            keyspace_lines(16, &[a.clone(), b.clone()]),
+            [
+                line("db0", "keys=3,expires=2,avg_ttl=200"),
+                line("db3", "keys=2,expires=0,avg_ttl=0"),
+                line("db15", "keys=4,expires=2,avg_ttl=10"),
+            ]
+        );
+        assert_eq!(keyspace_lines(1, &[a.clone(), b]), [line("db0", "keys=3,expires=2,avg_ttl=200")]);
+        a.0 = parse_info("# Keyspace\r\ndb0:keys=1,expires=0,avg_ttl=0\r\n");
+        assert_eq!(keyspace_lines(16, &[a]), [], "memlog's key alone is an empty keyspace");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Whole-keyspace commands answered as one Redis would, over every shard: DBSIZE, KEYS, SCAN
-//! (a cursor that encodes the shard), RANDOMKEY and FLUSHALL/FLUSHDB (through the sequencers).
-//! The internal key `__memlog:lsn` never shows. The read-only ones run when their reply
+//! (a cursor that encodes the shard), RANDOMKEY and FLUSHALL/FLUSHDB (through the sequencers),
+//! each in the client's database. The internal key `__memlog:lsn` never shows. The read-only ones run when their reply
 //! is due (`Pending::Deferred`), so they see every earlier write of the same client.
 
 use bytes::Bytes;
@@ -11,12 +11,16 @@ use crate::context::ClientCtx;
 use crate::keys::LSN_KEY;
 use crate::replies::Pending;
 use crate::resp::decode_resp2;
-use crate::resp::{reply, Proto, Request};
+use crate::resp::{encode_command, reply, Proto, Request};
 
 pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pending {
     let proto = d.proto();
     let proxy = d.proxy.clone();
-    let conns: Vec<BackendConn> = proxy.shards.iter().map(|s| s.read_conn(Proto::Resp2, d.client.id).clone()).collect();
+    let conns: Vec<Db> = proxy
+        .shards
+        .iter()
+        .map(|s| Db { conn: s.read_conn(Proto::Resp2, d.client.id).clone(), db: d.client.db() })
+        .collect();
     let args: Vec<Bytes> = request.args.clone();
     match name {
         "flushall" | "flushdb" => {
@@ -35,7 +39,7 @@ pub(crate) async fn run(d: &mut ClientCtx, name: &str, request: &Request) -> Pen
         "keys" => deferred(async move {
             let mut keys = Vec::new();
             for conn in &conns {
-                for key in bulk_array(&call(conn, &[&b"KEYS"[..], &args[1]]).await?)? {
+                for key in bulk_array(&conn.call(&[&b"KEYS"[..], &args[1]]).await?)? {
                     if key[..] != *LSN_KEY {
                         keys.push(key);
                     }
@@ -70,10 +74,24 @@ pub(super) fn deferred(work: impl std::future::Future<Output = Result<Bytes, Str
 
 /// Sends one command; a Redis error reply comes back as `Err` with Redis's own text.
 pub(super) async fn call(conn: &BackendConn, args: &[&[u8]]) -> Result<BytesFrame, String> {
-    let raw = conn.call(args).await.map_err(|e| format!("ERR memlog: {e}"))?;
-    match decode_resp2(&raw).map_err(|e| format!("ERR memlog: {e}"))? {
-        BytesFrame::Error(msg) => Err(msg.to_string()),
-        frame => Ok(frame),
+    Db { conn: conn.clone(), db: 0 }.call(args).await
+}
+
+/// A shard's read connection, used in one database.
+struct Db {
+    conn: BackendConn,
+    db: u8,
+}
+
+impl Db {
+    /// Sends one command in the database; a Redis error reply comes back as `Err` with Redis's
+    /// own text.
+    async fn call(&self, args: &[&[u8]]) -> Result<BytesFrame, String> {
+        let raw = self.conn.call_in_db(self.db, &encode_command(args)).await.map_err(|e| format!("ERR memlog: {e}"))?;
+        match decode_resp2(&raw).map_err(|e| format!("ERR memlog: {e}"))? {
+            BytesFrame::Error(msg) => Err(msg.to_string()),
+            frame => Ok(frame),
+        }
     }
 }
 
@@ -98,10 +116,10 @@ pub(super) fn integer(frame: &BytesFrame) -> Result<i64, String> {
 }
 
 /// Each shard's number of keys, not counting `__memlog:lsn`.
-async fn user_key_counts(conns: &[BackendConn]) -> Result<Vec<i64>, String> {
+async fn user_key_counts(conns: &[Db]) -> Result<Vec<i64>, String> {
     let mut counts = Vec::with_capacity(conns.len());
     for conn in conns {
-        let (size, internal) = tokio::join!(call(conn, &[b"DBSIZE"]), call(conn, &[b"EXISTS", LSN_KEY]));
+        let (size, internal) = tokio::join!(conn.call(&[b"DBSIZE"]), conn.call(&[b"EXISTS", LSN_KEY]));
         counts.push(integer(&size?)? - integer(&internal?)?);
     }
     Ok(counts)
@@ -128,13 +146,13 @@ pub(crate) async fn scan_keys(conn: &BackendConn, mut visit: impl FnMut(&Bytes))
 
 /// SCAN over all shards. The client's cursor is `backend_cursor * shards + shard`: 0 starts at
 /// shard 0, and a shard's end moves on to the next shard with a backend cursor of 0.
-async fn scan(conns: &[BackendConn], cursor: u128, options: &[Bytes], proto: Proto) -> Result<Bytes, String> {
+async fn scan(conns: &[Db], cursor: u128, options: &[Bytes], proto: Proto) -> Result<Bytes, String> {
     let shards = conns.len() as u128;
     let shard = (cursor % shards) as usize;
     let backend_cursor = (cursor / shards).to_string();
     let mut args: Vec<&[u8]> = vec![b"SCAN", backend_cursor.as_bytes()];
     args.extend(options.iter().map(|o| &o[..]));
-    let page = call(&conns[shard], &args).await?;
+    let page = conns[shard].call(&args).await?;
     let BytesFrame::Array(page) = page else { return Err("ERR memlog: bad SCAN reply".into()) };
     let [BytesFrame::BulkString(next), keys] = &page[..] else { return Err("ERR memlog: bad SCAN reply".into()) };
     let next: u128 =
@@ -156,7 +174,7 @@ async fn scan(conns: &[BackendConn], cursor: u128, options: &[Bytes], proto: Pro
 }
 
 /// A random key: shards are tried from a random one on, so every non-empty shard can answer.
-async fn random_key(conns: &[BackendConn], proto: Proto) -> Result<Bytes, String> {
+async fn random_key(conns: &[Db], proto: Proto) -> Result<Bytes, String> {
     let start = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos()
         as usize)
         % conns.len();
@@ -164,7 +182,7 @@ async fn random_key(conns: &[BackendConn], proto: Proto) -> Result<Bytes, String
         let conn = &conns[(start + i) % conns.len()];
         // Redis may pick the internal key; a few more draws find a user key if there is one.
         for _ in 0..16 {
-            match call(conn, &[b"RANDOMKEY"]).await? {
+            match conn.call(&[b"RANDOMKEY"]).await? {
                 BytesFrame::BulkString(key) if key[..] != *LSN_KEY => {
                     return Ok(reply(proto, |w| {
                         w.bulk(&key);

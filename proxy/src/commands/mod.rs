@@ -116,8 +116,8 @@ fn standalone_route(name: &str) -> Option<CommandRoute> {
     match name {
         n if n.starts_with("cluster|") => Some(CommandRoute::Fails(CLUSTER_DISABLED)),
         "readonly" | "readwrite" | "asking" => Some(CommandRoute::Fails(CLUSTER_DISABLED)),
-        // Databases other than 0 are not served yet, so neither is moving keys between them.
-        "move" | "swapdb" => Some(CommandRoute::NotYet),
+        // Databases 0–15: moving keys between them is a write like any other (`databases`).
+        "move" | "swapdb" => Some(CommandRoute::Forward),
         _ => None,
     }
 }

@@ -233,14 +233,15 @@ fn told_when_answered(
 }
 
 /// Looks up the expire time of keys new to the tracking table (`PEXPIRETIME`, on the shard's
-/// primary, after the read that remembered them), so they are invalidated when they expire.
+/// primary, after the read that remembered them, in the reader's database), so they are
+/// invalidated when they expire.
 fn look_up_expiries(d: &ClientCtx, keys: Vec<(Bytes, u64)>) {
-    let (proxy, client) = (d.proxy.clone(), d.client.id);
+    let (proxy, client, db) = (d.proxy.clone(), d.client.id, d.client.db());
     tokio::spawn(async move {
         for (key, generation) in keys {
             let shard = proxy.slots.shard_of_key(&key);
             let conn = proxy.shards[shard].read_conn(Proto::Resp2, client);
-            match conn.call(&[&b"PEXPIRETIME"[..], &key]).await {
+            match conn.call_in_db(db, &crate::resp::encode_command(&[&b"PEXPIRETIME"[..], &key])).await {
                 Ok(reply) => {
                     let at = reply.strip_prefix(b":").and_then(|r| crate::resp::parse_int(r.strip_suffix(b"\r\n")?));
                     // -1: no expiry; -2: no key (a write creating it will invalidate it).

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use memlog_acl::{DenialReason, LogContext};
 
 use crate::commands::{route, CommandRoute};
+use crate::config::Mode;
 use crate::context::ClientCtx;
 use crate::context::{Multi, Watching};
 use crate::keys::RESERVED_PREFIX;
@@ -34,7 +35,8 @@ async fn run_command(d: &mut ClientCtx, name: &str, request: &Request) -> Pendin
     match name {
         "multi" if d.multi.is_some() => Pending::error("ERR MULTI calls can not be nested"),
         "multi" => {
-            d.multi = Some(Multi { acl_generation: d.proxy.access.generation(), ..Multi::default() });
+            let (acl_generation, db) = (d.proxy.access.generation(), d.client.db());
+            d.multi = Some(Multi { acl_generation, db, ..Multi::default() });
             ok()
         }
         "discard" => match d.multi.take() {
@@ -132,9 +134,13 @@ async fn queue_check(
                 String::from_utf8_lossy(reply.strip_prefix(b"-").unwrap_or(&reply)).trim_end().to_string()
             })?;
         let (request, _) = crate::commands::scripting::as_caller(d, call.request);
-        let queued = QueuedCommand { request, command: info.clone(), write: call.write };
+        let db = d.multi.as_ref().map_or(0, |m| m.db);
+        let queued = QueuedCommand { request, command: info.clone(), write: call.write, db, answer: None };
         let shard = call.slot.map(|slot| d.proxy.slots.shard_of_slot(slot));
         return same_shard(d, shard, None).map(|shard| (shard, queued));
+    }
+    if info.name == "select" && d.proxy.cfg.mode == Mode::Standalone {
+        return Ok((None, queue_select(d, request, info)));
     }
     if route(info, d.proxy.cfg.mode) != CommandRoute::Forward && !shard_answers_in_multi(&info.name) {
         return Err(format!("ERR memlog: '{}' cannot be used inside MULTI", crate::table::display_name(&info.name)));
@@ -143,13 +149,30 @@ async fn queue_check(
     if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
         return Err("ERR memlog: keys starting with '__memlog:' are reserved for memlog".into());
     }
-    let queued = QueuedCommand { request: request.clone(), command: info.clone(), write: info.flags.write };
+    let db = d.multi.as_ref().map_or(0, |m| m.db);
+    let queued =
+        QueuedCommand { request: request.clone(), command: info.clone(), write: info.flags.write, db, answer: None };
     let shard = match d.placement(request, &keys) {
         Placement::Keyless => return Ok((None, queued)),
         Placement::Spans => return Err(CROSSSLOT.into()),
         Placement::Shard(shard) => shard,
     };
     same_shard(d, Some(shard), Some(&request.args[keys[0]])).map(|shard| (shard, queued))
+}
+
+/// `SELECT` inside MULTI (standalone mode): the commands queued after it run in the database it
+/// selects; it is answered at EXEC as Redis answers it then (`OK`, or the error of a bad index,
+/// which selects nothing).
+fn queue_select(d: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> QueuedCommand {
+    let multi = d.multi.as_mut().expect("queue is only called in MULTI");
+    let answer = match super::connection::select(d.proxy.cfg.mode, &request.args[1]) {
+        Ok(db) => {
+            multi.db = db;
+            Bytes::from_static(b"+OK\r\n")
+        }
+        Err(error) => crate::resp::error_reply(error),
+    };
+    QueuedCommand { request: request.clone(), command: info.clone(), write: false, db: multi.db, answer: Some(answer) }
 }
 
 /// Checks that a command on `shard` (whose first key is `key`) joins the transaction's shard
@@ -200,8 +223,14 @@ async fn exec(d: &mut ClientCtx) -> Pending {
         (Some(w), _) => w.shard,
         (None, shard) => shard.unwrap_or(0),
     };
+    // A SELECT queued in the transaction leaves the client in the database it selected.
+    let selected = queued.last().map(|q| q.db).filter(|&db| db != d.client.db());
     let transaction = Transaction { commands: queued, watch: watching.map(|w| w.watch) };
     let reply = d.submit_to_sequencer(shard, SequencerOp::Transaction(transaction)).await;
+    let reply = match selected {
+        Some(db) => select_once_run(d, reply, db),
+        None => reply,
+    };
     if denied.is_empty() {
         return reply;
     }
@@ -209,6 +238,22 @@ async fn exec(d: &mut ClientCtx) -> Pending {
         parts: vec![reply],
         merge: Box::new(move |mut replies| splice_denials(replies.remove(0), &denied)),
     }
+}
+
+/// EXEC's `reply`, which moves the client to database `db` once the transaction ran (not when a
+/// WATCH aborted it). The reply is a barrier: the client's next command is dispatched after it,
+/// in the right database.
+fn select_once_run(d: &mut ClientCtx, reply: Pending, db: u8) -> Pending {
+    // Even when client-side caching wraps the reply (then it is no `Deferred` any more).
+    d.blocks = true;
+    let client = d.client.clone();
+    Pending::Deferred(Box::pin(async move {
+        let reply = reply.resolve().await;
+        if reply.starts_with(b"*") && !reply.starts_with(b"*-1") {
+            client.set_db(db);
+        }
+        reply
+    }))
 }
 
 /// As Redis 7.0's EXEC: when the ACL rules changed since MULTI, each queued command is checked

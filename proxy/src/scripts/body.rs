@@ -36,6 +36,8 @@ pub(crate) enum Unjournalable {
     SetRepl,
     #[error("names a key starting with '__memlog:', which memlog reserves")]
     ReservedKey,
+    #[error("calls SWAPDB, which would carry memlog's own key (the node's journal position) out of database 0")]
+    SwapsDatabases,
 }
 
 impl Unjournalable {
@@ -111,6 +113,11 @@ fn scan(body: &[u8], mut literal: impl FnMut(&[u8]) -> Result<(), Unjournalable>
             let (text, len) = quoted(rest);
             if let Some(name) = NONDETERMINISTIC.iter().find(|n| text.eq_ignore_ascii_case(n.as_bytes())) {
                 return Err(Unjournalable::Nondeterministic(name));
+            }
+            // The applier puts `__memlog:lsn` back after a SWAPDB it sees (`databases`), not
+            // after one a script makes.
+            if text.eq_ignore_ascii_case(b"SWAPDB") {
+                return Err(Unjournalable::SwapsDatabases);
             }
             literal(&text)?;
             i += len;
@@ -195,6 +202,7 @@ mod tests {
         );
         assert_eq!(refused("redis.set_repl(redis.REPL_NONE)"), Some(Unjournalable::SetRepl));
         assert_eq!(refused("return redis.call('GET', '__memlog:lsn')"), Some(Unjournalable::ReservedKey));
+        assert_eq!(refused("return redis.call('swapdb', 0, 1)"), Some(Unjournalable::SwapsDatabases));
         assert_eq!(refused("-- 'TIME' is passed as ARGV[1]\nreturn redis.call('SET', KEYS[1], ARGV[1])"), None);
         assert_eq!(refused("--[[ redis.call('TIME') ]] return 1"), None);
         assert_eq!(refused("local s = [[ 'SPOP' ]] return s"), None);

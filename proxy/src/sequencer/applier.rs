@@ -60,20 +60,23 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                     };
                     self.apply_batch(lsn, proto, items).await;
                 }
-                ToApplier::Probe { commands, done } => {
+                ToApplier::Probe { commands, db, done } => {
+                    // In another database, the whole probe runs there: it may be a MULTI (a dry
+                    // run), inside which a SELECT would only be queued.
                     let mut requests = BytesMut::new();
                     for command in &commands {
                         requests.extend_from_slice(&encode_command(command));
                     }
-                    let requests = requests.freeze();
-                    let mut replies = self.apply.call_batch(Proto::Resp2, requests.clone(), commands.len()).await;
+                    let (requests, added) = crate::databases::batch_in(db, requests.freeze());
+                    let count = commands.len() + added;
+                    let mut replies = self.apply.call_batch(Proto::Resp2, requests.clone(), count).await;
                     if matches!(replies, Err(BackendError::Unverified { .. })) {
                         // A new primary: catch it up to what was applied, then read it.
                         let applied = self.applied;
                         self.catch_up(applied).await;
-                        replies = self.apply.call_batch(Proto::Resp2, requests, commands.len()).await;
+                        replies = self.apply.call_batch(Proto::Resp2, requests, count).await;
                     }
-                    let _ = done.send(replies);
+                    let _ = done.send(replies.map(|replies| crate::databases::batch_replies(db, replies)));
                 }
                 ToApplier::CatchUp { lsn, done } => {
                     self.catch_up(lsn).await;
@@ -89,8 +92,9 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
             if self.reader.is_some() {
                 return self.apply_reads(proto, items).await;
             }
-            // A script run as its caller is several commands: sent as a batch.
-            if items.iter().any(|item| RunAs::is_run_as(&item.command)) {
+            // A script run as its caller, or a command of another database, is several
+            // commands: sent as a batch.
+            if items.iter().any(|item| RunAs::expands(&item.command)) {
                 return self.apply_reads(proto, items).await;
             }
             // Only routing: each command in order on the apply connection.

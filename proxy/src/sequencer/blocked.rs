@@ -5,7 +5,8 @@
 //! here under its keys. A write that touches a parked key wakes its clients in the order they
 //! blocked (first blocked, first served, as Redis serves them), and each is tried again right
 //! behind that write. Pops therefore go through the journal like any write. A timer answers
-//! the timeout reply; `CLIENT UNBLOCK` answers it (or an error) at once.
+//! the timeout reply; `CLIENT UNBLOCK` answers it (or an error) at once. A client is parked under
+//! its keys' names in its database (`databases::registered_key`) and tried in that database.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,10 @@ pub(crate) struct Blocked {
     pub request: Mutex<Request>,
     /// Keys whose writes may serve it.
     pub keys: Vec<Bytes>,
+    /// The client's database (when it blocked), where it is tried.
+    pub db: u8,
+    /// `keys` as the registry knows them (`databases::registered_key`).
+    registered: Vec<Bytes>,
     pub deadline: Option<Instant>,
     reply: Mutex<Option<ReplySender>>,
     /// Position in the order clients blocked; set when first parked.
@@ -44,11 +49,15 @@ impl Blocked {
         deadline: Option<Instant>,
         reply: ReplySender,
     ) -> Arc<Blocked> {
+        // The client's next command waits for this one's reply: its database stays this one.
+        let db = client.db();
         Arc::new(Blocked {
             client,
             proto,
             request: Mutex::new(request),
+            registered: keys.iter().map(|key| crate::databases::registered_key(db, key)).collect(),
             keys,
+            db,
             deadline,
             reply: Mutex::new(Some(reply)),
             seq: Mutex::new(None),
@@ -140,7 +149,7 @@ impl BlockedRegistry {
             }
         }
         let seq = blocked.seq();
-        for key in &blocked.keys {
+        for key in &blocked.registered {
             let waiting = self.by_key.entry(key.clone()).or_default();
             if waiting.iter().any(|b| Arc::ptr_eq(b, blocked)) {
                 continue;
@@ -150,8 +159,9 @@ impl BlockedRegistry {
         }
     }
 
-    /// Unparks the clients waiting on any of `keys` (None: every client), in the order they
-    /// blocked; answered or disconnected clients are dropped.
+    /// Unparks the clients waiting on any of `keys` (as registered: `databases::registered_key`;
+    /// None: every client), in the order they blocked; answered or disconnected clients are
+    /// dropped.
     pub(super) fn wake(&mut self, keys: Option<&[Bytes]>) -> Vec<Arc<Blocked>> {
         let mut woken: Vec<Arc<Blocked>> = match keys {
             None => self.by_key.drain().flat_map(|(_, waiting)| waiting).collect(),
@@ -160,7 +170,7 @@ impl BlockedRegistry {
         woken.sort_by_key(|b| b.seq());
         woken.dedup_by(|a, b| Arc::ptr_eq(a, b));
         for blocked in &woken {
-            for key in &blocked.keys {
+            for key in &blocked.registered {
                 if let Some(waiting) = self.by_key.get_mut(key) {
                     waiting.retain(|b| !Arc::ptr_eq(b, blocked));
                     if waiting.is_empty() {

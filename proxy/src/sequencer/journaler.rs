@@ -123,7 +123,8 @@ impl<S: JournalStream> Journaler<S> {
         if segment.payload.len() + len > MAX_WRITE_BYTES {
             self.flush(segment).await;
         }
-        let SequencerRequest { proto, op, reply } = write;
+        let SequencerRequest { proto, db, op, reply } = write;
+        segment.db = db;
         if segment.proto != Some(proto) && !segment.items.is_empty() {
             self.flush(segment).await;
         }
@@ -131,7 +132,7 @@ impl<S: JournalStream> Journaler<S> {
         match op {
             SequencerOp::Read(request) => segment.push(request.raw, false, reply, None, false),
             SequencerOp::Write { request, command } => {
-                let touched = self.touched(&request, command.as_deref());
+                let touched = self.touched(db, &request, command.as_deref());
                 let plan = if self.journal.is_some() { normalize::plan(&request.args, now) } else { Plan::AsIs };
                 self.journal_command(segment, proto, request, plan, reply, false).await;
                 self.after_write(segment, touched, now).await;
@@ -164,19 +165,25 @@ impl<S: JournalStream> Journaler<S> {
         Some(if matches!(op, SequencerOp::Transaction(_)) { EXECABORT_OOM } else { OOM })
     }
 
-    /// Locates the keys a write touches, if anyone watches or blocks on this shard.
-    fn touched(&self, request: &Request, command: Option<&CommandInfo>) -> Touched {
+    /// Locates the keys a write in database `db` touches, as the watch and blocked-client
+    /// registries know them (`databases::registered_key`), if anyone watches or blocks on this
+    /// shard. `MOVE` and `COPY … DB` touch a key in the other database too; emptying or swapping
+    /// databases touches everything.
+    fn touched(&self, db: u8, request: &Request, command: Option<&CommandInfo>) -> Touched {
         if self.watches.is_empty() && self.parked.is_empty() {
             return Touched::Unobserved;
         }
         let Some(command) = command else { return Touched::Everything };
-        if command.needs_getkeys || matches!(command.name.as_str(), "flushall" | "flushdb") {
+        if command.needs_getkeys || matches!(command.name.as_str(), "flushall" | "flushdb" | "swapdb") {
             return Touched::Everything;
         }
-        match command.key_positions(&request.args) {
-            Some(positions) => Touched::Keys(positions.into_iter().map(|p| request.args[p].clone()).collect()),
-            None => Touched::Everything,
+        let Some(positions) = command.key_positions(&request.args) else { return Touched::Everything };
+        let mut keys: Vec<Bytes> =
+            positions.into_iter().map(|p| crate::databases::registered_key(db, &request.args[p])).collect();
+        if let Some((target, key)) = crate::databases::written_elsewhere(&command.name, &request.args) {
+            keys.push(crate::databases::registered_key(target, key));
         }
+        Touched::Keys(keys)
     }
 
     /// Marks the watches of what a write touched and serves the clients blocked on it, in the
@@ -273,7 +280,9 @@ impl<S: JournalStream> Journaler<S> {
             tokio::time::sleep(PARKED_RETRY).await;
             if let Some(queue) = queue.upgrade() {
                 let reply = oneshot::channel().0;
-                let _ = queue.send(SequencerRequest { proto: Proto::Resp2, op: SequencerOp::RetryParked, reply }).await;
+                let _ = queue
+                    .send(SequencerRequest { proto: Proto::Resp2, db: 0, op: SequencerOp::RetryParked, reply })
+                    .await;
             }
         });
     }
@@ -286,7 +295,7 @@ impl<S: JournalStream> Journaler<S> {
     ) -> Result<Vec<Bytes>, BackendError> {
         self.flush(segment).await;
         let (done, replies) = oneshot::channel();
-        let _ = self.to_applier.send(ToApplier::Probe { commands, done }).await;
+        let _ = self.to_applier.send(ToApplier::Probe { commands, db: segment.db, done }).await;
         replies.await.unwrap_or_else(|_| Err(BackendError::Lost { addr: "the shard's applier".into() }))
     }
 
@@ -317,7 +326,8 @@ impl<S: JournalStream> Journaler<S> {
             segment.push(encode_command(&[&b"PEXPIRETIME"[..], key]), false, tx, None, false);
             expiry_replies.push(rx);
         }
-        self.watches.add(&watch, keys);
+        // Watched in the client's database (its PEXPIRETIMEs above run there too).
+        self.watches.add(&watch, keys.iter().map(|key| crate::databases::registered_key(segment.db, key)).collect());
         let (expiries, arrive) = oneshot::channel();
         watch.expect_expiries(arrive);
         tokio::spawn(async move {
@@ -362,22 +372,31 @@ impl<S: JournalStream> Journaler<S> {
         }
         let mut touched = Vec::new();
         let mut everything = false;
-        for QueuedCommand { request, command, .. } in &commands {
-            match self.touched(request, Some(command)) {
+        for QueuedCommand { request, command, db, .. } in &commands {
+            match self.touched(*db, request, Some(command)) {
                 Touched::Keys(keys) => touched.extend(keys),
                 Touched::Everything => everything = true,
                 Touched::Unobserved => {}
             }
         }
         if self.journal.is_none() {
-            // Only routing: Redis runs the transaction itself, on the apply connection.
-            let (silent, _) = oneshot::channel();
-            segment.push(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"), false, silent, None, true);
+            // Only routing: Redis runs the transaction itself, on the apply connection, in the
+            // client's database (selected before it: inside, SELECT would be queued), its own
+            // SELECTs included; the connection goes back to database 0 after it.
+            let db = std::mem::take(&mut segment.db);
+            let selects = commands.iter().any(|queued| queued.answer.is_some());
+            let silent = || oneshot::channel().0;
+            if db != 0 {
+                segment.push(crate::databases::select(db), false, silent(), None, true);
+            }
+            segment.push(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"), false, silent(), None, true);
             for queued in commands {
-                let (silent, _) = oneshot::channel();
-                segment.push(queued.request.raw, false, silent, None, true);
+                segment.push(queued.request.raw, false, silent(), None, true);
             }
             segment.push(Bytes::from_static(b"*1\r\n$4\r\nEXEC\r\n"), false, reply, None, false);
+            if db != 0 || selects {
+                segment.push(Bytes::from_static(crate::databases::SELECT_0), false, silent(), None, true);
+            }
         } else {
             self.journal_transaction(segment, proto, commands, reply, now).await;
         }
@@ -395,12 +414,23 @@ impl<S: JournalStream> Journaler<S> {
         reply: ReplySender,
         now: u64,
     ) {
+        // Keys written so far (while `earlier` holds writes, all in the current database).
         let mut written: Vec<Bytes> = Vec::new();
         // The earlier writes as they will be journaled, for a probe that must see them
-        // (`normalize::after_earlier_writes`); `None` once one may touch keys it does not name.
+        // (`normalize::after_earlier_writes`); `None` once one may touch keys it does not name,
+        // or once a queued SELECT moved to another database (the probe replays the earlier
+        // writes in its own database).
         let mut earlier: Option<Vec<Vec<Bytes>>> = Some(Vec::new());
         let mut plans = Vec::with_capacity(commands.len());
-        for QueuedCommand { request, command, write } in &commands {
+        for QueuedCommand { request, command, write, db, answer } in &commands {
+            let previous = std::mem::replace(&mut segment.db, *db);
+            if let Some(answer) = answer {
+                if *db != previous && earlier.as_ref().is_some_and(|e| !e.is_empty()) {
+                    earlier = None;
+                }
+                plans.push(Prepared::Resolved(Resolved { commands: Vec::new(), reply: Some(answer.clone()) }));
+                continue;
+            }
             let positions = command.key_positions(&request.args);
             let keys: Vec<Bytes> =
                 positions.clone().unwrap_or_default().into_iter().map(|p| request.args[p].clone()).collect();
@@ -410,7 +440,7 @@ impl<S: JournalStream> Journaler<S> {
                     Some(earlier) => normalize::after_earlier_writes(earlier, &written, probe, resolve),
                     None => {
                         let msg = format!(
-                            "EXECABORT Transaction discarded: memlog cannot journal '{}' after a script, or a command without named keys, wrote in the same transaction (its outcome depends on the data); run it outside the MULTI",
+                            "EXECABORT Transaction discarded: memlog cannot journal '{}' after a script, or a command without named keys, wrote in the same transaction, or after writes and a SELECT of another database (its outcome depends on the data); run it outside the MULTI",
                             crate::table::display_name(&command.name)
                         );
                         let _ = reply.send(Ok(error_reply(&msg)));
@@ -449,7 +479,8 @@ impl<S: JournalStream> Journaler<S> {
             plans.push(plan);
         }
         let mut replies = Vec::with_capacity(commands.len());
-        for (QueuedCommand { request, write, .. }, plan) in commands.into_iter().zip(plans) {
+        for (QueuedCommand { request, write, db, .. }, plan) in commands.into_iter().zip(plans) {
+            segment.db = db;
             let (tx, rx) = oneshot::channel();
             replies.push(rx);
             match plan {
@@ -489,6 +520,8 @@ impl<S: JournalStream> Journaler<S> {
             return Touched::Unobserved;
         };
         let proto = blocked.proto;
+        // Tried in the database it blocked in (whatever the write that woke it wrote in).
+        segment.db = blocked.db;
         if segment.proto != Some(proto) && !segment.items.is_empty() {
             self.flush(segment).await;
         }
@@ -548,7 +581,7 @@ impl<S: JournalStream> Journaler<S> {
                 if self.watches.is_empty() && self.parked.is_empty() {
                     Touched::Unobserved
                 } else {
-                    Touched::Keys(keys)
+                    Touched::Keys(keys.iter().map(|key| crate::databases::registered_key(blocked.db, key)).collect())
                 }
             }
         }
@@ -744,6 +777,9 @@ const EXECABORT_OOM: &str =
 #[derive(Default)]
 struct EntryBuilder {
     proto: Option<Proto>,
+    /// The database of the request being sequenced: what it pushes is put in that database's
+    /// journaled form (`databases`).
+    db: u8,
     payload: BytesMut,
     items: Vec<Item>,
 }
@@ -757,6 +793,7 @@ impl EntryBuilder {
         reply_override: Option<Bytes>,
         silent: bool,
     ) {
+        let command = crate::databases::in_db(&command, self.db);
         if journaled {
             self.payload.extend_from_slice(&command);
         }

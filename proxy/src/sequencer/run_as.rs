@@ -25,11 +25,16 @@
 //! first `SETUSER` (which cannot fail) leaves a user that may do nothing, so if the node refused
 //! the caller's rules the script is denied, not run with memlog's rights. The secret is made at
 //! start and never journaled; the user's password changes with every proxy process.
+//!
+//! The applier sends the journaled form of a command of another database (`databases`) the
+//! same way: expanded into `SELECT n`, the command (itself maybe a run-as call), `SELECT 0`; and
+//! a `SWAPDB` that moved `__memlog:lsn` out of database 0 followed by its deletion there.
 
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
 use crate::backend::BackendAuth;
+use crate::databases;
 use crate::keys::SCRIPT_CALLER_USER as CALLER;
 use crate::resp::{encode_command, Limits, Request, RequestParser};
 
@@ -69,6 +74,13 @@ pub(super) struct RunAs {
 pub(super) struct Sent {
     pub count: usize,
     pub reply_at: usize,
+    /// Where the user switches of a run-as call start (their replies are checked).
+    pub run_as_at: Option<usize>,
+}
+
+impl Sent {
+    /// Sent as it is.
+    const AS_IS: Sent = Sent { count: 1, reply_at: 0, run_as_at: None };
 }
 
 impl RunAs {
@@ -77,6 +89,12 @@ impl RunAs {
         // `*<n>\r\n$15\r\n__MEMLOG_RUN_AS\r\n`
         let Some(header_end) = command.iter().position(|&b| b == b'\n') else { return false };
         command[header_end + 1..].starts_with(b"$15\r\n") && command[header_end + 6..].starts_with(RUN_AS)
+    }
+
+    /// True when `command` is sent as more than itself: a run-as call, a command of another
+    /// database, a `SWAPDB` with database 0.
+    pub(super) fn expands(command: &[u8]) -> bool {
+        RunAs::is_run_as(command) || databases::is_in_db(command) || databases::lsn_left_in(command).is_some()
     }
 
     pub(super) fn new(backend: Option<&BackendAuth>) -> RunAs {
@@ -96,14 +114,29 @@ impl RunAs {
 
     /// Appends `command` to `out` as it is sent to the node.
     pub(super) fn append(&self, command: &Bytes, out: &mut BytesMut) -> Sent {
+        if let Some((db, inner)) = databases::split(command) {
+            out.extend_from_slice(&databases::select(db));
+            let inner = self.append(&inner, out);
+            out.extend_from_slice(databases::SELECT_0);
+            return Sent {
+                count: inner.count + 2,
+                reply_at: inner.reply_at + 1,
+                run_as_at: inner.run_as_at.map(|at| at + 1),
+            };
+        }
+        if let Some(db) = databases::lsn_left_in(command) {
+            out.extend_from_slice(command);
+            out.extend_from_slice(&databases::delete_moved_lsn(db));
+            return Sent { count: 4, reply_at: 0, run_as_at: None };
+        }
         if !RunAs::is_run_as(command) {
             out.extend_from_slice(command);
-            return Sent { count: 1, reply_at: 0 };
+            return Sent::AS_IS;
         }
         let Some((rules, call)) = parse(command) else {
             // Not from this proxy's `run_as`: sent as it is, the node refuses the unknown command.
             out.extend_from_slice(command);
-            return Sent { count: 1, reply_at: 0 };
+            return Sent::AS_IS;
         };
         out.extend_from_slice(&self.reset);
         let mut setuser: Vec<&[u8]> = vec![b"ACL", b"SETUSER", CALLER.as_bytes()];
@@ -112,7 +145,7 @@ impl RunAs {
         out.extend_from_slice(&self.to_caller);
         out.extend_from_slice(&encode_command(&call));
         out.extend_from_slice(&self.back);
-        Sent { count: SENT, reply_at: CALL_AT }
+        Sent { count: SENT, reply_at: CALL_AT, run_as_at: Some(0) }
     }
 
     /// Appends `commands` to `out`; returns what each was sent as.
@@ -144,11 +177,11 @@ pub(super) fn own_replies(sent: &[Sent], mut replies: Vec<Bytes>) -> Vec<Bytes> 
     let mut own = Vec::with_capacity(sent.len());
     let mut at = 0;
     for s in sent {
-        if s.count == SENT {
+        if let Some(switches) = s.run_as_at {
             // The switches to and from the caller (the caller's own rules may be refused: the
             // call is then denied, failing closed).
             for switch in [0, 2, 4] {
-                if let Some(bad) = replies.get(at + switch).filter(|r| !r.starts_with(b"+OK")) {
+                if let Some(bad) = replies.get(at + switches + switch).filter(|r| !r.starts_with(b"+OK")) {
                     tracing::error!(reply = %String::from_utf8_lossy(bad).trim(), "a node refused switching a script to its caller's user");
                 }
             }
@@ -164,6 +197,17 @@ pub(super) fn own_replies(sent: &[Sent], mut replies: Vec<Bytes>) -> Vec<Bytes> 
 mod tests {
     use super::*;
 
+    /// The commands in what was sent, each as its arguments.
+    fn sent_commands(mut out: BytesMut) -> Vec<Vec<String>> {
+        let mut parser = RequestParser::default();
+        let limits = Limits { max_bulk_len: 1 << 20, max_args: 1 << 20 };
+        let mut commands = Vec::new();
+        while let Some(request) = parser.next(&mut out, limits).unwrap() {
+            commands.push(request.args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect());
+        }
+        commands
+    }
+
     #[test]
     fn a_run_as_call_keeps_its_arguments_and_is_sent_as_its_caller() {
         let call = Request::from_args(&["EVAL", "return 1", "1", "k"]);
@@ -176,17 +220,8 @@ mod tests {
         let run_as = RunAs::new(Some(&backend));
         let mut out = BytesMut::new();
         let sent = run_as.append_all([&call.raw, &wrapped.raw, &call.raw], &mut out);
-        assert_eq!(
-            sent,
-            [Sent { count: 1, reply_at: 0 }, Sent { count: 5, reply_at: 3 }, Sent { count: 1, reply_at: 0 }]
-        );
-        let mut buf = out;
-        let mut parser = RequestParser::default();
-        let limits = Limits { max_bulk_len: 1 << 20, max_args: 1 << 20 };
-        let mut commands = Vec::new();
-        while let Some(request) = parser.next(&mut buf, limits).unwrap() {
-            commands.push(request.args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>());
-        }
+        assert_eq!(sent, [Sent::AS_IS, Sent { count: 5, reply_at: 3, run_as_at: Some(0) }, Sent::AS_IS]);
+        let commands = sent_commands(out);
         assert_eq!(commands.len(), 7);
         assert_eq!(commands[1][..5], ["ACL", "SETUSER", CALLER, "reset", "on"]);
         assert_eq!(commands[2], ["ACL", "SETUSER", CALLER, "~app:*", "(~x +get)"]);
@@ -198,5 +233,50 @@ mod tests {
 
         let replies: Vec<Bytes> = (0..7).map(|i| Bytes::from(format!("r{i}"))).collect();
         assert_eq!(own_replies(&sent, replies), ["r0", "r4", "r6"]);
+    }
+
+    #[test]
+    fn a_command_of_another_database_runs_in_it_and_a_swap_with_database_0_leaves_no_lsn_behind() {
+        let sender = RunAs::new(None);
+        let set = Request::from_args(&["SET", "k", "v"]).raw;
+        let in_3 = databases::in_db(&set, 3);
+        let swap = encode_command(&["SWAPDB", "0", "4"]);
+        let call = run_as(Request::from_args(&["EVAL", "return 1", "0"]), &[b"~*".to_vec()]);
+        let call_in_2 = databases::in_db(&call.raw, 2);
+        let mut out = BytesMut::new();
+        let sent = sender.append_all([&set, &in_3, &swap, &call_in_2], &mut out);
+        assert_eq!(
+            sent,
+            [
+                Sent::AS_IS,
+                Sent { count: 3, reply_at: 1, run_as_at: None },
+                Sent { count: 4, reply_at: 0, run_as_at: None },
+                Sent { count: 7, reply_at: 4, run_as_at: Some(1) },
+            ]
+        );
+        let commands = sent_commands(out);
+        let names: Vec<String> = commands.iter().map(|c| c[..c.len().min(2)].join(" ")).collect();
+        assert_eq!(
+            names,
+            [
+                "SET k",
+                "SELECT 3",
+                "SET k",
+                "SELECT 0",
+                "SWAPDB 0",
+                "SELECT 4",
+                "DEL __memlog:lsn",
+                "SELECT 0",
+                "SELECT 2",
+                "ACL SETUSER",
+                "ACL SETUSER",
+                "AUTH __memlog_script_caller",
+                "EVAL return 1",
+                "AUTH default",
+                "SELECT 0",
+            ]
+        );
+        let replies: Vec<Bytes> = (0..15).map(|i| Bytes::from(format!("r{i}"))).collect();
+        assert_eq!(own_replies(&sent, replies), ["r0", "r2", "r4", "r12"]);
     }
 }

@@ -5,7 +5,8 @@
 //! one of those keys (or cannot say which keys it touches, or flushes the database) marks the
 //! watch dirty; EXEC of a dirty watch answers nil and journals nothing, as Redis does. Keys
 //! that had a TTL when watched record their absolute expiry: EXEC after it also aborts, as
-//! Redis 7 aborts when a watched key expired.
+//! Redis 7 aborts when a watched key expired. A key is registered by its name in the client's
+//! database (`databases::registered_key`), so watches are per database as in Redis.
 //!
 //! Conservative cases (EXEC may abort where Redis would not): a write that failed in Redis
 //! (e.g. WRONGTYPE) still marks its keys; a write whose keys the command table cannot locate

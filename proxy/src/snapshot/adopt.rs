@@ -59,8 +59,8 @@ struct Holdings {
     lsn: u64,
     /// Keys in every database (`INFO keyspace`): the baseline holds them all.
     keys: u64,
-    /// Of them, keys in databases other than 0, which memlog does not serve (`SELECT` is
-    /// refused as in cluster mode).
+    /// Of them, keys in databases other than 0, which memlog serves in standalone mode only
+    /// (in cluster mode `SELECT` is refused as by Redis Cluster).
     other_db_keys: u64,
 }
 
@@ -137,7 +137,7 @@ pub(crate) async fn settle(
                 keys = held.keys,
                 "the primary holds data no journal holds: adopting it (a baseline snapshot at lsn 0) before the shard serves"
             );
-            if held.other_db_keys > 0 {
+            if held.other_db_keys > 0 && snapshots.serves_database_0_only() {
                 tracing::warn!(
                     shard,
                     node,

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 pub(crate) use shard::ShardSnapshots;
 
-use crate::config::SnapshotConfig;
+use crate::config::{Mode, SnapshotConfig};
 
 /// The `[snapshot]` configuration, resolved.
 #[derive(Debug, Clone)]
@@ -28,16 +28,20 @@ pub(crate) struct SnapshotSettings {
     pub keep: usize,
     pub serve_ip: IpAddr,
     pub timeout: Duration,
+    /// Clients reach database 0 only (cluster mode): a node's keys elsewhere are kept in its
+    /// snapshots but make it no holder of the shard's data. A standalone endpoint serves them all.
+    pub database_0_only: bool,
 }
 
-impl From<&SnapshotConfig> for SnapshotSettings {
-    fn from(cfg: &SnapshotConfig) -> Self {
+impl SnapshotSettings {
+    pub(crate) fn new(cfg: &SnapshotConfig, mode: Mode) -> Self {
         SnapshotSettings {
             dir: PathBuf::from(&cfg.dir),
             every_entries: cfg.every_entries,
             keep: cfg.keep,
             serve_ip: cfg.serve_ip,
             timeout: Duration::from_millis(cfg.timeout_ms),
+            database_0_only: mode == Mode::Cluster,
         }
     }
 }

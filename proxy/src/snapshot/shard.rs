@@ -164,6 +164,11 @@ impl ShardSnapshots {
     /// slots, no journal entry): fetches its RDB as the baseline snapshot at LSN 0, verified and
     /// recorded before the shard serves (so before its first write is journaled), logging the
     /// progress of a large dataset. `memlog status` reads the two events.
+    /// True when clients reach database 0 only (cluster mode).
+    pub(crate) fn serves_database_0_only(&self) -> bool {
+        self.settings.database_0_only
+    }
+
     pub(crate) async fn adopt(&self, node: &str, keys: u64, other_shards_keys: u64) -> anyhow::Result<()> {
         let _one_at_a_time = self.busy.lock().await;
         let started = Instant::now();
@@ -204,12 +209,14 @@ impl ShardSnapshots {
             .await
             .map_err(|_| anyhow::anyhow!("{node} did not answer INFO keyspace"))??;
         let Some((keys, other_db_keys)) = super::adopt::keyspace_keys(&reply) else { return Ok(false) };
-        if keys > other_db_keys {
+        let served = if self.settings.database_0_only { keys - other_db_keys } else { keys };
+        if served > 0 {
             return Ok(false);
         }
-        // Empty where memlog serves (database 0). Keys in other databases do not make it the
-        // holder of the shard's data: an adopted shard's data would then never come back (the
-        // baseline holds it, the journal does not). The snapshot replaces them: said, not silent.
+        // Empty where memlog serves (database 0, in cluster mode). Keys in other databases do
+        // not make it the holder of the shard's data: an adopted shard's data would then never
+        // come back (the baseline holds it, the journal does not). The snapshot replaces them:
+        // said, not silent.
         if other_db_keys > 0 {
             tracing::warn!(
                 shard = self.shard,
@@ -497,6 +504,7 @@ mod tests {
             keep: 1,
             serve_ip: "127.0.0.1".parse().unwrap(),
             timeout: T,
+            database_0_only: true,
         };
         let (node, load_prepare) = (target.addr(), prepare.clone());
         let load = tokio::spawn(async move { load_then_prepare(&load_prepare, &node, &path, &settings).await });

@@ -86,8 +86,13 @@ impl Rig {
     }
 
     fn submit(&self, op: SequencerOp) -> oneshot::Receiver<ReplyResult> {
+        self.submit_in(0, op)
+    }
+
+    /// Queues `op` of a client in database `db`.
+    fn submit_in(&self, db: u8, op: SequencerOp) -> oneshot::Receiver<ReplyResult> {
         let (reply, rx) = oneshot::channel();
-        self.queue.try_send(SequencerRequest { proto: Proto::Resp2, op, reply }).expect("room in the queue");
+        self.queue.try_send(SequencerRequest { proto: Proto::Resp2, db, op, reply }).expect("room in the queue");
         rx
     }
 
@@ -117,6 +122,38 @@ async fn writes_queued_together_are_one_journal_entry_applied_once() {
     assert_eq!(rig.applied(), ["a", "b", "c"]);
 }
 
+/// A write in another database is journaled with it and applied in it (`SELECT n`, the write,
+/// `SELECT 0`: the fake primary answers each command with its first argument), its client
+/// hearing its own reply; database 0's writes stay as they were. A transaction's SELECT is
+/// answered by the proxy and moves the commands after it.
+#[tokio::test(start_paused = true)]
+async fn writes_are_journaled_and_applied_in_their_database() {
+    let mut rig = Rig::new(StreamScript::default()).await;
+    let in_0 = rig.write("a");
+    let in_3 = rig.submit_in(3, SequencerOp::Write { request: Request::from_args(&["SET", "b", "v"]), command: None });
+    let queued = |args: &[&str], db: u8, answer: Option<&'static [u8]>| QueuedCommand {
+        request: Request::from_args(args),
+        command: command(&args[0].to_ascii_lowercase(), false),
+        write: answer.is_none(),
+        db,
+        answer: answer.map(Bytes::from_static),
+    };
+    let commands = vec![
+        queued(&["SET", "c", "v"], 0, None),
+        queued(&["SELECT", "5"], 5, Some(b"+OK\r\n")),
+        queued(&["SET", "d", "v"], 5, None),
+    ];
+    let exec = rig.submit(SequencerOp::Transaction(Transaction { commands, watch: None }));
+    rig.run();
+    assert_eq!(reply(in_0).await, ok("a"));
+    assert_eq!(reply(in_3).await, ok("b"));
+    assert_eq!(reply(exec).await, format!("*3\r\n{}+OK\r\n{}", ok("c"), ok("d")));
+    let in_db = |db: u8, tag: &str| crate::databases::in_db(&set(tag), db);
+    let entry = [set("a"), in_db(3, "b"), set("c"), in_db(5, "d")].concat();
+    assert_eq!(rig.stream.journal.payloads(), [Bytes::from(entry)]);
+    assert_eq!(rig.applied(), ["a", "3", "b", "0", "c", "5", "d", "0"]);
+}
+
 /// A table entry named `name`, with Redis's `denyoom` flag or without.
 fn command(name: &str, denyoom: bool) -> Arc<CommandInfo> {
     let mut info = CommandInfo::local(name, -2);
@@ -134,7 +171,7 @@ async fn over_maxmemory_what_may_add_data_is_refused_before_the_journal_and_the_
     assert_eq!(reply(rig.write_as("grows", Some(command("set", true)))).await, oom);
     assert_eq!(reply(rig.write_as("script", Some(command("fcall", false)))).await, oom);
     let request = Request::from_args(&["SET", "in-multi", "v"]);
-    let queued = QueuedCommand { request, command: command("set", true), write: true };
+    let queued = QueuedCommand { request, command: command("set", true), write: true, db: 0, answer: None };
     let exec = rig.submit(SequencerOp::Transaction(Transaction { commands: vec![queued], watch: None }));
     assert_eq!(
         reply(exec).await,
@@ -248,7 +285,7 @@ async fn a_held_shard_pushes_back_once_its_queue_is_full() {
     }
     let (sender, _rx) = oneshot::channel();
     let op = SequencerOp::Write { request: Request::from_args(&["SET", "one-too-many", "v"]), command: None };
-    let refused = rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, op, reply: sender });
+    let refused = rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply: sender });
     assert!(refused.is_err(), "the queue is bounded");
     // write_wait passes: everything held is refused, nothing journaled, and the queue has room again.
     assert!(reply(first).await.starts_with("-TRYAGAIN"));
@@ -265,7 +302,7 @@ fn big_write(rig: &Rig, tag: &str, len: usize) -> oneshot::Receiver<ReplyResult>
     let (reply, rx) = oneshot::channel();
     let request = Request::from_args(&[b"SET".as_slice(), tag.as_bytes(), &vec![b'x'; len]]);
     let op = SequencerOp::Write { request, command: None };
-    rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, op, reply }).expect("room in the queue");
+    rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply }).expect("room in the queue");
     rx
 }
 
