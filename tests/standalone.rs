@@ -567,4 +567,15 @@ fn a_cluster_endpoint_stays_a_cluster() {
         cmd(&mut conn, &["MOVE", "k", "1"]),
         Value::Error("ERR memlog: 'MOVE' is not allowed: memlog manages the cluster topology".into())
     );
+    // As Redis Cluster answers COPY into another database; database 0 and bad indexes as Redis.
+    assert_eq!(cmd(&mut conn, &["SET", "{c}src", "v"]), Value::Simple("OK".into()));
+    assert_eq!(
+        cmd(&mut conn, &["COPY", "{c}src", "{c}dst", "DB", "1"]),
+        Value::Error("ERR Copying to another database is not allowed in cluster mode".into())
+    );
+    assert_eq!(cmd(&mut conn, &["COPY", "{c}src", "{c}dst", "DB", "0"]), Value::Int(1));
+    assert_eq!(
+        cmd(&mut conn, &["COPY", "{c}src", "{c}dst", "DB", "99"]),
+        Value::Error("ERR DB index is out of range".into())
+    );
 }

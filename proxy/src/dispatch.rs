@@ -151,6 +151,9 @@ fn lookup(ctx: &ClientCtx, request: &Request) -> Result<Arc<CommandInfo>, String
 
 /// Routes a command Redis itself executes, by the slots of its keys.
 async fn forward(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Pending {
+    if copies_to_another_database(ctx, request, info) {
+        return Pending::error("ERR Copying to another database is not allowed in cluster mode");
+    }
     // Malformed arguments the keys depend on (no keys found): Redis answers with its own error.
     let keys = ctx.key_positions(request, info).await.unwrap_or_default();
     if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
@@ -174,6 +177,17 @@ async fn forward(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>
         Some(merge) if !cluster_compat => ctx.split(request, &keys, merge, info.flags.write).await,
         _ => Pending::error("CROSSSLOT Keys in request don't hash to the same slot"),
     }
+}
+
+/// `COPY … DB n` with `n` another database, in cluster mode: Redis Cluster refuses it
+/// (`copyCommand`, Redis 7.0), and so must the proxy, whose nodes are not cluster nodes and would
+/// write a database the endpoint never serves. Bad indexes go on to the node, which answers them
+/// as Redis does.
+fn copies_to_another_database(ctx: &ClientCtx, request: &Request, info: &CommandInfo) -> bool {
+    ctx.proxy.cfg.mode == crate::config::Mode::Cluster
+        && info.name == "copy"
+        && crate::databases::written_elsewhere("copy", &request.args)
+            .is_some_and(|(db, _)| (1..crate::databases::COUNT).contains(&db))
 }
 
 fn truncate(arg: &[u8]) -> String {
