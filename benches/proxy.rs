@@ -6,7 +6,12 @@
 //! cargo bench --bench proxy                        # ~4 s per measurement
 //! MEMLOG_BENCH_QUICK=1 cargo bench --bench proxy   # a short smoke run
 //! MEMLOG_BENCH_ROUNDS=3 cargo bench --bench proxy  # more interleaved rounds (default 2)
+//! MEMLOG_BENCH_BASELINE=/path/to/other/memlog cargo bench --bench proxy
 //! ```
+//!
+//! With `MEMLOG_BENCH_BASELINE`, a proxy from that other build (an older commit, say) runs in
+//! front of the same server too, interleaved with the others, and the table adds this build's
+//! ratio to it: an A/B of two builds in one run.
 //!
 //! Issue 15's targets, each printed with its median ratio and whether it is met (a shared
 //! machine is too noisy to fail a run on): floor, GET and SET at pipeline 1 at least 0.9× direct;
@@ -32,6 +37,15 @@ fn main() -> Result<()> {
     let redis = support::start_redis(redis_addr, dir.path(), support::NO_PERSISTENCE)?;
     let (proxy_addr, proxy) = support::start_routing_proxy(dir.path(), redis_addr, "")?;
     println!("redis-server {redis_addr}, memlog proxy {proxy_addr}; {rounds} interleaved rounds, quick={quick}");
+    let baseline = match std::env::var_os("MEMLOG_BENCH_BASELINE") {
+        Some(bin) => {
+            let bin = std::path::PathBuf::from(bin);
+            let (addr, guard) = support::start_routing_proxy_from(&bin, "baseline", dir.path(), redis_addr, "")?;
+            println!("baseline: {} as a proxy on {addr}", bin.display());
+            Some((addr, guard))
+        }
+        None => None,
+    };
 
     let scale = if quick { 10 } else { 1 };
     let workloads = [
@@ -40,9 +54,9 @@ fn main() -> Result<()> {
         (Workload { test: "set", pipeline: 16 }, 1_500_000 / scale),
         (Workload { test: "get", pipeline: 16 }, 1_500_000 / scale),
     ];
-    let mut rows = Vec::new();
+    let (mut rows, mut baselines) = (Vec::new(), Vec::new());
     for (workload, requests) in &workloads {
-        let targets = [
+        let mut targets = vec![
             Target {
                 name: "direct",
                 addr: redis_addr,
@@ -58,11 +72,45 @@ fn main() -> Result<()> {
                 client: Client::default(),
             },
         ];
+        if let Some((addr, guard)) = &baseline {
+            let pids = vec![guard.pid(), redis.pid()];
+            targets.push(Target {
+                name: "baseline",
+                addr: *addr,
+                requests: *requests,
+                pids,
+                client: Client::default(),
+            });
+        }
         let medians = support::interleaved(workload, &targets, rounds)?;
         rows.push((workload, medians[0], medians[1]));
+        if let Some(baseline) = medians.get(2) {
+            baselines.push((workload, *baseline, medians[1]));
+        }
     }
     print_table(&rows);
+    print_baseline(&baselines);
     Ok(())
+}
+
+/// This build against the baseline build, both through a proxy to the same server.
+fn print_baseline(rows: &[(&Workload, Measurement, Measurement)]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("\nthis build / baseline build (medians):");
+    for (workload, baseline, proxy) in rows {
+        println!(
+            "  {} -P {:<2} baseline {:>9.0} ops/s, this {:>9.0} ops/s: {:.2}; cpu/req {:.1} -> {:.1} µs",
+            workload.test.to_uppercase(),
+            workload.pipeline,
+            baseline.ops_per_sec,
+            proxy.ops_per_sec,
+            proxy.ops_per_sec / baseline.ops_per_sec,
+            baseline.cpu_us_per_request,
+            proxy.cpu_us_per_request
+        );
+    }
 }
 
 fn print_table(rows: &[(&Workload, Measurement, Measurement)]) {

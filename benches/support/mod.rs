@@ -145,8 +145,14 @@ pub fn start_redis(addr: SocketAddr, dir: &Path, args: &[&str]) -> Result<Guard>
 
 /// `memlog <args>` (the binary cargo built for this bench). The proxy reads `MEMLOG_…`
 /// variables as config keys; ours (`MEMLOG_BENCH_…`) are not meant for it, so none is passed on.
+#[allow(dead_code)] // used by the benches that start whole clusters (durable, import)
 pub fn memlog(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_memlog"));
+    memlog_from(Path::new(env!("CARGO_BIN_EXE_memlog")), args)
+}
+
+/// `memlog <args>` from the binary `bin` (another build, for an A/B), environment as [`memlog`].
+pub fn memlog_from(bin: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(bin);
     command.args(args);
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("MEMLOG_") {
@@ -170,8 +176,14 @@ pub fn spawn_logged(mut command: Command, log: &Path) -> Result<Guard> {
 
 /// `memlog proxy --config <config>` listening on `addr`, logging to `log`; returns once it
 /// answers PING (with the log in the error if it never does).
+#[allow(dead_code)] // used by the benches that start whole clusters (durable, import)
 pub fn start_proxy(config: &Path, addr: SocketAddr, log: &Path) -> Result<Guard> {
-    let mut command = memlog(&["proxy", "--config"]);
+    start_proxy_from(Path::new(env!("CARGO_BIN_EXE_memlog")), config, addr, log)
+}
+
+/// [`start_proxy`] with the binary `bin`.
+pub fn start_proxy_from(bin: &Path, config: &Path, addr: SocketAddr, log: &Path) -> Result<Guard> {
+    let mut command = memlog_from(bin, &["proxy", "--config"]);
     command.arg(config);
     let mut guard = spawn_logged(command, log)?;
     wait_for_pong(addr, &mut guard)
@@ -182,13 +194,24 @@ pub fn start_proxy(config: &Path, addr: SocketAddr, log: &Path) -> Result<Guard>
 /// `memlog proxy` (no journal: routing only) in front of the one Redis at `redis`, with `extra`
 /// TOML (e.g. `[[users]]` tables) in its config, written to `dir`.
 pub fn start_routing_proxy(dir: &Path, redis: SocketAddr, extra: &str) -> Result<(SocketAddr, Guard)> {
+    start_routing_proxy_from(Path::new(env!("CARGO_BIN_EXE_memlog")), "proxy", dir, redis, extra)
+}
+
+/// [`start_routing_proxy`] with the binary `bin`, its files in `dir` named after `name`.
+pub fn start_routing_proxy_from(
+    bin: &Path,
+    name: &str,
+    dir: &Path,
+    redis: SocketAddr,
+    extra: &str,
+) -> Result<(SocketAddr, Guard)> {
     let addr = free_addr();
-    let config = dir.join("proxy.toml");
+    let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!("listen = \"{addr}\"\n{extra}\n[[shards]]\nslots = \"0-16383\"\nprimary = \"{redis}\"\n"),
     )?;
-    let guard = start_proxy(&config, addr, &dir.join("proxy.log"))?;
+    let guard = start_proxy_from(bin, &config, addr, &dir.join(format!("{name}.log")))?;
     Ok((addr, guard))
 }
 
