@@ -34,7 +34,12 @@ pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing 
             return Outgoing { silent, ..Outgoing::new(Pending::error(&msg), None, started) };
         }
     };
-    ctx.client.last_command.store(Some(info.clone()));
+    // Stored only when it changes: an `ArcSwap` store waits out every reader's debt (5% of the
+    // proxy's CPU at pipeline 16 when stored per request), a load is nearly free.
+    let unchanged = ctx.client.last_command.load().as_ref().is_some_and(|last| Arc::ptr_eq(last, &info));
+    if !unchanged {
+        ctx.client.last_command.store(Some(info.clone()));
+    }
     ctx.command = Some(info.clone());
     let (pending, rejected) = match refusal(ctx, &request, &info) {
         Some(refusal) => (refusal, true),
