@@ -466,6 +466,7 @@ fn scripts_and_functions_run_with_their_callers_permissions_and_a_rebuild_keeps_
         // The journal's own forms are no commands a client can send.
         out.push(cmd(&mut app, &["__MEMLOG_RUN_AS", "0", "EVAL", "return redis.call('SET', 'other:9', 'v')", "0"]));
         out.push(cmd(&mut app, &["__MEMLOG_PART", "0", "1", "SET other:9 v"]));
+        out.push(cmd(&mut app, &["__MEMLOG_IN_DB", "3", "SET", "other:9", "v"]));
         // Read-only rights: reading anything works, writing through a script does not.
         let mut reader = login(addr, "reader", "r");
         out.push(cmd(&mut reader, &["EVAL_RO", "return redis.call('GET', 'other:3')", "0"]));

@@ -301,7 +301,7 @@ impl Evictor {
 
     /// One command, in this round's database.
     async fn call<A: AsRef<[u8]>>(&self, args: &[A]) -> Result<Bytes, EvictError> {
-        match self.conn.call_in_db(self.db, &encode_command(args)).await {
+        match self.conn.call_in_db(self.db, encode_command(args)).await {
             Ok(reply) if reply.starts_with(b"-") => Err(EvictError::Node(shown(&reply))),
             Ok(reply) => Ok(reply),
             Err(e) => Err(EvictError::Node(e.to_string())),

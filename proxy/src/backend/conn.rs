@@ -184,18 +184,17 @@ impl BackendConn {
         let Ok(room) = Arc::clone(&self.room).acquire_owned().await else { return };
         let conn = self.clone();
         tokio::spawn(async move {
-            let _ = reply.send(conn.call_in_db(db, &request).await);
+            let _ = reply.send(conn.call_in_db(db, request).await);
             drop(room);
         });
     }
 
     /// Runs `request` in database `db` and waits for its reply.
-    pub(crate) async fn call_in_db(&self, db: u8, request: &[u8]) -> ReplyResult {
+    pub(crate) async fn call_in_db(&self, db: u8, request: Bytes) -> ReplyResult {
         if db == 0 {
-            let rx = self.send(Bytes::copy_from_slice(request));
-            return rx.await.unwrap_or_else(|_| Err(self.lost()));
+            return self.send(request).await.unwrap_or_else(|_| Err(self.lost()));
         }
-        let (batch, added) = crate::databases::batch_in(db, Bytes::copy_from_slice(request));
+        let (batch, added) = crate::databases::batch_in(db, request);
         let replies = self.call_batch(batch, 1 + added).await?;
         Ok(crate::databases::batch_replies(db, replies).pop().unwrap_or_default())
     }

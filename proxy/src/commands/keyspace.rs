@@ -87,7 +87,7 @@ impl Db {
     /// Sends one command in the database; a Redis error reply comes back as `Err` with Redis's
     /// own text.
     async fn call(&self, args: &[&[u8]]) -> Result<BytesFrame, String> {
-        let raw = self.conn.call_in_db(self.db, &encode_command(args)).await.map_err(|e| format!("ERR memlog: {e}"))?;
+        let raw = self.conn.call_in_db(self.db, encode_command(args)).await.map_err(|e| format!("ERR memlog: {e}"))?;
         match decode_resp2(&raw).map_err(|e| format!("ERR memlog: {e}"))? {
             BytesFrame::Error(msg) => Err(msg.to_string()),
             frame => Ok(frame),

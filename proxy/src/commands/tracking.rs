@@ -241,7 +241,7 @@ fn look_up_expiries(d: &ClientCtx, keys: Vec<(Bytes, u64)>) {
         for (key, generation) in keys {
             let shard = proxy.slots.shard_of_key(&key);
             let conn = proxy.shards[shard].read_conn(Proto::Resp2, client);
-            match conn.call_in_db(db, &crate::resp::encode_command(&[&b"PEXPIRETIME"[..], &key])).await {
+            match conn.call_in_db(db, crate::resp::encode_command(&[&b"PEXPIRETIME"[..], &key])).await {
                 Ok(reply) => {
                     let at = reply.strip_prefix(b":").and_then(|r| crate::resp::parse_int(r.strip_suffix(b"\r\n")?));
                     // -1: no expiry; -2: no key (a write creating it will invalidate it).
