@@ -116,7 +116,7 @@ fn print_baseline(rows: &[(&Workload, Measurement, Measurement)]) {
 fn print_table(rows: &[(&Workload, Measurement, Measurement)]) {
     println!();
     println!(
-        "{:<5} {:>8} {:>14} {:>14} {:>7} {:>11} {:>11} {:>11} {:>11} {:>13} {:>13}",
+        "{:<5} {:>8} {:>14} {:>14} {:>7} {:>11} {:>11} {:>11} {:>11} {:>13} {:>13} {:>13} {:>13} {:>12} {:>12}",
         "test",
         "pipeline",
         "direct ops/s",
@@ -127,11 +127,15 @@ fn print_table(rows: &[(&Workload, Measurement, Measurement)]) {
         "direct p99",
         "proxy p99",
         "direct cpu/req",
-        "proxy cpu/req"
+        "proxy cpu/req",
+        "client (direct)",
+        "client (proxy)",
+        "busy (direct)",
+        "busy (proxy)"
     );
     for (workload, direct, proxy) in rows {
         println!(
-            "{:<5} {:>8} {:>14.0} {:>14.0} {:>7.2} {:>9.3}ms {:>9.3}ms {:>9.3}ms {:>9.3}ms {:>11.1}µs {:>11.1}µs",
+            "{:<5} {:>8} {:>14.0} {:>14.0} {:>7.2} {:>9.3}ms {:>9.3}ms {:>9.3}ms {:>9.3}ms {:>11.1}µs {:>11.1}µs {:>13.1}µs {:>12.1}µs {:>11.0}% {:>11.0}%",
             workload.test.to_uppercase(),
             workload.pipeline,
             direct.ops_per_sec,
@@ -143,6 +147,10 @@ fn print_table(rows: &[(&Workload, Measurement, Measurement)]) {
             proxy.p99_ms,
             direct.cpu_us_per_request,
             proxy.cpu_us_per_request,
+            direct.client_cpu_us_per_request,
+            proxy.client_cpu_us_per_request,
+            direct.machine_busy * 100.0,
+            proxy.machine_busy * 100.0,
         );
     }
     println!("\nissue 15 targets (medians; informational, never a failure):");
@@ -154,6 +162,11 @@ fn print_table(rows: &[(&Workload, Measurement, Measurement)]) {
             workload.test.to_uppercase(),
             workload.pipeline,
             if ratio >= target { "met" } else { "NOT met" }
+        );
+        println!(
+            "        (the CPU allows proxy/direct up to {:.2} at these costs per request; the direct run kept the machine {:.0}% busy)",
+            support::cpu_bound_ratio(proxy, direct),
+            direct.machine_busy * 100.0
         );
     }
 }

@@ -10,6 +10,7 @@
 //! MEMLOG_BENCH_ROUNDS=5 cargo bench --bench proxy_acl  # more interleaved rounds (default 3)
 //! ```
 
+#[allow(dead_code)]
 #[path = "support/mod.rs"]
 mod support;
 

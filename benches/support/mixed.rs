@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::support::{cpu_seconds, Measurement};
+use crate::support::{cpu_seconds, rusage_seconds, MachineCpu, Measurement};
 
 /// One mixed load.
 #[derive(Clone, Copy)]
@@ -44,7 +44,8 @@ pub fn populate(addr: SocketAddr, load: &MixedLoad) -> Result<()> {
 
 /// Runs `load` against `addr`; CPU time is charged to `pids`.
 pub fn run(addr: SocketAddr, load: &MixedLoad, pids: &[u32]) -> Result<Measurement> {
-    let cpu_before = cpu_seconds(pids)?;
+    let (cpu_before, client_before, machine_before) =
+        (cpu_seconds(pids)?, rusage_seconds(libc::RUSAGE_SELF), MachineCpu::now()?);
     let deadline = Instant::now() + Duration::from_secs_f64(load.seconds);
     let started = Instant::now();
     let clients: Vec<_> = (0..load.clients)
@@ -67,6 +68,8 @@ pub fn run(addr: SocketAddr, load: &MixedLoad, pids: &[u32]) -> Result<Measureme
         p50_ms: percentile(0.5).unwrap_or_default().as_secs_f64() * 1e3,
         p99_ms: percentile(0.99).unwrap_or_default().as_secs_f64() * 1e3,
         cpu_us_per_request: (cpu_seconds(pids)? - cpu_before) * 1e6 / requests.max(1.0),
+        client_cpu_us_per_request: (rusage_seconds(libc::RUSAGE_SELF) - client_before) * 1e6 / requests.max(1.0),
+        machine_busy: MachineCpu::now()?.busy_since(&machine_before),
     })
 }
 

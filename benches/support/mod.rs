@@ -81,6 +81,61 @@ pub struct Measurement {
     /// CPU time (user + system, every thread) of the target's processes per request, in µs;
     /// 0 when the target names no process.
     pub cpu_us_per_request: f64,
+    /// CPU time of the load generator (redis-benchmark, or the bench's own client threads) per
+    /// request, in µs: it shares the machine's two cores with the target.
+    pub client_cpu_us_per_request: f64,
+    /// The share of the machine's CPU time (all cores) that was busy during the run, 0 to 1;
+    /// near 1, the run was bound by CPU rather than by waiting (an fsync, a round trip).
+    pub machine_busy: f64,
+}
+
+/// The whole machine's CPU time so far, all cores, from the `cpu` line of `/proc/stat`
+/// (proc(5)): what was busy, and everything.
+#[derive(Clone, Copy)]
+pub struct MachineCpu {
+    busy: u64,
+    total: u64,
+}
+
+impl MachineCpu {
+    pub fn now() -> Result<MachineCpu> {
+        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let line = stat.lines().next().filter(|l| l.starts_with("cpu ")).context("no cpu line in /proc/stat")?;
+        let ticks: Vec<u64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>()?;
+        // user nice system idle iowait irq softirq steal guest guest_nice; guest time is already
+        // counted in user, so the first eight make the total.
+        let total: u64 = ticks.iter().take(8).sum();
+        let waiting = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+        Ok(MachineCpu { busy: total - waiting, total })
+    }
+
+    /// The share of CPU time busy between `earlier` and this reading.
+    pub fn busy_since(&self, earlier: &MachineCpu) -> f64 {
+        let total = self.total.saturating_sub(earlier.total);
+        if total == 0 {
+            return 0.0;
+        }
+        self.busy.saturating_sub(earlier.busy) as f64 / total as f64
+    }
+}
+
+/// CPU seconds (user + system) of this process's children that have been waited for: the
+/// redis-benchmark runs.
+pub fn children_cpu_seconds() -> f64 {
+    rusage_seconds(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU seconds (user + system) of this process (`RUSAGE_SELF`, every thread: the bench's own
+/// load clients) or of its waited-for children (`RUSAGE_CHILDREN`), from getrusage(2).
+pub fn rusage_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage only writes the struct it is given, which lives on this stack frame.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// CPU seconds (user + system, all threads) `pids` have used so far, from `/proc/<pid>/stat`.
@@ -254,19 +309,14 @@ pub fn interleaved(workload: &Workload, targets: &[Target], rounds: usize) -> Re
         for offset in 0..targets.len() {
             let index = (round + offset) % targets.len();
             let target = &targets[index];
-            let cpu_before = cpu_seconds(&target.pids)?;
+            let (cpu_before, client_before, machine_before) =
+                (cpu_seconds(&target.pids)?, children_cpu_seconds(), MachineCpu::now()?);
             let mut run = redis_benchmark(target.addr, workload, target.requests, target.client)?;
-            run.cpu_us_per_request = (cpu_seconds(&target.pids)? - cpu_before) * 1e6 / target.requests as f64;
-            println!(
-                "  {} -P {:<2} round {round} {:<width$} {:>9.0} ops/s  p50 {:.3}ms  p99 {:.3}ms  cpu {:.1} µs/req",
-                workload.test,
-                workload.pipeline,
-                target.name,
-                run.ops_per_sec,
-                run.p50_ms,
-                run.p99_ms,
-                run.cpu_us_per_request
-            );
+            let requests = target.requests as f64;
+            run.cpu_us_per_request = (cpu_seconds(&target.pids)? - cpu_before) * 1e6 / requests;
+            run.client_cpu_us_per_request = (children_cpu_seconds() - client_before) * 1e6 / requests;
+            run.machine_busy = MachineCpu::now()?.busy_since(&machine_before);
+            println!("  {} -P {:<2} round {round} {:<width$} {}", workload.test, workload.pipeline, target.name, run);
             runs[index].push(run);
         }
     }
@@ -314,6 +364,8 @@ fn parse_csv(text: &str) -> Result<Measurement> {
         p50_ms: column("p50_latency_ms")?,
         p99_ms: column("p99_latency_ms")?,
         cpu_us_per_request: 0.0,
+        client_cpu_us_per_request: 0.0,
+        machine_busy: 0.0,
     })
 }
 
@@ -338,5 +390,34 @@ pub fn median_of(runs: &[Measurement]) -> Measurement {
         p50_ms: median(|m| m.p50_ms),
         p99_ms: median(|m| m.p99_ms),
         cpu_us_per_request: median(|m| m.cpu_us_per_request),
+        client_cpu_us_per_request: median(|m| m.client_cpu_us_per_request),
+        machine_busy: median(|m| m.machine_busy),
     }
+}
+
+impl std::fmt::Display for Measurement {
+    /// One run's line: throughput, latency, and where the CPU went.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>9.0} ops/s  p50 {:.3}ms  p99 {:.3}ms  cpu {:.1} µs/req  client {:.1} µs/req  machine busy {:.0}%",
+            self.ops_per_sec,
+            self.p50_ms,
+            self.p99_ms,
+            self.cpu_us_per_request,
+            self.client_cpu_us_per_request,
+            self.machine_busy * 100.0
+        )
+    }
+}
+
+/// The best `target/baseline` throughput ratio the CPU allows, were both runs to keep the whole
+/// machine busy at the CPU per request they were measured with (target's processes plus the
+/// load generator). A run that already kept the machine busy cannot do better than this.
+pub fn cpu_bound_ratio(target: &Measurement, baseline: &Measurement) -> f64 {
+    let cost = |m: &Measurement| m.cpu_us_per_request + m.client_cpu_us_per_request;
+    if cost(target) == 0.0 {
+        return f64::INFINITY;
+    }
+    cost(baseline) / cost(target)
 }
