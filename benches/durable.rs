@@ -764,10 +764,11 @@ fn print_targets(rows: &[Row]) {
         for (kind, what, met) in checks {
             println!("  {kind:<5} -P {:<2} {what}: {}", row.pipeline, verdict(met));
         }
+        let ceiling = support::cpu_ceiling(&row.memlog);
         println!(
-            "        -P {:<2} (the CPU allows memlog/{FSYNC_ALWAYS_NAME} up to {:.2} at these costs per SET; memlog's run kept the machine {:.0}% busy)",
+            "        -P {:<2} (at its CPU per SET, memlog with every core busy would make {ceiling:.0} ops/s, {:.2}× {FSYNC_ALWAYS_NAME}; its run kept the machine {:.0}% busy)",
             row.pipeline,
-            support::cpu_bound_ratio(&row.memlog, &row.fsync_always),
+            ceiling / row.fsync_always.ops_per_sec,
             row.memlog.machine_busy * 100.0
         );
     }

@@ -411,13 +411,14 @@ impl std::fmt::Display for Measurement {
     }
 }
 
-/// The best `target/baseline` throughput ratio the CPU allows, were both runs to keep the whole
-/// machine busy at the CPU per request they were measured with (target's processes plus the
-/// load generator). A run that already kept the machine busy cannot do better than this.
-pub fn cpu_bound_ratio(target: &Measurement, baseline: &Measurement) -> f64 {
-    let cost = |m: &Measurement| m.cpu_us_per_request + m.client_cpu_us_per_request;
-    if cost(target) == 0.0 {
+/// The most requests per second `target` could serve at the CPU per request it was measured
+/// with (its processes plus the load generator) were it to keep every core of the machine busy:
+/// an upper bound on its throughput on this machine, whatever it waited for in the run.
+pub fn cpu_ceiling(target: &Measurement) -> f64 {
+    let cost_us = target.cpu_us_per_request + target.client_cpu_us_per_request;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cost_us == 0.0 {
         return f64::INFINITY;
     }
-    cost(baseline) / cost(target)
+    cores as f64 * 1e6 / cost_us
 }
