@@ -21,7 +21,7 @@ pub struct Segment {
     /// Bytes of durable records (where the next record goes).
     pub len: u64,
     /// The file's zero-filled, durable length past `len`, made ready for appends (see
-    /// `Writer::prepare_ahead`); equal to `len` when nothing is prepared.
+    /// `Writer::persist`); equal to `len` when nothing is prepared.
     pub prepared: u64,
     /// Opened read/write; shared with readers so a segment deleted meanwhile stays readable.
     pub file: Arc<File>,

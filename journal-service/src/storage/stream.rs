@@ -24,10 +24,12 @@ const MAX_LSN: u64 = 1 << 62;
 /// Stop gathering a group-commit batch at this many bytes; the rest goes in the next one.
 const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
-/// When less than this is prepared past the active segment's end, the writer prepares more.
-const PREPARE_LOW_WATER: u64 = 256 * 1024;
-/// How far past the active segment's end the writer prepares (zero-fills and makes durable).
-const PREPARE_BYTES: u64 = 1024 * 1024;
+/// When a batch leaves less than this prepared past its end, it prepares more (`Writer::persist`).
+const PREPARE_LOW_WATER: u64 = 128 * 1024;
+/// How far past its end a batch that prepares zero-fills the active segment.
+const PREPARE_BYTES: usize = 256 * 1024;
+/// What prepared space is filled with.
+static ZEROS: [u8; PREPARE_BYTES] = [0; PREPARE_BYTES];
 
 /// What subscribers watch: the last durable LSN, and how many truncations have rewritten the tail
 /// (a subscriber that may have seen a dropped entry must start over).
@@ -286,38 +288,6 @@ impl Writer {
                 }
             }
             self.append_batch(&mut batch);
-            self.prepare_ahead();
-        }
-    }
-
-    /// Zero-fills the active segment ahead of its end and makes that durable, once the space
-    /// prepared runs low, after the batch was acknowledged. An append into prepared space changes
-    /// neither the file's size nor its blocks, so its `fdatasync` flushes the data alone; an
-    /// append that grows the file also makes the filesystem commit its journal (ext4: 0.68 ->
-    /// 0.38 ms per 3.6 KiB append with three nodes on one disk, README "Benchmarks"). Failing
-    /// (a full disk) only costs that speed: appends still grow the file as before.
-    fn prepare_ahead(&mut self) {
-        let (file, from, to) = {
-            let state = self.lock();
-            let seg = state.segments.last().expect("a stream has a segment");
-            if seg.len >= self.segment_bytes || seg.prepared >= seg.len + PREPARE_LOW_WATER {
-                return;
-            }
-            let to = (seg.len + PREPARE_BYTES).min(self.segment_bytes);
-            (Arc::clone(&seg.file), seg.prepared.max(seg.len), to)
-        };
-        if to <= from {
-            return;
-        }
-        let zeros = vec![0u8; segment::index(to - from)];
-        let started = Instant::now();
-        match file.write_all_at(&zeros, from).and_then(|()| file.sync_data()) {
-            Ok(()) => {
-                metrics::histogram!(m::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
-                // Only this thread changes segments, so the active one is still the same.
-                self.lock().segments.last_mut().expect("a stream has a segment").prepared = to;
-            }
-            Err(e) => tracing::warn!(stream = %self.name, error = %e, "could not prepare journal space ahead"),
         }
     }
 
@@ -403,6 +373,15 @@ impl Writer {
 
     /// Writes `bytes` at the end of the active segment (rolling first if it is full), fsyncs them,
     /// and persists a raised fenced epoch; returns the offset they were written at.
+    ///
+    /// A batch that leaves little space prepared past its end also zero-fills the next
+    /// `PREPARE_BYTES`, made durable by the same `fdatasync`. An append into prepared space
+    /// changes neither the file's size nor its blocks, so its `fdatasync` flushes the data alone;
+    /// an append that grows the file also makes the filesystem commit its metadata (ext4: 0.68 ->
+    /// 0.38 ms per 3.6 KiB append with three nodes on one disk, README "Benchmarks"). Preparing
+    /// with the batch's own sync, rather than with a write and a sync of its own after it, keeps
+    /// the next batch from waiting behind a megabyte of zeros (README "Benchmarks", session 10).
+    /// Failing to prepare (a full disk) only costs that speed: appends grow the file instead.
     fn persist(&mut self, bytes: &[u8], fenced: u64) -> io::Result<u64> {
         let (full, next_lsn) = {
             let state = self.lock();
@@ -417,16 +396,29 @@ impl Writer {
             fsync_dir(&self.dir)?;
             self.lock().segments.push(seg);
         }
-        let (file, base) = {
+        let (file, base, prepared) = {
             let state = self.lock();
             let seg = state.segments.last().expect("a stream has a segment");
-            (Arc::clone(&seg.file), seg.len)
+            (Arc::clone(&seg.file), seg.len, seg.prepared)
         };
         file.write_all_at(bytes, base)?;
+        let end = base + bytes.len() as u64;
+        let mut prepare_to = None;
+        let (from, to) = (prepared.max(end), (end + PREPARE_BYTES as u64).min(self.segment_bytes));
+        if prepared < end + PREPARE_LOW_WATER && from < to {
+            match file.write_all_at(&ZEROS[..segment::index(to - from)], from) {
+                Ok(()) => prepare_to = Some(to),
+                Err(e) => tracing::warn!(stream = %self.name, error = %e, "could not prepare journal space ahead"),
+            }
+        }
         let started = Instant::now();
         self.failpoint.before_fsync()?;
         file.sync_data()?;
         metrics::histogram!(m::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
+        if let Some(to) = prepare_to {
+            // Only this thread changes segments, so the active one is still the same.
+            self.lock().segments.last_mut().expect("a stream has a segment").prepared = to;
+        }
         self.raise_persisted_epoch(fenced)?;
         Ok(base)
     }
