@@ -14,7 +14,12 @@
 //! cargo bench --bench durable                        # ~3 s per measurement
 //! MEMLOG_BENCH_QUICK=1 cargo bench --bench durable   # a short smoke run
 //! MEMLOG_BENCH_ROUNDS=3 cargo bench --bench durable  # more interleaved rounds (default 2)
+//! MEMLOG_BENCH_BASELINE=/path/to/other/memlog cargo bench --bench durable
 //! ```
+//!
+//! With `MEMLOG_BENCH_BASELINE`, a second cluster whose journal nodes and proxy are that other
+//! build (an older commit, say) runs the same SETs, interleaved with the others, and the bench
+//! prints this build against it: an A/B of two builds' durable path in one run.
 //!
 //! Error replies are never counted as throughput: redis-benchmark 7 exits non-zero on the first
 //! one (which fails the bench), and after the runs each memlog Redis must have applied exactly
@@ -86,6 +91,15 @@ fn main() -> Result<()> {
         raw.p99.as_secs_f64() * 1e3
     );
     let mut memlog = MemlogCluster::start(&dir.path().join("memlog"), None, Hops::Journal)?;
+    let baseline = match std::env::var_os("MEMLOG_BENCH_BASELINE") {
+        Some(bin) => {
+            let bin = PathBuf::from(bin);
+            let cluster = MemlogCluster::start_from(&bin, &dir.path().join("baseline"), None, Hops::Journal)?;
+            println!("baseline: {} as the journal nodes and proxy of {}", bin.display(), cluster.proxy_addr);
+            Some(cluster)
+        }
+        None => None,
+    };
     let fsync_always_addr = support::free_addr();
     let fsync_always = support::start_redis(fsync_always_addr, &dir.path().join("fsync-always"), FSYNC_ALWAYS)?;
     let no_persistence_addr = support::free_addr();
@@ -98,9 +112,9 @@ fn main() -> Result<()> {
     );
 
     let seconds = if quick { CELL_SECONDS / 10.0 } else { CELL_SECONDS };
-    let mut rows = Vec::new();
-    // Every SET memlog acknowledged, all of which the replay must rebuild.
-    let mut memlog_sets = 0;
+    let (mut rows, mut baseline_rows) = (Vec::new(), Vec::new());
+    // Every SET memlog (and the baseline) acknowledged, all of which the replay must rebuild.
+    let (mut memlog_sets, mut baseline_sets) = (0, 0);
     for pipeline in PIPELINES {
         let workload = Workload { test: "set", pipeline };
         let mut targets = Vec::new();
@@ -116,9 +130,20 @@ fn main() -> Result<()> {
         targets[0].pids = memlog.pids();
         targets[1].pids = vec![fsync_always.pid()];
         targets[2].pids = vec![no_persistence.pid()];
+        if let Some(baseline) = &baseline {
+            // As many requests as this build's proxy gets: the same work for both builds.
+            let requests = targets[0].requests;
+            let (pids, client) = (baseline.pids(), Client::default());
+            requests_for(baseline.proxy_addr, &workload, seconds, client)?;
+            targets.push(Target { name: "baseline", addr: baseline.proxy_addr, requests, pids, client });
+            baseline_sets += probe_requests(&workload) + rounds as u64 * requests;
+        }
         memlog_sets += probe_requests(&workload) + rounds as u64 * targets[0].requests;
         let fsyncs_before = memlog.fsyncs()?;
         let medians = support::interleaved(&workload, &targets, rounds)?;
+        if let Some(baseline) = medians.get(3) {
+            baseline_rows.push((pipeline, *baseline, medians[0]));
+        }
         let fsyncs_per_set = (memlog.fsyncs()? - fsyncs_before) as f64 / (rounds as u64 * targets[0].requests) as f64;
         rows.push(Row {
             pipeline,
@@ -129,10 +154,14 @@ fn main() -> Result<()> {
         });
     }
     memlog.check_applied(memlog_sets)?;
+    if let Some(baseline) = baseline {
+        baseline.check_applied(baseline_sets)?;
+    }
     let replay = memlog.restart_on_empty_redis()?;
     anyhow::ensure!(replay.entries > 0, "the restarted proxy replayed nothing onto the empty Redis");
     print_table(&rows);
     print_targets(&rows);
+    print_baseline(&baseline_rows);
     println!(
         "\nreplay: {} journal entries ({memlog_sets} SETs) onto an empty Redis in {} ms = {:.0} entries/s \
          ({:.0} SETs/s); the restarted proxy answered PING after {} ms",
@@ -150,6 +179,29 @@ fn main() -> Result<()> {
     drop(memlog);
     compare_rebuilds(dir.path(), quick)?;
     compare_tls(dir.path(), quick, rounds)
+}
+
+/// This build against the baseline build (`MEMLOG_BENCH_BASELINE`): (pipeline, baseline, this).
+fn print_baseline(rows: &[(u32, Measurement, Measurement)]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("\nthis build / baseline build (medians):");
+    for (pipeline, baseline, this) in rows {
+        println!(
+            "  set -P {pipeline:<2} baseline {:>9.0} ops/s, this {:>9.0} ops/s: {:.2}; p50 {:.3} -> {:.3} ms; \
+             p99 {:.3} -> {:.3} ms; cpu/SET {:.1} -> {:.1} µs",
+            baseline.ops_per_sec,
+            this.ops_per_sec,
+            this.ops_per_sec / baseline.ops_per_sec,
+            baseline.p50_ms,
+            this.p50_ms,
+            baseline.p99_ms,
+            this.p99_ms,
+            baseline.cpu_us_per_request,
+            this.cpu_us_per_request
+        );
+    }
 }
 
 /// The mixed load against memlog and the stock servers `stock` (name, address, pid), in
@@ -428,6 +480,8 @@ fn probe_requests(workload: &Workload) -> u64 {
 /// The memlog side: journal nodes, a Redis without persistence, and the proxy journaling
 /// every write, each process killed by pid when dropped.
 struct MemlogCluster {
+    /// The `memlog` binary its journal nodes and proxy run.
+    bin: PathBuf,
     dir: PathBuf,
     config: PathBuf,
     proxy_addr: SocketAddr,
@@ -453,6 +507,11 @@ struct Replay {
 
 impl MemlogCluster {
     fn start(dir: &Path, snapshots: Option<Snapshots>, hops: Hops) -> Result<MemlogCluster> {
+        MemlogCluster::start_from(Path::new(env!("CARGO_BIN_EXE_memlog")), dir, snapshots, hops)
+    }
+
+    /// [`MemlogCluster::start`] with the journal nodes and the proxy of the binary `bin`.
+    fn start_from(bin: &Path, dir: &Path, snapshots: Option<Snapshots>, hops: Hops) -> Result<MemlogCluster> {
         let mut journal = Vec::new();
         let mut journal_addrs = Vec::new();
         let mut journal_metrics = Vec::new();
@@ -462,7 +521,7 @@ impl MemlogCluster {
             let addr = support::free_addr();
             let node_dir = dir.join(format!("journal-{node}"));
             std::fs::create_dir_all(&node_dir)?;
-            let mut command = support::memlog(&["journal", "--listen", &addr.to_string(), "--dir"]);
+            let mut command = support::memlog_from(bin, &["journal", "--listen", &addr.to_string(), "--dir"]);
             command.arg(&node_dir);
             let metrics = support::free_addr();
             command.args(["--metrics-listen", &metrics.to_string()]);
@@ -519,6 +578,7 @@ impl MemlogCluster {
             ),
         )?;
         let mut cluster = MemlogCluster {
+            bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             config,
             proxy_addr,
@@ -629,9 +689,9 @@ impl MemlogCluster {
         let log = self.dir.join(format!("proxy-{}.log", self.proxy_runs));
         self.proxy_runs += 1;
         self.proxy = Some(match &self.edge {
-            None => support::start_proxy(&self.config, self.proxy_addr, &log)?,
+            None => support::start_proxy_from(&self.bin, &self.config, self.proxy_addr, &log)?,
             Some(edge) => {
-                let mut command = support::memlog(&["proxy", "--config"]);
+                let mut command = support::memlog_from(&self.bin, &["proxy", "--config"]);
                 command.arg(&self.config);
                 let mut proxy = support::spawn_logged(command, &log)?;
                 let tls = ["--tls".to_string(), "--cacert".to_string(), edge.clients_ca.display().to_string()];
