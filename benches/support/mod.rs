@@ -119,14 +119,9 @@ impl MachineCpu {
     }
 }
 
-/// CPU seconds (user + system) of this process's children that have been waited for: the
-/// redis-benchmark runs.
-pub fn children_cpu_seconds() -> f64 {
-    rusage_seconds(libc::RUSAGE_CHILDREN)
-}
-
 /// CPU seconds (user + system) of this process (`RUSAGE_SELF`, every thread: the bench's own
-/// load clients) or of its waited-for children (`RUSAGE_CHILDREN`), from getrusage(2).
+/// load clients) or of its children waited for (`RUSAGE_CHILDREN`: the redis-benchmark runs),
+/// from getrusage(2).
 pub fn rusage_seconds(who: libc::c_int) -> f64 {
     // SAFETY: getrusage only writes the struct it is given, which lives on this stack frame.
     let usage = unsafe {
@@ -310,11 +305,11 @@ pub fn interleaved(workload: &Workload, targets: &[Target], rounds: usize) -> Re
             let index = (round + offset) % targets.len();
             let target = &targets[index];
             let (cpu_before, client_before, machine_before) =
-                (cpu_seconds(&target.pids)?, children_cpu_seconds(), MachineCpu::now()?);
+                (cpu_seconds(&target.pids)?, rusage_seconds(libc::RUSAGE_CHILDREN), MachineCpu::now()?);
             let mut run = redis_benchmark(target.addr, workload, target.requests, target.client)?;
             let requests = target.requests as f64;
             run.cpu_us_per_request = (cpu_seconds(&target.pids)? - cpu_before) * 1e6 / requests;
-            run.client_cpu_us_per_request = (children_cpu_seconds() - client_before) * 1e6 / requests;
+            run.client_cpu_us_per_request = (rusage_seconds(libc::RUSAGE_CHILDREN) - client_before) * 1e6 / requests;
             run.machine_busy = MachineCpu::now()?.busy_since(&machine_before);
             println!("  {} -P {:<2} round {round} {:<width$} {}", workload.test, workload.pipeline, target.name, run);
             runs[index].push(run);

@@ -28,6 +28,18 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::sighup::Reloaded;
 
+/// The buffer under a member connection's TLS: an append or two, or a page of entries read
+/// back, as they arrive.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// `socket` read through a buffer, to put under TLS. rustls reads the socket 4 KiB at a time
+/// (rustls 0.23, `msgs/deframer/buffers.rs`, `READ_SIZE`): an entry of a few KiB would take a
+/// syscall per 4 KiB, where the buffer takes what arrived in one. It is taken before the
+/// handshake, so a node's connections (`max_connections`, 1024 by default) hold 64 MiB at most.
+pub(crate) fn buffered(socket: tokio::net::TcpStream) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    tokio::io::BufReader::with_capacity(READ_BUFFER, socket)
+}
+
 /// The DNS suffix under which certificates carry their role.
 pub const ROLE_DOMAIN: &str = "role.memlog";
 

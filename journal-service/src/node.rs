@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 
-use crate::cluster_tls::{Reloaded, Role, ServerTls, TlsError};
+use crate::cluster_tls::{self, Reloaded, Role, ServerTls, TlsError};
 use crate::error::NodeError;
 use crate::protocol::{self, Request, Response};
 use crate::storage::{Storage, StorageOptions};
@@ -107,9 +107,6 @@ const SUBSCRIPTION_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Replies queued per connection before request handlers wait for the socket.
 const REPLY_QUEUE: usize = 4096;
-/// The buffer under a peer's TLS stream: an append or two as they arrive. Taken before the
-/// handshake, so a node's connections (`max_connections`, 1024 by default) hold 64 MiB at most.
-const READ_BUFFER: usize = 64 * 1024;
 
 /// After a failed accept (e.g. out of file descriptors), wait this long instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -139,7 +136,7 @@ pub async fn run(opts: NodeOptions, shutdown: impl Future<Output = ()>) -> anyho
         tracing::warn!(?options, "fault injection is on");
     }
     let security = opts.security.clone();
-    crate::cluster_tls::reload_on_sighup(move || security.reload())?;
+    cluster_tls::reload_on_sighup(move || security.reload())?;
     match &opts.security {
         Security::Tls(_) => {}
         Security::InsecureNoTls => tracing::warn!(
@@ -239,11 +236,7 @@ async fn admit(
         tracing::debug!(%peer, %reason, "TLS handshake refused");
         None
     };
-    // rustls reads the socket 4 KiB at a time (rustls 0.23, `msgs/deframer/buffers.rs`,
-    // `READ_SIZE`): an entry of a few KiB would take a syscall per 4 KiB, where a buffer under
-    // TLS takes what arrived in one.
-    let socket = tokio::io::BufReader::with_capacity(READ_BUFFER, socket);
-    match tokio::time::timeout(timeout, tls.acceptor().accept(socket)).await {
+    match tokio::time::timeout(timeout, tls.acceptor().accept(cluster_tls::buffered(socket))).await {
         Err(_) => refused("timed out".into()),
         Ok(Err(e)) => refused(e.to_string()),
         Ok(Ok(stream)) => {

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::cluster_tls::{ClientTls, Transport};
+use crate::cluster_tls::{self, ClientTls, Transport};
 use crate::entry::{Entry, NodeStatus, StreamTail};
 use crate::error::NodeError;
 use crate::protocol::{self, Request, Response};
@@ -37,8 +37,6 @@ pub fn transfer_allowance(len: usize) -> Duration {
 
 /// How many pushed entries a subscription buffers before the connection waits for its reader.
 const SUBSCRIPTION_BUFFER: usize = 1024;
-/// The buffer under a TLS connection to a node.
-const READ_BUFFER: usize = 64 * 1024;
 
 /// A cheap-to-clone handle on one pipelined connection to a journal node.
 #[derive(Clone)]
@@ -407,10 +405,7 @@ async fn connect(addr: SocketAddr, transport: &Transport) -> std::io::Result<Box
     match transport {
         Transport::Plain => Ok(Box::new(stream)),
         Transport::Tls(tls) => {
-            // A page of entries read back (a replay) comes in far more than the 4 KiB rustls
-            // reads from the socket at a time (as on the node's side, `node::admit`).
-            let stream = tokio::io::BufReader::with_capacity(READ_BUFFER, stream);
-            Ok(Box::new(tls.connector().connect(ClientTls::node_name(), stream).await?))
+            Ok(Box::new(tls.connector().connect(ClientTls::node_name(), cluster_tls::buffered(stream)).await?))
         }
     }
 }
