@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::blocked::{arm_timeout, BlockedRegistry};
+use super::gather::Gathering;
 use super::seams::{JournalStream, QuorumStream, StreamWriter};
 use super::watch::WatchRegistry;
 use super::*;
@@ -77,10 +78,12 @@ impl<S: JournalStream> Journaler<S> {
         let batch_size = metrics::histogram!("memlog_sequencer_batch_size", "shard" => self.shard.to_string());
         let mut batch = Vec::with_capacity(64);
         let mut swept = Instant::now();
+        let mut gathering = Gathering::new(self.shard, self.journal.is_some());
         loop {
-            // Take the next batch only once an append may start, so what arrives meanwhile joins it.
+            // Take the next batch only once an append may start, so what arrives meanwhile joins
+            // it, and the writers of the entry just committed are given a moment to come back.
             drop(self.appends.acquire().await);
-            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            if !gathering.take(&mut queue, &mut batch).await {
                 return;
             }
             batch_size.record(batch.len() as f64);

@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 
 use super::super::fakes::{reply, set, FakeJournal, FakePrimary, FakeRedis, FakeStream, StreamScript};
+use super::super::gather::GATHER_WAIT;
 use super::*;
 use crate::backend::ReplyResult;
 use crate::resp::Request;
@@ -207,6 +208,51 @@ async fn appends_in_flight_are_capped_and_what_waits_meanwhile_goes_out_together
         "the writes that waited went out as one entry"
     );
     assert_eq!(rig.applied(), (0..10).map(|i| format!("k{i}")).collect::<Vec<_>>());
+}
+
+/// Two clients that each write again as soon as they hear their reply: `a1` goes out alone and
+/// `b1` arrives while it is appended. Without gathering, `b1` would go out alone as soon as
+/// `a1` committed, `a2` would wait for it, and the two would take turns for good (`gather.rs`).
+#[tokio::test(start_paused = true)]
+async fn clients_taking_turns_are_gathered_into_one_entry() {
+    let gate = Arc::new(Semaphore::new(0));
+    let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
+    rig.run();
+    let a1 = rig.write("a1");
+    tokio::task::yield_now().await;
+    assert_eq!(rig.script().in_flight, 1, "a1 is being appended");
+    let b1 = rig.write("b1");
+    gate.add_permits(1);
+    assert_eq!(reply(a1).await, ok("a1"));
+    let a2 = rig.write("a2");
+    gate.add_permits(1000);
+    assert_eq!(reply(b1).await, ok("b1"));
+    assert_eq!(reply(a2).await, ok("a2"));
+    let together: Vec<u8> = [set("b1"), set("a2")].concat();
+    assert_eq!(rig.stream.journal.payloads(), [set("a1"), Bytes::from(together)]);
+    assert_eq!(rig.applied(), ["a1", "b1", "a2"]);
+}
+
+/// A writer expected back that does not come: the waiting writes go out after `GATHER_WAIT`,
+/// and the next batch is taken at once.
+#[tokio::test(start_paused = true)]
+async fn a_writer_that_does_not_come_back_holds_the_next_entry_for_gather_wait_at_most() {
+    let gate = Arc::new(Semaphore::new(0));
+    let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
+    rig.run();
+    let a1 = rig.write("a1");
+    tokio::task::yield_now().await;
+    let b1 = rig.write("b1");
+    gate.add_permits(1000);
+    assert_eq!(reply(a1).await, ok("a1"));
+    let waiting = tokio::time::Instant::now();
+    assert_eq!(reply(b1).await, ok("b1"));
+    let waited = waiting.elapsed();
+    assert!(waited >= GATHER_WAIT && waited < 2 * GATHER_WAIT, "b1 waited {waited:?} for a2");
+    let next = tokio::time::Instant::now();
+    assert_eq!(reply(rig.write("b2")).await, ok("b2"));
+    assert_eq!(next.elapsed(), Duration::ZERO, "after a timeout, the next batch does not wait");
+    assert_eq!(rig.stream.journal.payloads(), [set("a1"), set("b1"), set("b2")]);
 }
 
 #[tokio::test(start_paused = true)]
