@@ -19,7 +19,8 @@
 //!
 //! With `MEMLOG_BENCH_BASELINE`, a second cluster whose journal nodes and proxy are that other
 //! build (an older commit, say) runs the same SETs, interleaved with the others, and the bench
-//! prints this build against it: an A/B of two builds' durable path in one run.
+//! prints this build against it: an A/B of two builds' durable path in one run. The mixed load
+//! runs against it too.
 //!
 //! Error replies are never counted as throughput: redis-benchmark 7 exits non-zero on the first
 //! one (which fails the bench), and after the runs each memlog Redis must have applied exactly
@@ -76,6 +77,8 @@ const REBUILD_SNAPSHOT_EVERY: u64 = 200;
 const REBUILD_SEGMENT_BYTES: u64 = 1024 * 1024;
 
 const MEMLOG: &str = "memlog";
+/// The other build's cluster, with `MEMLOG_BENCH_BASELINE`.
+const BASELINE: &str = "baseline";
 const FSYNC_ALWAYS_NAME: &str = "redis-fsync-always";
 const NO_PERSISTENCE_NAME: &str = "redis-no-persistence";
 
@@ -135,7 +138,7 @@ fn main() -> Result<()> {
             let requests = targets[0].requests;
             let (pids, client) = (baseline.pids(), Client::default());
             requests_for(baseline.proxy_addr, &workload, seconds, client)?;
-            targets.push(Target { name: "baseline", addr: baseline.proxy_addr, requests, pids, client });
+            targets.push(Target { name: BASELINE, addr: baseline.proxy_addr, requests, pids, client });
             baseline_sets += probe_requests(&workload) + rounds as u64 * requests;
         }
         memlog_sets += probe_requests(&workload) + rounds as u64 * targets[0].requests;
@@ -154,7 +157,7 @@ fn main() -> Result<()> {
         });
     }
     memlog.check_applied(memlog_sets)?;
-    if let Some(baseline) = baseline {
+    if let Some(baseline) = &baseline {
         baseline.check_applied(baseline_sets)?;
     }
     let replay = memlog.restart_on_empty_redis()?;
@@ -175,8 +178,9 @@ fn main() -> Result<()> {
         (FSYNC_ALWAYS_NAME, fsync_always_addr, fsync_always.pid()),
         (NO_PERSISTENCE_NAME, no_persistence_addr, no_persistence.pid()),
     ];
-    compare_mixed(&memlog, &stock, seconds, rounds)?;
+    compare_mixed(&memlog, baseline.as_ref(), &stock, seconds, rounds)?;
     drop(memlog);
+    drop(baseline);
     compare_rebuilds(dir.path(), quick)?;
     compare_tls(dir.path(), quick, rounds)
 }
@@ -204,12 +208,19 @@ fn print_baseline(rows: &[(u32, Measurement, Measurement)]) {
     }
 }
 
-/// The mixed load against memlog and the stock servers `stock` (name, address, pid), in
-/// interleaved rounds; the medians and issue 15's goal for it (memlog at least 0.8× Redis
-/// without persistence).
-fn compare_mixed(memlog: &MemlogCluster, stock: &[(&str, SocketAddr, u32)], seconds: f64, rounds: usize) -> Result<()> {
+/// The mixed load against memlog, the baseline build's cluster if there is one, and the stock
+/// servers `stock` (name, address, pid), in interleaved rounds; the medians and issue 15's goal
+/// for it (memlog at least 0.8× Redis without persistence).
+fn compare_mixed(
+    memlog: &MemlogCluster,
+    baseline: Option<&MemlogCluster>,
+    stock: &[(&str, SocketAddr, u32)],
+    seconds: f64,
+    rounds: usize,
+) -> Result<()> {
     let load = mixed::MixedLoad { clients: 50, seconds, keys: 10_000, value_len: 100 };
     let mut targets = vec![(MEMLOG, memlog.proxy_addr, memlog.pids())];
+    targets.extend(baseline.map(|b| (BASELINE, b.proxy_addr, b.pids())));
     targets.extend(stock.iter().map(|&(name, addr, pid)| (name, addr, vec![pid])));
     println!(
         "\nmixed load: 80% GET / 20% SET, {} clients at pipeline 1, {} keys of {} B:",
@@ -238,6 +249,19 @@ fn compare_mixed(memlog: &MemlogCluster, stock: &[(&str, SocketAddr, u32)], seco
         "  goal  mixed memlog/{NO_PERSISTENCE_NAME} {ratio:.2} (>= 0.8): {}",
         if ratio >= 0.8 { "met" } else { "NOT met" }
     );
+    if let Some(baseline) = targets.iter().position(|(name, _, _)| *name == BASELINE) {
+        let (this, baseline) = (&medians[0], &medians[baseline]);
+        println!(
+            "  this build / baseline build: {:.2}; p50 {:.3} -> {:.3} ms; p99 {:.3} -> {:.3} ms; cpu/req {:.1} -> {:.1} µs",
+            this.ops_per_sec / baseline.ops_per_sec,
+            baseline.p50_ms,
+            this.p50_ms,
+            baseline.p99_ms,
+            this.p99_ms,
+            baseline.cpu_us_per_request,
+            this.cpu_us_per_request
+        );
+    }
     Ok(())
 }
 
