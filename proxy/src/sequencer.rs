@@ -494,6 +494,8 @@ struct ApplyHealth {
     /// The shard's target, where the journal prefix the primary holds is published for the read
     /// connections (none in the sequencer's unit tests).
     published_to: Option<Arc<crate::backend::NodeTarget>>,
+    /// How long applying the last journaled batch took, in microseconds (`gather.rs`).
+    last_apply_micros: std::sync::atomic::AtomicU64,
 }
 
 impl ApplyHealth {
@@ -505,6 +507,16 @@ impl ApplyHealth {
         if let Some(target) = &self.published_to {
             target.primary_holds(lsn);
         }
+    }
+
+    /// Applying a journaled batch took `took`.
+    fn applied_in(&self, took: Duration) {
+        self.last_apply_micros.store(took.as_micros().try_into().unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// How long applying the last journaled batch took.
+    fn last_apply(&self) -> Duration {
+        Duration::from_micros(self.last_apply_micros.load(Ordering::Relaxed))
     }
 
     fn set_failing(&self, failing: bool) {

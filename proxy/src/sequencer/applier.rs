@@ -58,7 +58,11 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                             }
                         },
                     };
+                    let started = std::time::Instant::now();
                     self.apply_batch(lsn, proto, items).await;
+                    if lsn.is_some() {
+                        self.health.applied_in(started.elapsed());
+                    }
                 }
                 ToApplier::Probe { commands, db, done } => {
                     // In another database, the whole probe runs there: it may be a MULTI (a dry

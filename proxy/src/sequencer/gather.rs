@@ -16,6 +16,12 @@
 //! they do not wait for replies): the next batches are then taken without waiting, twice as many
 //! after each further timeout, up to [`MOST_SKIPPED`], so such a load pays the wait on few of
 //! its writes.
+//!
+//! Nor does it wait when applying the last batch took [`GATHER_WAIT`] or longer: its writers
+//! cannot be back before their entry is applied, and while the journaler waits for them the
+//! journal is idle. Then the next entry is better appended at once, while the last is applied
+//! (`-P 16`, 800 writes per entry: applying one took 3.3 ms and appending it 1.9 ms, and
+//! waiting for its writers cost a tenth of the throughput).
 
 use std::time::Duration;
 
@@ -67,10 +73,10 @@ impl Gathering {
         }
     }
 
-    /// How many writes the next batch waits for, with `queued` waiting as an append may start;
-    /// None to take what is queued.
-    pub(super) fn expected(&mut self, queued: usize) -> Option<usize> {
-        if !self.journaled {
+    /// How many writes the next batch waits for, with `queued` waiting as an append may start
+    /// and the last batch applied in `last_apply`; None to take what is queued.
+    pub(super) fn expected(&mut self, queued: usize, last_apply: Duration) -> Option<usize> {
+        if !self.journaled || last_apply >= GATHER_WAIT {
             return None;
         }
         if self.skip > 0 {
@@ -99,8 +105,9 @@ impl Gathering {
         &mut self,
         queue: &mut mpsc::Receiver<SequencerRequest>,
         batch: &mut Vec<SequencerRequest>,
+        last_apply: Duration,
     ) -> bool {
-        let expected = self.expected(queue.len());
+        let expected = self.expected(queue.len(), last_apply);
         if queue.recv_many(batch, MAX_BATCH).await == 0 {
             return false;
         }
@@ -130,16 +137,34 @@ impl Gathering {
 mod tests {
     use super::*;
 
+    /// An apply well within a wait.
+    const FAST: Duration = Duration::from_micros(300);
+
     #[test]
     fn the_writers_of_the_last_batch_are_expected_back_with_those_queued() {
         let mut gathering = Gathering::new(0, true);
-        assert_eq!(gathering.expected(0), Some(0), "nothing known: take the first write");
+        assert_eq!(gathering.expected(0, FAST), Some(0), "nothing known: take the first write");
         gathering.taken(25, Taken::AsQueued);
-        assert_eq!(gathering.expected(25), Some(50));
+        assert_eq!(gathering.expected(25, FAST), Some(50));
         gathering.taken(50, Taken::Gathered);
-        assert_eq!(gathering.expected(0), Some(50));
+        assert_eq!(gathering.expected(0, FAST), Some(50));
         gathering.taken(MAX_BATCH, Taken::Gathered);
-        assert_eq!(gathering.expected(10), Some(MAX_BATCH), "never more than a batch");
+        assert_eq!(gathering.expected(10, FAST), Some(MAX_BATCH), "never more than a batch");
+    }
+
+    #[test]
+    fn no_wait_when_applying_the_last_batch_took_as_long_as_a_wait() {
+        let mut gathering = Gathering::new(0, true);
+        gathering.taken(50, Taken::Gathered);
+        assert_eq!(gathering.expected(0, GATHER_WAIT), None);
+        assert_eq!(gathering.expected(0, FAST), Some(50));
+    }
+
+    #[test]
+    fn nothing_waits_without_a_journal() {
+        let mut gathering = Gathering::new(0, false);
+        gathering.taken(50, Taken::Gathered);
+        assert_eq!(gathering.expected(10, FAST), None);
     }
 
     #[test]
@@ -149,7 +174,7 @@ mod tests {
         for _ in 0..9 {
             gathering.taken(10, Taken::TimedOut);
             let mut skipped = 0;
-            while gathering.expected(5).is_none() {
+            while gathering.expected(5, FAST).is_none() {
                 skipped += 1;
             }
             skipped_after.push(skipped);
@@ -157,7 +182,7 @@ mod tests {
         assert_eq!(skipped_after, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
         gathering.taken(10, Taken::Gathered);
         gathering.taken(10, Taken::TimedOut);
-        assert_eq!(gathering.expected(5), None, "a gathered batch starts the backoff over");
-        assert_eq!(gathering.expected(5), Some(15));
+        assert_eq!(gathering.expected(5, FAST), None, "a gathered batch starts the backoff over");
+        assert_eq!(gathering.expected(5, FAST), Some(15));
     }
 }

@@ -83,7 +83,7 @@ impl<S: JournalStream> Journaler<S> {
             // Take the next batch only once an append may start, so what arrives meanwhile joins
             // it, and the writers of the entry just committed are given a moment to come back.
             drop(self.appends.acquire().await);
-            if !gathering.take(&mut queue, &mut batch).await {
+            if !gathering.take(&mut queue, &mut batch, self.health.last_apply()).await {
                 return;
             }
             batch_size.record(batch.len() as f64);
