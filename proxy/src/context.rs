@@ -77,8 +77,13 @@ impl ClientCtx {
     pub(crate) fn unwatch(&mut self) {
         if let Some(watching) = self.watching.take() {
             let reply = tokio::sync::oneshot::channel().0;
-            let write =
-                SequencerRequest { proto: self.proto(), db: 0, op: SequencerOp::Unwatch(watching.watch), reply };
+            let write = SequencerRequest {
+                proto: self.proto(),
+                db: 0,
+                client: self.client.id,
+                op: SequencerOp::Unwatch(watching.watch),
+                reply,
+            };
             // A full queue drops it: the registry forgets a watch once its client dropped it.
             self.proxy.shards[watching.shard].sequencer.try_submit(write);
         }

@@ -285,7 +285,7 @@ impl Evictor {
         let request = Request::from_args(&args);
         let (reply, answer) = oneshot::channel();
         let op = SequencerOp::Write { request, command: Some(self.del.clone()) };
-        self.sequencer.submit(SequencerRequest { proto: Proto::Resp2, db: self.db, op, reply }).await;
+        self.sequencer.submit(SequencerRequest { proto: Proto::Resp2, db: self.db, client: 0, op, reply }).await;
         let answer = answer.await;
         // Told whatever the answer: an outcome that is unknown may have evicted them.
         self.tracker.changed(Change::Keys { writer: None, keys });

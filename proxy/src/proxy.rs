@@ -100,7 +100,7 @@ pub(crate) async fn after_queued_writes(shards: &[Shard]) -> bool {
     for shard in shards.iter().filter(|shard| shard.refusal().is_none()) {
         let (reply, applied) = tokio::sync::oneshot::channel();
         let op = SequencerOp::Read(Request::from_args(&[&b"PING"[..]]));
-        shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply }).await;
+        shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, db: 0, client: 0, op, reply }).await;
         waiting.push(applied);
     }
     let mut all = true;
@@ -123,7 +123,7 @@ pub(crate) async fn journal_on_every_shard(
     for shard in shards {
         let (reply, applied) = tokio::sync::oneshot::channel();
         let op = SequencerOp::Write { request: request.clone(), command: command.clone() };
-        shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply }).await;
+        shard.sequencer.submit(SequencerRequest { proto: Proto::Resp2, db: 0, client: 0, op, reply }).await;
         waiting.push(applied);
     }
     let mut replies = Vec::with_capacity(waiting.len());

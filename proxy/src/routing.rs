@@ -80,6 +80,7 @@ impl ClientCtx {
         let write = SequencerRequest {
             proto: self.proto(),
             db: self.client.db(),
+            client: self.client.id,
             op: SequencerOp::Block(blocked),
             reply: dropped(),
         };
@@ -152,7 +153,13 @@ impl ClientCtx {
         let (tx, rx) = oneshot::channel();
         self.proxy.shards[shard]
             .sequencer
-            .submit(SequencerRequest { proto: self.proto(), db: self.client.db(), op, reply: tx })
+            .submit(SequencerRequest {
+                proto: self.proto(),
+                db: self.client.db(),
+                client: self.client.id,
+                op,
+                reply: tx,
+            })
             .await;
         Pending::Backend { rx, _lane: Some(guard) }
     }

@@ -96,6 +96,8 @@ pub(crate) struct SequencerRequest {
     /// The client's database (`databases`): what it writes and reads runs there. 0 for the
     /// proxy's own requests, and always in cluster mode.
     pub db: u8,
+    /// The client it comes from (`ClientHandle::id`, from 1 on); 0 for the proxy's own requests.
+    pub client: u64,
     pub op: SequencerOp,
     /// Where the reply goes (an UNWATCH's is dropped: the proxy answers it itself).
     pub reply: ReplySender,
@@ -113,6 +115,17 @@ impl SequencerOp {
 }
 
 impl SequencerRequest {
+    /// The client whose request the apply of its batch answers, so that it may write again
+    /// right after (`gather.rs`): not the proxy's own, nor a client parked on a blocking command.
+    fn answered_client(&self) -> Option<u64> {
+        match self.op {
+            SequencerOp::Write { .. } | SequencerOp::Transaction(_) | SequencerOp::Read(_) if self.client != 0 => {
+                Some(self.client)
+            }
+            _ => None,
+        }
+    }
+
     /// The bytes this request adds to a journal entry, before normalization (0: nothing).
     fn journaled_len(&self) -> usize {
         match &self.op {
@@ -355,7 +368,7 @@ impl Sequencer {
         let (reply, applied) = oneshot::channel();
         let request = Request::from_args(&[&b"DEL"[..], ADOPTION_MARK_KEY]);
         let op = SequencerOp::Write { request, command: None };
-        self.submit(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply }).await;
+        self.submit(SequencerRequest { proto: Proto::Resp2, db: 0, client: 0, op, reply }).await;
         match applied.await {
             Ok(Ok(reply)) if reply.starts_with(b":") => Ok(()),
             Ok(Ok(reply)) => anyhow::bail!("the adoption mark was refused: {}", String::from_utf8_lossy(&reply).trim()),

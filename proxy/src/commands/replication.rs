@@ -35,7 +35,7 @@ pub(crate) async fn wait(d: &mut ClientCtx, request: &Request) -> Pending {
             let mut least = if sequencers.is_empty() { 0 } else { i64::MAX };
             for sequencer in &sequencers {
                 let (reply, count) = oneshot::channel();
-                sequencer.submit(SequencerRequest { proto, db: 0, op: SequencerOp::Wait, reply }).await;
+                sequencer.submit(SequencerRequest { proto, db: 0, client: 0, op: SequencerOp::Wait, reply }).await;
                 let count = match count.await {
                     Ok(Ok(frame)) => frame.strip_prefix(b":").and_then(|n| parse_int(n.strip_suffix(b"\r\n")?)),
                     _ => None,

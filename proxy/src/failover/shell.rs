@@ -372,7 +372,7 @@ impl Controller {
             let (reply, applied) = oneshot::channel();
             let request = Request::from_args(&[&b"DEL"[..], BARRIER_KEY]);
             let op = SequencerOp::Write { request, command: None };
-            sequencer.submit(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply }).await;
+            sequencer.submit(SequencerRequest { proto: Proto::Resp2, db: 0, client: 0, op, reply }).await;
             match applied.await {
                 Ok(Ok(reply)) if reply.starts_with(b":") => return,
                 outcome => {

@@ -8,14 +8,15 @@
 //! alternating at `-c 50`). Redis with `appendfsync always` answers every client of an
 //! event-loop turn right after one fsync, so its clients stay in one group.
 //!
-//! So once an append may start, the journaler waits a little for the writers of the entry just
-//! committed: their replies are on the way, and a client that waits for its reply comes back
-//! within the time it takes to apply the entry and answer it. It waits until as many writes
-//! are queued as the last batch took plus those queued when the append could start, or until
-//! [`GATHER_WAIT`]. A wait that times out says the clients are not taking turns (they left, or
-//! they do not wait for replies): the next batches are then taken without waiting, twice as many
-//! after each further timeout, up to [`MOST_SKIPPED`], so such a load pays the wait on few of
-//! its writes.
+//! So once an append may start, the journaler waits a little for the clients the entry just
+//! committed answers: their replies are on the way, and a client that waits for its reply comes
+//! back within the time it takes to apply the entry and answer it. The batch waits until each of
+//! those clients has sent something again, or [`GATHER_WAIT`]. A client that already has a
+//! request queued (one that pipelines, or shares its connection among many callers) is not
+//! waited for: its next writes come whether or not it hears back. A wait that times out says the
+//! clients are not taking turns (they left, or their next request is a read): the next batches
+//! are then taken without waiting, twice as many after each further timeout, up to
+//! [`MOST_SKIPPED`], so such a load pays the wait on few of its writes.
 //!
 //! Nor does it wait when applying the last batch took [`GATHER_WAIT`] or longer: its writers
 //! cannot be back before their entry is applied, and while the journaler waits for them the
@@ -23,13 +24,14 @@
 //! (`-P 16`, 800 writes per entry: applying one took 3.3 ms and appending it 1.9 ms, and
 //! waiting for its writers cost a tenth of the throughput).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::{SequencerRequest, MAX_BATCH};
 
-/// The longest a batch waits for writers expected back. tokio's timer counts whole
+/// The longest a batch waits for the clients expected back. tokio's timer counts whole
 /// milliseconds, so any shorter wait would last a millisecond too.
 pub(super) const GATHER_WAIT: Duration = Duration::from_millis(1);
 /// Most batches taken without waiting after waits that timed out.
@@ -39,8 +41,8 @@ pub(super) const MOST_SKIPPED: u32 = 64;
 pub(super) struct Gathering {
     /// Only appends are worth waiting for: without a journal, batches go out as queued.
     journaled: bool,
-    /// Writes the last batch took: their clients are expected back.
-    last_taken: usize,
+    /// The clients the last batch answers: expected back.
+    last_clients: HashSet<u64>,
     /// Batches still to take without waiting.
     skip: u32,
     /// How many batches the last timeout skipped (0: the last wait was not cut short).
@@ -54,7 +56,7 @@ pub(super) struct Gathering {
 pub(super) enum Taken {
     /// What was queued, without waiting.
     AsQueued,
-    /// Every write expected arrived.
+    /// Every client expected came back (or the batch is full).
     Gathered,
     /// The wait ended before they did.
     TimedOut,
@@ -65,7 +67,7 @@ impl Gathering {
         let shard = shard.to_string();
         Gathering {
             journaled,
-            last_taken: 0,
+            last_clients: HashSet::new(),
             skip: 0,
             backoff: 0,
             waits: metrics::histogram!("memlog_sequencer_gather_wait_seconds", "shard" => shard.clone()),
@@ -73,22 +75,22 @@ impl Gathering {
         }
     }
 
-    /// How many writes the next batch waits for, with `queued` waiting as an append may start
-    /// and the last batch applied in `last_apply`; None to take what is queued.
-    pub(super) fn expected(&mut self, queued: usize, last_apply: Duration) -> Option<usize> {
-        if !self.journaled || last_apply >= GATHER_WAIT {
-            return None;
+    /// Whether the next batch waits for the last one's clients, that batch applied in `last_apply`.
+    pub(super) fn waits(&mut self, last_apply: Duration) -> bool {
+        if !self.journaled || last_apply >= GATHER_WAIT || self.last_clients.is_empty() {
+            return false;
         }
         if self.skip > 0 {
             self.skip -= 1;
-            return None;
+            return false;
         }
-        Some((self.last_taken + queued).min(MAX_BATCH))
+        true
     }
 
-    /// Records the batch taken: `count` writes, and how.
-    pub(super) fn taken(&mut self, count: usize, how: Taken) {
-        self.last_taken = count;
+    /// Records the batch taken: whose requests it holds, and how it was taken.
+    pub(super) fn taken(&mut self, batch: &[SequencerRequest], how: Taken) {
+        self.last_clients.clear();
+        self.last_clients.extend(batch.iter().filter_map(SequencerRequest::answered_client));
         match how {
             Taken::AsQueued => {}
             Taken::Gathered => self.backoff = 0,
@@ -100,35 +102,45 @@ impl Gathering {
     }
 
     /// Takes the next batch from `queue` into `batch` once an append may start: waits for the
-    /// first write, then for the writers expected back. False once the queue is closed and empty.
+    /// first request, then for the clients expected back. False once the queue is closed and
+    /// empty.
     pub(super) async fn take(
         &mut self,
         queue: &mut mpsc::Receiver<SequencerRequest>,
         batch: &mut Vec<SequencerRequest>,
         last_apply: Duration,
     ) -> bool {
-        let expected = self.expected(queue.len(), last_apply);
+        let wait = self.waits(last_apply);
         if queue.recv_many(batch, MAX_BATCH).await == 0 {
             return false;
         }
-        let Some(expected) = expected.filter(|&n| batch.len() < n) else {
-            let how = if expected.is_some() { Taken::Gathered } else { Taken::AsQueued };
-            self.taken(batch.len(), how);
+        if !wait {
+            self.taken(batch, Taken::AsQueued);
             return true;
+        }
+        let mut missing = std::mem::take(&mut self.last_clients);
+        let back = |missing: &mut HashSet<u64>, arrived: &[SequencerRequest]| {
+            for request in arrived {
+                missing.remove(&request.client);
+            }
         };
+        back(&mut missing, batch);
         let started = tokio::time::Instant::now();
         let deadline = started + GATHER_WAIT;
         let mut how = Taken::Gathered;
-        while batch.len() < expected {
-            let more = tokio::time::timeout_at(deadline, queue.recv_many(batch, expected - batch.len())).await;
+        while !missing.is_empty() && batch.len() < MAX_BATCH {
+            let seen = batch.len();
+            let more = tokio::time::timeout_at(deadline, queue.recv_many(batch, MAX_BATCH - seen)).await;
             if !matches!(more, Ok(n) if n > 0) {
                 how = Taken::TimedOut;
                 self.timeouts.increment(1);
                 break;
             }
+            back(&mut missing, &batch[seen..]);
         }
         self.waits.record(started.elapsed().as_secs_f64());
-        self.taken(batch.len(), how);
+        self.last_clients = missing;
+        self.taken(batch, how);
         true
     }
 }
@@ -140,31 +152,29 @@ mod tests {
     /// An apply well within a wait.
     const FAST: Duration = Duration::from_micros(300);
 
-    #[test]
-    fn the_writers_of_the_last_batch_are_expected_back_with_those_queued() {
-        let mut gathering = Gathering::new(0, true);
-        assert_eq!(gathering.expected(0, FAST), Some(0), "nothing known: take the first write");
-        gathering.taken(25, Taken::AsQueued);
-        assert_eq!(gathering.expected(25, FAST), Some(50));
-        gathering.taken(50, Taken::Gathered);
-        assert_eq!(gathering.expected(0, FAST), Some(50));
-        gathering.taken(MAX_BATCH, Taken::Gathered);
-        assert_eq!(gathering.expected(10, FAST), Some(MAX_BATCH), "never more than a batch");
+    fn write_of(client: u64) -> SequencerRequest {
+        let request = crate::resp::Request::from_args(&["SET", "k", "v"]);
+        let op = super::super::SequencerOp::Write { request, command: None };
+        let reply = tokio::sync::oneshot::channel().0;
+        SequencerRequest { proto: crate::resp::Proto::Resp2, db: 0, client, op, reply }
     }
 
     #[test]
-    fn no_wait_when_applying_the_last_batch_took_as_long_as_a_wait() {
+    fn a_batch_waits_only_for_clients_of_the_last_one_with_a_fast_apply() {
         let mut gathering = Gathering::new(0, true);
-        gathering.taken(50, Taken::Gathered);
-        assert_eq!(gathering.expected(0, GATHER_WAIT), None);
-        assert_eq!(gathering.expected(0, FAST), Some(50));
+        assert!(!gathering.waits(FAST), "nobody to wait for yet");
+        gathering.taken(&[write_of(1), write_of(2)], Taken::AsQueued);
+        assert!(gathering.waits(FAST));
+        assert!(!gathering.waits(GATHER_WAIT), "its writers are not back before a long apply ends");
+        gathering.taken(&[write_of(0)], Taken::Gathered);
+        assert!(!gathering.waits(FAST), "the proxy's own requests are not waited for");
     }
 
     #[test]
     fn nothing_waits_without_a_journal() {
         let mut gathering = Gathering::new(0, false);
-        gathering.taken(50, Taken::Gathered);
-        assert_eq!(gathering.expected(10, FAST), None);
+        gathering.taken(&[write_of(1)], Taken::Gathered);
+        assert!(!gathering.waits(FAST));
     }
 
     #[test]
@@ -172,17 +182,17 @@ mod tests {
         let mut gathering = Gathering::new(0, true);
         let mut skipped_after = Vec::new();
         for _ in 0..9 {
-            gathering.taken(10, Taken::TimedOut);
+            gathering.taken(&[write_of(1)], Taken::TimedOut);
             let mut skipped = 0;
-            while gathering.expected(5, FAST).is_none() {
+            while !gathering.waits(FAST) {
                 skipped += 1;
             }
             skipped_after.push(skipped);
         }
         assert_eq!(skipped_after, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
-        gathering.taken(10, Taken::Gathered);
-        gathering.taken(10, Taken::TimedOut);
-        assert_eq!(gathering.expected(5, FAST), None, "a gathered batch starts the backoff over");
-        assert_eq!(gathering.expected(5, FAST), Some(15));
+        gathering.taken(&[write_of(1)], Taken::Gathered);
+        gathering.taken(&[write_of(1)], Taken::TimedOut);
+        assert!(!gathering.waits(FAST), "a gathered batch starts the backoff over");
+        assert!(gathering.waits(FAST));
     }
 }

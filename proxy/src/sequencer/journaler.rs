@@ -126,7 +126,7 @@ impl<S: JournalStream> Journaler<S> {
         if segment.payload.len() + len > MAX_WRITE_BYTES {
             self.flush(segment).await;
         }
-        let SequencerRequest { proto, db, op, reply } = write;
+        let SequencerRequest { proto, db, op, reply, .. } = write;
         segment.db = db;
         if segment.proto != Some(proto) && !segment.items.is_empty() {
             self.flush(segment).await;
@@ -284,7 +284,13 @@ impl<S: JournalStream> Journaler<S> {
             if let Some(queue) = queue.upgrade() {
                 let reply = oneshot::channel().0;
                 let _ = queue
-                    .send(SequencerRequest { proto: Proto::Resp2, db: 0, op: SequencerOp::RetryParked, reply })
+                    .send(SequencerRequest {
+                        proto: Proto::Resp2,
+                        db: 0,
+                        client: 0,
+                        op: SequencerOp::RetryParked,
+                        reply,
+                    })
                     .await;
             }
         });

@@ -80,6 +80,15 @@ impl Rig {
         self.write_as(tag, None)
     }
 
+    /// Queues `SET <tag> v` from client `client`.
+    fn write_by(&self, client: u64, tag: &str) -> oneshot::Receiver<ReplyResult> {
+        let (reply, rx) = oneshot::channel();
+        let op = SequencerOp::Write { request: Request::from_args(&["SET", tag, "v"]), command: None };
+        let request = SequencerRequest { proto: Proto::Resp2, db: 0, client, op, reply };
+        self.queue.try_send(request).expect("room in the queue");
+        rx
+    }
+
     /// Queues `SET <tag> v` with `command`'s table entry (its flags).
     fn write_as(&self, tag: &str, command: Option<Arc<CommandInfo>>) -> oneshot::Receiver<ReplyResult> {
         let request = Request::from_args(&["SET", tag, "v"]);
@@ -93,7 +102,9 @@ impl Rig {
     /// Queues `op` of a client in database `db`.
     fn submit_in(&self, db: u8, op: SequencerOp) -> oneshot::Receiver<ReplyResult> {
         let (reply, rx) = oneshot::channel();
-        self.queue.try_send(SequencerRequest { proto: Proto::Resp2, db, op, reply }).expect("room in the queue");
+        self.queue
+            .try_send(SequencerRequest { proto: Proto::Resp2, db, client: 0, op, reply })
+            .expect("room in the queue");
         rx
     }
 
@@ -215,16 +226,17 @@ async fn appends_in_flight_are_capped_and_what_waits_meanwhile_goes_out_together
 /// `a1` committed, `a2` would wait for it, and the two would take turns for good (`gather.rs`).
 #[tokio::test(start_paused = true)]
 async fn clients_taking_turns_are_gathered_into_one_entry() {
+    let (a, b) = (1, 2);
     let gate = Arc::new(Semaphore::new(0));
     let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
     rig.run();
-    let a1 = rig.write("a1");
+    let a1 = rig.write_by(a, "a1");
     tokio::task::yield_now().await;
     assert_eq!(rig.script().in_flight, 1, "a1 is being appended");
-    let b1 = rig.write("b1");
+    let b1 = rig.write_by(b, "b1");
     gate.add_permits(1);
     assert_eq!(reply(a1).await, ok("a1"));
-    let a2 = rig.write("a2");
+    let a2 = rig.write_by(a, "a2");
     gate.add_permits(1000);
     assert_eq!(reply(b1).await, ok("b1"));
     assert_eq!(reply(a2).await, ok("a2"));
@@ -233,16 +245,17 @@ async fn clients_taking_turns_are_gathered_into_one_entry() {
     assert_eq!(rig.applied(), ["a1", "b1", "a2"]);
 }
 
-/// A writer expected back that does not come: the waiting writes go out after `GATHER_WAIT`,
+/// A client expected back that does not come: the waiting writes go out after `GATHER_WAIT`,
 /// and the next batch is taken at once.
 #[tokio::test(start_paused = true)]
-async fn a_writer_that_does_not_come_back_holds_the_next_entry_for_gather_wait_at_most() {
+async fn a_client_that_does_not_come_back_holds_the_next_entry_for_gather_wait_at_most() {
+    let (a, b) = (1, 2);
     let gate = Arc::new(Semaphore::new(0));
     let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
     rig.run();
-    let a1 = rig.write("a1");
+    let a1 = rig.write_by(a, "a1");
     tokio::task::yield_now().await;
-    let b1 = rig.write("b1");
+    let b1 = rig.write_by(b, "b1");
     gate.add_permits(1000);
     assert_eq!(reply(a1).await, ok("a1"));
     let waiting = tokio::time::Instant::now();
@@ -250,9 +263,28 @@ async fn a_writer_that_does_not_come_back_holds_the_next_entry_for_gather_wait_a
     let waited = waiting.elapsed();
     assert!(waited >= GATHER_WAIT && waited < 2 * GATHER_WAIT, "b1 waited {waited:?} for a2");
     let next = tokio::time::Instant::now();
-    assert_eq!(reply(rig.write("b2")).await, ok("b2"));
+    assert_eq!(reply(rig.write_by(b, "b2")).await, ok("b2"));
     assert_eq!(next.elapsed(), Duration::ZERO, "after a timeout, the next batch does not wait");
     assert_eq!(rig.stream.journal.payloads(), [set("a1"), set("b1"), set("b2")]);
+}
+
+/// A client whose next write was queued before its last was answered (it pipelines, or many
+/// callers share its connection) is not waited for: its writes come whether or not it hears back.
+#[tokio::test(start_paused = true)]
+async fn a_client_with_a_write_already_queued_is_not_waited_for() {
+    let c = 3;
+    let gate = Arc::new(Semaphore::new(0));
+    let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
+    rig.run();
+    let c1 = rig.write_by(c, "c1");
+    tokio::task::yield_now().await;
+    let c2 = rig.write_by(c, "c2");
+    gate.add_permits(1000);
+    assert_eq!(reply(c1).await, ok("c1"));
+    let waiting = tokio::time::Instant::now();
+    assert_eq!(reply(c2).await, ok("c2"));
+    assert_eq!(waiting.elapsed(), Duration::ZERO, "c2 went out without waiting");
+    assert_eq!(rig.stream.journal.payloads(), [set("c1"), set("c2")]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -331,7 +363,7 @@ async fn a_held_shard_pushes_back_once_its_queue_is_full() {
     }
     let (sender, _rx) = oneshot::channel();
     let op = SequencerOp::Write { request: Request::from_args(&["SET", "one-too-many", "v"]), command: None };
-    let refused = rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply: sender });
+    let refused = rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, db: 0, client: 0, op, reply: sender });
     assert!(refused.is_err(), "the queue is bounded");
     // write_wait passes: everything held is refused, nothing journaled, and the queue has room again.
     assert!(reply(first).await.starts_with("-TRYAGAIN"));
@@ -348,7 +380,9 @@ fn big_write(rig: &Rig, tag: &str, len: usize) -> oneshot::Receiver<ReplyResult>
     let (reply, rx) = oneshot::channel();
     let request = Request::from_args(&[b"SET".as_slice(), tag.as_bytes(), &vec![b'x'; len]]);
     let op = SequencerOp::Write { request, command: None };
-    rig.queue.try_send(SequencerRequest { proto: Proto::Resp2, db: 0, op, reply }).expect("room in the queue");
+    rig.queue
+        .try_send(SequencerRequest { proto: Proto::Resp2, db: 0, client: 0, op, reply })
+        .expect("room in the queue");
     rx
 }
 
