@@ -125,6 +125,12 @@ impl Gathering {
             }
         };
         back(&mut missing, batch);
+        if missing.is_empty() {
+            // Every client expected is back already: nothing to wait for.
+            self.last_clients = missing;
+            self.taken(batch, Taken::Gathered);
+            return true;
+        }
         let started = tokio::time::Instant::now();
         let deadline = started + GATHER_WAIT;
         let mut how = Taken::Gathered;
