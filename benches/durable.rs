@@ -193,19 +193,27 @@ fn print_baseline(rows: &[(u32, Measurement, Measurement)]) {
     println!("\nthis build / baseline build (medians):");
     for (pipeline, baseline, this) in rows {
         println!(
-            "  set -P {pipeline:<2} baseline {:>9.0} ops/s, this {:>9.0} ops/s: {:.2}; p50 {:.3} -> {:.3} ms; \
-             p99 {:.3} -> {:.3} ms; cpu/SET {:.1} -> {:.1} µs",
+            "  set -P {pipeline:<2} baseline {:>9.0} ops/s, this {:>9.0} ops/s: {}",
             baseline.ops_per_sec,
             this.ops_per_sec,
-            this.ops_per_sec / baseline.ops_per_sec,
-            baseline.p50_ms,
-            this.p50_ms,
-            baseline.p99_ms,
-            this.p99_ms,
-            baseline.cpu_us_per_request,
-            this.cpu_us_per_request
+            against_baseline(this, baseline)
         );
     }
+}
+
+/// This build's medians against the baseline build's: the throughput ratio, then each latency
+/// and the CPU per request as baseline -> this.
+fn against_baseline(this: &Measurement, baseline: &Measurement) -> String {
+    format!(
+        "{:.2}; p50 {:.3} -> {:.3} ms; p99 {:.3} -> {:.3} ms; cpu/req {:.1} -> {:.1} µs",
+        this.ops_per_sec / baseline.ops_per_sec,
+        baseline.p50_ms,
+        this.p50_ms,
+        baseline.p99_ms,
+        this.p99_ms,
+        baseline.cpu_us_per_request,
+        this.cpu_us_per_request
+    )
 }
 
 /// The mixed load against memlog, the baseline build's cluster if there is one, and the stock
@@ -250,17 +258,7 @@ fn compare_mixed(
         if ratio >= 0.8 { "met" } else { "NOT met" }
     );
     if let Some(baseline) = targets.iter().position(|(name, _, _)| *name == BASELINE) {
-        let (this, baseline) = (&medians[0], &medians[baseline]);
-        println!(
-            "  this build / baseline build: {:.2}; p50 {:.3} -> {:.3} ms; p99 {:.3} -> {:.3} ms; cpu/req {:.1} -> {:.1} µs",
-            this.ops_per_sec / baseline.ops_per_sec,
-            baseline.p50_ms,
-            this.p50_ms,
-            baseline.p99_ms,
-            this.p99_ms,
-            baseline.cpu_us_per_request,
-            this.cpu_us_per_request
-        );
+        println!("  this build / baseline build: {}", against_baseline(&medians[0], &medians[baseline]));
     }
     Ok(())
 }

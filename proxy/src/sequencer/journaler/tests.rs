@@ -199,9 +199,7 @@ async fn over_maxmemory_what_may_add_data_is_refused_before_the_journal_and_the_
 
 #[tokio::test(start_paused = true)]
 async fn appends_in_flight_are_capped_and_what_waits_meanwhile_goes_out_together() {
-    let gate = Arc::new(Semaphore::new(0));
-    let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
-    rig.run();
+    let (rig, gate) = gated_rig().await;
     let mut replies = Vec::new();
     for i in 0..10 {
         replies.push(rig.write(&format!("k{i}")));
@@ -221,15 +219,21 @@ async fn appends_in_flight_are_capped_and_what_waits_meanwhile_goes_out_together
     assert_eq!(rig.applied(), (0..10).map(|i| format!("k{i}")).collect::<Vec<_>>());
 }
 
+/// A running rig whose appends each wait for a permit of the returned gate.
+async fn gated_rig() -> (Rig, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
+    rig.run();
+    (rig, gate)
+}
+
 /// Two clients that each write again as soon as they hear their reply: `a1` goes out alone and
 /// `b1` arrives while it is appended. Without gathering, `b1` would go out alone as soon as
 /// `a1` committed, `a2` would wait for it, and the two would take turns for good (`gather.rs`).
 #[tokio::test(start_paused = true)]
 async fn clients_taking_turns_are_gathered_into_one_entry() {
     let (a, b) = (1, 2);
-    let gate = Arc::new(Semaphore::new(0));
-    let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
-    rig.run();
+    let (rig, gate) = gated_rig().await;
     let a1 = rig.write_by(a, "a1");
     tokio::task::yield_now().await;
     assert_eq!(rig.script().in_flight, 1, "a1 is being appended");
@@ -250,9 +254,7 @@ async fn clients_taking_turns_are_gathered_into_one_entry() {
 #[tokio::test(start_paused = true)]
 async fn a_client_that_does_not_come_back_holds_the_next_entry_for_gather_wait_at_most() {
     let (a, b) = (1, 2);
-    let gate = Arc::new(Semaphore::new(0));
-    let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
-    rig.run();
+    let (rig, gate) = gated_rig().await;
     let a1 = rig.write_by(a, "a1");
     tokio::task::yield_now().await;
     let b1 = rig.write_by(b, "b1");
@@ -273,9 +275,7 @@ async fn a_client_that_does_not_come_back_holds_the_next_entry_for_gather_wait_a
 #[tokio::test(start_paused = true)]
 async fn a_client_with_a_write_already_queued_is_not_waited_for() {
     let c = 3;
-    let gate = Arc::new(Semaphore::new(0));
-    let mut rig = Rig::new(StreamScript { gate: Some(gate.clone()), ..StreamScript::default() }).await;
-    rig.run();
+    let (rig, gate) = gated_rig().await;
     let c1 = rig.write_by(c, "c1");
     tokio::task::yield_now().await;
     let c2 = rig.write_by(c, "c2");
