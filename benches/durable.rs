@@ -31,7 +31,8 @@
 //! (informational; a shared machine is too noisy to fail on). Next to them: the CPU seconds per
 //! million SETs of every process serving each side (memlog: the proxy, the journal nodes and
 //! its Redis; the baselines: their redis-server), and the journal nodes' data fsyncs per
-//! acknowledged SET, from their metrics, so nobody wins by not syncing.
+//! acknowledged SET, from their metrics, so nobody wins by not syncing; and from the proxy's
+//! metrics, how it grouped the SETs into journal entries (`proxy/src/sequencer/gather.rs`).
 
 #[path = "support/fsync.rs"]
 mod fsync;
@@ -71,7 +72,7 @@ const REPLAY_LOG_LINE: &str = "shard recovered and primary caught up";
 
 /// SETs (pipelined, `-r` keys) written into each cluster of the rebuild comparison.
 const REBUILD_SETS: u64 = 1_000_000;
-/// `[snapshot] every_entries` of the snapshotting cluster (it keeps one).
+/// `[snapshot] every_entries` of the snapshotting cluster (it keeps one); a tenth in a quick run.
 const REBUILD_SNAPSHOT_EVERY: u64 = 200;
 /// Its journal nodes' `--segment-bytes`: small enough that truncation gives files back.
 const REBUILD_SEGMENT_BYTES: u64 = 1024 * 1024;
@@ -143,9 +144,19 @@ fn main() -> Result<()> {
         }
         memlog_sets += probe_requests(&workload) + rounds as u64 * targets[0].requests;
         let fsyncs_before = memlog.fsyncs()?;
+        let grouping_before = memlog.grouping()?;
+        let baseline_grouping_before = baseline.as_ref().map(MemlogCluster::grouping).transpose()?;
         let medians = support::interleaved(&workload, &targets, rounds)?;
-        if let Some(baseline) = medians.get(3) {
-            baseline_rows.push((pipeline, *baseline, medians[0]));
+        let grouping = memlog.grouping()?.since(grouping_before);
+        if let (Some(measured), Some(cluster), Some(before)) = (medians.get(3), &baseline, baseline_grouping_before) {
+            let baseline_grouping = cluster.grouping()?.since(before);
+            baseline_rows.push(BaselineRow {
+                pipeline,
+                baseline: *measured,
+                this: medians[0],
+                baseline_grouping,
+                grouping,
+            });
         }
         let fsyncs_per_set = (memlog.fsyncs()? - fsyncs_before) as f64 / (rounds as u64 * targets[0].requests) as f64;
         rows.push(Row {
@@ -154,6 +165,7 @@ fn main() -> Result<()> {
             fsync_always: medians[1],
             no_persistence: medians[2],
             fsyncs_per_set,
+            grouping,
         });
     }
     memlog.check_applied(memlog_sets)?;
@@ -185,19 +197,20 @@ fn main() -> Result<()> {
     compare_tls(dir.path(), quick, rounds)
 }
 
-/// This build against the baseline build (`MEMLOG_BENCH_BASELINE`): (pipeline, baseline, this).
-fn print_baseline(rows: &[(u32, Measurement, Measurement)]) {
+/// This build against the baseline build (`MEMLOG_BENCH_BASELINE`), with how each grouped its SETs.
+fn print_baseline(rows: &[BaselineRow]) {
     if rows.is_empty() {
         return;
     }
     println!("\nthis build / baseline build (medians):");
-    for (pipeline, baseline, this) in rows {
+    for BaselineRow { pipeline, baseline, this, baseline_grouping, grouping } in rows {
         println!(
             "  set -P {pipeline:<2} baseline {:>9.0} ops/s, this {:>9.0} ops/s: {}",
             baseline.ops_per_sec,
             this.ops_per_sec,
             against_baseline(this, baseline)
         );
+        println!("           baseline: {baseline_grouping}\n           this:     {grouping}");
     }
 }
 
@@ -430,7 +443,11 @@ key = \"{}\"
 fn compare_rebuilds(dir: &Path, quick: bool) -> Result<()> {
     let sets = if quick { REBUILD_SETS / 10 } else { REBUILD_SETS };
     let workload = Workload { test: "set", pipeline: 16 };
-    let snapshots = Snapshots { every_entries: REBUILD_SNAPSHOT_EVERY, segment_bytes: REBUILD_SEGMENT_BYTES };
+    // A tenth of the SETs in a quick run: a tenth of the entries between snapshots too, or the
+    // snapshotting cluster may never take one (since gathering, 100,000 SETs at -P 16 make about
+    // 200 entries).
+    let every_entries = if quick { REBUILD_SNAPSHOT_EVERY / 10 } else { REBUILD_SNAPSHOT_EVERY };
+    let snapshots = Snapshots { every_entries, segment_bytes: REBUILD_SEGMENT_BYTES };
     println!(
         "\nrebuild of an empty primary after {sets} + {} SETs (-P 16, {} keys; the snapshot between the two):",
         sets / 10,
@@ -478,6 +495,82 @@ struct Row {
     no_persistence: Measurement,
     /// Data fsyncs of all journal nodes per SET memlog acknowledged.
     fsyncs_per_set: f64,
+    /// How the proxy grouped the SETs into journal entries during the rounds.
+    grouping: Grouping,
+}
+
+/// This build against the baseline build (`MEMLOG_BENCH_BASELINE`) at one pipeline depth.
+struct BaselineRow {
+    pipeline: u32,
+    baseline: Measurement,
+    this: Measurement,
+    baseline_grouping: Grouping,
+    grouping: Grouping,
+}
+
+/// The proxy's group-commit counters (`memlog_sequencer_*`, every shard together): batches
+/// taken (about one journal entry each), the requests in them, the batches that waited for the
+/// clients the one before answered, and the waits cut short (`proxy/src/sequencer/gather.rs`).
+/// A build without gathering reports no waits.
+#[derive(Clone, Copy, Default)]
+struct Grouping {
+    batches: f64,
+    requests: f64,
+    waits: f64,
+    cut_short: f64,
+}
+
+impl Grouping {
+    fn from_metrics(text: &str) -> Grouping {
+        Grouping {
+            batches: metric_total(text, "memlog_sequencer_batch_size_count"),
+            requests: metric_total(text, "memlog_sequencer_batch_size_sum"),
+            waits: metric_total(text, "memlog_sequencer_gather_wait_seconds_count"),
+            cut_short: metric_total(text, "memlog_sequencer_gather_timeouts_total"),
+        }
+    }
+
+    /// What was counted between `before` and these counters.
+    fn since(self, before: Grouping) -> Grouping {
+        Grouping {
+            batches: self.batches - before.batches,
+            requests: self.requests - before.requests,
+            waits: self.waits - before.waits,
+            cut_short: self.cut_short - before.cut_short,
+        }
+    }
+}
+
+impl std::fmt::Display for Grouping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} SETs per batch; {:.0} of {:.0} batches waited for their clients, {:.0} waits cut short",
+            self.requests / self.batches.max(1.0),
+            self.waits,
+            self.batches,
+            self.cut_short
+        )
+    }
+}
+
+/// The sum of every series of the Prometheus metric `name` (whatever its labels) in `text`.
+fn metric_total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            (series.split('{').next()? == name).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// The Prometheus text an endpoint serves at `/metrics`.
+fn scrape(addr: &SocketAddr) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(addr, Duration::from_secs(2))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// How many requests give `seconds` of load on `addr`, from a short probe run (which also warms
@@ -511,6 +604,8 @@ struct MemlogCluster {
     journal: Vec<Guard>,
     /// Each journal node's Prometheus endpoint.
     journal_metrics: Vec<SocketAddr>,
+    /// The proxy's Prometheus endpoint.
+    proxy_metrics: SocketAddr,
     redis: Option<Guard>,
     proxy: Option<Guard>,
     /// Proxy runs so far; each logs to its own file.
@@ -570,6 +665,7 @@ impl MemlogCluster {
             Some(edge) => start_tls_redis(redis_addr, &dir.join("memlog-redis-0"), edge)?,
         };
         let proxy_addr = support::free_addr();
+        let proxy_metrics = support::free_addr();
         let config = dir.join("proxy.toml");
         // One snapshot kept: the journal is truncated at the first one, however short the load.
         let snapshot_table = snapshots.map_or(String::new(), |s| {
@@ -592,7 +688,7 @@ impl MemlogCluster {
         std::fs::write(
             &config,
             format!(
-                "listen = \"{proxy_addr}\"\n\n{edge_tls}[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\n\
+                "listen = \"{proxy_addr}\"\nmetrics_listen = \"{proxy_metrics}\"\n\n{edge_tls}[journal]\nnodes = [{}]\nmetadata = \"file:{}\"\n\
                  ack_quorum = {ACK_QUORUM}\n\n{snapshot_table}[[shards]]\nslots = \"0-16383\"\n\
                  primary = \"{redis_addr}\"\n\n{cluster_tls}",
                 journal_addrs.join(", "),
@@ -607,6 +703,7 @@ impl MemlogCluster {
             redis_addr,
             journal,
             journal_metrics,
+            proxy_metrics,
             redis: Some(redis),
             proxy: None,
             proxy_runs: 0,
@@ -673,13 +770,15 @@ impl MemlogCluster {
     }
 
     /// Data fsyncs of all journal nodes so far, from their metrics.
+    /// The proxy's group-commit counters so far.
+    fn grouping(&self) -> Result<Grouping> {
+        Ok(Grouping::from_metrics(&scrape(&self.proxy_metrics)?))
+    }
+
     fn fsyncs(&self) -> Result<u64> {
         let mut total = 0;
         for addr in &self.journal_metrics {
-            let mut stream = TcpStream::connect_timeout(addr, Duration::from_secs(2))?;
-            write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text)?;
+            let text = scrape(addr)?;
             let count = text
                 .lines()
                 .find_map(|line| line.strip_prefix(FSYNC_COUNT_METRIC)?.trim().parse::<u64>().ok())
@@ -815,8 +914,8 @@ fn print_table(rows: &[Row]) {
             );
         }
         println!(
-            "{:<22} {:>8} journal data fsyncs per acknowledged SET (3 nodes together): {:.3}",
-            "", row.pipeline, row.fsyncs_per_set
+            "{:<22} {:>8} journal data fsyncs per acknowledged SET (3 nodes together): {:.3}; {}",
+            "", row.pipeline, row.fsyncs_per_set, row.grouping
         );
     }
 }
