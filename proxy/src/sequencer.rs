@@ -1,7 +1,8 @@
 //! The shard sequencer: the one place a shard's writes pass through.
 //!
 //! Writes queued while the previous batch was being handed on form the next batch (group
-//! commit), joined by the writers of the entry just committed as they come back (`gather.rs`). With a journal configured, each batch is normalized into deterministic commands
+//! commit), joined by the writers of the entry just committed as they come back (`gather.rs`).
+//! With a journal configured, each batch is normalized into deterministic commands
 //! ([`crate::normalize`]), appended to the shard's journal stream (one append in flight, see
 //! `APPENDS_IN_FLIGHT`), and once committed on the ack quorum applied on the shard's one ordered
 //! apply connection as

@@ -125,26 +125,23 @@ impl Gathering {
             }
         };
         back(&mut missing, batch);
-        if missing.is_empty() {
-            // Every client expected is back already: nothing to wait for.
-            self.last_clients = missing;
-            self.taken(batch, Taken::Gathered);
-            return true;
-        }
-        let started = tokio::time::Instant::now();
-        let deadline = started + GATHER_WAIT;
         let mut how = Taken::Gathered;
-        while !missing.is_empty() && batch.len() < MAX_BATCH {
-            let seen = batch.len();
-            let more = tokio::time::timeout_at(deadline, queue.recv_many(batch, MAX_BATCH - seen)).await;
-            if !matches!(more, Ok(n) if n > 0) {
-                how = Taken::TimedOut;
-                self.timeouts.increment(1);
-                break;
+        if !missing.is_empty() {
+            let started = tokio::time::Instant::now();
+            let deadline = started + GATHER_WAIT;
+            while !missing.is_empty() && batch.len() < MAX_BATCH {
+                let seen = batch.len();
+                let more = tokio::time::timeout_at(deadline, queue.recv_many(batch, MAX_BATCH - seen)).await;
+                if !matches!(more, Ok(n) if n > 0) {
+                    how = Taken::TimedOut;
+                    self.timeouts.increment(1);
+                    break;
+                }
+                back(&mut missing, &batch[seen..]);
             }
-            back(&mut missing, &batch[seen..]);
+            self.waits.record(started.elapsed().as_secs_f64());
         }
-        self.waits.record(started.elapsed().as_secs_f64());
+        // Handed back so `taken` refills it: the set's allocation serves every batch.
         self.last_clients = missing;
         self.taken(batch, how);
         true

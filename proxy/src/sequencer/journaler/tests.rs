@@ -82,11 +82,8 @@ impl Rig {
 
     /// Queues `SET <tag> v` from client `client`.
     fn write_by(&self, client: u64, tag: &str) -> oneshot::Receiver<ReplyResult> {
-        let (reply, rx) = oneshot::channel();
         let op = SequencerOp::Write { request: Request::from_args(&["SET", tag, "v"]), command: None };
-        let request = SequencerRequest { proto: Proto::Resp2, db: 0, client, op, reply };
-        self.queue.try_send(request).expect("room in the queue");
-        rx
+        self.submit_from(client, 0, op)
     }
 
     /// Queues `SET <tag> v` with `command`'s table entry (its flags).
@@ -101,9 +98,14 @@ impl Rig {
 
     /// Queues `op` of a client in database `db`.
     fn submit_in(&self, db: u8, op: SequencerOp) -> oneshot::Receiver<ReplyResult> {
+        self.submit_from(0, db, op)
+    }
+
+    /// Queues `op` of client `client` (0: the proxy's own) in database `db`.
+    fn submit_from(&self, client: u64, db: u8, op: SequencerOp) -> oneshot::Receiver<ReplyResult> {
         let (reply, rx) = oneshot::channel();
         self.queue
-            .try_send(SequencerRequest { proto: Proto::Resp2, db, client: 0, op, reply })
+            .try_send(SequencerRequest { proto: Proto::Resp2, db, client, op, reply })
             .expect("room in the queue");
         rx
     }
