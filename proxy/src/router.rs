@@ -13,14 +13,37 @@ pub(crate) fn shard_id(index: usize) -> u32 {
     u32::try_from(index).unwrap_or(u32::MAX)
 }
 
-/// CRC16/XMODEM, the checksum Redis Cluster hashes keys with.
+/// CRC16/XMODEM, the checksum Redis Cluster hashes keys with, a byte at a time from a table as
+/// Redis's `crc16.c` does: bit by bit it was 1.5% of the proxy's CPU at pipeline 1.
 fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &byte in data {
-        crc ^= (byte as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+    data.iter().fold(0, |crc, &byte| (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ byte)])
+}
+
+/// The CRC of each byte value (polynomial 0x1021), built at compile time.
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut byte: u8 = 0;
+    loop {
+        table[byte as usize] = crc16_bitwise(&[byte]);
+        if byte == u8::MAX {
+            break table;
         }
+        byte += 1;
+    }
+};
+
+/// The definition, bit by bit: builds the table (and checks it in the tests).
+const fn crc16_bitwise(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    let mut i = 0;
+    while i < data.len() {
+        crc ^= (data[i] as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            bit += 1;
+        }
+        i += 1;
     }
     crc
 }
@@ -133,6 +156,9 @@ mod tests {
         assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
         assert_eq!(key_slot(b"{}foo"), crc16(b"{}foo") % 16384);
         assert_eq!(key_slot(b"123456789"), 0x31C3);
+        for key in [&b""[..], b"a", b"key:000000012345", &[0xff; 40], b"{user1000}.following"] {
+            assert_eq!(crc16(key), crc16_bitwise(key), "{key:?}");
+        }
     }
 
     #[test]
