@@ -104,6 +104,25 @@ fn rebuild_everything_from_the_journal(cluster: &mut DurableCluster) {
     cluster.start_proxy();
 }
 
+/// A reply already known is written before the client's next one is waited for: a client that
+/// pipelines a SET and a BLPOP that parks hears the SET's `+OK` at once, as from Redis, not
+/// when the pop ends (the session held it in its buffer behind the pop until session 12).
+#[test]
+fn a_reply_ahead_of_a_parked_blpop_is_written_at_once() {
+    let cluster = one_shard_cluster();
+    let mut conn = cluster.client();
+    conn.queue(&["SET", "ahead", "1"]);
+    conn.queue(&["BLPOP", QUEUE, PARKED_TIMEOUT_S]);
+    conn.flush().unwrap();
+    let sent = Instant::now();
+    assert_eq!(conn.read().unwrap(), ok());
+    let waited = sent.elapsed();
+    assert!(waited < Duration::from_secs(5), "the SET's reply came after {waited:?}, with the BLPOP's");
+    let mut pusher = cluster.client();
+    assert_eq!(pusher.cmd(&["RPUSH", QUEUE, "behind"]).unwrap(), Value::Int(1));
+    assert_eq!(conn.read().unwrap(), popped("behind"));
+}
+
 #[test]
 fn a_blpop_cut_by_a_proxy_kill_and_reissued_after_restart_pops_the_new_element_once() {
     let mut cluster = one_shard_cluster();

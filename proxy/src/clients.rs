@@ -2,15 +2,17 @@
 //! (`ClientHandle`), and the queue through which pub/sub frames and MONITOR lines reach it
 //! (`PushSender`).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::resp::Proto;
 use crate::table::CommandInfo;
@@ -32,8 +34,8 @@ pub(crate) struct ClientHandle {
     /// The database the client selected (`SELECT`; always 0 in cluster mode), for `db=` and for
     /// where its commands run.
     db: AtomicU8,
-    /// Cancelled by `CLIENT KILL`: the session stops at once.
-    pub kill: CancellationToken,
+    /// Set by `CLIENT KILL`: the session stops at once.
+    pub kill: Kill,
     /// True while the client waits in a blocking command or a `CLIENT PAUSE` (`flags=b`).
     pub blocked: AtomicBool,
     /// `CLIENT NO-EVICT ON` (`flags=e`). The proxy evicts no client for memory, so it is only
@@ -53,6 +55,55 @@ pub(crate) struct ClientHandle {
     pub tracking: Mutex<crate::tracking::Shown>,
 }
 
+/// The end of one client's session, decided elsewhere (`CLIENT KILL`, `ACL LOAD`, an output
+/// limit). Its session checks it before every command and races it against every write and
+/// every reply it waits for. A `CancellationToken` alone takes a lock on each check and two on
+/// each wait; at pipeline 1 those were 4–6% of the proxy's CPU per request (`perf`, README
+/// "Benchmarks", session 12). So the check reads a flag, and work that is done at once (a write
+/// into a socket with room, a reply that has arrived) does not set up a wait.
+#[derive(Default)]
+pub(crate) struct Kill {
+    killed: AtomicBool,
+    token: CancellationToken,
+}
+
+impl Kill {
+    pub(crate) fn cancel(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// What `work` gives, or `None` if the client is killed first (and then `work` is dropped).
+    pub(crate) async fn unless_killed<F: Future>(&self, work: F) -> Option<F::Output> {
+        if self.is_cancelled() {
+            return None;
+        }
+        let mut work = std::pin::pin!(work);
+        if let Poll::Ready(done) = poll_once(work.as_mut()).await {
+            return Some(done);
+        }
+        tokio::select! {
+            biased;
+            _ = self.cancelled() => None,
+            done = work => Some(done),
+        }
+    }
+}
+
+/// Polls `work` once: its output if it is done at once, `Pending` (with the task's waker
+/// registered) if not.
+pub(crate) async fn poll_once<F: Future>(mut work: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await
+}
+
 impl ClientHandle {
     pub(crate) fn new(id: u64, addr: SocketAddr, local_addr: SocketAddr, user: &str) -> ClientHandle {
         ClientHandle {
@@ -70,7 +121,7 @@ impl ClientHandle {
             lib_version: Mutex::new(None),
             proto: AtomicU8::new(2),
             db: AtomicU8::new(0),
-            kill: CancellationToken::new(),
+            kill: Kill::default(),
             blocked: AtomicBool::new(false),
             multi: AtomicI64::new(-1),
             dispatched: AtomicU64::new(0),
