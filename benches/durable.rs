@@ -6,7 +6,8 @@
 //! into two fresh clusters, one keeping the whole journal and one snapshotting (the journal
 //! truncated below the snapshots): how long each takes and how much journal each keeps on disk.
 //! Then a mixed load (80% GET, 20% SET, 50 clients at pipeline 1, from `support/mixed.rs`, as
-//! redis-benchmark cannot mix) against the same three. Last, what TLS costs: durable SET through a cluster with TLS on every hop (clients to the
+//! redis-benchmark cannot mix) against the same three, and SETs at fixed rates (an open loop,
+//! from `support/openloop.rs`) against memlog and `appendfsync always`. Last, what TLS costs: durable SET through a cluster with TLS on every hop (clients to the
 //! proxy, the proxy to the journal nodes, the proxy to a Redis node that accepts only TLS)
 //! against one with TLS on none (journal nodes run `--insecure-no-tls`), interleaved.
 //!
@@ -38,6 +39,10 @@
 mod fsync;
 #[path = "support/mixed.rs"]
 mod mixed;
+#[path = "support/openloop.rs"]
+mod openloop;
+#[path = "support/resp.rs"]
+mod resp;
 // This bench starts a whole cluster, not the routing-only proxy of benches/proxy*.rs.
 #[allow(dead_code)]
 #[path = "support/mod.rs"]
@@ -191,6 +196,7 @@ fn main() -> Result<()> {
         (NO_PERSISTENCE_NAME, no_persistence_addr, no_persistence.pid()),
     ];
     compare_mixed(&memlog, baseline.as_ref(), &stock, seconds, rounds)?;
+    compare_open_loop(&memlog, baseline.as_ref(), &stock[..1], seconds, rounds)?;
     drop(memlog);
     drop(baseline);
     compare_rebuilds(dir.path(), quick)?;
@@ -275,6 +281,54 @@ fn compare_mixed(
     }
     Ok(())
 }
+
+/// SETs at fixed rates (`support/openloop.rs`) against memlog, the baseline build's cluster if
+/// there is one, and the stock servers `stock`, in interleaved rounds: the latency each rate
+/// meets, timed from when each SET was due.
+fn compare_open_loop(
+    memlog: &MemlogCluster,
+    baseline: Option<&MemlogCluster>,
+    stock: &[(&str, SocketAddr, u32)],
+    seconds: f64,
+    rounds: usize,
+) -> Result<()> {
+    let mut targets = vec![(MEMLOG, memlog.proxy_addr)];
+    targets.extend(baseline.map(|b| (BASELINE, b.proxy_addr)));
+    targets.extend(stock.iter().map(|&(name, addr, _)| (name, addr)));
+    println!(
+        "\nopen loop: SETs of {OPEN_LOOP_VALUE} B at fixed rates over {OPEN_LOOP_CONNECTIONS} connections, each \
+         connection pipelining, each SET timed from when it was due:"
+    );
+    for rate in OPEN_LOOP_RATES {
+        let load = openloop::OpenLoad {
+            rate,
+            connections: OPEN_LOOP_CONNECTIONS,
+            seconds,
+            keys: 100_000,
+            value_len: OPEN_LOOP_VALUE,
+        };
+        let mut runs: Vec<Vec<openloop::OpenRun>> = targets.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            for offset in 0..targets.len() {
+                let index = (round + offset) % targets.len();
+                let (name, addr) = targets[index];
+                let run = openloop::run(addr, &load)?;
+                println!("  {rate:>6.0}/s round {round} {name:<22} {run}");
+                runs[index].push(run);
+            }
+        }
+        for ((name, _), runs) in targets.iter().zip(&runs) {
+            println!("  {rate:>6.0}/s median  {name:<22} {}", openloop::median(runs));
+        }
+    }
+    Ok(())
+}
+
+/// The rates of the open-loop load, SETs per second: from light to above what memlog makes at
+/// pipeline 1 with 50 closed-loop clients on a 2-core machine (about 50,000).
+const OPEN_LOOP_RATES: [f64; 4] = [1_000.0, 10_000.0, 30_000.0, 60_000.0];
+const OPEN_LOOP_CONNECTIONS: usize = 8;
+const OPEN_LOOP_VALUE: usize = 100;
 
 /// Durable SET with TLS on every hop against TLS on none, interleaved rounds at each pipeline
 /// depth; the ratios of the medians.

@@ -3,12 +3,13 @@
 //! every target. Blocking sockets, one thread per client, each request timed from its write to
 //! the end of its reply. An error reply fails the run: errors are never throughput.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
+use crate::resp::{encode, ReplyReader};
 use crate::support::{cpu_seconds, rusage_seconds, MachineCpu, Measurement};
 
 /// One mixed load.
@@ -104,53 +105,4 @@ fn one_client(addr: SocketAddr, load: &MixedLoad, client: u64, deadline: Instant
         latencies.push(sent.elapsed());
     }
     Ok(latencies)
-}
-
-fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// Reads one reply at a time (status, nil or bulk: what GET and SET answer); an error reply or
-/// anything else fails.
-#[derive(Default)]
-struct ReplyReader {
-    buf: Vec<u8>,
-}
-
-impl ReplyReader {
-    fn next(&mut self, conn: &mut TcpStream) -> Result<()> {
-        loop {
-            if let Some(len) = self.whole_reply()? {
-                self.buf.drain(..len);
-                return Ok(());
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            let n = conn.read(&mut chunk).context("reading a reply")?;
-            if n == 0 {
-                bail!("the server closed the connection");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// The length of the first reply in the buffer, once it is all there.
-    fn whole_reply(&self) -> Result<Option<usize>> {
-        let Some(line_end) = self.buf.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
-        let line = &self.buf[..line_end];
-        match line.first() {
-            Some(b'+') => Ok(Some(line_end + 2)),
-            Some(b'$') if line == b"$-1" => Ok(Some(line_end + 2)),
-            Some(b'$') => {
-                let len: usize = std::str::from_utf8(&line[1..])?.parse()?;
-                let total = line_end + 2 + len + 2;
-                Ok((self.buf.len() >= total).then_some(total))
-            }
-            _ => bail!("unexpected reply {:?}", String::from_utf8_lossy(line)),
-        }
-    }
 }
