@@ -10,14 +10,13 @@
 //!
 //! So once an append may start, the journaler waits a little for the clients the entry just
 //! committed answers: their replies are on the way, and a client that waits for its reply comes
-//! back within the time it takes to apply the entry and answer it. The batch waits while those
-//! clients come back one right after another: until each has sent something again, until none
-//! came for [`QUIET`], or for [`GATHER_WAIT`] at most. A client that already has a request
-//! queued (one that pipelines, or shares its connection among many callers) is not waited for:
-//! its next writes come whether or not it hears back. A wait cut short says the clients are not
-//! taking turns (they left, their next request is a read, or they write on a schedule of their
-//! own): the next batches are then taken without waiting, twice as many after each further cut,
-//! up to [`MOST_SKIPPED`], so such a load pays the wait on few of its writes.
+//! back within the time it takes to apply the entry and answer it. The batch waits until each of
+//! those clients has sent something again, or [`GATHER_WAIT`]. A client that already has a
+//! request queued (one that pipelines, or shares its connection among many callers) is not
+//! waited for: its next writes come whether or not it hears back. A wait that times out says the
+//! clients are not taking turns (they left, or their next request is a read): the next batches
+//! are then taken without waiting, twice as many after each further timeout, up to
+//! [`MOST_SKIPPED`], so such a load pays the wait on few of its writes.
 //!
 //! Nor does it wait when applying the last batch took [`GATHER_WAIT`] or longer: its writers
 //! cannot be back before their entry is applied, and while the journaler waits for them the
@@ -26,21 +25,15 @@
 //! waiting for its writers cost a tenth of the throughput).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::{SequencerRequest, MAX_BATCH};
 
-/// The longest a batch waits for the clients expected back.
+/// The longest a batch waits for the clients expected back. tokio's timer counts whole
+/// milliseconds, so any shorter wait would last a millisecond too.
 pub(super) const GATHER_WAIT: Duration = Duration::from_millis(1);
-/// A wait ends once no expected client came back for this long. Clients that take turns come
-/// back in a burst, as fast as the proxy reads them (5–10 µs apart at `-c 50 -P 1`); clients on
-/// their own schedule (an open loop, a pool shared by callers) come back whenever their next
-/// write is due, and waiting for them leaves the journal idle while the writes already queued
-/// wait (README "Benchmarks", session 12: at 5,000 SETs/s over 8 connections, waiting up to
-/// `GATHER_WAIT` for each made p99 87 ms).
-pub(super) const QUIET: Duration = Duration::from_micros(50);
 /// Most batches taken without waiting after waits that timed out.
 pub(super) const MOST_SKIPPED: u32 = 64;
 
@@ -52,7 +45,7 @@ pub(super) struct Gathering {
     last_clients: HashSet<u64>,
     /// Batches still to take without waiting.
     skip: u32,
-    /// How many batches the last wait cut short skipped (0: the last wait was not cut short).
+    /// How many batches the last timeout skipped (0: the last wait was not cut short).
     backoff: u32,
     waits: metrics::Histogram,
     timeouts: metrics::Counter,
@@ -65,8 +58,8 @@ pub(super) enum Taken {
     AsQueued,
     /// Every client expected came back (or the batch is full).
     Gathered,
-    /// The wait ended before they did: they stopped arriving, or it reached `GATHER_WAIT`.
-    CutShort,
+    /// The wait ended before they did.
+    TimedOut,
 }
 
 impl Gathering {
@@ -101,7 +94,7 @@ impl Gathering {
         match how {
             Taken::AsQueued => {}
             Taken::Gathered => self.backoff = 0,
-            Taken::CutShort => {
+            Taken::TimedOut => {
                 self.backoff = (self.backoff * 2).clamp(1, MOST_SKIPPED);
                 self.skip = self.backoff;
             }
@@ -126,23 +119,25 @@ impl Gathering {
             return true;
         }
         let mut missing = std::mem::take(&mut self.last_clients);
-        let expected = missing.len();
-        came_back(&mut missing, batch);
+        let back = |missing: &mut HashSet<u64>, arrived: &[SequencerRequest]| {
+            for request in arrived {
+                missing.remove(&request.client);
+            }
+        };
+        back(&mut missing, batch);
         let mut how = Taken::Gathered;
         if !missing.is_empty() {
             let started = tokio::time::Instant::now();
-            // None of them back yet: they come once their entry is applied and answered, so
-            // the first may take a while.
-            let deadline = std::pin::pin!(tokio::time::sleep_until(started + GATHER_WAIT));
-            let first = tokio::select! {
-                biased;
-                first = first_back(queue, batch, &mut missing, expected) => first,
-                _ = deadline => false,
-            };
-            // Then the rest, as long as they keep coming.
-            if !first || !rest_back(queue, batch, &mut missing, GATHER_WAIT.saturating_sub(started.elapsed())).await {
-                how = Taken::CutShort;
-                self.timeouts.increment(1);
+            let deadline = started + GATHER_WAIT;
+            while !missing.is_empty() && batch.len() < MAX_BATCH {
+                let seen = batch.len();
+                let more = tokio::time::timeout_at(deadline, queue.recv_many(batch, MAX_BATCH - seen)).await;
+                if !matches!(more, Ok(n) if n > 0) {
+                    how = Taken::TimedOut;
+                    self.timeouts.increment(1);
+                    break;
+                }
+                back(&mut missing, &batch[seen..]);
             }
             self.waits.record(started.elapsed().as_secs_f64());
         }
@@ -150,65 +145,6 @@ impl Gathering {
         self.last_clients = missing;
         self.taken(batch, how);
         true
-    }
-}
-
-/// Waits until one of the clients expected back is (true), or the queue closed (false):
-/// `missing` holds those not back, `expected` how many there were.
-async fn first_back(
-    queue: &mut mpsc::Receiver<SequencerRequest>,
-    batch: &mut Vec<SequencerRequest>,
-    missing: &mut HashSet<u64>,
-    expected: usize,
-) -> bool {
-    while missing.len() == expected && batch.len() < MAX_BATCH {
-        let seen = batch.len();
-        if queue.recv_many(batch, MAX_BATCH - seen).await == 0 {
-            return false;
-        }
-        came_back(missing, &batch[seen..]);
-    }
-    true
-}
-
-/// Takes what arrives while the clients in `missing` keep coming back, each within
-/// [`QUIET`] of the request before it: true once all are back (or the batch is full), false
-/// if they stopped coming or `within` passed. Timed in real time between yields: tokio's
-/// timer counts whole milliseconds, far coarser than `QUIET`, and each yield lets the
-/// readers of clients coming back run.
-async fn rest_back(
-    queue: &mut mpsc::Receiver<SequencerRequest>,
-    batch: &mut Vec<SequencerRequest>,
-    missing: &mut HashSet<u64>,
-    within: Duration,
-) -> bool {
-    let started = Instant::now();
-    let mut last_arrival = started;
-    loop {
-        let seen = batch.len();
-        while batch.len() < MAX_BATCH {
-            let Ok(request) = queue.try_recv() else { break };
-            batch.push(request);
-        }
-        came_back(missing, &batch[seen..]);
-        if missing.is_empty() || batch.len() >= MAX_BATCH {
-            return true;
-        }
-        let now = Instant::now();
-        if batch.len() > seen {
-            last_arrival = now;
-        }
-        if now - last_arrival >= QUIET || now - started >= within {
-            return false;
-        }
-        tokio::task::yield_now().await;
-    }
-}
-
-/// Crosses the clients of `arrived` off `missing`.
-fn came_back(missing: &mut HashSet<u64>, arrived: &[SequencerRequest]) {
-    for request in arrived {
-        missing.remove(&request.client);
     }
 }
 
@@ -245,11 +181,11 @@ mod tests {
     }
 
     #[test]
-    fn after_a_wait_cut_short_batches_are_taken_without_waiting_twice_as_many_each_time() {
+    fn after_a_timeout_batches_are_taken_without_waiting_twice_as_many_each_time() {
         let mut gathering = Gathering::new(0, true);
         let mut skipped_after = Vec::new();
         for _ in 0..9 {
-            gathering.taken(&[write_of(1)], Taken::CutShort);
+            gathering.taken(&[write_of(1)], Taken::TimedOut);
             let mut skipped = 0;
             while !gathering.waits(FAST) {
                 skipped += 1;
@@ -258,7 +194,7 @@ mod tests {
         }
         assert_eq!(skipped_after, [1, 2, 4, 8, 16, 32, 64, 64, 64]);
         gathering.taken(&[write_of(1)], Taken::Gathered);
-        gathering.taken(&[write_of(1)], Taken::CutShort);
+        gathering.taken(&[write_of(1)], Taken::TimedOut);
         assert!(!gathering.waits(FAST), "a gathered batch starts the backoff over");
         assert!(gathering.waits(FAST));
     }

@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use super::super::fakes::{reply, set, FakeJournal, FakePrimary, FakeRedis, FakeStream, StreamScript};
-use super::super::gather::{GATHER_WAIT, QUIET};
+use super::super::gather::GATHER_WAIT;
 use super::*;
 use crate::backend::ReplyResult;
 use crate::resp::Request;
@@ -268,32 +268,8 @@ async fn a_client_that_does_not_come_back_holds_the_next_entry_for_gather_wait_a
     assert!(waited >= GATHER_WAIT && waited < 2 * GATHER_WAIT, "b1 waited {waited:?} for a2");
     let next = tokio::time::Instant::now();
     assert_eq!(reply(rig.write_by(b, "b2")).await, ok("b2"));
-    assert_eq!(next.elapsed(), Duration::ZERO, "after a wait cut short, the next batch does not wait");
+    assert_eq!(next.elapsed(), Duration::ZERO, "after a timeout, the next batch does not wait");
     assert_eq!(rig.stream.journal.payloads(), [set("a1"), set("b1"), set("b2")]);
-}
-
-/// Clients expected back that stop coming once one of them is back: the batch goes out once
-/// none came for `QUIET`, not after `GATHER_WAIT`, as clients that write on their own schedule
-/// would otherwise leave the journal idle (`gather.rs`). The wait is in real time, which the
-/// paused clock of these tests does not show.
-#[tokio::test(start_paused = true)]
-async fn once_the_clients_coming_back_stop_coming_the_batch_goes_out() {
-    let (a, b, c) = (1, 2, 3);
-    let (rig, gate) = gated_rig().await;
-    let (a1, b1) = (rig.write_by(a, "a1"), rig.write_by(b, "b1"));
-    tokio::task::yield_now().await;
-    let c1 = rig.write_by(c, "c1");
-    gate.add_permits(1000);
-    assert_eq!(reply(a1).await, ok("a1"));
-    let waiting = (tokio::time::Instant::now(), std::time::Instant::now());
-    let a2 = rig.write_by(a, "a2");
-    assert_eq!(reply(c1).await, ok("c1"));
-    assert_eq!(reply(a2).await, ok("a2"));
-    assert_eq!(waiting.0.elapsed(), Duration::ZERO, "not held until GATHER_WAIT");
-    assert!(waiting.1.elapsed() >= QUIET, "held until arrivals went quiet");
-    assert_eq!(reply(b1).await, ok("b1"));
-    let together: Vec<u8> = [set("c1"), set("a2")].concat();
-    assert_eq!(rig.stream.journal.payloads(), [[set("a1"), set("b1")].concat().into(), Bytes::from(together)]);
 }
 
 /// A client whose next write was queued before its last was answered (it pipelines, or many
