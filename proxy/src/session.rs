@@ -1,7 +1,8 @@
 //! A client session: a reader that parses requests and dispatches each as soon as it arrives,
 //! and a writer that hands replies back in request order, flushing once per batch of ready
-//! replies. The two halves run concurrently, so a client that pipelines without reading
-//! replies is still served as Redis serves it.
+//! replies and before it waits for one that is not ready, so no reply waits for a later one.
+//! The two halves run concurrently, so a client that pipelines without reading replies is still
+//! served as Redis serves it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
