@@ -253,19 +253,15 @@ fn compare_mixed(
         "\nmixed load: 80% GET / 20% SET, {} clients at pipeline 1, {} keys of {} B:",
         load.clients, load.keys, load.value_len
     );
-    let mut runs: Vec<Vec<Measurement>> = targets.iter().map(|_| Vec::new()).collect();
     for (_, addr, _) in &targets {
         mixed::populate(*addr, &load)?;
     }
-    for round in 0..rounds {
-        for offset in 0..targets.len() {
-            let index = (round + offset) % targets.len();
-            let (name, addr, pids) = &targets[index];
-            let run = mixed::run(*addr, &load, pids)?;
-            println!("  mixed round {round} {name:<22} {run}");
-            runs[index].push(run);
-        }
-    }
+    let runs = interleaved_runs(targets.len(), rounds, |index, round| {
+        let (name, addr, pids) = &targets[index];
+        let run = mixed::run(*addr, &load, pids)?;
+        println!("  mixed round {round} {name:<22} {run}");
+        Ok(run)
+    })?;
     let medians: Vec<Measurement> = runs.iter().map(|r| support::median_of(r)).collect();
     for ((name, _, _), m) in targets.iter().zip(&medians) {
         println!("  median {name:<22} {m}");
@@ -280,6 +276,24 @@ fn compare_mixed(
         println!("  this build / baseline build: {}", against_baseline(&medians[0], &medians[baseline]));
     }
     Ok(())
+}
+
+/// `run(target, round)` for each of `targets` targets in `rounds` rounds, each round starting one
+/// target later, so a machine that speeds up or slows down meets every target alike; each
+/// target's runs.
+fn interleaved_runs<T>(
+    targets: usize,
+    rounds: usize,
+    mut run: impl FnMut(usize, usize) -> Result<T>,
+) -> Result<Vec<Vec<T>>> {
+    let mut runs: Vec<Vec<T>> = (0..targets).map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for offset in 0..targets {
+            let index = (round + offset) % targets;
+            runs[index].push(run(index, round)?);
+        }
+    }
+    Ok(runs)
 }
 
 /// SETs at fixed rates (`support/openloop.rs`) against memlog, the baseline build's cluster if
@@ -307,16 +321,12 @@ fn compare_open_loop(
             keys: 100_000,
             value_len: OPEN_LOOP_VALUE,
         };
-        let mut runs: Vec<Vec<openloop::OpenRun>> = targets.iter().map(|_| Vec::new()).collect();
-        for round in 0..rounds {
-            for offset in 0..targets.len() {
-                let index = (round + offset) % targets.len();
-                let (name, addr) = targets[index];
-                let run = openloop::run(addr, &load)?;
-                println!("  {rate:>6.0}/s round {round} {name:<22} {run}");
-                runs[index].push(run);
-            }
-        }
+        let runs = interleaved_runs(targets.len(), rounds, |index, round| {
+            let (name, addr) = targets[index];
+            let run = openloop::run(addr, &load)?;
+            println!("  {rate:>6.0}/s round {round} {name:<22} {run}");
+            Ok(run)
+        })?;
         for ((name, _), runs) in targets.iter().zip(&runs) {
             println!("  {rate:>6.0}/s median  {name:<22} {}", openloop::median(runs));
         }

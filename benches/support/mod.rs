@@ -368,18 +368,20 @@ fn fields(line: &str) -> Vec<&str> {
     line.split(',').map(|field| field.trim().trim_matches('"')).collect()
 }
 
+/// The median of `values` (of an even count: the mean of the middle two).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
 /// The median of each metric on its own (with 2 rounds: their mean).
 pub fn median_of(runs: &[Measurement]) -> Measurement {
-    let median = |pick: fn(&Measurement) -> f64| {
-        let mut values: Vec<f64> = runs.iter().map(pick).collect();
-        values.sort_by(f64::total_cmp);
-        let mid = values.len() / 2;
-        if values.len() % 2 == 0 {
-            (values[mid - 1] + values[mid]) / 2.0
-        } else {
-            values[mid]
-        }
-    };
+    let median = |pick: fn(&Measurement) -> f64| median(runs.iter().map(pick).collect());
     Measurement {
         ops_per_sec: median(|m| m.ops_per_sec),
         p50_ms: median(|m| m.p50_ms),

@@ -125,11 +125,7 @@ pub fn run(addr: SocketAddr, load: &OpenLoad) -> Result<OpenRun> {
 
 /// Each figure's median over `runs`.
 pub fn median(runs: &[OpenRun]) -> OpenRun {
-    let of = |field: fn(&OpenRun) -> f64| {
-        let mut values: Vec<f64> = runs.iter().map(field).collect();
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
+    let of = |field: fn(&OpenRun) -> f64| crate::support::median(runs.iter().map(field).collect());
     OpenRun {
         achieved: of(|r| r.achieved),
         p50_ms: of(|r| r.p50_ms),
