@@ -148,7 +148,7 @@ fn main() -> Result<()> {
             baseline_sets += probe_requests(&workload) + rounds as u64 * requests;
         }
         memlog_sets += probe_requests(&workload) + rounds as u64 * targets[0].requests;
-        let fsyncs_before = memlog.fsyncs()?;
+        let nodes_before = memlog.nodes()?;
         let grouping_before = memlog.grouping()?;
         let baseline_grouping_before = baseline.as_ref().map(MemlogCluster::grouping).transpose()?;
         let medians = support::interleaved(&workload, &targets, rounds)?;
@@ -163,13 +163,15 @@ fn main() -> Result<()> {
                 grouping,
             });
         }
-        let fsyncs_per_set = (memlog.fsyncs()? - fsyncs_before) as f64 / (rounds as u64 * targets[0].requests) as f64;
+        let nodes = memlog.nodes()?.since(nodes_before);
+        let fsyncs_per_set = nodes.fsyncs / (rounds as u64 * targets[0].requests) as f64;
         rows.push(Row {
             pipeline,
             memlog: medians[0],
             fsync_always: medians[1],
             no_persistence: medians[2],
             fsyncs_per_set,
+            nodes,
             grouping,
         });
     }
@@ -559,6 +561,7 @@ struct Row {
     no_persistence: Measurement,
     /// Data fsyncs of all journal nodes per SET memlog acknowledged.
     fsyncs_per_set: f64,
+    nodes: NodeTimes,
     /// How the proxy grouped the SETs into journal entries during the rounds.
     grouping: Grouping,
 }
@@ -570,6 +573,40 @@ struct BaselineRow {
     this: Measurement,
     baseline_grouping: Grouping,
     grouping: Grouping,
+}
+
+/// The journal nodes' data fsyncs and how long they and the appends took on the nodes (an
+/// append from when its node's network thread handed it to the stream's writer thread to when
+/// it was fsynced), all nodes together.
+#[derive(Clone, Copy, Default)]
+struct NodeTimes {
+    fsyncs: f64,
+    fsync_seconds: f64,
+    entries: f64,
+    append_seconds: f64,
+}
+
+impl NodeTimes {
+    /// What was counted between `before` and these counters.
+    fn since(self, before: NodeTimes) -> NodeTimes {
+        NodeTimes {
+            fsyncs: self.fsyncs - before.fsyncs,
+            fsync_seconds: self.fsync_seconds - before.fsync_seconds,
+            entries: self.entries - before.entries,
+            append_seconds: self.append_seconds - before.append_seconds,
+        }
+    }
+}
+
+impl std::fmt::Display for NodeTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "on a node, an entry took {:.3} ms from its network thread to fsynced, its fdatasync {:.3} ms (means)",
+            self.append_seconds * 1e3 / self.entries.max(1.0),
+            self.fsync_seconds * 1e3 / self.fsyncs.max(1.0)
+        )
+    }
 }
 
 /// The proxy's group-commit counters (`memlog_sequencer_*`, every shard together): batches
@@ -839,15 +876,15 @@ impl MemlogCluster {
         Ok(Grouping::from_metrics(&scrape(&self.proxy_metrics)?))
     }
 
-    fn fsyncs(&self) -> Result<u64> {
-        let mut total = 0;
+    /// The journal nodes' own counters, all nodes together.
+    fn nodes(&self) -> Result<NodeTimes> {
+        let mut total = NodeTimes::default();
         for addr in &self.journal_metrics {
             let text = scrape(addr)?;
-            let count = text
-                .lines()
-                .find_map(|line| line.strip_prefix(FSYNC_COUNT_METRIC)?.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            total += count;
+            total.fsyncs += metric_total(&text, FSYNC_COUNT_METRIC);
+            total.fsync_seconds += metric_total(&text, "memlog_journal_fsync_duration_seconds_sum");
+            total.entries += metric_total(&text, "memlog_journal_append_duration_seconds_count");
+            total.append_seconds += metric_total(&text, "memlog_journal_append_duration_seconds_sum");
         }
         Ok(total)
     }
@@ -978,8 +1015,8 @@ fn print_table(rows: &[Row]) {
             );
         }
         println!(
-            "{:<22} {:>8} journal data fsyncs per acknowledged SET (3 nodes together): {:.3}; {}",
-            "", row.pipeline, row.fsyncs_per_set, row.grouping
+            "{:<22} {:>8} journal data fsyncs per acknowledged SET (3 nodes together): {:.3}; {}; {}",
+            "", row.pipeline, row.fsyncs_per_set, row.nodes, row.grouping
         );
     }
 }
