@@ -258,7 +258,7 @@ fn compare_mixed(
     for (_, addr, _) in &targets {
         mixed::populate(*addr, &load)?;
     }
-    let runs = interleaved_runs(targets.len(), rounds, |index, round| {
+    let runs = support::interleaved_runs(targets.len(), rounds, |index, round| {
         let (name, addr, pids) = &targets[index];
         let run = mixed::run(*addr, &load, pids)?;
         println!("  mixed round {round} {name:<22} {run}");
@@ -280,27 +280,8 @@ fn compare_mixed(
     Ok(())
 }
 
-/// `run(target, round)` for each of `targets` targets in `rounds` rounds, each round starting one
-/// target later, so a machine that speeds up or slows down meets every target alike; each
-/// target's runs.
-fn interleaved_runs<T>(
-    targets: usize,
-    rounds: usize,
-    mut run: impl FnMut(usize, usize) -> Result<T>,
-) -> Result<Vec<Vec<T>>> {
-    let mut runs: Vec<Vec<T>> = (0..targets).map(|_| Vec::new()).collect();
-    for round in 0..rounds {
-        for offset in 0..targets {
-            let index = (round + offset) % targets;
-            runs[index].push(run(index, round)?);
-        }
-    }
-    Ok(runs)
-}
-
 /// SETs at fixed rates (`support/openloop.rs`) against memlog, the baseline build's cluster if
-/// there is one, and the stock servers `stock`, in interleaved rounds: the latency each rate
-/// meets, timed from when each SET was due.
+/// there is one, and the stock servers `stock`, in interleaved rounds.
 fn compare_open_loop(
     memlog: &MemlogCluster,
     baseline: Option<&MemlogCluster>,
@@ -311,36 +292,12 @@ fn compare_open_loop(
     let mut targets = vec![(MEMLOG, memlog.proxy_addr)];
     targets.extend(baseline.map(|b| (BASELINE, b.proxy_addr)));
     targets.extend(stock.iter().map(|&(name, addr, _)| (name, addr)));
-    println!(
-        "\nopen loop: SETs of {OPEN_LOOP_VALUE} B at fixed rates over {OPEN_LOOP_CONNECTIONS} connections, each \
-         connection pipelining, each SET timed from when it was due:"
-    );
-    for rate in OPEN_LOOP_RATES {
-        let load = openloop::OpenLoad {
-            rate,
-            connections: OPEN_LOOP_CONNECTIONS,
-            seconds,
-            keys: 100_000,
-            value_len: OPEN_LOOP_VALUE,
-        };
-        let runs = interleaved_runs(targets.len(), rounds, |index, round| {
-            let (name, addr) = targets[index];
-            let run = openloop::run(addr, &load)?;
-            println!("  {rate:>6.0}/s round {round} {name:<22} {run}");
-            Ok(run)
-        })?;
-        for ((name, _), runs) in targets.iter().zip(&runs) {
-            println!("  {rate:>6.0}/s median  {name:<22} {}", openloop::median(runs));
-        }
-    }
-    Ok(())
+    openloop::compare(&targets, &OPEN_LOOP_RATES, seconds, rounds)
 }
 
 /// The rates of the open-loop load, SETs per second: from light to above what memlog makes at
 /// pipeline 1 with 50 closed-loop clients on a 2-core machine (about 50,000).
 const OPEN_LOOP_RATES: [f64; 4] = [1_000.0, 10_000.0, 30_000.0, 60_000.0];
-const OPEN_LOOP_CONNECTIONS: usize = 8;
-const OPEN_LOOP_VALUE: usize = 100;
 
 /// Durable SET with TLS on every hop against TLS on none, interleaved rounds at each pipeline
 /// depth; the ratios of the medians.

@@ -13,11 +13,20 @@
 //! front of the same server too, interleaved with the others, and the table adds this build's
 //! ratio to it: an A/B of two builds in one run.
 //!
+//! Then an open loop (`support/openloop.rs`): SETs at fixed rates over 8 pipelining
+//! connections, directly and through the proxy, each timed from when it was due, so the latency
+//! a fixed load meets shows (redis-benchmark's clients wait for each reply, and a slow server
+//! slows them too).
+//!
 //! Issue 15's targets, each printed with its median ratio and whether it is met (a shared
 //! machine is too noisy to fail a run on): floor, GET and SET at pipeline 1 at least 0.9× direct;
 //! goal, at pipeline 16 at least 0.85×. CPU per request is charged to the processes serving
 //! each side: Redis alone directly, the proxy and the same Redis through memlog.
 
+#[path = "support/openloop.rs"]
+mod openloop;
+#[path = "support/resp.rs"]
+mod resp;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -90,8 +99,16 @@ fn main() -> Result<()> {
     }
     print_table(&rows);
     print_baseline(&baselines);
-    Ok(())
+    let mut targets = vec![("direct", redis_addr), ("proxy", proxy_addr)];
+    targets.extend(baseline.as_ref().map(|(addr, _)| ("baseline", *addr)));
+    let seconds = if quick { OPEN_LOOP_SECONDS / 10.0 } else { OPEN_LOOP_SECONDS };
+    openloop::compare(&targets, &OPEN_LOOP_RATES, seconds, rounds)
 }
+
+/// The rates of the open-loop load (`support/openloop.rs`), SETs per second, and how long each
+/// run lasts: latency at a fixed load, which redis-benchmark's closed loop does not show.
+const OPEN_LOOP_RATES: [f64; 3] = [10_000.0, 50_000.0, 100_000.0];
+const OPEN_LOOP_SECONDS: f64 = 3.0;
 
 /// This build against the baseline build, both through a proxy to the same server.
 fn print_baseline(rows: &[(&Workload, Measurement, Measurement)]) {

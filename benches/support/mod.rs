@@ -368,6 +368,24 @@ fn fields(line: &str) -> Vec<&str> {
     line.split(',').map(|field| field.trim().trim_matches('"')).collect()
 }
 
+/// `run(target, round)` for each of `targets` targets in `rounds` rounds, each round starting one
+/// target later, so a machine that speeds up or slows down meets every target alike; each
+/// target's runs.
+pub fn interleaved_runs<T>(
+    targets: usize,
+    rounds: usize,
+    mut run: impl FnMut(usize, usize) -> Result<T>,
+) -> Result<Vec<Vec<T>>> {
+    let mut runs: Vec<Vec<T>> = (0..targets).map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for offset in 0..targets {
+            let index = (round + offset) % targets;
+            runs[index].push(run(index, round)?);
+        }
+    }
+    Ok(runs)
+}
+
 /// The median of `values` (of an even count: the mean of the middle two).
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);

@@ -14,6 +14,33 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::resp::{encode, ReplyReader};
+use crate::support::interleaved_runs;
+
+/// Connections of the load, and the size of each SET's value.
+const CONNECTIONS: usize = 8;
+const VALUE_LEN: usize = 100;
+
+/// Runs the load at each of `rates` (SETs per second) against each of `targets` (name,
+/// address) for `seconds`, in `rounds` interleaved rounds; prints each run and the medians.
+pub fn compare(targets: &[(&str, SocketAddr)], rates: &[f64], seconds: f64, rounds: usize) -> Result<()> {
+    println!(
+        "\nopen loop: SETs of {VALUE_LEN} B at fixed rates over {CONNECTIONS} connections, each connection \
+         pipelining, each SET timed from when it was due:"
+    );
+    for &rate in rates {
+        let load = OpenLoad { rate, connections: CONNECTIONS, seconds, keys: 100_000, value_len: VALUE_LEN };
+        let runs = interleaved_runs(targets.len(), rounds, |index, round| {
+            let (name, addr) = targets[index];
+            let run = run(addr, &load)?;
+            println!("  {rate:>6.0}/s round {round} {name:<22} {run}");
+            Ok(run)
+        })?;
+        for ((name, _), runs) in targets.iter().zip(&runs) {
+            println!("  {rate:>6.0}/s median  {name:<22} {}", median(runs));
+        }
+    }
+    Ok(())
+}
 
 /// One open-loop load.
 #[derive(Clone, Copy)]
