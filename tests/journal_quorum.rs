@@ -203,6 +203,32 @@ async fn a_frozen_node_does_not_stop_commits_and_rejoins() {
     assert_read_back(&cluster.addrs[1..2], writer.commit_lsn(), &acked).await;
 }
 
+/// An entry sent right behind a large one gets the large one's time too: a node takes a
+/// stream's entries in order, so the small one cannot commit before the large one is across and
+/// fsynced (the parts of a write over one entry are appended back to back). Two nodes frozen for
+/// longer than the append timeout but less than the large entry's transfer allowance: both
+/// entries commit. Before, the small one's own deadline (timeout + its few bytes) ran out while
+/// it waited behind the large one, and the writer stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_queued_behind_a_large_one_gets_the_time_the_large_one_gets() {
+    let cluster = Cluster::start(3).await;
+    let cfg = QuorumConfig { append_timeout: Duration::from_millis(500), ..config() };
+    let writer = cluster.writer_with("writer-a", cfg).await;
+    // 16 MiB: 2 s of transfer allowance on top of each timeout (`node_client::transfer_allowance`).
+    let large = Bytes::from(vec![b'x'; 16 << 20]);
+    cluster.node(1).stop();
+    cluster.node(2).stop();
+    // Awaited from the start, as the proxy's applier awaits its appends.
+    let large = tokio::spawn(writer.append(large));
+    let small = tokio::spawn(writer.append(payload("behind", 0)));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    cluster.node(1).cont();
+    cluster.node(2).cont();
+    let (large, small) = (large.await.unwrap(), small.await.unwrap());
+    let (large, small) = (large.expect("the large entry commits"), small.expect("the small one behind it commits"));
+    assert_eq!(small, large + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_down_fails_with_no_quorum_and_acknowledges_nothing() {
     let mut cluster = Cluster::start(3).await;

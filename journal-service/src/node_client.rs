@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +49,9 @@ struct Inner {
     transport: Transport,
     timeout: Duration,
     next_id: AtomicU64,
+    /// Entry bytes of the appends sent and not answered yet. They cross the connection and are
+    /// fsynced before any append sent after them, so each call's deadline allows for them too.
+    queued_bytes: AtomicUsize,
     connection: Mutex<Option<Arc<Connection>>>,
 }
 
@@ -83,7 +86,16 @@ impl NodeClient {
     /// Like `new`, with the time a call (or a connect) may take before it fails with `Timeout`.
     pub fn with_timeout(addr: SocketAddr, transport: Transport, timeout: Duration) -> NodeClient {
         let connection = Mutex::new(None);
-        NodeClient { inner: Arc::new(Inner { addr, transport, timeout, next_id: AtomicU64::new(1), connection }) }
+        NodeClient {
+            inner: Arc::new(Inner {
+                addr,
+                transport,
+                timeout,
+                next_id: AtomicU64::new(1),
+                queued_bytes: AtomicUsize::new(0),
+                connection,
+            }),
+        }
     }
 
     /// The node's address.
@@ -191,11 +203,15 @@ impl NodeClient {
             Request::Append { entry, .. } => entry.payload.len(),
             _ => 0,
         };
-        let deadline = self.inner.timeout + transfer_allowance(payload);
+        let queued = Queued::add(&self.inner, payload);
+        let deadline = self.inner.timeout + transfer_allowance(queued.ahead_and_own);
         let (sender, reply) = oneshot::channel();
         let started = self.start(&request, Waiter::Call(sender));
         let client = self.clone();
-        async move { client.wait(started?, reply, deadline).await }
+        async move {
+            let _queued = queued;
+            client.wait(started?, reply, deadline).await
+        }
     }
 
     /// Registers the waiter and queues the frame on a live connection (opening one if needed).
@@ -244,6 +260,27 @@ impl NodeClient {
         if let Some(connection) = self.inner.connection.lock().expect("connection lock").as_ref() {
             connection.calls.lock().expect("call table lock").waiters.remove(&id);
         }
+    }
+}
+
+/// One call's entry bytes in [`Inner::queued_bytes`], until the call ends however it ends.
+struct Queued {
+    inner: Arc<Inner>,
+    bytes: usize,
+    /// The bytes queued when the call was sent, its own included.
+    ahead_and_own: usize,
+}
+
+impl Queued {
+    fn add(inner: &Arc<Inner>, bytes: usize) -> Queued {
+        let ahead_and_own = inner.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        Queued { inner: inner.clone(), bytes, ahead_and_own }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.inner.queued_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 

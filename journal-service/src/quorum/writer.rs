@@ -55,6 +55,14 @@ enum Stop {
     GaveUp(String),
 }
 
+/// An entry handed to the nodes: its LSN, its outcome to come, and the bytes of every entry not
+/// committed yet, itself included.
+struct Submitted {
+    lsn: u64,
+    done: oneshot::Receiver<Result<u64, WriteError>>,
+    queued_bytes: usize,
+}
+
 /// One appended entry the writer still remembers.
 struct Slot {
     entry: Entry,
@@ -196,11 +204,15 @@ impl Shared {
         let started = Instant::now();
         let submitted = self.submit(kind, body);
         let shared = self.clone();
-        // A large entry gets the time to reach the nodes and be fsynced there.
-        let deadline = self.cfg.append_timeout + crate::node_client::transfer_allowance(body.len());
         async move {
             let result = match submitted {
-                Ok((lsn, done)) => shared.await_commit(lsn, done, deadline).await,
+                Ok(Submitted { lsn, done, queued_bytes }) => {
+                    // A large entry gets the time to reach the nodes and be fsynced there, and so
+                    // does one queued behind large ones: each node takes a stream's entries in
+                    // order (the parts of a write over one entry are appended back to back).
+                    let deadline = shared.cfg.append_timeout + crate::node_client::transfer_allowance(queued_bytes);
+                    shared.await_commit(lsn, done, deadline).await
+                }
                 Err(e) => Err(e),
             };
             match &result {
@@ -212,11 +224,7 @@ impl Shared {
         }
     }
 
-    fn submit(
-        self: &Arc<Self>,
-        kind: Kind,
-        body: &[u8],
-    ) -> Result<(u64, oneshot::Receiver<Result<u64, WriteError>>), WriteError> {
+    fn submit(self: &Arc<Self>, kind: Kind, body: &[u8]) -> Result<Submitted, WriteError> {
         if body.len() > super::MAX_ENTRY_BODY {
             return Err(WriteError::TooLarge { len: body.len(), max: super::MAX_ENTRY_BODY });
         }
@@ -241,7 +249,9 @@ impl Shared {
             }
         }
         st.window.insert(lsn, Slot { entry, waiter: Some(waiter), errors: Vec::new() });
-        Ok((lsn, done))
+        let uncommitted = st.window.range(st.tracker.commit_lsn() + 1..);
+        let queued_bytes = uncommitted.map(|(_, slot)| slot.entry.payload.len()).sum();
+        Ok(Submitted { lsn, done, queued_bytes })
     }
 
     /// Queues `entry` on `node`'s connection now (keeping LSN order) and reports the outcome.
