@@ -203,15 +203,11 @@ impl NodeClient {
             Request::Append { entry, .. } => entry.payload.len(),
             _ => 0,
         };
-        let queued = Queued::add(&self.inner, payload);
+        let queued = Queued::add(self.clone(), payload);
         let deadline = self.inner.timeout + transfer_allowance(queued.ahead_and_own);
         let (sender, reply) = oneshot::channel();
         let started = self.start(&request, Waiter::Call(sender));
-        let client = self.clone();
-        async move {
-            let _queued = queued;
-            client.wait(started?, reply, deadline).await
-        }
+        async move { queued.client.wait(started?, reply, deadline).await }
     }
 
     /// Registers the waiter and queues the frame on a live connection (opening one if needed).
@@ -263,24 +259,25 @@ impl NodeClient {
     }
 }
 
-/// One call's entry bytes in [`Inner::queued_bytes`], until the call ends however it ends.
+/// One call's client, with the call's entry bytes counted in [`Inner::queued_bytes`] until the
+/// call ends however it ends.
 struct Queued {
-    inner: Arc<Inner>,
+    client: NodeClient,
     bytes: usize,
     /// The bytes queued when the call was sent, its own included.
     ahead_and_own: usize,
 }
 
 impl Queued {
-    fn add(inner: &Arc<Inner>, bytes: usize) -> Queued {
-        let ahead_and_own = inner.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-        Queued { inner: inner.clone(), bytes, ahead_and_own }
+    fn add(client: NodeClient, bytes: usize) -> Queued {
+        let ahead_and_own = client.inner.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        Queued { client, bytes, ahead_and_own }
     }
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        self.inner.queued_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.client.inner.queued_bytes.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 

@@ -87,9 +87,14 @@ impl Kill {
             return None;
         }
         let mut work = std::pin::pin!(work);
-        if let Poll::Ready(done) = poll_once(work.as_mut()).await {
-            return Some(done);
+        match poll_once(work.as_mut()).await {
+            Poll::Ready(done) => Some(done),
+            Poll::Pending => self.race(work).await,
         }
+    }
+
+    /// Waits for `work` or the kill, whichever comes first (the kill, when both are ready).
+    pub(crate) async fn race<F: Future>(&self, work: F) -> Option<F::Output> {
         tokio::select! {
             biased;
             _ = self.cancelled() => None,

@@ -324,9 +324,12 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                 _ = gone.cancelled(), if blocking => None,
             }
         });
+        // Checked before resolving: a killed client's deferred work (a PUBLISH, say) never runs.
+        if client.kill.is_cancelled() {
+            return;
+        }
         let resolved = match poll_once(resolving.as_mut()).await {
-            Poll::Ready(reply) if !client.kill.is_cancelled() => Some(reply),
-            Poll::Ready(_) => None,
+            Poll::Ready(reply) => Some(reply),
             Poll::Pending => {
                 // Not there yet: the replies already buffered go out first. A client that keeps
                 // a pipeline full would otherwise hear nothing until the buffer filled
@@ -334,7 +337,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                 if !output.flush().await {
                     return;
                 }
-                client.kill.unless_killed(resolving).await
+                client.kill.race(resolving).await
             }
         };
         let Some(Some(reply)) = resolved else { return };
