@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::resp::{encode, ReplyReader};
-use crate::support::{cpu_seconds, rusage_seconds, MachineCpu, Measurement};
+use crate::support::{cpu_seconds, quantile_ms, rusage_seconds, KeyPicker, MachineCpu, Measurement};
 
 /// One mixed load.
 #[derive(Clone, Copy)]
@@ -62,12 +62,10 @@ pub fn run(addr: SocketAddr, load: &MixedLoad, pids: &[u32]) -> Result<Measureme
     let elapsed = started.elapsed().as_secs_f64();
     let requests = latencies.len() as f64;
     latencies.sort_unstable();
-    let percentile =
-        |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied();
     Ok(Measurement {
         ops_per_sec: requests / elapsed,
-        p50_ms: percentile(0.5).unwrap_or_default().as_secs_f64() * 1e3,
-        p99_ms: percentile(0.99).unwrap_or_default().as_secs_f64() * 1e3,
+        p50_ms: quantile_ms(&latencies, 0.5),
+        p99_ms: quantile_ms(&latencies, 0.99),
         cpu_us_per_request: (cpu_seconds(pids)? - cpu_before) * 1e6 / requests.max(1.0),
         client_cpu_us_per_request: (rusage_seconds(libc::RUSAGE_SELF) - client_before) * 1e6 / requests.max(1.0),
         machine_busy: MachineCpu::now()?.busy_since(&machine_before),
@@ -82,17 +80,13 @@ fn one_client(addr: SocketAddr, load: &MixedLoad, client: u64, deadline: Instant
     let value = vec![b'v'; load.value_len];
     let mut reader = ReplyReader::default();
     let mut latencies = Vec::new();
-    // A per-client xorshift, so clients touch different keys in a repeatable order.
-    let mut state = 0x9E37_79B9_7F4A_7C15 ^ (client + 1);
+    let mut keys = KeyPicker::new(client + 1);
     let mut out = Vec::new();
     for request in 0.. {
         if Instant::now() >= deadline {
             break;
         }
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let key = format!("mixed:{}", state % load.keys);
+        let key = format!("mixed:{}", keys.next(load.keys));
         out.clear();
         if request % SET_EVERY == 0 {
             encode(&mut out, &[b"SET", key.as_bytes(), &value]);

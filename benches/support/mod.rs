@@ -386,6 +386,30 @@ pub fn interleaved_runs<T>(
     Ok(runs)
 }
 
+/// The `p` quantile (0 to 1) of `sorted` latencies, in milliseconds (the nearest rank; 0 for
+/// no latencies).
+pub fn quantile_ms(sorted: &[Duration], p: f64) -> f64 {
+    let rank = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(rank).copied().unwrap_or_default().as_secs_f64() * 1e3
+}
+
+/// The keys a bench's own load writes and reads: a xorshift64 over `0..keys`, so each client
+/// (one `seed` each) touches them in its own repeatable order.
+pub struct KeyPicker(u64);
+
+impl KeyPicker {
+    pub fn new(seed: u64) -> KeyPicker {
+        KeyPicker(0x9E37_79B9_7F4A_7C15 ^ seed)
+    }
+
+    pub fn next(&mut self, keys: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % keys
+    }
+}
+
 /// The median of `values` (of an even count: the mean of the middle two).
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::resp::{encode, ReplyReader};
-use crate::support::interleaved_runs;
+use crate::support::{interleaved_runs, quantile_ms, KeyPicker};
 
 /// Connections of the load, and the size of each SET's value.
 const CONNECTIONS: usize = 8;
@@ -103,7 +103,7 @@ pub fn run(addr: SocketAddr, load: &OpenLoad) -> Result<OpenRun> {
     let total = (load.rate * load.seconds) as u32;
     let value = vec![b'v'; load.value_len];
     let mut late = Vec::with_capacity(total as usize);
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut keys = KeyPicker::new(0);
     let mut out = Vec::new();
     let start = Instant::now() + Duration::from_millis(10);
     for i in 0..total {
@@ -112,11 +112,8 @@ pub fn run(addr: SocketAddr, load: &OpenLoad) -> Result<OpenRun> {
         if due > now {
             std::thread::sleep(due - now);
         }
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
         out.clear();
-        encode(&mut out, &[b"SET", format!("open:{}", state % load.keys).as_bytes(), &value]);
+        encode(&mut out, &[b"SET", format!("open:{}", keys.next(load.keys)).as_bytes(), &value]);
         let (conn, due_tx) = &mut writers[i as usize % load.connections];
         due_tx.send(due).context("a reply reader stopped")?;
         late.push(due.elapsed());
@@ -133,20 +130,12 @@ pub fn run(addr: SocketAddr, load: &OpenLoad) -> Result<OpenRun> {
     anyhow::ensure!(latencies.len() == total as usize, "{} replies to {total} SETs", latencies.len());
     latencies.sort_unstable();
     late.sort_unstable();
-    let ms = |sorted: &[Duration], p: f64| {
-        sorted
-            .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-            .as_secs_f64()
-            * 1e3
-    };
     Ok(OpenRun {
         achieved: total as f64 / elapsed,
-        p50_ms: ms(&latencies, 0.5),
-        p99_ms: ms(&latencies, 0.99),
-        p999_ms: ms(&latencies, 0.999),
-        late_p99_ms: ms(&late, 0.99),
+        p50_ms: quantile_ms(&latencies, 0.5),
+        p99_ms: quantile_ms(&latencies, 0.99),
+        p999_ms: quantile_ms(&latencies, 0.999),
+        late_p99_ms: quantile_ms(&late, 0.99),
     })
 }
 
