@@ -66,36 +66,30 @@ fn main() -> Result<()> {
         mib(std::fs::metadata(&rdb)?.len())
     );
 
-    let mut seconds: Vec<Vec<f64>> = METHODS.iter().map(|_| Vec::new()).collect();
-    for round in 0..rounds {
-        for offset in 0..METHODS.len() {
-            let index = (round + offset) % METHODS.len();
-            let (method, name) = METHODS[index];
-            let target = Up::start(&dir.path().join(format!("target-{round}-{index}")))?;
-            let started = Instant::now();
-            match method {
-                Method::Pipe => pipe(target.proxy, &commands)?,
-                Method::Rdb => import_rdb(&rdb, target.proxy)?,
-                Method::Live => import_live(source_addr, target.proxy)?,
-            }
-            let elapsed = started.elapsed().as_secs_f64();
-            let held = redis_cli(target.proxy, &["DBSIZE"])?;
-            if held.trim() != keys.to_string() {
-                bail!("{name}: memlog holds {held:?} keys, not {keys}");
-            }
-            println!(
-                "  round {round} {name:<20} {:>8.0} keys/s {:>6.2} MiB/s",
-                keys as f64 / elapsed,
-                mib_per_s(data_bytes, elapsed)
-            );
-            seconds[index].push(elapsed);
+    let seconds = support::interleaved_runs(METHODS.len(), rounds, |index, round| {
+        let (method, name) = METHODS[index];
+        let target = Up::start(&dir.path().join(format!("target-{round}-{index}")))?;
+        let started = Instant::now();
+        match method {
+            Method::Pipe => pipe(target.proxy, &commands)?,
+            Method::Rdb => import_rdb(&rdb, target.proxy)?,
+            Method::Live => import_live(source_addr, target.proxy)?,
         }
-    }
+        let elapsed = started.elapsed().as_secs_f64();
+        let held = redis_cli(target.proxy, &["DBSIZE"])?;
+        if held.trim() != keys.to_string() {
+            bail!("{name}: memlog holds {held:?} keys, not {keys}");
+        }
+        println!(
+            "  round {round} {name:<20} {:>8.0} keys/s {:>6.2} MiB/s",
+            keys as f64 / elapsed,
+            mib_per_s(data_bytes, elapsed)
+        );
+        Ok(elapsed)
+    })?;
     println!("\nmedian of {rounds} rounds:");
-    for ((_, name), runs) in METHODS.iter().zip(&mut seconds) {
-        runs.sort_by(f64::total_cmp);
-        let mid = runs.len() / 2;
-        let median = if runs.len() % 2 == 0 { (runs[mid - 1] + runs[mid]) / 2.0 } else { runs[mid] };
+    for ((_, name), runs) in METHODS.iter().zip(seconds) {
+        let median = support::median(runs);
         println!(
             "  {name:<20} {:>8.0} keys/s {:>6.2} MiB/s ({median:.2} s)",
             keys as f64 / median,

@@ -299,22 +299,18 @@ fn ping(addr: SocketAddr) -> std::io::Result<bool> {
 /// (in the order of `targets`).
 pub fn interleaved(workload: &Workload, targets: &[Target], rounds: usize) -> Result<Vec<Measurement>> {
     let width = targets.iter().map(|t| t.name.len()).max().unwrap_or(0);
-    let mut runs: Vec<Vec<Measurement>> = targets.iter().map(|_| Vec::new()).collect();
-    for round in 0..rounds {
-        for offset in 0..targets.len() {
-            let index = (round + offset) % targets.len();
-            let target = &targets[index];
-            let (cpu_before, client_before, machine_before) =
-                (cpu_seconds(&target.pids)?, rusage_seconds(libc::RUSAGE_CHILDREN), MachineCpu::now()?);
-            let mut run = redis_benchmark(target.addr, workload, target.requests, target.client)?;
-            let requests = target.requests as f64;
-            run.cpu_us_per_request = (cpu_seconds(&target.pids)? - cpu_before) * 1e6 / requests;
-            run.client_cpu_us_per_request = (rusage_seconds(libc::RUSAGE_CHILDREN) - client_before) * 1e6 / requests;
-            run.machine_busy = MachineCpu::now()?.busy_since(&machine_before);
-            println!("  {} -P {:<2} round {round} {:<width$} {}", workload.test, workload.pipeline, target.name, run);
-            runs[index].push(run);
-        }
-    }
+    let runs = interleaved_runs(targets.len(), rounds, |index, round| {
+        let target = &targets[index];
+        let (cpu_before, client_before, machine_before) =
+            (cpu_seconds(&target.pids)?, rusage_seconds(libc::RUSAGE_CHILDREN), MachineCpu::now()?);
+        let mut run = redis_benchmark(target.addr, workload, target.requests, target.client)?;
+        let requests = target.requests as f64;
+        run.cpu_us_per_request = (cpu_seconds(&target.pids)? - cpu_before) * 1e6 / requests;
+        run.client_cpu_us_per_request = (rusage_seconds(libc::RUSAGE_CHILDREN) - client_before) * 1e6 / requests;
+        run.machine_busy = MachineCpu::now()?.busy_since(&machine_before);
+        println!("  {} -P {:<2} round {round} {:<width$} {}", workload.test, workload.pipeline, target.name, run);
+        Ok(run)
+    })?;
     Ok(runs.iter().map(|r| median_of(r)).collect())
 }
 
