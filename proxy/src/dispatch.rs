@@ -23,7 +23,8 @@ use crate::table::{display_name, CommandInfo};
 pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing {
     let started = Instant::now();
     ctx.proxy.stats.commands.fetch_add(1, Ordering::Relaxed);
-    ctx.client.last_command_ms.store(crate::units::millis(ctx.client.connected_at.elapsed()), Ordering::Relaxed);
+    let since_connect = started.saturating_duration_since(ctx.client.connected_at);
+    ctx.client.last_command_ms.store(crate::units::millis(since_connect), Ordering::Relaxed);
     // `CLIENT REPLY SKIP` silences the command after it (and `OFF` every one, until `ON`).
     let skipped = std::mem::replace(&mut ctx.skip_next_reply, false);
     let info = match lookup(ctx, &request) {
@@ -41,6 +42,8 @@ pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing 
         ctx.client.last_command.store(Some(info.clone()));
     }
     ctx.command = Some(info.clone());
+    // Kept for the slow log; the request itself goes on to its shard without a copy.
+    let raw = request.raw.clone();
     let (pending, rejected) = match refusal(ctx, &request, &info) {
         Some(refusal) => (refusal, true),
         None => {
@@ -51,7 +54,7 @@ pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing 
             if let Some(tracked) = &tracked {
                 tracked.remember(ctx);
             }
-            let (pending, refused) = run(ctx, &request, &info).await;
+            let (pending, refused) = run(ctx, request, &info).await;
             // `CLIENT CACHING` holds for the next command (or the transaction) only.
             if ctx.proxy.tracker.in_use() {
                 let keep = info.name.starts_with("client|") || ctx.multi.is_some();
@@ -66,7 +69,7 @@ pub(crate) async fn dispatch(ctx: &mut ClientCtx, request: Request) -> Outgoing 
     let barrier = matches!(pending, Pending::Deferred(_)) || std::mem::take(&mut ctx.blocks);
     let close = info.name == "quit" || std::mem::take(&mut ctx.close_after_reply);
     let silent = skipped || ctx.replies_off;
-    Outgoing { close, barrier, rejected, silent, args: request.args, ..Outgoing::new(pending, Some(info), started) }
+    Outgoing { close, barrier, rejected, silent, raw, ..Outgoing::new(pending, Some(info), started) }
 }
 
 /// The error of a command refused before it runs (arity, authentication, ACL, subscriber
@@ -91,18 +94,18 @@ fn refusal(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> O
 }
 
 /// Queues, runs, forwards or refuses a command that passed the checks; true if refused.
-async fn run(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> (Pending, bool) {
+async fn run(ctx: &mut ClientCtx, request: Request, info: &Arc<CommandInfo>) -> (Pending, bool) {
     if ctx.multi.is_some() && commands::transaction::is_queued(&info.name) {
-        ctx.proxy.monitors.feed(ctx.client.db(), ctx.client.addr, request, info);
-        return (commands::transaction::queue(ctx, request, info).await, false);
+        ctx.proxy.monitors.feed(ctx.client.db(), ctx.client.addr, &request, info);
+        return (commands::transaction::queue(ctx, &request, info).await, false);
     }
     let route = commands::route(info, ctx.proxy.cfg.mode);
     if matches!(route, CommandRoute::Forward | CommandRoute::Local | CommandRoute::Fails(_)) {
-        ctx.proxy.monitors.feed(ctx.client.db(), ctx.client.addr, request, info);
+        ctx.proxy.monitors.feed(ctx.client.db(), ctx.client.addr, &request, info);
     }
     match route {
         CommandRoute::Forward => (forward(ctx, request, info).await, false),
-        CommandRoute::Local => (commands::run_local(ctx, request, info).await, false),
+        CommandRoute::Local => (commands::run_local(ctx, &request, info).await, false),
         CommandRoute::Refused(why) => {
             (Pending::error(&format!("ERR memlog: '{}' is not allowed: {why}", display_name(&info.name))), true)
         }
@@ -155,21 +158,21 @@ fn lookup(ctx: &ClientCtx, request: &Request) -> Result<Arc<CommandInfo>, String
 }
 
 /// Routes a command Redis itself executes, by the slots of its keys.
-async fn forward(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>) -> Pending {
-    if copies_to_another_database(ctx, request, info) {
+async fn forward(ctx: &mut ClientCtx, request: Request, info: &Arc<CommandInfo>) -> Pending {
+    if copies_to_another_database(ctx, &request, info) {
         return Pending::error("ERR Copying to another database is not allowed in cluster mode");
     }
     // Malformed arguments the keys depend on (no keys found): Redis answers with its own error.
-    let keys = ctx.key_positions(request, info).await.unwrap_or_default();
+    let keys = ctx.key_positions(&request, info).await.unwrap_or_default();
     if keys.iter().any(|&k| request.args[k].starts_with(RESERVED_PREFIX)) {
         return Pending::error("ERR memlog: keys starting with '__memlog:' are reserved for memlog");
     }
-    match ctx.placement(request, &keys) {
-        Placement::Keyless => return ctx.send_to_shard(0, request.clone(), info.flags.write).await,
-        Placement::Shard(shard) if blocking_timeout(info, request).is_some() => {
-            return ctx.block(shard, request, info, &keys).await;
+    match ctx.placement(&request, &keys) {
+        Placement::Keyless => return ctx.send_to_shard(0, request, info.flags.write).await,
+        Placement::Shard(shard) if blocking_timeout(info, &request).is_some() => {
+            return ctx.block(shard, &request, info, &keys).await;
         }
-        Placement::Shard(shard) => return ctx.send_to_shard(shard, request.clone(), info.flags.write).await,
+        Placement::Shard(shard) => return ctx.send_to_shard(shard, request, info.flags.write).await,
         Placement::Spans => (),
     };
     let cluster_compat = ctx.proxy.cfg.cluster_compat;
@@ -179,7 +182,7 @@ async fn forward(ctx: &mut ClientCtx, request: &Request, info: &Arc<CommandInfo>
         _ => None,
     };
     match merge {
-        Some(merge) if !cluster_compat => ctx.split(request, &keys, merge, info.flags.write).await,
+        Some(merge) if !cluster_compat => ctx.split(&request, &keys, merge, info.flags.write).await,
         _ => Pending::error("CROSSSLOT Keys in request don't hash to the same slot"),
     }
 }

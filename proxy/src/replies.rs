@@ -99,8 +99,10 @@ pub(crate) struct Outgoing {
     pub rejected: bool,
     /// `CLIENT REPLY OFF|SKIP`: the reply is awaited and counted but not sent.
     pub silent: bool,
-    /// The command's arguments, for the slow log.
-    pub args: Vec<Bytes>,
+    /// The request's bytes, for the slow log: parsed into arguments again only for a slow
+    /// command, so the fast path keeps no second argument list (at pipeline 16 the copy's
+    /// allocation and reference counts were ~5% of the proxy's CPU).
+    pub raw: Bytes,
 }
 
 impl Outgoing {
@@ -113,7 +115,7 @@ impl Outgoing {
             barrier: false,
             rejected: false,
             silent: false,
-            args: Vec::new(),
+            raw: Bytes::new(),
         }
     }
 }

@@ -42,6 +42,12 @@ impl ClientCtx {
     /// Where the keys at `keys` live.
     pub(crate) fn placement(&self, request: &Request, keys: &[usize]) -> Placement {
         let Some(&first) = keys.first() else { return Placement::Keyless };
+        // One shard and no cluster client to answer CROSSSLOT to (a sidecar, a standalone
+        // endpoint): every key is on shard 0, no need to hash them (~3% of the proxy's CPU at
+        // pipeline 16).
+        if self.proxy.slots.shard_count() == 1 && !self.proxy.cfg.cluster_compat {
+            return Placement::Shard(0);
+        }
         let first_slot = key_slot(&request.args[first]);
         let shard = self.proxy.slots.shard_of_slot(first_slot);
         let mut spans_slots = false;

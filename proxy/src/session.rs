@@ -19,7 +19,7 @@ use crate::context::{ClientCtx, ClientPubSub};
 use crate::proxy::Proxy;
 use crate::pubsub::Subscriber;
 use crate::replies::{Outgoing, Pending};
-use crate::resp::{Limits, ProtocolError, RequestParser};
+use crate::resp::{Limits, ProtocolError, Request, RequestParser};
 use crate::stats::Reply;
 
 /// Replies awaited by the writer beyond which the reader stops reading, so one client cannot
@@ -312,7 +312,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             }
             Next::Reply(item) => item,
         };
-        let Outgoing { pending, command, started, close, rejected, silent, args, .. } = item;
+        let Outgoing { pending, command, started, close, rejected, silent, raw, .. } = item;
         let blocking = command.as_ref().is_some_and(|c| c.flags.blocking);
         let mut resolving = std::pin::pin!(async {
             tokio::select! {
@@ -351,7 +351,8 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         let counted =
             Reply { command: command.as_deref().map(|c| (&c.stats, c.kind())), rejected, elapsed, bytes: &reply };
         proxy.stats.count_reply(counted, || {
-            (&args[..], client.addr.to_string(), client.name.lock().unwrap().clone().unwrap_or_default())
+            let args = Request::reparse(&raw).map(|request| request.args).unwrap_or_default();
+            (args, client.addr.to_string(), client.name.lock().unwrap().clone().unwrap_or_default())
         });
         // Pub/sub frames queued before this reply was ready go first: a message published
         // before an UNSUBSCRIBE took effect precedes its confirmation, as in Redis.

@@ -455,17 +455,20 @@ impl Conn {
                 };
                 out.clear();
                 let mut waiters = Vec::new();
+                // One clock read for the whole batch, which goes out in one write: at pipeline
+                // 16 a read per op was most of the proxy's `clock_gettime` time.
+                let sent = Instant::now();
                 let mut next = Some(first);
                 while let Some(op) = next {
                     match op {
                         ConnOp::Send(bytes, reply) if role == Role::Apply && bytes == lsn_check => {
                             out.extend_from_slice(&bytes);
-                            waiters.push(Waiter::LsnCheck(reply, Instant::now()));
+                            waiters.push(Waiter::LsnCheck(reply, sent));
                         }
                         ConnOp::Send(bytes, reply) => {
                             out.extend_from_slice(&bytes);
-                            let retry = (role == Role::Read).then(|| (bytes, Instant::now() + hold_for));
-                            waiters.push(Waiter::Reply(reply, Instant::now(), retry));
+                            let retry = (role == Role::Read).then(|| (bytes, sent + hold_for));
+                            waiters.push(Waiter::Reply(reply, sent, retry));
                         }
                         ConnOp::Batch(_, _, reply)
                             if role == Role::Apply && !target.apply_checked.load(Ordering::Acquire) =>
@@ -478,7 +481,7 @@ impl Conn {
                             }
                             out.extend_from_slice(&bytes);
                             let replies = Vec::with_capacity(count);
-                            waiters.push(Waiter::Batch { replies, count, reply, sent: Instant::now() });
+                            waiters.push(Waiter::Batch { replies, count, reply, sent });
                         }
                         ConnOp::Barrier(done) => waiters.push(Waiter::Barrier(done)),
                     }

@@ -29,6 +29,12 @@ impl Request {
         Request { raw: encode_command(&args), args }
     }
 
+    /// Parses one request's bytes again, e.g. `raw` of a request parsed before; `None` if they do
+    /// not start with a complete request.
+    pub fn reparse(raw: &[u8]) -> Option<Request> {
+        RequestParser::default().next(&mut BytesMut::from(raw), NO_LIMITS).ok().flatten()
+    }
+
     /// Lower-cases the command name into `buf` without allocating; `None` if it is too long or
     /// not UTF-8 (no such command exists).
     pub fn name_in<'b>(&self, buf: &'b mut [u8; 32]) -> Option<&'b str> {
@@ -117,6 +123,10 @@ pub struct Limits {
     pub max_bulk_len: usize,
     pub max_args: usize,
 }
+
+/// For bytes parsed again that already passed a client's limits once (a journaled command, a
+/// request kept for the slow log).
+pub const NO_LIMITS: Limits = Limits { max_bulk_len: 1 << 40, max_args: 1 << 40 };
 
 /// Where a partly received multibulk request stands, so the next read resumes there.
 #[derive(Debug, Default)]

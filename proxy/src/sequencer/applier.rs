@@ -439,9 +439,8 @@ fn split_commands(payload: &Bytes) -> anyhow::Result<Vec<Bytes>> {
     let mut buf = BytesMut::from(&payload[..]);
     let mut parser = RequestParser::default();
     // The proxy checked each command's limits before journaling it.
-    let limits = crate::resp::Limits { max_bulk_len: 1 << 40, max_args: 1 << 40 };
     let mut commands = Vec::new();
-    while let Some(request) = parser.next(&mut buf, limits)? {
+    while let Some(request) = parser.next(&mut buf, crate::resp::NO_LIMITS)? {
         commands.push(request.raw);
     }
     anyhow::ensure!(buf.is_empty(), "a journal entry ends in an incomplete command");

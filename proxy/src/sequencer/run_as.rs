@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 use crate::backend::BackendAuth;
 use crate::databases;
 use crate::keys::SCRIPT_CALLER_USER as CALLER;
-use crate::resp::{encode_command, Limits, Request, RequestParser};
+use crate::resp::{encode_command, Request};
 
 /// The journaled form's command name. No client can send it: the proxy refuses commands its
 /// table does not know before they reach a sequencer.
@@ -160,9 +160,7 @@ impl RunAs {
 
 /// The rules and the call of a run-as command.
 fn parse(command: &Bytes) -> Option<(Vec<Bytes>, Vec<Bytes>)> {
-    let mut buf = BytesMut::from(&command[..]);
-    let limits = Limits { max_bulk_len: 1 << 40, max_args: 1 << 40 };
-    let args = RequestParser::default().next(&mut buf, limits).ok()??.args;
+    let args = Request::reparse(command)?.args;
     let count: usize = std::str::from_utf8(args.get(1)?).ok()?.parse().ok()?;
     let rules = args.get(2..2 + count)?.to_vec();
     let call = args.get(2 + count..).filter(|call| !call.is_empty())?.to_vec();
@@ -196,13 +194,13 @@ pub(super) fn own_replies(sent: &[Sent], mut replies: Vec<Bytes>) -> Vec<Bytes> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resp::{RequestParser, NO_LIMITS};
 
     /// The commands in what was sent, each as its arguments.
     fn sent_commands(mut out: BytesMut) -> Vec<Vec<String>> {
         let mut parser = RequestParser::default();
-        let limits = Limits { max_bulk_len: 1 << 20, max_args: 1 << 20 };
         let mut commands = Vec::new();
-        while let Some(request) = parser.next(&mut out, limits).unwrap() {
+        while let Some(request) = parser.next(&mut out, NO_LIMITS).unwrap() {
             commands.push(request.args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect());
         }
         commands

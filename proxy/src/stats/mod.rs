@@ -113,7 +113,7 @@ pub(crate) struct InstantRates {
 impl ServerStats {
     /// Counts one reply handed to the client. `slow_entry` gives the command's arguments and
     /// client (address, name), asked for only if the command goes into the slow log.
-    pub(crate) fn count_reply<'a>(&self, reply: Reply<'_>, slow_entry: impl FnOnce() -> (&'a [Bytes], String, String)) {
+    pub(crate) fn count_reply(&self, reply: Reply<'_>, slow_entry: impl FnOnce() -> (Vec<Bytes>, String, String)) {
         let is_error = matches!(reply.bytes.first(), Some(b'-') | Some(b'!'));
         if is_error {
             self.count_error(reply.bytes);
@@ -137,7 +137,7 @@ impl ServerStats {
         self.latency.add_if_needed(if kind.fast { "fast-command" } else { "command" }, usec / 1000);
         if !kind.skip_slowlog && self.slowlog.wants(usec) {
             let (args, addr, name) = slow_entry();
-            self.slowlog.push(usec, args, addr, name);
+            self.slowlog.push(usec, &args, addr, name);
         }
     }
 
@@ -242,7 +242,7 @@ mod tests {
     fn calls_failures_rejections_and_errors_are_counted() {
         let server = ServerStats::default();
         let get = CommandStats::default();
-        let nothing = || -> (&[Bytes], String, String) { unreachable!("not slow") };
+        let nothing = || -> (Vec<Bytes>, String, String) { unreachable!("not slow") };
         server.count_reply(reply(&get, false, b"$1\r\nv\r\n", 5), nothing);
         server.count_reply(reply(&get, false, b"-WRONGTYPE Operation against a key\r\n", 7), nothing);
         server.count_reply(reply(&get, true, b"-NOPERM no\r\n", 1), nothing);
@@ -281,8 +281,8 @@ mod tests {
         let server = ServerStats::default();
         let cmd = CommandStats::default();
         server.slowlog.log_slower_than.store(100, Ordering::Relaxed);
-        let args = [Bytes::from_static(b"DEBUG"), Bytes::from_static(b"SLEEP")];
-        server.count_reply(reply(&cmd, false, b"+OK\r\n", 150), || (&args[..], "127.0.0.1:1".into(), "me".into()));
+        let args = vec![Bytes::from_static(b"DEBUG"), Bytes::from_static(b"SLEEP")];
+        server.count_reply(reply(&cmd, false, b"+OK\r\n", 150), || (args, "127.0.0.1:1".into(), "me".into()));
         server.count_reply(reply(&cmd, false, b"+OK\r\n", 50), || unreachable!());
         let entries = server.slowlog.newest(None);
         assert_eq!(entries.len(), 1);
