@@ -22,6 +22,11 @@
 //! machine is too noisy to fail a run on): floor, GET and SET at pipeline 1 at least 0.9× direct;
 //! goal, at pipeline 16 at least 0.85×. CPU per request is charged to the processes serving
 //! each side: Redis alone directly, the proxy and the same Redis through memlog.
+//!
+//! When `haproxy` is installed (`apt-get install haproxy`), HAProxy in TCP mode runs in front of
+//! the same server too, interleaved with the others, with as many threads as the proxy has: a
+//! proxy that forwards bytes and parses nothing, so its ratio to direct shows what any proxy
+//! can reach on the machine the bench runs on.
 
 #[path = "support/openloop.rs"]
 mod openloop;
@@ -30,9 +35,13 @@ mod resp;
 #[path = "support/mod.rs"]
 mod support;
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
 use anyhow::Result;
 
-use support::{Client, Measurement, Settings, Target, Workload};
+use support::{Client, Guard, Measurement, Settings, Target, Workload};
 
 /// Proxy/direct ops/s at pipeline 1 (GET and SET): a floor.
 const FLOOR_P1_RATIO: f64 = 0.9;
@@ -55,6 +64,7 @@ fn main() -> Result<()> {
         }
         None => None,
     };
+    let haproxy = start_haproxy(dir.path(), redis_addr)?;
 
     let scale = if quick { 10 } else { 1 };
     let workloads = [
@@ -63,7 +73,7 @@ fn main() -> Result<()> {
         (Workload { test: "set", pipeline: 16 }, 1_500_000 / scale),
         (Workload { test: "get", pipeline: 16 }, 1_500_000 / scale),
     ];
-    let (mut rows, mut baselines) = (Vec::new(), Vec::new());
+    let (mut rows, mut baselines, mut references) = (Vec::new(), Vec::new(), Vec::new());
     for (workload, requests) in &workloads {
         let mut targets = vec![
             Target {
@@ -91,14 +101,20 @@ fn main() -> Result<()> {
                 client: Client::default(),
             });
         }
-        let medians = support::interleaved(workload, &targets, rounds)?;
-        rows.push((workload, medians[0], medians[1]));
-        if let Some(baseline) = medians.get(2) {
-            baselines.push((workload, *baseline, medians[1]));
+        if let Some((addr, guard)) = &haproxy {
+            let pids = vec![guard.pid(), redis.pid()];
+            targets.push(Target { name: "haproxy", addr: *addr, requests: *requests, pids, client: Client::default() });
         }
+        let medians = support::interleaved(workload, &targets, rounds)?;
+        let median_of = |name| targets.iter().position(|t| t.name == name).map(|i| medians[i]);
+        let (direct, proxy) = (medians[0], medians[1]);
+        rows.push((workload, direct, proxy));
+        baselines.extend(median_of("baseline").map(|baseline| (workload, baseline, proxy)));
+        references.extend(median_of("haproxy").map(|reference| (workload, direct, reference, proxy)));
     }
     print_table(&rows);
     print_baseline(&baselines);
+    print_reference(&references);
     let mut targets = vec![("direct", redis_addr), ("proxy", proxy_addr)];
     targets.extend(baseline.as_ref().map(|(addr, _)| ("baseline", *addr)));
     let seconds = if quick { OPEN_LOOP_SECONDS / 10.0 } else { OPEN_LOOP_SECONDS };
@@ -109,6 +125,55 @@ fn main() -> Result<()> {
 /// run lasts: latency at a fixed load, which redis-benchmark's closed loop does not show.
 const OPEN_LOOP_RATES: [f64; 3] = [10_000.0, 50_000.0, 100_000.0];
 const OPEN_LOOP_SECONDS: f64 = 3.0;
+
+/// HAProxy in TCP mode in front of `redis`, with the proxy's thread count (`worker_threads`
+/// defaults to half the cores, `proxy/src/config.rs`); `None`, said on stdout, without `haproxy`.
+fn start_haproxy(dir: &Path, redis: SocketAddr) -> Result<Option<(SocketAddr, Guard)>> {
+    let Ok(version) = Command::new("haproxy").arg("-v").output() else {
+        println!("haproxy is not installed: no byte-forwarding reference in this run (apt-get install haproxy)");
+        return Ok(None);
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get() / 2).max(1);
+    let addr = support::free_addr();
+    let config = dir.join("haproxy.cfg");
+    // maxconn well under the file limit: HAProxy refuses to start when it cannot raise the limit
+    // to what its default maxconn needs.
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  nbthread {threads}\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+             timeout client 60s\n  timeout server 60s\nfrontend bench\n  bind {addr}\n  default_backend redis\n\
+             backend redis\n  server redis {redis}\n"
+        ),
+    )?;
+    let mut command = Command::new("haproxy");
+    command.arg("-f").arg(&config);
+    let log = dir.join("haproxy.log");
+    let mut guard = support::spawn_logged(command, &log)?;
+    support::wait_for_pong(addr, &mut guard)?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    println!("reference: {} in TCP mode on {addr}, {threads} thread(s)", version.lines().next().unwrap_or("haproxy"));
+    Ok(Some((addr, guard)))
+}
+
+/// The byte-forwarding reference next to direct and the proxy.
+fn print_reference(rows: &[(&Workload, Measurement, Measurement, Measurement)]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("\nHAProxy in TCP mode, forwarding bytes without parsing them (medians):");
+    for (workload, direct, reference, proxy) in rows {
+        println!(
+            "  {} -P {:<2} haproxy/direct {:.2}, memlog proxy/haproxy {:.2}; cpu/req haproxy {:.1} µs, memlog proxy {:.1} µs (each with its Redis)",
+            workload.test.to_uppercase(),
+            workload.pipeline,
+            reference.ops_per_sec / direct.ops_per_sec,
+            proxy.ops_per_sec / reference.ops_per_sec,
+            reference.cpu_us_per_request,
+            proxy.cpu_us_per_request
+        );
+    }
+}
 
 /// This build against the baseline build, both through a proxy to the same server.
 fn print_baseline(rows: &[(&Workload, Measurement, Measurement)]) {
