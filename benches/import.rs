@@ -1,14 +1,21 @@
 //! Import throughput, side by side in one run: the same keys (SET of `VALUE_SIZE`-byte values)
 //! brought into a fresh memlog cluster (`memlog up`: 3 shards, no replicas, 3 journal nodes,
-//! no snapshots) three ways: `redis-cli --pipe` of the commands, `memlog import rdb` of the
-//! source's dump.rdb, and the first pass of `memlog import live` from the source. Keys/s and
-//! MiB/s of data (key and value bytes) from start to the last key acknowledged, median of the
-//! rounds; each round runs the three in a rotated order, each into its own fresh cluster.
+//! no snapshots) four ways: `redis-cli --pipe` of the commands, `memlog import rdb` of the
+//! source's dump.rdb, and the first pass of `memlog import live` from the source in each of its
+//! modes: `--mode notifications` (SCAN/DUMP/PTTL, its `copy` phase) and `--mode replication`
+//! (PSYNC: the full resync's RDB checked and restored, its `restore` phase). Keys/s and MiB/s of
+//! data (key and value bytes) from start to the last key acknowledged, median of the rounds;
+//! each round runs the four in a rotated order, each into its own fresh cluster.
+//!
+//! The mode is always named: the source here allows PSYNC, so the default (`auto`) follows it
+//! by replication, whose phases are `check`, `restore`, `sync` and never `copy`. The source
+//! starts a full resync at once (`repl-diskless-sync-delay 0`; Redis 7.0 waits 5 s by default
+//! for more replicas to attach, which would be most of the replication figure at 20,000 keys).
 //!
 //! ```text
 //! cargo bench --bench import                        # 200,000 keys
 //! MEMLOG_BENCH_QUICK=1 cargo bench --bench import   # 20,000 keys
-//! MEMLOG_BENCH_ROUNDS=3 cargo bench --bench import  # more rounds (default 2)
+//! MEMLOG_BENCH_ROUNDS=5 cargo bench --bench import  # more rounds (default 3)
 //! ```
 
 // This bench uses the settings and process helpers, not the redis-benchmark ones.
@@ -33,16 +40,28 @@ const SHARDS: u16 = 3;
 const JOURNAL_NODES: u16 = 3;
 /// How long `memlog up` may take to stop its children at SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a live import's first pass may take before the bench gives up on it.
+const LIVE_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Clone, Copy)]
 enum Method {
     Pipe,
     Rdb,
-    Live,
+    /// `memlog import live --mode <mode>` until the end of the phase that copies the keys.
+    Live {
+        mode: &'static str,
+        first_pass: &'static str,
+    },
 }
 
-const METHODS: [(Method, &str); 3] =
-    [(Method::Pipe, "redis-cli --pipe"), (Method::Rdb, "memlog import rdb"), (Method::Live, "memlog import live")];
+const METHODS: [(Method, &str); 4] = [
+    (Method::Pipe, "redis-cli --pipe"),
+    (Method::Rdb, "memlog import rdb"),
+    (Method::Live { mode: "notifications", first_pass: "copy" }, "import live notifications"),
+    (Method::Live { mode: "replication", first_pass: "restore" }, "import live replication"),
+];
+/// Width of the method column.
+const NAME_WIDTH: usize = 25;
 
 fn main() -> Result<()> {
     let Settings { quick, rounds } = Settings::from_env()?;
@@ -53,7 +72,8 @@ fn main() -> Result<()> {
     let source_addr = support::free_addr();
     let source_dir = dir.path().join("source");
     let mut source_args = support::NO_PERSISTENCE.to_vec();
-    source_args.extend(["--notify-keyspace-events", "KEA"]);
+    // Notifications for `--mode notifications`; a full resync without the wait for more replicas.
+    source_args.extend(["--notify-keyspace-events", "KEA", "--repl-diskless-sync-delay", "0"]);
     let _source = support::start_redis(source_addr, &source_dir, &source_args)?;
     pipe(source_addr, &commands)?;
     redis_cli(source_addr, &["SAVE"])?;
@@ -73,7 +93,7 @@ fn main() -> Result<()> {
         match method {
             Method::Pipe => pipe(target.proxy, &commands)?,
             Method::Rdb => import_rdb(&rdb, target.proxy)?,
-            Method::Live => import_live(source_addr, target.proxy)?,
+            Method::Live { mode, first_pass } => import_live(source_addr, target.proxy, mode, first_pass)?,
         }
         let elapsed = started.elapsed().as_secs_f64();
         let held = redis_cli(target.proxy, &["DBSIZE"])?;
@@ -81,7 +101,7 @@ fn main() -> Result<()> {
             bail!("{name}: memlog holds {held:?} keys, not {keys}");
         }
         println!(
-            "  round {round} {name:<20} {:>8.0} keys/s {:>6.2} MiB/s",
+            "  round {round} {name:<NAME_WIDTH$} {:>8.0} keys/s {:>6.2} MiB/s",
             keys as f64 / elapsed,
             mib_per_s(data_bytes, elapsed)
         );
@@ -91,7 +111,7 @@ fn main() -> Result<()> {
     for ((_, name), runs) in METHODS.iter().zip(seconds) {
         let median = support::median(runs);
         println!(
-            "  {name:<20} {:>8.0} keys/s {:>6.2} MiB/s ({median:.2} s)",
+            "  {name:<NAME_WIDTH$} {:>8.0} keys/s {:>6.2} MiB/s ({median:.2} s)",
             keys as f64 / median,
             mib_per_s(data_bytes, median)
         );
@@ -157,8 +177,11 @@ fn import_rdb(rdb: &Path, proxy: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// A live import until its first pass is done (its `copy` phase's last line), then stopped.
-fn import_live(source: SocketAddr, proxy: SocketAddr) -> Result<()> {
+/// A live import in `mode` until its first pass is done (the last line of its `first_pass`
+/// phase), then stopped. A `sync` line before that (the pass this mode does not have, e.g.
+/// `copy` in replication mode) or no end within [`LIVE_TIMEOUT`] is an error, not a wait: the
+/// import prints a line a second and follows the source until told to stop.
+fn import_live(source: SocketAddr, proxy: SocketAddr, mode: &str, first_pass: &str) -> Result<()> {
     let mut child = Killed(
         support::memlog(&[
             "import",
@@ -166,24 +189,36 @@ fn import_live(source: SocketAddr, proxy: SocketAddr) -> Result<()> {
             &format!("redis://{source}"),
             "--to",
             &format!("redis://{proxy}"),
+            "--mode",
+            mode,
             "--json",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?,
     );
+    let started = Instant::now();
     let stdout = child.0.stdout.take().context("stdout")?;
     for line in BufReader::new(stdout).lines() {
-        let line: serde_json::Value = serde_json::from_str(&line?)?;
-        if line["phase"] == "copy" && line["done"] == true {
+        let line = line?;
+        let parsed: serde_json::Value = serde_json::from_str(&line)?;
+        if parsed["phase"] == first_pass && parsed["done"] == true {
             // The cut-over signal: it drains and exits 0.
             unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
             let status = child.0.wait()?;
-            anyhow::ensure!(status.success(), "memlog import live exited with {status} at SIGINT");
+            anyhow::ensure!(status.success(), "memlog import live --mode {mode} exited with {status} at SIGINT");
             return Ok(());
         }
+        if parsed["phase"] == "sync" {
+            bail!(
+                "memlog import live --mode {mode} reached its sync phase without ending a {first_pass:?} phase: {line}"
+            );
+        }
+        if started.elapsed() > LIVE_TIMEOUT {
+            bail!("memlog import live --mode {mode}: no end of its {first_pass:?} phase in {LIVE_TIMEOUT:?}: {line}");
+        }
     }
-    bail!("memlog import live ended before its first pass did: {:?}", child.0.wait()?)
+    bail!("memlog import live --mode {mode} ended before its first pass did: {:?}", child.0.wait()?)
 }
 
 /// A child killed (by pid) if still running when dropped.

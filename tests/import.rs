@@ -683,3 +683,54 @@ fn verify_reads_a_tls_source_that_wants_a_client_certificate() {
     assert!(!out.status.success(), "verify without a client certificate must fail");
     assert!(String::from_utf8_lossy(&out.stderr).contains(&source.addr.to_string()));
 }
+
+/// A command whose stdout goes away (the script reading its lines exited, as the import bench
+/// did when it was killed) stops with an error saying so, exit code 1, not a panic: `println!`
+/// panics at EPIPE (Rust ignores SIGPIPE). `verify` (one line per difference), and `import
+/// live --json` in both modes (replication: its RDB's `check` phase; notifications: its `copy`
+/// progress).
+#[test]
+fn import_with_its_stdout_closed_stops_with_an_error_not_a_panic() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let source = spawn_source(dir.path(), &["--notify-keyspace-events", "KEA"]);
+    let mut conn = Conn::connect(source.addr, CLIENT_TIMEOUT).unwrap();
+    populate("p", &mut |args| ok(&mut conn, args));
+    let cluster = memlog_cluster();
+    let (from, to) = (redis_url(source.addr), redis_url(cluster.proxy_addr()));
+    for args in [
+        // memlog is empty: a difference per key.
+        vec!["verify", &from, "--to", &to],
+        vec!["live", "--mode", "replication", &from, "--to", &to, "--json"],
+        vec!["live", "--mode", "notifications", &from, "--to", &to, "--json"],
+    ] {
+        let mut child = Command::new(memlog_bin())
+            .arg("import")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run memlog import");
+        // The reader exits at once: the pipe's read end is closed.
+        drop(child.stdout.take());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("memlog import {args:?} still ran a minute after its stdout closed");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        eprintln!("memlog import {args:?}: {status}\nstderr:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "memlog import {args:?} panicked: {stderr}");
+        assert_eq!(status.code(), Some(1), "memlog import {args:?}: {stderr}");
+        assert!(stderr.contains("stdout was closed"), "memlog import {args:?}: {stderr}");
+    }
+}

@@ -149,15 +149,15 @@ pub async fn run(args: LiveArgs, shutdown: impl Future<Output = ()>) -> anyhow::
                 if !syncing && counters.nodes_passed.load(Ordering::Relaxed) == nodes {
                     syncing = true;
                     let (keys, bytes) = pass_totals(&counters);
-                    progress.finish(keys, bytes, &extra);
+                    progress.finish(keys, bytes, &extra)?;
                     progress = Progress::new("sync", None, args.json);
                 }
                 let recopied = counters.recopied.load(Ordering::Relaxed);
                 if syncing {
-                    progress.update(recopied, 0, &extra);
+                    progress.update(recopied, 0, &extra)?;
                 } else {
                     let (keys, bytes) = pass_totals(&counters);
-                    progress.update(keys, bytes, &extra);
+                    progress.update(keys, bytes, &extra)?;
                 }
             }
         }
@@ -167,11 +167,10 @@ pub async fn run(args: LiveArgs, shutdown: impl Future<Output = ()>) -> anyhow::
     let extra = report_extra(&counters, lag_keys, lag_ms);
     if !syncing {
         let (keys, bytes) = pass_totals(&counters);
-        progress.finish(keys, bytes, &extra);
+        progress.finish(keys, bytes, &extra)?;
         progress = Progress::new("sync", None, args.json);
     }
-    progress.finish(counters.recopied.load(Ordering::Relaxed), 0, &extra);
-    Ok(())
+    progress.finish(counters.recopied.load(Ordering::Relaxed), 0, &extra)
 }
 
 fn pass_totals(counters: &Counters) -> (u64, u64) {

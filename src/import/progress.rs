@@ -1,7 +1,12 @@
 //! Progress of an import for a person (an indicatif bar on stderr: keys, bytes, keys/s, ETA,
 //! lag) or for a script (`--json`: one JSON object per line on stdout, at most once a second,
 //! and one when a phase ends).
+//!
+//! A line that cannot be written (stdout closed: the script reading `--json` went away, EPIPE)
+//! is an error the import stops with, named as such, not a panic.
 
+use std::fmt::Display;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -45,7 +50,7 @@ impl Progress {
 
     /// Reports `keys` done and `bytes` of the input consumed; `extra` names further counters
     /// (`expired_skipped`, `lag_keys`, …).
-    pub fn update(&mut self, keys: u64, bytes: u64, extra: &[(&str, u64)]) {
+    pub fn update(&mut self, keys: u64, bytes: u64, extra: &[(&str, u64)]) -> anyhow::Result<()> {
         let rate = keys as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
         if let Some(bar) = &self.bar {
             bar.set_position(if matches!(self.total, Some(Total::Keys(_))) { keys } else { bytes });
@@ -54,26 +59,30 @@ impl Progress {
             bar.set_message(format!("{keys} keys {mib:.1} MiB {rate:.0} keys/s{extra}"));
         } else if self.last_json.is_none_or(|at| at.elapsed() >= JSON_EVERY) {
             self.last_json = Some(Instant::now());
-            println!("{}", self.line(keys, bytes, rate, extra, false));
+            print_line(self.line(keys, bytes, rate, extra, false))?;
         }
+        Ok(())
     }
 
     /// Ends the phase, with its final counts.
-    pub fn finish(&mut self, keys: u64, bytes: u64, extra: &[(&str, u64)]) {
+    pub fn finish(&mut self, keys: u64, bytes: u64, extra: &[(&str, u64)]) -> anyhow::Result<()> {
         let elapsed = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = keys as f64 / elapsed;
         match self.bar.take() {
             Some(bar) => {
                 bar.finish_and_clear();
                 let extra: String = extra.iter().map(|(k, v)| format!(", {k} {v}")).collect();
-                eprintln!(
+                // For a person on a terminal: a closed stderr loses the summary, not the import.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "{}: {keys} keys, {:.1} MiB in {elapsed:.1} s ({rate:.0} keys/s, {:.1} MiB/s){extra}",
                     self.phase,
                     bytes as f64 / 1048576.0,
                     bytes as f64 / 1048576.0 / elapsed
                 );
+                Ok(())
             }
-            None => println!("{}", self.line(keys, bytes, rate, extra, true)),
+            None => print_line(self.line(keys, bytes, rate, extra, true)),
         }
     }
 
@@ -93,4 +102,18 @@ impl Progress {
         }
         line
     }
+}
+
+/// Writes `line` and a newline to stdout. Unlike `println!`, which panics when stdout is gone
+/// (EPIPE once the reading process exited; Rust ignores SIGPIPE), this returns an error that
+/// says so, for the command to stop with.
+pub fn print_line(line: impl Display) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            anyhow::anyhow!("stdout was closed (the process reading this command's output exited): stopping")
+        } else {
+            anyhow::anyhow!("cannot write to stdout: {e}")
+        }
+    })
 }

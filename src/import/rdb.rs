@@ -139,7 +139,7 @@ fn check_all(files: &[PathBuf], total_bytes: u64, json: bool) -> anyhow::Result<
                     check.keys += 1;
                     keys += 1;
                     if keys % 4096 == 0 {
-                        progress.update(keys, done_bytes + reader.offset(), &[]);
+                        progress.update(keys, done_bytes + reader.offset(), &[])?;
                     }
                 }
                 Item::Function { .. } => check.functions += 1,
@@ -150,7 +150,7 @@ fn check_all(files: &[PathBuf], total_bytes: u64, json: bool) -> anyhow::Result<
         done_bytes += reader.offset();
         checks.push(check);
     }
-    progress.finish(keys, done_bytes, &[]);
+    progress.finish(keys, done_bytes, &[])?;
     Ok(checks)
 }
 
@@ -203,7 +203,7 @@ fn send_all(
                     restored.load(Ordering::Relaxed),
                     done_bytes + reader.offset(),
                     &[("expired_skipped", expired)],
-                );
+                )?;
             }
         }
         done_bytes += reader.offset();
@@ -217,7 +217,7 @@ fn send_all(
         }
     }
     drop(senders);
-    progress.finish(total_keys - expired, done_bytes, &[("expired_skipped", expired)]);
+    progress.finish(total_keys - expired, done_bytes, &[("expired_skipped", expired)])?;
     Ok(expired)
 }
 

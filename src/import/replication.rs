@@ -145,7 +145,7 @@ pub async fn follow(
                 counters.commands.load(Ordering::Relaxed),
                 counters.bytes.load(Ordering::Relaxed),
                 &[("lag_bytes", lag(&received, &applied))],
-            ),
+            )?,
         }
     }
     // What the streams carried after the cut-over's offsets (the primaries' pings) is not lag.
@@ -155,8 +155,7 @@ pub async fn follow(
         counters.commands.load(Ordering::Relaxed),
         counters.bytes.load(Ordering::Relaxed),
         &[("lag_bytes", lag(&ends, &applied))],
-    );
-    Ok(())
+    )
 }
 
 /// Bytes of the streams up to `until` (each stream's offset) not yet applied.

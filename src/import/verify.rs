@@ -9,6 +9,7 @@ use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
 use super::conn::Conn;
+use super::progress::print_line;
 use super::rdb::now_ms;
 use super::source::{scan_all, Nodes};
 use super::{show, SourceArgs, TargetArgs};
@@ -68,7 +69,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let mut differences = 0u64;
     let mut report = |line: String| {
         differences += 1;
-        println!("{line}");
+        print_line(line)
     };
 
     let keys: Vec<Bytes> = match args.sample {
@@ -79,7 +80,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
             }
             let target_keys: HashSet<Bytes> = scan_all(&mut target).await?.into_iter().collect();
             for key in target_keys.difference(&source_keys) {
-                report(format!("extra on target: {}", show(key)));
+                report(format!("extra on target: {}", show(key)))?;
             }
             source_keys.into_iter().collect()
         }
@@ -90,7 +91,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
             }
             let target_size = integer(target.call(&[b"DBSIZE"]).await?)?;
             if source_size != target_size {
-                report(format!("key count differs: source {source_size}, target {target_size}"));
+                report(format!("key count differs: source {source_size}, target {target_size}"))?;
             }
             let mut sample = HashSet::new();
             for i in 0..n {
@@ -123,19 +124,19 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
                 // Expiring within the tolerance: gone on one side a moment before the other.
                 (Expiry::Missing, Expiry::At(at)) | (Expiry::At(at), Expiry::Missing)
                     if at - now <= TTL_TOLERANCE_MS => {}
-                (Expiry::Missing, _) => report(format!("extra on target: {} (gone from the source)", show(key))),
-                (_, Expiry::Missing) => report(format!("missing on target: {}", show(key))),
+                (Expiry::Missing, _) => report(format!("extra on target: {} (gone from the source)", show(key)))?,
+                (_, Expiry::Missing) => report(format!("missing on target: {}", show(key)))?,
                 _ if src.kind != tgt.kind => {
-                    report(format!("type differs: {}: source {}, target {}", show(key), src.kind, tgt.kind))
+                    report(format!("type differs: {}: source {}, target {}", show(key), src.kind, tgt.kind))?
                 }
-                _ if src.value != tgt.value => report(format!("value differs: {} ({})", show(key), src.kind)),
+                _ if src.value != tgt.value => report(format!("value differs: {} ({})", show(key), src.kind))?,
                 (Expiry::At(a), Expiry::At(b)) if (a - b).abs() <= TTL_TOLERANCE_MS => {}
                 (a, b) if a != b => report(format!(
                     "ttl differs: {}: source {}, target {}",
                     show(key),
                     expiry_text(a, now),
                     expiry_text(b, now)
-                )),
+                ))?,
                 _ => {}
             }
         }
