@@ -38,6 +38,7 @@ pub(super) struct Applier<P = ApplyConns, J = Reader> {
 
 impl<P: Primary, J: CommittedJournal> Applier<P, J> {
     pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<ToApplier>, failed: Arc<AtomicBool>) {
+        let applies = metrics::histogram!("memlog_sequencer_apply_seconds", "shard" => self.shard.to_string());
         while let Some(message) = inbox.recv().await {
             match message {
                 ToApplier::Batch { append, proto, items } => {
@@ -61,7 +62,9 @@ impl<P: Primary, J: CommittedJournal> Applier<P, J> {
                     let started = std::time::Instant::now();
                     self.apply_batch(lsn, proto, items).await;
                     if lsn.is_some() {
-                        self.health.applied_in(started.elapsed());
+                        let took = started.elapsed();
+                        self.health.applied_in(took);
+                        applies.record(took.as_secs_f64());
                     }
                 }
                 ToApplier::Probe { commands, db, done } => {
