@@ -73,38 +73,23 @@ fn main() -> Result<()> {
         (Workload { test: "set", pipeline: 16 }, 1_500_000 / scale),
         (Workload { test: "get", pipeline: 16 }, 1_500_000 / scale),
     ];
+    // Each side: its name, its address, and the processes that serve it (charged its CPU).
+    let mut sides =
+        vec![("direct", redis_addr, vec![redis.pid()]), ("proxy", proxy_addr, vec![proxy.pid(), redis.pid()])];
+    sides.extend(baseline.as_ref().map(|(addr, guard)| ("baseline", *addr, vec![guard.pid(), redis.pid()])));
+    sides.extend(haproxy.as_ref().map(|(addr, guard)| ("haproxy", *addr, vec![guard.pid(), redis.pid()])));
     let (mut rows, mut baselines, mut references) = (Vec::new(), Vec::new(), Vec::new());
     for (workload, requests) in &workloads {
-        let mut targets = vec![
-            Target {
-                name: "direct",
-                addr: redis_addr,
-                requests: *requests,
-                pids: vec![redis.pid()],
-                client: Client::default(),
-            },
-            Target {
-                name: "proxy",
-                addr: proxy_addr,
-                requests: *requests,
-                pids: vec![proxy.pid(), redis.pid()],
-                client: Client::default(),
-            },
-        ];
-        if let Some((addr, guard)) = &baseline {
-            let pids = vec![guard.pid(), redis.pid()];
-            targets.push(Target {
-                name: "baseline",
+        let targets: Vec<Target> = sides
+            .iter()
+            .map(|(name, addr, pids)| Target {
+                name,
                 addr: *addr,
                 requests: *requests,
-                pids,
+                pids: pids.clone(),
                 client: Client::default(),
-            });
-        }
-        if let Some((addr, guard)) = &haproxy {
-            let pids = vec![guard.pid(), redis.pid()];
-            targets.push(Target { name: "haproxy", addr: *addr, requests: *requests, pids, client: Client::default() });
-        }
+            })
+            .collect();
         let medians = support::interleaved(workload, &targets, rounds)?;
         let median_of = |name| targets.iter().position(|t| t.name == name).map(|i| medians[i]);
         let (direct, proxy) = (medians[0], medians[1]);

@@ -40,7 +40,7 @@ use super::{SequencerRequest, MAX_BATCH};
 pub(super) const GATHER_WAIT: Duration = Duration::from_millis(1);
 /// A wait at least this long that did not double its batch backs off like one cut short
 /// ([`judged`]).
-pub(super) const SLOW_RETURN: Duration = Duration::from_micros(500);
+const SLOW_RETURN: Duration = Duration::from_micros(500);
 /// Most batches taken without waiting after waits that timed out. A load whose clients never
 /// come back (SETs at a fixed rate over a few connections) still waits once this many batches
 /// have gone: at 64, 1.7% of its batches waited out the timer and its p99 at 1,000 SETs/s was
